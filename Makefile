@@ -1,0 +1,47 @@
+# paygw: build the nginx module, run the local stack, run the tests.
+#
+#   make            install missing Debian packages, build the module
+#   make run        ... and start Redis, MariaDB, simulator, nginx (run/)
+#   make stop       stop what `make run` started
+#   make test       build, then run the whole suite with prove
+#   make test-asan  the same against an ASan/UBSan build of the module
+#
+# PROVE_FLAGS adds prove options, e.g. `make test PROVE_FLAGS=-j4`.
+
+REPO        := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+MODULE      := $(REPO)/build/objs/ngx_http_paygw_module.so
+ASAN_MODULE := $(REPO)/build/objs-asan/ngx_http_paygw_module.so
+PROVE       ?= prove
+PROVE_FLAGS ?=
+
+.PHONY: all deps build build-asan test test-asan run stop status clean
+
+all: deps build
+
+deps:
+	bash scripts/deps.sh
+
+build:
+	bash scripts/build.sh
+
+build-asan:
+	bash scripts/build.sh --asan
+
+test: build
+	$(PROVE) -r -I t/lib $(PROVE_FLAGS) t/
+
+test-asan: build-asan
+	PAYGW_MODULE=$(ASAN_MODULE) PAYGW_ASAN=1 $(PROVE) -r -I t/lib $(PROVE_FLAGS) t/
+
+run: deps build
+	bash scripts/stack.sh start
+
+stop:
+	bash scripts/stack.sh stop
+
+status:
+	bash scripts/stack.sh status
+
+clean:
+	-@[ ! -d run ] || bash scripts/stack.sh stop
+	rm -rf build run

@@ -1,0 +1,242 @@
+
+/*
+ * paygw: a payment gateway inside nginx.
+ *
+ * This file is the table of contents: the module, its directives and
+ * its configuration.  Each concern lives in its own file under src/.
+ */
+
+
+#include "ngx_http_paygw.h"
+#include "ngx_http_paygw_redis.h"
+#include "ngx_http_paygw_mysql.h"
+
+
+static void *ngx_http_paygw_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_paygw_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_paygw_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_paygw_redis_timeout(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static void ngx_http_paygw_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_command_t  ngx_http_paygw_commands[] = {
+
+    { ngx_string("paygw_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_paygw_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_redis_pass"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_paygw_redis_pass,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_redis_connect_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_paygw_loc_conf_t, redis.connect_timeout),
+      NULL },
+
+    { ngx_string("paygw_redis_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_paygw_redis_timeout,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_redis_max_reply_size"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_paygw_loc_conf_t, redis_max_reply),
+      NULL },
+
+    { ngx_string("paygw_redis_location"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_paygw_loc_conf_t, redis_uri),
+      NULL },
+
+    { ngx_string("paygw_mysql"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_paygw_mysql_block,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_mysql_pass"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_paygw_mysql_pass,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_mysql_location"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_paygw_loc_conf_t, mysql_uri),
+      NULL },
+
+    { ngx_string("paygw_health"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_paygw_health,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_test_backend"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_paygw_test_backend,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_paygw_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    ngx_http_paygw_create_main_conf,       /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_paygw_create_loc_conf,        /* create location configuration */
+    ngx_http_paygw_merge_loc_conf          /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_paygw_module = {
+    NGX_MODULE_V1,
+    &ngx_http_paygw_module_ctx,            /* module context */
+    ngx_http_paygw_commands,               /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    NULL,                                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_paygw_exit_process,           /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static void *
+ngx_http_paygw_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_paygw_main_conf_t  *pmcf;
+
+    pmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_paygw_main_conf_t));
+    if (pmcf == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&pmcf->mysql_servers, cf->pool, 1,
+                       sizeof(ngx_http_paygw_mysql_srv_t *))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return pmcf;
+}
+
+
+static void *
+ngx_http_paygw_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_paygw_loc_conf_t  *conf;
+
+    conf = ngx_pcalloc(cf->pool, sizeof(ngx_http_paygw_loc_conf_t));
+    if (conf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     conf->mysql = NULL;
+     *     conf->mysql_name = { 0, NULL };
+     *     conf->redis_uri = { 0, NULL };
+     *     conf->mysql_uri = { 0, NULL };
+     */
+
+    ngx_http_paygw_redis_init_conf(conf);
+
+    conf->redis_max_reply = NGX_CONF_UNSET_SIZE;
+
+    return conf;
+}
+
+
+static char *
+ngx_http_paygw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_paygw_loc_conf_t *prev = parent;
+    ngx_http_paygw_loc_conf_t *conf = child;
+
+    if (ngx_http_paygw_redis_merge_conf(cf, prev, conf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_conf_merge_size_value(conf->redis_max_reply, prev->redis_max_reply,
+                              8 * 1024 * 1024);
+
+    ngx_conf_merge_str_value(conf->redis_uri, prev->redis_uri,
+                             "/_paygw/redis");
+    ngx_conf_merge_str_value(conf->mysql_uri, prev->mysql_uri,
+                             "/_paygw/mysql");
+
+    return ngx_http_paygw_mysql_merge_conf(cf, prev, conf);
+}
+
+
+static char *
+ngx_http_paygw_redis_timeout(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_paygw_loc_conf_t *plcf = conf;
+
+    ngx_str_t   *value;
+    ngx_msec_t   timeout;
+
+    if (plcf->redis.read_timeout != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    timeout = ngx_parse_time(&value[1], 0);
+    if (timeout == (ngx_msec_t) NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid timeout \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    /* a reply must both be sent and come back within it */
+
+    plcf->redis.read_timeout = timeout;
+    plcf->redis.send_timeout = timeout;
+
+    return NGX_CONF_OK;
+}
+
+
+static void
+ngx_http_paygw_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_paygw_mysql_exit_process(cycle);
+}

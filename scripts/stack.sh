@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# The local paygw stack on loopback: Redis, MariaDB (schema applied), the
+# provider simulator and nginx with the module (nginx.conf.example).
+#
+#   scripts/stack.sh start    start what is not running yet (idempotent)
+#   scripts/stack.sh stop     stop exactly what start started (pid files)
+#   scripts/stack.sh status
+#
+# State, pid files and logs live under run/. Ports come from the environment:
+#   PAYGW_PORT (8080)  PAYGW_REDIS_PORT (6390)  PAYGW_MYSQL_PORT (3316)
+#   PAYGW_SIM_PORT (8091)
+#   PAYGW_ALIPAY_URL, PAYGW_WECHAT_URL, PAYGW_BANK_URL (the simulator)
+set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"     # nginx, mariadbd
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+run="$repo/run"
+logs="$run/logs"
+
+PAYGW_PORT=${PAYGW_PORT:-8080}
+PAYGW_REDIS_PORT=${PAYGW_REDIS_PORT:-6390}
+PAYGW_MYSQL_PORT=${PAYGW_MYSQL_PORT:-3316}
+PAYGW_SIM_PORT=${PAYGW_SIM_PORT:-8091}
+sim_url="http://127.0.0.1:$PAYGW_SIM_PORT"
+PAYGW_ALIPAY_URL=${PAYGW_ALIPAY_URL:-$sim_url}
+PAYGW_WECHAT_URL=${PAYGW_WECHAT_URL:-$sim_url}
+PAYGW_BANK_URL=${PAYGW_BANK_URL:-$sim_url}
+
+module="$repo/build/objs/ngx_http_paygw_module.so"
+mycnf="$run/mysql/my.cnf"
+mypass="$run/mysql.pass"
+wait_secs=30
+
+die() { echo "stack: $*" >&2; exit 1; }
+say() { echo "stack: $*"; }
+
+# The process name each pid file must point at: a stale pid file whose pid
+# was reused by something else is never signalled.
+proc_name() {
+    case "$1" in
+        nginx) echo nginx ;;
+        redis) echo redis-server ;;
+        mysql) echo mariadbd ;;
+        sim)   echo node ;;
+    esac
+}
+
+# Prints the pid of component $1 if it is running, else fails.
+pid_of() {
+    local f="$run/$1.pid" pid cmd
+    [ -s "$f" ] || return 1
+    pid=$(tr -dc '0-9' < "$f")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    cmd=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) || return 1
+    [[ "$cmd" == *"$(proc_name "$1")"* ]] || return 1
+    echo "$pid"
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_ready NAME PORT LOG: poll until PORT accepts, bounded; on failure show
+# the log tail. Fails early if the component's process is gone.
+wait_ready() {
+    local name=$1 port=$2 log=$3 i
+    for ((i = 0; i < wait_secs * 10; i++)); do
+        if port_open "$port"; then return 0; fi
+        if [ "$i" -gt 20 ] && ! pid_of "$name" >/dev/null; then
+            break
+        fi
+        sleep 0.1
+    done
+    echo "stack: $name did not come up on 127.0.0.1:$port within ${wait_secs}s;" \
+         "tail of $log:" >&2
+    tail -n 30 "$log" >&2 2>/dev/null || true
+    exit 1
+}
+
+fail_if_port_taken() {
+    if port_open "$2"; then
+        die "$1: port $2 is already in use by another process" \
+            "(set ${3} to choose another)"
+    fi
+}
+
+start_redis() {
+    local pid
+    if pid=$(pid_of redis); then say "redis already running (pid $pid)"; return; fi
+    fail_if_port_taken redis "$PAYGW_REDIS_PORT" PAYGW_REDIS_PORT
+    mkdir -p "$run/redis"
+    redis-server --bind 127.0.0.1 --port "$PAYGW_REDIS_PORT" \
+        --save "" --appendonly no --daemonize yes \
+        --pidfile "$run/redis.pid" --logfile "$logs/redis.log" \
+        --dir "$run/redis" \
+        || die "redis-server failed to start; see $logs/redis.log"
+    wait_ready redis "$PAYGW_REDIS_PORT" "$logs/redis.log"
+    say "redis up on 127.0.0.1:$PAYGW_REDIS_PORT (pid $(pid_of redis))"
+}
+
+write_mycnf() {
+    mkdir -p "$run/mysql/data" "$run/mysql/tmp"
+    sed -e "s|@DATADIR@|$run/mysql/data|" \
+        -e "s|@PORT@|$PAYGW_MYSQL_PORT|g" \
+        -e "s|@SOCKET@|$run/mysql.sock|g" \
+        -e "s|@PIDFILE@|$run/mysql.pid|" \
+        -e "s|@LOGERR@|$logs/mysql.err|" \
+        -e "s|@TMPDIR@|$run/mysql/tmp|" \
+        "$repo/scripts/mysql.cnf.in" > "$mycnf"
+}
+
+mysql_root() { mariadb --defaults-file="$mycnf" --batch --skip-column-names "$@"; }
+
+# Applies each sql/*.sql once, in name order; run/mysql/applied remembers
+# which (and their sha256) so a second start does not re-run them.
+apply_schema() {
+    local applied="$run/mysql/applied" f name sum old
+    touch "$applied"
+    shopt -s nullglob
+    local files=("$repo"/sql/*.sql)
+    shopt -u nullglob
+    for f in "${files[@]}"; do
+        name=$(basename "$f")
+        sum=$(sha256sum "$f" | cut -d' ' -f1)
+        old=$(awk -v n="$name" '$1 == n { print $2 }' "$applied")
+        if [ -n "$old" ]; then
+            [ "$old" = "$sum" ] || say "warning: sql/$name changed since it" \
+                "was applied; 'make stop && rm -rf run/mysql' to rebuild"
+            continue
+        fi
+        mysql_root paygw < "$f" || die "applying sql/$name failed"
+        echo "$name $sum" >> "$applied"
+        say "applied sql/$name"
+    done
+}
+
+start_mysql() {
+    local pid pw
+    if pid=$(pid_of mysql); then say "mariadb already running (pid $pid)"; return; fi
+    fail_if_port_taken mariadb "$PAYGW_MYSQL_PORT" PAYGW_MYSQL_PORT
+    write_mycnf
+    if [ ! -d "$run/mysql/data/mysql" ]; then
+        say "initializing MariaDB datadir run/mysql/data"
+        mariadb-install-db --defaults-file="$mycnf" \
+            --auth-root-authentication-method=normal --skip-test-db \
+            > "$logs/mysql-install.log" 2>&1 || {
+            tail -n 30 "$logs/mysql-install.log" >&2
+            die "mariadb-install-db failed; see $logs/mysql-install.log"
+        }
+    fi
+    rm -f "$run/mysql.pid"
+    # nohup: the stack outlives the terminal that ran `make run`.
+    nohup mariadbd --defaults-file="$mycnf" \
+        < /dev/null >> "$logs/mysql.out" 2>&1 &
+    # mariadbd writes run/mysql.pid itself once it is up.
+    local i bg=$!
+    for ((i = 0; i < wait_secs * 10; i++)); do
+        mariadb-admin --defaults-file="$mycnf" ping > /dev/null 2>&1 && break
+        kill -0 "$bg" 2>/dev/null || break
+        sleep 0.1
+    done
+    mariadb-admin --defaults-file="$mycnf" ping > /dev/null 2>&1 || {
+        echo "stack: mariadb did not answer within ${wait_secs}s; tail of" \
+             "$logs/mysql.err:" >&2
+        tail -n 30 "$logs/mysql.err" >&2 || true
+        exit 1
+    }
+    wait_ready mysql "$PAYGW_MYSQL_PORT" "$logs/mysql.err"
+
+    if [ ! -s "$mypass" ]; then
+        (umask 077; head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' \
+            | head -c 24 > "$mypass")
+    fi
+    chmod 600 "$mypass"
+    pw=$(cat "$mypass")
+    mysql_root <<SQL || die "creating database/user paygw failed"
+CREATE DATABASE IF NOT EXISTS paygw
+    CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
+CREATE USER IF NOT EXISTS 'paygw'@'127.0.0.1' IDENTIFIED BY '$pw';
+ALTER USER 'paygw'@'127.0.0.1' IDENTIFIED BY '$pw';
+GRANT ALL PRIVILEGES ON paygw.* TO 'paygw'@'127.0.0.1';
+SQL
+    apply_schema
+    say "mariadb up on 127.0.0.1:$PAYGW_MYSQL_PORT (pid $(pid_of mysql))"
+}
+
+start_sim() {
+    local pid
+    if pid=$(pid_of sim); then say "simulator already running (pid $pid)"; return; fi
+    [ -f "$repo/t/sim/sim.js" ] || die "t/sim/sim.js is missing"
+    fail_if_port_taken simulator "$PAYGW_SIM_PORT" PAYGW_SIM_PORT
+    rm -f "$run/sim.pid"
+    nohup node "$repo/t/sim/sim.js" --port "$PAYGW_SIM_PORT" \
+        --pidfile "$run/sim.pid" < /dev/null >> "$logs/sim.log" 2>&1 &
+    wait_ready sim "$PAYGW_SIM_PORT" "$logs/sim.log"
+    say "simulator up on $sim_url (pid $(pid_of sim))"
+}
+
+render_nginx_conf() {
+    local src="$repo/nginx.conf.example" left
+    [ -f "$src" ] || die "nginx.conf.example is missing"
+    sed -e "s|@PAYGW_PORT@|$PAYGW_PORT|g" \
+        -e "s|@REDIS_PORT@|$PAYGW_REDIS_PORT|g" \
+        -e "s|@MYSQL_PORT@|$PAYGW_MYSQL_PORT|g" \
+        -e "s|@MYSQL_PASSWORD_FILE@|$mypass|g" \
+        -e "s|@SIM_PORT@|$PAYGW_SIM_PORT|g" \
+        -e "s|@ALIPAY_URL@|$PAYGW_ALIPAY_URL|g" \
+        -e "s|@WECHAT_URL@|$PAYGW_WECHAT_URL|g" \
+        -e "s|@BANK_URL@|$PAYGW_BANK_URL|g" \
+        -e "s|@MODULE_PATH@|$module|g" \
+        -e "s|@RUN_DIR@|$run|g" \
+        -e "s|@REPO@|$repo|g" \
+        "$src" > "$run/nginx.conf.tmp"
+    left=$(grep -o '@[A-Z_]*@' "$run/nginx.conf.tmp" | sort -u | tr '\n' ' ' || true)
+    [ -z "$left" ] || die "nginx.conf.example has unknown placeholders: $left"
+    mv -f "$run/nginx.conf.tmp" "$run/nginx.conf"
+}
+
+start_nginx() {
+    local pid out
+    if pid=$(pid_of nginx); then say "nginx already running (pid $pid)"; return; fi
+    [ -f "$module" ] || die "$module is missing: run 'make build' first"
+    fail_if_port_taken nginx "$PAYGW_PORT" PAYGW_PORT
+    render_nginx_conf
+    out=$(nginx -t -p "$run/" -c "$run/nginx.conf" -e "$logs/error.log" 2>&1) || {
+        echo "$out" >&2
+        die "nginx -t failed on run/nginx.conf (rendered from nginx.conf.example)"
+    }
+    nginx -p "$run/" -c "$run/nginx.conf" -e "$logs/error.log" || {
+        tail -n 30 "$logs/error.log" >&2 || true
+        die "nginx failed to start"
+    }
+    wait_ready nginx "$PAYGW_PORT" "$logs/error.log"
+    say "nginx up on 127.0.0.1:$PAYGW_PORT (pid $(pid_of nginx))"
+}
+
+# stop_one NAME: TERM, wait up to 30 s, then KILL (with the children, for
+# nginx whose workers would otherwise outlive a killed master).
+stop_one() {
+    local name=$1 pid kids i
+    if ! pid=$(pid_of "$name"); then
+        rm -f "$run/$name.pid"
+        return
+    fi
+    kids=$(ps -o pid= --ppid "$pid" 2>/dev/null | tr -d ' ' | tr '\n' ' ' || true)
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < wait_secs * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        say "$name (pid $pid) ignored TERM for ${wait_secs}s; killing"
+        # shellcheck disable=SC2086
+        kill -KILL "$pid" $kids 2>/dev/null || true
+    fi
+    rm -f "$run/$name.pid"
+    say "$name stopped (pid $pid)"
+}
+
+banner() {
+    local url="http://127.0.0.1:$PAYGW_PORT"
+    cat <<EOF
+
+paygw is running at $url
+
+  Demo credentials (SPEC §2, header Authorization: PAYGW-HMAC-SHA256 ...):
+    merchant key: key id demo  secret demo-secret  merchant M100  role merchant
+    admin key:    key id ops   secret ops-secret   role admin
+
+  Readiness:
+    curl -i $url/readyz
+
+  Create a payment:
+    # TODO(paygw): signed POST /v1/payments curl goes here once the API lands.
+
+  Simulator $sim_url   Redis 127.0.0.1:$PAYGW_REDIS_PORT   MariaDB 127.0.0.1:$PAYGW_MYSQL_PORT
+  (user paygw, password in run/mysql.pass)   Logs: run/logs/   Stop: make stop
+EOF
+}
+
+status() {
+    local name pid rc=0
+    for name in nginx sim mysql redis; do
+        if pid=$(pid_of "$name"); then
+            printf '%-6s running (pid %s)\n' "$name" "$pid"
+        else
+            printf '%-6s stopped\n' "$name"
+            rc=3
+        fi
+    done
+    return "$rc"
+}
+
+case "${1:-}" in
+    start)
+        mkdir -p "$run" "$logs" "$run/tmp"   # run/tmp: nginx temp paths
+        start_redis
+        start_mysql
+        start_sim
+        start_nginx
+        banner
+        ;;
+    stop)
+        for c in nginx sim mysql redis; do stop_one "$c"; done
+        ;;
+    status)
+        status
+        ;;
+    *)
+        echo "usage: $0 start|stop|status" >&2
+        exit 2
+        ;;
+esac

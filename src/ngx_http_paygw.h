@@ -1,0 +1,99 @@
+
+/*
+ * paygw: a payment gateway inside nginx.
+ * Types shared by every file of the module.
+ */
+
+
+#ifndef _NGX_HTTP_PAYGW_H_INCLUDED_
+#define _NGX_HTTP_PAYGW_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <jansson.h>
+
+
+#define NGX_HTTP_PAYGW_CALL_REDIS   1
+#define NGX_HTTP_PAYGW_CALL_MYSQL   2
+
+
+/*
+ * A backend call: work handed to a subrequest to an internal location
+ * through the subrequest's ctx (the auth_request pattern).  The parent
+ * is woken when the subrequest finishes; "done" tells it so, "ok" that
+ * the backend answered at all, "status" and "error" why it did not.
+ */
+
+typedef struct {
+    ngx_uint_t                    kind;
+    ngx_http_request_t           *sr;
+    ngx_uint_t                    status;
+    ngx_str_t                     error;
+    unsigned                      started:1;
+    unsigned                      done:1;
+    unsigned                      ok:1;
+} ngx_http_paygw_call_t;
+
+
+typedef struct ngx_http_paygw_mysql_srv_s  ngx_http_paygw_mysql_srv_t;
+
+
+typedef struct {
+    ngx_shm_zone_t               *shm_zone;
+    ngx_array_t                   mysql_servers; /* mysql_srv_t * */
+} ngx_http_paygw_main_conf_t;
+
+
+typedef struct {
+    ngx_http_upstream_conf_t      redis;
+    size_t                        redis_max_reply;
+
+    ngx_http_paygw_mysql_srv_t   *mysql;
+    ngx_str_t                     mysql_name;
+    ngx_str_t                    *mysql_file;
+    ngx_uint_t                    mysql_line;
+
+    ngx_str_t                     redis_uri;
+    ngx_str_t                     mysql_uri;
+} ngx_http_paygw_loc_conf_t;
+
+
+/* the state kept in the paygw_zone shared memory */
+
+typedef struct {
+    ngx_atomic_t                  reloads;
+    ngx_atomic_t                  health_requests;
+    ngx_atomic_t                  ready_requests;
+    ngx_atomic_t                  ready_failures;
+    time_t                        created;
+} ngx_http_paygw_shctx_t;
+
+
+extern ngx_module_t  ngx_http_paygw_module;
+
+
+ngx_int_t ngx_http_paygw_call_start(ngx_http_request_t *r, ngx_str_t *uri,
+    ngx_http_paygw_call_t *call);
+void *ngx_http_paygw_call_ctx(ngx_http_request_t *r, ngx_uint_t kind);
+void ngx_http_paygw_call_fail(ngx_http_paygw_call_t *call,
+    ngx_pool_t *pool, ngx_uint_t status, const char *fmt, ...);
+
+char *ngx_http_paygw_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_http_paygw_shctx_t *ngx_http_paygw_shctx(ngx_http_request_t *r);
+
+char *ngx_http_paygw_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_paygw_test_backend(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+void ngx_http_paygw_request_id(ngx_http_request_t *r, ngx_str_t *id);
+ngx_int_t ngx_http_paygw_send_text(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, ngx_str_t *body);
+ngx_int_t ngx_http_paygw_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    json_t *doc);
+ngx_int_t ngx_http_paygw_send_error(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, ngx_str_t *message);
+
+
+#endif /* _NGX_HTTP_PAYGW_H_INCLUDED_ */

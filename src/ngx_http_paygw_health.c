@@ -1,0 +1,289 @@
+
+/*
+ * paygw: liveness and readiness.
+ *
+ *     location = /healthz { paygw_health live; }
+ *     location = /readyz  { paygw_health ready; }
+ *
+ * "live" answers 200 while the worker runs.  "ready" answers 200 only
+ * when a Redis PING and a MySQL SELECT 1 both succeed through the very
+ * backends payments use, else 503 naming what failed.
+ */
+
+
+#include "ngx_http_paygw.h"
+#include "ngx_http_paygw_redis.h"
+#include "ngx_http_paygw_mysql.h"
+
+
+typedef struct {
+    ngx_http_paygw_redis_op_t  *redis;
+    ngx_http_paygw_mysql_op_t  *mysql;
+} ngx_http_paygw_ready_ctx_t;
+
+
+static ngx_int_t ngx_http_paygw_live_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_paygw_ready_handler(ngx_http_request_t *r);
+static void ngx_http_paygw_ready_resume(ngx_http_request_t *r);
+static ngx_int_t ngx_http_paygw_ready_mysql(ngx_http_request_t *r,
+    ngx_http_paygw_ready_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_ready_respond(ngx_http_request_t *r,
+    ngx_http_paygw_ready_ctx_t *ctx);
+static const char *ngx_http_paygw_redis_check(ngx_http_paygw_redis_op_t *op,
+    ngx_str_t *why);
+static const char *ngx_http_paygw_mysql_check(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *why);
+
+
+char *
+ngx_http_paygw_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_str_t                 *value;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    value = cf->args->elts;
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (ngx_strcmp(value[1].data, "live") == 0) {
+        clcf->handler = ngx_http_paygw_live_handler;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strcmp(value[1].data, "ready") == 0) {
+        clcf->handler = ngx_http_paygw_ready_handler;
+        return NGX_CONF_OK;
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\", expected \"live\" or \"ready\"",
+                       &value[1]);
+
+    return NGX_CONF_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_live_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                rc;
+    ngx_http_paygw_shctx_t  *sh;
+    static ngx_str_t         ok = ngx_string("{\"status\":\"ok\"}");
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    sh = ngx_http_paygw_shctx(r);
+    if (sh) {
+        (void) ngx_atomic_fetch_add(&sh->health_requests, 1);
+    }
+
+    return ngx_http_paygw_send_text(r, NGX_HTTP_OK, NULL, &ok);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_ready_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                    rc;
+    ngx_http_paygw_ready_ctx_t  *ctx;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_paygw_ready_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_set_ctx(r, ctx, ngx_http_paygw_module);
+
+    ctx->redis = ngx_http_paygw_redis_create(r);
+    if (ctx->redis == NULL
+        || ngx_http_paygw_redis_command(r, ctx->redis, "PING") != NGX_OK
+        || ngx_http_paygw_redis_send(r, ctx->redis) != NGX_OK)
+    {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->write_event_handler = ngx_http_paygw_ready_resume;
+    r->main->count++;
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_paygw_ready_resume(ngx_http_request_t *r)
+{
+    ngx_http_paygw_ready_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_paygw_module);
+
+    if (!ctx->redis->call.done) {
+        return;
+    }
+
+    if (ctx->mysql == NULL) {
+        if (ngx_http_paygw_ready_mysql(r, ctx) != NGX_OK) {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        }
+
+        return;
+    }
+
+    if (!ctx->mysql->call.done) {
+        return;
+    }
+
+    ngx_http_finalize_request(r, ngx_http_paygw_ready_respond(r, ctx));
+}
+
+
+static ngx_int_t
+ngx_http_paygw_ready_mysql(ngx_http_request_t *r,
+    ngx_http_paygw_ready_ctx_t *ctx)
+{
+    ctx->mysql = ngx_http_paygw_mysql_create(r);
+    if (ctx->mysql == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->mysql->read_only = 1;
+
+    if (ngx_http_paygw_mysql_add(ctx->mysql, "SELECT 1") == NULL) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_paygw_mysql_send(r, ctx->mysql);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_ready_respond(ngx_http_request_t *r,
+    ngx_http_paygw_ready_ctx_t *ctx)
+{
+    json_t                  *doc, *checks;
+    ngx_int_t                rc;
+    ngx_str_t                id, redis_why, mysql_why;
+    ngx_uint_t               ready;
+    const char              *redis, *mysql;
+    ngx_http_paygw_shctx_t  *sh;
+
+    redis = ngx_http_paygw_redis_check(ctx->redis, &redis_why);
+    mysql = ngx_http_paygw_mysql_check(ctx->mysql, &mysql_why);
+
+    ready = (redis == NULL && mysql == NULL);
+
+    checks = json_pack("{s:s%, s:s%}",
+                       "redis", redis_why.data, redis_why.len,
+                       "mysql", mysql_why.data, mysql_why.len);
+    if (checks == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (ready) {
+        doc = json_pack("{s:s, s:o}", "status", "ready", "checks", checks);
+
+    } else {
+        ngx_http_paygw_request_id(r, &id);
+
+        doc = json_pack("{s:s, s:o, s:{s:s, s:s, s:s%}}",
+                        "status", "unavailable", "checks", checks,
+                        "error", "code", "not_ready",
+                        "message", redis ? redis : mysql,
+                        "request_id", id.data, id.len);
+    }
+
+    if (doc == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    sh = ngx_http_paygw_shctx(r);
+    if (sh) {
+        (void) ngx_atomic_fetch_add(&sh->ready_requests, 1);
+
+        if (!ready) {
+            (void) ngx_atomic_fetch_add(&sh->ready_failures, 1);
+        }
+    }
+
+    rc = ngx_http_paygw_send_json(r, ready ? NGX_HTTP_OK
+                                           : NGX_HTTP_SERVICE_UNAVAILABLE,
+                                  doc);
+    json_decref(doc);
+
+    return rc;
+}
+
+
+static const char *
+ngx_http_paygw_redis_check(ngx_http_paygw_redis_op_t *op, ngx_str_t *why)
+{
+    redisReply  *reply;
+
+    if (!op->call.ok) {
+        *why = op->call.error;
+
+        if (why->data == NULL) {
+            ngx_str_set(why, "failed");
+        }
+
+        return "redis is not answering";
+    }
+
+    reply = op->replies[0];
+
+    if (reply->type != REDIS_REPLY_STATUS
+        || ngx_strcmp(reply->str, "PONG") != 0)
+    {
+        ngx_str_set(why, "unexpected reply to PING");
+        return "redis answered PING wrongly";
+    }
+
+    ngx_str_set(why, "ok");
+    return NULL;
+}
+
+
+static const char *
+ngx_http_paygw_mysql_check(ngx_http_paygw_mysql_op_t *op, ngx_str_t *why)
+{
+    ngx_http_paygw_sql_stmt_t  *stmt;
+
+    if (!op->call.ok) {
+        *why = op->call.error;
+
+        if (why->data == NULL) {
+            ngx_str_set(why, "failed");
+        }
+
+        return "mysql is not answering";
+    }
+
+    stmt = op->stmts.elts;
+
+    if (op->err_no || stmt->nrows != 1) {
+        *why = op->err_msg;
+
+        if (why->data == NULL) {
+            ngx_str_set(why, "unexpected result");
+        }
+
+        return "mysql refused SELECT 1";
+    }
+
+    ngx_str_set(why, "ok");
+    return NULL;
+}

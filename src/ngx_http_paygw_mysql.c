@@ -1,0 +1,1331 @@
+
+/*
+ * paygw: MySQL/MariaDB through MariaDB Connector/C's non-blocking API.
+ *
+ * A paygw_mysql_pass location runs the statements of the op found in
+ * its subrequest's ctx on a connection of a per-worker pool.  Every
+ * library call is started with *_start() and, while it reports
+ * MYSQL_WAIT_*, continued with *_cont() from nginx events on the
+ * library's own socket; nginx never reads or writes that socket
+ * itself, it only watches it.  Timers bound every wait.  A connection
+ * goes back to the pool only when its last operation completed; one
+ * interrupted mid-operation is shut down and closed, never reused.
+ */
+
+
+#include "ngx_http_paygw_mysql.h"
+#include <errmsg.h>
+
+
+#define NGX_HTTP_PAYGW_MYSQL_FREE      0
+#define NGX_HTTP_PAYGW_MYSQL_CONNECT   1
+#define NGX_HTTP_PAYGW_MYSQL_QUERY     2
+#define NGX_HTTP_PAYGW_MYSQL_STORE     3
+#define NGX_HTTP_PAYGW_MYSQL_ROLLBACK  4
+#define NGX_HTTP_PAYGW_MYSQL_IDLE      5
+
+/* "nothing to wait for": the op finished or moved elsewhere */
+#define NGX_HTTP_PAYGW_MYSQL_STOP      -1
+
+
+struct ngx_http_paygw_mysql_conn_s {
+    MYSQL                        *mysql;
+    ngx_connection_t             *c;
+    ngx_http_paygw_mysql_srv_t   *srv;
+    ngx_http_paygw_mysql_op_t    *op;
+    ngx_queue_t                   queue;
+    ngx_event_t                   connect_timer;
+    ngx_event_t                   lib_timer;
+    ngx_uint_t                    state;
+    int                           wait;
+
+    MYSQL                        *ret_mysql;
+    int                           ret_int;
+    MYSQL_RES                    *ret_res;
+
+    unsigned                      reused:1;
+};
+
+
+typedef struct {
+    ngx_event_t                   wake;
+} ngx_http_paygw_mysql_worker_t;
+
+
+static void ngx_http_paygw_mysql_init_srv(ngx_http_paygw_mysql_srv_t *srv);
+static void ngx_http_paygw_mysql_dispatch(ngx_http_paygw_mysql_op_t *op);
+static ngx_http_paygw_mysql_conn_t *ngx_http_paygw_mysql_get_idle(
+    ngx_http_paygw_mysql_srv_t *srv);
+static void ngx_http_paygw_mysql_connect(ngx_http_paygw_mysql_op_t *op);
+static void ngx_http_paygw_mysql_attach(ngx_http_paygw_mysql_conn_t *mc,
+    ngx_http_paygw_mysql_op_t *op);
+static void ngx_http_paygw_mysql_progress(ngx_http_paygw_mysql_conn_t *mc,
+    int status);
+static int ngx_http_paygw_mysql_next(ngx_http_paygw_mysql_conn_t *mc);
+static int ngx_http_paygw_mysql_connected(ngx_http_paygw_mysql_conn_t *mc);
+static int ngx_http_paygw_mysql_start_step(ngx_http_paygw_mysql_conn_t *mc);
+static int ngx_http_paygw_mysql_queried(ngx_http_paygw_mysql_conn_t *mc);
+static int ngx_http_paygw_mysql_stored(ngx_http_paygw_mysql_conn_t *mc);
+static int ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc);
+static int ngx_http_paygw_mysql_abort(ngx_http_paygw_mysql_conn_t *mc);
+static int ngx_http_paygw_mysql_rolled_back(ngx_http_paygw_mysql_conn_t *mc);
+static int ngx_http_paygw_mysql_broken(ngx_http_paygw_mysql_conn_t *mc,
+    ngx_uint_t status, const char *what);
+static ngx_int_t ngx_http_paygw_mysql_wait(ngx_http_paygw_mysql_conn_t *mc,
+    int status);
+static ngx_int_t ngx_http_paygw_mysql_watch(ngx_http_paygw_mysql_conn_t *mc);
+static void ngx_http_paygw_mysql_read_handler(ngx_event_t *rev);
+static void ngx_http_paygw_mysql_write_handler(ngx_event_t *wev);
+static void ngx_http_paygw_mysql_lib_timeout(ngx_event_t *ev);
+static void ngx_http_paygw_mysql_connect_timeout(ngx_event_t *ev);
+static void ngx_http_paygw_mysql_resume(ngx_http_paygw_mysql_conn_t *mc,
+    int events);
+static void ngx_http_paygw_mysql_release(ngx_http_paygw_mysql_conn_t *mc);
+static void ngx_http_paygw_mysql_idle_handler(ngx_http_paygw_mysql_conn_t *mc,
+    ngx_event_t *ev);
+static ngx_int_t ngx_http_paygw_mysql_alive(ngx_connection_t *c);
+static void ngx_http_paygw_mysql_close(ngx_http_paygw_mysql_conn_t *mc);
+static void ngx_http_paygw_mysql_wake(ngx_event_t *ev);
+static void ngx_http_paygw_mysql_op_timeout(ngx_event_t *ev);
+static void ngx_http_paygw_mysql_cleanup(void *data);
+static void ngx_http_paygw_mysql_finish(ngx_http_paygw_mysql_op_t *op);
+
+
+/* the caller's side */
+
+
+ngx_http_paygw_mysql_op_t *
+ngx_http_paygw_mysql_create(ngx_http_request_t *r)
+{
+    ngx_http_paygw_mysql_op_t  *op;
+
+    op = ngx_pcalloc(r->pool, sizeof(ngx_http_paygw_mysql_op_t));
+    if (op == NULL) {
+        return NULL;
+    }
+
+    if (ngx_array_init(&op->stmts, r->pool, 4,
+                       sizeof(ngx_http_paygw_sql_stmt_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    op->call.kind = NGX_HTTP_PAYGW_CALL_MYSQL;
+    op->pool = r->pool;
+
+    return op;
+}
+
+
+ngx_http_paygw_sql_stmt_t *
+ngx_http_paygw_mysql_add(ngx_http_paygw_mysql_op_t *op, const char *sql)
+{
+    ngx_http_paygw_sql_stmt_t  *stmt;
+
+    stmt = ngx_array_push(&op->stmts);
+    if (stmt == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(stmt, sizeof(ngx_http_paygw_sql_stmt_t));
+
+    stmt->sql.data = (u_char *) sql;
+    stmt->sql.len = ngx_strlen(sql);
+    stmt->expect_affected = NGX_HTTP_PAYGW_ANY_ROWS;
+
+    if (ngx_array_init(&stmt->params, op->pool, 4,
+                       sizeof(ngx_http_paygw_sql_param_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return stmt;
+}
+
+
+ngx_int_t
+ngx_http_paygw_sql_int(ngx_http_paygw_mysql_op_t *op,
+    ngx_http_paygw_sql_stmt_t *stmt, int64_t v)
+{
+    ngx_http_paygw_sql_param_t  *p;
+
+    p = ngx_array_push(&stmt->params);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    p->type = NGX_HTTP_PAYGW_SQL_INT;
+    p->num = v;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_sql_str(ngx_http_paygw_mysql_op_t *op,
+    ngx_http_paygw_sql_stmt_t *stmt, ngx_str_t *v)
+{
+    ngx_http_paygw_sql_param_t  *p;
+
+    p = ngx_array_push(&stmt->params);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    p->type = NGX_HTTP_PAYGW_SQL_STR;
+    p->str = *v;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_sql_null(ngx_http_paygw_mysql_op_t *op,
+    ngx_http_paygw_sql_stmt_t *stmt)
+{
+    ngx_http_paygw_sql_param_t  *p;
+
+    p = ngx_array_push(&stmt->params);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    p->type = NGX_HTTP_PAYGW_SQL_NULL;
+
+    return NGX_OK;
+}
+
+
+ngx_str_t *
+ngx_http_paygw_sql_value(ngx_http_paygw_sql_stmt_t *stmt, ngx_uint_t row,
+    ngx_uint_t col)
+{
+    if (row >= stmt->nrows || col >= stmt->nfields) {
+        return NULL;
+    }
+
+    return &stmt->values[row * stmt->nfields + col];
+}
+
+
+ngx_int_t
+ngx_http_paygw_mysql_send(ngx_http_request_t *r, ngx_http_paygw_mysql_op_t *op)
+{
+    ngx_http_paygw_loc_conf_t  *plcf;
+
+    if (op->stmts.nelts == 0) {
+        return NGX_ERROR;
+    }
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_paygw_module);
+
+    op->conflict = 0;
+    op->err_no = 0;
+    op->retried = 0;
+
+    return ngx_http_paygw_call_start(r, &plcf->mysql_uri, &op->call);
+}
+
+
+/* the location handler: runs in the subrequest */
+
+
+ngx_int_t
+ngx_http_paygw_mysql_handler(ngx_http_request_t *r)
+{
+    ngx_http_cleanup_t          *cln;
+    ngx_http_paygw_loc_conf_t   *plcf;
+    ngx_http_paygw_mysql_op_t   *op;
+    ngx_http_paygw_mysql_srv_t  *srv;
+
+    op = ngx_http_paygw_call_ctx(r, NGX_HTTP_PAYGW_CALL_MYSQL);
+    if (op == NULL) {
+        return NGX_HTTP_NOT_FOUND;
+    }
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_paygw_module);
+    srv = plcf->mysql;
+
+    if (!srv->initialized) {
+        ngx_http_paygw_mysql_init_srv(srv);
+    }
+
+    /* the main request's cleanups also run when it is terminated */
+
+    cln = ngx_http_cleanup_add(r->main, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_paygw_mysql_cleanup;
+    cln->data = op;
+
+    op->cleanup = cln;
+    op->request = r;
+    op->srv = srv;
+    op->conn = NULL;
+
+    op->timer.handler = ngx_http_paygw_mysql_op_timeout;
+    op->timer.data = op;
+    op->timer.log = r->connection->log;
+
+    ngx_add_timer(&op->timer, srv->query_timeout);
+
+    r->main->count++;
+
+    ngx_http_paygw_mysql_dispatch(op);
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_paygw_mysql_init_srv(ngx_http_paygw_mysql_srv_t *srv)
+{
+    ngx_http_paygw_mysql_worker_t  *w;
+
+    /* configuration memory is private to each worker after fork */
+
+    ngx_queue_init(&srv->idle);
+    ngx_queue_init(&srv->waiting);
+    srv->nconns = 0;
+    srv->initialized = 1;
+
+    w = ngx_pcalloc(ngx_cycle->pool, sizeof(ngx_http_paygw_mysql_worker_t));
+    if (w == NULL) {
+        return;
+    }
+
+    w->wake.handler = ngx_http_paygw_mysql_wake;
+    w->wake.data = srv;
+    w->wake.log = ngx_cycle->log;
+
+    srv->wake = &w->wake;
+}
+
+
+static void
+ngx_http_paygw_mysql_dispatch(ngx_http_paygw_mysql_op_t *op)
+{
+    ngx_http_paygw_mysql_conn_t  *mc;
+    ngx_http_paygw_mysql_srv_t   *srv;
+
+    srv = op->srv;
+
+    mc = ngx_http_paygw_mysql_get_idle(srv);
+
+    if (mc) {
+        ngx_http_paygw_mysql_attach(mc, op);
+        mc->reused = 1;
+
+        op->step = 0;
+        op->in_transaction = 0;
+
+        ngx_http_paygw_mysql_progress(mc, ngx_http_paygw_mysql_start_step(mc));
+        return;
+    }
+
+    if (srv->nconns < srv->max_conns) {
+        ngx_http_paygw_mysql_connect(op);
+        return;
+    }
+
+    /* the pool is busy: wait in line, bounded by the op's timer */
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, op->request->connection->log, 0,
+                   "paygw mysql: all %ui connections busy, waiting",
+                   srv->max_conns);
+
+    ngx_queue_insert_tail(&srv->waiting, &op->queue);
+    op->queued = 1;
+}
+
+
+static ngx_http_paygw_mysql_conn_t *
+ngx_http_paygw_mysql_get_idle(ngx_http_paygw_mysql_srv_t *srv)
+{
+    ngx_queue_t                  *q;
+    ngx_http_paygw_mysql_conn_t  *mc;
+
+    while (!ngx_queue_empty(&srv->idle)) {
+
+        /* most recently used first: the rest may time out and go */
+
+        q = ngx_queue_head(&srv->idle);
+        ngx_queue_remove(q);
+
+        mc = ngx_queue_data(q, ngx_http_paygw_mysql_conn_t, queue);
+
+        mc->state = NGX_HTTP_PAYGW_MYSQL_FREE;
+        mc->c->idle = 0;
+
+        if (mc->c->read->timer_set) {
+            ngx_del_timer(mc->c->read);
+        }
+
+        /* the server may have gone away since: do not hand that out */
+
+        if (ngx_http_paygw_mysql_alive(mc->c) != NGX_OK) {
+            ngx_http_paygw_mysql_close(mc);
+            continue;
+        }
+
+        return mc;
+    }
+
+    return NULL;
+}
+
+
+static void
+ngx_http_paygw_mysql_connect(ngx_http_paygw_mysql_op_t *op)
+{
+    int                           status;
+    my_bool                       off;
+    unsigned int                  no_infile;
+    ngx_http_paygw_mysql_srv_t   *srv;
+    ngx_http_paygw_mysql_conn_t  *mc;
+
+    srv = op->srv;
+
+    mc = ngx_calloc(sizeof(ngx_http_paygw_mysql_conn_t),
+                    op->request->connection->log);
+    if (mc == NULL) {
+        goto failed;
+    }
+
+    mc->mysql = mysql_init(NULL);
+    if (mc->mysql == NULL) {
+        ngx_free(mc);
+        goto failed;
+    }
+
+    off = 0;
+    no_infile = 0;
+
+    if (mysql_options(mc->mysql, MYSQL_OPT_NONBLOCK, 0) != 0
+        || mysql_options(mc->mysql, MYSQL_SET_CHARSET_NAME, "utf8mb4") != 0
+        || mysql_options(mc->mysql, MYSQL_OPT_RECONNECT, &off) != 0
+        || mysql_options(mc->mysql, MYSQL_OPT_LOCAL_INFILE, &no_infile) != 0
+        || mysql_options(mc->mysql, MYSQL_INIT_COMMAND,
+                         "SET time_zone = '+00:00'")
+           != 0)
+    {
+        mysql_close(mc->mysql);
+        ngx_free(mc);
+        goto failed;
+    }
+
+    mc->srv = srv;
+    srv->nconns++;
+
+    mc->connect_timer.handler = ngx_http_paygw_mysql_connect_timeout;
+    mc->connect_timer.data = mc;
+    mc->connect_timer.log = ngx_cycle->log;
+
+    mc->lib_timer.handler = ngx_http_paygw_mysql_lib_timeout;
+    mc->lib_timer.data = mc;
+    mc->lib_timer.log = ngx_cycle->log;
+
+    ngx_http_paygw_mysql_attach(mc, op);
+
+    op->step = 0;
+    op->in_transaction = 0;
+
+    mc->state = NGX_HTTP_PAYGW_MYSQL_CONNECT;
+    ngx_add_timer(&mc->connect_timer, srv->connect_timeout);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, op->request->connection->log, 0,
+                   "paygw mysql: connecting to %V:%ui",
+                   &srv->host, srv->port);
+
+    /* CLIENT_FOUND_ROWS: affected rows count the rows a WHERE matched */
+
+    status = mysql_real_connect_start(&mc->ret_mysql, mc->mysql,
+                                      (char *) srv->host.data,
+                                      (char *) srv->user.data,
+                                      (char *) srv->password.data,
+                                      (char *) srv->database.data,
+                                      (unsigned int) srv->port, NULL,
+                                      CLIENT_FOUND_ROWS);
+
+    ngx_http_paygw_mysql_progress(mc, status);
+    return;
+
+failed:
+
+    ngx_http_paygw_call_fail(&op->call, op->pool,
+                             NGX_HTTP_INTERNAL_SERVER_ERROR,
+                             "mysql: out of memory");
+    ngx_http_paygw_mysql_finish(op);
+}
+
+
+static void
+ngx_http_paygw_mysql_attach(ngx_http_paygw_mysql_conn_t *mc,
+    ngx_http_paygw_mysql_op_t *op)
+{
+    mc->op = op;
+    op->conn = mc;
+}
+
+
+/* the state machine */
+
+
+static void
+ngx_http_paygw_mysql_progress(ngx_http_paygw_mysql_conn_t *mc, int status)
+{
+    while (status == 0) {
+        status = ngx_http_paygw_mysql_next(mc);
+    }
+
+    if (status == NGX_HTTP_PAYGW_MYSQL_STOP) {
+        return;
+    }
+
+    if (ngx_http_paygw_mysql_wait(mc, status) != NGX_OK) {
+        (void) ngx_http_paygw_mysql_broken(mc, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                           "cannot watch the connection");
+    }
+}
+
+
+static int
+ngx_http_paygw_mysql_next(ngx_http_paygw_mysql_conn_t *mc)
+{
+    /* the library call in progress has just completed */
+
+    switch (mc->state) {
+
+    case NGX_HTTP_PAYGW_MYSQL_CONNECT:
+        return ngx_http_paygw_mysql_connected(mc);
+
+    case NGX_HTTP_PAYGW_MYSQL_QUERY:
+        return ngx_http_paygw_mysql_queried(mc);
+
+    case NGX_HTTP_PAYGW_MYSQL_STORE:
+        return ngx_http_paygw_mysql_stored(mc);
+
+    case NGX_HTTP_PAYGW_MYSQL_ROLLBACK:
+        return ngx_http_paygw_mysql_rolled_back(mc);
+    }
+
+    return NGX_HTTP_PAYGW_MYSQL_STOP;
+}
+
+
+static int
+ngx_http_paygw_mysql_connected(ngx_http_paygw_mysql_conn_t *mc)
+{
+    if (mc->connect_timer.timer_set) {
+        ngx_del_timer(&mc->connect_timer);
+    }
+
+    if (mc->ret_mysql == NULL) {
+        return ngx_http_paygw_mysql_broken(mc, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                           "connect");
+    }
+
+    if (mc->c == NULL && ngx_http_paygw_mysql_watch(mc) != NGX_OK) {
+        return ngx_http_paygw_mysql_broken(mc, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                           "cannot watch the connection");
+    }
+
+    return ngx_http_paygw_mysql_start_step(mc);
+}
+
+
+static int
+ngx_http_paygw_mysql_start_step(ngx_http_paygw_mysql_conn_t *mc)
+{
+    ngx_str_t                   sql;
+    ngx_uint_t                  n, tx;
+    ngx_http_paygw_mysql_op_t  *op;
+    ngx_http_paygw_sql_stmt_t  *stmt;
+
+    op = mc->op;
+    tx = op->transaction ? 1 : 0;
+    n = op->stmts.nelts;
+
+    /* steps: [START TRANSACTION] statements... [COMMIT] */
+
+    if (op->step == n + 2 * tx) {
+        op->call.ok = 1;
+        ngx_http_paygw_mysql_release(mc);
+        ngx_http_paygw_mysql_finish(op);
+        return NGX_HTTP_PAYGW_MYSQL_STOP;
+    }
+
+    if (tx && op->step == 0) {
+        ngx_str_set(&sql, "START TRANSACTION");
+
+    } else if (tx && op->step == n + 1) {
+        ngx_str_set(&sql, "COMMIT");
+
+    } else {
+        stmt = (ngx_http_paygw_sql_stmt_t *) op->stmts.elts + op->step - tx;
+
+        if (ngx_http_paygw_sql_render(mc->mysql, op->pool, stmt, &sql)
+            != NGX_OK)
+        {
+            ngx_log_error(NGX_LOG_ALERT, op->request->connection->log, 0,
+                          "paygw mysql: statement %ui does not match its "
+                          "parameters", op->step - tx);
+            op->failed = op->step - tx;
+            ngx_http_paygw_call_fail(&op->call, op->pool,
+                                     NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                     "statement does not match its "
+                                     "parameters");
+            return ngx_http_paygw_mysql_abort(mc);
+        }
+    }
+
+    mc->state = NGX_HTTP_PAYGW_MYSQL_QUERY;
+
+    return mysql_real_query_start(&mc->ret_int, mc->mysql,
+                                  (char *) sql.data, sql.len);
+}
+
+
+static int
+ngx_http_paygw_mysql_queried(ngx_http_paygw_mysql_conn_t *mc)
+{
+    ngx_uint_t                  tx;
+    ngx_http_paygw_mysql_op_t  *op;
+    ngx_http_paygw_sql_stmt_t  *stmt;
+
+    op = mc->op;
+    tx = op->transaction ? 1 : 0;
+
+    if (mc->ret_int != 0) {
+        return ngx_http_paygw_mysql_failed(mc);
+    }
+
+    if (tx && op->step == 0) {
+        op->in_transaction = 1;
+        op->step++;
+        return ngx_http_paygw_mysql_start_step(mc);
+    }
+
+    if (tx && op->step == op->stmts.nelts + 1) {
+        op->in_transaction = 0;
+        op->step++;
+        return ngx_http_paygw_mysql_start_step(mc);
+    }
+
+    if (mysql_field_count(mc->mysql) > 0) {
+        mc->state = NGX_HTTP_PAYGW_MYSQL_STORE;
+        return mysql_store_result_start(&mc->ret_res, mc->mysql);
+    }
+
+    stmt = (ngx_http_paygw_sql_stmt_t *) op->stmts.elts + op->step - tx;
+
+    stmt->affected = mysql_affected_rows(mc->mysql);
+    stmt->insert_id = mysql_insert_id(mc->mysql);
+
+    if (stmt->expect_affected != NGX_HTTP_PAYGW_ANY_ROWS
+        && stmt->affected != (uint64_t) stmt->expect_affected)
+    {
+        /* a conditional write lost: undo everything before it */
+
+        op->conflict = 1;
+        op->failed = op->step - tx;
+        op->call.ok = 1;
+        return ngx_http_paygw_mysql_abort(mc);
+    }
+
+    op->step++;
+
+    return ngx_http_paygw_mysql_start_step(mc);
+}
+
+
+static int
+ngx_http_paygw_mysql_stored(ngx_http_paygw_mysql_conn_t *mc)
+{
+    ngx_int_t                   rc;
+    ngx_uint_t                  tx;
+    ngx_http_paygw_mysql_op_t  *op;
+    ngx_http_paygw_sql_stmt_t  *stmt;
+
+    op = mc->op;
+    tx = op->transaction ? 1 : 0;
+
+    if (mc->ret_res == NULL) {
+        return ngx_http_paygw_mysql_failed(mc);
+    }
+
+    stmt = (ngx_http_paygw_sql_stmt_t *) op->stmts.elts + op->step - tx;
+
+    rc = ngx_http_paygw_sql_store_result(mc->ret_res, op->pool, stmt);
+
+    mysql_free_result(mc->ret_res);
+    mc->ret_res = NULL;
+
+    if (rc != NGX_OK) {
+        op->failed = op->step - tx;
+        ngx_http_paygw_call_fail(&op->call, op->pool,
+                                 NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                 "out of memory for a result");
+        return ngx_http_paygw_mysql_abort(mc);
+    }
+
+    op->step++;
+
+    return ngx_http_paygw_mysql_start_step(mc);
+}
+
+
+static int
+ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc)
+{
+    size_t                       len;
+    const char                  *msg;
+    unsigned int                 err;
+    ngx_uint_t                   tx;
+    ngx_http_paygw_mysql_op_t   *op;
+
+    op = mc->op;
+    tx = op->transaction ? 1 : 0;
+    err = mysql_errno(mc->mysql);
+
+    if (err >= CR_MIN_ERROR) {
+
+        /*
+         * The connection broke.  A pooled connection that the server
+         * dropped while idle fails on its very first statement; when
+         * that statement changes nothing (START TRANSACTION, or a
+         * read-only op) it is safe to run the op again on another one.
+         */
+
+        if (mc->reused && op->step == 0 && !op->retried
+            && (tx || op->read_only)
+            && (err == CR_SERVER_GONE_ERROR || err == CR_SERVER_LOST))
+        {
+            ngx_log_error(NGX_LOG_INFO, op->request->connection->log, 0,
+                          "paygw mysql: pooled connection was lost (%s), "
+                          "retrying once", mysql_error(mc->mysql));
+
+            op->retried = 1;
+            mc->op = NULL;
+            op->conn = NULL;
+            ngx_http_paygw_mysql_close(mc);
+            ngx_http_paygw_mysql_dispatch(op);
+            return NGX_HTTP_PAYGW_MYSQL_STOP;
+        }
+
+        return ngx_http_paygw_mysql_broken(mc, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                           "query");
+    }
+
+    /* the server refused the statement; the connection is fine */
+
+    op->call.ok = 1;
+    op->err_no = err;
+    op->failed = op->step > tx ? op->step - tx : 0;
+
+    msg = mysql_error(mc->mysql);
+    len = ngx_strlen(msg);
+
+    op->err_msg.data = ngx_pnalloc(op->pool, len);
+    if (op->err_msg.data) {
+        ngx_memcpy(op->err_msg.data, msg, len);
+        op->err_msg.len = len;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, op->request->connection->log, 0,
+                   "paygw mysql: error %ud: %V", err, &op->err_msg);
+
+    return ngx_http_paygw_mysql_abort(mc);
+}
+
+
+static int
+ngx_http_paygw_mysql_abort(ngx_http_paygw_mysql_conn_t *mc)
+{
+    ngx_http_paygw_mysql_op_t  *op;
+
+    op = mc->op;
+
+    if (op->in_transaction) {
+        op->in_transaction = 0;
+        mc->state = NGX_HTTP_PAYGW_MYSQL_ROLLBACK;
+        return mysql_real_query_start(&mc->ret_int, mc->mysql,
+                                      "ROLLBACK", sizeof("ROLLBACK") - 1);
+    }
+
+    ngx_http_paygw_mysql_release(mc);
+    ngx_http_paygw_mysql_finish(op);
+
+    return NGX_HTTP_PAYGW_MYSQL_STOP;
+}
+
+
+static int
+ngx_http_paygw_mysql_rolled_back(ngx_http_paygw_mysql_conn_t *mc)
+{
+    ngx_http_paygw_mysql_op_t  *op;
+
+    op = mc->op;
+
+    if (mc->ret_int != 0) {
+        /* the outcome recorded before stands; the connection does not */
+        mc->op = NULL;
+        op->conn = NULL;
+        ngx_http_paygw_mysql_close(mc);
+
+    } else {
+        ngx_http_paygw_mysql_release(mc);
+    }
+
+    ngx_http_paygw_mysql_finish(op);
+
+    return NGX_HTTP_PAYGW_MYSQL_STOP;
+}
+
+
+static int
+ngx_http_paygw_mysql_broken(ngx_http_paygw_mysql_conn_t *mc,
+    ngx_uint_t status, const char *what)
+{
+    ngx_http_paygw_mysql_op_t  *op;
+
+    op = mc->op;
+
+    ngx_log_error(NGX_LOG_ERR, op->request->connection->log, 0,
+                  "paygw mysql %V:%ui %s failed: %s",
+                  &mc->srv->host, mc->srv->port, what,
+                  mysql_error(mc->mysql));
+
+    ngx_http_paygw_call_fail(&op->call, op->pool, status,
+                             "mysql %s failed: %s", what,
+                             mysql_error(mc->mysql));
+
+    mc->op = NULL;
+    op->conn = NULL;
+    ngx_http_paygw_mysql_close(mc);
+
+    ngx_http_paygw_mysql_finish(op);
+
+    return NGX_HTTP_PAYGW_MYSQL_STOP;
+}
+
+
+/* events */
+
+
+static ngx_int_t
+ngx_http_paygw_mysql_wait(ngx_http_paygw_mysql_conn_t *mc, int status)
+{
+    mc->wait = status;
+
+    if (status & MYSQL_WAIT_TIMEOUT) {
+        ngx_add_timer(&mc->lib_timer, mysql_get_timeout_value_ms(mc->mysql));
+    }
+
+    if (!(status & (MYSQL_WAIT_READ|MYSQL_WAIT_WRITE))) {
+        return NGX_OK;
+    }
+
+    if (mc->c == NULL && ngx_http_paygw_mysql_watch(mc) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_add_conn) {
+        /* edge-triggered and registered once: nothing to change */
+        return NGX_OK;
+    }
+
+    if ((status & MYSQL_WAIT_READ)
+        && ngx_handle_read_event(mc->c->read, 0) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if ((status & MYSQL_WAIT_WRITE)
+        && ngx_handle_write_event(mc->c->write, 0) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_mysql_watch(ngx_http_paygw_mysql_conn_t *mc)
+{
+    ngx_socket_t       fd;
+    ngx_connection_t  *c;
+
+    fd = (ngx_socket_t) mysql_get_socket(mc->mysql);
+
+    if (fd == (ngx_socket_t) -1) {
+        return NGX_ERROR;
+    }
+
+    c = ngx_get_connection(fd, ngx_cycle->log);
+    if (c == NULL) {
+        return NGX_ERROR;
+    }
+
+    c->data = mc;
+    c->log = ngx_cycle->log;
+    c->read->log = c->log;
+    c->write->log = c->log;
+    c->read->handler = ngx_http_paygw_mysql_read_handler;
+    c->write->handler = ngx_http_paygw_mysql_write_handler;
+    c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
+
+    mc->c = c;
+
+    if (ngx_add_conn && ngx_add_conn(c) == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_paygw_mysql_read_handler(ngx_event_t *rev)
+{
+    ngx_connection_t             *c;
+    ngx_http_paygw_mysql_conn_t  *mc;
+
+    c = rev->data;
+    mc = c->data;
+
+    if (mc->op == NULL) {
+        ngx_http_paygw_mysql_idle_handler(mc, rev);
+        return;
+    }
+
+    if (mc->wait & MYSQL_WAIT_READ) {
+        ngx_http_paygw_mysql_resume(mc, MYSQL_WAIT_READ);
+    }
+}
+
+
+static void
+ngx_http_paygw_mysql_write_handler(ngx_event_t *wev)
+{
+    ngx_connection_t             *c;
+    ngx_http_paygw_mysql_conn_t  *mc;
+
+    c = wev->data;
+    mc = c->data;
+
+    if (mc->op && (mc->wait & MYSQL_WAIT_WRITE)) {
+        ngx_http_paygw_mysql_resume(mc, MYSQL_WAIT_WRITE);
+    }
+}
+
+
+static void
+ngx_http_paygw_mysql_lib_timeout(ngx_event_t *ev)
+{
+    ngx_http_paygw_mysql_conn_t *mc = ev->data;
+
+    if (mc->op && (mc->wait & MYSQL_WAIT_TIMEOUT)) {
+        ngx_http_paygw_mysql_resume(mc, MYSQL_WAIT_TIMEOUT);
+    }
+}
+
+
+static void
+ngx_http_paygw_mysql_connect_timeout(ngx_event_t *ev)
+{
+    ngx_connection_t             *c;
+    ngx_http_paygw_mysql_conn_t  *mc;
+
+    mc = ev->data;
+
+    if (mc->op == NULL) {
+        return;
+    }
+
+    c = mc->op->request->connection;
+
+    (void) ngx_http_paygw_mysql_broken(mc, NGX_HTTP_GATEWAY_TIME_OUT,
+                                       "connect (timed out)");
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_paygw_mysql_resume(ngx_http_paygw_mysql_conn_t *mc, int events)
+{
+    int                result;
+    ngx_connection_t  *c;
+
+    /* the client connection whose requests our subrequest belongs to */
+
+    c = mc->op->request->connection;
+
+    mc->wait = 0;
+
+    if (mc->lib_timer.timer_set) {
+        ngx_del_timer(&mc->lib_timer);
+    }
+
+    switch (mc->state) {
+
+    case NGX_HTTP_PAYGW_MYSQL_CONNECT:
+        result = mysql_real_connect_cont(&mc->ret_mysql, mc->mysql, events);
+        break;
+
+    case NGX_HTTP_PAYGW_MYSQL_QUERY:
+    case NGX_HTTP_PAYGW_MYSQL_ROLLBACK:
+        result = mysql_real_query_cont(&mc->ret_int, mc->mysql, events);
+        break;
+
+    case NGX_HTTP_PAYGW_MYSQL_STORE:
+        result = mysql_store_result_cont(&mc->ret_res, mc->mysql, events);
+        break;
+
+    default:
+        return;
+    }
+
+    ngx_http_paygw_mysql_progress(mc, result);
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* the pool */
+
+
+static void
+ngx_http_paygw_mysql_release(ngx_http_paygw_mysql_conn_t *mc)
+{
+    ngx_http_paygw_mysql_srv_t  *srv;
+
+    srv = mc->srv;
+
+    if (mc->op) {
+        mc->op->conn = NULL;
+        mc->op = NULL;
+    }
+
+    if (ngx_exiting || ngx_terminate || mc->c == NULL) {
+        ngx_http_paygw_mysql_close(mc);
+        return;
+    }
+
+    mc->state = NGX_HTTP_PAYGW_MYSQL_IDLE;
+    mc->reused = 1;
+
+    ngx_queue_insert_head(&srv->idle, &mc->queue);
+
+    /* idle: closed on EOF, on timeout, or when nginx shuts down */
+
+    mc->c->idle = 1;
+    ngx_add_timer(mc->c->read, srv->idle_timeout);
+
+    if (!ngx_queue_empty(&srv->waiting) && srv->wake) {
+        ngx_post_event(srv->wake, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_http_paygw_mysql_idle_handler(ngx_http_paygw_mysql_conn_t *mc,
+    ngx_event_t *ev)
+{
+    ngx_connection_t  *c;
+
+    c = mc->c;
+
+    if (c->close || ev->timedout
+        || ngx_http_paygw_mysql_alive(c) != NGX_OK)
+    {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, 0,
+                       "paygw mysql: closing idle connection %d", c->fd);
+        ngx_http_paygw_mysql_close(mc);
+    }
+}
+
+
+static ngx_int_t
+ngx_http_paygw_mysql_alive(ngx_connection_t *c)
+{
+    int        n;
+    char       buf[1];
+    ngx_err_t  err;
+
+    /*
+     * An idle connection has nothing to read: EOF or data means gone.
+     * Connector/C leaves its socket blocking between operations, so
+     * the peek must not wait.
+     */
+
+    n = recv(c->fd, buf, 1, MSG_PEEK|MSG_DONTWAIT);
+
+    if (n == -1) {
+        err = ngx_socket_errno;
+
+        if (err == NGX_EAGAIN) {
+            return NGX_OK;
+        }
+    }
+
+    return NGX_ERROR;
+}
+
+
+static void
+ngx_http_paygw_mysql_close(ngx_http_paygw_mysql_conn_t *mc)
+{
+    ngx_socket_t                 fd;
+    ngx_connection_t            *c;
+    ngx_http_paygw_mysql_srv_t  *srv;
+
+    srv = mc->srv;
+
+    if (mc->state == NGX_HTTP_PAYGW_MYSQL_IDLE) {
+        ngx_queue_remove(&mc->queue);
+    }
+
+    if (mc->connect_timer.timer_set) {
+        ngx_del_timer(&mc->connect_timer);
+    }
+
+    if (mc->lib_timer.timer_set) {
+        ngx_del_timer(&mc->lib_timer);
+    }
+
+    c = mc->c;
+
+    if (c) {
+        fd = c->fd;
+
+        if (c->read->timer_set) {
+            ngx_del_timer(c->read);
+        }
+
+        if (c->write->timer_set) {
+            ngx_del_timer(c->write);
+        }
+
+        /* the library closes the socket: only forget it here */
+
+        if (ngx_del_conn) {
+            ngx_del_conn(c, NGX_CLOSE_EVENT);
+
+        } else {
+            if (c->read->active || c->read->disabled) {
+                ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+            }
+
+            if (c->write->active || c->write->disabled) {
+                ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+            }
+        }
+
+        if (c->read->posted) {
+            ngx_delete_posted_event(c->read);
+        }
+
+        if (c->write->posted) {
+            ngx_delete_posted_event(c->write);
+        }
+
+        c->read->closed = 1;
+        c->write->closed = 1;
+
+        ngx_free_connection(c);
+        c->fd = (ngx_socket_t) -1;
+
+        /*
+         * Interrupted mid-operation: shut the socket down so that
+         * mysql_close() cannot wait on it while saying goodbye.
+         */
+
+        if (mc->state != NGX_HTTP_PAYGW_MYSQL_IDLE
+            && mc->state != NGX_HTTP_PAYGW_MYSQL_FREE)
+        {
+            (void) shutdown(fd, SHUT_RDWR);
+        }
+    }
+
+    mysql_close(mc->mysql);
+    ngx_free(mc);
+
+    srv->nconns--;
+
+    if (!ngx_queue_empty(&srv->waiting) && srv->wake) {
+        ngx_post_event(srv->wake, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_http_paygw_mysql_wake(ngx_event_t *ev)
+{
+    ngx_queue_t                 *q;
+    ngx_connection_t            *c;
+    ngx_http_paygw_mysql_op_t   *op;
+    ngx_http_paygw_mysql_srv_t  *srv;
+
+    srv = ev->data;
+
+    while (!ngx_queue_empty(&srv->waiting)
+           && (!ngx_queue_empty(&srv->idle) || srv->nconns < srv->max_conns))
+    {
+        q = ngx_queue_head(&srv->waiting);
+        ngx_queue_remove(q);
+
+        op = ngx_queue_data(q, ngx_http_paygw_mysql_op_t, queue);
+        op->queued = 0;
+
+        c = op->request->connection;
+
+        ngx_http_paygw_mysql_dispatch(op);
+
+        ngx_http_run_posted_requests(c);
+
+        if (op->queued) {
+            /* every idle connection proved dead: try again later */
+            break;
+        }
+    }
+}
+
+
+/* the op's own end */
+
+
+static void
+ngx_http_paygw_mysql_op_timeout(ngx_event_t *ev)
+{
+    ngx_connection_t             *c;
+    ngx_http_paygw_mysql_op_t    *op;
+    ngx_http_paygw_mysql_conn_t  *mc;
+
+    op = ev->data;
+    c = op->request->connection;
+    mc = op->conn;
+
+    ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                  "paygw mysql %V:%ui: timed out after %M ms%s",
+                  &op->srv->host, op->srv->port, op->srv->query_timeout,
+                  mc ? "" : " waiting for a free connection");
+
+    ngx_http_paygw_call_fail(&op->call, op->pool, NGX_HTTP_GATEWAY_TIME_OUT,
+                             "mysql timed out");
+
+    if (mc) {
+        /* a started operation cannot be abandoned: close the connection */
+        mc->op = NULL;
+        op->conn = NULL;
+        ngx_http_paygw_mysql_close(mc);
+    }
+
+    ngx_http_paygw_mysql_finish(op);
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_paygw_mysql_cleanup(void *data)
+{
+    ngx_http_paygw_mysql_op_t *op = data;
+
+    ngx_http_paygw_mysql_conn_t  *mc;
+
+    /* the request went away while the op was still running */
+
+    if (op->request == NULL) {
+        return;
+    }
+
+    if (op->timer.timer_set) {
+        ngx_del_timer(&op->timer);
+    }
+
+    if (op->queued) {
+        ngx_queue_remove(&op->queue);
+        op->queued = 0;
+    }
+
+    mc = op->conn;
+
+    if (mc) {
+        mc->op = NULL;
+        op->conn = NULL;
+        ngx_http_paygw_mysql_close(mc);
+    }
+
+    op->request = NULL;
+}
+
+
+static void
+ngx_http_paygw_mysql_finish(ngx_http_paygw_mysql_op_t *op)
+{
+    ngx_http_request_t  *r;
+
+    r = op->request;
+
+    if (r == NULL) {
+        return;
+    }
+
+    if (op->timer.timer_set) {
+        ngx_del_timer(&op->timer);
+    }
+
+    if (op->queued) {
+        ngx_queue_remove(&op->queue);
+        op->queued = 0;
+    }
+
+    op->conn = NULL;
+    op->request = NULL;
+
+    if (op->cleanup) {
+        op->cleanup->handler = NULL;
+    }
+
+    r->headers_out.status = op->call.ok ? NGX_HTTP_OK : op->call.status;
+
+    ngx_http_finalize_request(r, NGX_OK);
+}
+
+
+void
+ngx_http_paygw_mysql_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                    i;
+    ngx_queue_t                  *q;
+    ngx_http_paygw_main_conf_t   *pmcf;
+    ngx_http_paygw_mysql_srv_t  **srvp;
+    ngx_http_paygw_mysql_conn_t  *mc;
+
+    pmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_paygw_module);
+    if (pmcf == NULL) {
+        return;
+    }
+
+    srvp = pmcf->mysql_servers.elts;
+
+    for (i = 0; i < pmcf->mysql_servers.nelts; i++) {
+
+        if (!srvp[i]->initialized) {
+            continue;
+        }
+
+        while (!ngx_queue_empty(&srvp[i]->idle)) {
+            q = ngx_queue_head(&srvp[i]->idle);
+            mc = ngx_queue_data(q, ngx_http_paygw_mysql_conn_t, queue);
+            ngx_http_paygw_mysql_close(mc);
+        }
+    }
+}

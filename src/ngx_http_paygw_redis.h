@@ -1,0 +1,51 @@
+
+/*
+ * paygw: Redis through an nginx upstream (paygw_redis_pass).
+ */
+
+
+#ifndef _NGX_HTTP_PAYGW_REDIS_H_INCLUDED_
+#define _NGX_HTTP_PAYGW_REDIS_H_INCLUDED_
+
+
+#include "ngx_http_paygw.h"
+#include <hiredis.h>
+
+
+/*
+ * One round trip: every command appended is written in one go (a
+ * pipeline) and the call completes when a reply to each has arrived.
+ * Replies are hiredis objects owned by the op; they are freed with the
+ * request pool.
+ */
+
+typedef struct {
+    ngx_http_paygw_call_t         call;
+
+    ngx_array_t                   cmds;      /* ngx_str_t, formatted RESP */
+    redisReply                  **replies;   /* cmds.nelts once ok */
+
+    /* upstream side */
+    redisReader                  *reader;
+    size_t                        received;
+    size_t                        max_reply;
+    ngx_uint_t                    got;
+} ngx_http_paygw_redis_op_t;
+
+
+ngx_http_paygw_redis_op_t *ngx_http_paygw_redis_create(ngx_http_request_t *r);
+ngx_int_t ngx_http_paygw_redis_command(ngx_http_request_t *r,
+    ngx_http_paygw_redis_op_t *op, const char *fmt, ...);
+ngx_int_t ngx_http_paygw_redis_command_argv(ngx_http_request_t *r,
+    ngx_http_paygw_redis_op_t *op, ngx_uint_t argc, ngx_str_t *argv);
+ngx_int_t ngx_http_paygw_redis_send(ngx_http_request_t *r,
+    ngx_http_paygw_redis_op_t *op);
+
+char *ngx_http_paygw_redis_pass(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+void ngx_http_paygw_redis_init_conf(ngx_http_paygw_loc_conf_t *conf);
+char *ngx_http_paygw_redis_merge_conf(ngx_conf_t *cf,
+    ngx_http_paygw_loc_conf_t *prev, ngx_http_paygw_loc_conf_t *conf);
+
+
+#endif /* _NGX_HTTP_PAYGW_REDIS_H_INCLUDED_ */

@@ -1,0 +1,140 @@
+
+/*
+ * paygw: responses.  Every response carries X-Request-Id; every error
+ * has the one shape {"error":{"code","message","request_id"}}.
+ */
+
+
+#include "ngx_http_paygw.h"
+#include <jansson.h>
+
+
+static ngx_str_t  ngx_http_paygw_request_id_name = ngx_string("request_id");
+static ngx_str_t  ngx_http_paygw_json_type = ngx_string("application/json");
+
+
+void
+ngx_http_paygw_request_id(ngx_http_request_t *r, ngx_str_t *id)
+{
+    ngx_uint_t                  key;
+    ngx_http_variable_value_t  *vv;
+
+    /* nginx's $request_id: 32 hex digits from a CSPRNG */
+
+    key = ngx_hash_key(ngx_http_paygw_request_id_name.data,
+                       ngx_http_paygw_request_id_name.len);
+
+    vv = ngx_http_get_variable(r->main, &ngx_http_paygw_request_id_name,
+                               key);
+
+    if (vv == NULL || vv->not_found) {
+        ngx_str_set(id, "-");
+        return;
+    }
+
+    id->data = vv->data;
+    id->len = vv->len;
+}
+
+
+ngx_int_t
+ngx_http_paygw_send_text(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *type, ngx_str_t *body)
+{
+    ngx_int_t         rc;
+    ngx_buf_t        *b;
+    ngx_str_t         id;
+    ngx_chain_t       out;
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_paygw_request_id(r, &id);
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "X-Request-Id");
+    h->value = id;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = body->len;
+    r->headers_out.content_type = type ? *type : ngx_http_paygw_json_type;
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->pos = body->data;
+    b->last = body->data + body->len;
+    b->memory = body->len ? 1 : 0;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+ngx_int_t
+ngx_http_paygw_send_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, ngx_str_t *message)
+{
+    json_t     *doc;
+    ngx_int_t   rc;
+    ngx_str_t   id;
+
+    ngx_http_paygw_request_id(r, &id);
+
+    doc = json_pack("{s:{s:s, s:s%, s:s%}}", "error",
+                    "code", code,
+                    "message", (char *) message->data, message->len,
+                    "request_id", (char *) id.data, id.len);
+    if (doc == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_paygw_send_json(r, status, doc);
+    json_decref(doc);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_paygw_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    json_t *doc)
+{
+    char       *dump;
+    ngx_str_t   body;
+
+    dump = json_dumps(doc, JSON_COMPACT);
+    if (dump == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    body.len = ngx_strlen(dump);
+    body.data = ngx_pnalloc(r->pool, body.len);
+
+    if (body.data == NULL) {
+        free(dump);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(body.data, dump, body.len);
+    free(dump);
+
+    return ngx_http_paygw_send_text(r, status, NULL, &body);
+}

@@ -1,0 +1,544 @@
+
+/*
+ * paygw: a test-only window on the backend C API.
+ *
+ *     location = /_test/backend { paygw_test_backend; }
+ *
+ * POST {"redis": [["SET","k","v"], ["GET","k"]]} runs the commands as
+ * one pipeline; POST {"mysql": {"transaction": true, "statements":
+ * [{"sql": "...?...", "params": [1, "x", null], "expect_affected": 1}]}}
+ * runs statements through the pool.  It lets tests drive the very code
+ * paths payments use.  It runs caller-supplied SQL and commands: never
+ * enable it outside tests.
+ */
+
+
+#include "ngx_http_paygw.h"
+#include "ngx_http_paygw_redis.h"
+#include "ngx_http_paygw_mysql.h"
+
+
+typedef struct {
+    ngx_http_paygw_redis_op_t  *redis;
+    ngx_http_paygw_mysql_op_t  *mysql;
+} ngx_http_paygw_test_ctx_t;
+
+
+static ngx_int_t ngx_http_paygw_test_handler(ngx_http_request_t *r);
+static void ngx_http_paygw_test_body(ngx_http_request_t *r);
+static ngx_int_t ngx_http_paygw_test_start(ngx_http_request_t *r,
+    ngx_http_paygw_test_ctx_t *ctx, json_t *doc, ngx_str_t *why);
+static ngx_int_t ngx_http_paygw_test_redis(ngx_http_request_t *r,
+    ngx_http_paygw_test_ctx_t *ctx, json_t *cmds, ngx_str_t *why);
+static ngx_int_t ngx_http_paygw_test_mysql(ngx_http_request_t *r,
+    ngx_http_paygw_test_ctx_t *ctx, json_t *spec, ngx_str_t *why);
+static ngx_int_t ngx_http_paygw_test_param(ngx_http_request_t *r,
+    ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_sql_stmt_t *stmt,
+    json_t *v);
+static void ngx_http_paygw_test_resume(ngx_http_request_t *r);
+static ngx_int_t ngx_http_paygw_test_failed(ngx_http_request_t *r,
+    ngx_http_paygw_call_t *call);
+static json_t *ngx_http_paygw_test_redis_json(redisReply *reply);
+static json_t *ngx_http_paygw_test_bytes(const char *p, size_t len);
+static json_t *ngx_http_paygw_test_mysql_json(ngx_http_paygw_mysql_op_t *op);
+static json_t *ngx_http_paygw_test_stmt_json(ngx_http_paygw_sql_stmt_t *stmt);
+static u_char *ngx_http_paygw_test_pstrdup(ngx_pool_t *pool, const char *s,
+    size_t len);
+
+
+char *
+ngx_http_paygw_test_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_paygw_test_handler;
+
+    ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                       "paygw_test_backend runs arbitrary backend commands: "
+                       "for tests only");
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_test_handler(ngx_http_request_t *r)
+{
+    ngx_int_t  rc;
+
+    if (r->method != NGX_HTTP_POST) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_paygw_test_body);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_paygw_test_body(ngx_http_request_t *r)
+{
+    u_char                     *p;
+    size_t                      len;
+    json_t                     *doc;
+    ngx_int_t                   rc;
+    ngx_str_t                   why;
+    ngx_chain_t                *cl;
+    json_error_t                err;
+    ngx_http_paygw_test_ctx_t  *ctx;
+
+    if (r->request_body == NULL || r->request_body->temp_file) {
+        ngx_str_set(&why, "body missing or larger than "
+                          "client_body_buffer_size");
+        ngx_http_finalize_request(r,
+            ngx_http_paygw_send_error(r, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                      "invalid_request", &why));
+        return;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        len += cl->buf->last - cl->buf->pos;
+    }
+
+    p = ngx_pnalloc(r->pool, len + 1);
+    if (p == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        ngx_memcpy(p + len, cl->buf->pos, cl->buf->last - cl->buf->pos);
+        len += cl->buf->last - cl->buf->pos;
+    }
+
+    doc = json_loadb((char *) p, len, JSON_REJECT_DUPLICATES, &err);
+
+    if (doc == NULL) {
+        ngx_str_set(&why, "malformed JSON");
+        ngx_http_finalize_request(r,
+            ngx_http_paygw_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "invalid_request", &why));
+        return;
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_paygw_test_ctx_t));
+    if (ctx == NULL) {
+        json_decref(doc);
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    ngx_http_set_ctx(r, ctx, ngx_http_paygw_module);
+
+    rc = ngx_http_paygw_test_start(r, ctx, doc, &why);
+
+    json_decref(doc);
+
+    if (rc == NGX_DECLINED) {
+        ngx_http_finalize_request(r,
+            ngx_http_paygw_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                      "invalid_request", &why));
+        return;
+    }
+
+    if (rc != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    r->write_event_handler = ngx_http_paygw_test_resume;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_test_start(ngx_http_request_t *r,
+    ngx_http_paygw_test_ctx_t *ctx, json_t *doc, ngx_str_t *why)
+{
+    json_t  *v;
+
+    v = json_object_get(doc, "redis");
+    if (json_is_array(v)) {
+        return ngx_http_paygw_test_redis(r, ctx, v, why);
+    }
+
+    v = json_object_get(doc, "mysql");
+    if (json_is_object(v)) {
+        return ngx_http_paygw_test_mysql(r, ctx, v, why);
+    }
+
+    ngx_str_set(why, "expected {\"redis\": [...]} or {\"mysql\": {...}}");
+
+    return NGX_DECLINED;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_test_redis(ngx_http_request_t *r,
+    ngx_http_paygw_test_ctx_t *ctx, json_t *cmds, ngx_str_t *why)
+{
+    json_t                     *cmd, *arg;
+    size_t                      i, j, argc;
+    ngx_str_t                  *argv;
+    ngx_http_paygw_redis_op_t  *op;
+
+    op = ngx_http_paygw_redis_create(r);
+    if (op == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(why, "each command is a non-empty array of strings");
+
+    json_array_foreach(cmds, i, cmd) {
+
+        argc = json_array_size(cmd);
+        if (!json_is_array(cmd) || argc == 0) {
+            return NGX_DECLINED;
+        }
+
+        argv = ngx_palloc(r->pool, argc * sizeof(ngx_str_t));
+        if (argv == NULL) {
+            return NGX_ERROR;
+        }
+
+        json_array_foreach(cmd, j, arg) {
+            if (!json_is_string(arg)) {
+                return NGX_DECLINED;
+            }
+
+            argv[j].len = json_string_length(arg);
+            argv[j].data = ngx_http_paygw_test_pstrdup(r->pool,
+                                                   json_string_value(arg),
+                                                   argv[j].len);
+            if (argv[j].data == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
+        if (ngx_http_paygw_redis_command_argv(r, op, argc, argv) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (op->cmds.nelts == 0) {
+        return NGX_DECLINED;
+    }
+
+    ctx->redis = op;
+
+    return ngx_http_paygw_redis_send(r, op);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_test_mysql(ngx_http_request_t *r,
+    ngx_http_paygw_test_ctx_t *ctx, json_t *spec, ngx_str_t *why)
+{
+    u_char                     *sql;
+    json_t                     *stmts, *s, *text, *params, *p, *expect;
+    size_t                      i, j;
+    ngx_http_paygw_mysql_op_t  *op;
+    ngx_http_paygw_sql_stmt_t  *stmt;
+
+    op = ngx_http_paygw_mysql_create(r);
+    if (op == NULL) {
+        return NGX_ERROR;
+    }
+
+    op->transaction = json_is_true(json_object_get(spec, "transaction"));
+    op->read_only = json_is_true(json_object_get(spec, "read_only"));
+
+    ngx_str_set(why, "statements: [{\"sql\": \"...\", \"params\": [...]}]");
+
+    stmts = json_object_get(spec, "statements");
+    if (!json_is_array(stmts) || json_array_size(stmts) == 0) {
+        return NGX_DECLINED;
+    }
+
+    json_array_foreach(stmts, i, s) {
+
+        text = json_object_get(s, "sql");
+        if (!json_is_string(text)) {
+            return NGX_DECLINED;
+        }
+
+        sql = ngx_http_paygw_test_pstrdup(r->pool, json_string_value(text),
+                                          json_string_length(text));
+        if (sql == NULL) {
+            return NGX_ERROR;
+        }
+
+        stmt = ngx_http_paygw_mysql_add(op, (char *) sql);
+        if (stmt == NULL) {
+            return NGX_ERROR;
+        }
+
+        expect = json_object_get(s, "expect_affected");
+        if (json_is_integer(expect)) {
+            stmt->expect_affected = (ngx_int_t) json_integer_value(expect);
+        }
+
+        params = json_object_get(s, "params");
+
+        json_array_foreach(params, j, p) {
+            switch (ngx_http_paygw_test_param(r, op, stmt, p)) {
+            case NGX_OK:
+                break;
+            case NGX_DECLINED:
+                ngx_str_set(why, "params are integers, strings or null");
+                return NGX_DECLINED;
+            default:
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    ctx->mysql = op;
+
+    return ngx_http_paygw_mysql_send(r, op);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_test_param(ngx_http_request_t *r,
+    ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_sql_stmt_t *stmt,
+    json_t *v)
+{
+    ngx_str_t  s;
+
+    if (json_is_integer(v)) {
+        return ngx_http_paygw_sql_int(op, stmt, json_integer_value(v));
+    }
+
+    if (json_is_null(v)) {
+        return ngx_http_paygw_sql_null(op, stmt);
+    }
+
+    if (!json_is_string(v)) {
+        return NGX_DECLINED;
+    }
+
+    s.len = json_string_length(v);
+    s.data = ngx_http_paygw_test_pstrdup(r->pool, json_string_value(v), s.len);
+    if (s.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_paygw_sql_str(op, stmt, &s);
+}
+
+
+static void
+ngx_http_paygw_test_resume(ngx_http_request_t *r)
+{
+    json_t                     *doc, *list;
+    ngx_int_t                   rc;
+    ngx_uint_t                  i;
+    ngx_http_paygw_test_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_paygw_module);
+
+    if (ctx->redis) {
+        if (!ctx->redis->call.done) {
+            return;
+        }
+
+        if (!ctx->redis->call.ok) {
+            ngx_http_finalize_request(r,
+                ngx_http_paygw_test_failed(r, &ctx->redis->call));
+            return;
+        }
+
+        list = json_array();
+
+        for (i = 0; i < ctx->redis->cmds.nelts; i++) {
+            json_array_append_new(list,
+                ngx_http_paygw_test_redis_json(ctx->redis->replies[i]));
+        }
+
+        doc = json_pack("{s:o}", "replies", list);
+
+    } else {
+        if (!ctx->mysql->call.done) {
+            return;
+        }
+
+        if (!ctx->mysql->call.ok) {
+            ngx_http_finalize_request(r,
+                ngx_http_paygw_test_failed(r, &ctx->mysql->call));
+            return;
+        }
+
+        doc = ngx_http_paygw_test_mysql_json(ctx->mysql);
+    }
+
+    if (doc == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    rc = ngx_http_paygw_send_json(r, NGX_HTTP_OK, doc);
+    json_decref(doc);
+
+    ngx_http_finalize_request(r, rc);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_test_failed(ngx_http_request_t *r, ngx_http_paygw_call_t *call)
+{
+    ngx_uint_t  status;
+
+    status = call->status ? call->status : NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+    return ngx_http_paygw_send_error(r, status,
+                                     status == NGX_HTTP_GATEWAY_TIME_OUT
+                                     ? "backend_timeout"
+                                     : "backend_unavailable",
+                                     &call->error);
+}
+
+
+static json_t *
+ngx_http_paygw_test_redis_json(redisReply *reply)
+{
+    size_t   i;
+    json_t  *list;
+
+    switch (reply->type) {
+
+    case REDIS_REPLY_NIL:
+        return json_pack("{s:s}", "type", "nil");
+
+    case REDIS_REPLY_INTEGER:
+        return json_pack("{s:s, s:I}", "type", "integer",
+                         "value", (json_int_t) reply->integer);
+
+    case REDIS_REPLY_STATUS:
+        return json_pack("{s:s, s:o}", "type", "status", "value",
+                         ngx_http_paygw_test_bytes(reply->str, reply->len));
+
+    case REDIS_REPLY_ERROR:
+        return json_pack("{s:s, s:o}", "type", "error", "value",
+                         ngx_http_paygw_test_bytes(reply->str, reply->len));
+
+    case REDIS_REPLY_STRING:
+        return json_pack("{s:s, s:I, s:o}", "type", "string",
+                         "len", (json_int_t) reply->len, "value",
+                         ngx_http_paygw_test_bytes(reply->str, reply->len));
+
+    case REDIS_REPLY_ARRAY:
+        list = json_array();
+
+        for (i = 0; i < reply->elements; i++) {
+            json_array_append_new(list,
+                ngx_http_paygw_test_redis_json(reply->element[i]));
+        }
+
+        return json_pack("{s:s, s:o}", "type", "array", "value", list);
+    }
+
+    return json_pack("{s:s}", "type", "unknown");
+}
+
+
+static json_t *
+ngx_http_paygw_test_bytes(const char *p, size_t len)
+{
+    json_t  *s;
+
+    /* JSON strings must be UTF-8: anything else is reported as null */
+
+    s = json_stringn(p, len);
+
+    return s ? s : json_null();
+}
+
+
+static json_t *
+ngx_http_paygw_test_mysql_json(ngx_http_paygw_mysql_op_t *op)
+{
+    size_t                      i;
+    json_t                     *results;
+    ngx_http_paygw_sql_stmt_t  *stmt;
+
+    results = json_array();
+    stmt = op->stmts.elts;
+
+    for (i = 0; i < op->stmts.nelts; i++) {
+        json_array_append_new(results,
+                              ngx_http_paygw_test_stmt_json(&stmt[i]));
+    }
+
+    return json_pack("{s:b, s:i, s:s%, s:i, s:b, s:o}",
+                     "ok", op->err_no == 0 && !op->conflict,
+                     "errno", (int) op->err_no,
+                     "error", op->err_msg.data ? (char *) op->err_msg.data
+                                               : "",
+                     op->err_msg.len,
+                     "failed", (int) op->failed,
+                     "conflict", (int) op->conflict,
+                     "results", results);
+}
+
+
+static json_t *
+ngx_http_paygw_test_stmt_json(ngx_http_paygw_sql_stmt_t *stmt)
+{
+    json_t      *fields, *rows, *row;
+    ngx_str_t   *v;
+    ngx_uint_t   i, j;
+
+    fields = json_array();
+    rows = json_array();
+
+    for (i = 0; i < stmt->nfields; i++) {
+        json_array_append_new(fields,
+            ngx_http_paygw_test_bytes((char *) stmt->fields[i].data,
+                                      stmt->fields[i].len));
+    }
+
+    for (i = 0; i < stmt->nrows; i++) {
+        row = json_array();
+
+        for (j = 0; j < stmt->nfields; j++) {
+            v = ngx_http_paygw_sql_value(stmt, i, j);
+
+            json_array_append_new(row, v->data == NULL ? json_null()
+                : ngx_http_paygw_test_bytes((char *) v->data, v->len));
+        }
+
+        json_array_append_new(rows, row);
+    }
+
+    return json_pack("{s:I, s:I, s:o, s:o}",
+                     "affected", (json_int_t) stmt->affected,
+                     "insert_id", (json_int_t) stmt->insert_id,
+                     "fields", fields, "rows", rows);
+}
+
+
+static u_char *
+ngx_http_paygw_test_pstrdup(ngx_pool_t *pool, const char *s, size_t len)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(pool, len + 1);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    ngx_memcpy(p, s, len);
+    p[len] = '\0';
+
+    return p;
+}

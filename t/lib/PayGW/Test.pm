@@ -1,0 +1,891 @@
+package PayGW::Test;
+
+# Test harness for paygw: every test file starts its own Redis, MariaDB,
+# provider simulator and nginx on free loopback ports in a temp dir, and
+# everything is torn down at END (also after die, SIGINT and SIGTERM).
+# Core Perl modules only.
+#
+#   use PayGW::Test qw(free_port http http_parallel sign_request);
+#   my $redis = PayGW::Test::Redis->start;
+#   my $db    = PayGW::Test::MySQL->start;
+#   my $sim   = PayGW::Test::Sim->start;
+#   my $ngx   = PayGW::Test::Nginx->new(http => <<'EOF')->start;
+#       server { listen 127.0.0.1:%%PORT%%; location / { return 200 ok; } }
+#   EOF
+#   my $r = http(GET => $ngx->url('/'));     # {status, headers, body, ...}
+#
+# Environment: PAYGW_MODULE (module .so to load), PAYGW_ASAN=1 (preload the
+# ASan runtime into nginx and fail on sanitizer reports), PAYGW_KEEP=1 (keep
+# the temp dirs).
+
+use strict;
+use warnings;
+
+use Cwd qw(abs_path);
+use Digest::SHA qw(hmac_sha256_hex sha256_hex);
+use Exporter qw(import);
+use Fcntl qw(:flock);
+use File::Basename qw(dirname);
+use File::Path qw(make_path remove_tree);
+use File::Temp ();
+use HTTP::Tiny;
+use IO::Socket::IP;
+use JSON::PP ();
+use POSIX qw(WNOHANG);
+use Storable ();
+use Test::More ();
+use Time::HiRes qw(sleep time);
+
+our @EXPORT_OK = qw(free_port http http_parallel http_raw sign_request
+                    signed_http wait_until repo_root);
+
+our $REPO = abs_path(dirname(__FILE__) . '/../../..');
+our $START_TIMEOUT = 30;
+
+# nginx and mariadbd live in /usr/sbin, which a non-root PATH may lack.
+$ENV{PATH} .= ":$_" for grep { ($ENV{PATH} // '') !~ m{(?:^|:)\Q$_\E(?::|$)} }
+                       qw(/usr/sbin /sbin);
+
+my $OWNER = $$;         # only the process that loaded us cleans up
+my @LIVE;               # started components, for END
+my $BASE;               # this test file's temp dir
+my %GIVEN_PORTS;
+
+sub repo_root { $REPO }
+
+# ---- temp dirs, cleanup ----------------------------------------------------
+
+# A fresh directory under this test file's temp dir. Mode 0755: nginx
+# workers run as nobody when the tests run as root.
+sub _mkdir {
+    my ($name) = @_;
+    if (!$BASE) {
+        $BASE = File::Temp::tempdir('paygw-XXXXXX', TMPDIR => 1, CLEANUP => 0);
+        chmod 0755, $BASE;
+    }
+    my $n = 1;
+    $n++ while -e "$BASE/$name-$n";
+    my $dir = "$BASE/$name-$n";
+    make_path($dir, {mode => 0755});
+    return $dir;
+}
+
+sub _register { push @LIVE, $_[0] unless grep { $_ == $_[0] } @LIVE }
+
+sub _cleanup {
+    return unless $$ == $OWNER;
+    for my $c (reverse @LIVE) {
+        eval { $c->_teardown; 1 } or Test::More::diag("teardown: $@");
+    }
+    @LIVE = ();
+    return unless $BASE && -d $BASE;
+    if ($ENV{PAYGW_KEEP}) {
+        Test::More::diag("PAYGW_KEEP: kept $BASE");
+    } else {
+        remove_tree($BASE);
+    }
+    $BASE = undef;
+}
+
+END {
+    my $status = $?;
+    _cleanup();
+    $? = $status;
+}
+
+for my $sig (qw(INT TERM HUP)) {
+    $SIG{$sig} = sub {
+        Test::More::diag("caught SIG$sig, stopping test processes");
+        exit 1;     # runs END
+    };
+}
+
+# ---- small helpers ---------------------------------------------------------
+
+sub wait_until {
+    my ($cond, %o) = @_;
+    my $deadline = time + ($o{timeout} // 10);
+    my $interval = $o{interval} // 0.05;
+    while (1) {
+        my $v = $cond->();
+        return $v if $v;
+        return 0 if time >= $deadline;
+        sleep $interval;
+    }
+}
+
+sub _slurp {
+    my ($file) = @_;
+    open my $fh, '<:raw', $file or return '';
+    local $/;
+    my $s = <$fh>;
+    return $s // '';
+}
+
+sub _spew {
+    my ($file, $text, $mode) = @_;
+    open my $fh, '>:raw', $file or die "write $file: $!\n";
+    print {$fh} $text;
+    close $fh or die "write $file: $!\n";
+    chmod $mode, $file if defined $mode;
+}
+
+sub _tail {
+    my ($file, $n) = @_;
+    my @l = split /\n/, _slurp($file);
+    @l = @l[-$n .. -1] if @l > $n;
+    return join("\n", @l) . "\n";
+}
+
+sub _port_open {
+    my ($port) = @_;
+    my $s = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port,
+                                Proto => 'tcp', Timeout => 1);
+    return 0 unless $s;
+    close $s;
+    return 1;
+}
+
+# Runs a command, stdin from $o{stdin}; returns (exit code, stdout, stderr).
+sub _run {
+    my ($cmd, %o) = @_;
+    local $?;       # waitpid must not leak into the test's exit status
+    my $in  = File::Temp->new;
+    my $out = File::Temp->new;
+    my $err = File::Temp->new;
+    print {$in} $o{stdin} // '';
+    close $in;
+    my $pid = fork // die "fork: $!\n";
+    if (!$pid) {
+        open STDIN,  '<', $in->filename  or POSIX::_exit(126);
+        open STDOUT, '>', $out->filename or POSIX::_exit(126);
+        open STDERR, '>', $err->filename or POSIX::_exit(126);
+        @ENV{keys %{$o{env}}} = values %{$o{env}} if $o{env};
+        exec { $cmd->[0] } @$cmd
+            or POSIX::_exit(127);
+    }
+    waitpid $pid, 0;
+    my $rc = $? == -1 ? 127 : ($? & 127 ? 128 + ($? & 127) : $? >> 8);
+    return ($rc, _slurp($out->filename), _slurp($err->filename));
+}
+
+# An unused loopback TCP port below the kernel's ephemeral range (so outgoing
+# connections do not take it meanwhile), never the same twice per file.
+sub free_port {
+    my $low = 32768;
+    if (open my $fh, '<', '/proc/sys/net/ipv4/ip_local_port_range') {
+        ($low) = split ' ', scalar <$fh>;
+    }
+    $low = 32768 if !$low || $low <= 11000;
+    for (1 .. 500) {
+        my $p = 10000 + int rand($low - 10000);
+        next if $GIVEN_PORTS{$p};
+        my $s = IO::Socket::IP->new(LocalHost => '127.0.0.1', LocalPort => $p,
+                                    Proto => 'tcp', Listen => 1) or next;
+        close $s;
+        $GIVEN_PORTS{$p} = 1;
+        return $p;
+    }
+    die "free_port: no free port found\n";
+}
+
+# ---- HTTP ------------------------------------------------------------------
+
+# http(METHOD, URL, body => BYTES | json => DATA, headers => {...},
+#      timeout => SECS) -> {status, reason, headers (lowercase keys), body,
+#      json (decoded body when it is JSON), elapsed}; status 599 when the
+#      connection failed (body says why).
+sub http {
+    my ($method, $url, %o) = @_;
+    my %headers = %{$o{headers} // {}};
+    my $body = $o{body};
+    if (exists $o{json}) {
+        $body = JSON::PP->new->canonical->encode($o{json});
+        $headers{'Content-Type'} //= 'application/json';
+    }
+    my $ua = HTTP::Tiny->new(timeout => $o{timeout} // 10, keep_alive => 0,
+                             max_redirect => 0, agent => 'paygw-test/1');
+    my %args = (headers => \%headers);
+    $args{content} = $body if defined $body;
+    my $t0 = time;
+    my $r = $ua->request($method, $url, \%args);
+    my $res = {status => $r->{status}, reason => $r->{reason},
+               headers => $r->{headers} // {}, body => $r->{content} // '',
+               elapsed => time - $t0};
+    $res->{json} = eval { JSON::PP->new->decode($res->{body}) }
+        if $res->{body} =~ /^\s*[\[{]/;
+    return $res;
+}
+
+# http_parallel([[METHOD, URL, %opt], {method =>, url =>, %opt}, ...]):
+# one process per request, all released at once; results in request order.
+sub http_parallel {
+    my ($reqs) = @_;
+    local $?;
+    my $dir = File::Temp::tempdir('paygw-par-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+    pipe(my $gate_r, my $gate_w) or die "pipe: $!\n";
+    my @pids;
+    my $max_timeout = 10;
+    for my $i (0 .. $#$reqs) {
+        my ($m, $u, %o);
+        if (ref $reqs->[$i] eq 'HASH') {
+            %o = %{$reqs->[$i]};
+            ($m, $u) = delete @o{qw(method url)};
+        } else {
+            ($m, $u, %o) = @{$reqs->[$i]};
+        }
+        $max_timeout = $o{timeout} if ($o{timeout} // 0) > $max_timeout;
+        my $pid = fork // die "fork: $!\n";
+        if (!$pid) {
+            close $gate_w;
+            sysread $gate_r, my $buf, 1;        # EOF when the parent opens the gate
+            my $res = eval { http($m, $u, %o) }
+                // {status => 599, body => "http_parallel: $@", headers => {}};
+            Storable::nstore($res, "$dir/$i");
+            POSIX::_exit(0);
+        }
+        push @pids, $pid;
+    }
+    close $gate_r;
+    close $gate_w;                              # go
+    my $deadline = time + $max_timeout + 10;
+    my %left = map { $_ => 1 } @pids;
+    while (%left && time < $deadline) {
+        for my $pid (keys %left) {
+            delete $left{$pid} if waitpid($pid, WNOHANG) != 0;
+        }
+        sleep 0.01 if %left;
+    }
+    for my $pid (keys %left) { kill 'KILL', $pid; waitpid $pid, 0 }
+    my @res = map {
+        -e "$dir/$_" ? Storable::retrieve("$dir/$_")
+                     : {status => 599, body => 'http_parallel: no result',
+                        headers => {}}
+    } 0 .. $#$reqs;
+    return wantarray ? @res : \@res;
+}
+
+# http_raw(PORT, BYTES, timeout => SECS): send bytes as they are, return all
+# that comes back until the peer closes or the timeout passes.
+sub http_raw {
+    my ($port, $bytes, %o) = @_;
+    my $s = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $port,
+                                Proto => 'tcp', Timeout => 5)
+        or die "http_raw: connect to $port: $!\n";
+    binmode $s;
+    print {$s} $bytes;
+    my $deadline = time + ($o{timeout} // 5);
+    my $buf = '';
+    my $rin = '';
+    vec($rin, fileno $s, 1) = 1;
+    while ((my $left = $deadline - time) > 0) {
+        last unless select(my $rout = $rin, undef, undef, $left);
+        my $n = sysread $s, $buf, 65536, length $buf;
+        last unless $n;
+    }
+    close $s;
+    return $buf;
+}
+
+# Merchant auth (SPEC §2): the Authorization header value.
+sub sign_request {
+    my ($key_id, $secret, $method, $path, $body, %o) = @_;
+    my $ts = $o{ts} // time;
+    $ts = int $ts;
+    my $nonce = $o{nonce}
+        // join '', map { ('A' .. 'Z', 'a' .. 'z', 0 .. 9)[rand 62] } 1 .. 32;
+    my $sts = join "\n", $method, $path, $ts, $nonce, sha256_hex($body // '');
+    my $sig = hmac_sha256_hex($sts, $secret);
+    return "PAYGW-HMAC-SHA256 key=$key_id,ts=$ts,nonce=$nonce,sig=$sig";
+}
+
+# signed_http(METHOD, URL, key_id => K, secret => S, %http_opts, ts =>,
+# nonce =>): http() with an Authorization header signed over the exact body.
+sub signed_http {
+    my ($method, $url, %o) = @_;
+    my ($key_id, $secret, $ts, $nonce) = delete @o{qw(key_id secret ts nonce)};
+    if (exists $o{json}) {
+        $o{body} = JSON::PP->new->canonical->encode(delete $o{json});
+        $o{headers} = {'Content-Type' => 'application/json', %{$o{headers} // {}}};
+    }
+    my ($path) = $url =~ m{^https?://[^/]+(/.*)?$};
+    $path = '/' unless defined $path && length $path;
+    my %sopt;
+    $sopt{ts} = $ts if defined $ts;
+    $sopt{nonce} = $nonce if defined $nonce;
+    $o{headers} = {%{$o{headers} // {}}, Authorization =>
+        sign_request($key_id, $secret, $method, $path, $o{body}, %sopt)};
+    return http($method, $url, %o);
+}
+
+# ---- MariaDB template datadir ----------------------------------------------
+
+sub _mysql_cnf {
+    my (%v) = @_;
+    my $t = _slurp("$REPO/scripts/mysql.cnf.in")
+        or die "missing $REPO/scripts/mysql.cnf.in\n";
+    $t =~ s/\@([A-Z]+)\@/exists $v{$1} ? $v{$1} : die "cnf: no value for $1\n"/ge;
+    return $t;
+}
+
+sub _sql_files { sort glob "$REPO/sql/*.sql" }
+
+# Initialized datadir with database, user and schema, built once per schema
+# version under build/mysql-template/<hash>, shared by concurrent test files
+# through a lock.
+sub _mysql_template {
+    my $root = "$REPO/build/mysql-template";
+    make_path($root);
+    my $key = sha256_hex(join "\0", _slurp("$REPO/scripts/mysql.cnf.in"),
+                         map { ($_, _slurp($_)) } _sql_files());
+    $key = substr $key, 0, 16;
+    my $tpl = "$root/$key";
+    return $tpl if -e "$tpl/READY";
+    local $?;
+
+    open my $lock, '>>', "$root/.lock" or die "lock $root/.lock: $!\n";
+    flock $lock, LOCK_EX or die "flock: $!\n";
+    return $tpl if -e "$tpl/READY";
+
+    my $t0 = time;
+    my $tmp = "$root/.build-$$";
+    remove_tree($tmp);
+    make_path("$tmp/data", "$tmp/tmp");
+    my $port = free_port();
+    my $cnf = "$tmp/my.cnf";
+    _spew($cnf, _mysql_cnf(DATADIR => "$tmp/data", PORT => $port,
+                           SOCKET => "$tmp/mysql.sock", PIDFILE => "$tmp/mysql.pid",
+                           LOGERR => "$tmp/mysql.err", TMPDIR => "$tmp/tmp"));
+    my ($rc, $out, $err) = _run(['mariadb-install-db', "--defaults-file=$cnf",
+        '--auth-root-authentication-method=normal', '--skip-test-db']);
+    die "mariadb-install-db failed:\n$out$err" if $rc;
+
+    my $pid = fork // die "fork: $!\n";
+    if (!$pid) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$tmp/mysql.out";
+        open STDERR, '>&', \*STDOUT;
+        exec 'mariadbd', "--defaults-file=$cnf"
+            or POSIX::_exit(127);
+    }
+    my $ok = wait_until(sub {
+        waitpid($pid, WNOHANG) == 0
+            or die "mariadbd (template) exited:\n" . _tail("$tmp/mysql.err", 30);
+        (_run(['mariadb-admin', "--defaults-file=$cnf", 'ping']))[0] == 0;
+    }, timeout => $START_TIMEOUT, interval => 0.1);
+    if (!$ok) {
+        kill 'KILL', $pid;
+        waitpid $pid, 0;
+        die "mariadbd (template) not ready:\n" . _tail("$tmp/mysql.err", 30);
+    }
+
+    my $pw = join '', map { ('A' .. 'Z', 'a' .. 'z', 0 .. 9)[rand 62] } 1 .. 24;
+    my @steps = (['paygw user', undef, <<"SQL"]);
+CREATE DATABASE paygw CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
+CREATE USER 'paygw'\@'127.0.0.1' IDENTIFIED BY '$pw';
+GRANT ALL PRIVILEGES ON paygw.* TO 'paygw'\@'127.0.0.1';
+SQL
+    push @steps, map { [$_, 'paygw', _slurp($_)] } _sql_files();
+    my $fail;
+    for my $s (@steps) {
+        my ($name, $db, $sql) = @$s;
+        my @cmd = ('mariadb', "--defaults-file=$cnf", '--batch');
+        push @cmd, $db if $db;
+        my ($rc, $out, $err) = _run(\@cmd, stdin => $sql);
+        if ($rc) { $fail = "applying $name failed:\n$err"; last }
+    }
+    _run(['mariadb-admin', "--defaults-file=$cnf", 'shutdown']);
+    wait_until(sub { waitpid($pid, WNOHANG) != 0 }, timeout => 30)
+        or do { kill 'KILL', $pid; waitpid $pid, 0 };
+    die "mysql template: $fail" if $fail;
+
+    _spew("$tmp/paygw.pass", $pw, 0600);
+    unlink map { "$tmp/$_" } qw(mysql.sock mysql.pid my.cnf);
+    remove_tree("$tmp/tmp");
+    _spew("$tmp/READY", sprintf("built in %.1fs\n", time - $t0));
+    # Only the newest schema's template is kept.
+    remove_tree($_) for grep { $_ ne $tmp } glob "$root/[0-9a-f]*";
+    rename $tmp, $tpl or die "rename $tmp: $!\n";
+    close $lock;
+    return $tpl;
+}
+
+# ---- process components (run as our children) -----------------------------
+
+package PayGW::Test::Proc;
+
+use strict;
+use warnings;
+use POSIX qw(WNOHANG);
+use Time::HiRes qw(sleep time);
+
+sub port { $_[0]{port} }
+sub pid  { $_[0]{pid} }
+sub dir  { $_[0]{dir} }
+sub log_file { $_[0]{log} }
+sub log_text { PayGW::Test::_slurp($_[0]{log}) }
+
+sub _alive {
+    my ($self) = @_;
+    local $?;
+    return 0 unless $self->{pid};
+    return 1 if waitpid($self->{pid}, WNOHANG) == 0;
+    $self->{pid} = undef;
+    return 0;
+}
+
+sub _spawn {
+    my ($self) = @_;
+    my @cmd = $self->_command;
+    my $pid = fork // die "fork: $!\n";
+    if (!$pid) {
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', $self->{log} or POSIX::_exit(126);
+        open STDERR, '>&', \*STDOUT;
+        exec { $cmd[0] } @cmd
+            or POSIX::_exit(127);
+    }
+    $self->{pid} = $pid;
+    PayGW::Test::_register($self);
+    my $name = ref $self;
+    my $ok = PayGW::Test::wait_until(sub {
+        $self->_alive or die "$name exited at start (@cmd):\n"
+            . PayGW::Test::_tail($self->{log}, 30);
+        $self->_ready;
+    }, timeout => $PayGW::Test::START_TIMEOUT, interval => 0.05);
+    if (!$ok) {
+        my $log = PayGW::Test::_tail($self->{log}, 30);
+        $self->kill;
+        die "$name not ready on port $self->{port} within "
+            . "${PayGW::Test::START_TIMEOUT}s:\n$log";
+    }
+    return $self;
+}
+
+sub start_again {
+    my ($self) = @_;
+    die ref($self) . " is still running\n" if $self->_alive;
+    return $self->_spawn;
+}
+
+# TERM (and CONT, in case it is frozen), bounded wait, then KILL.
+sub stop {
+    my ($self) = @_;
+    return unless $self->_alive;
+    my $pid = $self->{pid};
+    CORE::kill 'TERM', $pid;
+    CORE::kill 'CONT', $pid;
+    return if PayGW::Test::wait_until(sub { !$self->_alive }, timeout => 30);
+    Test::More::diag(ref($self) . " (pid $pid) ignored TERM; killing");
+    $self->kill;
+}
+
+sub kill {
+    my ($self) = @_;
+    local $?;
+    return unless $self->_alive;
+    CORE::kill 'KILL', $self->{pid};
+    waitpid $self->{pid}, 0;
+    $self->{pid} = undef;
+}
+
+sub freeze { CORE::kill 'STOP', $_[0]{pid} if $_[0]->_alive }
+sub thaw   { CORE::kill 'CONT', $_[0]{pid} if $_[0]->_alive }
+
+sub _teardown { $_[0]->stop }
+
+# ---- Redis -----------------------------------------------------------------
+
+package PayGW::Test::Redis;
+
+use strict;
+use warnings;
+our @ISA = ('PayGW::Test::Proc');
+
+# start(port => P, args => [extra redis-server arguments])
+sub start {
+    my ($class, %o) = @_;
+    my $dir = PayGW::Test::_mkdir('redis');
+    my $self = bless {dir => $dir, log => "$dir/redis.log",
+                      port => $o{port} // PayGW::Test::free_port(),
+                      args => $o{args} // []}, $class;
+    return $self->_spawn;
+}
+
+sub _command {
+    my ($self) = @_;
+    return ('redis-server', '--bind', '127.0.0.1', '--port', $self->{port},
+            '--save', '', '--appendonly', 'no', '--daemonize', 'no',
+            '--dir', $self->{dir}, @{$self->{args}});
+}
+
+sub _ready {
+    my ($self) = @_;
+    my $s = IO::Socket::IP->new(PeerHost => '127.0.0.1', PeerPort => $self->{port},
+                                Proto => 'tcp', Timeout => 1) or return 0;
+    print {$s} "PING\r\n";
+    my $line = <$s> // '';
+    return $line =~ /^\+PONG/;
+}
+
+# cli(ARGS...): redis-cli output, chomped.
+sub cli {
+    my ($self, @args) = @_;
+    my ($rc, $out, $err) = PayGW::Test::_run(
+        ['redis-cli', '-h', '127.0.0.1', '-p', $self->{port}, @args]);
+    die "redis-cli @args: $err" if $rc;
+    chomp $out;
+    return $out;
+}
+
+# ---- MariaDB ---------------------------------------------------------------
+
+package PayGW::Test::MySQL;
+
+use strict;
+use warnings;
+use File::Copy ();
+our @ISA = ('PayGW::Test::Proc');
+
+# start(port => P): a private MariaDB with database paygw, user
+# paygw@127.0.0.1 and the schema from sql/*.sql, copied from the template.
+sub start {
+    my ($class, %o) = @_;
+    my $tpl = PayGW::Test::_mysql_template();
+    my $dir = PayGW::Test::_mkdir('mysql');
+    my ($rc, $out, $err) = PayGW::Test::_run(['cp', '-a', "$tpl/data", "$dir/data"]);
+    die "copying the MySQL template failed: $err" if $rc;
+    mkdir "$dir/tmp";
+    File::Copy::copy("$tpl/paygw.pass", "$dir/mysql.pass")
+        or die "copy password file: $!\n";
+    chmod 0600, "$dir/mysql.pass";
+    my $self = bless {dir => $dir, log => "$dir/mysql.err",
+                      port => $o{port} // PayGW::Test::free_port()}, $class;
+    PayGW::Test::_spew("$dir/my.cnf", PayGW::Test::_mysql_cnf(
+        DATADIR => "$dir/data", PORT => $self->{port},
+        SOCKET => "$dir/mysql.sock", PIDFILE => "$dir/mysql.pid",
+        LOGERR => "$dir/mysql.err", TMPDIR => "$dir/tmp"));
+    return $self->_spawn;
+}
+
+sub _command { ('mariadbd', "--defaults-file=$_[0]{dir}/my.cnf") }
+
+sub _ready {
+    my ($self) = @_;
+    return PayGW::Test::_port_open($self->{port})
+        && (PayGW::Test::_run(['mariadb-admin',
+                               "--defaults-file=$self->{dir}/my.cnf", 'ping']))[0] == 0;
+}
+
+sub password_file { "$_[0]{dir}/mysql.pass" }
+sub password      { PayGW::Test::_slurp("$_[0]{dir}/mysql.pass") }
+sub socket        { "$_[0]{dir}/mysql.sock" }
+sub user          { 'paygw' }
+sub database      { 'paygw' }
+
+# sql(TEXT, db => NAME): runs TEXT as root over the unix socket (database
+# paygw unless told), tab-separated rows without header; dies on error.
+sub sql {
+    my ($self, $text, %o) = @_;
+    my ($rc, $out, $err) = PayGW::Test::_run(
+        ['mariadb', "--defaults-file=$self->{dir}/my.cnf", '--batch',
+         '--skip-column-names', $o{db} // 'paygw'], stdin => $text);
+    die "sql failed ($err): $text\n" if $rc;
+    return $out;
+}
+
+# ---- provider simulator ----------------------------------------------------
+
+package PayGW::Test::Sim;
+
+use strict;
+use warnings;
+our @ISA = ('PayGW::Test::Proc');
+
+# start(port => P, acquirer_secret => S, args => [...])
+sub start {
+    my ($class, %o) = @_;
+    my $dir = PayGW::Test::_mkdir('sim');
+    my $self = bless {dir => $dir, log => "$dir/sim.log",
+                      port => $o{port} // PayGW::Test::free_port(),
+                      args => [@{$o{args} // []}, defined $o{acquirer_secret}
+                               ? ('--acquirer-secret', $o{acquirer_secret}) : ()]},
+        $class;
+    return $self->_spawn;
+}
+
+sub _command {
+    my ($self) = @_;
+    return ('node', "$PayGW::Test::REPO/t/sim/sim.js", '--port', $self->{port},
+            @{$self->{args}});
+}
+
+sub _ready {
+    my ($self) = @_;
+    return PayGW::Test::_port_open($self->{port})
+        && PayGW::Test::http(GET => $self->url('/health'), timeout => 2)
+               ->{status} == 200;
+}
+
+sub url { "http://127.0.0.1:$_[0]{port}" . ($_[1] // '') }
+
+# mode(NAME, delay_ms => N, times => N): fault mode for provider requests.
+sub mode {
+    my ($self, $mode, %o) = @_;
+    my $r = PayGW::Test::http(POST => $self->url('/_sim/mode'),
+                              json => {mode => $mode, %o});
+    die "sim mode $mode: $r->{status} $r->{body}\n" unless $r->{status} == 200;
+    return $r->{json};
+}
+
+sub requests { PayGW::Test::http(GET => $_[0]->url('/_sim/requests'))->{json} }
+sub reset    { PayGW::Test::http(POST => $_[0]->url('/_sim/reset'))->{status} == 200 }
+
+# ---- nginx -----------------------------------------------------------------
+
+package PayGW::Test::Nginx;
+
+use strict;
+use warnings;
+use Time::HiRes qw(sleep time);
+
+my $ASAN_LIB;
+
+# new(http => TEXT, main => TEXT, workers => N, error_log_level => LEVEL,
+#     no_module => 1, module => PATH, events => TEXT)
+# TEXT may use %%PORT%% (->port), %%TESTDIR%% (->dir), %%MODULE%%.
+sub new {
+    my ($class, %o) = @_;
+    my $dir = PayGW::Test::_mkdir('nginx');
+    my $self = bless {
+        dir => $dir,
+        port => $o{port} // PayGW::Test::free_port(),
+        http => $o{http} // '',
+        main => $o{main} // '',
+        events => $o{events} // '',
+        workers => $o{workers} // 1,
+        level => $o{error_log_level} // 'info',
+        no_module => $o{no_module},
+        module => $o{module} // $ENV{PAYGW_MODULE}
+                  // "$PayGW::Test::REPO/build/objs/ngx_http_paygw_module.so",
+    }, $class;
+    if ($ENV{PAYGW_ASAN}) {
+        mkdir "$dir/san";
+        chmod 01777, "$dir/san";        # workers (nobody) write reports too
+    }
+    return $self;
+}
+
+sub port { $_[0]{port} }
+sub dir  { $_[0]{dir} }
+sub conf_file { "$_[0]{dir}/nginx.conf" }
+sub url  { "http://127.0.0.1:$_[0]{port}" . ($_[1] // '') }
+sub error_log  { PayGW::Test::_slurp("$_[0]{dir}/error.log") }
+sub access_log { PayGW::Test::_slurp("$_[0]{dir}/access.log") }
+
+sub _subst {
+    my ($self, $text) = @_;
+    $text =~ s/%%PORT%%/$self->{port}/g;
+    $text =~ s/%%TESTDIR%%/$self->{dir}/g;
+    $text =~ s/%%MODULE%%/$self->{module}/g;
+    return $text;
+}
+
+sub conf_text {
+    my ($self) = @_;
+    my $d = $self->{dir};
+    my $load = $self->{no_module} ? '' : "load_module $self->{module};\n";
+    return $self->_subst(<<"EOF");
+${load}daemon on;
+master_process on;
+worker_processes $self->{workers};
+pid $d/nginx.pid;
+error_log $d/error.log $self->{level};
+$self->{main}
+events {
+    worker_connections 1024;
+$self->{events}
+}
+
+http {
+    access_log $d/access.log;
+    client_body_temp_path $d/client_body_temp;
+    proxy_temp_path $d/proxy_temp;
+    fastcgi_temp_path $d/fastcgi_temp;
+    uwsgi_temp_path $d/uwsgi_temp;
+    scgi_temp_path $d/scgi_temp;
+
+$self->{http}
+}
+EOF
+}
+
+sub _write_conf {
+    my ($self, %o) = @_;
+    for my $k (qw(http main events)) {
+        $self->{$k} = $o{$k} if defined $o{$k};
+    }
+    if (!$self->{no_module} && !-f $self->{module}) {
+        die "nginx module $self->{module} not built (make build)\n";
+    }
+    PayGW::Test::_spew($self->conf_file, $self->conf_text);
+}
+
+sub _env {
+    my ($self) = @_;
+    return {} unless $ENV{PAYGW_ASAN};
+    if (!$ASAN_LIB) {
+        chomp($ASAN_LIB = `gcc -print-file-name=libasan.so`);
+        die "libasan.so not found (gcc)\n" unless $ASAN_LIB =~ m{^/} && -e $ASAN_LIB;
+    }
+    my $san = "$self->{dir}/san";
+    return {LD_PRELOAD => $ASAN_LIB,
+            ASAN_OPTIONS => "detect_leaks=0:log_path=$san/asan:abort_on_error=0",
+            UBSAN_OPTIONS => "print_stacktrace=1:log_path=$san/ubsan"};
+}
+
+sub _nginx {
+    my ($self, @args) = @_;
+    return PayGW::Test::_run(['nginx', '-p', "$self->{dir}/", '-c', $self->conf_file,
+                              '-e', "$self->{dir}/error.log", @args],
+                             env => $self->_env);
+}
+
+# test_config(%new_text) -> (exit code, output of nginx -t)
+sub test_config {
+    my ($self, %o) = @_;
+    $self->_write_conf(%o);
+    my ($rc, $out, $err) = $self->_nginx('-t');
+    return ($rc, $out . $err);
+}
+
+sub master_pid {
+    my ($self) = @_;
+    my $pid = PayGW::Test::_slurp("$self->{dir}/nginx.pid");
+    ($pid) = $pid =~ /(\d+)/;
+    return $pid && kill(0, $pid) ? $pid : undef;
+}
+sub pid { $_[0]->master_pid }
+
+# Worker pids; with all => 1 also those still shutting down after a reload.
+sub worker_pids {
+    my ($self, %o) = @_;
+    my $master = $self->master_pid or return ();
+    my @pids;
+    for (split /\n/, `ps -o pid=,args= --ppid $master`) {
+        my ($pid, $args) = /^\s*(\d+)\s+(.*)$/ or next;
+        next unless $args =~ /worker process/;
+        next if !$o{all} && $args =~ /shutting down/;
+        push @pids, $pid;
+    }
+    return @pids;
+}
+
+sub start {
+    my ($self, %o) = @_;
+    die "nginx already running\n" if $self->master_pid;
+    $self->_write_conf(%o);
+    my ($rc, $out, $err) = $self->_nginx;
+    PayGW::Test::_register($self);
+    my $tail = sub { "nginx: $out$err\n--- error.log:\n"
+                     . PayGW::Test::_tail("$self->{dir}/error.log", 30) };
+    die "nginx failed to start (exit $rc):\n" . $tail->() if $rc;
+    my $listens = $self->{http} =~ /%%PORT%%/;
+    my $ok = PayGW::Test::wait_until(sub {
+        if (my @san = $self->_new_sanitizer_reports) {
+            die "nginx: sanitizer report at start ($san[0][0]):\n$san[0][1]\n";
+        }
+        my @w = $self->worker_pids;
+        $self->master_pid
+            && @w == $self->{workers}
+            && (!$listens || PayGW::Test::_port_open($self->{port}));
+    }, timeout => $PayGW::Test::START_TIMEOUT);
+    die "nginx not ready within ${PayGW::Test::START_TIMEOUT}s:\n" . $tail->()
+        unless $ok;
+    $self->{running} = 1;
+    return $self;
+}
+
+# reload(http => TEXT, ...): optionally rewrite the config, HUP, and wait
+# until all workers are new ones. Dies (keeping the old workers) when
+# nginx rejects the new config.
+sub reload {
+    my ($self, %o) = @_;
+    my $master = $self->master_pid or die "nginx is not running\n";
+    $self->_write_conf(%o);
+    my %old = map { $_ => 1 } $self->worker_pids;
+    my $log = "$self->{dir}/error.log";
+    my $log_pos = -s $log // 0;
+    kill 'HUP', $master;
+    my $failed;
+    my $ok = PayGW::Test::wait_until(sub {
+        my $new = substr PayGW::Test::_slurp($log), $log_pos;
+        if ($new =~ /^.*\[(?:emerg|alert)\].*$/m) {
+            $failed = $&;
+            return 1;
+        }
+        my @now = $self->worker_pids;
+        return @now == $self->{workers} && !grep { $old{$_} } @now;
+    }, timeout => 15);
+    die "nginx reload failed: $failed\n" if $failed;
+    die "nginx reload: new workers not up within 15s\n" unless $ok;
+    return $self;
+}
+
+sub stop {
+    my ($self) = @_;
+    my $master = $self->master_pid;
+    if ($master) {
+        my @workers = $self->worker_pids(all => 1);
+        kill 'TERM', $master;
+        my $gone = PayGW::Test::wait_until(sub { !kill 0, $master }, timeout => 15);
+        if (!$gone) {
+            Test::More::diag("nginx master $master ignored TERM; killing");
+            kill 'KILL', $master, @workers;
+        }
+        # workers may outlive the master by a moment
+        PayGW::Test::wait_until(sub { !grep { kill 0, $_ } @workers }, timeout => 5);
+    }
+    $self->{running} = 0;
+    $self->_check_sanitizers;
+    return;
+}
+
+# Sanitizer reports not seen before, as [where, text]: the log_path files
+# (renamed *.seen once read) and the error log, where nginx sends stderr.
+# The error log matters: libubsan is dlopen()ed with the module after
+# nginx's setproctitle has overwritten the environment, so UBSAN_OPTIONS
+# (log_path) may not reach it.
+my $SAN_RE = qr/^.*(?:ERROR: \w+Sanitizer|runtime error:|SUMMARY: \w+Sanitizer).*$/m;
+
+sub _new_sanitizer_reports {
+    my ($self) = @_;
+    return () unless $ENV{PAYGW_ASAN};
+    my @found;
+    for my $f (sort grep { !/\.seen$/ } glob "$self->{dir}/san/*") {
+        push @found, [$f, PayGW::Test::_slurp($f)];
+        rename $f, "$f.seen";
+    }
+    my $log = PayGW::Test::_slurp("$self->{dir}/error.log");
+    my $new = substr $log, $self->{san_pos} // 0;
+    $self->{san_pos} = length $log;
+    if ($new =~ $SAN_RE) {
+        my @l = split /\n/, substr($new, $-[0]);
+        $#l = 199 if @l > 200;
+        push @found, ["$self->{dir}/error.log", join("\n", @l)];
+    }
+    return @found;
+}
+
+# Each ASan/UBSan report fails the test, once.
+sub _check_sanitizers {
+    my ($self) = @_;
+    for my $r ($self->_new_sanitizer_reports) {
+        Test::More::fail("sanitizer report in $r->[0]");
+        Test::More::diag($r->[1]);
+    }
+}
+
+sub _teardown { $_[0]->stop }
+
+1;
