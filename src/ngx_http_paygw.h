@@ -84,6 +84,7 @@ char *ngx_http_paygw_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_http_paygw_shctx_t *ngx_http_paygw_shctx(ngx_http_request_t *r);
 
 char *ngx_http_paygw_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_paygw_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_paygw_test_backend(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 
