@@ -10,6 +10,8 @@
 #include "ngx_http_paygw.h"
 #include "ngx_http_paygw_redis.h"
 #include "ngx_http_paygw_mysql.h"
+#include "ngx_http_paygw_api.h"
+#include "ngx_http_paygw_channel.h"
 
 
 static void *ngx_http_paygw_create_main_conf(ngx_conf_t *cf);
@@ -86,6 +88,48 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
       offsetof(ngx_http_paygw_loc_conf_t, mysql_uri),
       NULL },
 
+    { ngx_string("paygw_keys"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_paygw_keys,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_channel"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_paygw_channel,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_api"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_paygw_api,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_max_body_size"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_paygw_loc_conf_t, max_body),
+      NULL },
+
+    { ngx_string("paygw_idempotency_retention"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_paygw_loc_conf_t, idem_retention),
+      NULL },
+
+    { ngx_string("paygw_idempotency_lock_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_paygw_loc_conf_t, idem_lock),
+      NULL },
+
     { ngx_string("paygw_health"),
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_paygw_health,
@@ -113,7 +157,7 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
 
 static ngx_http_module_t  ngx_http_paygw_module_ctx = {
     NULL,                                  /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_paygw_access_init,            /* postconfiguration */
 
     ngx_http_paygw_create_main_conf,       /* create main configuration */
     NULL,                                  /* init main configuration */
@@ -185,6 +229,10 @@ ngx_http_paygw_create_loc_conf(ngx_conf_t *cf)
     ngx_http_paygw_redis_init_conf(conf);
 
     conf->redis_max_reply = NGX_CONF_UNSET_SIZE;
+    conf->api = NGX_CONF_UNSET;
+    conf->max_body = NGX_CONF_UNSET_SIZE;
+    conf->idem_retention = NGX_CONF_UNSET_MSEC;
+    conf->idem_lock = NGX_CONF_UNSET_MSEC;
 
     return conf;
 }
@@ -202,6 +250,12 @@ ngx_http_paygw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_size_value(conf->redis_max_reply, prev->redis_max_reply,
                               8 * 1024 * 1024);
+
+    ngx_conf_merge_value(conf->api, prev->api, 0);
+    ngx_conf_merge_size_value(conf->max_body, prev->max_body, 16 * 1024);
+    ngx_conf_merge_msec_value(conf->idem_retention, prev->idem_retention,
+                              24 * 60 * 60 * 1000);
+    ngx_conf_merge_msec_value(conf->idem_lock, prev->idem_lock, 60 * 1000);
 
     ngx_conf_merge_str_value(conf->redis_uri, prev->redis_uri,
                              "/_paygw/redis");

@@ -58,6 +58,14 @@ pid_of() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# http://host:port/path -> host:port, for an nginx upstream's server line
+url_server() {
+    local hp=${1#*://}
+    hp=${hp%%/*}
+    case "$hp" in *:*) ;; *) case "$1" in https:*) hp="$hp:443" ;; *) hp="$hp:80" ;; esac ;; esac
+    printf '%s' "$hp"
+}
+
 # wait_ready NAME PORT LOG: poll until PORT accepts, bounded; on failure show
 # the log tail. Fails early if the component's process is gone.
 wait_ready() {
@@ -205,6 +213,9 @@ render_nginx_conf() {
         -e "s|@ALIPAY_URL@|$PAYGW_ALIPAY_URL|g" \
         -e "s|@WECHAT_URL@|$PAYGW_WECHAT_URL|g" \
         -e "s|@BANK_URL@|$PAYGW_BANK_URL|g" \
+        -e "s|@BANK_SERVER@|$(url_server "$PAYGW_BANK_URL")|g" \
+        -e "s|@ALIPAY_SERVER@|$(url_server "$PAYGW_ALIPAY_URL")|g" \
+        -e "s|@WECHAT_SERVER@|$(url_server "$PAYGW_WECHAT_URL")|g" \
         -e "s|@MODULE_PATH@|$module|g" \
         -e "s|@RUN_DIR@|$run|g" \
         -e "s|@REPO@|$repo|g" \

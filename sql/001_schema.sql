@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS payments (
 CREATE TABLE IF NOT EXISTS refunds (
     id                  BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
     refund_no           VARCHAR(64)  NOT NULL,
+    -- ours, unique at the acquirer: merchants' refund_no only per merchant
+    out_refund_no       VARCHAR(40)  NOT NULL,
     payment_no          VARCHAR(40)  NOT NULL,
     merchant_id         VARCHAR(64)  NOT NULL,
     amount              BIGINT       NOT NULL,
@@ -60,6 +62,7 @@ CREATE TABLE IF NOT EXISTS refunds (
                                      ON UPDATE CURRENT_TIMESTAMP(3),
     PRIMARY KEY (id),
     UNIQUE KEY uk_merchant_refund (merchant_id, refund_no),
+    UNIQUE KEY uk_out_refund_no (out_refund_no),
     KEY idx_payment (payment_no),
     KEY idx_status_updated (status, updated_at),
     CONSTRAINT chk_refund_amount CHECK (amount > 0)

@@ -43,6 +43,8 @@ typedef struct ngx_http_paygw_mysql_srv_s  ngx_http_paygw_mysql_srv_t;
 typedef struct {
     ngx_shm_zone_t               *shm_zone;
     ngx_array_t                   mysql_servers; /* mysql_srv_t * */
+    ngx_array_t                   keys;          /* ngx_http_paygw_key_t */
+    ngx_array_t                   channels;      /* ngx_http_paygw_channel_t */
 } ngx_http_paygw_main_conf_t;
 
 
@@ -57,6 +59,11 @@ typedef struct {
 
     ngx_str_t                     redis_uri;
     ngx_str_t                     mysql_uri;
+
+    ngx_flag_t                    api;
+    size_t                        max_body;
+    ngx_msec_t                    idem_retention;
+    ngx_msec_t                    idem_lock;
 } ngx_http_paygw_loc_conf_t;
 
 
@@ -81,6 +88,7 @@ void ngx_http_paygw_call_fail(ngx_http_paygw_call_t *call,
     ngx_pool_t *pool, ngx_uint_t status, const char *fmt, ...);
 
 char *ngx_http_paygw_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_paygw_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_http_paygw_shctx_t *ngx_http_paygw_shctx(ngx_http_request_t *r);
 
 char *ngx_http_paygw_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

@@ -9,7 +9,7 @@ use warnings;
 use Test::More;
 use Time::HiRes qw(time sleep);
 
-use PayGW::Test qw(http wait_until);
+use PayGW::Test qw(http http_parallel wait_until);
 
 my $redis = PayGW::Test::Redis->start;
 my $rport = $redis->port;
@@ -60,6 +60,15 @@ is_deeply(replies(['INCR', 'ctr'], ['INCR', 'ctr'], ['INCRBY', 'ctr', '40'],
            {type => 'integer', value => 1}, {type => 'nil'}],
           'pipeline of six commands: one reply each, in order');
 
+{
+    # many replies: they arrive in several reads, split anywhere
+    my @cmds = map { ['INCR', 'many'] } 1 .. 2000;
+    my $rep = replies(@cmds, ['GET', 'many']);
+    is(scalar @{$rep || []}, 2001, 'pipeline of 2001 commands: 2001 replies');
+    is_deeply($rep && [map { $_->{value} } @$rep[0 .. 1999]], [1 .. 2000],
+              '... in order');
+}
+
 # ---- every reply type --------------------------------------------------------
 
 $redis->cli(qw(RPUSH list a bb ccc));
@@ -94,24 +103,26 @@ is_deeply(replies(['PING'], ['GET', 'greeting'], ['GET', 'no-such-key'],
 {
     # '\255' is Lua for the single byte 0xFF: not UTF-8
     my $rep = replies(['EVAL', "return '\\255ok'", '0'],
-                      ['EVAL', 'return 9007199254740993', '0'],
-                      ['EVAL', 'return -7', '0'],
+                      ['SET', 'n', '9007199254740992'], ['INCR', 'n'],
+                      ['SET', 'max', '9223372036854775806'], ['INCR', 'max'],
+                      ['SET', 'min', '-9223372036854775807'], ['DECR', 'min'],
                       ['SET', 'empty', ''], ['GET', 'empty']);
     is_deeply($rep && $rep->[0], {type => 'string', len => 3, value => undef},
               'non-UTF-8 bulk string: len 3, value null');
-    is_deeply($rep && [@$rep[1, 2]],
-              [{type => 'integer', value => 9007199254740993},
-               {type => 'integer', value => -7}],
-              'integers above 2^53 and negative integers exact');
-    is_deeply($rep && $rep->[4], str(''), 'empty bulk string is not nil');
+    is_deeply($rep && [map { $_->{value} } @$rep[2, 4, 6]],
+              ['9007199254740993', '9223372036854775807',
+               '-9223372036854775808'],
+              'integer replies above 2^53, up to INT64 max and min, exact');
+    is_deeply($rep && $rep->[8], str(''), 'empty bulk string is not nil');
 }
 
 {
-    my $want = "caf\x{e9} \x{1F4B3} \x{4E2D}\x{6587}";
-    my $rep = replies(['ECHO', $want]);
-    is($rep && $rep->[0]{value}, $want, 'UTF-8 (2, 3 and 4 byte) round trip');
-    is($rep && $rep->[0]{len}, length(utf8_bytes($want)),
-       '... len counts bytes');
+    # The harness speaks UTF-8 byte strings (JSON::PP without ->utf8).
+    my $want = utf8_bytes("caf\x{e9} \x{1F4B3} \x{4E2D}\x{6587}");
+    my $rep = replies(['SET', 'utf8', $want], ['GET', 'utf8']);
+    is($rep && $rep->[1]{value}, $want, 'UTF-8 (2, 3 and 4 byte) round trip');
+    is($rep && $rep->[1]{len}, length $want, '... len counts bytes (17)');
+    is($redis->cli(qw(STRLEN utf8)), 17, '... Redis stored 17 bytes');
 }
 
 # ---- keys and values Redis must get byte for byte ------------------------------
@@ -184,6 +195,57 @@ is_deeply(replies(['PING'], ['GET', 'greeting'], ['GET', 'no-such-key'],
            'Redis accepted almost no new connections: the pool is reused');
 }
 
+# ---- concurrency: no cross-talk between requests on pooled connections ---------
+
+{
+    my @res = http_parallel([map {
+        [POST => $ngx->url('/_test/backend'),
+         json => {redis => [['SET', "par$_", "value-$_-" . ('z' x (3000 * $_))],
+                            ['GET', "par$_"], ['INCR', 'par-count']]}]
+    } 1 .. 30]);
+    my $good = grep {
+        my $rep = $res[$_ - 1]{json} && $res[$_ - 1]{json}{replies};
+        $rep && ($rep->[1]{value} // '') eq "value-$_-" . ('z' x (3000 * $_))
+    } 1 .. 30;
+    is($good, 30, '30 parallel pipelines (3 kB .. 90 kB values): each got '
+                  . 'its own replies');
+    is($redis->cli(qw(GET par-count)), 30, '... and each ran exactly once');
+}
+
+# ---- a pipeline is never replayed -----------------------------------------------
+
+{
+    # The pooled connection breaks after Redis ran part of the pipeline
+    # (QUIT stands in for a crash, a CLIENT KILL or an output buffer limit).
+    # Running it again on a new connection would INCR twice, or find its
+    # own SET NX lock taken.
+    ok(replies(['PING']), 'pool warm');
+    my $r = redis_req(['INCR', 'once'], ['SET', 'lock', 'me', 'NX'],
+                      ['QUIT'], ['GET', 'once']);
+    isnt($r->{status}, 200, 'connection closed mid-pipeline: not a 200')
+        or diag($r->{body});
+    is($redis->cli(qw(GET once)), 1,
+       '... and the commands Redis already ran were not sent again');
+    my $rep = replies(['GET', 'lock']);
+    is_deeply($rep, [str('me')], '... next request fine');
+}
+
+# ---- a reply over paygw_redis_max_reply_size (default 8m) -------------------------
+
+{
+    my $rep = replies(['EVAL', "return redis.call('SET', KEYS[1], "
+                               . "string.rep('y', 9 * 1024 * 1024))", '1',
+                       'huge']);
+    is_deeply($rep, [{type => 'status', value => 'OK'}], '9 MiB value stored');
+    my $r = redis_req(['GET', 'huge'], ['PING']);
+    ok($r->{status} >= 500 && $r->{status} <= 504,
+       "GET of 9 MiB over the 8 MiB reply limit: $r->{status}, not a 200");
+    like($ngx->error_log, qr/paygw_redis_max_reply_size/,
+         '... the error log names paygw_redis_max_reply_size');
+    is_deeply(replies(['GET', 'greeting']), [str('hello')],
+              '... next request reads its own reply');
+}
+
 # ---- Redis dies and comes back --------------------------------------------------
 
 {
@@ -194,6 +256,9 @@ is_deeply(replies(['PING'], ['GET', 'greeting'], ['GET', 'no-such-key'],
         is($r->{json} && $r->{json}{error}{code}, 'backend_unavailable',
            '... code backend_unavailable');
         cmp_ok($r->{elapsed}, '<', 2, '... promptly');
+        is($r->{json} && $r->{json}{error}{request_id},
+           $r->{headers}{'x-request-id'},
+           '... error.request_id is the X-Request-Id header') if $n == 1;
     }
     $redis->start_again;
     my $rep = replies(['SET', 'back', 'yes'], ['GET', 'back']);

@@ -2,42 +2,84 @@
 // paygw provider simulator: plays the payment providers (bank-card acquirer
 // now; Alipay and WeChat Pay later) on 127.0.0.1 for `make run` and tests.
 //
-//   node t/sim/sim.js --port 8091 [--acquirer-secret S] [--pidfile F]
+//   node t/sim/sim.js --port 8091 [--acquirer-secret S]
+//                     [--acquirer-merchant M] [--pidfile F]
 //
-// Control API (never subject to fault modes):
+// Control API (never subject to fault modes, never signed):
 //   GET  /health          200 {"status":"ok"}
-//   POST /_sim/mode       {"mode":"...","delay_ms":15000,"times":N}
-//                         fault mode for the next N provider requests
-//                         (all of them when "times" is absent)
+//   POST /_sim/mode       {"mode":"...","delay_ms":15000,"times":N,
+//                          "path_prefix":"/acquirer/v1/refunds"}
+//                         fault mode for the next N provider requests whose
+//                         path starts with path_prefix (default: all provider
+//                         requests; without "times": until changed)
 //   GET  /_sim/mode       the current mode
-//   GET  /_sim/requests   provider requests received: method, path, headers, body
-//   POST /_sim/reset      forget recorded requests, back to mode "normal"
+//   GET  /_sim/requests   provider requests received: method, path, headers,
+//                         body (card numbers and CVCs masked), mode
+//   GET  /_sim/charges    acquirer charges and refunds with request counters
+//   POST /_sim/reset      forget requests, charges and refunds; mode "normal"
+//   POST /_sim/notify     {"url","out_trade_no","status","amount","currency",
+//                          "tamper":"signature"|"amount"|"body"|"merchant"|null,
+//                          "timestamp":T}: POST a signed acquirer callback to
+//                         url; answers {"status","body","sent"}
 //
-// Modes: normal, error500, slow (waits delay_ms, then answers normally),
-// reset (drops the connection without answering), bad_signature, decline,
-// amount_mismatch (the last three are interpreted by each provider handler).
+// Fault modes (POST /_sim/mode):
+//   normal
+//   error500        answer 500 {"error":"internal"} without processing
+//   error500_after  process, then answer 500 {"error":"internal"}
+//   slow            process, then answer after delay_ms (default 15000)
+//   slow_before     wait delay_ms, then process and answer (processes even
+//                   if the client gave up meanwhile: a late charge)
+//   reset           drop the connection without processing
+//   reset_after     process, then drop the connection
+//   bad_signature   process, answer with a wrong response signature
+//   amount_mismatch process, report amount + 1 in the JSON answer (signed)
+//   decline         decline every new charge with card_declined
 //
+// Bank-card acquirer (HMAC-SHA256 with the shared secret, lowercase hex):
+//   request headers  X-Acquirer-Merchant, X-Acquirer-Timestamp (unix s),
+//                    X-Acquirer-Signature = HMAC(ts "\n" METHOD "\n" path
+//                    (with query) "\n" raw body); |now - ts| <= 300
+//   response headers X-Acquirer-Timestamp, X-Acquirer-Signature =
+//                    HMAC(ts "\n" raw body), on every answer
+//   POST /acquirer/v1/charges                 GET /acquirer/v1/charges/<out_trade_no>
+//   POST /acquirer/v1/refunds                 GET /acquirer/v1/refunds/<out_refund_no>
+//   GET  /acquirer/v1/settlements/<YYYY-MM-DD>  (text/csv)
+//
+// Full card numbers and CVCs are never stored nor logged.
 // Only Node built-ins: no npm dependencies.
 'use strict';
 
 const http = require('http');
 const crypto = require('crypto');
 const fs = require('fs');
+const {URL} = require('url');
 
-const MODES = ['normal', 'error500', 'slow', 'reset', 'bad_signature',
-               'decline', 'amount_mismatch'];
+const MODES = ['normal', 'error500', 'error500_after', 'slow', 'slow_before',
+               'reset', 'reset_after', 'bad_signature', 'amount_mismatch',
+               'decline'];
+const DEFAULT_DELAY_MS = 15000;
 const MAX_BODY = 1024 * 1024;
 const MAX_RECORDED = 1000;
+const MAX_LOGGED_BODY = 400;
+const MAX_SKEW_S = 300;
+const NOTIFY_TIMEOUT_MS = 10000;
+// out_trade_no / out_refund_no: also a URL path segment in queries.
+const KEY_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
+const CURRENCY_RE = /^[A-Z]{3}$/;
+const TAMPERS = ['signature', 'amount', 'body', 'merchant'];
 
 function parseArgs(argv) {
-    const opts = {port: 8091, acquirerSecret: 'acq-demo-secret', pidfile: null};
+    const opts = {port: 8091, acquirerSecret: 'acq-demo-secret',
+                  acquirerMerchant: 'ACQ-M100', pidfile: null};
     const names = {'--port': 'port', '--acquirer-secret': 'acquirerSecret',
+                   '--acquirer-merchant': 'acquirerMerchant',
                    '--pidfile': 'pidfile'};
     for (let i = 0; i < argv.length; i++) {
         const key = names[argv[i]];
         if (!key || i + 1 >= argv.length) {
             console.error(`usage: sim.js --port N [--acquirer-secret S] ` +
-                          `[--pidfile F] (bad argument ${argv[i]})`);
+                          `[--acquirer-merchant M] [--pidfile F] ` +
+                          `(bad argument ${argv[i]})`);
             process.exit(2);
         }
         opts[key] = argv[++i];
@@ -54,15 +96,31 @@ const opts = parseArgs(process.argv.slice(2));
 
 const state = {
     mode: 'normal',
-    delayMs: 15000,
+    delayMs: DEFAULT_DELAY_MS,
     remaining: null,        // provider requests left in this mode; null: all
+    pathPrefix: null,       // mode applies to these paths only; null: all
     requests: [],
+    charges: new Map(),     // out_trade_no -> {charge, createdAt}
+    refunds: new Map(),     // out_refund_no -> {refund, createdAt}
+    counters: {charges: new Map(), refunds: new Map()},
 };
 
 // ---- helpers ---------------------------------------------------------------
 
-function hmacHex(secret, data) {
-    return crypto.createHmac('sha256', secret).update(data).digest('hex');
+function nowSec() {
+    return Math.floor(Date.now() / 1000);
+}
+
+function isoSeconds(ms) {
+    return new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+}
+
+function hmacHex(secret, ...parts) {
+    const h = crypto.createHmac('sha256', secret);
+    for (const p of parts) {
+        h.update(p);
+    }
+    return h.digest('hex');
 }
 
 function safeEqualHex(a, b) {
@@ -79,26 +137,103 @@ function parseJson(body) {
     }
 }
 
+function isObject(v) {
+    return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+function isPositiveAmount(v) {
+    return Number.isSafeInteger(v) && v > 0;
+}
+
 function randomId(prefix) {
     return prefix + crypto.randomBytes(12).toString('hex');
 }
 
-// A handler's answer: {status, body (object or string), headers}.
+// A control answer: {status, body (string), headers}.
 function json(status, obj, headers) {
     return {status, body: JSON.stringify(obj), headers: Object.assign(
         {'Content-Type': 'application/json'}, headers || {})};
 }
 
-// Picks the fault mode for one provider request, counting down "times".
-function takeMode() {
-    const mode = state.mode;
-    if (state.remaining !== null && mode !== 'normal') {
-        if (--state.remaining <= 0) {
-            state.mode = 'normal';
-            state.remaining = null;
+// ---- card data -------------------------------------------------------------
+
+function luhnValid(digits) {
+    let sum = 0;
+    for (let i = 0; i < digits.length; i++) {
+        let d = digits.charCodeAt(digits.length - 1 - i) - 48;
+        if (i % 2 === 1) {
+            d *= 2;
+            if (d > 9) {
+                d -= 9;
+            }
         }
+        sum += d;
     }
-    return mode;
+    return sum % 10 === 0;
+}
+
+function cardBrand(digits) {
+    const two = Number(digits.slice(0, 2));
+    if (digits[0] === '4') {
+        return 'visa';
+    }
+    if (two >= 51 && two <= 55) {
+        return 'mastercard';
+    }
+    if (two === 34 || two === 37) {
+        return 'amex';
+    }
+    if (two === 62) {
+        return 'unionpay';
+    }
+    return 'unknown';
+}
+
+// 4242424242424242 -> 424242******4242
+function maskPan(digits) {
+    if (digits.length < 12) {
+        return '*'.repeat(digits.length);
+    }
+    return digits.slice(0, 6) + '*'.repeat(digits.length - 10) + digits.slice(-4);
+}
+
+// Masks card data in any text (JSON, broken JSON, a URL, a log line): the
+// values of card-number keys, CVC keys, and every standalone Luhn-valid run
+// of 12-19 digits.
+function redact(text) {
+    return text
+        .replace(/("(?:number|pan|card_number)"\s*:\s*"?)(\d[\d -]*\d|\d)/g,
+                 (m, key, v) => key + maskPan(v.replace(/\D/g, '')))
+        .replace(/("(?:cvc|cvv|cvc2|cvv2)"\s*:\s*)("(?:[^"\\]|\\.)*"|-?\d+)/g,
+                 '$1"***"')
+        .replace(/(^|[^0-9A-Za-z])(\d{12,19})(?![0-9A-Za-z])/g,
+                 (m, pre, d) => (luhnValid(d) ? pre + maskPan(d) : m));
+}
+
+// ---- fault modes -----------------------------------------------------------
+
+function modeApplies(path) {
+    return state.pathPrefix === null || path.startsWith(state.pathPrefix);
+}
+
+// The fault mode for one provider request, counting down "times".
+function takeMode(path) {
+    const taken = {mode: 'normal', delayMs: state.delayMs};
+    if (state.mode === 'normal' || !modeApplies(path)) {
+        return taken;
+    }
+    taken.mode = state.mode;
+    if (state.remaining !== null && --state.remaining <= 0) {
+        setModeState('normal', DEFAULT_DELAY_MS, null, null);
+    }
+    return taken;
+}
+
+function setModeState(mode, delayMs, remaining, pathPrefix) {
+    state.mode = mode;
+    state.delayMs = delayMs;
+    state.remaining = remaining;
+    state.pathPrefix = pathPrefix;
 }
 
 // ---- control API -----------------------------------------------------------
@@ -109,92 +244,497 @@ function health() {
 
 function setMode(ctx) {
     const req = parseJson(ctx.body);
-    if (!req || typeof req !== 'object' || !MODES.includes(req.mode)) {
+    if (!isObject(req) || !MODES.includes(req.mode)) {
         return json(400, {error: `mode must be one of ${MODES.join(', ')}`});
     }
     if (req.delay_ms !== undefined &&
         !(Number.isInteger(req.delay_ms) && req.delay_ms >= 0)) {
         return json(400, {error: 'delay_ms must be a non-negative integer'});
     }
-    if (req.times !== undefined && !(Number.isInteger(req.times) && req.times > 0)) {
+    if (req.times !== undefined && req.times !== null &&
+        !(Number.isInteger(req.times) && req.times > 0)) {
         return json(400, {error: 'times must be a positive integer'});
     }
-    state.mode = req.mode;
-    state.delayMs = req.delay_ms === undefined ? 15000 : req.delay_ms;
-    state.remaining = req.times === undefined ? null : req.times;
+    if (req.path_prefix !== undefined && req.path_prefix !== null &&
+        !(typeof req.path_prefix === 'string' && req.path_prefix.startsWith('/'))) {
+        return json(400, {error: 'path_prefix must be a path starting with /'});
+    }
+    setModeState(req.mode,
+                 req.delay_ms === undefined ? DEFAULT_DELAY_MS : req.delay_ms,
+                 req.times === undefined ? null : req.times,
+                 req.path_prefix === undefined ? null : req.path_prefix);
     return getMode();
 }
 
 function getMode() {
     return json(200, {mode: state.mode, delay_ms: state.delayMs,
-                      times: state.remaining});
+                      times: state.remaining, path_prefix: state.pathPrefix});
 }
 
 function listRequests() {
     return json(200, state.requests);
 }
 
+function counter(kind, key) {
+    const map = state.counters[kind];
+    if (!map.has(key)) {
+        map.set(key, {requests: 0, duplicates: 0, queries: 0});
+    }
+    return map.get(key);
+}
+
+function listCharges() {
+    const charges = [...state.charges.values()].map(({charge}) => Object.assign({
+        out_trade_no: charge.out_trade_no, charge_id: charge.charge_id,
+        amount: charge.amount, currency: charge.currency, status: charge.status,
+    }, charge.decline_code ? {decline_code: charge.decline_code} : {},
+       counter('charges', charge.out_trade_no)));
+    const refunds = [...state.refunds.values()].map(({refund}) => Object.assign({
+        out_refund_no: refund.out_refund_no, refund_id: refund.refund_id,
+        out_trade_no: refund.out_trade_no, amount: refund.amount,
+        currency: refund.currency, status: refund.status,
+    }, refund.failure_code ? {failure_code: refund.failure_code} : {},
+       counter('refunds', refund.out_refund_no)));
+    return json(200, {charges, refunds});
+}
+
 function resetSim() {
     state.requests = [];
-    state.mode = 'normal';
-    state.delayMs = 15000;
-    state.remaining = null;
+    state.charges.clear();
+    state.refunds.clear();
+    state.counters.charges.clear();
+    state.counters.refunds.clear();
+    setModeState('normal', DEFAULT_DELAY_MS, null, null);
     return json(200, {status: 'ok'});
 }
 
-// ---- providers -------------------------------------------------------------
-
-// Bank-card acquirer: JSON bodies, X-Acquirer-Signature = hex HMAC-SHA256
-// of the raw body with the shared secret, on requests and on responses.
-function acquirerAnswer(ctx, status, obj) {
-    const body = JSON.stringify(obj);
-    const secret = ctx.mode === 'bad_signature'
-        ? opts.acquirerSecret + '-wrong' : opts.acquirerSecret;
-    return {status, body, headers: {'Content-Type': 'application/json',
-                                    'X-Acquirer-Signature': hmacHex(secret, body)}};
+// POST a signed acquirer callback to the gateway; resolves to the answer.
+async function notify(ctx) {
+    const req = parseJson(ctx.body);
+    const bad = validateNotify(req);
+    if (bad) {
+        return json(400, {error: bad});
+    }
+    const stored = state.charges.get(req.out_trade_no);
+    const charge = stored ? Object.assign({}, stored.charge) : {
+        charge_id: randomId('ch_'), out_trade_no: req.out_trade_no,
+        status: 'approved', amount: null, currency: null,
+        card_brand: 'visa', card_last4: '4242',
+    };
+    for (const f of ['status', 'amount', 'currency', 'decline_code']) {
+        if (req[f] !== undefined && req[f] !== null) {
+            charge[f] = req[f];
+        }
+    }
+    if (charge.status !== 'declined') {
+        delete charge.decline_code;
+    }
+    if (!Number.isSafeInteger(charge.amount) || typeof charge.currency !== 'string') {
+        return json(400, {error: 'amount and currency required (no such charge)'});
+    }
+    if (req.tamper === 'amount') {
+        charge.amount += 1;
+    }
+    const ts = String(req.timestamp === undefined ? nowSec() : req.timestamp);
+    let body = JSON.stringify({event: 'charge.updated', charge});
+    const secret = req.tamper === 'signature' ? wrongSecret() : opts.acquirerSecret;
+    const headers = {
+        'Content-Type': 'application/json',
+        'X-Acquirer-Merchant': req.tamper === 'merchant' ? 'ACQ-WRONG'
+            : opts.acquirerMerchant,
+        'X-Acquirer-Timestamp': ts,
+        'X-Acquirer-Signature': hmacHex(secret, `${ts}\n`, body),
+    };
+    if (req.tamper === 'body') {    // altered after signing
+        body = JSON.stringify({event: 'charge.updated',
+                               charge: Object.assign({}, charge,
+                                                     {amount: charge.amount + 1})});
+    }
+    try {
+        const answer = await postCallback(req.url, headers, body);
+        console.log(`${new Date().toISOString()} notify ${req.url} ` +
+                    `${req.out_trade_no} -> ${answer.status}`);
+        return json(200, {status: answer.status, body: answer.body,
+                          sent: {headers, body}});
+    } catch (e) {
+        console.log(`${new Date().toISOString()} notify ${req.url} failed: ${e.message}`);
+        return json(502, {error: `callback failed: ${e.message}`,
+                          sent: {headers, body}});
+    }
 }
 
-function acquirerCharge(ctx) {
-    const sig = ctx.req.headers['x-acquirer-signature'];
-    if (!safeEqualHex(sig, hmacHex(opts.acquirerSecret, ctx.body))) {
-        return acquirerAnswer(ctx, 401, {error: {code: 'invalid_signature',
-                                                 message: 'bad X-Acquirer-Signature'}});
+function validateNotify(req) {
+    if (!isObject(req)) {
+        return 'body must be a JSON object';
     }
-    const req = parseJson(ctx.body);
-    if (!req || !Number.isInteger(req.amount) || typeof req.currency !== 'string') {
-        return acquirerAnswer(ctx, 400, {error: {code: 'invalid_request',
-                                                 message: 'amount and currency required'}});
+    if (typeof req.url !== 'string' || !/^http:\/\/[^/]+/.test(req.url)) {
+        return 'url must be an http:// URL';
     }
-    return acquirerAnswer(ctx, 200, {
-        charge_id: randomId('ch_'),
-        merchant_ref: req.merchant_ref === undefined ? null : req.merchant_ref,
-        status: ctx.mode === 'decline' ? 'declined' : 'approved',
-        amount: ctx.mode === 'amount_mismatch' ? req.amount + 1 : req.amount,
-        currency: req.currency,
+    if (typeof req.out_trade_no !== 'string' || req.out_trade_no === '') {
+        return 'out_trade_no required';
+    }
+    if (req.tamper !== undefined && req.tamper !== null && !TAMPERS.includes(req.tamper)) {
+        return `tamper must be one of ${TAMPERS.join(', ')} or null`;
+    }
+    if (req.timestamp !== undefined && !Number.isInteger(req.timestamp)) {
+        return 'timestamp must be an integer';
+    }
+    return null;
+}
+
+function postCallback(url, headers, body) {
+    return new Promise((resolve, reject) => {
+        const req = http.request(new URL(url), {
+            method: 'POST',
+            headers: Object.assign({'Content-Length': Buffer.byteLength(body)},
+                                   headers),
+        }, (res) => {
+            const chunks = [];
+            res.on('data', (c) => chunks.push(c));
+            res.on('end', () => resolve({
+                status: res.statusCode,
+                body: Buffer.concat(chunks).toString('utf8'),
+            }));
+            res.on('error', reject);
+        });
+        req.setTimeout(NOTIFY_TIMEOUT_MS, () => req.destroy(new Error('timeout')));
+        req.on('error', reject);
+        req.end(body);
     });
 }
 
-// ---- routing ---------------------------------------------------------------
+// ---- bank-card acquirer ----------------------------------------------------
 
-// provider: true routes are recorded and subject to the fault modes.
-const routes = {
-    'GET /health':                 {handler: health},
-    'GET /_sim/mode':              {handler: getMode},
-    'POST /_sim/mode':             {handler: setMode},
-    'GET /_sim/requests':          {handler: listRequests},
-    'POST /_sim/reset':            {handler: resetSim},
-    'POST /acquirer/v1/charges':   {handler: acquirerCharge, provider: true},
+// Handlers return {status, obj} (JSON) or {status, text, contentType}.
+function acqError(status, code, message) {
+    return {status, obj: message === undefined ? {error: code}
+                                               : {error: code, message}};
+}
+
+function invalid(message) {
+    return acqError(400, 'invalid_request', message);
+}
+
+function wrongSecret() {
+    return opts.acquirerSecret + '-wrong';
+}
+
+// null when the request is authentic, else the 401 answer.
+function acquirerAuthenticate(ctx) {
+    const h = ctx.req.headers;
+    if (h['x-acquirer-merchant'] !== opts.acquirerMerchant) {
+        return acqError(401, 'unknown_merchant');
+    }
+    const ts = h['x-acquirer-timestamp'];
+    const sig = h['x-acquirer-signature'];
+    if (typeof ts !== 'string' || !/^\d{1,12}$/.test(ts) ||
+        Math.abs(nowSec() - Number(ts)) > MAX_SKEW_S || typeof sig !== 'string') {
+        return acqError(401, 'bad_signature');
+    }
+    const expected = hmacHex(opts.acquirerSecret,
+                             `${ts}\n${ctx.req.method}\n${ctx.req.url}\n`, ctx.body);
+    return safeEqualHex(sig, expected) ? null : acqError(401, 'bad_signature');
+}
+
+// A handler's answer as signed HTTP, with the output fault modes applied.
+function acquirerReply(ctx, answer) {
+    let body;
+    let type;
+    if (answer.obj !== undefined) {
+        let obj = answer.obj;
+        if (ctx.mode === 'amount_mismatch' && Number.isSafeInteger(obj.amount)) {
+            obj = Object.assign({}, obj, {amount: obj.amount + 1});
+        }
+        body = JSON.stringify(obj);
+        type = 'application/json';
+    } else {
+        body = answer.text;
+        type = answer.contentType;
+    }
+    const ts = String(nowSec());
+    const secret = ctx.mode === 'bad_signature' ? wrongSecret() : opts.acquirerSecret;
+    return {status: answer.status, body, headers: {
+        'Content-Type': type,
+        'X-Acquirer-Timestamp': ts,
+        'X-Acquirer-Signature': hmacHex(secret, `${ts}\n`, body),
+    }};
+}
+
+function validateCard(card) {
+    if (!isObject(card)) {
+        return 'card must be an object';
+    }
+    if (typeof card.number !== 'string' || !/^\d{12,19}$/.test(card.number)) {
+        return 'card.number must be a string of 12-19 digits';
+    }
+    if (!luhnValid(card.number)) {
+        return 'card.number fails the Luhn check';
+    }
+    if (!Number.isInteger(card.exp_month) || card.exp_month < 1 || card.exp_month > 12) {
+        return 'card.exp_month must be an integer 1-12';
+    }
+    if (!Number.isInteger(card.exp_year) || card.exp_year < 1000 || card.exp_year > 9999) {
+        return 'card.exp_year must be a 4-digit integer';
+    }
+    if (typeof card.cvc !== 'string' || !/^\d{3,4}$/.test(card.cvc)) {
+        return 'card.cvc must be a string of 3-4 digits';
+    }
+    return null;
+}
+
+function validateMoney(req) {
+    if (!isPositiveAmount(req.amount)) {
+        return 'amount must be a positive integer (minor units)';
+    }
+    if (typeof req.currency !== 'string' || !CURRENCY_RE.test(req.currency)) {
+        return 'currency must be an ISO 4217 code like CNY';
+    }
+    return null;
+}
+
+function validateKey(req, name) {
+    return typeof req[name] === 'string' && KEY_RE.test(req[name]) ? null
+        : `${name} must be 1-64 characters of A-Z a-z 0-9 _ . : -`;
+}
+
+function validateCharge(req) {
+    if (!isObject(req)) {
+        return 'body must be a JSON object';
+    }
+    return validateKey(req, 'out_trade_no') || validateMoney(req) ||
+        validateCard(req.card) ||
+        (req.description !== undefined && typeof req.description !== 'string'
+            ? 'description must be a string' : null);
+}
+
+function validateRefund(req) {
+    if (!isObject(req)) {
+        return 'body must be a JSON object';
+    }
+    return validateKey(req, 'out_trade_no') || validateKey(req, 'out_refund_no') ||
+        validateMoney(req) ||
+        (req.reason !== undefined && typeof req.reason !== 'string'
+            ? 'reason must be a string' : null);
+}
+
+function cardExpired(card) {
+    const now = new Date();
+    const year = now.getUTCFullYear();
+    const month = now.getUTCMonth() + 1;
+    return card.exp_year < year || (card.exp_year === year && card.exp_month < month);
+}
+
+const DECLINING_CARDS = {
+    '4000000000000002': 'card_declined',
+    '4000000000009995': 'insufficient_funds',
 };
 
-function log(req, status, started, mode) {
-    const ms = Date.now() - started;
-    console.log(`${new Date().toISOString()} ${req.method} ${req.url} ` +
-                `${status} ${ms}ms mode=${mode}`);
+function declineCode(ctx, card) {
+    if (ctx.mode === 'decline') {
+        return 'card_declined';
+    }
+    if (DECLINING_CARDS[card.number]) {
+        return DECLINING_CARDS[card.number];
+    }
+    return cardExpired(card) ? 'expired_card' : null;
+}
+
+function createCharge(ctx) {
+    const req = parseJson(ctx.body);
+    const bad = validateCharge(req);
+    if (bad) {
+        return invalid(bad);
+    }
+    const existing = state.charges.get(req.out_trade_no);
+    if (existing) {
+        if (existing.charge.amount !== req.amount ||
+            existing.charge.currency !== req.currency) {
+            return acqError(409, 'conflicting_request');
+        }
+        counter('charges', req.out_trade_no).duplicates++;
+        return {status: 200, obj: existing.charge};
+    }
+    const decline = declineCode(ctx, req.card);
+    const charge = Object.assign(
+        {charge_id: randomId('ch_'), out_trade_no: req.out_trade_no,
+         status: decline ? 'declined' : 'approved'},
+        decline ? {decline_code: decline} : {},
+        {amount: req.amount, currency: req.currency,
+         card_brand: cardBrand(req.card.number),
+         card_last4: req.card.number.slice(-4)});
+    state.charges.set(charge.out_trade_no, {charge, createdAt: Date.now()});
+    return {status: 200, obj: charge};
+}
+
+function decodeKey(segment) {
+    try {
+        return decodeURIComponent(segment);
+    } catch (e) {
+        return null;
+    }
+}
+
+function getCharge(ctx, segment) {
+    const key = decodeKey(segment);
+    const rec = key === null ? undefined : state.charges.get(key);
+    if (!rec) {
+        return acqError(404, 'not_found');
+    }
+    counter('charges', key).queries++;
+    return {status: 200, obj: rec.charge};
+}
+
+function refundedAmount(outTradeNo) {
+    let sum = 0;
+    for (const {refund} of state.refunds.values()) {
+        if (refund.out_trade_no === outTradeNo && refund.status === 'succeeded') {
+            sum += refund.amount;
+        }
+    }
+    return sum;
+}
+
+function refundFailure(req) {
+    const rec = state.charges.get(req.out_trade_no);
+    if (!rec || rec.charge.status !== 'approved') {
+        return 'charge_not_refundable';
+    }
+    if (refundedAmount(req.out_trade_no) + req.amount > rec.charge.amount) {
+        return 'amount_exceeds_charge';
+    }
+    return null;
+}
+
+function createRefund(ctx) {
+    const req = parseJson(ctx.body);
+    const bad = validateRefund(req);
+    if (bad) {
+        return invalid(bad);
+    }
+    const existing = state.refunds.get(req.out_refund_no);
+    if (existing) {
+        const r = existing.refund;
+        if (r.out_trade_no !== req.out_trade_no || r.amount !== req.amount ||
+            r.currency !== req.currency) {
+            return acqError(409, 'conflicting_request');
+        }
+        counter('refunds', req.out_refund_no).duplicates++;
+        return {status: 200, obj: r};
+    }
+    const charge = state.charges.get(req.out_trade_no);
+    if (charge && charge.charge.currency !== req.currency) {
+        return invalid('currency does not match the charge');
+    }
+    const failure = refundFailure(req);
+    const refund = Object.assign(
+        {refund_id: randomId('re_'), out_refund_no: req.out_refund_no,
+         out_trade_no: req.out_trade_no,
+         status: failure ? 'failed' : 'succeeded'},
+        failure ? {failure_code: failure} : {},
+        {amount: req.amount, currency: req.currency});
+    state.refunds.set(refund.out_refund_no, {refund, createdAt: Date.now()});
+    return {status: 200, obj: refund};
+}
+
+function getRefund(ctx, segment) {
+    const key = decodeKey(segment);
+    const rec = key === null ? undefined : state.refunds.get(key);
+    if (!rec) {
+        return acqError(404, 'not_found');
+    }
+    counter('refunds', key).queries++;
+    return {status: 200, obj: rec.refund};
+}
+
+const SETTLEMENT_COLUMNS = ['type', 'out_trade_no', 'out_refund_no', 'provider_id',
+                            'amount', 'currency', 'status', 'created_at'];
+
+function csvField(v) {
+    const s = v === undefined || v === null ? '' : String(v);
+    return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}
+
+function validDay(day) {
+    if (!/^\d{4}-\d{2}-\d{2}$/.test(day)) {
+        return false;
+    }
+    const d = new Date(`${day}T00:00:00Z`);
+    return !Number.isNaN(d.getTime()) && d.toISOString().slice(0, 10) === day;
+}
+
+function getSettlement(ctx, day) {
+    if (!validDay(day)) {
+        return invalid('date must be YYYY-MM-DD');
+    }
+    const rows = [];
+    for (const {charge, createdAt} of state.charges.values()) {
+        rows.push({createdAt, cols: ['charge', charge.out_trade_no, '', charge.charge_id,
+                                     charge.amount, charge.currency, charge.status]});
+    }
+    for (const {refund, createdAt} of state.refunds.values()) {
+        rows.push({createdAt, cols: ['refund', refund.out_trade_no, refund.out_refund_no,
+                                     refund.refund_id, refund.amount, refund.currency,
+                                     refund.status]});
+    }
+    const lines = rows
+        .filter((r) => isoSeconds(r.createdAt).slice(0, 10) === day)
+        .sort((a, b) => a.createdAt - b.createdAt)
+        .map((r) => [...r.cols, isoSeconds(r.createdAt)].map(csvField).join(','));
+    return {status: 200, contentType: 'text/csv',
+            text: [SETTLEMENT_COLUMNS.join(','), ...lines].map((l) => l + '\n').join('')};
+}
+
+const acquirer = {
+    prefix: '/acquirer/',
+    routes: [
+        {method: 'POST', path: /^\/acquirer\/v1\/charges$/, handler: createCharge,
+         counts: {kind: 'charges', key: 'out_trade_no'}},
+        {method: 'GET', path: /^\/acquirer\/v1\/charges\/([^/]+)$/, handler: getCharge},
+        {method: 'POST', path: /^\/acquirer\/v1\/refunds$/, handler: createRefund,
+         counts: {kind: 'refunds', key: 'out_refund_no'}},
+        {method: 'GET', path: /^\/acquirer\/v1\/refunds\/([^/]+)$/, handler: getRefund},
+        {method: 'GET', path: /^\/acquirer\/v1\/settlements\/([^/]+)$/,
+         handler: getSettlement},
+    ],
+    authenticate: acquirerAuthenticate,
+    reply: acquirerReply,
+    notFound: () => acqError(404, 'not_found'),
+    internalError: () => acqError(500, 'internal'),
+    tooLarge: () => acqError(413, 'invalid_request', 'body too large'),
+};
+
+const PROVIDERS = [acquirer];
+
+// ---- routing ---------------------------------------------------------------
+
+const controlRoutes = {
+    'GET /health':         health,
+    'GET /_sim/mode':      getMode,
+    'POST /_sim/mode':     setMode,
+    'GET /_sim/requests':  listRequests,
+    'GET /_sim/charges':   listCharges,
+    'POST /_sim/reset':    resetSim,
+    'POST /_sim/notify':   notify,
+};
+
+function log(ctx, status) {
+    const {req} = ctx;
+    let line = `${new Date().toISOString()} ${req.method} ${redact(req.url)} ` +
+        `${status} ${Date.now() - ctx.started}ms mode=${ctx.mode}`;
+    if (ctx.provider && ctx.body && ctx.body.length) {
+        let body = redact(ctx.body.toString('utf8')).replace(/\s*[\r\n]+\s*/g, ' ');
+        if (body.length > MAX_LOGGED_BODY) {
+            body = body.slice(0, MAX_LOGGED_BODY) + '...';
+        }
+        line += ` body=${body}`;
+    }
+    console.log(line);
 }
 
 function respond(ctx, answer) {
     const {res} = ctx;
     if (res.destroyed || res.writableEnded) {
+        log(ctx, `${answer.status}-client-gone`);
         return;
     }
     const body = answer.body === undefined ? '' : answer.body;
@@ -202,63 +742,148 @@ function respond(ctx, answer) {
                                   answer.headers || {});
     res.writeHead(answer.status, headers);
     res.end(body);
-    log(ctx.req, answer.status, ctx.started, ctx.mode);
+    log(ctx, answer.status);
 }
 
-function dispatch(ctx) {
-    const path = ctx.req.url.split('?')[0];
-    const route = routes[`${ctx.req.method} ${path}`];
-    if (!route) {
-        return respond(ctx, json(404, {error: `no route ${ctx.req.method} ${path}`}));
+function dropConnection(ctx) {
+    log(ctx, 'reset');
+    const sock = ctx.req.socket;
+    if (typeof sock.resetAndDestroy === 'function') {
+        sock.resetAndDestroy();
+    } else {
+        sock.destroy();
     }
-    if (!route.provider) {
-        return respond(ctx, route.handler(ctx));
-    }
+}
 
-    state.requests.push({method: ctx.req.method, path: ctx.req.url,
+function recordRequest(ctx) {
+    state.requests.push({method: ctx.req.method, path: redact(ctx.req.url),
                          headers: ctx.req.headers,
-                         body: ctx.body.toString('utf8')});
+                         body: redact(ctx.body.toString('utf8')),
+                         mode: ctx.mode});
     if (state.requests.length > MAX_RECORDED) {
         state.requests.shift();
     }
+}
 
-    ctx.mode = takeMode();
-    switch (ctx.mode) {
-    case 'error500':
-        return respond(ctx, json(500, {error: 'simulated provider failure'}));
-    case 'reset':
-        log(ctx.req, 'reset', ctx.started, ctx.mode);
-        if (typeof ctx.req.socket.resetAndDestroy === 'function') {
-            ctx.req.socket.resetAndDestroy();
-        } else {
-            ctx.req.socket.destroy();
+function matchRoute(provider, method, path) {
+    for (const route of provider.routes) {
+        const m = route.method === method && route.path.exec(path);
+        if (m) {
+            return {route, params: m.slice(1)};
         }
-        return undefined;
-    case 'slow': {
-        const timer = setTimeout(() => respond(ctx, route.handler(ctx)),
-                                 state.delayMs);
-        ctx.res.on('close', () => clearTimeout(timer));
-        return undefined;
     }
-    default:
-        return respond(ctx, route.handler(ctx));
+    return null;
+}
+
+// Counts an authentic create request for its key as soon as it arrives,
+// whether or not a fault mode lets it be processed.
+function countArrival(ctx, provider, match) {
+    const counts = match && match.route.counts;
+    if (!counts || provider.authenticate(ctx) !== null) {
+        return;
+    }
+    const req = parseJson(ctx.body);
+    if (isObject(req) && typeof req[counts.key] === 'string') {
+        counter(counts.kind, req[counts.key]).requests++;
     }
 }
 
+function processRequest(ctx, provider, match) {
+    const unauthorized = provider.authenticate(ctx);
+    if (unauthorized) {
+        return unauthorized;
+    }
+    return match ? match.route.handler(ctx, ...match.params) : provider.notFound();
+}
+
+function dispatchProvider(ctx, provider) {
+    const match = matchRoute(provider, ctx.req.method, ctx.path);
+    const taken = takeMode(ctx.path);
+    ctx.mode = taken.mode;
+    recordRequest(ctx);
+    countArrival(ctx, provider, match);
+
+    const reply = (answer) => respond(ctx, provider.reply(ctx, answer));
+    const work = () => processRequest(ctx, provider, match);
+    switch (ctx.mode) {
+    case 'error500':
+        return reply(provider.internalError());
+    case 'reset':
+        return dropConnection(ctx);
+    case 'slow_before':
+        setTimeout(() => reply(work()), taken.delayMs);
+        return undefined;
+    default:
+        break;
+    }
+
+    const answer = work();
+    switch (ctx.mode) {
+    case 'error500_after':
+        return reply(provider.internalError());
+    case 'reset_after':
+        return dropConnection(ctx);
+    case 'slow': {
+        const timer = setTimeout(() => reply(answer), taken.delayMs);
+        ctx.res.on('close', () => {
+            if (!ctx.res.writableEnded) {
+                clearTimeout(timer);
+                log(ctx, `${answer.status}-client-gone`);
+            }
+        });
+        return undefined;
+    }
+    default:
+        return reply(answer);
+    }
+}
+
+function providerFor(path) {
+    return PROVIDERS.find((p) => path.startsWith(p.prefix)) || null;
+}
+
+function dispatch(ctx) {
+    if (ctx.provider) {
+        return dispatchProvider(ctx, ctx.provider);
+    }
+    const handler = controlRoutes[`${ctx.req.method} ${ctx.path}`];
+    if (!handler) {
+        return respond(ctx, json(404, {error: `no route ${ctx.req.method} ${ctx.path}`}));
+    }
+    return Promise.resolve(handler(ctx)).then(
+        (answer) => respond(ctx, answer),
+        (e) => {
+            console.error(e);
+            respond(ctx, json(500, {error: 'simulator bug: ' + e.message}));
+        });
+}
+
 const server = http.createServer((req, res) => {
-    const ctx = {req, res, body: null, mode: 'normal', started: Date.now()};
+    const path = req.url.split('?')[0];
+    const ctx = {req, res, path, provider: providerFor(path), body: null,
+                 mode: 'normal', started: Date.now()};
     const chunks = [];
     let size = 0;
+    let tooLarge = false;
     req.on('data', (chunk) => {
+        if (tooLarge) {
+            return;
+        }
         size += chunk.length;
         if (size > MAX_BODY) {
-            respond(ctx, json(413, {error: 'body too large'}));
-            req.destroy();
+            tooLarge = true;
+            ctx.body = Buffer.alloc(0);
+            res.setHeader('Connection', 'close');
+            respond(ctx, ctx.provider ? ctx.provider.reply(ctx, ctx.provider.tooLarge())
+                                      : json(413, {error: 'body too large'}));
             return;
         }
         chunks.push(chunk);
     });
     req.on('end', () => {
+        if (tooLarge) {
+            return;
+        }
         ctx.body = Buffer.concat(chunks);
         try {
             dispatch(ctx);
@@ -268,6 +893,11 @@ const server = http.createServer((req, res) => {
         }
     });
 });
+
+// Longer than nginx's upstream keepalive_timeout (60 s), so nginx never
+// reuses a connection that we are closing.
+server.keepAliveTimeout = 65000;
+server.headersTimeout = 66000;
 
 function shutdown() {
     if (opts.pidfile) {

@@ -602,14 +602,19 @@ use strict;
 use warnings;
 our @ISA = ('PayGW::Test::Proc');
 
-# start(port => P, acquirer_secret => S, args => [...])
+# start(port => P, acquirer_secret => S, acquirer_merchant => M, args => [...])
 sub start {
     my ($class, %o) = @_;
     my $dir = PayGW::Test::_mkdir('sim');
     my $self = bless {dir => $dir, log => "$dir/sim.log",
                       port => $o{port} // PayGW::Test::free_port(),
-                      args => [@{$o{args} // []}, defined $o{acquirer_secret}
-                               ? ('--acquirer-secret', $o{acquirer_secret}) : ()]},
+                      acquirer_secret => $o{acquirer_secret} // 'acq-demo-secret',
+                      acquirer_merchant => $o{acquirer_merchant} // 'ACQ-M100',
+                      args => [@{$o{args} // []},
+                               defined $o{acquirer_secret}
+                               ? ('--acquirer-secret', $o{acquirer_secret}) : (),
+                               defined $o{acquirer_merchant}
+                               ? ('--acquirer-merchant', $o{acquirer_merchant}) : ()]},
         $class;
     return $self->_spawn;
 }
@@ -629,7 +634,8 @@ sub _ready {
 
 sub url { "http://127.0.0.1:$_[0]{port}" . ($_[1] // '') }
 
-# mode(NAME, delay_ms => N, times => N): fault mode for provider requests.
+# mode(NAME, delay_ms => N, times => N, path_prefix => P): fault mode for
+# the next N provider requests under P (see t/sim/sim.js for the modes).
 sub mode {
     my ($self, $mode, %o) = @_;
     my $r = PayGW::Test::http(POST => $self->url('/_sim/mode'),
@@ -640,6 +646,64 @@ sub mode {
 
 sub requests { PayGW::Test::http(GET => $_[0]->url('/_sim/requests'))->{json} }
 sub reset    { PayGW::Test::http(POST => $_[0]->url('/_sim/reset'))->{status} == 200 }
+
+# {charges => [{out_trade_no, charge_id, amount, currency, status, requests,
+# duplicates, queries}], refunds => [... out_refund_no, refund_id ...]}
+sub charges  { PayGW::Test::http(GET => $_[0]->url('/_sim/charges'))->{json} }
+
+sub acquirer_secret   { $_[0]{acquirer_secret} }
+sub acquirer_merchant { $_[0]{acquirer_merchant} }
+
+# acquirer_sign(TS, METHOD, PATH, BODY, SECRET): X-Acquirer-Signature of a
+# request (PATH with its query string).
+sub acquirer_sign {
+    my ($self, $ts, $method, $path, $body, $secret) = @_;
+    return Digest::SHA::hmac_sha256_hex("$ts\n$method\n$path\n" . ($body // ''),
+                                        $secret // $self->acquirer_secret);
+}
+
+# acquirer_verify(RESPONSE, SECRET): the response's X-Acquirer-Signature is
+# HMAC(ts "\n" body).
+sub acquirer_verify {
+    my ($self, $r, $secret) = @_;
+    my ($ts, $sig) = @{$r->{headers}}{qw(x-acquirer-timestamp x-acquirer-signature)};
+    return 0 unless defined $ts && defined $sig && $ts =~ /^\d+$/;
+    return $sig eq Digest::SHA::hmac_sha256_hex("$ts\n$r->{body}",
+                                                $secret // $self->acquirer_secret);
+}
+
+# acquirer(METHOD, PATH, json => DATA | body => BYTES, ts => T, merchant => M,
+#          secret => S, signature => SIG, timeout => SECS): a request to the
+# simulated acquirer, signed unless told otherwise (signature => undef sends
+# none); http()'s result plus sig_ok (the response signature verifies).
+sub acquirer {
+    my ($self, $method, $path, %o) = @_;
+    my $body = exists $o{json}
+        ? JSON::PP->new->canonical->encode($o{json}) : $o{body} // '';
+    my $ts = $o{ts} // int time;
+    my %h = ('X-Acquirer-Merchant'  => $o{merchant} // $self->acquirer_merchant,
+             'X-Acquirer-Timestamp' => $ts);
+    $h{'Content-Type'} = 'application/json' if length $body;
+    my $sig = exists $o{signature} ? $o{signature}
+        : $self->acquirer_sign($ts, $method, $path, $body, $o{secret});
+    $h{'X-Acquirer-Signature'} = $sig if defined $sig;
+    my $r = PayGW::Test::http($method, $self->url($path), headers => \%h,
+                              (length $body ? (body => $body) : ()),
+                              (defined $o{timeout} ? (timeout => $o{timeout}) : ()));
+    $r->{sig_ok} = $self->acquirer_verify($r);
+    return $r;
+}
+
+# notify(url => URL, out_trade_no => P, status => S, amount => N,
+#        currency => C, tamper => 'signature'|'amount'|'body'|'merchant',
+#        timestamp => T): the simulator POSTs a signed acquirer callback to
+# URL; returns {status, body, sent => {headers, body}} (the gateway's answer),
+# or {error} when the call failed.
+sub notify {
+    my ($self, %o) = @_;
+    return PayGW::Test::http(POST => $self->url('/_sim/notify'), json => \%o,
+                             timeout => 15)->{json};
+}
 
 # ---- nginx -----------------------------------------------------------------
 

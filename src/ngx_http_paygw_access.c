@@ -1,0 +1,424 @@
+
+/*
+ * paygw: the ACCESS phase of the merchant API.
+ *
+ *     read the body -> authenticate (HMAC) -> role -> validate
+ *       -> one Redis round trip: nonce replay window + idempotency key
+ *
+ * Nothing here writes anything durable: a request rejected in this
+ * phase changes nothing.  Whatever the outcome, the response is made by
+ * the content handler, so that every error has the API's JSON shape.
+ */
+
+
+#include "ngx_http_paygw_api.h"
+#include "ngx_http_paygw_channel.h"
+
+
+#define NGX_HTTP_PAYGW_ACCESS_ROUTE    0
+#define NGX_HTTP_PAYGW_ACCESS_BODY     1
+#define NGX_HTTP_PAYGW_ACCESS_READING  2
+#define NGX_HTTP_PAYGW_ACCESS_CHECK    3
+#define NGX_HTTP_PAYGW_ACCESS_REDIS    4
+#define NGX_HTTP_PAYGW_ACCESS_DONE     5
+
+
+static ngx_int_t ngx_http_paygw_access_handler(ngx_http_request_t *r);
+static void ngx_http_paygw_access_body(ngx_http_request_t *r);
+static ngx_int_t ngx_http_paygw_access_collect(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_access_check(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_access_role(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_access_validate(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static void ngx_http_paygw_access_redis(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+
+
+ngx_int_t
+ngx_http_paygw_access_init(ngx_conf_t *cf)
+{
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_paygw_access_handler;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_access_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                   rc;
+    ngx_http_paygw_ctx_t       *ctx;
+    ngx_http_paygw_loc_conf_t  *plcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_paygw_module);
+
+    if (!plcf->api || r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_paygw_module);
+
+    if (ctx == NULL) {
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_paygw_ctx_t));
+        if (ctx == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_http_set_ctx(r, ctx, ngx_http_paygw_module);
+
+        if (ngx_http_paygw_route(r, ctx) != NGX_OK) {
+            ctx->access = NGX_HTTP_PAYGW_ACCESS_DONE;
+            return NGX_OK;
+        }
+
+        ctx->access = NGX_HTTP_PAYGW_ACCESS_BODY;
+    }
+
+    switch (ctx->access) {
+
+    case NGX_HTTP_PAYGW_ACCESS_BODY:
+
+        if (r->headers_in.content_length_n > (off_t) plcf->max_body) {
+            (void) ngx_http_paygw_fail(r, ctx,
+                                       NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                       "request_too_large",
+                                       "the body is over %uz bytes",
+                                       plcf->max_body);
+            ctx->access = NGX_HTTP_PAYGW_ACCESS_DONE;
+            return NGX_OK;
+        }
+
+        ctx->access = NGX_HTTP_PAYGW_ACCESS_READING;
+
+        rc = ngx_http_read_client_request_body(r, ngx_http_paygw_access_body);
+
+        if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+            return rc;
+        }
+
+        /* the body handler runs the phases again, in time */
+
+        ngx_http_finalize_request(r, NGX_DONE);
+        return NGX_DONE;
+
+    case NGX_HTTP_PAYGW_ACCESS_CHECK:
+
+        if (ngx_http_paygw_access_check(r, ctx) == NGX_AGAIN) {
+            ctx->access = NGX_HTTP_PAYGW_ACCESS_REDIS;
+            return NGX_AGAIN;
+        }
+
+        ctx->access = NGX_HTTP_PAYGW_ACCESS_DONE;
+        return NGX_OK;
+
+    case NGX_HTTP_PAYGW_ACCESS_REDIS:
+
+        if (!ctx->redis->call.done) {
+            return NGX_AGAIN;
+        }
+
+        ngx_http_paygw_access_redis(r, ctx);
+
+        ctx->access = NGX_HTTP_PAYGW_ACCESS_DONE;
+        return NGX_OK;
+
+    case NGX_HTTP_PAYGW_ACCESS_DONE:
+        return NGX_OK;
+
+    default: /* NGX_HTTP_PAYGW_ACCESS_READING */
+        return NGX_AGAIN;
+    }
+}
+
+
+static void
+ngx_http_paygw_access_body(ngx_http_request_t *r)
+{
+    ngx_http_paygw_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_paygw_module);
+
+    ctx->access = NGX_HTTP_PAYGW_ACCESS_CHECK;
+
+    r->preserve_body = 1;
+    r->write_event_handler = ngx_http_core_run_phases;
+
+    ngx_http_core_run_phases(r);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_access_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t                   rc;
+    const char                 *why, *code;
+    ngx_http_paygw_loc_conf_t  *plcf;
+
+    if (ngx_http_paygw_access_collect(r, ctx) != NGX_OK) {
+        return NGX_OK;
+    }
+
+    rc = ngx_http_paygw_authenticate(r, &ctx->body, &ctx->auth, &why);
+
+    if (rc == NGX_ERROR) {
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                   "internal_error", "%s", why);
+        return NGX_OK;
+    }
+
+    if (rc != NGX_OK) {
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_UNAUTHORIZED,
+                                   "unauthenticated", "%s", why);
+        return NGX_OK;
+    }
+
+    ctx->merchant_id = ctx->auth.key->merchant_id;
+
+    if (ngx_http_paygw_access_role(r, ctx) != NGX_OK
+        || ngx_http_paygw_access_validate(r, ctx) != NGX_OK)
+    {
+        return NGX_OK;
+    }
+
+    if (r->method == NGX_HTTP_POST) {
+        if (ngx_http_paygw_idem_header(r, &ctx->idem.key, &code, &why)
+            != NGX_OK)
+        {
+            (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST, code,
+                                       "%s", why);
+            return NGX_OK;
+        }
+    }
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_paygw_module);
+
+    ctx->redis = ngx_http_paygw_redis_create(r);
+
+    if (ctx->redis == NULL
+        || ngx_http_paygw_idem_prepare(r, &ctx->idem, &ctx->auth,
+                                       &ctx->merchant_id, &ctx->body)
+           != NGX_OK
+        || ngx_http_paygw_idem_begin(r, &ctx->idem, ctx->redis,
+                                     plcf->idem_lock) != NGX_OK
+        || ngx_http_paygw_redis_send(r, ctx->redis) != NGX_OK)
+    {
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                   "internal_error", "cannot reach Redis");
+        return NGX_OK;
+    }
+
+    return NGX_AGAIN;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_access_collect(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    u_char                     *p;
+    size_t                      len;
+    ngx_chain_t                *cl;
+    ngx_http_paygw_loc_conf_t  *plcf;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_paygw_module);
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL) {
+        ngx_str_set(&ctx->body, "");
+        return NGX_OK;
+    }
+
+    /* a body nginx had to write to disk would need a blocking read */
+
+    if (r->request_body->temp_file) {
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                   "request_too_large",
+                                   "the body is larger than "
+                                   "client_body_buffer_size");
+        return NGX_DECLINED;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        len += cl->buf->last - cl->buf->pos;
+    }
+
+    if (len > plcf->max_body) {
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_REQUEST_ENTITY_TOO_LARGE,
+                                   "request_too_large",
+                                   "the body is over %uz bytes",
+                                   plcf->max_body);
+        return NGX_DECLINED;
+    }
+
+    p = ngx_pnalloc(r->pool, len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->body.data = p;
+    ctx->body.len = len;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        p = ngx_cpymem(p, cl->buf->pos, cl->buf->last - cl->buf->pos);
+    }
+
+    *p = '\0';
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_access_role(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_key_t  *key;
+
+    key = ctx->auth.key;
+
+    if (key->role == NGX_HTTP_PAYGW_ROLE_VIEWER && r->method != NGX_HTTP_GET)
+    {
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_FORBIDDEN, "forbidden",
+                                   "key \"%V\" may only read",
+                                   &key->key_id);
+        return NGX_DECLINED;
+    }
+
+    if (ctx->api == NGX_HTTP_PAYGW_API_RESOLVE
+        && key->role != NGX_HTTP_PAYGW_ROLE_ADMIN)
+    {
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_FORBIDDEN, "forbidden",
+                                   "only admin keys may resolve payments");
+        return NGX_DECLINED;
+    }
+
+    if (ctx->api == NGX_HTTP_PAYGW_API_CREATE
+        && ctx->merchant_id.len == 1 && ctx->merchant_id.data[0] == '*')
+    {
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_FORBIDDEN, "forbidden",
+                                   "key \"%V\" belongs to no merchant and "
+                                   "cannot create payments", &key->key_id);
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_access_validate(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t  rc;
+
+    switch (ctx->api) {
+
+    case NGX_HTTP_PAYGW_API_CREATE:
+        rc = ngx_http_paygw_parse_create(r, ctx);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        ctx->channel = ngx_http_paygw_channel_find(r, &ctx->payment.channel);
+
+        if (ctx->channel == NULL) {
+            (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_request",
+                                       "channel \"%V\" is unknown or not "
+                                       "enabled", &ctx->payment.channel);
+            return NGX_DECLINED;
+        }
+
+        return NGX_OK;
+
+    case NGX_HTTP_PAYGW_API_REFUND:
+        return ngx_http_paygw_parse_refund(r, ctx);
+
+    case NGX_HTTP_PAYGW_API_CLOSE:
+    case NGX_HTTP_PAYGW_API_RESOLVE:
+        return ngx_http_paygw_parse_empty(r, ctx);
+
+    case NGX_HTTP_PAYGW_API_FIND:
+        if (ngx_http_arg(r, (u_char *) "business_no", 11, &ctx->object_no)
+            != NGX_OK
+            || ngx_http_paygw_identifier(&ctx->object_no) != NGX_OK)
+        {
+            (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_request",
+                                       "business_no must be 1-64 "
+                                       "characters of [A-Za-z0-9_.:-]");
+            return NGX_DECLINED;
+        }
+
+        return NGX_OK;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_paygw_access_redis(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_idem_t  *idem;
+
+    idem = &ctx->idem;
+
+    /* without the replay window there is no safe answer: fail closed */
+
+    if (!ctx->redis->call.ok) {
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "backend_unavailable",
+                                   "redis: %V", &ctx->redis->call.error);
+        return;
+    }
+
+    if (ngx_http_paygw_idem_result(r, idem, ctx->redis) != NGX_OK) {
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "backend_unavailable",
+                                   "redis answered unexpectedly");
+        return;
+    }
+
+    switch (idem->state) {
+
+    case NGX_HTTP_PAYGW_NONCE_REPLAYED:
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_UNAUTHORIZED,
+                                   "unauthenticated",
+                                   "nonce already used (replay)");
+        return;
+
+    case NGX_HTTP_PAYGW_IDEM_REUSED:
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_PAYGW_UNPROCESSABLE,
+                                   "idempotency_key_reused",
+                                   "this Idempotency-Key was used for a "
+                                   "different request");
+        return;
+
+    case NGX_HTTP_PAYGW_IDEM_IN_USE:
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT,
+                                   "idempotency_key_in_use",
+                                   "a request with this Idempotency-Key is "
+                                   "still running");
+        return;
+
+    case NGX_HTTP_PAYGW_IDEM_REPLAY:
+        ctx->replayed = 1;
+        ctx->status = idem->status;
+        ctx->response = idem->body;
+        return;
+    }
+}

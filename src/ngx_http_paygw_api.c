@@ -1,0 +1,341 @@
+
+/*
+ * paygw: the CONTENT phase of the merchant API.
+ *
+ *     location /v1/ { paygw_api; }
+ *
+ * The ACCESS phase (ngx_http_paygw_access.c) has authenticated the
+ * request and taken its idempotency key.  Here an endpoint runs as a
+ * small state machine (ngx_http_paygw_payments.c) that resumes each
+ * time a backend call completes; its response is then stored for the
+ * idempotency key (or the key freed, if nothing happened) and sent.
+ */
+
+
+#include "ngx_http_paygw_api.h"
+
+
+#define NGX_HTTP_PAYGW_PHASE_WORK   0
+#define NGX_HTTP_PAYGW_PHASE_STORE  1
+#define NGX_HTTP_PAYGW_PHASE_SEND   2
+
+
+static ngx_int_t ngx_http_paygw_api_handler(ngx_http_request_t *r);
+static void ngx_http_paygw_api_resume(ngx_http_request_t *r);
+static void ngx_http_paygw_api_run(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_api_store(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_api_send(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_vfail(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_uint_t status, const char *code,
+    json_t *extra, const char *fmt, va_list args);
+
+
+static ngx_str_t  ngx_http_paygw_json_type = ngx_string("application/json");
+
+
+char *
+ngx_http_paygw_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_paygw_loc_conf_t *plcf = conf;
+
+    ngx_http_core_loc_conf_t    *clcf;
+    ngx_http_paygw_main_conf_t  *pmcf;
+
+    if (plcf->api != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_paygw_module);
+
+    if (pmcf->keys.nelts == 0) {
+        return "requires paygw_keys before it in the http block";
+    }
+
+    plcf->api = 1;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_paygw_api_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_api_handler(ngx_http_request_t *r)
+{
+    ngx_http_paygw_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_paygw_module);
+
+    if (ctx == NULL || r != r->main) {
+        return NGX_HTTP_NOT_FOUND;
+    }
+
+    if (ctx->status == 0) {
+        switch (ctx->api) {
+        case NGX_HTTP_PAYGW_API_CREATE:
+            ctx->step = ngx_http_paygw_create;
+            break;
+        case NGX_HTTP_PAYGW_API_GET:
+        case NGX_HTTP_PAYGW_API_FIND:
+            ctx->step = ngx_http_paygw_get;
+            break;
+        case NGX_HTTP_PAYGW_API_CLOSE:
+            ctx->step = ngx_http_paygw_close;
+            break;
+        case NGX_HTTP_PAYGW_API_REFUND:
+            ctx->step = ngx_http_paygw_refund;
+            break;
+        case NGX_HTTP_PAYGW_API_GET_REFUND:
+            ctx->step = ngx_http_paygw_get_refund;
+            break;
+        case NGX_HTTP_PAYGW_API_RESOLVE:
+            ctx->step = ngx_http_paygw_resolve;
+            break;
+        default:
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+    } else {
+        /* an error or a replay decided in the ACCESS phase */
+        ctx->phase = NGX_HTTP_PAYGW_PHASE_SEND;
+    }
+
+    r->main->count++;
+    r->write_event_handler = ngx_http_paygw_api_resume;
+
+    ngx_http_paygw_api_run(r, ctx);
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_paygw_api_resume(ngx_http_request_t *r)
+{
+    ngx_http_paygw_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_paygw_module);
+
+    /* woken by a backend call, or by a write event meanwhile */
+
+    if (ctx->waiting && !ctx->waiting->done) {
+        return;
+    }
+
+    ngx_http_paygw_api_run(r, ctx);
+}
+
+
+static void
+ngx_http_paygw_api_run(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t  rc;
+
+    ctx->waiting = NULL;
+
+    for ( ;; ) {
+
+        switch (ctx->phase) {
+
+        case NGX_HTTP_PAYGW_PHASE_WORK:
+            rc = ctx->step(r, ctx);
+
+            if (rc == NGX_AGAIN) {
+                return;
+            }
+
+            if (rc == NGX_ERROR || ctx->status == 0) {
+                (void) ngx_http_paygw_fail(r, ctx,
+                                           NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                           "internal_error",
+                                           "the request could not be "
+                                           "completed");
+            }
+
+            ctx->phase = NGX_HTTP_PAYGW_PHASE_STORE;
+            break;
+
+        case NGX_HTTP_PAYGW_PHASE_STORE:
+            ctx->phase = NGX_HTTP_PAYGW_PHASE_SEND;
+
+            if (ngx_http_paygw_api_store(r, ctx) == NGX_AGAIN) {
+                return;
+            }
+
+            break;
+
+        default: /* NGX_HTTP_PAYGW_PHASE_SEND */
+            ngx_http_finalize_request(r, ngx_http_paygw_api_send(r, ctx));
+            return;
+        }
+    }
+}
+
+
+static ngx_int_t
+ngx_http_paygw_api_store(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_redis_op_t  *op;
+    ngx_http_paygw_loc_conf_t  *plcf;
+
+    if (!ctx->idem.held) {
+        return NGX_OK;
+    }
+
+    ctx->idem.held = 0;
+
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_paygw_module);
+
+    /*
+     * Once anything happened (a payment row, a charge), the answer is
+     * kept and replayed; before that the key is freed for a retry.  If
+     * Redis fails now, the answer still goes out: MySQL's unique
+     * (merchant_id, business_no) keeps a retry from charging twice.
+     */
+
+    op = ngx_http_paygw_redis_create(r);
+
+    if (op == NULL
+        || ngx_http_paygw_idem_finish(r, &ctx->idem, op, ctx->side_effect,
+                                      ctx->status, &ctx->response,
+                                      plcf->idem_retention) != NGX_OK
+        || ngx_http_paygw_redis_send(r, op) != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw: cannot store the idempotent result");
+        return NGX_OK;
+    }
+
+    ctx->waiting = &op->call;
+
+    return NGX_AGAIN;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_api_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_table_elt_t  *h;
+
+    if (ctx->replayed) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Idempotent-Replayed");
+        ngx_str_set(&h->value, "true");
+    }
+
+    return ngx_http_paygw_send_text(r, ctx->status, &ngx_http_paygw_json_type,
+                                    &ctx->response);
+}
+
+
+ngx_int_t
+ngx_http_paygw_respond(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_uint_t status, json_t *doc)
+{
+    char  *dump;
+
+    if (doc == NULL) {
+        return NGX_ERROR;
+    }
+
+    dump = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+
+    if (dump == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->response.len = ngx_strlen(dump);
+    ctx->response.data = ngx_pnalloc(r->pool, ctx->response.len);
+
+    if (ctx->response.data == NULL) {
+        free(dump);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(ctx->response.data, dump, ctx->response.len);
+    free(dump);
+
+    ctx->status = status;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_fail(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_uint_t status, const char *code, const char *fmt, ...)
+{
+    ngx_int_t  rc;
+    va_list    args;
+
+    va_start(args, fmt);
+    rc = ngx_http_paygw_vfail(r, ctx, status, code, NULL, fmt, args);
+    va_end(args);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_paygw_fail_with(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_uint_t status, const char *code, json_t *extra, const char *fmt, ...)
+{
+    ngx_int_t  rc;
+    va_list    args;
+
+    va_start(args, fmt);
+    rc = ngx_http_paygw_vfail(r, ctx, status, code, extra, fmt, args);
+    va_end(args);
+
+    return rc;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_vfail(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_uint_t status, const char *code, json_t *extra, const char *fmt,
+    va_list args)
+{
+    u_char     *p;
+    json_t     *err;
+    ngx_str_t   id;
+    u_char      msg[NGX_MAX_ERROR_STR];
+
+    p = ngx_vslprintf(msg, msg + sizeof(msg), fmt, args);
+
+    ngx_http_paygw_request_id(r, &id);
+
+    err = json_pack("{s:s, s:s%, s:s%}", "code", code,
+                    "message", msg, (size_t) (p - msg),
+                    "request_id", id.data, id.len);
+    if (err == NULL) {
+        json_decref(extra);
+        return NGX_ERROR;
+    }
+
+    if (extra) {
+        json_object_update(err, extra);
+        json_decref(extra);
+    }
+
+    if (ngx_http_paygw_respond(r, ctx, status,
+                               json_pack("{s:o}", "error", err))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /* "declined": the caller answers with this error */
+
+    return NGX_DECLINED;
+}

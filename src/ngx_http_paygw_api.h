@@ -1,0 +1,188 @@
+
+/*
+ * paygw: the merchant API (SPEC §3): its request context, payments and
+ * refunds as the handlers see them.
+ */
+
+
+#ifndef _NGX_HTTP_PAYGW_API_H_INCLUDED_
+#define _NGX_HTTP_PAYGW_API_H_INCLUDED_
+
+
+#include "ngx_http_paygw.h"
+#include "ngx_http_paygw_redis.h"
+#include "ngx_http_paygw_mysql.h"
+#include "ngx_http_paygw_auth.h"
+#include "ngx_http_paygw_idempotency.h"
+
+
+#define NGX_HTTP_PAYGW_API_CREATE       1
+#define NGX_HTTP_PAYGW_API_GET          2
+#define NGX_HTTP_PAYGW_API_FIND         3   /* ?business_no= */
+#define NGX_HTTP_PAYGW_API_REFUND       4
+#define NGX_HTTP_PAYGW_API_GET_REFUND   5
+#define NGX_HTTP_PAYGW_API_CLOSE        6
+#define NGX_HTTP_PAYGW_API_RESOLVE      7   /* settle unknown payments */
+
+#define NGX_HTTP_PAYGW_MAX_AMOUNT       1000000000000LL
+#define NGX_HTTP_PAYGW_UNPROCESSABLE    422
+#define NGX_HTTP_PAYGW_ER_DUP_ENTRY     1062
+
+
+typedef struct ngx_http_paygw_channel_s  ngx_http_paygw_channel_t;
+
+
+typedef struct {
+    ngx_str_t                     payment_no;
+    ngx_str_t                     merchant_id;
+    ngx_str_t                     business_no;
+    int64_t                       amount;
+    ngx_str_t                     currency;
+    ngx_str_t                     channel;
+    ngx_str_t                     status;
+    ngx_str_t                     channel_trade_no;
+    int64_t                       refunded_amount;
+    int64_t                       refund_reserved;
+    ngx_str_t                     subject;
+    ngx_str_t                     notify_url;
+    ngx_str_t                     metadata;      /* JSON text */
+    ngx_str_t                     pay_url;
+    ngx_str_t                     qr_code;
+    ngx_str_t                     code_url;
+    ngx_str_t                     card_brand;
+    ngx_str_t                     card_last4;
+    ngx_str_t                     failure_code;
+    ngx_str_t                     failure_message;
+    ngx_str_t                     created_at;
+    ngx_str_t                     updated_at;
+    int64_t                       expire_seconds;
+    time_t                        age;           /* seconds since update */
+
+    /* the card, in memory for the charge only: never stored or logged */
+    ngx_str_t                     card_number;
+    ngx_str_t                     card_cvc;
+    int64_t                       card_exp_month;
+    int64_t                       card_exp_year;
+} ngx_http_paygw_payment_t;
+
+
+typedef struct {
+    ngx_str_t                     refund_no;
+    ngx_str_t                     out_refund_no;
+    ngx_str_t                     payment_no;
+    ngx_str_t                     merchant_id;
+    int64_t                       amount;
+    ngx_str_t                     currency;
+    ngx_str_t                     status;
+    ngx_str_t                     reason;
+    ngx_str_t                     channel_refund_no;
+    ngx_str_t                     failure_code;
+    ngx_str_t                     created_at;
+    ngx_str_t                     updated_at;
+} ngx_http_paygw_refund_t;
+
+
+/* what a provider said about a charge or a refund */
+
+typedef struct {
+    ngx_str_t                     status;        /* new payment/refund status */
+    ngx_str_t                     provider_no;   /* channel trade/refund no */
+    ngx_str_t                     failure_code;
+    ngx_str_t                     failure_message;
+    ngx_str_t                     card_brand;
+    ngx_str_t                     card_last4;
+    unsigned                      definitive:1;  /* not "unknown" */
+    unsigned                      not_found:1;   /* provider never saw it */
+} ngx_http_paygw_outcome_t;
+
+
+typedef struct ngx_http_paygw_ctx_s  ngx_http_paygw_ctx_t;
+
+typedef ngx_int_t (*ngx_http_paygw_step_pt)(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+
+
+struct ngx_http_paygw_ctx_s {
+    ngx_uint_t                    api;
+    ngx_str_t                     object_no;     /* from the URI */
+    ngx_str_t                     body;
+
+    ngx_http_paygw_auth_t         auth;
+    ngx_str_t                     merchant_id;   /* whose data this is */
+    ngx_http_paygw_idem_t         idem;
+
+    ngx_http_paygw_payment_t      payment;
+    ngx_http_paygw_refund_t       refund;
+    ngx_http_paygw_outcome_t      outcome;
+    ngx_http_paygw_channel_t     *channel;
+
+    ngx_uint_t                    access;        /* ACCESS phase stage */
+    ngx_uint_t                    phase;         /* CONTENT phase stage */
+    ngx_uint_t                    stage;         /* the API handler's stage */
+    ngx_uint_t                    attempt;
+    ngx_http_paygw_step_pt        step;
+    ngx_http_paygw_call_t        *waiting;
+    ngx_http_paygw_redis_op_t    *redis;
+    ngx_http_paygw_mysql_op_t    *mysql;
+    void                         *provider;      /* channel call */
+
+    ngx_http_paygw_mysql_op_t    *candidates;    /* resolve: stale payments */
+    ngx_uint_t                    next;
+    ngx_uint_t                    settled;
+
+    unsigned                      side_effect:1; /* keep the idempotent result */
+    unsigned                      reread:1;
+    unsigned                      body_read:1;
+
+    ngx_uint_t                    status;        /* the response */
+    ngx_str_t                     response;
+    unsigned                      replayed:1;
+};
+
+
+/* ngx_http_paygw_request.c: routing and validation */
+ngx_int_t ngx_http_paygw_route(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+ngx_int_t ngx_http_paygw_parse_create(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+ngx_int_t ngx_http_paygw_parse_refund(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+ngx_int_t ngx_http_paygw_parse_empty(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+ngx_int_t ngx_http_paygw_identifier(ngx_str_t *s);
+
+/* ngx_http_paygw_payments.c: the endpoints */
+ngx_int_t ngx_http_paygw_create(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+ngx_int_t ngx_http_paygw_get(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+ngx_int_t ngx_http_paygw_close(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+ngx_int_t ngx_http_paygw_refund(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+ngx_int_t ngx_http_paygw_get_refund(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+ngx_int_t ngx_http_paygw_resolve(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+
+/* ngx_http_paygw_api.c */
+ngx_int_t ngx_http_paygw_fail(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_uint_t status, const char *code,
+    const char *fmt, ...);
+ngx_int_t ngx_http_paygw_fail_with(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_uint_t status, const char *code,
+    json_t *extra, const char *fmt, ...);
+ngx_int_t ngx_http_paygw_respond(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_uint_t status, json_t *doc);
+char *ngx_http_paygw_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+ngx_int_t ngx_http_paygw_access_init(ngx_conf_t *cf);
+
+/* ngx_http_paygw_render.c: the JSON the API answers with */
+json_t *ngx_http_paygw_payment_json(ngx_http_paygw_payment_t *p);
+json_t *ngx_http_paygw_refund_json(ngx_http_paygw_refund_t *rf);
+ngx_int_t ngx_http_paygw_random_no(ngx_pool_t *pool, char prefix,
+    ngx_str_t *no);
+void ngx_http_paygw_now(ngx_pool_t *pool, ngx_str_t *iso);
+
+
+#endif /* _NGX_HTTP_PAYGW_API_H_INCLUDED_ */

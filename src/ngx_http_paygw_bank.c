@@ -1,0 +1,598 @@
+
+/*
+ * paygw: the bank-card acquirer (a JSON API signed with HMAC-SHA256).
+ *
+ *     request:  X-Acquirer-Merchant, X-Acquirer-Timestamp,
+ *               X-Acquirer-Signature = hex(HMAC(secret,
+ *                   ts "\n" METHOD "\n" path "\n" body))
+ *     response: X-Acquirer-Timestamp, X-Acquirer-Signature =
+ *               hex(HMAC(secret, ts "\n" body))
+ *
+ * Charges are idempotent at the acquirer by out_trade_no (our
+ * payment_no) and refunds by out_refund_no, so both may be retried.
+ * Only a verified, matching answer settles a payment; anything else
+ * leaves it "unknown" until a query settles it.
+ */
+
+
+#include "ngx_http_paygw_channel.h"
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+
+static ngx_int_t ngx_http_paygw_bank_send(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, const char *method, ngx_str_t *path,
+    json_t *doc);
+static ngx_int_t ngx_http_paygw_bank_sign(ngx_http_paygw_channel_t *ch,
+    ngx_str_t *parts, ngx_uint_t n, u_char *hex);
+static json_t *ngx_http_paygw_bank_verified(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static void ngx_http_paygw_bank_unknown(ngx_http_paygw_outcome_t *out,
+    const char *why);
+static ngx_int_t ngx_http_paygw_bank_is(json_t *doc, const char *name,
+    ngx_str_t *expect);
+static void ngx_http_paygw_bank_str(ngx_pool_t *pool, json_t *doc,
+    const char *name, ngx_str_t *out);
+static void ngx_http_paygw_bank_cleanse(void *data);
+
+
+ngx_int_t
+ngx_http_paygw_bank_charge(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    json_t                    *doc;
+    ngx_int_t                  rc;
+    ngx_str_t                  path;
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    doc = json_pack("{s:s%, s:I, s:s%, s:{s:s%, s:I, s:I, s:s%}, s:s%}",
+                    "out_trade_no", p->payment_no.data, p->payment_no.len,
+                    "amount", (json_int_t) p->amount,
+                    "currency", p->currency.data, p->currency.len,
+                    "card",
+                      "number", p->card_number.data, p->card_number.len,
+                      "exp_month", (json_int_t) p->card_exp_month,
+                      "exp_year", (json_int_t) p->card_exp_year,
+                      "cvc", p->card_cvc.data, p->card_cvc.len,
+                    "description", p->subject.data ? (char *) p->subject.data
+                                                   : "",
+                    p->subject.len);
+    if (doc == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&path, "/acquirer/v1/charges");
+
+    rc = ngx_http_paygw_bank_send(r, ctx, "POST", &path, doc);
+
+    json_decref(doc);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_paygw_bank_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_str_t  path;
+
+    path.len = sizeof("/acquirer/v1/charges/") - 1
+               + ctx->payment.payment_no.len;
+    path.data = ngx_pnalloc(r->pool, path.len);
+    if (path.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(path.data, "/acquirer/v1/charges/%V",
+                &ctx->payment.payment_no);
+
+    return ngx_http_paygw_bank_send(r, ctx, "GET", &path, NULL);
+}
+
+
+ngx_int_t
+ngx_http_paygw_bank_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    json_t                   *doc;
+    ngx_int_t                 rc;
+    ngx_str_t                 path;
+    ngx_http_paygw_refund_t  *rf;
+
+    rf = &ctx->refund;
+
+    doc = json_pack("{s:s%, s:s%, s:I, s:s%, s:s%}",
+                    "out_trade_no", rf->payment_no.data, rf->payment_no.len,
+                    "out_refund_no", rf->out_refund_no.data,
+                    rf->out_refund_no.len,
+                    "amount", (json_int_t) rf->amount,
+                    "currency", rf->currency.data, rf->currency.len,
+                    "reason", rf->reason.data ? (char *) rf->reason.data : "",
+                    rf->reason.len);
+    if (doc == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&path, "/acquirer/v1/refunds");
+
+    rc = ngx_http_paygw_bank_send(r, ctx, "POST", &path, doc);
+
+    json_decref(doc);
+
+    return rc;
+}
+
+
+ngx_int_t
+ngx_http_paygw_bank_refund_query(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_str_t  path;
+
+    path.len = sizeof("/acquirer/v1/refunds/") - 1
+               + ctx->refund.out_refund_no.len;
+    path.data = ngx_pnalloc(r->pool, path.len);
+    if (path.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(path.data, "/acquirer/v1/refunds/%V",
+                &ctx->refund.out_refund_no);
+
+    return ngx_http_paygw_bank_send(r, ctx, "GET", &path, NULL);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_bank_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    const char *method, ngx_str_t *path, json_t *doc)
+{
+    char                            *dump;
+    ngx_str_t                        parts[4], v;
+    ngx_pool_cleanup_t              *cln;
+    ngx_http_paygw_channel_t        *ch;
+    ngx_http_paygw_provider_call_t  *pc;
+
+    ch = ctx->channel;
+
+    pc = ngx_http_paygw_provider_create(r, method);
+    if (pc == NULL) {
+        return NGX_ERROR;
+    }
+
+    pc->path = *path;
+
+    if (doc) {
+        dump = json_dumps(doc, JSON_COMPACT);
+        if (dump == NULL) {
+            return NGX_ERROR;
+        }
+
+        pc->body.len = ngx_strlen(dump);
+        pc->body.data = ngx_pnalloc(r->pool, pc->body.len);
+
+        if (pc->body.data) {
+            ngx_memcpy(pc->body.data, dump, pc->body.len);
+        }
+
+        /* the body may carry a card number: wipe every copy we made */
+
+        OPENSSL_cleanse(dump, pc->body.len);
+        free(dump);
+
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (pc->body.data == NULL || cln == NULL) {
+            return NGX_ERROR;
+        }
+
+        cln->handler = ngx_http_paygw_bank_cleanse;
+        cln->data = &pc->body;
+    }
+
+    parts[0].data = ngx_pnalloc(r->pool, NGX_TIME_T_LEN);
+    v.data = ngx_pnalloc(r->pool, 2 * EVP_MAX_MD_SIZE);
+    if (parts[0].data == NULL || v.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    parts[0].len = ngx_sprintf(parts[0].data, "%T", ngx_time())
+                   - parts[0].data;
+    parts[1] = pc->method;
+    parts[2] = pc->path;
+    parts[3] = pc->body;
+
+    v.len = ngx_http_paygw_bank_sign(ch, parts, 4, v.data);
+
+    if (v.len == 0
+        || ngx_http_paygw_provider_header(r, pc, "X-Acquirer-Merchant",
+                                          &ch->merchant) != NGX_OK
+        || ngx_http_paygw_provider_header(r, pc, "X-Acquirer-Timestamp",
+                                          &parts[0]) != NGX_OK
+        || ngx_http_paygw_provider_header(r, pc, "X-Acquirer-Signature", &v)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (doc) {
+        ngx_str_set(&v, "application/json");
+
+        if (ngx_http_paygw_provider_header(r, pc, "Content-Type", &v)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    ctx->provider = pc;
+    ctx->waiting = &pc->call;
+
+    return ngx_http_paygw_provider_send(r, ch, pc);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_bank_sign(ngx_http_paygw_channel_t *ch, ngx_str_t *parts,
+    ngx_uint_t n, u_char *hex)
+{
+    ngx_uint_t     i;
+    unsigned int   len;
+    EVP_MAC       *mac;
+    EVP_MAC_CTX   *mctx;
+    OSSL_PARAM     params[2];
+    u_char         md[EVP_MAX_MD_SIZE];
+    size_t         mdlen;
+
+    mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    if (mac == NULL) {
+        return 0;
+    }
+
+    mctx = EVP_MAC_CTX_new(mac);
+    EVP_MAC_free(mac);
+
+    if (mctx == NULL) {
+        return 0;
+    }
+
+    params[0] = OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0);
+    params[1] = OSSL_PARAM_construct_end();
+
+    mdlen = 0;
+
+    if (EVP_MAC_init(mctx, ch->secret.data, ch->secret.len, params) != 1) {
+        goto done;
+    }
+
+    for (i = 0; i < n; i++) {
+        if ((i && EVP_MAC_update(mctx, (u_char *) "\n", 1) != 1)
+            || EVP_MAC_update(mctx, parts[i].data, parts[i].len) != 1)
+        {
+            goto done;
+        }
+    }
+
+    if (EVP_MAC_final(mctx, md, &mdlen, sizeof(md)) != 1) {
+        mdlen = 0;
+    }
+
+done:
+
+    EVP_MAC_CTX_free(mctx);
+
+    len = (unsigned int) mdlen;
+    ngx_hex_dump(hex, md, len);
+
+    return 2 * len;
+}
+
+
+ngx_int_t
+ngx_http_paygw_bank_retryable(ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_provider_call_t  *pc;
+
+    pc = ctx->provider;
+
+    /* no answer, or the provider's own failure: the call is idempotent */
+
+    return (!pc->call.ok || pc->status >= 500) ? NGX_OK : NGX_DECLINED;
+}
+
+
+static json_t *
+ngx_http_paygw_bank_verified(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    time_t                           ts;
+    json_t                          *doc;
+    ngx_str_t                       *h_ts, *h_sig, parts[2];
+    json_error_t                     err;
+    ngx_http_paygw_provider_call_t  *pc;
+    u_char                           hex[2 * EVP_MAX_MD_SIZE];
+    size_t                           len;
+
+    pc = ctx->provider;
+
+    h_ts = ngx_http_paygw_provider_response_header(pc,
+                                                   "X-Acquirer-Timestamp");
+    h_sig = ngx_http_paygw_provider_response_header(pc,
+                                                    "X-Acquirer-Signature");
+
+    if (h_ts == NULL || h_sig == NULL) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw bank_card: unsigned acquirer response (%ui)",
+                      pc->status);
+        return NULL;
+    }
+
+    ts = ngx_atotm(h_ts->data, h_ts->len);
+
+    if (ts == NGX_ERROR || ts > ngx_time() + 300 || ts < ngx_time() - 300) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw bank_card: acquirer response timestamp out of "
+                      "the allowed window");
+        return NULL;
+    }
+
+    parts[0] = *h_ts;
+    parts[1] = pc->response;
+
+    len = ngx_http_paygw_bank_sign(ctx->channel, parts, 2, hex);
+
+    if (len == 0 || h_sig->len != len
+        || CRYPTO_memcmp(hex, h_sig->data, len) != 0)
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw bank_card: acquirer response signature does "
+                      "not verify");
+        return NULL;
+    }
+
+    doc = json_loadb((char *) pc->response.data, pc->response.len, 0, &err);
+
+    if (doc == NULL || !json_is_object(doc)) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw bank_card: acquirer response is not a JSON "
+                      "object");
+        json_decref(doc);
+        return NULL;
+    }
+
+    return doc;
+}
+
+
+void
+ngx_http_paygw_bank_charge_outcome(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_uint_t query)
+{
+    json_t                          *doc, *amount;
+    ngx_str_t                        status;
+    ngx_http_paygw_payment_t        *p;
+    ngx_http_paygw_outcome_t        *out;
+    ngx_http_paygw_provider_call_t  *pc;
+
+    p = &ctx->payment;
+    out = &ctx->outcome;
+    pc = ctx->provider;
+
+    ngx_memzero(out, sizeof(ngx_http_paygw_outcome_t));
+
+    if (!pc->call.ok) {
+        ngx_http_paygw_bank_unknown(out, "no answer from the acquirer");
+        return;
+    }
+
+    if (pc->status >= 500) {
+        ngx_http_paygw_bank_unknown(out, "the acquirer failed");
+        return;
+    }
+
+    doc = ngx_http_paygw_bank_verified(r, ctx);
+    if (doc == NULL) {
+        ngx_http_paygw_bank_unknown(out, "unverifiable acquirer answer");
+        return;
+    }
+
+    if (query && pc->status == NGX_HTTP_NOT_FOUND) {
+        out->not_found = 1;
+        ngx_http_paygw_bank_unknown(out, "the acquirer has no such charge");
+        json_decref(doc);
+        return;
+    }
+
+    if (pc->status != NGX_HTTP_OK) {
+        /* the acquirer refused the request itself: nothing was charged */
+        out->definitive = 1;
+        ngx_str_set(&out->status, "failed");
+        ngx_str_set(&out->failure_code, "acquirer_rejected");
+        ngx_http_paygw_bank_str(r->pool, doc, "error", &out->failure_message);
+        json_decref(doc);
+        return;
+    }
+
+    amount = json_object_get(doc, "amount");
+
+    if (ngx_http_paygw_bank_is(doc, "out_trade_no", &p->payment_no) != NGX_OK
+        || ngx_http_paygw_bank_is(doc, "currency", &p->currency) != NGX_OK
+        || !json_is_integer(amount) || json_integer_value(amount) != p->amount)
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw bank_card: acquirer answer for %V does not "
+                      "match the payment (out_trade_no, amount, currency)",
+                      &p->payment_no);
+        ngx_http_paygw_bank_unknown(out, "acquirer answer does not match");
+        json_decref(doc);
+        return;
+    }
+
+    ngx_http_paygw_bank_str(r->pool, doc, "status", &status);
+    ngx_http_paygw_bank_str(r->pool, doc, "charge_id", &out->provider_no);
+    ngx_http_paygw_bank_str(r->pool, doc, "card_brand", &out->card_brand);
+    ngx_http_paygw_bank_str(r->pool, doc, "card_last4", &out->card_last4);
+
+    if (status.len == 8 && ngx_strncmp(status.data, "approved", 8) == 0) {
+        out->definitive = 1;
+        ngx_str_set(&out->status, "succeeded");
+
+    } else if (status.len == 8 && ngx_strncmp(status.data, "declined", 8) == 0)
+    {
+        out->definitive = 1;
+        ngx_str_set(&out->status, "failed");
+        ngx_http_paygw_bank_str(r->pool, doc, "decline_code",
+                                &out->failure_code);
+        ngx_str_set(&out->failure_message, "declined by the card issuer");
+
+    } else {
+        ngx_http_paygw_bank_unknown(out, "unknown charge status");
+    }
+
+    json_decref(doc);
+}
+
+
+void
+ngx_http_paygw_bank_refund_outcome(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    json_t                          *doc, *amount;
+    ngx_str_t                        status;
+    ngx_http_paygw_refund_t         *rf;
+    ngx_http_paygw_outcome_t        *out;
+    ngx_http_paygw_provider_call_t  *pc;
+
+    rf = &ctx->refund;
+    out = &ctx->outcome;
+    pc = ctx->provider;
+
+    ngx_memzero(out, sizeof(ngx_http_paygw_outcome_t));
+
+    if (!pc->call.ok || pc->status >= 500) {
+        ngx_http_paygw_bank_unknown(out, "no answer from the acquirer");
+        return;
+    }
+
+    doc = ngx_http_paygw_bank_verified(r, ctx);
+    if (doc == NULL) {
+        ngx_http_paygw_bank_unknown(out, "unverifiable acquirer answer");
+        return;
+    }
+
+    if (pc->status == NGX_HTTP_NOT_FOUND) {
+        out->not_found = 1;
+        ngx_http_paygw_bank_unknown(out, "the acquirer has no such refund");
+        json_decref(doc);
+        return;
+    }
+
+    if (pc->status != NGX_HTTP_OK) {
+        out->definitive = 1;
+        ngx_str_set(&out->status, "failed");
+        ngx_str_set(&out->failure_code, "acquirer_rejected");
+        json_decref(doc);
+        return;
+    }
+
+    amount = json_object_get(doc, "amount");
+
+    if (ngx_http_paygw_bank_is(doc, "out_refund_no", &rf->out_refund_no)
+        != NGX_OK
+        || !json_is_integer(amount) || json_integer_value(amount) != rf->amount)
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw bank_card: acquirer refund answer for %V does "
+                      "not match the refund", &rf->refund_no);
+        ngx_http_paygw_bank_unknown(out, "acquirer answer does not match");
+        json_decref(doc);
+        return;
+    }
+
+    ngx_http_paygw_bank_str(r->pool, doc, "status", &status);
+    ngx_http_paygw_bank_str(r->pool, doc, "refund_id", &out->provider_no);
+
+    if (status.len == 9 && ngx_strncmp(status.data, "succeeded", 9) == 0) {
+        out->definitive = 1;
+        ngx_str_set(&out->status, "succeeded");
+
+    } else if (status.len == 6 && ngx_strncmp(status.data, "failed", 6) == 0) {
+        out->definitive = 1;
+        ngx_str_set(&out->status, "failed");
+        ngx_http_paygw_bank_str(r->pool, doc, "failure_code",
+                                &out->failure_code);
+
+    } else {
+        ngx_http_paygw_bank_unknown(out, "unknown refund status");
+    }
+
+    json_decref(doc);
+}
+
+
+static void
+ngx_http_paygw_bank_unknown(ngx_http_paygw_outcome_t *out, const char *why)
+{
+    out->definitive = 0;
+    ngx_str_set(&out->status, "unknown");
+    out->failure_message.data = (u_char *) why;
+    out->failure_message.len = ngx_strlen(why);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_bank_is(json_t *doc, const char *name, ngx_str_t *expect)
+{
+    json_t  *v;
+
+    v = json_object_get(doc, name);
+
+    if (!json_is_string(v) || json_string_length(v) != expect->len
+        || ngx_strncmp(json_string_value(v), expect->data, expect->len) != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_paygw_bank_str(ngx_pool_t *pool, json_t *doc, const char *name,
+    ngx_str_t *out)
+{
+    json_t  *v;
+
+    v = json_object_get(doc, name);
+
+    ngx_str_null(out);
+
+    if (!json_is_string(v)) {
+        return;
+    }
+
+    out->len = json_string_length(v);
+
+    if (out->len > 256) {
+        out->len = 256;
+    }
+
+    out->data = ngx_pnalloc(pool, out->len + 1);
+    if (out->data == NULL) {
+        out->len = 0;
+        return;
+    }
+
+    ngx_memcpy(out->data, json_string_value(v), out->len);
+    out->data[out->len] = '\0';
+}
+
+
+static void
+ngx_http_paygw_bank_cleanse(void *data)
+{
+    ngx_str_t *body = data;
+
+    if (body->data) {
+        OPENSSL_cleanse(body->data, body->len);
+    }
+}

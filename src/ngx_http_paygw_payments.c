@@ -1,0 +1,870 @@
+
+/*
+ * paygw: the payment and refund endpoints, each a state machine that
+ * returns NGX_AGAIN while a backend call it started is running and
+ * NGX_OK (or NGX_DECLINED, an error answer) once ctx holds the answer.
+ *
+ * The order of writes is what keeps money safe:
+ *   create: INSERT the payment (processing) -> charge -> settle
+ *   refund: reserve the amount (row lock)   -> refund -> settle
+ * A lost provider answer leaves "unknown", settled later by a query.
+ */
+
+
+#include "ngx_http_paygw_api.h"
+#include "ngx_http_paygw_channel.h"
+#include "ngx_http_paygw_store.h"
+
+
+static ngx_int_t ngx_http_paygw_mysql_start(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_mysql_down(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_select(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_uint_t by_business_no);
+static ngx_int_t ngx_http_paygw_selected(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_settle(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static void ngx_http_paygw_apply(ngx_http_paygw_payment_t *p,
+    ngx_http_paygw_outcome_t *out);
+static ngx_int_t ngx_http_paygw_needs_query(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_payment_answer(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_uint_t status);
+static ngx_int_t ngx_http_paygw_refund_answer(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_refund_refused(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static void ngx_http_paygw_card(ngx_http_paygw_payment_t *p);
+
+
+#define ngx_http_paygw_is(s, lit)                                            \
+    ((s)->len == sizeof(lit) - 1                                             \
+     && ngx_strncmp((s)->data, lit, sizeof(lit) - 1) == 0)
+
+
+/* POST /v1/payments */
+
+ngx_int_t
+ngx_http_paygw_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_str_t                 *v;
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    switch (ctx->stage) {
+
+    case 0:
+        if (ngx_http_paygw_random_no(r->pool, 'P', &p->payment_no) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        p->merchant_id = ctx->merchant_id;
+        ngx_str_set(&p->status, "processing");
+        ngx_http_paygw_now(r->pool, &p->created_at);
+        p->updated_at = p->created_at;
+        ngx_http_paygw_card(p);
+
+        if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+            || ngx_http_paygw_store_insert_payment(ctx->mysql, p) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ctx->stage = 1;
+        break;
+
+    case 1:
+        if (!ctx->mysql->call.ok) {
+            /* nothing was written and nothing charged: free the key */
+            return ngx_http_paygw_mysql_down(r, ctx);
+        }
+
+        if (ctx->mysql->err_no == NGX_HTTP_PAYGW_ER_DUP_ENTRY) {
+            ctx->stage = 2;
+            return ngx_http_paygw_select(r, ctx, 1);
+        }
+
+        if (ctx->mysql->err_no) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "paygw: cannot insert payment: %V",
+                          &ctx->mysql->err_msg);
+            return NGX_ERROR;
+        }
+
+        ctx->side_effect = 1;
+        ctx->stage = 3;
+        ctx->attempt = 1;
+
+        return ngx_http_paygw_bank_charge(r, ctx) == NGX_OK ? NGX_AGAIN
+                                                             : NGX_ERROR;
+
+    case 2:
+        if (!ctx->mysql->call.ok) {
+            return ngx_http_paygw_mysql_down(r, ctx);
+        }
+
+        v = ngx_http_paygw_sql_value(ctx->mysql->stmts.elts, 0, 0);
+
+        return ngx_http_paygw_fail_with(r, ctx, NGX_HTTP_CONFLICT,
+                   "duplicate_business_no",
+                   json_pack("{s:s%}", "payment_no",
+                             v && v->data ? (char *) v->data : "",
+                             v && v->data ? v->len : 0),
+                   "business_no \"%V\" already has a payment",
+                   &p->business_no);
+
+    case 3:
+        /* charges are idempotent by out_trade_no: retry what failed */
+
+        if (ngx_http_paygw_bank_retryable(ctx) == NGX_OK
+            && ctx->attempt < ctx->channel->attempts)
+        {
+            ctx->attempt++;
+            return ngx_http_paygw_bank_charge(r, ctx) == NGX_OK
+                   ? NGX_AGAIN : NGX_ERROR;
+        }
+
+        ngx_http_paygw_bank_charge_outcome(r, ctx, 0);
+
+        ctx->stage = 4;
+        return ngx_http_paygw_settle(r, ctx);
+
+    default: /* 4 */
+        if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
+            /*
+             * The provider answered but the answer could not be kept:
+             * the row stays "processing" and a query settles it later.
+             */
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "paygw: payment %V is %V at the provider but "
+                          "could not be recorded; it will be resolved",
+                          &p->payment_no, &ctx->outcome.status);
+            ngx_str_set(&p->status, "processing");
+            return ngx_http_paygw_payment_answer(r, ctx,
+                                                 NGX_HTTP_ACCEPTED);
+        }
+
+        ngx_http_paygw_apply(p, &ctx->outcome);
+
+        return ngx_http_paygw_payment_answer(r, ctx,
+                                             ctx->outcome.definitive
+                                             ? NGX_HTTP_CREATED
+                                             : NGX_HTTP_ACCEPTED);
+    }
+
+    return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK
+           ? NGX_AGAIN : NGX_ERROR;
+}
+
+
+/* GET /v1/payments/{no}, GET /v1/payments?business_no= */
+
+ngx_int_t
+ngx_http_paygw_get(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t                  rc;
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    switch (ctx->stage) {
+
+    case 0:
+        ctx->stage = 1;
+        return ngx_http_paygw_select(r, ctx,
+                                     ctx->api == NGX_HTTP_PAYGW_API_FIND);
+
+    case 1:
+        rc = ngx_http_paygw_selected(r, ctx);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        if (ngx_http_paygw_needs_query(r, ctx) != NGX_OK) {
+            return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+        }
+
+        ctx->stage = 2;
+        ctx->attempt = 1;
+
+        return ngx_http_paygw_bank_query(r, ctx) == NGX_OK ? NGX_AGAIN
+                                                            : NGX_ERROR;
+
+    case 2:
+        if (ngx_http_paygw_bank_retryable(ctx) == NGX_OK
+            && ctx->attempt < ctx->channel->attempts)
+        {
+            ctx->attempt++;
+            return ngx_http_paygw_bank_query(r, ctx) == NGX_OK
+                   ? NGX_AGAIN : NGX_ERROR;
+        }
+
+        ngx_http_paygw_bank_charge_outcome(r, ctx, 1);
+
+        /* never charged, and long enough ago that no charge is coming */
+
+        if (ctx->outcome.not_found && p->age >= ctx->channel->unknown_grace) {
+            ctx->outcome.definitive = 1;
+            ngx_str_set(&ctx->outcome.status, "failed");
+            ngx_str_set(&ctx->outcome.failure_code, "charge_not_received");
+            ngx_str_set(&ctx->outcome.failure_message,
+                        "the acquirer never received the charge");
+        }
+
+        if (!ctx->outcome.definitive) {
+            return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+        }
+
+        ctx->stage = 3;
+        ngx_http_paygw_now(r->pool, &p->updated_at);
+        return ngx_http_paygw_settle(r, ctx);
+
+    default: /* 3 */
+        if (ctx->mysql->call.ok && !ctx->mysql->err_no
+            && !ctx->mysql->conflict)
+        {
+            ngx_http_paygw_apply(p, &ctx->outcome);
+            return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+        }
+
+        /* settled meanwhile by someone else, or not recordable now */
+
+        ctx->stage = 1;
+        ctx->reread = 1;
+        ctx->api = NGX_HTTP_PAYGW_API_GET;
+        ctx->object_no = p->payment_no;
+        return ngx_http_paygw_select(r, ctx, 0);
+    }
+}
+
+
+/* POST /v1/payments/{no}/close */
+
+ngx_int_t
+ngx_http_paygw_close(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t                  rc;
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    switch (ctx->stage) {
+
+    case 0:
+        ctx->stage = 1;
+        return ngx_http_paygw_select(r, ctx, 0);
+
+    case 1:
+        rc = ngx_http_paygw_selected(r, ctx);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        if (ngx_http_paygw_is(&p->status, "closed")) {
+            return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+        }
+
+        if (!ngx_http_paygw_is(&p->status, "pending")) {
+            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT,
+                                       "invalid_state",
+                                       "payment %V is %V: only pending "
+                                       "payments can be closed",
+                                       &p->payment_no, &p->status);
+        }
+
+        ngx_http_paygw_now(r->pool, &p->updated_at);
+        ngx_str_set(&p->status, "closed");
+
+        if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+            || ngx_http_paygw_store_close_payment(r, ctx->mysql, p)
+               != NGX_OK
+            || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ctx->stage = 2;
+        return NGX_AGAIN;
+
+    default: /* 2 */
+        if (!ctx->mysql->call.ok) {
+            return ngx_http_paygw_mysql_down(r, ctx);
+        }
+
+        if (ctx->mysql->conflict || ctx->mysql->err_no) {
+            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT,
+                                       "invalid_state",
+                                       "payment %V changed state meanwhile",
+                                       &p->payment_no);
+        }
+
+        ctx->side_effect = 1;
+
+        return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+    }
+}
+
+
+/* POST /v1/payments/{no}/refunds */
+
+ngx_int_t
+ngx_http_paygw_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t                  rc;
+    ngx_http_paygw_refund_t   *rf;
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+    rf = &ctx->refund;
+
+    switch (ctx->stage) {
+
+    case 0:
+        ctx->stage = 1;
+        return ngx_http_paygw_select(r, ctx, 0);
+
+    case 1:
+        rc = ngx_http_paygw_selected(r, ctx);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        if (ngx_http_paygw_refund_refused(r, ctx) != NGX_OK) {
+            return NGX_DECLINED;
+        }
+
+        ctx->channel = ngx_http_paygw_channel_find(r, &p->channel);
+        if (ctx->channel == NULL) {
+            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                       "channel_unavailable",
+                                       "channel \"%V\" is not enabled",
+                                       &p->channel);
+        }
+
+        if (ngx_http_paygw_random_no(r->pool, 'R', &rf->out_refund_no)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        rf->payment_no = p->payment_no;
+        rf->merchant_id = p->merchant_id;
+        rf->currency = p->currency;
+        ngx_str_set(&rf->status, "pending");
+        ngx_http_paygw_now(r->pool, &rf->created_at);
+        rf->updated_at = rf->created_at;
+
+        if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+            || ngx_http_paygw_store_reserve_refund(ctx->mysql, rf) != NGX_OK
+            || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ctx->stage = 2;
+        return NGX_AGAIN;
+
+    case 2:
+        if (!ctx->mysql->call.ok) {
+            return ngx_http_paygw_mysql_down(r, ctx);
+        }
+
+        if (ctx->mysql->err_no == NGX_HTTP_PAYGW_ER_DUP_ENTRY) {
+            return ngx_http_paygw_fail_with(r, ctx, NGX_HTTP_CONFLICT,
+                       "duplicate_refund_no",
+                       json_pack("{s:s%}", "refund_no", rf->refund_no.data,
+                                 rf->refund_no.len),
+                       "refund_no \"%V\" is already used", &rf->refund_no);
+        }
+
+        if (ctx->mysql->conflict) {
+            /* lost to a concurrent refund or state change: say which */
+            ctx->stage = 5;
+            return ngx_http_paygw_select(r, ctx, 0);
+        }
+
+        if (ctx->mysql->err_no) {
+            return NGX_ERROR;
+        }
+
+        ctx->side_effect = 1;
+        ctx->stage = 3;
+        ctx->attempt = 1;
+
+        return ngx_http_paygw_bank_refund(r, ctx) == NGX_OK ? NGX_AGAIN
+                                                             : NGX_ERROR;
+
+    case 3:
+        if (ngx_http_paygw_bank_retryable(ctx) == NGX_OK
+            && ctx->attempt < ctx->channel->attempts)
+        {
+            ctx->attempt++;
+            return ngx_http_paygw_bank_refund(r, ctx) == NGX_OK
+                   ? NGX_AGAIN : NGX_ERROR;
+        }
+
+        ngx_http_paygw_bank_refund_outcome(r, ctx);
+
+        ngx_http_paygw_now(r->pool, &rf->updated_at);
+
+        if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+            || ngx_http_paygw_store_settle_refund(r, ctx->mysql, rf,
+                                                  &ctx->outcome) != NGX_OK
+            || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ctx->stage = 4;
+        return NGX_AGAIN;
+
+    case 4:
+        if (ctx->mysql->call.ok && !ctx->mysql->err_no
+            && !ctx->mysql->conflict)
+        {
+            rf->status = ctx->outcome.status;
+            rf->channel_refund_no = ctx->outcome.provider_no;
+            rf->failure_code = ctx->outcome.failure_code;
+        }
+
+        return ngx_http_paygw_refund_answer(r, ctx);
+
+    default: /* 5 */
+        rc = ngx_http_paygw_selected(r, ctx);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        if (ngx_http_paygw_refund_refused(r, ctx) == NGX_OK) {
+            (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_PAYGW_UNPROCESSABLE,
+                                       "refund_exceeds_payment",
+                                       "the refunds of payment %V would "
+                                       "exceed its amount", &p->payment_no);
+        }
+
+        return NGX_DECLINED;
+    }
+}
+
+
+/* GET /v1/refunds/{refund_no} */
+
+ngx_int_t
+ngx_http_paygw_get_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_str_t                  channel;
+    ngx_http_paygw_refund_t   *rf;
+    ngx_http_paygw_sql_stmt_t  *stmt;
+
+    rf = &ctx->refund;
+
+    switch (ctx->stage) {
+
+    case 0:
+        if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+            || ngx_http_paygw_store_select_refund(ctx->mysql,
+                                                  &ctx->merchant_id,
+                                                  &ctx->object_no) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ctx->mysql->read_only = 1;
+        ctx->stage = 1;
+
+        return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK
+               ? NGX_AGAIN : NGX_ERROR;
+
+    case 1:
+        if (!ctx->mysql->call.ok) {
+            return ngx_http_paygw_mysql_down(r, ctx);
+        }
+
+        stmt = ctx->mysql->stmts.elts;
+
+        if (ctx->mysql->err_no
+            || ngx_http_paygw_store_row_refund(stmt, rf, &channel) != NGX_OK)
+        {
+            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_FOUND,
+                                       "not_found", "no refund %V",
+                                       &ctx->object_no);
+        }
+
+        ctx->channel = ngx_http_paygw_channel_find(r, &channel);
+
+        if (!ngx_http_paygw_is(&rf->status, "unknown") || ctx->channel == NULL)
+        {
+            return ngx_http_paygw_refund_answer(r, ctx);
+        }
+
+        ctx->stage = 2;
+        return ngx_http_paygw_bank_refund_query(r, ctx) == NGX_OK
+               ? NGX_AGAIN : NGX_ERROR;
+
+    case 2:
+        ngx_http_paygw_bank_refund_outcome(r, ctx);
+
+        if (!ctx->outcome.definitive) {
+            return ngx_http_paygw_refund_answer(r, ctx);
+        }
+
+        ngx_http_paygw_now(r->pool, &rf->updated_at);
+
+        if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+            || ngx_http_paygw_store_settle_refund(r, ctx->mysql, rf,
+                                                  &ctx->outcome) != NGX_OK
+            || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ctx->stage = 3;
+        return NGX_AGAIN;
+
+    default: /* 3 */
+        if (ctx->mysql->call.ok && !ctx->mysql->err_no
+            && !ctx->mysql->conflict)
+        {
+            rf->status = ctx->outcome.status;
+            rf->channel_refund_no = ctx->outcome.provider_no;
+            rf->failure_code = ctx->outcome.failure_code;
+        }
+
+        return ngx_http_paygw_refund_answer(r, ctx);
+    }
+}
+
+
+/*
+ * POST /v1/admin/resolve: settle payments left "unknown", or left
+ * "processing" by a request that died, by running each through the GET
+ * state machine, which queries the provider.
+ */
+
+ngx_int_t
+ngx_http_paygw_resolve(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t                   rc;
+    ngx_str_t                  *v;
+    ngx_http_paygw_sql_stmt_t  *stmt;
+
+    if (ctx->candidates == NULL) {
+
+        if (ctx->stage == 0) {
+            if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+                || ngx_http_paygw_store_select_stale(ctx->mysql, 0, 100)
+                   != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            ctx->mysql->read_only = 1;
+            ctx->stage = 1;
+
+            return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK
+                   ? NGX_AGAIN : NGX_ERROR;
+        }
+
+        if (!ctx->mysql->call.ok) {
+            return ngx_http_paygw_mysql_down(r, ctx);
+        }
+
+        ctx->candidates = ctx->mysql;
+
+    } else {
+        rc = ngx_http_paygw_get(r, ctx);
+        if (rc == NGX_AGAIN) {
+            return NGX_AGAIN;
+        }
+
+        if (ctx->outcome.definitive) {
+            ctx->settled++;
+        }
+    }
+
+    stmt = ctx->candidates->stmts.elts;
+
+    while (ctx->next < stmt->nrows) {
+
+        v = ngx_http_paygw_sql_value(stmt, ctx->next++, 0);
+
+        /* each candidate starts the GET machine afresh, merchant-blind */
+
+        ngx_memzero(&ctx->payment, sizeof(ngx_http_paygw_payment_t));
+        ngx_memzero(&ctx->outcome, sizeof(ngx_http_paygw_outcome_t));
+        ngx_str_null(&ctx->response);
+        ngx_str_set(&ctx->merchant_id, "*");
+        ctx->object_no = *v;
+        ctx->status = 0;
+        ctx->stage = 0;
+        ctx->reread = 0;
+
+        rc = ngx_http_paygw_get(r, ctx);
+        if (rc == NGX_AGAIN) {
+            return NGX_AGAIN;
+        }
+    }
+
+    ctx->status = 0;
+
+    return ngx_http_paygw_respond(r, ctx, NGX_HTTP_OK,
+                                  json_pack("{s:I, s:I}",
+                                            "examined",
+                                            (json_int_t) stmt->nrows,
+                                            "settled",
+                                            (json_int_t) ctx->settled));
+}
+
+
+/* helpers */
+
+
+static ngx_int_t
+ngx_http_paygw_mysql_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ctx->mysql = ngx_http_paygw_mysql_create(r);
+    if (ctx->mysql == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->waiting = &ctx->mysql->call;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_mysql_down(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    return ngx_http_paygw_fail(r, ctx,
+                               ctx->mysql->call.status
+                               == NGX_HTTP_GATEWAY_TIME_OUT
+                               ? NGX_HTTP_GATEWAY_TIME_OUT
+                               : NGX_HTTP_SERVICE_UNAVAILABLE,
+                               "backend_unavailable", "mysql: %V",
+                               &ctx->mysql->call.error);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_select(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_uint_t by_business_no)
+{
+    ngx_str_t  *no;
+
+    no = by_business_no ? (ctx->api == NGX_HTTP_PAYGW_API_CREATE
+                           ? &ctx->payment.business_no : &ctx->object_no)
+                        : &ctx->object_no;
+
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_select_payment(ctx->mysql, &ctx->merchant_id,
+                                               by_business_no ? NULL : no,
+                                               by_business_no ? no : NULL)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ctx->mysql->read_only = 1;
+
+    return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK ? NGX_AGAIN
+                                                               : NGX_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_selected(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_sql_stmt_t  *stmt;
+
+    if (!ctx->mysql->call.ok) {
+        return ngx_http_paygw_mysql_down(r, ctx);
+    }
+
+    stmt = ctx->mysql->stmts.elts;
+
+    if (ctx->mysql->err_no
+        || ngx_http_paygw_store_row_payment(stmt, &ctx->payment) != NGX_OK)
+    {
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_FOUND, "not_found",
+                                   "no payment %V", &ctx->object_no);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_settle(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    /* the event carries the payment as it will be */
+
+    ngx_http_paygw_apply(p, &ctx->outcome);
+
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_settle_payment(r, ctx->mysql, p,
+                                               &ctx->outcome) != NGX_OK
+        || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_AGAIN;
+}
+
+
+static void
+ngx_http_paygw_apply(ngx_http_paygw_payment_t *p,
+    ngx_http_paygw_outcome_t *out)
+{
+    p->status = out->status;
+
+    if (out->provider_no.data) {
+        p->channel_trade_no = out->provider_no;
+    }
+
+    if (out->card_brand.data) {
+        p->card_brand = out->card_brand;
+    }
+
+    if (out->card_last4.data) {
+        p->card_last4 = out->card_last4;
+    }
+
+    if (out->definitive && out->failure_code.data) {
+        p->failure_code = out->failure_code;
+        p->failure_message = out->failure_message;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_paygw_needs_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    ctx->channel = ngx_http_paygw_channel_find(r, &p->channel);
+
+    /* one settlement attempt per request: a re-read only reports */
+
+    if (ctx->channel == NULL || ctx->reread) {
+        return NGX_DECLINED;
+    }
+
+    /* "unknown" now; "processing" only once its creator must be gone */
+
+    if (ngx_http_paygw_is(&p->status, "unknown")
+        || (ngx_http_paygw_is(&p->status, "processing")
+            && p->age >= ctx->channel->unknown_grace))
+    {
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_payment_answer(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_uint_t status)
+{
+    return ngx_http_paygw_respond(r, ctx, status,
+                                  ngx_http_paygw_payment_json(&ctx->payment));
+}
+
+
+static ngx_int_t
+ngx_http_paygw_refund_answer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_uint_t  status;
+
+    if (ctx->api != NGX_HTTP_PAYGW_API_REFUND) {
+        status = NGX_HTTP_OK;
+
+    } else if (ngx_http_paygw_is(&ctx->refund.status, "succeeded")
+               || ngx_http_paygw_is(&ctx->refund.status, "failed"))
+    {
+        status = NGX_HTTP_CREATED;
+
+    } else {
+        status = NGX_HTTP_ACCEPTED;
+    }
+
+    return ngx_http_paygw_respond(r, ctx, status,
+                                  ngx_http_paygw_refund_json(&ctx->refund));
+}
+
+
+static ngx_int_t
+ngx_http_paygw_refund_refused(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    if (!ngx_http_paygw_is(&p->status, "succeeded")
+        && !ngx_http_paygw_is(&p->status, "partially_refunded"))
+    {
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "invalid_state",
+                                   "payment %V is %V: only succeeded "
+                                   "payments can be refunded",
+                                   &p->payment_no, &p->status);
+        return NGX_DECLINED;
+    }
+
+    if (p->amount - p->refunded_amount - p->refund_reserved
+        < ctx->refund.amount)
+    {
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_PAYGW_UNPROCESSABLE,
+                                   "refund_exceeds_payment",
+                                   "payment %V has %L left to refund",
+                                   &p->payment_no,
+                                   p->amount - p->refunded_amount
+                                   - p->refund_reserved);
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_paygw_card(ngx_http_paygw_payment_t *p)
+{
+    u_char  *n;
+
+    if (p->card_number.len < 12) {
+        return;
+    }
+
+    n = p->card_number.data;
+
+    p->card_last4.data = n + p->card_number.len - 4;
+    p->card_last4.len = 4;
+
+    if (n[0] == '4') {
+        ngx_str_set(&p->card_brand, "visa");
+
+    } else if (n[0] == '5' && n[1] >= '1' && n[1] <= '5') {
+        ngx_str_set(&p->card_brand, "mastercard");
+
+    } else if (n[0] == '3' && (n[1] == '4' || n[1] == '7')) {
+        ngx_str_set(&p->card_brand, "amex");
+
+    } else if (n[0] == '6' && n[1] == '2') {
+        ngx_str_set(&p->card_brand, "unionpay");
+
+    } else {
+        ngx_str_set(&p->card_brand, "unknown");
+    }
+}

@@ -1,0 +1,179 @@
+
+/*
+ * paygw: the JSON objects the API answers with, identifiers and time.
+ */
+
+
+#include "ngx_http_paygw_api.h"
+#include <openssl/rand.h>
+
+
+static void ngx_http_paygw_set(json_t *doc, const char *name, ngx_str_t *v);
+
+
+json_t *
+ngx_http_paygw_payment_json(ngx_http_paygw_payment_t *p)
+{
+    json_t        *doc, *meta;
+    json_error_t   err;
+
+    doc = json_object();
+    if (doc == NULL) {
+        return NULL;
+    }
+
+    ngx_http_paygw_set(doc, "payment_no", &p->payment_no);
+    ngx_http_paygw_set(doc, "merchant_id", &p->merchant_id);
+    ngx_http_paygw_set(doc, "business_no", &p->business_no);
+    json_object_set_new(doc, "amount", json_integer(p->amount));
+    ngx_http_paygw_set(doc, "currency", &p->currency);
+    ngx_http_paygw_set(doc, "channel", &p->channel);
+    ngx_http_paygw_set(doc, "status", &p->status);
+    ngx_http_paygw_set(doc, "channel_trade_no", &p->channel_trade_no);
+    json_object_set_new(doc, "refunded_amount",
+                        json_integer(p->refunded_amount));
+
+    if (p->subject.data) {
+        ngx_http_paygw_set(doc, "subject", &p->subject);
+    }
+
+    if (p->notify_url.data) {
+        ngx_http_paygw_set(doc, "notify_url", &p->notify_url);
+    }
+
+    if (p->metadata.data) {
+        meta = json_loadb((char *) p->metadata.data, p->metadata.len, 0,
+                          &err);
+        if (meta) {
+            json_object_set_new(doc, "metadata", meta);
+        }
+    }
+
+    if (p->pay_url.data) {
+        ngx_http_paygw_set(doc, "pay_url", &p->pay_url);
+    }
+
+    if (p->qr_code.data) {
+        ngx_http_paygw_set(doc, "qr_code", &p->qr_code);
+    }
+
+    if (p->code_url.data) {
+        ngx_http_paygw_set(doc, "code_url", &p->code_url);
+    }
+
+    if (p->card_last4.data) {
+        json_object_set_new(doc, "card",
+                            json_pack("{s:s%, s:s%}",
+                                      "brand", p->card_brand.data
+                                               ? (char *) p->card_brand.data
+                                               : "unknown",
+                                      p->card_brand.data ? p->card_brand.len
+                                                         : 7,
+                                      "last4", p->card_last4.data,
+                                      p->card_last4.len));
+    }
+
+    if (p->failure_code.data) {
+        ngx_http_paygw_set(doc, "failure_code", &p->failure_code);
+        ngx_http_paygw_set(doc, "failure_message", &p->failure_message);
+    }
+
+    ngx_http_paygw_set(doc, "created_at", &p->created_at);
+    ngx_http_paygw_set(doc, "updated_at", &p->updated_at);
+
+    return doc;
+}
+
+
+json_t *
+ngx_http_paygw_refund_json(ngx_http_paygw_refund_t *rf)
+{
+    json_t  *doc;
+
+    doc = json_object();
+    if (doc == NULL) {
+        return NULL;
+    }
+
+    ngx_http_paygw_set(doc, "refund_no", &rf->refund_no);
+    ngx_http_paygw_set(doc, "payment_no", &rf->payment_no);
+    ngx_http_paygw_set(doc, "merchant_id", &rf->merchant_id);
+    json_object_set_new(doc, "amount", json_integer(rf->amount));
+    ngx_http_paygw_set(doc, "currency", &rf->currency);
+    ngx_http_paygw_set(doc, "status", &rf->status);
+
+    if (rf->reason.data) {
+        ngx_http_paygw_set(doc, "reason", &rf->reason);
+    }
+
+    ngx_http_paygw_set(doc, "channel_refund_no", &rf->channel_refund_no);
+
+    if (rf->failure_code.data) {
+        ngx_http_paygw_set(doc, "failure_code", &rf->failure_code);
+    }
+
+    ngx_http_paygw_set(doc, "created_at", &rf->created_at);
+    ngx_http_paygw_set(doc, "updated_at", &rf->updated_at);
+
+    return doc;
+}
+
+
+static void
+ngx_http_paygw_set(json_t *doc, const char *name, ngx_str_t *v)
+{
+    json_t  *s;
+
+    /* absent is null; text that is not UTF-8 never came from us */
+
+    s = v->data ? json_stringn((char *) v->data, v->len) : NULL;
+
+    json_object_set_new(doc, name, s ? s : json_null());
+}
+
+
+ngx_int_t
+ngx_http_paygw_random_no(ngx_pool_t *pool, char prefix, ngx_str_t *no)
+{
+    u_char  *p;
+    u_char   rnd[10];
+
+    /* a prefix and 80 random bits: unguessable, never reused */
+
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        return NGX_ERROR;
+    }
+
+    no->data = ngx_pnalloc(pool, 1 + 2 * sizeof(rnd));
+    if (no->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = no->data;
+    *p++ = prefix;
+    p = ngx_hex_dump(p, rnd, sizeof(rnd));
+    no->len = p - no->data;
+
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_paygw_now(ngx_pool_t *pool, ngx_str_t *iso)
+{
+    ngx_tm_t  tm;
+
+    iso->data = ngx_pnalloc(pool, sizeof("2006-01-02T15:04:05Z"));
+    if (iso->data == NULL) {
+        ngx_str_null(iso);
+        return;
+    }
+
+    ngx_gmtime(ngx_time(), &tm);
+
+    iso->len = ngx_sprintf(iso->data, "%4d-%02d-%02dT%02d:%02d:%02dZ",
+                           tm.ngx_tm_year, tm.ngx_tm_mon, tm.ngx_tm_mday,
+                           tm.ngx_tm_hour, tm.ngx_tm_min, tm.ngx_tm_sec)
+               - iso->data;
+}

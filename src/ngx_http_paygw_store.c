@@ -1,0 +1,586 @@
+
+/*
+ * paygw: payments, refunds and outbox events in MySQL.
+ *
+ * Every state change is a conditional UPDATE (WHERE status IN the
+ * states it may leave) expecting exactly one row, in the same
+ * transaction as the outbox event it causes: duplicate, late or
+ * out-of-order updates match nothing and change nothing.
+ */
+
+
+#include "ngx_http_paygw_store.h"
+
+
+#define NGX_HTTP_PAYGW_ISO(col)                                              \
+    "DATE_FORMAT(" col ", '%Y-%m-%dT%H:%i:%sZ')"
+
+#define NGX_HTTP_PAYGW_PAYMENT_COLUMNS                                       \
+    "payment_no, merchant_id, business_no, amount, currency, channel, "      \
+    "status, channel_trade_no, refunded_amount, refund_reserved, subject, "  \
+    "notify_url, metadata, pay_url, qr_code, code_url, card_brand, "         \
+    "card_last4, failure_code, failure_message, "                            \
+    NGX_HTTP_PAYGW_ISO("created_at") ", "                                    \
+    NGX_HTTP_PAYGW_ISO("updated_at") ", "                                    \
+    "TIMESTAMPDIFF(SECOND, updated_at, UTC_TIMESTAMP(3)), expire_at IS NULL"
+
+#define NGX_HTTP_PAYGW_REFUND_COLUMNS                                        \
+    "r.refund_no, r.out_refund_no, r.payment_no, r.merchant_id, r.amount, "  \
+    "r.currency, r.status, r.reason, r.channel_refund_no, r.failure_code, "  \
+    NGX_HTTP_PAYGW_ISO("r.created_at") ", "                                  \
+    NGX_HTTP_PAYGW_ISO("r.updated_at") ", p.channel"
+
+
+static ngx_int_t ngx_http_paygw_store_str(ngx_http_paygw_mysql_op_t *op,
+    ngx_http_paygw_sql_stmt_t *stmt, ngx_str_t *v);
+static ngx_int_t ngx_http_paygw_store_event(ngx_http_request_t *r,
+    ngx_http_paygw_mysql_op_t *op, ngx_str_t *merchant_id, const char *type,
+    ngx_str_t *object_no, ngx_str_t *notify_url, json_t *data);
+static int64_t ngx_http_paygw_store_int(ngx_str_t *v);
+
+
+ngx_int_t
+ngx_http_paygw_store_insert_payment(ngx_http_paygw_mysql_op_t *op,
+    ngx_http_paygw_payment_t *p)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "INSERT INTO payments (payment_no, merchant_id, business_no, "
+            "amount, currency, channel, status, subject, notify_url, "
+            "metadata, card_brand, card_last4, expire_at, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "UTC_TIMESTAMP(3) + INTERVAL ? SECOND, "
+            "STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ'), "
+            "STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ'))");
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_paygw_store_str(op, s, &p->payment_no) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->merchant_id) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->business_no) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, p->amount) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->currency) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->channel) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->status) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->subject) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->notify_url) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->metadata) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->card_brand) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->card_last4) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, p->expire_seconds) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->created_at) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->updated_at) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_select_payment(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *merchant_id, ngx_str_t *payment_no, ngx_str_t *business_no)
+{
+    ngx_uint_t                  any;
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    /* an admin key ("*") sees every merchant's payments */
+
+    any = (merchant_id->len == 1 && merchant_id->data[0] == '*');
+
+    if (payment_no) {
+        s = ngx_http_paygw_mysql_add(op, any
+            ? "SELECT " NGX_HTTP_PAYGW_PAYMENT_COLUMNS " FROM payments "
+              "WHERE payment_no = ?"
+            : "SELECT " NGX_HTTP_PAYGW_PAYMENT_COLUMNS " FROM payments "
+              "WHERE payment_no = ? AND merchant_id = ?");
+        if (s == NULL
+            || ngx_http_paygw_store_str(op, s, payment_no) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else {
+        s = ngx_http_paygw_mysql_add(op, any
+            ? "SELECT " NGX_HTTP_PAYGW_PAYMENT_COLUMNS " FROM payments "
+              "WHERE business_no = ? ORDER BY id LIMIT 1"
+            : "SELECT " NGX_HTTP_PAYGW_PAYMENT_COLUMNS " FROM payments "
+              "WHERE business_no = ? AND merchant_id = ?");
+        if (s == NULL
+            || ngx_http_paygw_store_str(op, s, business_no) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (!any && ngx_http_paygw_store_str(op, s, merchant_id) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_row_payment(ngx_http_paygw_sql_stmt_t *stmt,
+    ngx_http_paygw_payment_t *p)
+{
+    ngx_str_t  *v;
+
+    if (stmt->nrows == 0) {
+        return NGX_DECLINED;
+    }
+
+    v = stmt->values;
+
+    p->payment_no = v[0];
+    p->merchant_id = v[1];
+    p->business_no = v[2];
+    p->amount = ngx_http_paygw_store_int(&v[3]);
+    p->currency = v[4];
+    p->channel = v[5];
+    p->status = v[6];
+    p->channel_trade_no = v[7];
+    p->refunded_amount = ngx_http_paygw_store_int(&v[8]);
+    p->refund_reserved = ngx_http_paygw_store_int(&v[9]);
+    p->subject = v[10];
+    p->notify_url = v[11];
+    p->metadata = v[12];
+    p->pay_url = v[13];
+    p->qr_code = v[14];
+    p->code_url = v[15];
+    p->card_brand = v[16];
+    p->card_last4 = v[17];
+    p->failure_code = v[18];
+    p->failure_message = v[19];
+    p->created_at = v[20];
+    p->updated_at = v[21];
+    p->age = (time_t) ngx_http_paygw_store_int(&v[22]);
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_settle_payment(ngx_http_request_t *r,
+    ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_payment_t *p,
+    ngx_http_paygw_outcome_t *out)
+{
+    const char                 *event;
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    op->transaction = 1;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "UPDATE payments SET status = ?, "
+            "channel_trade_no = COALESCE(?, channel_trade_no), "
+            "card_brand = COALESCE(?, card_brand), "
+            "card_last4 = COALESCE(?, card_last4), "
+            "failure_code = ?, failure_message = ?, version = version + 1, "
+            "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
+            "WHERE payment_no = ? AND status IN ('processing', 'unknown')");
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    s->expect_affected = 1;
+
+    if (ngx_http_paygw_store_str(op, s, &out->status) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &out->provider_no) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &out->card_brand) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &out->card_last4) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &out->failure_code) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &out->failure_message) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->updated_at) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->payment_no) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (!out->definitive) {
+        return NGX_OK;
+    }
+
+    event = (out->status.len == 9) ? "payment.succeeded" : "payment.failed";
+
+    return ngx_http_paygw_store_event(r, op, &p->merchant_id, event,
+                                      &p->payment_no, &p->notify_url,
+                                      ngx_http_paygw_payment_json(p));
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_close_payment(ngx_http_request_t *r,
+    ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_payment_t *p)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    op->transaction = 1;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "UPDATE payments SET status = 'closed', version = version + 1, "
+            "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
+            "WHERE payment_no = ? AND status = 'pending'");
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    s->expect_affected = 1;
+
+    if (ngx_http_paygw_store_str(op, s, &p->updated_at) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->payment_no) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_paygw_store_event(r, op, &p->merchant_id,
+                                      "payment.closed", &p->payment_no,
+                                      &p->notify_url,
+                                      ngx_http_paygw_payment_json(p));
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_reserve_refund(ngx_http_paygw_mysql_op_t *op,
+    ngx_http_paygw_refund_t *rf)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    op->transaction = 1;
+
+    /*
+     * The row lock taken by this UPDATE serializes concurrent refunds of
+     * one payment: succeeded plus reserved never exceeds the amount.
+     */
+
+    s = ngx_http_paygw_mysql_add(op,
+            "UPDATE payments SET refund_reserved = refund_reserved + ?, "
+            "version = version + 1 "
+            "WHERE payment_no = ? AND merchant_id = ? "
+            "AND status IN ('succeeded', 'partially_refunded') "
+            "AND amount - refunded_amount - refund_reserved >= ?");
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    s->expect_affected = 1;
+
+    if (ngx_http_paygw_sql_int(op, s, rf->amount) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &rf->payment_no) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &rf->merchant_id) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, rf->amount) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op,
+            "INSERT INTO refunds (refund_no, out_refund_no, payment_no, "
+            "merchant_id, amount, currency, status, reason, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, "
+            "STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ'), "
+            "STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ'))");
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_paygw_store_str(op, s, &rf->refund_no) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &rf->out_refund_no) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &rf->payment_no) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &rf->merchant_id) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, rf->amount) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &rf->currency) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &rf->reason) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &rf->created_at) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &rf->updated_at) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_settle_refund(ngx_http_request_t *r,
+    ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_refund_t *rf,
+    ngx_http_paygw_outcome_t *out)
+{
+    ngx_uint_t                  succeeded;
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    op->transaction = 1;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "UPDATE refunds SET status = ?, "
+            "channel_refund_no = COALESCE(?, channel_refund_no), "
+            "failure_code = ?, version = version + 1, "
+            "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
+            "WHERE out_refund_no = ? AND status IN ('pending', 'unknown')");
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    s->expect_affected = 1;
+
+    if (ngx_http_paygw_store_str(op, s, &out->status) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &out->provider_no) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &out->failure_code) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &rf->updated_at) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &rf->out_refund_no) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (!out->definitive) {
+        return NGX_OK;
+    }
+
+    succeeded = (out->status.len == 9);
+
+    /* assignments run left to right: status sees the new total */
+
+    if (succeeded) {
+        s = ngx_http_paygw_mysql_add(op,
+                "UPDATE payments SET refund_reserved = refund_reserved - ?, "
+                "refunded_amount = refunded_amount + ?, "
+                "status = IF(refunded_amount >= amount, 'refunded', "
+                "'partially_refunded'), version = version + 1, "
+                "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
+                "WHERE payment_no = ?");
+
+        if (s == NULL
+            || ngx_http_paygw_sql_int(op, s, rf->amount) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+    } else {
+        s = ngx_http_paygw_mysql_add(op,
+                "UPDATE payments SET refund_reserved = refund_reserved - ?, "
+                "version = version + 1, "
+                "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
+                "WHERE payment_no = ?");
+        if (s == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    s->expect_affected = 1;
+
+    if (ngx_http_paygw_sql_int(op, s, rf->amount) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &rf->updated_at) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &rf->payment_no) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    rf->status = out->status;
+
+    return ngx_http_paygw_store_event(r, op, &rf->merchant_id,
+                                      succeeded ? "refund.succeeded"
+                                                : "refund.failed",
+                                      &rf->refund_no, NULL,
+                                      ngx_http_paygw_refund_json(rf));
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_select_refund(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *merchant_id, ngx_str_t *refund_no)
+{
+    ngx_uint_t                  any;
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    any = (merchant_id->len == 1 && merchant_id->data[0] == '*');
+
+    s = ngx_http_paygw_mysql_add(op, any
+        ? "SELECT " NGX_HTTP_PAYGW_REFUND_COLUMNS " FROM refunds r "
+          "JOIN payments p ON p.payment_no = r.payment_no "
+          "WHERE r.refund_no = ? ORDER BY r.id LIMIT 1"
+        : "SELECT " NGX_HTTP_PAYGW_REFUND_COLUMNS " FROM refunds r "
+          "JOIN payments p ON p.payment_no = r.payment_no "
+          "WHERE r.refund_no = ? AND r.merchant_id = ?");
+    if (s == NULL || ngx_http_paygw_store_str(op, s, refund_no) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (!any && ngx_http_paygw_store_str(op, s, merchant_id) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_row_refund(ngx_http_paygw_sql_stmt_t *stmt,
+    ngx_http_paygw_refund_t *rf, ngx_str_t *channel)
+{
+    ngx_str_t  *v;
+
+    if (stmt->nrows == 0) {
+        return NGX_DECLINED;
+    }
+
+    v = stmt->values;
+
+    rf->refund_no = v[0];
+    rf->out_refund_no = v[1];
+    rf->payment_no = v[2];
+    rf->merchant_id = v[3];
+    rf->amount = ngx_http_paygw_store_int(&v[4]);
+    rf->currency = v[5];
+    rf->status = v[6];
+    rf->reason = v[7];
+    rf->channel_refund_no = v[8];
+    rf->failure_code = v[9];
+    rf->created_at = v[10];
+    rf->updated_at = v[11];
+    *channel = v[12];
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_select_stale(ngx_http_paygw_mysql_op_t *op,
+    time_t older_than, ngx_uint_t limit)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "SELECT payment_no, merchant_id FROM payments "
+            "WHERE status IN ('unknown', 'processing') "
+            "AND updated_at < UTC_TIMESTAMP(3) - INTERVAL ? SECOND "
+            "ORDER BY updated_at LIMIT ?");
+    if (s == NULL
+        || ngx_http_paygw_sql_int(op, s, (int64_t) older_than) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, (int64_t) limit) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_store_event(ngx_http_request_t *r,
+    ngx_http_paygw_mysql_op_t *op, ngx_str_t *merchant_id, const char *type,
+    ngx_str_t *object_no, ngx_str_t *notify_url, json_t *data)
+{
+    char                       *dump;
+    json_t                     *doc;
+    ngx_str_t                   event_id, now, payload, t;
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    if (data == NULL
+        || ngx_http_paygw_random_no(r->pool, 'E', &event_id) != NGX_OK)
+    {
+        json_decref(data);
+        return NGX_ERROR;
+    }
+
+    ngx_http_paygw_now(r->pool, &now);
+
+    /* the webhook body, ready to sign and send */
+
+    doc = json_pack("{s:s%, s:s, s:s%, s:o}",
+                    "id", event_id.data, event_id.len,
+                    "type", type,
+                    "created_at", now.data, now.len,
+                    "data", data);
+    if (doc == NULL) {
+        return NGX_ERROR;
+    }
+
+    dump = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+
+    if (dump == NULL) {
+        return NGX_ERROR;
+    }
+
+    payload.len = ngx_strlen(dump);
+    payload.data = ngx_pnalloc(r->pool, payload.len);
+
+    if (payload.data) {
+        ngx_memcpy(payload.data, dump, payload.len);
+    }
+
+    free(dump);
+
+    if (payload.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op,
+            "INSERT INTO outbox_events (event_id, merchant_id, type, "
+            "object_no, notify_url, payload) VALUES (?, ?, ?, ?, "
+            "COALESCE(?, (SELECT notify_url FROM payments "
+            "WHERE payment_no = (SELECT payment_no FROM refunds "
+            "WHERE refund_no = ? AND merchant_id = ? LIMIT 1))), ?)");
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    t.data = (u_char *) type;
+    t.len = ngx_strlen(type);
+
+    if (ngx_http_paygw_store_str(op, s, &event_id) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, merchant_id) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &t) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, object_no) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, notify_url) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, object_no) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, merchant_id) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &payload) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_store_str(ngx_http_paygw_mysql_op_t *op,
+    ngx_http_paygw_sql_stmt_t *stmt, ngx_str_t *v)
+{
+    /* an absent value is SQL NULL */
+
+    if (v == NULL || v->data == NULL) {
+        return ngx_http_paygw_sql_null(op, stmt);
+    }
+
+    return ngx_http_paygw_sql_str(op, stmt, v);
+}
+
+
+static int64_t
+ngx_http_paygw_store_int(ngx_str_t *v)
+{
+    u_char   *p;
+    int64_t   n;
+    ngx_int_t neg;
+
+    if (v->data == NULL || v->len == 0) {
+        return 0;
+    }
+
+    p = v->data;
+    neg = (*p == '-');
+
+    if (neg) {
+        p++;
+    }
+
+    for (n = 0; p < v->data + v->len; p++) {
+        n = n * 10 + (*p - '0');
+    }
+
+    return neg ? -n : n;
+}

@@ -1,0 +1,171 @@
+#!/usr/bin/perl
+# Liveness (/healthz) and readiness (/readyz) as an orchestrator sees them:
+# liveness never depends on the backends; readiness says which backend is
+# missing, quickly, and turns ready again by itself.
+use strict;
+use warnings;
+
+use Test::More;
+use Time::HiRes qw(time);
+
+use PayGW::Test qw(http wait_until);
+
+my $redis = PayGW::Test::Redis->start;
+my $db    = PayGW::Test::MySQL->start;
+my ($rport, $mport, $pwf) = ($redis->port, $db->port, $db->password_file);
+
+my $ngx = PayGW::Test::Nginx->new(http => <<"EOF")->start;
+    paygw_zone paygw:1m;
+    upstream redis { server 127.0.0.1:$rport; keepalive 8; }
+    paygw_mysql db host=127.0.0.1 port=$mport user=paygw password_file=$pwf
+                database=paygw max_conns=4 idle_timeout=60s
+                connect_timeout=1s query_timeout=1s;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        paygw_redis_timeout 1s;
+        location = /_paygw/redis { internal; paygw_redis_pass redis; }
+        location = /_paygw/mysql { internal; paygw_mysql_pass db; }
+        location = /healthz { paygw_health live; }
+        location = /readyz  { paygw_health ready; }
+    }
+EOF
+
+sub get { http(GET => $ngx->url($_[0]), timeout => 15) }
+
+sub live_ok {
+    my ($name) = @_;
+    my $r = get('/healthz');
+    is_deeply([$r->{status}, $r->{json}], [200, {status => 'ok'}],
+              "$name: /healthz 200 {\"status\":\"ok\"}");
+}
+
+sub ready_ok {
+    my ($name) = @_;
+    my $r = get('/readyz');
+    is_deeply([$r->{status}, $r->{json}],
+              [200, {status => 'ready',
+                     checks => {redis => 'ok', mysql => 'ok'}}],
+              "$name: /readyz 200 ready, both checks ok")
+        or diag($r->{body});
+}
+
+# A 503 that names $who (redis or mysql) as the reason; returns the response.
+sub not_ready {
+    my ($name, $who, %o) = @_;
+    my $other = $who eq 'redis' ? 'mysql' : 'redis';
+    my $r = get('/readyz');
+    my $j = $r->{json} // {};
+    is($r->{status}, 503, "$name: /readyz 503");
+    is($j->{status}, 'unavailable', '... status unavailable');
+    is($j->{error}{code}, 'not_ready', '... error code not_ready');
+    like($j->{error}{message} // '', qr/\b$who\b/i, "... message names $who");
+    isnt($j->{checks}{$who} // 'ok', 'ok', "... checks.$who is not ok")
+        and note("checks.$who: $j->{checks}{$who}");
+    if ($o{both}) {
+        isnt($j->{checks}{$other} // 'ok', 'ok', "... checks.$other not ok");
+    } else {
+        unlike($j->{error}{message} // '', qr/\b$other\b/i,
+               "... message does not blame $other");
+        is($j->{checks}{$other}, 'ok', "... checks.$other is ok");
+    }
+    is($j->{error}{request_id}, $r->{headers}{'x-request-id'},
+       '... error.request_id is the X-Request-Id header');
+    return $r;
+}
+
+# ---- all up ------------------------------------------------------------------
+
+live_ok('all up');
+ready_ok('all up');
+
+{
+    my $r = http(HEAD => $ngx->url('/healthz'));
+    is("$r->{status} '$r->{body}'", "200 ''", 'HEAD /healthz: 200, no body');
+
+    my %ids;
+    my $good = 0;
+    for my $i (1 .. 20) {
+        my $r = get($i % 2 ? '/healthz' : '/readyz');
+        my $id = $r->{headers}{'x-request-id'} // '';
+        $good++ if $id =~ /^[0-9a-f]{32}$/ && !$ids{$id}++;
+    }
+    is($good, 20, 'X-Request-Id: 32 hex digits, different on every response');
+
+    for my $path ('/healthz', '/readyz') {
+        my $r = http(POST => $ngx->url($path), body => '{}');
+        is($r->{status}, 405, "POST $path: 405");
+        like($r->{headers}{'x-request-id'} // '', qr/^[0-9a-f]{32}$/,
+             '... with an X-Request-Id');
+        is(ref($r->{json} && $r->{json}{error}), 'HASH',
+           '... and a JSON {"error": ...} body like every other error')
+            or diag($r->{body});
+    }
+
+    my $ok = 0;
+    $ok += get('/readyz')->{status} == 200 for 1 .. 100;
+    is($ok, 100, '100 /readyz in a row: all 200');
+    my ($clients) = $redis->cli(qw(INFO clients)) =~ /^connected_clients:(\d+)/m;
+    cmp_ok($clients, '<=', 8 + 1, '... Redis connections pooled');
+    my ($threads) = $db->sql("SHOW STATUS LIKE 'Threads_connected'")
+                    =~ /(\d+)/;
+    cmp_ok($threads, '<=', 4 + 1, '... MySQL connections pooled');
+}
+
+# ---- one backend at a time -----------------------------------------------------
+
+{
+    $redis->kill;
+    live_ok('Redis down');
+    my $r = not_ready('Redis down', 'redis');
+    cmp_ok($r->{elapsed}, '<', 2, '... promptly');
+    $redis->start_again;
+    ready_ok('Redis back');
+}
+
+{
+    $db->kill;
+    live_ok('MySQL down');
+    my $r = not_ready('MySQL down', 'mysql');
+    cmp_ok($r->{elapsed}, '<', 2, '... promptly');
+    $db->start_again;
+    ready_ok('MySQL back');
+}
+
+{
+    $redis->kill;
+    $db->kill;
+    live_ok('both down');
+    not_ready('both down', 'redis', both => 1);
+    $redis->start_again;
+    $db->start_again;
+    live_ok('both back');
+    ready_ok('both back');
+}
+
+# ---- hung backends: readiness still answers, bounded by the timeouts --------
+
+{
+    $redis->freeze;
+    my $r = not_ready('Redis frozen', 'redis');
+    ok($r->{elapsed} < 3, sprintf('... within paygw_redis_timeout 1s + a '
+                                  . 'bit (%.2fs)', $r->{elapsed}));
+    my $t0 = time;
+    live_ok('Redis frozen');
+    $redis->thaw;
+    ready_ok('Redis thawed');
+}
+
+{
+    $db->freeze;
+    my $r = not_ready('MySQL frozen', 'mysql');
+    ok($r->{elapsed} < 3, sprintf('... within query_timeout 1s + a bit '
+                                  . '(%.2fs)', $r->{elapsed}));
+    live_ok('MySQL frozen');
+    $db->thaw;
+    ready_ok('MySQL thawed');
+}
+
+my @bad = $ngx->error_log =~ /^.*(?:\[(?:alert|emerg)\]|exited on signal).*$/mg;
+is(join("\n", @bad), '', 'no crash, alert or emerg in the error log');
+
+done_testing;

@@ -1,0 +1,136 @@
+#!/usr/bin/perl
+# paygw_zone: counters in shared memory are one number for all workers and
+# survive "nginx -s reload", as /metrics (Prometheus text) shows.
+use strict;
+use warnings;
+
+use Test::More;
+
+use PayGW::Test qw(http http_parallel wait_until);
+
+my $redis = PayGW::Test::Redis->start;
+my $db    = PayGW::Test::MySQL->start;
+my ($rport, $mport, $pwf) = ($redis->port, $db->port, $db->password_file);
+
+sub conf {
+    my (%o) = @_;
+    my $extra = $o{extra} // '';
+    return <<"EOF";
+    paygw_zone paygw:1m;
+    upstream redis { server 127.0.0.1:$rport; keepalive 8; }
+    paygw_mysql db host=127.0.0.1 port=$mport user=paygw password_file=$pwf
+                database=paygw;
+    log_format pid '\$pid \$status \$uri';
+    server {
+        listen 127.0.0.1:%%PORT%% reuseport;
+        access_log %%TESTDIR%%/pid.log pid;
+        location = /_paygw/redis { internal; paygw_redis_pass redis; }
+        location = /_paygw/mysql { internal; paygw_mysql_pass db; }
+        location = /healthz { paygw_health live; }
+        location = /readyz  { paygw_health ready; }
+        location = /metrics { paygw_metrics; }
+        $extra
+    }
+EOF
+}
+
+# /metrics parsed: {'name{labels}' => value}; undef (and a diagnostic)
+# when it is not valid Prometheus text.
+sub metrics {
+    my ($ngx) = @_;
+    my $r = http(GET => $ngx->url('/metrics'));
+    if ($r->{status} != 200) {
+        diag("GET /metrics: $r->{status} $r->{body}");
+        return undef;
+    }
+    my (%m, %typed, @bad);
+    for my $line (split /\n/, $r->{body}) {
+        if ($line =~ /^# TYPE (\w+) (counter|gauge|histogram|summary|untyped)$/) {
+            $typed{$1} = 1;
+        } elsif ($line =~ /^# HELP \w+ \S/ || $line eq '') {
+        } elsif ($line =~ /^(\w+)(\{(?:\w+="[^"\\\n]*",?)*\})? (-?[0-9.e+]+|NaN|[+-]Inf)$/) {
+            push @bad, "untyped: $line" unless $typed{$1} || $typed{$1 =~ s/_(?:bucket|sum|count)$//r};
+            $m{$1 . ($2 // '')} = $3;
+        } else {
+            push @bad, $line;
+        }
+    }
+    if (@bad) {
+        diag("not Prometheus text:\n" . join "\n", @bad);
+        return undef;
+    }
+    $m{_content_type} = $r->{headers}{'content-type'};
+    return \%m;
+}
+
+my $LIVE = 'paygw_health_requests_total{check="live"}';
+my $READY = 'paygw_health_requests_total{check="ready"}';
+
+sub hit {
+    my ($ngx, $path, $n) = @_;
+    my $ok = 0;
+    $ok += http(GET => $ngx->url($path))->{status} == 200 for 1 .. $n;
+    return $ok;
+}
+
+# Two workers throughout, with reuseport so the kernel spreads connections
+# over both: every number below is the sum over the workers, whichever
+# worker answers /metrics.
+my $ngx = PayGW::Test::Nginx->new(workers => 2, http => conf())->start;
+
+# /metrics asked 4 times (several workers answer): the value of $key if
+# all agree, else a diagnostic and -1.
+sub agreed {
+    my ($key) = @_;
+    my %v = map { my $m = metrics($ngx); (($m ? $m->{$key} : undef) // 'none') => 1 } 1 .. 4;
+    return (keys %v)[0] if keys %v == 1;
+    diag("/metrics disagree on $key: " . join ', ', sort keys %v);
+    return -1;
+}
+
+{
+    my $m = metrics($ngx);
+    is($m && $m->{$LIVE}, 0, 'fresh zone: live counter 0');
+    is($m && $m->{paygw_zone_reloads_total}, 0, 'fresh zone: 0 reloads');
+    like($m && $m->{_content_type}, qr{^text/plain; version=0\.0\.4},
+         'Content-Type of the Prometheus text format');
+
+    is(hit($ngx, '/healthz', 7), 7, '7 x /healthz');
+    is(hit($ngx, '/readyz', 3), 3, '3 x /readyz (200)');
+    http(POST => $ngx->url('/healthz'));
+    http(GET => $ngx->url('/nothing-here'));
+    is(agreed($LIVE), 7, '/metrics: live counter 7 (only /healthz hits; '
+                         . 'reading /metrics counts nothing)');
+    is(agreed($READY), 3, '/metrics: ready counter 3');
+    my $created = agreed('paygw_zone_created_seconds');
+    ok($created > 0 && abs($created - time) < 60, 'zone creation time is now');
+
+    my @res = http_parallel([map { [GET => $ngx->url('/healthz')] } 1 .. 40]);
+    is(scalar(grep { $_->{status} == 200 } @res), 40, '40 parallel /healthz');
+    is(agreed($LIVE), 47, '/metrics: 47, no increment lost');
+    my %pids;
+    for (split /\n/, PayGW::Test::_slurp($ngx->dir . '/pid.log')) {
+        $pids{$1}++ if m{^(\d+) 200 /healthz$};
+    }
+    is(scalar keys %pids, 2, '... both workers answered /healthz')
+        or diag(explain \%pids);
+
+    $ngx->reload;
+    $m = metrics($ngx);
+    is_deeply($m && [@$m{$LIVE, $READY, 'paygw_zone_reloads_total'}],
+              [47, 3, 1], 'after nginx -s reload: counters kept, 1 reload');
+    is(hit($ngx, '/healthz', 5), 5, '5 more x /healthz');
+    is(agreed($LIVE), 52, '/metrics: 47 + 5 = 52');
+    is(agreed('paygw_zone_created_seconds'), $created,
+       'same zone (creation time unchanged)');
+
+    # a reload with a changed config keeps the zone too
+    $ngx->reload(http => conf(extra => 'location = /x { return 204; }'));
+    is(http(GET => $ngx->url('/x'))->{status}, 204, 'changed config is live');
+    is(hit($ngx, '/healthz', 1), 1, '1 more x /healthz');
+    $m = metrics($ngx);
+    is_deeply($m && [@$m{$LIVE, $READY, 'paygw_zone_reloads_total'}],
+              [53, 3, 2], 'second reload (new config): 53, 3, 2 reloads');
+}
+
+done_testing;
