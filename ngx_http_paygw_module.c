@@ -15,7 +15,9 @@
 
 
 static void *ngx_http_paygw_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_paygw_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_paygw_create_loc_conf(ngx_conf_t *cf);
+static ngx_int_t ngx_http_paygw_init_process(ngx_cycle_t *cycle);
 static char *ngx_http_paygw_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_paygw_redis_timeout(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -102,6 +104,13 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
       0,
       NULL },
 
+    { ngx_string("paygw_resolver"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_paygw_resolver,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("paygw_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_paygw_api,
@@ -160,7 +169,7 @@ static ngx_http_module_t  ngx_http_paygw_module_ctx = {
     ngx_http_paygw_access_init,            /* postconfiguration */
 
     ngx_http_paygw_create_main_conf,       /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_http_paygw_init_main_conf,         /* init main configuration */
 
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */
@@ -177,7 +186,7 @@ ngx_module_t  ngx_http_paygw_module = {
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     NULL,                                  /* init module */
-    NULL,                                  /* init process */
+    ngx_http_paygw_init_process,           /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     ngx_http_paygw_exit_process,           /* exit process */
@@ -204,6 +213,19 @@ ngx_http_paygw_create_main_conf(ngx_conf_t *cf)
     }
 
     return pmcf;
+}
+
+
+static char *
+ngx_http_paygw_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_paygw_main_conf_t *pmcf = conf;
+
+    if (ngx_http_paygw_resolver_check(cf, pmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
 }
 
 
@@ -293,6 +315,13 @@ ngx_http_paygw_redis_timeout(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     plcf->redis.send_timeout = timeout;
 
     return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_init_process(ngx_cycle_t *cycle)
+{
+    return ngx_http_paygw_resolver_init_process(cycle);
 }
 
 

@@ -45,6 +45,7 @@ typedef struct {
     ngx_array_t                   mysql_servers; /* mysql_srv_t * */
     ngx_array_t                   keys;          /* ngx_http_paygw_key_t */
     ngx_array_t                   channels;      /* ngx_http_paygw_channel_t */
+    void                         *resolver;
 } ngx_http_paygw_main_conf_t;
 
 
@@ -89,6 +90,11 @@ void ngx_http_paygw_call_fail(ngx_http_paygw_call_t *call,
 
 char *ngx_http_paygw_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_paygw_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_paygw_resolver(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_paygw_resolver_check(ngx_conf_t *cf,
+    ngx_http_paygw_main_conf_t *pmcf);
+ngx_int_t ngx_http_paygw_resolver_init_process(ngx_cycle_t *cycle);
 ngx_http_paygw_shctx_t *ngx_http_paygw_shctx(ngx_http_request_t *r);
 
 char *ngx_http_paygw_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

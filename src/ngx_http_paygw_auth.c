@@ -273,16 +273,24 @@ ngx_http_paygw_keys_cmp(const void *one, const void *two)
 static ngx_http_paygw_key_t *
 ngx_http_paygw_key_find(ngx_http_request_t *r, ngx_str_t *key_id)
 {
-    ngx_int_t                    rc;
-    ngx_uint_t                   lo, hi, mid;
-    ngx_http_paygw_key_t        *key;
     ngx_http_paygw_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_paygw_module);
 
-    key = pmcf->keys.elts;
+    return ngx_http_paygw_key_by_id(&pmcf->keys, key_id);
+}
+
+
+ngx_http_paygw_key_t *
+ngx_http_paygw_key_by_id(ngx_array_t *keys, ngx_str_t *key_id)
+{
+    ngx_int_t              rc;
+    ngx_uint_t             lo, hi, mid;
+    ngx_http_paygw_key_t  *key;
+
+    key = keys->elts;
     lo = 0;
-    hi = pmcf->keys.nelts;
+    hi = keys->nelts;
 
     while (lo < hi) {
         mid = lo + (hi - lo) / 2;
@@ -309,13 +317,9 @@ ngx_int_t
 ngx_http_paygw_authenticate(ngx_http_request_t *r, ngx_str_t *body,
     ngx_http_paygw_auth_t *auth, const char **why)
 {
-    u_char           *p;
     time_t            now;
-    unsigned int      len;
     ngx_table_elt_t  *h;
-    u_char            digest[SHA256_DIGEST_LENGTH];
-    u_char            mac[EVP_MAX_MD_SIZE], hex[2 * EVP_MAX_MD_SIZE];
-    u_char            sts[NGX_HTTP_PAYGW_KEYS_MAX_LINE * 4];
+    u_char            hex[2 * SHA256_DIGEST_LENGTH];
 
     h = r->headers_in.authorization;
 
@@ -344,37 +348,60 @@ ngx_http_paygw_authenticate(ngx_http_request_t *r, ngx_str_t *body,
         return NGX_DECLINED;
     }
 
-    if (r->unparsed_uri.len + r->method_name.len + 256 > sizeof(sts)) {
+    if (ngx_http_paygw_auth_sign(&auth->key->secret, &r->method_name,
+                                 &r->unparsed_uri, auth->ts, &auth->nonce,
+                                 body, hex)
+        != NGX_OK)
+    {
         *why = "request URI too long to sign";
         return NGX_DECLINED;
     }
 
-    SHA256(body->data, body->len, digest);
-
-    p = ngx_cpymem(sts, r->method_name.data, r->method_name.len);
-    *p++ = '\n';
-    p = ngx_cpymem(p, r->unparsed_uri.data, r->unparsed_uri.len);
-    p = ngx_sprintf(p, "\n%T\n%V\n", auth->ts, &auth->nonce);
-    p = ngx_hex_dump(p, digest, sizeof(digest));
-
-    if (HMAC(EVP_sha256(), auth->key->secret.data, auth->key->secret.len,
-             sts, p - sts, mac, &len)
-        == NULL)
-    {
-        *why = "cannot compute the signature";
-        return NGX_ERROR;
-    }
-
-    ngx_hex_dump(hex, mac, len);
-
     /* constant time: the comparison must not tell how much matched */
 
-    if (auth->sig.len != 2 * len
+    if (auth->sig.len != 2 * SHA256_DIGEST_LENGTH
         || CRYPTO_memcmp(hex, auth->sig.data, auth->sig.len) != 0)
     {
         *why = "bad signature";
         return NGX_DECLINED;
     }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_auth_sign(ngx_str_t *secret, ngx_str_t *method,
+    ngx_str_t *uri, time_t ts, ngx_str_t *nonce, ngx_str_t *body,
+    u_char *hex)
+{
+    u_char        *p;
+    unsigned int   len;
+    u_char         digest[SHA256_DIGEST_LENGTH];
+    u_char         mac[EVP_MAX_MD_SIZE];
+    u_char         sts[NGX_HTTP_PAYGW_KEYS_MAX_LINE * 4];
+
+    /* METHOD \n PATH?QUERY \n ts \n nonce \n hex(sha256(body)) */
+
+    if (uri->len + method->len + nonce->len + 128 > sizeof(sts)) {
+        return NGX_ERROR;
+    }
+
+    SHA256(body->data, body->len, digest);
+
+    p = ngx_cpymem(sts, method->data, method->len);
+    *p++ = '\n';
+    p = ngx_cpymem(p, uri->data, uri->len);
+    p = ngx_sprintf(p, "\n%T\n%V\n", ts, nonce);
+    p = ngx_hex_dump(p, digest, sizeof(digest));
+
+    if (HMAC(EVP_sha256(), secret->data, secret->len, sts, p - sts, mac, &len)
+        == NULL || len != SHA256_DIGEST_LENGTH)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_hex_dump(hex, mac, len);
 
     return NGX_OK;
 }

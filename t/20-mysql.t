@@ -466,8 +466,6 @@ sub in_background {
 # ---- pool exhaustion: queued, not failed ------------------------------------------
 
 {
-    my $max = 0;
-    my $stop = 0;
     my $file = PayGW::Test::_mkdir('sampler') . '/max';
     my $sampler = fork // die "fork: $!\n";
     if (!$sampler) {
@@ -491,7 +489,7 @@ sub in_background {
     my $took = time - $t0;
     PayGW::Test::_spew("$file.stop", '');
     { local $?; waitpid $sampler, 0; }
-    $max = PayGW::Test::_slurp($file);
+    my $max = PayGW::Test::_slurp($file);
 
     my @good = grep {
         $res[$_]{status} == 200 && $res[$_]{json}{ok}
@@ -515,6 +513,30 @@ sub in_background {
     is_deeply(mysql_req($small, [{sql => 'SELECT 3', params => []}])
                   ->{json}{results}[0]{rows}, [['3']],
               '... the new worker connects afresh');
+
+    # a reload while queries run and others wait for a connection: the old
+    # worker finishes all of them (graceful), then goes
+    @old = $ngx->worker_pids;
+    my $master = $ngx->master_pid;
+    my $hup = fork // die "fork: $!\n";
+    if (!$hup) { sleep 0.4; kill 'HUP', $master; POSIX::_exit(0) }
+    @res = http_parallel([map {
+        [POST => $small->url('/_test/backend'), timeout => 15,
+         json => {mysql => {statements => [{sql => 'SELECT SLEEP(1), ?',
+                                            params => ["g$_"]}]}}]
+    } 1 .. 4]);
+    { local $?; waitpid $hup, 0; }
+    @good = grep {
+        $res[$_]{status} == 200 && $res[$_]{json}{ok}
+        && $res[$_]{json}{results}[0]{rows}[0][1] eq 'g' . ($_ + 1)
+    } 0 .. 3;
+    is(scalar @good, 4, 'reload during 2 running and 2 queued queries: '
+                        . 'all 4 succeed')
+        or diag(join "\n", map { "$_->{status} $_->{body}" } @res);
+    ok(wait_until(sub { !grep { kill 0, $_ } @old }, timeout => 5),
+       '... and the old worker exits afterwards');
+    ok(wait_until(sub { user_conns('paygw2') == 0 }, timeout => 5),
+       '... closing its connections');
 }
 
 # ---- MariaDB hangs -------------------------------------------------------------------
@@ -596,6 +618,10 @@ sub in_background {
     }
     is($good, 6, 'restarted while idle: every request succeeds, '
                  . 'no stale pooled connection is used');
+    my $emoji = bytes("\x{1F4B3} caf\x{e9}");
+    is_deeply(rows('SELECT ?, HEX(?)', $emoji, $emoji),
+              [[$emoji, uc unpack('H*', $emoji)]],
+              '... and new connections speak utf8mb4 too');
 }
 
 # [alert] is where nginx reports crashed workers; the one expected alert

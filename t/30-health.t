@@ -8,7 +8,7 @@ use warnings;
 use Test::More;
 use Time::HiRes qw(time);
 
-use PayGW::Test qw(http wait_until);
+use PayGW::Test qw(http http_parallel wait_until);
 
 my $redis = PayGW::Test::Redis->start;
 my $db    = PayGW::Test::MySQL->start;
@@ -104,6 +104,9 @@ ready_ok('all up');
     my $ok = 0;
     $ok += get('/readyz')->{status} == 200 for 1 .. 100;
     is($ok, 100, '100 /readyz in a row: all 200');
+    my @par = http_parallel([map { [GET => $ngx->url('/readyz')] } 1 .. 20]);
+    is(scalar(grep { $_->{status} == 200 } @par), 20,
+       '20 parallel /readyz: all 200');
     my ($clients) = $redis->cli(qw(INFO clients)) =~ /^connected_clients:(\d+)/m;
     cmp_ok($clients, '<=', 8 + 1, '... Redis connections pooled');
     my ($threads) = $db->sql("SHOW STATUS LIKE 'Threads_connected'")
@@ -149,7 +152,6 @@ ready_ok('all up');
     my $r = not_ready('Redis frozen', 'redis');
     ok($r->{elapsed} < 3, sprintf('... within paygw_redis_timeout 1s + a '
                                   . 'bit (%.2fs)', $r->{elapsed}));
-    my $t0 = time;
     live_ok('Redis frozen');
     $redis->thaw;
     ready_ok('Redis thawed');

@@ -1,0 +1,147 @@
+package PayGW::Gateway;
+
+# The whole gateway for a test: Redis, MariaDB (schema applied), the
+# provider simulator and nginx with the module, configured the way
+# nginx.conf.example is.  Options tune what tests need to vary.
+#
+#   my $gw = PayGW::Gateway->start(workers => 1, attempts => 2,
+#                                  provider_timeout => '1s',
+#                                  unknown_grace => '1s', extra_http => '',
+#                                  extra_server => '', redis_timeout => '1s');
+#   my $res = $gw->api(POST => '/v1/payments', json => {...},
+#                      idempotency_key => 'k1', key => 'demo');
+#
+# Demo keys (conf/demo/keys.conf): demo/demo-secret M100 merchant,
+# viewer/viewer-secret M100 viewer, ops/ops-secret * admin.
+
+use strict;
+use warnings;
+
+use JSON::PP ();
+use PayGW::Test qw(http sign_request repo_root);
+
+my %SECRET = (demo => 'demo-secret', viewer => 'viewer-secret',
+              ops => 'ops-secret');
+
+sub start {
+    my ($class, %o) = @_;
+    my $self = bless { o => \%o }, $class;
+
+    $self->{redis} = PayGW::Test::Redis->start;
+    $self->{db} = PayGW::Test::MySQL->start;
+    $self->{sim} = PayGW::Test::Sim->start;
+    $self->{ngx} = PayGW::Test::Nginx->new(
+        workers => $o{workers} // 1,
+        error_log_level => $o{error_log_level} // 'info',
+        http => $self->_http_conf(%o),
+    );
+    $self->{ngx}->start;
+
+    return $self;
+}
+
+sub redis { $_[0]{redis} }
+sub db    { $_[0]{db} }
+sub sim   { $_[0]{sim} }
+sub ngx   { $_[0]{ngx} }
+sub url   { $_[0]{ngx}->url($_[1] // '') }
+
+sub _http_conf {
+    my ($self, %o) = @_;
+    my $repo = repo_root();
+    my $rp = $self->{redis}->port;
+    my $mp = $self->{db}->port;
+    my $pw = $self->{db}->password_file;
+    my $sp = $self->{sim}->port;
+    my $attempts = $o{attempts} // 3;
+    my $grace = $o{unknown_grace} // '60s';
+    my $pt = $o{provider_timeout} // '10s';
+    my $rt = $o{redis_timeout} // '1s';
+    my $qt = $o{query_timeout} // '10s';
+    my $extra_http = $o{extra_http} // '';
+    my $extra_server = $o{extra_server} // '';
+
+    return <<"CONF";
+    paygw_zone  paygw:1m;
+    upstream paygw_redis { server 127.0.0.1:$rp; keepalive 16; }
+    paygw_mysql main host=127.0.0.1 port=$mp user=paygw password_file=$pw
+                database=paygw max_conns=8 query_timeout=$qt;
+    paygw_keys  $repo/conf/demo/keys.conf;
+    paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
+                  secret_file=$repo/conf/demo/acquirer.secret
+                  attempts=$attempts unknown_grace=$grace;
+    upstream paygw_acquirer { server 127.0.0.1:$sp; keepalive 16; }
+    log_format paygw '\$remote_addr "\$request" \$status \$request_time';
+    $extra_http
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        access_log %%TESTDIR%%/access.log paygw;
+        client_body_buffer_size 16k;
+
+        location = /_paygw/redis {
+            internal;
+            paygw_redis_pass paygw_redis;
+            paygw_redis_timeout $rt;
+        }
+        location = /_paygw/mysql { internal; paygw_mysql_pass main; }
+        location /_paygw/bank/ {
+            internal;
+            proxy_pass http://paygw_acquirer/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout $pt;
+            proxy_read_timeout $pt;
+            subrequest_output_buffer_size 64k;
+        }
+        location /v1/ { paygw_api; }
+        location = /healthz { paygw_health live; }
+        location = /readyz { paygw_health ready; }
+        location = /metrics { paygw_metrics; }
+        $extra_server
+    }
+CONF
+}
+
+# api(METHOD, PATH, json => DATA | body => BYTES, key => 'demo',
+#     secret => ..., idempotency_key => K | idempotency_header => RAW,
+#     ts => ..., nonce => ..., headers => {...}, timeout => S)
+sub api {
+    my ($self, $method, $path, %o) = @_;
+    my $body = exists $o{json}
+        ? JSON::PP->new->canonical->encode($o{json}) : ($o{body} // '');
+    my $key = $o{key} // 'demo';
+    my $secret = $o{secret} // $SECRET{$key} // 'nope';
+    my %h = %{ $o{headers} // {} };
+    $h{Authorization} //= sign_request($key, $secret, $method, $path, $body,
+        (defined $o{ts} ? (ts => $o{ts}) : ()),
+        (defined $o{nonce} ? (nonce => $o{nonce}) : ()));
+    $h{'Content-Type'} //= 'application/json' if length $body;
+    $h{'Idempotency-Key'} = $o{idempotency_key} if defined $o{idempotency_key};
+    $h{'Idempotency-Key'} = $o{idempotency_header}
+        if defined $o{idempotency_header};
+    return http($method, $self->url($path), body => $body, headers => \%h,
+                timeout => $o{timeout} // 30);
+}
+
+# A valid bank_card create body; %over replaces fields.
+sub payment_body {
+    my ($class, %over) = @_;
+    my %b = (business_no => 'ORD-' . int(rand(1e12)), amount => 1999,
+             currency => 'CNY', channel => 'bank_card', subject => 'Tea',
+             card => { number => '4242424242424242', exp_month => 12,
+                       exp_year => 2030, cvc => '123' });
+    @b{keys %over} = values %over;
+    delete $b{$_} for grep { !defined $b{$_} } keys %b;
+    return \%b;
+}
+
+sub count_rows {
+    my ($self, $table) = @_;
+    my $n = $self->db->sql("SELECT COUNT(*) FROM paygw.$table");
+    chomp $n;
+    return $n + 0;
+}
+
+1;
