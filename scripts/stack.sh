@@ -268,6 +268,9 @@ stop_one() {
 
 banner() {
     local url="http://127.0.0.1:$PAYGW_PORT"
+    local create_curl
+    create_curl=$(PAYGW_PORT=$PAYGW_PORT "$repo/scripts/paygw-curl" --print POST /v1/payments \
+        "{\"business_no\":\"DEMO-$(date +%s)\",\"amount\":1999,\"currency\":\"CNY\",\"channel\":\"bank_card\",\"subject\":\"Demo\",\"card\":{\"number\":\"4242424242424242\",\"exp_month\":12,\"exp_year\":2030,\"cvc\":\"123\"}}")
     cat <<EOF
 
 paygw is running at $url
@@ -279,8 +282,11 @@ paygw is running at $url
   Readiness:
     curl -i $url/readyz
 
-  Create a payment:
-    # TODO(paygw): signed POST /v1/payments curl goes here once the API lands.
+  Create a payment (signed now: valid for 300 s, once):
+    $create_curl
+
+  Any request, signed for you:
+    scripts/paygw-curl GET /v1/payments/<payment_no>
 
   Simulator $sim_url   Redis 127.0.0.1:$PAYGW_REDIS_PORT   MariaDB 127.0.0.1:$PAYGW_MYSQL_PORT
   (user paygw, password in run/mysql.pass)   Logs: run/logs/   Stop: make stop

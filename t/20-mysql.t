@@ -463,6 +463,25 @@ sub in_background {
     is($good, 5, 'the next 5 queries (max_conns=1) each get their own result');
 }
 
+{
+    # README: query_timeout bounds the whole call, waiting in line included
+    my @res = http_parallel([map {
+        [POST => $fast->url('/_test/backend'), timeout => 10,
+         json => {mysql => {statements => [{sql => 'SELECT SLEEP(0.7), ?',
+                                            params => ["q$_"]}]}}]
+    } 1 .. 3]);
+    my @ok = grep { $_->{status} == 200 } @res;
+    my @late = grep { $_->{status} == 504 } @res;
+    is_deeply([scalar @ok, scalar @late], [1, 2],
+              'max_conns=1, 3 parallel SLEEP(0.7), query_timeout=1s: '
+              . 'one answer, two 504')
+        or diag(join "\n", map { "$_->{status} $_->{body}" } @res);
+    ok(!(grep { $_->{elapsed} > 1.6 } @late),
+       sprintf('... the 504s come after about 1 s of waiting in line '
+               . '(%s)', join ', ', map { sprintf '%.2fs', $_->{elapsed} }
+                                   @late));
+}
+
 # ---- pool exhaustion: queued, not failed ------------------------------------------
 
 {
