@@ -5,6 +5,7 @@
 #   make stop       stop what `make run` started
 #   make test       build, then run the whole suite with prove
 #   make test-asan  the same against an ASan/UBSan build of the module
+#   make bench      throughput/latency on loopback (bench/README.md)
 #
 # PROVE_FLAGS adds prove options, e.g. `make test PROVE_FLAGS=-j4`.
 
@@ -14,7 +15,7 @@ ASAN_MODULE := $(REPO)/build/objs-asan/ngx_http_paygw_module.so
 PROVE       ?= prove
 PROVE_FLAGS ?=
 
-.PHONY: all deps build build-asan test test-asan run stop status clean
+.PHONY: all deps build build-asan test test-asan run stop status clean bench
 
 all: deps build
 
@@ -45,3 +46,6 @@ status:
 clean:
 	-@[ ! -d run ] || bash scripts/stack.sh stop
 	rm -rf build run
+
+bench: build
+	bash bench/run.sh

@@ -46,6 +46,7 @@ typedef struct {
     ngx_array_t                   keys;          /* ngx_http_paygw_key_t */
     ngx_array_t                   channels;      /* ngx_http_paygw_channel_t */
     void                         *resolver;
+    ngx_int_t                     request_id_index;
 } ngx_http_paygw_main_conf_t;
 
 

@@ -66,12 +66,25 @@ ngx_http_paygw_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static ngx_int_t
 ngx_http_paygw_api_handler(ngx_http_request_t *r)
 {
+    ngx_int_t              rc;
     ngx_http_paygw_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_paygw_module);
 
     if (ctx == NULL || r != r->main) {
         return NGX_HTTP_NOT_FOUND;
+    }
+
+    /*
+     * Refused before its body was read: the body must still be consumed,
+     * or on a keep-alive connection it would be taken for the next request.
+     */
+
+    if (r->request_body == NULL) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
     }
 
     if (ctx->status == 0) {
@@ -220,6 +233,18 @@ static ngx_int_t
 ngx_http_paygw_api_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     ngx_table_elt_t  *h;
+
+    if (ctx->status == NGX_HTTP_NOT_ALLOWED && ctx->allow) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Allow");
+        h->value.data = (u_char *) ctx->allow;
+        h->value.len = ngx_strlen(ctx->allow);
+    }
 
     if (ctx->replayed) {
         h = ngx_list_push(&r->headers_out.headers);

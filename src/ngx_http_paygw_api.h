@@ -134,6 +134,7 @@ struct ngx_http_paygw_ctx_s {
     unsigned                      reread:1;
     unsigned                      body_read:1;
 
+    const char                   *allow;         /* for a 405 */
     ngx_uint_t                    status;        /* the response */
     ngx_str_t                     response;
     unsigned                      replayed:1;

@@ -9,23 +9,24 @@
 #include <jansson.h>
 
 
-static ngx_str_t  ngx_http_paygw_request_id_name = ngx_string("request_id");
 static ngx_str_t  ngx_http_paygw_json_type = ngx_string("application/json");
 
 
 void
 ngx_http_paygw_request_id(ngx_http_request_t *r, ngx_str_t *id)
 {
-    ngx_uint_t                  key;
-    ngx_http_variable_value_t  *vv;
+    ngx_http_variable_value_t   *vv;
+    ngx_http_paygw_main_conf_t  *pmcf;
 
-    /* nginx's $request_id: 32 hex digits from a CSPRNG */
+    /*
+     * nginx's $request_id (32 hex digits from a CSPRNG), through its
+     * index: the value is made once per request and cached, so the
+     * header and every error body carry the same one.
+     */
 
-    key = ngx_hash_key(ngx_http_paygw_request_id_name.data,
-                       ngx_http_paygw_request_id_name.len);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_paygw_module);
 
-    vv = ngx_http_get_variable(r->main, &ngx_http_paygw_request_id_name,
-                               key);
+    vv = ngx_http_get_indexed_variable(r->main, pmcf->request_id_index);
 
     if (vv == NULL || vv->not_found) {
         ngx_str_set(id, "-");

@@ -8,6 +8,7 @@
 
 
 #include "ngx_http_paygw_api.h"
+#include "ngx_http_paygw_channel.h"
 
 
 typedef struct {
@@ -32,6 +33,8 @@ static ngx_int_t ngx_http_paygw_parse_card(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, json_t *card);
 static ngx_int_t ngx_http_paygw_luhn(ngx_str_t *number);
 static ngx_int_t ngx_http_paygw_currency(ngx_str_t *c);
+static void ngx_http_paygw_json_error(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, json_error_t *err);
 static void ngx_http_paygw_json_cleanup(void *data);
 
 
@@ -178,6 +181,8 @@ ngx_http_paygw_method(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     ngx_uint_t method, ngx_uint_t api)
 {
     if (r->method != method) {
+        ctx->allow = (method == NGX_HTTP_GET) ? "GET" : "POST";
+
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_ALLOWED,
                                    "method_not_allowed",
                                    "%V is not allowed on %V",
@@ -318,6 +323,12 @@ ngx_http_paygw_parse_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                        "invalid_request", "metadata must serialize to at "
                        "most 4096 bytes");
         }
+    }
+
+    if (ngx_http_paygw_channel_find(r, &pay->channel) == NULL) {
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
+                   "invalid_request", "channel \"%V\" is unknown or not "
+                   "enabled", &pay->channel);
     }
 
     v = json_object_get(doc, "card");
@@ -489,9 +500,7 @@ ngx_http_paygw_load(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                      JSON_REJECT_DUPLICATES, &err);
 
     if (doc == NULL) {
-        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
-                                   "invalid_request",
-                                   "malformed JSON body: %s", err.text);
+        ngx_http_paygw_json_error(r, ctx, &err);
         return NULL;
     }
 
@@ -630,6 +639,53 @@ ngx_http_paygw_currency(ngx_str_t *c)
     }
 
     return NGX_ERROR;
+}
+
+
+static void
+ngx_http_paygw_json_error(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    json_error_t *err)
+{
+    u_char  *p, *start, *end;
+
+    /*
+     * jansson reports an integer beyond int64 as a syntax error; it is a
+     * range error of whichever field it belongs to: name that field.
+     */
+
+    if (json_error_code(err) == json_error_numeric_overflow
+        && err->position > 0 && (size_t) err->position <= ctx->body.len)
+    {
+        p = ctx->body.data + err->position;
+
+        while (p > ctx->body.data && *p != ':') {
+            p--;
+        }
+
+        end = p;
+
+        while (end > ctx->body.data && end[-1] != '"') {
+            end--;
+        }
+
+        start = (end > ctx->body.data) ? end - 1 : end;
+
+        while (start > ctx->body.data && start[-1] != '"') {
+            start--;
+        }
+
+        if (end > start + 1 && end - start <= 64) {
+            (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_request",
+                                       "%*s is out of range",
+                                       (size_t) (end - 1 - start), start);
+            return;
+        }
+    }
+
+    (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
+                               "invalid_request", "malformed JSON body: %s",
+                               err->text);
 }
 
 

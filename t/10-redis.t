@@ -208,7 +208,9 @@ is_deeply(replies(['PING'], ['GET', 'greeting'], ['GET', 'no-such-key'],
         $rep && ($rep->[1]{value} // '') eq "value-$_-" . ('z' x (3000 * $_))
     } 1 .. 30;
     is($good, 30, '30 parallel pipelines (3 kB .. 90 kB values): each got '
-                  . 'its own replies');
+                  . 'its own replies')
+        or diag(join "\n", map { "$_->{status} " . substr($_->{body}, 0, 200) }
+                            grep { $_->{status} != 200 } @res);
     is($redis->cli(qw(GET par-count)), 30, '... and each ran exactly once');
 }
 

@@ -217,7 +217,7 @@ my @texts = (
               'a ? inside a quoted SQL literal is not a placeholder');
     my $r = mysql_req($ngx, [{sql => 'SELECT ?, ?', params => ['only one']}]);
     ok($r->{status} == 400 || ($r->{json} && !$r->{json}{ok}),
-       'fewer params than placeholders: refused, not run')
+       'fewer params than placeholders: refused')
         or diag("$r->{status} $r->{body}");
     $r = mysql_req($ngx, [{sql => 'SELECT 1; SELECT 2', params => []}]);
     ok($r->{status} == 400 || ($r->{json} && !$r->{json}{ok}),
@@ -227,7 +227,7 @@ my @texts = (
 
 {
     # sql_mode can change how quotes are escaped; the escaping must follow
-    # the connection's mode, also on the pooled connection afterwards
+    # the connection's mode
     my $tricky = q{a\'b\\'' OR 1=1 -- };
     my $r = mysql_req($ngx, [
         {sql => "SET SESSION sql_mode = "

@@ -1,0 +1,325 @@
+#!/usr/bin/env bash
+# paygw benchmark: starts its own stack under bench/run/ (Redis, MariaDB with
+# the schema, the provider simulator, nginx with the module), runs wrk on
+# loopback against paygw and against a plain proxy_pass baseline, prints a
+# table and saves it to bench/results/<date>.txt, then stops everything it
+# started.  Measurement only: no timing is asserted.  See bench/README.md.
+#
+#   bash bench/run.sh            (or: make bench)
+#
+# Environment (all optional):
+#   BENCH_DURATION (10)  seconds per measured wrk run
+#   BENCH_THREADS  (2)   wrk threads
+#   BENCH_CONNS    (64)  connections of the throughput runs
+#   BENCH_LAT_CONNS (16) connections of the latency runs (0: skip them)
+#   BENCH_WARMUP   (2)   seconds of warm-up per scenario (not reported)
+#   BENCH_WORKERS  (2)   nginx worker_processes
+#   BENCH_SEED     (1000) payments created for the GET scenario
+#   BENCH_STATIC   (1)   also measure nginx `return 200` (a ceiling)
+#   BENCH_PERF     (0)   1: system-wide `perf record` during each throughput
+#                        run; summaries in bench/run/logs/perf-*.txt
+#   BENCH_QUIET_WAIT (60) before each measured run, wait up to this many
+#   BENCH_QUIET_MAX (25)  seconds until processes other than the stack use
+#                        at most this % of one core (e.g. a concurrent
+#                        make test); a run started anyway is noted
+#   PAYGW_PORT, PAYGW_BASELINE_PORT, PAYGW_REDIS_PORT, PAYGW_MYSQL_PORT,
+#   PAYGW_SIM_PORT       ports; default: free ports picked at start, so the
+#                        bench never collides with `make run` or the tests
+#   PAYGW_MODULE         the module .so (default build/objs/...)
+set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"     # nginx, mariadbd
+
+bench=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$bench/.." && pwd)
+run="$bench/run"
+logs="$run/logs"
+module=${PAYGW_MODULE:-$repo/build/objs/ngx_http_paygw_module.so}
+
+DURATION=${BENCH_DURATION:-10}
+THREADS=${BENCH_THREADS:-2}
+CONNS=${BENCH_CONNS:-64}
+LAT_CONNS=${BENCH_LAT_CONNS:-16}
+WARMUP=${BENCH_WARMUP:-2}
+WORKERS=${BENCH_WORKERS:-2}
+SEED=${BENCH_SEED:-1000}
+STATIC=${BENCH_STATIC:-1}
+PERF=${BENCH_PERF:-0}
+QUIET_WAIT=${BENCH_QUIET_WAIT:-60}
+QUIET_MAX=${BENCH_QUIET_MAX:-25}
+
+die() { echo "bench: $*" >&2; exit 1; }
+say() { echo "bench: $*"; }
+
+for tool in wrk python3 nginx redis-server mariadbd mariadb mariadb-install-db node; do
+    command -v "$tool" > /dev/null || die "$tool is not installed (make deps; apt-get install wrk)"
+done
+[ -f "$module" ] || die "$module is missing: run 'make build' first"
+
+# One bench at a time: the lock lives as long as this shell.
+exec 9> "$bench/.lock"
+flock -n 9 || die "another bench/run.sh is running"
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+PORT=${PAYGW_PORT:-$(free_port)}
+BASE_PORT=${PAYGW_BASELINE_PORT:-$(free_port)}
+REDIS_PORT=${PAYGW_REDIS_PORT:-$(free_port)}
+MYSQL_PORT=${PAYGW_MYSQL_PORT:-$(free_port)}
+SIM_PORT=${PAYGW_SIM_PORT:-$(free_port)}
+for p in "$PORT" "$BASE_PORT" "$REDIS_PORT" "$MYSQL_PORT" "$SIM_PORT"; do
+    port_open "$p" && die "port $p is already in use"
+done
+
+# ---- what we started, and how to stop it ----------------------------------
+
+# pid files under run/ name the processes this script started, so that a
+# bench killed with SIGKILL can be cleaned up by the next one.
+declare -A expect_name=([nginx]=nginx [sim]=node [mysql]=mariadbd [redis]=redis-server [driver]=python)
+
+pid_alive() {   # pid_alive NAME: prints the pid if run/NAME.pid is ours and alive
+    local f="$run/$1.pid" pid cmd
+    [ -s "$f" ] || return 1
+    pid=$(tr -dc '0-9' < "$f")
+    [ -n "$pid" ] && kill -0 "$pid" 2> /dev/null || return 1
+    cmd=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2> /dev/null) || return 1
+    [[ "$cmd" == *"${expect_name[$1]}"* ]] || return 1
+    echo "$pid"
+}
+
+stop_one() {    # stop_one NAME SECONDS
+    local name=$1 secs=$2 pid kids i
+    pid=$(pid_alive "$name") || { rm -f "$run/$name.pid"; return 0; }
+    kids=$(ps -o pid= --ppid "$pid" 2> /dev/null | tr -d ' ' | tr '\n' ' ' || true)
+    kill -TERM "$pid" 2> /dev/null || true
+    for ((i = 0; i < secs * 10; i++)); do
+        kill -0 "$pid" 2> /dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2> /dev/null; then
+        say "$name (pid $pid) ignored TERM for ${secs}s; killing it"
+        # shellcheck disable=SC2086
+        kill -KILL "$pid" $kids 2> /dev/null || true
+    fi
+    # nginx workers exit after the master; make sure none is left behind
+    for k in $kids; do
+        for ((i = 0; i < 50; i++)); do kill -0 "$k" 2> /dev/null || break; sleep 0.1; done
+        kill -KILL "$k" 2> /dev/null || true
+    done
+    wait "$pid" 2> /dev/null || true
+    rm -f "$run/$name.pid"
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    stop_one driver 15
+    stop_one nginx 10
+    stop_one sim 5
+    stop_one mysql 60
+    stop_one redis 10
+    # keep the logs and configuration for inspection; drop the bulk
+    rm -rf "$run/mysql/data" "$run/mysql/tmp" "$run/redis" "$run/req" "$run/tmp"
+    exit "$rc"
+}
+
+# leftovers of a bench that was killed outright
+if [ -d "$run" ]; then
+    for c in driver nginx sim mysql redis; do stop_one "$c" 30; done
+fi
+rm -rf "$run"
+mkdir -p "$logs" "$run/tmp" "$run/req" "$run/redis" "$run/mysql/data" "$run/mysql/tmp" "$bench/results"
+
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+started=$(date +%s)
+
+wait_port() {   # wait_port NAME PORT LOG
+    local i
+    for ((i = 0; i < 300; i++)); do
+        port_open "$2" && return 0
+        pid_alive "$1" > /dev/null || { [ "$i" -lt 20 ] || break; }
+        sleep 0.1
+    done
+    echo "bench: $1 did not come up on 127.0.0.1:$2; tail of $3:" >&2
+    tail -n 30 "$3" >&2 || true
+    exit 1
+}
+
+# ---- Redis -------------------------------------------------------------------
+redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+    --daemonize no --dir "$run/redis" --logfile "$logs/redis.log" \
+    < /dev/null > /dev/null 2>&1 &
+echo $! > "$run/redis.pid"
+wait_port redis "$REDIS_PORT" "$logs/redis.log"
+say "redis up on 127.0.0.1:$REDIS_PORT"
+
+# ---- MariaDB (same settings as make run: scripts/mysql.cnf.in) ----------------
+mycnf="$run/mysql/my.cnf"
+sed -e "s|@DATADIR@|$run/mysql/data|" \
+    -e "s|@PORT@|$MYSQL_PORT|g" \
+    -e "s|@SOCKET@|$run/mysql.sock|g" \
+    -e "s|@PIDFILE@|$run/mysql/mariadbd.pid|" \
+    -e "s|@LOGERR@|$logs/mysql.err|" \
+    -e "s|@TMPDIR@|$run/mysql/tmp|" \
+    "$repo/scripts/mysql.cnf.in" > "$mycnf"
+mariadb-install-db --defaults-file="$mycnf" \
+    --auth-root-authentication-method=normal --skip-test-db \
+    > "$logs/mysql-install.log" 2>&1 || {
+    tail -n 30 "$logs/mysql-install.log" >&2
+    die "mariadb-install-db failed"
+}
+mariadbd --defaults-file="$mycnf" < /dev/null >> "$logs/mysql.out" 2>&1 &
+echo $! > "$run/mysql.pid"
+for ((i = 0; i < 600; i++)); do
+    mariadb-admin --defaults-file="$mycnf" ping > /dev/null 2>&1 && break
+    pid_alive mysql > /dev/null || break
+    sleep 0.1
+done
+mariadb-admin --defaults-file="$mycnf" ping > /dev/null 2>&1 || {
+    tail -n 30 "$logs/mysql.err" >&2 || true
+    die "mariadb did not come up"
+}
+(umask 077; head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 24 > "$run/mysql.pass")
+pw=$(cat "$run/mysql.pass")
+mariadb --defaults-file="$mycnf" <<SQL || die "creating database/user paygw failed"
+CREATE DATABASE IF NOT EXISTS paygw CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
+CREATE USER IF NOT EXISTS 'paygw'@'127.0.0.1' IDENTIFIED BY '$pw';
+GRANT ALL PRIVILEGES ON paygw.* TO 'paygw'@'127.0.0.1';
+SQL
+for f in "$repo"/sql/*.sql; do
+    mariadb --defaults-file="$mycnf" paygw < "$f" || die "applying $f failed"
+done
+say "mariadb up on 127.0.0.1:$MYSQL_PORT (schema: $(cd "$repo" && ls sql/*.sql | tr '\n' ' '))"
+
+# ---- provider simulator -------------------------------------------------------
+# Its per-request log line goes to /dev/null (under load it would be a log of
+# millions of lines); it is still written (console.log), so the cost stays.
+node "$repo/t/sim/sim.js" --port "$SIM_PORT" < /dev/null > /dev/null 2>> "$logs/sim.err" &
+echo $! > "$run/sim.pid"
+wait_port sim "$SIM_PORT" "$logs/sim.err"
+say "simulator up on 127.0.0.1:$SIM_PORT"
+
+# ---- nginx: nginx.conf.example, rendered like scripts/stack.sh does, with ----
+# error_log at warn, access_log off, worker_processes $WORKERS, and one more
+# server (the baseline) on its own port.
+sim_url="http://127.0.0.1:$SIM_PORT"
+sed -e "s|@PAYGW_PORT@|$PORT|g" \
+    -e "s|@REDIS_PORT@|$REDIS_PORT|g" \
+    -e "s|@MYSQL_PORT@|$MYSQL_PORT|g" \
+    -e "s|@MYSQL_PASSWORD_FILE@|$run/mysql.pass|g" \
+    -e "s|@SIM_PORT@|$SIM_PORT|g" \
+    -e "s|@ALIPAY_URL@|$sim_url|g" \
+    -e "s|@WECHAT_URL@|$sim_url|g" \
+    -e "s|@BANK_URL@|$sim_url|g" \
+    -e "s|@BANK_SERVER@|127.0.0.1:$SIM_PORT|g" \
+    -e "s|@ALIPAY_SERVER@|127.0.0.1:$SIM_PORT|g" \
+    -e "s|@WECHAT_SERVER@|127.0.0.1:$SIM_PORT|g" \
+    -e "s|@MODULE_PATH@|$module|g" \
+    -e "s|@RUN_DIR@|$run|g" \
+    -e "s|@REPO@|$repo|g" \
+    -e "s|^\(\s*worker_processes\s\+\)[^;]*;|\1$WORKERS;|" \
+    -e "s|^\(\s*error_log\s\+[^ ;]\+\)\(\s\+[a-z]\+\)\?\s*;|\1 warn;|" \
+    -e "s|^\(\s*access_log\s\+\)[^;]*;|\1off;|" \
+    "$repo/nginx.conf.example" > "$run/nginx.conf.tmp"
+left=$(grep -o '@[A-Z_]*@' "$run/nginx.conf.tmp" | sort -u | tr '\n' ' ' || true)
+[ -z "$left" ] || die "nginx.conf.example has placeholders this script does not know: $left"
+grep -q '^\s*access_log\s\+off;' "$run/nginx.conf.tmp" \
+    || die "could not turn access_log off in the rendered nginx.conf.example"
+grep -q '^\s*error_log\s.*warn;' "$run/nginx.conf.tmp" \
+    || die "could not set error_log to warn in the rendered nginx.conf.example"
+# the baseline server goes in before the http block's closing brace, the
+# last line that is exactly "}"
+last=$(grep -n '^}\s*$' "$run/nginx.conf.tmp" | tail -n 1 | cut -d: -f1)
+[ -n "$last" ] || die "cannot find the end of the http block in nginx.conf.example"
+{
+    head -n $((last - 1)) "$run/nginx.conf.tmp"
+    cat <<CONF
+
+    # ---- added by bench/run.sh: the baseline ----
+    # Plain proxy_pass with upstream keepalive to the simulator's cheapest
+    # endpoint (GET /health: no signature, no body, no state), in the same
+    # workers as paygw; keepalive like paygw_acquirer's.
+    upstream bench_sim {
+        server     127.0.0.1:$SIM_PORT;
+        keepalive  32;
+    }
+
+    server {
+        listen  127.0.0.1:$BASE_PORT;
+
+        location = /health {
+            proxy_pass          http://bench_sim;
+            proxy_http_version  1.1;
+            proxy_set_header    Connection "";
+        }
+
+        # request counter for the driver (per-request CPU and backend work)
+        location = /nginx_status {
+            stub_status;
+        }
+
+        # nginx alone, no upstream: the ceiling of this machine + wrk
+        location = /static {
+            default_type  application/json;
+            return        200 '{"status":"ok"}';
+        }
+    }
+CONF
+    tail -n +"$last" "$run/nginx.conf.tmp"
+} > "$run/nginx.conf"
+rm -f "$run/nginx.conf.tmp"
+
+nginx -t -q -p "$run/" -c "$run/nginx.conf" -e "$logs/error.log" \
+    || die "nginx -t failed on bench/run/nginx.conf"
+nginx -p "$run/" -c "$run/nginx.conf" -e "$logs/error.log" -g 'daemon off;' \
+    < /dev/null >> "$logs/nginx.out" 2>&1 &
+nginx_pid=$!
+# nginx itself writes the same pid (the master's) there: the pid directive
+echo "$nginx_pid" > "$run/nginx.pid"
+wait_port nginx "$PORT" "$logs/error.log"
+wait_port nginx "$BASE_PORT" "$logs/error.log"
+for ((i = 0; i < 50; i++)); do
+    curl -fsS "http://127.0.0.1:$PORT/readyz" > /dev/null 2>&1 && break
+    sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$PORT/readyz" > /dev/null || die "paygw /readyz is not 200: $(curl -sS "http://127.0.0.1:$PORT/readyz")"
+say "nginx up: paygw on 127.0.0.1:$PORT, baseline on 127.0.0.1:$BASE_PORT (workers $WORKERS)"
+
+# ---- the measurements ---------------------------------------------------------
+stamp=$(date -u +%Y-%m-%dT%H%MZ)
+out="$bench/results/$stamp.txt"
+rev=$(cd "$repo" && git rev-parse --short HEAD 2> /dev/null || echo '?')
+dirty=$(cd "$repo" && git status --porcelain -- ngx_http_paygw_module.c src config 2> /dev/null | grep -q . && echo '+uncommitted C changes' || true)
+header="paygw bench $stamp  rev $rev$dirty  $(nginx -v 2>&1 | sed 's/.*: //')  workers=$WORKERS  $(nproc) cores
+wrk -t$THREADS -d${DURATION}s (after ${WARMUP}s warm-up), throughput at -c$CONNS${LAT_CONNS:+, latency at -c$LAT_CONNS}; error_log warn, access_log off
+load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+python3 "$bench/paygw_bench.py" \
+    --port "$PORT" --baseline-port "$BASE_PORT" --redis-port "$REDIS_PORT" \
+    --mysql-defaults "$mycnf" --nginx-pid "$nginx_pid" \
+    --mysql-pid "$(cat "$run/mysql.pid")" --redis-pid "$(cat "$run/redis.pid")" \
+    --sim-pid "$(cat "$run/sim.pid")" --lua "$bench/paygw.lua" \
+    --req-dir "$run/req" --log-dir "$logs" --threads "$THREADS" \
+    --conns "$CONNS" --lat-conns "$LAT_CONNS" --duration "$DURATION" \
+    --warmup "$WARMUP" --seed "$SEED" --static "$STATIC" --perf "$PERF" \
+    --quiet-wait "$QUIET_WAIT" --quiet-max "$QUIET_MAX" \
+    --header "$header" --out "$out" &
+echo $! > "$run/driver.pid"
+wait "$(cat "$run/driver.pid")" || die "the benchmark driver failed"
+rm -f "$run/driver.pid"
+
+# anything nginx logged at warn or above during the runs
+nwarn=$(grep -c '\[\(warn\|error\|crit\|alert\|emerg\)\]' "$logs/error.log" || true)
+{
+    echo "nginx error.log lines at warn or above: $nwarn"
+    grep '\[\(warn\|error\|crit\|alert\|emerg\)\]' "$logs/error.log" \
+        | sed -e 's/^[0-9\/]* [0-9:]* //' -e 's/, client: .*//' \
+        | sort | uniq -c | sort -rn | head -n 5 | sed 's/^/  /' || true
+    echo "wall time: $(( $(date +%s) - started ))s (stack start to report)"
+} | tee -a "$out"
+say "saved $out"
