@@ -435,6 +435,29 @@ class Bench:
                     "requests": n1 - n0 - 1}
         return run
 
+    @staticmethod
+    def all_ticks():
+        ticks = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        head, _, rest = f.read().rpartition(")")
+                    v = rest.split()
+                    ticks[int(d)] = (head.partition("(")[2],
+                                     int(v[11]) + int(v[12]))
+                except (OSError, ValueError, IndexError):
+                    pass
+        return ticks
+
+    def top_others(self, t0, t1, secs):
+        ours = {self.procs.master, os.getpid(), *self.procs.fixed.values(),
+                *self.procs.workers()}
+        busy = sorted(((t1[p][1] - t0[p][1], t1[p][0], p) for p in t1
+                       if p in t0 and p not in ours), reverse=True)[:3]
+        return ", ".join(f"{name}[{pid}] {100 * t / CLK_TCK / secs:.0f}%"
+                         for t, name, pid in busy if t > 0)
+
     def quiet(self, what):
         """Waits (up to --quiet-wait s) until processes other than the
         stack use less than --quiet-max % of one core; returns that %."""
@@ -442,15 +465,24 @@ class Bench:
         deadline = time.monotonic() + a.quiet_wait
         said = False
         while True:
+            t0 = self.all_ticks()
             s0 = self.procs.snapshot()
             time.sleep(1)
-            other = cpu_delta(s0, self.procs.snapshot())["other"]
+            s1 = self.procs.snapshot()
+            other = cpu_delta(s0, s1)["other"]
             if other <= a.quiet_max or time.monotonic() >= deadline:
                 break
             if not said:
-                log(f"{what}: other processes use {other:.0f}% of a core; "
-                    f"waiting up to {a.quiet_wait:.0f}s for a quiet machine")
+                top = self.top_others(t0, self.all_ticks(),
+                                      s1["_t"] - s0["_t"])
+                log(f"{what}: other processes use {other:.0f}% of a core "
+                    f"({top}); waiting up to {a.quiet_wait:.0f}s for a "
+                    f"quiet machine")
                 said = True
+        if said:
+            log(f"{what}: going ahead after "
+                f"{a.quiet_wait - (deadline - time.monotonic()):.0f}s "
+                f"(other processes: {other:.0f}%)")
         if other > a.quiet_max:
             self.notes.append(f"{what} started while other processes used "
                               f"{other:.0f}% of one core")

@@ -22,6 +22,9 @@
 #   BENCH_QUIET_MAX (25)  seconds until processes other than the stack use
 #                        at most this % of one core (e.g. a concurrent
 #                        make test); a run started anyway is noted
+#   BENCH_CONF_SED       a sed script applied to the rendered nginx.conf, for
+#                        experiments, e.g. 's/max_conns=16/max_conns=4/'
+#                        (it is named in the report)
 #   PAYGW_PORT, PAYGW_BASELINE_PORT, PAYGW_REDIS_PORT, PAYGW_MYSQL_PORT,
 #   PAYGW_SIM_PORT       ports; default: free ports picked at start, so the
 #                        bench never collides with `make run` or the tests
@@ -226,6 +229,10 @@ sed -e "s|@PAYGW_PORT@|$PORT|g" \
     -e "s|^\(\s*error_log\s\+[^ ;]\+\)\(\s\+[a-z]\+\)\?\s*;|\1 warn;|" \
     -e "s|^\(\s*access_log\s\+\)[^;]*;|\1off;|" \
     "$repo/nginx.conf.example" > "$run/nginx.conf.tmp"
+if [ -n "${BENCH_CONF_SED:-}" ]; then
+    sed -i -e "$BENCH_CONF_SED" "$run/nginx.conf.tmp" || die "BENCH_CONF_SED failed"
+    say "nginx.conf changed by BENCH_CONF_SED='$BENCH_CONF_SED'"
+fi
 left=$(grep -o '@[A-Z_]*@' "$run/nginx.conf.tmp" | sort -u | tr '\n' ' ' || true)
 [ -z "$left" ] || die "nginx.conf.example has placeholders this script does not know: $left"
 grep -q '^\s*access_log\s\+off;' "$run/nginx.conf.tmp" \
@@ -297,7 +304,8 @@ rev=$(cd "$repo" && git rev-parse --short HEAD 2> /dev/null || echo '?')
 dirty=$(cd "$repo" && git status --porcelain -- ngx_http_paygw_module.c src config 2> /dev/null | grep -q . && echo '+uncommitted C changes' || true)
 header="paygw bench $stamp  rev $rev$dirty  $(nginx -v 2>&1 | sed 's/.*: //')  workers=$WORKERS  $(nproc) cores
 wrk -t$THREADS -d${DURATION}s (after ${WARMUP}s warm-up), throughput at -c$CONNS${LAT_CONNS:+, latency at -c$LAT_CONNS}; error_log warn, access_log off
-load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+load average at start: $(cut -d' ' -f1-3 /proc/loadavg)${BENCH_CONF_SED:+
+nginx.conf changed by BENCH_CONF_SED='$BENCH_CONF_SED'}"
 
 python3 "$bench/paygw_bench.py" \
     --port "$PORT" --baseline-port "$BASE_PORT" --redis-port "$REDIS_PORT" \

@@ -110,6 +110,8 @@ ngx_int_t ngx_http_paygw_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *doc);
 ngx_int_t ngx_http_paygw_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, ngx_str_t *message);
+ngx_int_t ngx_http_paygw_not_allowed(ngx_http_request_t *r,
+    const char *allow);
 
 
 #endif /* _NGX_HTTP_PAYGW_H_INCLUDED_ */

@@ -79,6 +79,7 @@ typedef struct {
     ngx_str_t                     failure_code;
     ngx_str_t                     created_at;
     ngx_str_t                     updated_at;
+    time_t                        age;           /* seconds since update */
 } ngx_http_paygw_refund_t;
 
 

@@ -70,7 +70,7 @@ ngx_http_paygw_live_handler(ngx_http_request_t *r)
     static ngx_str_t         ok = ngx_string("{\"status\":\"ok\"}");
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        return NGX_HTTP_NOT_ALLOWED;
+        return ngx_http_paygw_not_allowed(r, "GET, HEAD");
     }
 
     rc = ngx_http_discard_request_body(r);
@@ -94,7 +94,7 @@ ngx_http_paygw_ready_handler(ngx_http_request_t *r)
     ngx_http_paygw_ready_ctx_t  *ctx;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        return NGX_HTTP_NOT_ALLOWED;
+        return ngx_http_paygw_not_allowed(r, "GET, HEAD");
     }
 
     rc = ngx_http_discard_request_body(r);

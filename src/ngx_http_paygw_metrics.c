@@ -50,7 +50,7 @@ ngx_http_paygw_metrics_handler(ngx_http_request_t *r)
     ngx_http_paygw_shctx_t  *sh;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
-        return NGX_HTTP_NOT_ALLOWED;
+        return ngx_http_paygw_not_allowed(r, "GET, HEAD");
     }
 
     rc = ngx_http_discard_request_body(r);

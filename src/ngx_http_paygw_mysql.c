@@ -721,6 +721,36 @@ ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc)
                                            "query");
     }
 
+    /*
+     * A deadlock victim's transaction was rolled back whole by the
+     * server: running it again from the start is what InnoDB expects.
+     */
+
+    if ((err == NGX_HTTP_PAYGW_ER_LOCK_DEADLOCK
+         || err == NGX_HTTP_PAYGW_ER_LOCK_WAIT_TIMEOUT)
+        && tx && op->deadlocks < 3)
+    {
+        ngx_log_error(NGX_LOG_INFO, op->request->connection->log, 0,
+                      "paygw mysql: %s, running the transaction again",
+                      mysql_error(mc->mysql));
+
+        op->deadlocks++;
+        op->step = 0;
+
+        if (err == NGX_HTTP_PAYGW_ER_LOCK_WAIT_TIMEOUT && op->in_transaction)
+        {
+            /* a lock wait timeout rolls back the statement only */
+            op->in_transaction = 0;
+            mc->state = NGX_HTTP_PAYGW_MYSQL_ROLLBACK;
+            op->rerun = 1;
+            return mysql_real_query_start(&mc->ret_int, mc->mysql,
+                                          "ROLLBACK", sizeof("ROLLBACK") - 1);
+        }
+
+        op->in_transaction = 0;
+        return ngx_http_paygw_mysql_start_step(mc);
+    }
+
     /* the server refused the statement; the connection is fine */
 
     op->call.ok = 1;
@@ -770,6 +800,11 @@ ngx_http_paygw_mysql_rolled_back(ngx_http_paygw_mysql_conn_t *mc)
     ngx_http_paygw_mysql_op_t  *op;
 
     op = mc->op;
+
+    if (op->rerun && mc->ret_int == 0) {
+        op->rerun = 0;
+        return ngx_http_paygw_mysql_start_step(mc);
+    }
 
     if (mc->ret_int != 0) {
         /* the outcome recorded before stands; the connection does not */

@@ -19,6 +19,9 @@
 
 #define NGX_HTTP_PAYGW_ANY_ROWS     -1
 
+#define NGX_HTTP_PAYGW_ER_LOCK_WAIT_TIMEOUT  1205
+#define NGX_HTTP_PAYGW_ER_LOCK_DEADLOCK      1213
+
 
 typedef struct {
     ngx_uint_t                    type;
@@ -83,6 +86,8 @@ typedef struct {
     unsigned                      queued:1;
     unsigned                      retried:1;
     unsigned                      in_transaction:1;
+    unsigned                      rerun:1;
+    ngx_uint_t                    deadlocks;
 } ngx_http_paygw_mysql_op_t;
 
 

@@ -508,6 +508,14 @@ ngx_http_paygw_get_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     case 2:
         ngx_http_paygw_bank_refund_outcome(r, ctx);
 
+        /* never received, long enough ago: release the reserved amount */
+
+        if (ctx->outcome.not_found && rf->age >= ctx->channel->unknown_grace) {
+            ctx->outcome.definitive = 1;
+            ngx_str_set(&ctx->outcome.status, "failed");
+            ngx_str_set(&ctx->outcome.failure_code, "refund_not_received");
+        }
+
         if (!ctx->outcome.definitive) {
             return ngx_http_paygw_refund_answer(r, ctx);
         }
@@ -812,8 +820,11 @@ ngx_http_paygw_refund_refused(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     p = &ctx->payment;
 
+    /* a fully refunded payment has nothing left: 422 like any excess */
+
     if (!ngx_http_paygw_is(&p->status, "succeeded")
-        && !ngx_http_paygw_is(&p->status, "partially_refunded"))
+        && !ngx_http_paygw_is(&p->status, "partially_refunded")
+        && !ngx_http_paygw_is(&p->status, "refunded"))
     {
         (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "invalid_state",
                                    "payment %V is %V: only succeeded "

@@ -286,8 +286,9 @@ ngx_http_paygw_redis_merge_conf(ngx_conf_t *cf,
                               (size_t) 16 * 1024);
 
     /*
-     * A command is tried on another server only when the connection
-     * failed, never after a timeout: the first server may have run it.
+     * A command is tried on another server only when connecting failed,
+     * never after a timeout or once it was sent (see the handler): the
+     * first server may have run it.
      */
 
     conf->redis.next_upstream = NGX_CONF_BITMASK_SET
@@ -337,6 +338,15 @@ ngx_http_paygw_redis_handler(ngx_http_request_t *r)
     u->input_filter_ctx = op;
 
     op->max_reply = plcf->redis_max_reply;
+
+    /*
+     * nginx resends a GET whose keepalive connection broke mid-way, even
+     * after Redis may have run part of it; as a POST, once anything was
+     * sent it is never sent again (NGX_HTTP_UPSTREAM_FT_NON_IDEMPOTENT).
+     */
+
+    r->method = NGX_HTTP_POST;
+    ngx_str_set(&r->method_name, "POST");
 
     r->main->count++;
 

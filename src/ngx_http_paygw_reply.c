@@ -139,3 +139,33 @@ ngx_http_paygw_send_json(ngx_http_request_t *r, ngx_uint_t status,
 
     return ngx_http_paygw_send_text(r, status, NULL, &body);
 }
+
+
+ngx_int_t
+ngx_http_paygw_not_allowed(ngx_http_request_t *r, const char *allow)
+{
+    ngx_int_t         rc;
+    ngx_str_t         msg;
+    ngx_table_elt_t  *h;
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Allow");
+    h->value.data = (u_char *) allow;
+    h->value.len = ngx_strlen(allow);
+
+    msg.data = (u_char *) "method not allowed";
+    msg.len = sizeof("method not allowed") - 1;
+
+    return ngx_http_paygw_send_error(r, NGX_HTTP_NOT_ALLOWED,
+                                     "method_not_allowed", &msg);
+}

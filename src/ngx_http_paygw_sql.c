@@ -16,7 +16,7 @@ ngx_int_t
 ngx_http_paygw_sql_render(MYSQL *mysql, ngx_pool_t *pool,
     ngx_http_paygw_sql_stmt_t *stmt, ngx_str_t *out)
 {
-    u_char                      *p, *s, *end;
+    u_char                      *p, *s, *end, quote;
     size_t                       len;
     ngx_uint_t                   i, n;
     ngx_http_paygw_sql_param_t  *param;
@@ -41,8 +41,29 @@ ngx_http_paygw_sql_render(MYSQL *mysql, ngx_pool_t *pool,
     s = stmt->sql.data;
     end = s + stmt->sql.len;
     n = 0;
+    quote = 0;
 
     for ( /* void */ ; s < end; s++) {
+
+        /* a "?" inside a quoted literal or identifier is just text */
+
+        if (quote) {
+            if (*s == quote) {
+                quote = 0;
+
+            } else if (*s == '\\' && quote != '`' && s + 1 < end) {
+                *p++ = *s++;
+            }
+
+            *p++ = *s;
+            continue;
+        }
+
+        if (*s == '\'' || *s == '"' || *s == '`') {
+            quote = *s;
+            *p++ = *s;
+            continue;
+        }
 
         if (*s != '?') {
             *p++ = *s;

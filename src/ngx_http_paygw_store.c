@@ -28,7 +28,8 @@
     "r.refund_no, r.out_refund_no, r.payment_no, r.merchant_id, r.amount, "  \
     "r.currency, r.status, r.reason, r.channel_refund_no, r.failure_code, "  \
     NGX_HTTP_PAYGW_ISO("r.created_at") ", "                                  \
-    NGX_HTTP_PAYGW_ISO("r.updated_at") ", p.channel"
+    NGX_HTTP_PAYGW_ISO("r.updated_at") ", p.channel, "                      \
+    "TIMESTAMPDIFF(SECOND, r.updated_at, UTC_TIMESTAMP(3))"
 
 
 static ngx_int_t ngx_http_paygw_store_str(ngx_http_paygw_mysql_op_t *op,
@@ -37,6 +38,9 @@ static ngx_int_t ngx_http_paygw_store_event(ngx_http_request_t *r,
     ngx_http_paygw_mysql_op_t *op, ngx_str_t *merchant_id, const char *type,
     ngx_str_t *object_no, ngx_str_t *notify_url, json_t *data);
 static int64_t ngx_http_paygw_store_int(ngx_str_t *v);
+static ngx_int_t ngx_http_paygw_store_refund_payment(
+    ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_refund_t *rf,
+    ngx_uint_t succeeded);
 
 
 ngx_int_t
@@ -308,10 +312,26 @@ ngx_http_paygw_store_settle_refund(ngx_http_request_t *r,
     ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_refund_t *rf,
     ngx_http_paygw_outcome_t *out)
 {
-    ngx_uint_t                  succeeded;
+    ngx_int_t                   rc;
+    ngx_http_paygw_refund_t     settled;
     ngx_http_paygw_sql_stmt_t  *s;
 
     op->transaction = 1;
+
+    /*
+     * Locks are taken in the order a reservation takes them: the
+     * payment row first, then the refund's.  The refund update, which
+     * must match exactly one pending or unknown refund, rolls back the
+     * payment update when the refund was settled already.
+     */
+
+    if (out->definitive) {
+        rc = ngx_http_paygw_store_refund_payment(op, rf,
+                                                 out->status.len == 9);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
 
     s = ngx_http_paygw_mysql_add(op,
             "UPDATE refunds SET status = ?, "
@@ -338,11 +358,30 @@ ngx_http_paygw_store_settle_refund(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    succeeded = (out->status.len == 9);
+    /* the event shows the refund as it will be once this commits */
 
-    /* assignments run left to right: status sees the new total */
+    settled = *rf;
+    settled.status = out->status;
+    settled.channel_refund_no = out->provider_no;
+    settled.failure_code = out->failure_code;
+
+    return ngx_http_paygw_store_event(r, op, &rf->merchant_id,
+                                      out->status.len == 9
+                                      ? "refund.succeeded" : "refund.failed",
+                                      &rf->refund_no, NULL,
+                                      ngx_http_paygw_refund_json(&settled));
+}
+
+
+static ngx_int_t
+ngx_http_paygw_store_refund_payment(ngx_http_paygw_mysql_op_t *op,
+    ngx_http_paygw_refund_t *rf, ngx_uint_t succeeded)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
 
     if (succeeded) {
+        /* assignments run left to right: status sees the new total */
+
         s = ngx_http_paygw_mysql_add(op,
                 "UPDATE payments SET refund_reserved = refund_reserved - ?, "
                 "refunded_amount = refunded_amount + ?, "
@@ -377,13 +416,7 @@ ngx_http_paygw_store_settle_refund(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    rf->status = out->status;
-
-    return ngx_http_paygw_store_event(r, op, &rf->merchant_id,
-                                      succeeded ? "refund.succeeded"
-                                                : "refund.failed",
-                                      &rf->refund_no, NULL,
-                                      ngx_http_paygw_refund_json(rf));
+    return NGX_OK;
 }
 
 
@@ -440,6 +473,7 @@ ngx_http_paygw_store_row_refund(ngx_http_paygw_sql_stmt_t *stmt,
     rf->created_at = v[10];
     rf->updated_at = v[11];
     *channel = v[12];
+    rf->age = (time_t) ngx_http_paygw_store_int(&v[13]);
 
     return NGX_OK;
 }

@@ -68,7 +68,7 @@ ngx_http_paygw_test_handler(ngx_http_request_t *r)
     ngx_int_t  rc;
 
     if (r->method != NGX_HTTP_POST) {
-        return NGX_HTTP_NOT_ALLOWED;
+        return ngx_http_paygw_not_allowed(r, "POST");
     }
 
     rc = ngx_http_read_client_request_body(r, ngx_http_paygw_test_body);

@@ -13,18 +13,25 @@ use PayGW::Test qw(http http_parallel wait_until);
 
 my $redis = PayGW::Test::Redis->start;
 my $rport = $redis->port;
-my $ngx = PayGW::Test::Nginx->new(http => <<"EOF")->start;
+# Generous timeouts while the machine may be busy; the hang test below
+# reloads with paygw_redis_timeout 1s.
+sub conf {
+    my ($timeout) = @_;
+    return <<"EOF";
     paygw_zone paygw:1m;
     upstream redis { server 127.0.0.1:$rport; keepalive 8; }
     server {
         listen 127.0.0.1:%%PORT%%;
         client_body_buffer_size 4m;
         client_max_body_size 8m;
-        paygw_redis_timeout 1s;
+        paygw_redis_timeout $timeout;
         location = /_paygw/redis { internal; paygw_redis_pass redis; }
         location = /_test/backend { paygw_test_backend; }
     }
 EOF
+}
+
+my $ngx = PayGW::Test::Nginx->new(http => conf('10s'))->start;
 
 # One pipeline through the module: the whole HTTP response.
 sub redis_req {
@@ -273,7 +280,8 @@ is_deeply(replies(['PING'], ['GET', 'greeting'], ['GET', 'no-such-key'],
 # ---- Redis hangs -----------------------------------------------------------------
 
 {
-    ok(replies(['PING']), 'pool warm before freeze');
+    $ngx->reload(http => conf('1s'));
+    ok(replies(['PING']), 'reloaded with paygw_redis_timeout 1s; pool warm');
     $redis->freeze;
     for my $n (1, 2) {
         my $r = redis_req(['SET', "frozen$n", 'x'], ['GET', "frozen$n"]);

@@ -46,7 +46,7 @@ my $ngx;
         listen 127.0.0.1:$listen;
         client_body_buffer_size 4m;
         client_max_body_size 8m;
-        paygw_redis_timeout 1s;
+        paygw_redis_timeout 10s;
         location = /_paygw/redis { internal; paygw_redis_pass redis; }
         location = /_paygw/mysql { internal; paygw_mysql_pass $pool; }
         location = /healthz { paygw_health live; }

@@ -14,21 +14,28 @@ my $redis = PayGW::Test::Redis->start;
 my $db    = PayGW::Test::MySQL->start;
 my ($rport, $mport, $pwf) = ($redis->port, $db->port, $db->password_file);
 
-my $ngx = PayGW::Test::Nginx->new(http => <<"EOF")->start;
+# Generous timeouts while the machine may be busy; the hung-backend tests
+# at the end reload with 1 s ones.
+sub conf {
+    my ($t) = @_;
+    return <<"EOF";
     paygw_zone paygw:1m;
     upstream redis { server 127.0.0.1:$rport; keepalive 8; }
     paygw_mysql db host=127.0.0.1 port=$mport user=paygw password_file=$pwf
                 database=paygw max_conns=4 idle_timeout=60s
-                connect_timeout=1s query_timeout=1s;
+                connect_timeout=$t query_timeout=$t;
     server {
         listen 127.0.0.1:%%PORT%%;
-        paygw_redis_timeout 1s;
+        paygw_redis_timeout $t;
         location = /_paygw/redis { internal; paygw_redis_pass redis; }
         location = /_paygw/mysql { internal; paygw_mysql_pass db; }
         location = /healthz { paygw_health live; }
         location = /readyz  { paygw_health ready; }
     }
 EOF
+}
+
+my $ngx = PayGW::Test::Nginx->new(http => conf('10s'))->start;
 
 sub get { http(GET => $ngx->url($_[0]), timeout => 15) }
 
@@ -146,6 +153,9 @@ ready_ok('all up');
 }
 
 # ---- hung backends: readiness still answers, bounded by the timeouts --------
+
+$ngx->reload(http => conf('1s'));
+ready_ok('reloaded with 1 s timeouts');
 
 {
     $redis->freeze;
