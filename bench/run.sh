@@ -302,8 +302,9 @@ stamp=$(date -u +%Y-%m-%dT%H%MZ)
 out="$bench/results/$stamp.txt"
 rev=$(cd "$repo" && git rev-parse --short HEAD 2> /dev/null || echo '?')
 dirty=$(cd "$repo" && git status --porcelain -- ngx_http_paygw_module.c src config 2> /dev/null | grep -q . && echo '+uncommitted C changes' || true)
-header="paygw bench $stamp  rev $rev$dirty  $(nginx -v 2>&1 | sed 's/.*: //')  workers=$WORKERS  $(nproc) cores
-wrk -t$THREADS -d${DURATION}s (after ${WARMUP}s warm-up), throughput at -c$CONNS${LAT_CONNS:+, latency at -c$LAT_CONNS}; error_log warn, access_log off
+built=$(date -u -r "$module" +%Y-%m-%dT%H:%MZ)
+header="paygw bench $stamp  rev $rev$dirty (module built $built)  $(nginx -v 2>&1 | sed 's/.*: //')  workers=$WORKERS  $(nproc) cores
+wrk -t$THREADS -d${DURATION}s (after ${WARMUP}s warm-up), throughput at -c$CONNS$([ "$LAT_CONNS" = 0 ] || echo ", latency at -c$LAT_CONNS"); error_log warn, access_log off
 load average at start: $(cut -d' ' -f1-3 /proc/loadavg)${BENCH_CONF_SED:+
 nginx.conf changed by BENCH_CONF_SED='$BENCH_CONF_SED'}"
 

@@ -108,6 +108,10 @@ ngx_int_t ngx_http_paygw_send_text(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *type, ngx_str_t *body);
 ngx_int_t ngx_http_paygw_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *doc);
+ngx_int_t ngx_http_paygw_json_dump(ngx_pool_t *pool, json_t *doc,
+    ngx_str_t *out);
+char *ngx_http_paygw_read_secret(ngx_conf_t *cf, ngx_str_t *path,
+    const char *what, ngx_str_t *secret);
 ngx_int_t ngx_http_paygw_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, ngx_str_t *message);
 ngx_int_t ngx_http_paygw_not_allowed(ngx_http_request_t *r,

@@ -266,29 +266,18 @@ ngx_int_t
 ngx_http_paygw_respond(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     ngx_uint_t status, json_t *doc)
 {
-    char  *dump;
+    ngx_int_t  rc;
 
     if (doc == NULL) {
         return NGX_ERROR;
     }
 
-    dump = json_dumps(doc, JSON_COMPACT);
+    rc = ngx_http_paygw_json_dump(r->pool, doc, &ctx->response);
     json_decref(doc);
 
-    if (dump == NULL) {
+    if (rc != NGX_OK) {
         return NGX_ERROR;
     }
-
-    ctx->response.len = ngx_strlen(dump);
-    ctx->response.data = ngx_pnalloc(r->pool, ctx->response.len);
-
-    if (ctx->response.data == NULL) {
-        free(dump);
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(ctx->response.data, dump, ctx->response.len);
-    free(dump);
 
     ctx->status = status;
 

@@ -17,8 +17,6 @@
 #include "ngx_http_paygw_channel.h"
 
 
-static char *ngx_http_paygw_channel_secret(ngx_conf_t *cf,
-    ngx_http_paygw_channel_t *ch, ngx_str_t *path);
 static ngx_int_t ngx_http_paygw_provider_done(ngx_http_request_t *r,
     void *data, ngx_int_t rc);
 static ngx_int_t ngx_http_paygw_provider_headers(ngx_http_request_t *sr,
@@ -98,9 +96,16 @@ ngx_http_paygw_channel(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             v.data = value[i].data + 12;
             v.len = value[i].len - 12;
 
-            rv = ngx_http_paygw_channel_secret(cf, ch, &v);
+            rv = ngx_http_paygw_read_secret(cf, &v, "secret_file",
+                                            &ch->secret);
             if (rv != NGX_CONF_OK) {
                 return rv;
+            }
+
+            if (ch->secret.len == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "secret_file \"%V\" is empty", &v);
+                return NGX_CONF_ERROR;
             }
 
             continue;
@@ -147,56 +152,6 @@ invalid:
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"",
                        &value[i]);
     return NGX_CONF_ERROR;
-}
-
-
-static char *
-ngx_http_paygw_channel_secret(ngx_conf_t *cf, ngx_http_paygw_channel_t *ch,
-    ngx_str_t *path)
-{
-    ssize_t    n;
-    ngx_fd_t   fd;
-    ngx_str_t  file;
-    u_char     buf[512];
-
-    file = *path;
-
-    if (ngx_conf_full_name(cf->cycle, &file, 1) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    fd = ngx_open_file(file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-    if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot open secret_file \"%s\"", file.data);
-        return NGX_CONF_ERROR;
-    }
-
-    n = ngx_read_fd(fd, buf, sizeof(buf));
-    ngx_close_file(fd);
-
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r')) {
-        n--;
-    }
-
-    if (n <= 0 || n == sizeof(buf)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "secret_file \"%s\" is empty, unreadable or over "
-                           "%uz bytes", file.data, sizeof(buf) - 1);
-        return NGX_CONF_ERROR;
-    }
-
-    ch->secret.data = ngx_pnalloc(cf->pool, n);
-    if (ch->secret.data == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_memcpy(ch->secret.data, buf, n);
-    ch->secret.len = n;
-
-    ngx_explicit_memzero(buf, sizeof(buf));
-
-    return NGX_CONF_OK;
 }
 
 

@@ -43,6 +43,8 @@ struct ngx_http_paygw_mysql_conn_s {
     int                           ret_int;
     MYSQL_RES                    *ret_res;
 
+    ngx_msec_t                    idle_since;
+
     unsigned                      reused:1;
 };
 
@@ -365,9 +367,16 @@ ngx_http_paygw_mysql_get_idle(ngx_http_paygw_mysql_srv_t *srv)
             ngx_del_timer(mc->c->read);
         }
 
-        /* the server may have gone away since: do not hand that out */
+        /*
+         * The server may have gone away since.  A connection idle for a
+         * moment is probed (one non-blocking peek); a hot one is not: the
+         * idle handler would have seen its EOF, and a transaction that
+         * still meets a lost connection is retried once.
+         */
 
-        if (ngx_http_paygw_mysql_alive(mc->c) != NGX_OK) {
+        if (ngx_current_msec - mc->idle_since > 1000
+            && ngx_http_paygw_mysql_alive(mc->c) != NGX_OK)
+        {
             ngx_http_paygw_mysql_close(mc);
             continue;
         }
@@ -1055,6 +1064,7 @@ ngx_http_paygw_mysql_release(ngx_http_paygw_mysql_conn_t *mc)
 
     mc->state = NGX_HTTP_PAYGW_MYSQL_IDLE;
     mc->reused = 1;
+    mc->idle_since = ngx_current_msec;
 
     ngx_queue_insert_head(&srv->idle, &mc->queue);
 

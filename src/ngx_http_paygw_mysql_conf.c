@@ -14,8 +14,6 @@
 
 static char *ngx_http_paygw_mysql_param(ngx_conf_t *cf,
     ngx_http_paygw_mysql_srv_t *srv, ngx_str_t *param);
-static char *ngx_http_paygw_mysql_password(ngx_conf_t *cf,
-    ngx_http_paygw_mysql_srv_t *srv, ngx_str_t *path);
 static char *ngx_http_paygw_mysql_msec(ngx_conf_t *cf, ngx_str_t *param,
     size_t skip, ngx_msec_t *msec);
 static ngx_int_t ngx_http_paygw_mysql_is_ip(ngx_str_t *host);
@@ -138,7 +136,8 @@ ngx_http_paygw_mysql_param(ngx_conf_t *cf, ngx_http_paygw_mysql_srv_t *srv,
     if (ngx_paygw_is("password_file=")) {
         v.data = param->data + 14;
         v.len = param->len - 14;
-        return ngx_http_paygw_mysql_password(cf, srv, &v);
+        return ngx_http_paygw_read_secret(cf, &v, "password_file",
+                                          &srv->password);
     }
 
     if (ngx_paygw_is("max_conns=")) {
@@ -171,69 +170,6 @@ invalid:
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "invalid parameter \"%V\"", param);
     return NGX_CONF_ERROR;
-}
-
-
-static char *
-ngx_http_paygw_mysql_password(ngx_conf_t *cf, ngx_http_paygw_mysql_srv_t *srv,
-    ngx_str_t *path)
-{
-    u_char     *p;
-    ssize_t     n;
-    ngx_fd_t    fd;
-    ngx_str_t   file;
-    u_char      buf[1024];
-
-    file = *path;
-
-    if (ngx_conf_full_name(cf->cycle, &file, 1) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    /* read at configuration time, in the master: blocking is fine here */
-
-    fd = ngx_open_file(file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-    if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot open password_file \"%s\"", file.data);
-        return NGX_CONF_ERROR;
-    }
-
-    n = ngx_read_fd(fd, buf, sizeof(buf));
-
-    ngx_close_file(fd);
-
-    if (n < 0 || n == sizeof(buf)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "cannot read password_file \"%s\" "
-                           "(unreadable or over %uz bytes)",
-                           file.data, sizeof(buf) - 1);
-        return NGX_CONF_ERROR;
-    }
-
-    /* one line; the newline an editor adds is not part of it */
-
-    p = ngx_strlchr(buf, buf + n, '\n');
-    if (p) {
-        n = p - buf;
-    }
-
-    if (n > 0 && buf[n - 1] == '\r') {
-        n--;
-    }
-
-    srv->password.data = ngx_pnalloc(cf->pool, n + 1);
-    if (srv->password.data == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_memcpy(srv->password.data, buf, n);
-    srv->password.data[n] = '\0';
-    srv->password.len = n;
-
-    ngx_explicit_memzero(buf, sizeof(buf));
-
-    return NGX_CONF_OK;
 }
 
 

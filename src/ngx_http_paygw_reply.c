@@ -118,26 +118,38 @@ ngx_int_t
 ngx_http_paygw_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *doc)
 {
-    char       *dump;
-    ngx_str_t   body;
+    ngx_str_t  body;
+
+    if (ngx_http_paygw_json_dump(r->pool, doc, &body) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return ngx_http_paygw_send_text(r, status, NULL, &body);
+}
+
+
+ngx_int_t
+ngx_http_paygw_json_dump(ngx_pool_t *pool, json_t *doc, ngx_str_t *out)
+{
+    char  *dump;
+
+    /* jansson allocates with malloc(): the text is moved into the pool */
 
     dump = json_dumps(doc, JSON_COMPACT);
     if (dump == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_ERROR;
     }
 
-    body.len = ngx_strlen(dump);
-    body.data = ngx_pnalloc(r->pool, body.len);
+    out->len = ngx_strlen(dump);
+    out->data = ngx_pnalloc(pool, out->len);
 
-    if (body.data == NULL) {
-        free(dump);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    if (out->data) {
+        ngx_memcpy(out->data, dump, out->len);
     }
 
-    ngx_memcpy(body.data, dump, body.len);
     free(dump);
 
-    return ngx_http_paygw_send_text(r, status, NULL, &body);
+    return out->data ? NGX_OK : NGX_ERROR;
 }
 
 

@@ -506,8 +506,8 @@ ngx_http_paygw_store_event(ngx_http_request_t *r,
     ngx_http_paygw_mysql_op_t *op, ngx_str_t *merchant_id, const char *type,
     ngx_str_t *object_no, ngx_str_t *notify_url, json_t *data)
 {
-    char                       *dump;
     json_t                     *doc;
+    ngx_int_t                   rc;
     ngx_str_t                   event_id, now, payload, t;
     ngx_http_paygw_sql_stmt_t  *s;
 
@@ -531,23 +531,10 @@ ngx_http_paygw_store_event(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    dump = json_dumps(doc, JSON_COMPACT);
+    rc = ngx_http_paygw_json_dump(r->pool, doc, &payload);
     json_decref(doc);
 
-    if (dump == NULL) {
-        return NGX_ERROR;
-    }
-
-    payload.len = ngx_strlen(dump);
-    payload.data = ngx_pnalloc(r->pool, payload.len);
-
-    if (payload.data) {
-        ngx_memcpy(payload.data, dump, payload.len);
-    }
-
-    free(dump);
-
-    if (payload.data == NULL) {
+    if (rc != NGX_OK) {
         return NGX_ERROR;
     }
 

@@ -56,7 +56,7 @@ sub _http_conf {
     my $attempts = $o{attempts} // 3;
     my $grace = $o{unknown_grace} // '60s';
     my $pt = $o{provider_timeout} // '10s';
-    my $rt = $o{redis_timeout} // '1s';
+    my $rt = $o{redis_timeout} // '5s';   # generous: CI machines may be loaded
     my $qt = $o{query_timeout} // '10s';
     my $extra_http = $o{extra_http} // '';
     my $extra_server = $o{extra_server} // '';

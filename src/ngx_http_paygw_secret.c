@@ -1,0 +1,70 @@
+
+/*
+ * paygw: secrets read from files when the configuration is loaded (in
+ * the master, where blocking reads are fine): passwords, shared keys.
+ * A secret is the file's first line; it never appears in a message.
+ */
+
+
+#include "ngx_http_paygw.h"
+
+
+char *
+ngx_http_paygw_read_secret(ngx_conf_t *cf, ngx_str_t *path, const char *what,
+    ngx_str_t *secret)
+{
+    u_char     *nl;
+    ssize_t     n;
+    ngx_fd_t    fd;
+    ngx_str_t   file;
+    u_char      buf[1024];
+
+    file = *path;
+
+    if (ngx_conf_full_name(cf->cycle, &file, 1) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    fd = ngx_open_file(file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
+    if (fd == NGX_INVALID_FILE) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "cannot open %s \"%s\"", what, file.data);
+        return NGX_CONF_ERROR;
+    }
+
+    n = ngx_read_fd(fd, buf, sizeof(buf));
+
+    ngx_close_file(fd);
+
+    if (n < 0 || n == sizeof(buf)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "cannot read %s \"%s\" (unreadable or over %uz "
+                           "bytes)", what, file.data, sizeof(buf) - 1);
+        return NGX_CONF_ERROR;
+    }
+
+    /* one line; the newline an editor adds is not part of it */
+
+    nl = ngx_strlchr(buf, buf + n, '\n');
+    if (nl) {
+        n = nl - buf;
+    }
+
+    if (n > 0 && buf[n - 1] == '\r') {
+        n--;
+    }
+
+    secret->data = ngx_pnalloc(cf->pool, n + 1);
+    if (secret->data == NULL) {
+        ngx_explicit_memzero(buf, sizeof(buf));
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(secret->data, buf, n);
+    secret->data[n] = '\0';
+    secret->len = n;
+
+    ngx_explicit_memzero(buf, sizeof(buf));
+
+    return NGX_CONF_OK;
+}
