@@ -117,8 +117,10 @@ ngx_http_paygw_test_body(ngx_http_request_t *r)
     len = 0;
 
     for (cl = r->request_body->bufs; cl; cl = cl->next) {
-        ngx_memcpy(p + len, cl->buf->pos, cl->buf->last - cl->buf->pos);
-        len += cl->buf->last - cl->buf->pos;
+        if (cl->buf->last > cl->buf->pos) {
+            ngx_memcpy(p + len, cl->buf->pos, cl->buf->last - cl->buf->pos);
+            len += cl->buf->last - cl->buf->pos;
+        }
     }
 
     doc = json_loadb((char *) p, len, JSON_REJECT_DUPLICATES, &err);
