@@ -165,7 +165,7 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_paygw_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_paygw_add_variables,          /* preconfiguration */
     ngx_http_paygw_access_init,            /* postconfiguration */
 
     ngx_http_paygw_create_main_conf,       /* create main configuration */

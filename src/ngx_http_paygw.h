@@ -47,6 +47,7 @@ typedef struct {
     ngx_array_t                   channels;      /* ngx_http_paygw_channel_t */
     void                         *resolver;
     ngx_int_t                     request_id_index;
+    ngx_int_t                     trace_id_index;
 } ngx_http_paygw_main_conf_t;
 
 

@@ -44,11 +44,16 @@ ngx_http_paygw_access_init(ngx_conf_t *cf)
     ngx_http_core_main_conf_t   *cmcf;
     ngx_http_paygw_main_conf_t  *pmcf;
     static ngx_str_t             request_id = ngx_string("request_id");
+    static ngx_str_t             trace_id = ngx_string("paygw_trace_id");
 
     pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_paygw_module);
 
     pmcf->request_id_index = ngx_http_get_variable_index(cf, &request_id);
-    if (pmcf->request_id_index == NGX_ERROR) {
+    pmcf->trace_id_index = ngx_http_get_variable_index(cf, &trace_id);
+
+    if (pmcf->request_id_index == NGX_ERROR
+        || pmcf->trace_id_index == NGX_ERROR)
+    {
         return NGX_ERROR;
     }
 

@@ -215,6 +215,14 @@ ngx_http_paygw_bank_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
         return NGX_ERROR;
     }
 
+    /* the trace goes on to the provider */
+
+    if (ngx_http_paygw_traceparent(r, &v) != NGX_OK
+        || ngx_http_paygw_provider_header(r, pc, "traceparent", &v) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     if (doc) {
         ngx_str_set(&v, "application/json");
 

@@ -19,14 +19,14 @@ ngx_http_paygw_request_id(ngx_http_request_t *r, ngx_str_t *id)
     ngx_http_paygw_main_conf_t  *pmcf;
 
     /*
-     * nginx's $request_id (32 hex digits from a CSPRNG), through its
-     * index: the value is made once per request and cached, so the
-     * header and every error body carry the same one.
+     * The trace id ($paygw_trace_id: the incoming traceparent's, or a new
+     * one), through its index: made once per request and cached, so the
+     * header, every error body and the logs carry the same one.
      */
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_paygw_module);
 
-    vv = ngx_http_get_indexed_variable(r->main, pmcf->request_id_index);
+    vv = ngx_http_get_indexed_variable(r->main, pmcf->trace_id_index);
 
     if (vv == NULL || vv->not_found) {
         ngx_str_set(id, "-");

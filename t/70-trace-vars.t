@@ -1,0 +1,150 @@
+#!/usr/bin/perl
+# W3C traceparent (every vector of shared/vectors/traceparent.json through
+# the real request path), trace propagation to the acquirer, the module's
+# nginx variables in a log_format, and stock limit_req keyed by
+# $paygw_key_id.
+use strict;
+use warnings;
+
+use JSON::PP;
+use Test::More;
+
+use PayGW::Test qw(http http_raw repo_root);
+use PayGW::Gateway;
+
+my $vectors = repo_root() . '/../shared/vectors/traceparent.json';
+plan skip_all => "no $vectors" unless -f $vectors;
+
+my $V = do {
+    open my $fh, '<', $vectors or die $!;
+    local $/;
+    decode_json(<$fh>);
+};
+
+my $gw = PayGW::Gateway->start(
+    extra_http => <<'CONF',
+    log_format paygw_audit escape=json
+        '{"trace":"$paygw_trace_id","key":"$paygw_key_id",'
+        '"merchant":"$paygw_merchant_id","payment":"$paygw_payment_no",'
+        '"channel":"$paygw_channel","idem":"$paygw_idempotency",'
+        '"status":$status,"uri":"$uri"}';
+    limit_req_zone $paygw_key_id zone=per_key:1m rate=1r/m;
+CONF
+    extra_server => <<'CONF',
+    location ~ ^/v1/payments/PX {
+        paygw_api;
+        limit_req zone=per_key burst=1 nodelay;
+        limit_req_status 429;
+    }
+    location = /v1/payments {
+        paygw_api;
+        access_log %%TESTDIR%%/audit.log paygw_audit;
+    }
+CONF
+);
+
+# ---- traceparent vectors ---------------------------------------------------
+
+# Raw requests: the values carry OWS (tabs) that HTTP::Tiny would refuse.
+sub request_id_for {
+    my (@headers) = @_;
+    my $req = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+    while (my ($k, $v) = splice @headers, 0, 2) {
+        $req .= "$k: $v\r\n";
+    }
+    my $res = http_raw($gw->ngx->port, "$req\r\n");
+    my ($id) = $res =~ /^X-Request-Id: (\S*)\r$/mi;
+    return $id // '';
+}
+
+for my $c (@{ $V->{cases} }) {
+    my $id = request_id_for(traceparent => $c->{value});
+    like($id, qr/^[0-9a-f]{32}$/, "X-Request-Id is a trace id ($c->{reason})");
+
+    if ($c->{valid}) {
+        is($id, $c->{trace_id}, "valid: continues trace ($c->{reason})");
+    } else {
+        my ($tid) = $c->{value} =~ /^\s*[^-]*-([^-]*)-/;
+        isnt($id, $tid // '', "invalid: a new trace ($c->{reason})");
+    }
+}
+
+for my $c (@{ $V->{header_cases} }) {
+    my $id = request_id_for(map { @$_ } @{ $c->{headers} });
+    my ($tid) = $c->{headers}[-1][1] =~ /^00-([0-9a-f]{32})-/;
+    if ($c->{valid}) {
+        is($id, $tid, "header case: $c->{reason}");
+    } else {
+        isnt($id, $tid, "header case: $c->{reason}");
+    }
+}
+
+{
+    my $a = http(GET => $gw->url('/healthz'))->{headers}{'x-request-id'};
+    my $b = http(GET => $gw->url('/healthz'))->{headers}{'x-request-id'};
+    isnt($a, $b, 'without traceparent every request starts its own trace');
+}
+
+# ---- the trace reaches the provider, errors carry it --------------------------
+
+my $trace = '4bf92f3577b34da6a3ce929d0e0e4736';
+my $tp = "00-$trace-00f067aa0ba902b7-01";
+
+{
+    $gw->sim->reset;
+    my $r = $gw->api(POST => '/v1/payments', idempotency_key => 'tr-1',
+                     headers => { traceparent => $tp },
+                     json => PayGW::Gateway->payment_body);
+    is($r->{status}, 201, 'payment created') or diag $r->{body};
+    is($r->{headers}{'x-request-id'}, $trace, 'the response names the trace');
+
+    my ($charge) = grep { $_->{path} =~ m{/acquirer/v1/charges} }
+                   @{ $gw->sim->requests };
+    my $sent = $charge ? $charge->{headers}{traceparent} // '' : '';
+    like($sent, qr/^00-\Q$trace\E-[0-9a-f]{16}-01$/,
+         'the acquirer got a traceparent of the same trace');
+    unlike($sent, qr/00f067aa0ba902b7/, '... with our own span as parent');
+
+    my $e = $gw->api(GET => '/v1/payments/PNOSUCH',
+                     headers => { traceparent => $tp });
+    is($e->{status}, 404, 'an error');
+    is($e->{json}{error}{request_id}, $trace, '... whose request_id is the trace');
+}
+
+# ---- variables in a log_format ---------------------------------------------
+
+{
+    my $r = $gw->api(POST => '/v1/payments', idempotency_key => 'au-1',
+                     headers => { traceparent => $tp },
+                     json => PayGW::Gateway->payment_body(business_no => 'AU-1'));
+    is($r->{status}, 201, 'created through the audited location')
+        or diag $r->{body};
+
+    my $pno = $r->{json}{payment_no} // '';
+    my ($line) = grep { /AU-1|\Q$pno\E/ || /"payment":"\Q$pno\E"/ }
+                 split /\n/, PayGW::Test::_slurp($gw->ngx->dir . '/audit.log');
+    ok($line, 'an audit line') or diag(PayGW::Test::_slurp($gw->ngx->dir . '/audit.log'));
+    my $j = eval { decode_json($line // '{}') } // {};
+    is($j->{trace}, $trace, '$paygw_trace_id');
+    is($j->{key}, 'demo', '$paygw_key_id');
+    is($j->{merchant}, 'M100', '$paygw_merchant_id');
+    is($j->{payment}, $pno, '$paygw_payment_no');
+    is($j->{channel}, 'bank_card', '$paygw_channel');
+    is($j->{idem}, 'new', '$paygw_idempotency');
+    unlike($line // '', qr/4242424242424242|PAYGW-HMAC|sig=/,
+           'no card number or signature in the audit line');
+}
+
+# ---- limit_req keyed by $paygw_key_id ----------------------------------------
+
+{
+    my @demo = map { $gw->api(GET => "/v1/payments/PX$_")->{status} }
+               1 .. 3;
+    is_deeply([@demo[0, 1]], [404, 404], 'demo key: within its burst');
+    is($demo[2], 429, 'demo key: over its rate, 429');
+
+    my $v = $gw->api(GET => '/v1/payments/PX9', key => 'viewer');
+    is($v->{status}, 404, 'another key is still served');
+}
+
+done_testing;
