@@ -12,9 +12,11 @@
 #include "ngx_http_paygw_mysql.h"
 #include "ngx_http_paygw_api.h"
 #include "ngx_http_paygw_channel.h"
+#include "ngx_http_paygw_metrics.h"
 
 
 static void *ngx_http_paygw_create_main_conf(ngx_conf_t *cf);
+static ngx_int_t ngx_http_paygw_postconfiguration(ngx_conf_t *cf);
 static char *ngx_http_paygw_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_paygw_create_loc_conf(ngx_conf_t *cf);
 static ngx_int_t ngx_http_paygw_init_process(ngx_cycle_t *cycle);
@@ -166,7 +168,7 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
 
 static ngx_http_module_t  ngx_http_paygw_module_ctx = {
     ngx_http_paygw_add_variables,          /* preconfiguration */
-    ngx_http_paygw_access_init,            /* postconfiguration */
+    ngx_http_paygw_postconfiguration,      /* postconfiguration */
 
     ngx_http_paygw_create_main_conf,       /* create main configuration */
     ngx_http_paygw_init_main_conf,         /* init main configuration */
@@ -213,6 +215,19 @@ ngx_http_paygw_create_main_conf(ngx_conf_t *cf)
     }
 
     return pmcf;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_postconfiguration(ngx_conf_t *cf)
+{
+    if (ngx_http_paygw_access_init(cf) != NGX_OK
+        || ngx_http_paygw_metrics_init(cf) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 

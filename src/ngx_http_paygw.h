@@ -64,21 +64,16 @@ typedef struct {
     ngx_str_t                     mysql_uri;
 
     ngx_flag_t                    api;
+    ngx_uint_t                    metric_api;    /* 0: not ours to count */
     size_t                        max_body;
     ngx_msec_t                    idem_retention;
     ngx_msec_t                    idem_lock;
 } ngx_http_paygw_loc_conf_t;
 
 
-/* the state kept in the paygw_zone shared memory */
+/* the state kept in the paygw_zone shared memory: ngx_http_paygw_metrics.h */
 
-typedef struct {
-    ngx_atomic_t                  reloads;
-    ngx_atomic_t                  health_requests;
-    ngx_atomic_t                  ready_requests;
-    ngx_atomic_t                  ready_failures;
-    time_t                        created;
-} ngx_http_paygw_shctx_t;
+typedef struct ngx_http_paygw_shctx_s  ngx_http_paygw_shctx_t;
 
 
 extern ngx_module_t  ngx_http_paygw_module;

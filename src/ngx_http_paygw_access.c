@@ -13,6 +13,7 @@
 
 #include "ngx_http_paygw_api.h"
 #include "ngx_http_paygw_channel.h"
+#include "ngx_http_paygw_metrics.h"
 
 
 #define NGX_HTTP_PAYGW_ACCESS_ROUTE    0
@@ -411,6 +412,10 @@ ngx_http_paygw_access_redis(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     switch (idem->state) {
 
+    case NGX_HTTP_PAYGW_IDEM_LOCKED:
+        ngx_http_paygw_m_idempotency(r, NGX_HTTP_PAYGW_M_IDEM_NEW);
+        return;
+
     case NGX_HTTP_PAYGW_NONCE_REPLAYED:
         (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_UNAUTHORIZED,
                                    "unauthenticated",
@@ -418,6 +423,7 @@ ngx_http_paygw_access_redis(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return;
 
     case NGX_HTTP_PAYGW_IDEM_REUSED:
+        ngx_http_paygw_m_idempotency(r, NGX_HTTP_PAYGW_M_IDEM_REUSED);
         (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_PAYGW_UNPROCESSABLE,
                                    "idempotency_key_reused",
                                    "this Idempotency-Key was used for a "
@@ -425,6 +431,7 @@ ngx_http_paygw_access_redis(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return;
 
     case NGX_HTTP_PAYGW_IDEM_IN_USE:
+        ngx_http_paygw_m_idempotency(r, NGX_HTTP_PAYGW_M_IDEM_IN_USE);
         (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT,
                                    "idempotency_key_in_use",
                                    "a request with this Idempotency-Key is "
@@ -432,6 +439,7 @@ ngx_http_paygw_access_redis(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return;
 
     case NGX_HTTP_PAYGW_IDEM_REPLAY:
+        ngx_http_paygw_m_idempotency(r, NGX_HTTP_PAYGW_M_IDEM_REPLAYED);
         ctx->replayed = 1;
         ctx->status = idem->status;
         ctx->response = idem->body;

@@ -9,7 +9,7 @@
  */
 
 
-#include "ngx_http_paygw.h"
+#include "ngx_http_paygw_metrics.h"
 
 
 static ngx_int_t ngx_http_paygw_call_done(ngx_http_request_t *r, void *data,
@@ -117,6 +117,13 @@ ngx_http_paygw_call_done(ngx_http_request_t *r, void *data, ngx_int_t rc)
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw call done: \"%V\" rc:%i ok:%d",
                    &r->uri, rc, call->ok);
+
+    if (!call->ok) {
+        ngx_http_paygw_m_backend_error(r,
+                                       call->kind == NGX_HTTP_PAYGW_CALL_REDIS
+                                       ? NGX_HTTP_PAYGW_M_BACKEND_REDIS
+                                       : NGX_HTTP_PAYGW_M_BACKEND_MYSQL);
+    }
 
     if (call->ok || call->status) {
         return rc;

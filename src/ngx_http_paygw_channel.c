@@ -15,6 +15,7 @@
 
 
 #include "ngx_http_paygw_channel.h"
+#include "ngx_http_paygw_metrics.h"
 
 
 static ngx_int_t ngx_http_paygw_provider_done(ngx_http_request_t *r,
@@ -253,6 +254,8 @@ ngx_http_paygw_provider_send(ngx_http_request_t *r,
     pc->call.ok = 0;
     pc->call.status = 0;
     pc->status = 0;
+    pc->channel = ch->name;
+    pc->start = ngx_current_msec;
     ngx_str_null(&pc->response);
 
     if (ngx_http_subrequest(r, &uri, NULL, &sr, ps,
@@ -368,6 +371,12 @@ ngx_http_paygw_provider_done(ngx_http_request_t *r, void *data, ngx_int_t rc)
     if (rc == NGX_ERROR || rc >= NGX_HTTP_SPECIAL_RESPONSE
         || r->upstream == NULL || r->headers_out.status == 0)
     {
+        ngx_http_paygw_m_channel(r, &pc->channel,
+                                 rc == NGX_HTTP_GATEWAY_TIME_OUT
+                                 ? NGX_HTTP_PAYGW_M_RESULT_TIMEOUT
+                                 : NGX_HTTP_PAYGW_M_RESULT_UNREACHABLE,
+                                 ngx_current_msec - pc->start);
+
         ngx_http_paygw_call_fail(&pc->call, r->pool,
                                  rc == NGX_HTTP_GATEWAY_TIME_OUT
                                  ? NGX_HTTP_GATEWAY_TIME_OUT
@@ -380,6 +389,14 @@ ngx_http_paygw_provider_done(ngx_http_request_t *r, void *data, ngx_int_t rc)
 
     pc->status = r->headers_out.status;
     pc->response_headers = &r->headers_out.headers;
+
+    ngx_http_paygw_m_channel(r, &pc->channel,
+                             pc->status >= 500
+                             ? NGX_HTTP_PAYGW_M_RESULT_SERVER_ERROR
+                             : pc->status >= 400
+                               ? NGX_HTTP_PAYGW_M_RESULT_CLIENT_ERROR
+                               : NGX_HTTP_PAYGW_M_RESULT_OK,
+                             ngx_current_msec - pc->start);
 
     if (r->out && r->out->buf) {
         b = r->out->buf;

@@ -39,6 +39,9 @@ typedef struct {
     ngx_str_t                     body;
     ngx_array_t                   headers;       /* ngx_keyval_t */
 
+    ngx_str_t                     channel;       /* for metrics */
+    ngx_msec_t                    start;
+
     ngx_uint_t                    status;
     ngx_str_t                     response;
     ngx_list_t                   *response_headers;

@@ -14,6 +14,7 @@
 #include "ngx_http_paygw.h"
 #include "ngx_http_paygw_redis.h"
 #include "ngx_http_paygw_mysql.h"
+#include "ngx_http_paygw_metrics.h"
 
 
 typedef struct {
@@ -38,6 +39,8 @@ static const char *ngx_http_paygw_mysql_check(ngx_http_paygw_mysql_op_t *op,
 char *
 ngx_http_paygw_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
+    ngx_http_paygw_loc_conf_t *plcf = conf;
+
     ngx_str_t                 *value;
     ngx_http_core_loc_conf_t  *clcf;
 
@@ -46,11 +49,13 @@ ngx_http_paygw_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (ngx_strcmp(value[1].data, "live") == 0) {
         clcf->handler = ngx_http_paygw_live_handler;
+        plcf->metric_api = NGX_HTTP_PAYGW_M_API_HEALTH;
         return NGX_CONF_OK;
     }
 
     if (ngx_strcmp(value[1].data, "ready") == 0) {
         clcf->handler = ngx_http_paygw_ready_handler;
+        plcf->metric_api = NGX_HTTP_PAYGW_M_API_READY;
         return NGX_CONF_OK;
     }
 

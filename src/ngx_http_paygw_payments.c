@@ -14,6 +14,7 @@
 #include "ngx_http_paygw_api.h"
 #include "ngx_http_paygw_channel.h"
 #include "ngx_http_paygw_store.h"
+#include "ngx_http_paygw_metrics.h"
 
 
 static ngx_int_t ngx_http_paygw_mysql_start(ngx_http_request_t *r,
@@ -149,6 +150,7 @@ ngx_http_paygw_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         }
 
         ngx_http_paygw_apply(p, &ctx->outcome);
+        ngx_http_paygw_m_payment(r, &p->channel, &p->status);
 
         return ngx_http_paygw_payment_answer(r, ctx,
                                              ctx->outcome.definitive
@@ -228,6 +230,7 @@ ngx_http_paygw_get(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
             && !ctx->mysql->conflict)
         {
             ngx_http_paygw_apply(p, &ctx->outcome);
+            ngx_http_paygw_m_payment(r, &p->channel, &p->status);
             return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
         }
 
@@ -303,6 +306,7 @@ ngx_http_paygw_close(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         }
 
         ctx->side_effect = 1;
+        ngx_http_paygw_m_payment(r, &p->channel, &p->status);
 
         return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
     }

@@ -9,7 +9,7 @@
  */
 
 
-#include "ngx_http_paygw.h"
+#include "ngx_http_paygw_metrics.h"
 
 
 typedef struct {
@@ -108,7 +108,22 @@ ngx_http_paygw_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         ctx->sh = octx->sh;
         ctx->shpool = octx->shpool;
 
-        (void) ngx_atomic_fetch_add(&ctx->sh->reloads, 1);
+        if (ctx->sh->layout == NGX_HTTP_PAYGW_M_LAYOUT) {
+            (void) ngx_atomic_fetch_add(&ctx->sh->reloads, 1);
+            return NGX_OK;
+        }
+
+        /* a module built differently: its counters start afresh */
+
+        ctx->sh = ngx_slab_calloc(ctx->shpool,
+                                  sizeof(ngx_http_paygw_shctx_t));
+        if (ctx->sh == NULL) {
+            return NGX_ERROR;
+        }
+
+        ctx->shpool->data = ctx->sh;
+        ctx->sh->layout = NGX_HTTP_PAYGW_M_LAYOUT;
+        ctx->sh->created = ngx_time();
 
         return NGX_OK;
     }
@@ -126,6 +141,7 @@ ngx_http_paygw_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     }
 
     ctx->shpool->data = ctx->sh;
+    ctx->sh->layout = NGX_HTTP_PAYGW_M_LAYOUT;
     ctx->sh->created = ngx_time();
 
     len = sizeof(" in paygw_zone \"\"") + shm_zone->shm.name.len;

@@ -1,0 +1,95 @@
+
+/*
+ * paygw: metrics, kept in paygw_zone as fixed arrays of atomic counters:
+ * every label takes its value from a closed set, so memory is bounded
+ * whatever clients send, and all workers add into the same counters.
+ */
+
+
+#ifndef _NGX_HTTP_PAYGW_METRICS_H_INCLUDED_
+#define _NGX_HTTP_PAYGW_METRICS_H_INCLUDED_
+
+
+#include "ngx_http_paygw.h"
+
+
+#define NGX_HTTP_PAYGW_M_APIS          12   /* see ngx_http_paygw_m_api */
+#define NGX_HTTP_PAYGW_M_API_OTHER     0
+#define NGX_HTTP_PAYGW_M_API_HEALTH    8
+#define NGX_HTTP_PAYGW_M_API_READY     9
+#define NGX_HTTP_PAYGW_M_API_METRICS   10
+#define NGX_HTTP_PAYGW_M_API_TEST      11
+
+#define NGX_HTTP_PAYGW_M_CODES         18
+#define NGX_HTTP_PAYGW_M_CHANNELS      4    /* bank_card alipay wechat other */
+#define NGX_HTTP_PAYGW_M_STATUSES      8
+#define NGX_HTTP_PAYGW_M_RESULTS       5
+#define NGX_HTTP_PAYGW_M_BUCKETS       14
+
+#define NGX_HTTP_PAYGW_M_RESULT_OK            0
+#define NGX_HTTP_PAYGW_M_RESULT_CLIENT_ERROR  1
+#define NGX_HTTP_PAYGW_M_RESULT_SERVER_ERROR  2
+#define NGX_HTTP_PAYGW_M_RESULT_TIMEOUT       3
+#define NGX_HTTP_PAYGW_M_RESULT_UNREACHABLE   4
+
+#define NGX_HTTP_PAYGW_M_IDEM_NEW       0
+#define NGX_HTTP_PAYGW_M_IDEM_REPLAYED  1
+#define NGX_HTTP_PAYGW_M_IDEM_IN_USE    2
+#define NGX_HTTP_PAYGW_M_IDEM_REUSED    3
+
+#define NGX_HTTP_PAYGW_M_BACKEND_REDIS  0
+#define NGX_HTTP_PAYGW_M_BACKEND_MYSQL  1
+
+#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670001
+
+
+typedef struct {
+    ngx_atomic_t                  bucket[NGX_HTTP_PAYGW_M_BUCKETS];
+    ngx_atomic_t                  sum_us;
+    ngx_atomic_t                  count;
+} ngx_http_paygw_hist_t;
+
+
+typedef struct {
+    ngx_atomic_t                  requests[NGX_HTTP_PAYGW_M_APIS]
+                                          [NGX_HTTP_PAYGW_M_CODES];
+    ngx_http_paygw_hist_t         duration[NGX_HTTP_PAYGW_M_APIS];
+    ngx_atomic_t                  payments[NGX_HTTP_PAYGW_M_CHANNELS]
+                                          [NGX_HTTP_PAYGW_M_STATUSES];
+    ngx_atomic_t                  channel_requests[NGX_HTTP_PAYGW_M_CHANNELS]
+                                                  [NGX_HTTP_PAYGW_M_RESULTS];
+    ngx_http_paygw_hist_t         channel_duration[NGX_HTTP_PAYGW_M_CHANNELS];
+    ngx_atomic_t                  circuit_state[NGX_HTTP_PAYGW_M_CHANNELS];
+    ngx_atomic_t                  idempotency[4];
+    ngx_atomic_t                  callbacks[NGX_HTTP_PAYGW_M_CHANNELS][2];
+    ngx_atomic_t                  backend_errors[2];
+    ngx_atomic_t                  reconciliation_diffs
+                                      [NGX_HTTP_PAYGW_M_CHANNELS];
+    ngx_atomic_t                  risk_decisions[2];
+    ngx_atomic_t                  webhook_deliveries[3];
+} ngx_http_paygw_metrics_t;
+
+
+struct ngx_http_paygw_shctx_s {
+    ngx_uint_t                    layout;        /* of this struct */
+    ngx_atomic_t                  reloads;
+    ngx_atomic_t                  health_requests;
+    ngx_atomic_t                  ready_requests;
+    ngx_atomic_t                  ready_failures;
+    time_t                        created;
+    ngx_http_paygw_metrics_t      m;
+};
+
+
+void ngx_http_paygw_m_request(ngx_http_request_t *r, ngx_uint_t api);
+void ngx_http_paygw_m_payment(ngx_http_request_t *r, ngx_str_t *channel,
+    ngx_str_t *status);
+void ngx_http_paygw_m_channel(ngx_http_request_t *r, ngx_str_t *channel,
+    ngx_uint_t result, ngx_msec_t ms);
+void ngx_http_paygw_m_idempotency(ngx_http_request_t *r, ngx_uint_t result);
+void ngx_http_paygw_m_backend_error(ngx_http_request_t *r,
+    ngx_uint_t backend);
+ngx_int_t ngx_http_paygw_metrics_init(ngx_conf_t *cf);
+
+
+#endif /* _NGX_HTTP_PAYGW_METRICS_H_INCLUDED_ */
