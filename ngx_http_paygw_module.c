@@ -209,7 +209,9 @@ ngx_http_paygw_create_main_conf(ngx_conf_t *cf)
 
     if (ngx_array_init(&pmcf->mysql_servers, cf->pool, 1,
                        sizeof(ngx_http_paygw_mysql_srv_t *))
-        != NGX_OK)
+        != NGX_OK
+        || ngx_array_init(&pmcf->logs, cf->pool, 4, sizeof(ngx_log_t *))
+           != NGX_OK)
     {
         return NULL;
     }
@@ -281,6 +283,14 @@ ngx_http_paygw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_paygw_loc_conf_t *prev = parent;
     ngx_http_paygw_loc_conf_t *conf = child;
 
+    ngx_http_paygw_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_paygw_module);
+
+    if (ngx_http_paygw_redact_collect(cf, pmcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
     if (ngx_http_paygw_redis_merge_conf(cf, prev, conf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
     }
@@ -336,6 +346,8 @@ ngx_http_paygw_redis_timeout(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static ngx_int_t
 ngx_http_paygw_init_process(ngx_cycle_t *cycle)
 {
+    ngx_http_paygw_redact_init_process(cycle);
+
     return ngx_http_paygw_resolver_init_process(cycle);
 }
 

@@ -48,6 +48,7 @@ typedef struct {
     void                         *resolver;
     ngx_int_t                     request_id_index;
     ngx_int_t                     trace_id_index;
+    ngx_array_t                   logs;          /* ngx_log_t *, to redact */
 } ngx_http_paygw_main_conf_t;
 
 
@@ -92,6 +93,9 @@ char *ngx_http_paygw_resolver(ngx_conf_t *cf, ngx_command_t *cmd,
 ngx_int_t ngx_http_paygw_resolver_check(ngx_conf_t *cf,
     ngx_http_paygw_main_conf_t *pmcf);
 ngx_int_t ngx_http_paygw_resolver_init_process(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_paygw_redact_collect(ngx_conf_t *cf,
+    ngx_http_paygw_main_conf_t *pmcf);
+void ngx_http_paygw_redact_init_process(ngx_cycle_t *cycle);
 ngx_http_paygw_shctx_t *ngx_http_paygw_shctx(ngx_http_request_t *r);
 
 char *ngx_http_paygw_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
