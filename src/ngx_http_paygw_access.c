@@ -203,7 +203,8 @@ ngx_http_paygw_access_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     ctx->merchant_id = ctx->auth.key->merchant_id;
 
     if (ngx_http_paygw_access_role(r, ctx) != NGX_OK
-        || ngx_http_paygw_access_validate(r, ctx) != NGX_OK)
+        || ngx_http_paygw_access_validate(r, ctx) != NGX_OK
+        || ngx_http_paygw_policy_check(r, ctx) != NGX_OK)
     {
         return NGX_OK;
     }

@@ -179,6 +179,10 @@ ngx_int_t ngx_http_paygw_respond(ngx_http_request_t *r,
 char *ngx_http_paygw_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_paygw_access_init(ngx_conf_t *cf);
 
+/* ngx_http_paygw_policy.c */
+ngx_int_t ngx_http_paygw_policy_check(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+
 /* ngx_http_paygw_trace.c: trace context and variables */
 ngx_int_t ngx_http_paygw_add_variables(ngx_conf_t *cf);
 ngx_int_t ngx_http_paygw_trace_parse(ngx_str_t *value, u_char *trace_id,

@@ -179,7 +179,9 @@ EOF
     is(http(GET => $ngx->url('/dir'))->{body}, $ngx->dir, '%%TESTDIR%%');
     is(http(GET => $ngx->url('/sim/health'))->{status}, 200,
        'nginx proxies to the simulator');
-    like($ngx->access_log, qr{"GET /sim/health HTTP/1.1" 200}, 'access log');
+    # nginx logs a request after answering it
+    ok(wait_until(sub { $ngx->access_log =~ m{"GET /sim/health HTTP/1.1" 200} },
+                  timeout => 5), 'access log');
     like(http_raw($ngx->port, "GET / HTTP/1.0\r\n\r\n"), qr{^HTTP/1.1 200 .*ok$}s,
          'http_raw');
 

@@ -39,8 +39,10 @@ is($gw->db->sql("SELECT COUNT(*) FROM paygw.outbox_events "
                 . "WHERE object_no = '$pno' AND type = 'payment.succeeded'"),
    "1\n", 'with exactly one payment.succeeded event');
 
-like($gw->ngx->access_log, qr{"POST /v1/admin/resolve HTTP/1.0" 200},
-     'the resolver went through the authenticated API');
+# nginx logs a request after answering it: wait for the line
+ok(wait_until(sub { $gw->ngx->access_log =~ m{"POST /v1/admin/resolve HTTP/1.0" 200} },
+              timeout => 5),
+   'the resolver went through the authenticated API');
 
 my ($charge) = grep { $_->{out_trade_no} eq $pno }
                @{ $gw->sim->charges->{charges} };

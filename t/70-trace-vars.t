@@ -9,7 +9,7 @@ use warnings;
 use JSON::PP;
 use Test::More;
 
-use PayGW::Test qw(http http_raw repo_root);
+use PayGW::Test qw(http http_raw repo_root wait_until);
 use PayGW::Gateway;
 
 my $vectors = repo_root() . '/../shared/vectors/traceparent.json';
@@ -120,9 +120,14 @@ my $tp = "00-$trace-00f067aa0ba902b7-01";
     is($r->{status}, 201, 'created through the audited location')
         or diag $r->{body};
 
+    # nginx writes the log line after it sent the response: wait for it
     my $pno = $r->{json}{payment_no} // '';
-    my ($line) = grep { /AU-1|\Q$pno\E/ || /"payment":"\Q$pno\E"/ }
-                 split /\n/, PayGW::Test::_slurp($gw->ngx->dir . '/audit.log');
+    my $line;
+    wait_until(sub {
+        ($line) = grep { /"payment":"\Q$pno\E"/ }
+                  split /\n/, PayGW::Test::_slurp($gw->ngx->dir . '/audit.log');
+        defined $line;
+    }, timeout => 5);
     ok($line, 'an audit line') or diag(PayGW::Test::_slurp($gw->ngx->dir . '/audit.log'));
     my $j = eval { decode_json($line // '{}') } // {};
     is($j->{trace}, $trace, '$paygw_trace_id');
