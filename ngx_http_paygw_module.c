@@ -120,6 +120,13 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
       0,
       NULL },
 
+    { ngx_string("paygw_risk"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_paygw_risk,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("paygw_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_paygw_api,

@@ -47,6 +47,7 @@ typedef struct {
     ngx_array_t                   channels;      /* ngx_http_paygw_channel_t */
     void                         *resolver;
     void                         *policy;
+    void                         *risk;
     ngx_int_t                     request_id_index;
     ngx_int_t                     trace_id_index;
     ngx_array_t                   logs;          /* ngx_log_t *, to redact */
@@ -92,6 +93,7 @@ char *ngx_http_paygw_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_paygw_resolver(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_paygw_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_paygw_risk(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_paygw_resolver_check(ngx_conf_t *cf,
     ngx_http_paygw_main_conf_t *pmcf);
 ngx_int_t ngx_http_paygw_resolver_init_process(ngx_cycle_t *cycle);

@@ -136,6 +136,7 @@ struct ngx_http_paygw_ctx_s {
     unsigned                      body_read:1;
 
     const char                   *allow;         /* for a 405 */
+    const char                   *risk_reason;
     ngx_uint_t                    status;        /* the response */
     ngx_str_t                     response;
     unsigned                      replayed:1;
@@ -178,6 +179,15 @@ ngx_int_t ngx_http_paygw_respond(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, ngx_uint_t status, json_t *doc);
 char *ngx_http_paygw_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_paygw_access_init(ngx_conf_t *cf);
+
+/* ngx_http_paygw_risk.c */
+ngx_int_t ngx_http_paygw_risk_enabled(ngx_http_request_t *r);
+const char *ngx_http_paygw_risk_ceiling(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+ngx_int_t ngx_http_paygw_risk_send(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+const char *ngx_http_paygw_risk_result(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 
 /* ngx_http_paygw_policy.c */
 ngx_int_t ngx_http_paygw_policy_check(ngx_http_request_t *r,

@@ -227,6 +227,19 @@ ngx_http_paygw_m_idempotency(ngx_http_request_t *r, ngx_uint_t result)
 
 
 void
+ngx_http_paygw_m_risk(ngx_http_request_t *r, ngx_uint_t deny)
+{
+    ngx_http_paygw_metrics_t  *m;
+
+    m = ngx_http_paygw_m(r);
+
+    if (m) {
+        (void) ngx_atomic_fetch_add(&m->risk_decisions[deny ? 1 : 0], 1);
+    }
+}
+
+
+void
 ngx_http_paygw_m_backend_error(ngx_http_request_t *r, ngx_uint_t backend)
 {
     ngx_http_paygw_metrics_t  *m;

@@ -87,6 +87,7 @@ void ngx_http_paygw_m_payment(ngx_http_request_t *r, ngx_str_t *channel,
 void ngx_http_paygw_m_channel(ngx_http_request_t *r, ngx_str_t *channel,
     ngx_uint_t result, ngx_msec_t ms);
 void ngx_http_paygw_m_idempotency(ngx_http_request_t *r, ngx_uint_t result);
+void ngx_http_paygw_m_risk(ngx_http_request_t *r, ngx_uint_t deny);
 void ngx_http_paygw_m_backend_error(ngx_http_request_t *r,
     ngx_uint_t backend);
 ngx_int_t ngx_http_paygw_metrics_init(ngx_conf_t *cf);

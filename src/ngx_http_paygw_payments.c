@@ -38,6 +38,10 @@ static ngx_int_t ngx_http_paygw_refund_answer(ngx_http_request_t *r,
 static ngx_int_t ngx_http_paygw_refund_refused(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static void ngx_http_paygw_card(ngx_http_paygw_payment_t *p);
+static ngx_int_t ngx_http_paygw_insert(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_risk_deny(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 
 
 #define ngx_http_paygw_is(s, lit)                                            \
@@ -69,14 +73,51 @@ ngx_http_paygw_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         p->updated_at = p->created_at;
         ngx_http_paygw_card(p);
 
-        if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
-            || ngx_http_paygw_store_insert_payment(ctx->mysql, p) != NGX_OK)
-        {
-            return NGX_ERROR;
+        if (ngx_http_paygw_risk_enabled(r) == NGX_OK) {
+
+            /* risk first: nothing is written for a refused payment */
+
+            ctx->risk_reason = ngx_http_paygw_risk_ceiling(r, ctx);
+
+            if (ctx->risk_reason) {
+                return ngx_http_paygw_risk_deny(r, ctx);
+            }
+
+            ctx->stage = 20;
+            return ngx_http_paygw_risk_send(r, ctx) == NGX_OK ? NGX_AGAIN
+                                                               : NGX_ERROR;
         }
 
-        ctx->stage = 1;
-        break;
+        return ngx_http_paygw_insert(r, ctx);
+
+    case 20:
+        ctx->risk_reason = ngx_http_paygw_risk_result(r, ctx);
+
+        if (ctx->risk_reason == NULL) {
+            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                       "backend_unavailable",
+                                       "redis: risk rules could not be "
+                                       "evaluated");
+        }
+
+        if (ngx_strcmp(ctx->risk_reason, "allow") == 0) {
+            ngx_http_paygw_m_risk(r, 0);
+            return ngx_http_paygw_insert(r, ctx);
+        }
+
+        return ngx_http_paygw_risk_deny(r, ctx);
+
+    case 21:
+        if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "paygw: cannot record the risk.block event");
+        }
+
+        return ngx_http_paygw_fail_with(r, ctx, NGX_HTTP_FORBIDDEN,
+                   "risk_denied",
+                   json_pack("{s:s}", "reason", ctx->risk_reason),
+                   "the payment was refused by risk rules (%s)",
+                   ctx->risk_reason);
 
     case 1:
         if (!ctx->mysql->call.ok) {
@@ -160,6 +201,49 @@ ngx_http_paygw_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK
            ? NGX_AGAIN : NGX_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_insert(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    /* the durable guard: one payment per merchant order, before charging */
+
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_insert_payment(ctx->mysql, &ctx->payment)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ctx->stage = 1;
+
+    return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK ? NGX_AGAIN
+                                                               : NGX_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_risk_deny(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_m_risk(r, 1);
+
+    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                  "paygw risk: refused order \"%V\" of %V: %s",
+                  &ctx->payment.business_no, &ctx->merchant_id,
+                  ctx->risk_reason);
+
+    ctx->stage = 21;
+
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_risk_event(r, ctx->mysql, &ctx->payment,
+                                           ctx->risk_reason) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK ? NGX_AGAIN
+                                                               : NGX_ERROR;
 }
 
 

@@ -480,6 +480,28 @@ ngx_http_paygw_store_row_refund(ngx_http_paygw_sql_stmt_t *stmt,
 
 
 ngx_int_t
+ngx_http_paygw_store_risk_event(ngx_http_request_t *r,
+    ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_payment_t *p,
+    const char *reason)
+{
+    json_t  *data;
+
+    /* no payment exists: the event names the order that was refused */
+
+    data = json_pack("{s:s%, s:s%, s:I, s:s%, s:s%, s:s}",
+                     "merchant_id", p->merchant_id.data, p->merchant_id.len,
+                     "business_no", p->business_no.data, p->business_no.len,
+                     "amount", (json_int_t) p->amount,
+                     "currency", p->currency.data, p->currency.len,
+                     "channel", p->channel.data, p->channel.len,
+                     "reason", reason);
+
+    return ngx_http_paygw_store_event(r, op, &p->merchant_id, "risk.block",
+                                      &p->business_no, &p->notify_url, data);
+}
+
+
+ngx_int_t
 ngx_http_paygw_store_select_stale(ngx_http_paygw_mysql_op_t *op,
     time_t older_than, ngx_uint_t limit)
 {
