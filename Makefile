@@ -3,7 +3,8 @@
 #   make            install missing Debian packages, build the module
 #   make run        ... and start Redis, MariaDB, simulator, nginx (run/)
 #   make stop       stop what `make run` started
-#   make test       build, then run the whole suite with prove
+#   make test       build, then run the whole suite with prove, then scan
+#                   every log the suite wrote for secrets (t/post)
 #   make test-asan  the same against an ASan/UBSan build of the module
 #   make bench      throughput/latency on loopback (bench/README.md)
 #
@@ -29,10 +30,14 @@ build-asan:
 	bash scripts/build.sh --asan
 
 test: build
-	$(PROVE) -r -I t/lib $(PROVE_FLAGS) t/
+	rm -rf build/test-logs
+	$(PROVE) -I t/lib $(PROVE_FLAGS) t/*.t
+	$(PROVE) -I t/lib t/post
 
 test-asan: build-asan
-	PAYGW_MODULE=$(ASAN_MODULE) PAYGW_ASAN=1 $(PROVE) -r -I t/lib $(PROVE_FLAGS) t/
+	rm -rf build/test-logs
+	PAYGW_MODULE=$(ASAN_MODULE) PAYGW_ASAN=1 $(PROVE) -I t/lib $(PROVE_FLAGS) t/*.t
+	$(PROVE) -I t/lib t/post
 
 run: deps build
 	bash scripts/stack.sh start

@@ -26,6 +26,7 @@ use Digest::SHA qw(hmac_sha256_hex sha256_hex);
 use Exporter qw(import);
 use Fcntl qw(:flock);
 use File::Basename qw(dirname);
+use File::Copy ();
 use File::Path qw(make_path remove_tree);
 use File::Temp ();
 use HTTP::Tiny;
@@ -79,12 +80,28 @@ sub _cleanup {
     }
     @LIVE = ();
     return unless $BASE && -d $BASE;
+    _archive_logs();
     if ($ENV{PAYGW_KEEP}) {
         Test::More::diag("PAYGW_KEEP: kept $BASE");
     } else {
         remove_tree($BASE);
     }
     $BASE = undef;
+}
+
+# Every nginx log a test wrote is kept under build/test-logs/ (set
+# PAYGW_LOG_ARCHIVE to move it), so that t/post/log-scan.t can search all
+# of them for secrets once the whole suite ran.
+sub _archive_logs {
+    my $to = $ENV{PAYGW_LOG_ARCHIVE} // "$REPO/build/test-logs";
+    my $test = $0;
+    $test =~ s{.*/}{};
+    $test =~ s{[^\w.-]}{_}g;
+    for my $log (glob("$BASE/nginx-*/*.log")) {
+        my ($n, $name) = $log =~ m{/nginx-(\d+)/([^/]+)$} or next;
+        make_path($to);
+        File::Copy::copy($log, "$to/$test-$$-nginx$n-$name");
+    }
 }
 
 END {
@@ -544,7 +561,6 @@ package PayGW::Test::MySQL;
 
 use strict;
 use warnings;
-use File::Copy ();
 our @ISA = ('PayGW::Test::Proc');
 
 # start(port => P): a private MariaDB with database paygw, user
