@@ -370,4 +370,5 @@ static void
 ngx_http_paygw_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_paygw_mysql_exit_process(cycle);
+    ngx_http_paygw_redact_exit_process(cycle);
 }

@@ -16,9 +16,10 @@
 #include "ngx_http_paygw.h"
 
 
+static void ngx_http_paygw_redact_all(ngx_cycle_t *cycle, ngx_uint_t on);
 static void ngx_http_paygw_redact_writer(ngx_log_t *log, ngx_uint_t level,
     u_char *buf, size_t len);
-static void ngx_http_paygw_redact_set(ngx_log_t *log);
+static void ngx_http_paygw_redact_set(ngx_log_t *log, ngx_uint_t on);
 static size_t ngx_http_paygw_redact(u_char *buf, size_t len, u_char *out,
     size_t size);
 
@@ -78,6 +79,26 @@ ngx_http_paygw_redact_collect(ngx_conf_t *cf, ngx_http_paygw_main_conf_t *pmcf)
 void
 ngx_http_paygw_redact_init_process(ngx_cycle_t *cycle)
 {
+    ngx_http_paygw_redact_all(cycle, 1);
+}
+
+
+void
+ngx_http_paygw_redact_exit_process(ngx_cycle_t *cycle)
+{
+    /*
+     * The worker's cycle pool is destroyed after this, unloading the
+     * module among its cleanups while later ones still log: no log may
+     * keep a writer that points into unloaded code.
+     */
+
+    ngx_http_paygw_redact_all(cycle, 0);
+}
+
+
+static void
+ngx_http_paygw_redact_all(ngx_cycle_t *cycle, ngx_uint_t on)
+{
     ngx_log_t                   *log, **lp;
     ngx_uint_t                   i;
     ngx_listening_t             *ls;
@@ -91,11 +112,13 @@ ngx_http_paygw_redact_init_process(ngx_cycle_t *cycle)
     lp = pmcf->logs.elts;
 
     for (i = 0; i < pmcf->logs.nelts; i++) {
-        ngx_http_paygw_redact_set(lp[i]);
+        for (log = lp[i]; log; log = log->next) {
+            ngx_http_paygw_redact_set(log, on);
+        }
     }
 
     for (log = cycle->log; log; log = log->next) {
-        ngx_http_paygw_redact_set(log);
+        ngx_http_paygw_redact_set(log, on);
     }
 
     /* accepted connections start with a copy of their listener's log */
@@ -103,14 +126,22 @@ ngx_http_paygw_redact_init_process(ngx_cycle_t *cycle)
     ls = cycle->listening.elts;
 
     for (i = 0; i < cycle->listening.nelts; i++) {
-        ngx_http_paygw_redact_set(&ls[i].log);
+        ngx_http_paygw_redact_set(&ls[i].log, on);
     }
 }
 
 
 static void
-ngx_http_paygw_redact_set(ngx_log_t *log)
+ngx_http_paygw_redact_set(ngx_log_t *log, ngx_uint_t on)
 {
+    if (!on) {
+        if (log->writer == ngx_http_paygw_redact_writer) {
+            log->writer = NULL;
+        }
+
+        return;
+    }
+
     if (log->writer == NULL && log->file && log->file->fd != NGX_INVALID_FILE)
     {
         log->writer = ngx_http_paygw_redact_writer;
