@@ -121,6 +121,10 @@ ngx_int_t ngx_http_paygw_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, ngx_str_t *message);
 ngx_int_t ngx_http_paygw_not_allowed(ngx_http_request_t *r,
     const char *allow);
+ngx_table_elt_t *ngx_http_paygw_header(ngx_list_t *headers, const char *name,
+    ngx_uint_t *n);
+char *ngx_http_paygw_read_file(ngx_conf_t *cf, ngx_str_t *path,
+    const char *what, size_t max, ngx_str_t *content);
 
 
 #endif /* _NGX_HTTP_PAYGW_H_INCLUDED_ */

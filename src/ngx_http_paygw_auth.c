@@ -46,13 +46,11 @@ ngx_http_paygw_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_paygw_main_conf_t *pmcf = conf;
 
-    u_char       *p, *last, *nl;
-    char         *rv;
-    ssize_t       n;
-    ngx_fd_t      fd;
-    ngx_str_t    *value, file;
-    ngx_uint_t    line, i;
-    ngx_file_info_t  fi;
+    u_char                *p, *last, *nl;
+    char                  *rv;
+    size_t                 n;
+    ngx_str_t             *value, file, text;
+    ngx_uint_t             line, i;
     ngx_http_paygw_key_t  *key;
 
     if (pmcf->keys.elts) {
@@ -62,43 +60,14 @@ ngx_http_paygw_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     value = cf->args->elts;
     file = value[1];
 
-    if (ngx_conf_full_name(cf->cycle, &file, 1) != NGX_OK) {
-        return NGX_CONF_ERROR;
+    rv = ngx_http_paygw_read_file(cf, &file, "paygw_keys", 16 * 1024 * 1024,
+                                  &text);
+    if (rv != NGX_CONF_OK) {
+        return rv;
     }
 
-    /* read at configuration time, in the master: blocking is fine here */
-
-    fd = ngx_open_file(file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-    if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot open paygw_keys file \"%s\"", file.data);
-        return NGX_CONF_ERROR;
-    }
-
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
-        || ngx_file_size(&fi) > 16 * 1024 * 1024)
-    {
-        ngx_close_file(fd);
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "paygw_keys file \"%s\" is unreadable or over "
-                           "16M", file.data);
-        return NGX_CONF_ERROR;
-    }
-
-    p = ngx_pnalloc(cf->temp_pool, ngx_file_size(&fi) + 1);
-    if (p == NULL) {
-        ngx_close_file(fd);
-        return NGX_CONF_ERROR;
-    }
-
-    n = ngx_read_fd(fd, p, ngx_file_size(&fi));
-    ngx_close_file(fd);
-
-    if (n != (ssize_t) ngx_file_size(&fi)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read paygw_keys file \"%s\"", file.data);
-        return NGX_CONF_ERROR;
-    }
+    p = text.data;
+    n = text.len;
 
     if (ngx_array_init(&pmcf->keys, cf->pool, 8, sizeof(ngx_http_paygw_key_t))
         != NGX_OK)
@@ -124,7 +93,7 @@ ngx_http_paygw_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (pmcf->keys.nelts == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "paygw_keys file \"%s\" has no keys", file.data);
+                           "paygw_keys file \"%V\" has no keys", &file);
         return NGX_CONF_ERROR;
     }
 
@@ -138,8 +107,8 @@ ngx_http_paygw_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     for (i = 1; i < pmcf->keys.nelts; i++) {
         if (ngx_http_paygw_keys_cmp(&key[i - 1], &key[i]) == 0) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "paygw_keys file \"%s\": duplicate key id "
-                               "\"%V\"", file.data, &key[i].key_id);
+                               "paygw_keys file \"%V\": duplicate key id "
+                               "\"%V\"", &file, &key[i].key_id);
             return NGX_CONF_ERROR;
         }
     }

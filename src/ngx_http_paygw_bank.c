@@ -21,6 +21,8 @@
 #include <openssl/hmac.h>
 
 
+static ngx_int_t ngx_http_paygw_bank_get(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, const char *prefix, ngx_str_t *no);
 static ngx_int_t ngx_http_paygw_bank_send(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, const char *method, ngx_str_t *path,
     json_t *doc);
@@ -76,19 +78,8 @@ ngx_http_paygw_bank_charge(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 ngx_int_t
 ngx_http_paygw_bank_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_str_t  path;
-
-    path.len = sizeof("/acquirer/v1/charges/") - 1
-               + ctx->payment.payment_no.len;
-    path.data = ngx_pnalloc(r->pool, path.len);
-    if (path.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_sprintf(path.data, "/acquirer/v1/charges/%V",
-                &ctx->payment.payment_no);
-
-    return ngx_http_paygw_bank_send(r, ctx, "GET", &path, NULL);
+    return ngx_http_paygw_bank_get(r, ctx, "/acquirer/v1/charges/",
+                                   &ctx->payment.payment_no);
 }
 
 
@@ -128,17 +119,28 @@ ngx_int_t
 ngx_http_paygw_bank_refund_query(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_str_t  path;
+    return ngx_http_paygw_bank_get(r, ctx, "/acquirer/v1/refunds/",
+                                   &ctx->refund.out_refund_no);
+}
 
-    path.len = sizeof("/acquirer/v1/refunds/") - 1
-               + ctx->refund.out_refund_no.len;
+
+static ngx_int_t
+ngx_http_paygw_bank_get(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    const char *prefix, ngx_str_t *no)
+{
+    u_char     *p;
+    ngx_str_t   path;
+
+    /* a query: GET prefix + our number for the charge or refund */
+
+    path.len = ngx_strlen(prefix) + no->len;
     path.data = ngx_pnalloc(r->pool, path.len);
     if (path.data == NULL) {
         return NGX_ERROR;
     }
 
-    ngx_sprintf(path.data, "/acquirer/v1/refunds/%V",
-                &ctx->refund.out_refund_no);
+    p = ngx_cpymem(path.data, prefix, ngx_strlen(prefix));
+    ngx_memcpy(p, no->data, no->len);
 
     return ngx_http_paygw_bank_send(r, ctx, "GET", &path, NULL);
 }

@@ -414,37 +414,14 @@ ngx_str_t *
 ngx_http_paygw_provider_response_header(ngx_http_paygw_provider_call_t *pc,
     const char *name)
 {
-    size_t            len;
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
+    ngx_uint_t        n;
     ngx_table_elt_t  *h;
 
     if (pc->response_headers == NULL) {
         return NULL;
     }
 
-    len = ngx_strlen(name);
-    part = &pc->response_headers->part;
-    h = part->elts;
+    h = ngx_http_paygw_header(pc->response_headers, name, &n);
 
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].hash && h[i].key.len == len
-            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
-        {
-            return &h[i].value;
-        }
-    }
-
-    return NULL;
+    return h ? &h->value : NULL;
 }

@@ -45,37 +45,11 @@ ngx_int_t
 ngx_http_paygw_idem_header(ngx_http_request_t *r, ngx_str_t *key,
     const char **code, const char **why)
 {
-    ngx_uint_t        n, i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h, *found;
+    ngx_uint_t        n;
+    ngx_table_elt_t  *found;
 
-    found = NULL;
-    n = 0;
-
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == sizeof("Idempotency-Key") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "Idempotency-Key",
-                               sizeof("Idempotency-Key") - 1)
-               == 0)
-        {
-            found = &h[i];
-            n++;
-        }
-    }
+    found = ngx_http_paygw_header(&r->headers_in.headers, "Idempotency-Key",
+                                  &n);
 
     if (n == 0) {
         *code = "idempotency_key_missing";

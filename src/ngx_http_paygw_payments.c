@@ -40,6 +40,8 @@ static ngx_int_t ngx_http_paygw_refund_refused(ngx_http_request_t *r,
 static void ngx_http_paygw_card(ngx_http_paygw_payment_t *p);
 static ngx_int_t ngx_http_paygw_insert(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_retry(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_step_pt call);
 static ngx_int_t ngx_http_paygw_risk_deny(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 
@@ -54,6 +56,7 @@ static ngx_int_t ngx_http_paygw_risk_deny(ngx_http_request_t *r,
 ngx_int_t
 ngx_http_paygw_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
+    ngx_int_t                  rc;
     ngx_str_t                 *v;
     ngx_http_paygw_payment_t  *p;
 
@@ -162,12 +165,9 @@ ngx_http_paygw_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     case 3:
         /* charges are idempotent by out_trade_no: retry what failed */
 
-        if (ngx_http_paygw_bank_retryable(ctx) == NGX_OK
-            && ctx->attempt < ctx->channel->attempts)
-        {
-            ctx->attempt++;
-            return ngx_http_paygw_bank_charge(r, ctx) == NGX_OK
-                   ? NGX_AGAIN : NGX_ERROR;
+        rc = ngx_http_paygw_retry(r, ctx, ngx_http_paygw_bank_charge);
+        if (rc != NGX_DECLINED) {
+            return rc;
         }
 
         ngx_http_paygw_bank_charge_outcome(r, ctx, 0);
@@ -201,6 +201,28 @@ ngx_http_paygw_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK
            ? NGX_AGAIN : NGX_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_retry(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_http_paygw_step_pt call)
+{
+    /*
+     * Provider calls are idempotent (out_trade_no, out_refund_no): one
+     * without an answer, or answered with a 5xx, is made again while
+     * attempts remain.  NGX_DECLINED: no retry, use the answer.
+     */
+
+    if (ngx_http_paygw_bank_retryable(ctx) != NGX_OK
+        || ctx->attempt >= ctx->channel->attempts)
+    {
+        return NGX_DECLINED;
+    }
+
+    ctx->attempt++;
+
+    return call(r, ctx) == NGX_OK ? NGX_AGAIN : NGX_ERROR;
 }
 
 
@@ -281,12 +303,9 @@ ngx_http_paygw_get(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                                             : NGX_ERROR;
 
     case 2:
-        if (ngx_http_paygw_bank_retryable(ctx) == NGX_OK
-            && ctx->attempt < ctx->channel->attempts)
-        {
-            ctx->attempt++;
-            return ngx_http_paygw_bank_query(r, ctx) == NGX_OK
-                   ? NGX_AGAIN : NGX_ERROR;
+        rc = ngx_http_paygw_retry(r, ctx, ngx_http_paygw_bank_query);
+        if (rc != NGX_DECLINED) {
+            return rc;
         }
 
         ngx_http_paygw_bank_charge_outcome(r, ctx, 1);
@@ -487,12 +506,9 @@ ngx_http_paygw_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                                              : NGX_ERROR;
 
     case 3:
-        if (ngx_http_paygw_bank_retryable(ctx) == NGX_OK
-            && ctx->attempt < ctx->channel->attempts)
-        {
-            ctx->attempt++;
-            return ngx_http_paygw_bank_refund(r, ctx) == NGX_OK
-                   ? NGX_AGAIN : NGX_ERROR;
+        rc = ngx_http_paygw_retry(r, ctx, ngx_http_paygw_bank_refund);
+        if (rc != NGX_DECLINED) {
+            return rc;
         }
 
         ngx_http_paygw_bank_refund_outcome(r, ctx);

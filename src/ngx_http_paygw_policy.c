@@ -83,11 +83,9 @@ ngx_http_paygw_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     char                     *rv;
     u_char                   *p, *last, *nl;
-    ssize_t                   n;
-    ngx_fd_t                  fd;
-    ngx_str_t                *value;
+    size_t                    n;
+    ngx_str_t                *value, text;
     ngx_uint_t                line;
-    ngx_file_info_t           fi;
     ngx_http_paygw_policy_t  *pol;
 
     if (pmcf->policy) {
@@ -103,49 +101,21 @@ ngx_http_paygw_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     pol->file = value[1];
 
-    if (ngx_conf_full_name(cf->cycle, &pol->file, 1) != NGX_OK
-        || ngx_array_init(&pol->rules, cf->pool, 8,
-                          sizeof(ngx_http_paygw_rule_t))
-           != NGX_OK)
+    if (ngx_array_init(&pol->rules, cf->pool, 8,
+                       sizeof(ngx_http_paygw_rule_t))
+        != NGX_OK)
     {
         return NGX_CONF_ERROR;
     }
 
-    /* read when the configuration is loaded, in the master */
-
-    fd = ngx_open_file(pol->file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-    if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot open paygw_policy file \"%s\"",
-                           pol->file.data);
-        return NGX_CONF_ERROR;
+    rv = ngx_http_paygw_read_file(cf, &pol->file, "paygw_policy",
+                                  1024 * 1024, &text);
+    if (rv != NGX_CONF_OK) {
+        return rv;
     }
 
-    if (ngx_fd_info(fd, &fi) == NGX_FILE_ERROR
-        || ngx_file_size(&fi) > 1024 * 1024)
-    {
-        ngx_close_file(fd);
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "paygw_policy file \"%s\" is unreadable or over 1M",
-                           pol->file.data);
-        return NGX_CONF_ERROR;
-    }
-
-    p = ngx_pnalloc(cf->pool, ngx_file_size(&fi) + 1);
-    if (p == NULL) {
-        ngx_close_file(fd);
-        return NGX_CONF_ERROR;
-    }
-
-    n = ngx_read_fd(fd, p, ngx_file_size(&fi));
-    ngx_close_file(fd);
-
-    if (n != (ssize_t) ngx_file_size(&fi)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read paygw_policy file \"%s\"",
-                           pol->file.data);
-        return NGX_CONF_ERROR;
-    }
+    p = text.data;
+    n = text.len;
 
     last = p + n;
 
@@ -163,8 +133,8 @@ ngx_http_paygw_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (pol->rules.nelts == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "paygw_policy file \"%s\" has no rules: every "
-                           "request would be denied", pol->file.data);
+                           "paygw_policy file \"%V\" has no rules: every "
+                           "request would be denied", &pol->file);
         return NGX_CONF_ERROR;
     }
 

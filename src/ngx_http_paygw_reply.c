@@ -181,3 +181,44 @@ ngx_http_paygw_not_allowed(ngx_http_request_t *r, const char *allow)
     return ngx_http_paygw_send_error(r, NGX_HTTP_NOT_ALLOWED,
                                      "method_not_allowed", &msg);
 }
+
+
+ngx_table_elt_t *
+ngx_http_paygw_header(ngx_list_t *headers, const char *name, ngx_uint_t *n)
+{
+    size_t            len;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h, *found;
+
+    /* the last header of that name (case-insensitive), and how many */
+
+    len = ngx_strlen(name);
+    found = NULL;
+    *n = 0;
+
+    part = &headers->part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash && h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+        {
+            found = &h[i];
+            (*n)++;
+        }
+    }
+
+    return found;
+}

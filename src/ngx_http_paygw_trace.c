@@ -166,40 +166,14 @@ ngx_http_paygw_nonzero(u_char *p, size_t n)
 static ngx_table_elt_t *
 ngx_http_paygw_traceparent_header(ngx_http_request_t *r)
 {
-    ngx_uint_t        i, n;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h, *found;
+    ngx_uint_t        n;
+    ngx_table_elt_t  *h;
 
-    found = NULL;
-    n = 0;
-
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                break;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == sizeof("traceparent") - 1
-            && ngx_strncasecmp(h[i].key.data, (u_char *) "traceparent",
-                               sizeof("traceparent") - 1) == 0)
-        {
-            found = &h[i];
-            n++;
-        }
-    }
+    h = ngx_http_paygw_header(&r->headers_in.headers, "traceparent", &n);
 
     /* two traceparent headers: which is right cannot be told */
 
-    return (n == 1) ? found : NULL;
+    return (n == 1) ? h : NULL;
 }
 
 
