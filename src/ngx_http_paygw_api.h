@@ -131,7 +131,7 @@ struct ngx_http_paygw_ctx_s {
     ngx_uint_t                    next;
     ngx_uint_t                    settled;
 
-    unsigned                      side_effect:1; /* keep the idempotent result */
+    unsigned                      side_effect:1; /* keep the answer */
     unsigned                      reread:1;
     unsigned                      body_read:1;
 

@@ -60,8 +60,8 @@ ngx_http_paygw_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     value = cf->args->elts;
     file = value[1];
 
-    rv = ngx_http_paygw_read_file(cf, &file, "paygw_keys", 16 * 1024 * 1024,
-                                  &text);
+    rv = ngx_http_paygw_read_file(cf, &file, "paygw_keys file",
+                                  16 * 1024 * 1024, &text);
     if (rv != NGX_CONF_OK) {
         return rv;
     }

@@ -108,7 +108,7 @@ ngx_http_paygw_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    rv = ngx_http_paygw_read_file(cf, &pol->file, "paygw_policy",
+    rv = ngx_http_paygw_read_file(cf, &pol->file, "paygw_policy file",
                                   1024 * 1024, &text);
     if (rv != NGX_CONF_OK) {
         return rv;

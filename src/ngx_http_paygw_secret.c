@@ -13,58 +13,44 @@ char *
 ngx_http_paygw_read_secret(ngx_conf_t *cf, ngx_str_t *path, const char *what,
     ngx_str_t *secret)
 {
+    char       *rv;
     u_char     *nl;
-    ssize_t     n;
-    ngx_fd_t    fd;
-    ngx_str_t   file;
-    u_char      buf[1024];
+    size_t      n;
+    ngx_str_t   file, text;
 
     file = *path;
 
-    if (ngx_conf_full_name(cf->cycle, &file, 1) != NGX_OK) {
-        return NGX_CONF_ERROR;
-    }
-
-    fd = ngx_open_file(file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
-    if (fd == NGX_INVALID_FILE) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot open %s \"%s\"", what, file.data);
-        return NGX_CONF_ERROR;
-    }
-
-    n = ngx_read_fd(fd, buf, sizeof(buf));
-
-    ngx_close_file(fd);
-
-    if (n < 0 || n == sizeof(buf)) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "cannot read %s \"%s\" (unreadable or over %uz "
-                           "bytes)", what, file.data, sizeof(buf) - 1);
-        return NGX_CONF_ERROR;
+    rv = ngx_http_paygw_read_file(cf, &file, what, 1023, &text);
+    if (rv != NGX_CONF_OK) {
+        return rv;
     }
 
     /* one line; the newline an editor adds is not part of it */
 
-    nl = ngx_strlchr(buf, buf + n, '\n');
+    n = text.len;
+
+    nl = ngx_strlchr(text.data, text.data + n, '\n');
     if (nl) {
-        n = nl - buf;
+        n = nl - text.data;
     }
 
-    if (n > 0 && buf[n - 1] == '\r') {
+    if (n > 0 && text.data[n - 1] == '\r') {
         n--;
     }
 
     secret->data = ngx_pnalloc(cf->pool, n + 1);
     if (secret->data == NULL) {
-        ngx_explicit_memzero(buf, sizeof(buf));
+        ngx_explicit_memzero(text.data, text.len);
         return NGX_CONF_ERROR;
     }
 
-    ngx_memcpy(secret->data, buf, n);
+    ngx_memcpy(secret->data, text.data, n);
     secret->data[n] = '\0';
     secret->len = n;
 
-    ngx_explicit_memzero(buf, sizeof(buf));
+    /* the whole file stays in the configuration pool: wipe it */
+
+    ngx_explicit_memzero(text.data, text.len);
 
     return NGX_CONF_OK;
 }
@@ -88,7 +74,7 @@ ngx_http_paygw_read_file(ngx_conf_t *cf, ngx_str_t *path, const char *what,
     fd = ngx_open_file(file.data, NGX_FILE_RDONLY, NGX_FILE_OPEN, 0);
     if (fd == NGX_INVALID_FILE) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot open %s file \"%s\"", what, file.data);
+                           "cannot open %s \"%s\"", what, file.data);
         return NGX_CONF_ERROR;
     }
 
@@ -97,7 +83,7 @@ ngx_http_paygw_read_file(ngx_conf_t *cf, ngx_str_t *path, const char *what,
     {
         ngx_close_file(fd);
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "%s file \"%s\" is unreadable or over %uz bytes",
+                           "%s \"%s\" is unreadable or over %uz bytes",
                            what, file.data, max);
         return NGX_CONF_ERROR;
     }
@@ -113,7 +99,7 @@ ngx_http_paygw_read_file(ngx_conf_t *cf, ngx_str_t *path, const char *what,
 
     if (n != (ssize_t) ngx_file_size(&fi)) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "cannot read %s file \"%s\"", what, file.data);
+                           "cannot read %s \"%s\"", what, file.data);
         return NGX_CONF_ERROR;
     }
 
