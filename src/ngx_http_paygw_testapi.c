@@ -16,6 +16,7 @@
 #include "ngx_http_paygw.h"
 #include "ngx_http_paygw_redis.h"
 #include "ngx_http_paygw_mysql.h"
+#include "ngx_http_paygw_crypto.h"
 
 
 typedef struct {
@@ -44,6 +45,12 @@ static json_t *ngx_http_paygw_test_mysql_json(ngx_http_paygw_mysql_op_t *op);
 static json_t *ngx_http_paygw_test_stmt_json(ngx_http_paygw_sql_stmt_t *stmt);
 static u_char *ngx_http_paygw_test_pstrdup(ngx_pool_t *pool, const char *s,
     size_t len);
+static ngx_int_t ngx_http_paygw_test_crypto(ngx_http_request_t *r,
+    json_t *spec);
+static void ngx_http_paygw_test_arg(json_t *spec, const char *name,
+    ngx_str_t *v);
+static json_t *ngx_http_paygw_test_crypto_op(ngx_http_request_t *r,
+    json_t *spec);
 
 
 char *
@@ -130,6 +137,13 @@ ngx_http_paygw_test_body(ngx_http_request_t *r)
         ngx_http_finalize_request(r,
             ngx_http_paygw_send_error(r, NGX_HTTP_BAD_REQUEST,
                                       "invalid_request", &why));
+        return;
+    }
+
+    if (json_is_object(json_object_get(doc, "crypto"))) {
+        rc = ngx_http_paygw_test_crypto(r, json_object_get(doc, "crypto"));
+        json_decref(doc);
+        ngx_http_finalize_request(r, rc);
         return;
     }
 
@@ -543,4 +557,186 @@ ngx_http_paygw_test_pstrdup(ngx_pool_t *pool, const char *s, size_t len)
     p[len] = '\0';
 
     return p;
+}
+
+
+/*
+ * {"crypto": {"op": ..., ...}}: the module's own cryptography, for the
+ * protocol vectors (t/80).  Synchronous: no backend is involved.
+ */
+
+static ngx_int_t
+ngx_http_paygw_test_crypto(ngx_http_request_t *r, json_t *spec)
+{
+    json_t     *res;
+    ngx_int_t   rc;
+    ngx_str_t   why;
+
+    res = ngx_http_paygw_test_crypto_op(r, spec);
+
+    if (res == NULL) {
+        ngx_str_set(&why, "unknown op or bad arguments");
+        return ngx_http_paygw_send_error(r, NGX_HTTP_BAD_REQUEST,
+                                         "invalid_request", &why);
+    }
+
+    rc = ngx_http_paygw_send_json(r, NGX_HTTP_OK, res);
+    json_decref(res);
+
+    return rc;
+}
+
+
+static void
+ngx_http_paygw_test_arg(json_t *spec, const char *name, ngx_str_t *v)
+{
+    json_t  *j;
+
+    j = json_object_get(spec, name);
+
+    if (json_is_string(j)) {
+        v->data = (u_char *) json_string_value(j);
+        v->len = json_string_length(j);
+
+    } else {
+        ngx_str_set(v, "");
+    }
+}
+
+
+static json_t *
+ngx_http_paygw_test_crypto_op(ngx_http_request_t *r, json_t *spec)
+{
+    size_t         i;
+    json_t        *pair;
+    EVP_PKEY      *key;
+    ngx_int_t      rc;
+    ngx_str_t      op, a, b, c, d, out;
+    ngx_array_t   *params;
+    ngx_keyval_t  *kv;
+    u_char         mac[32], hex[64];
+
+    ngx_http_paygw_test_arg(spec, "op", &op);
+
+#define ngx_paygw_op(name)                                                   \
+    (op.len == sizeof(name) - 1 && ngx_strncmp(op.data, name, op.len) == 0)
+
+    if (ngx_paygw_op("rsa_sign") || ngx_paygw_op("rsa_verify")) {
+        ngx_http_paygw_test_arg(spec, "key_pem", &a);
+        ngx_http_paygw_test_arg(spec, "message", &b);
+        ngx_http_paygw_test_arg(spec, "signature", &c);
+
+        key = ngx_http_paygw_pem_key(&a, ngx_paygw_op("rsa_sign"));
+        if (key == NULL) {
+            return json_pack("{s:s}", "error", "key");
+        }
+
+        if (ngx_paygw_op("rsa_sign")) {
+            rc = ngx_http_paygw_rsa_sign(r->pool, key, &b, &out);
+            EVP_PKEY_free(key);
+            return rc == NGX_OK ? json_pack("{s:s%}", "signature", out.data,
+                                            out.len)
+                                : json_pack("{s:s}", "error", "sign");
+        }
+
+        rc = ngx_http_paygw_rsa_verify(r->pool, key, &b, &c);
+        EVP_PKEY_free(key);
+
+        return json_pack("{s:b}", "valid", rc == NGX_OK);
+    }
+
+    if (ngx_paygw_op("aes_gcm_decrypt")) {
+        ngx_http_paygw_test_arg(spec, "key", &a);
+        ngx_http_paygw_test_arg(spec, "nonce", &b);
+        ngx_http_paygw_test_arg(spec, "associated_data", &c);
+        ngx_http_paygw_test_arg(spec, "ciphertext", &d);
+
+        rc = ngx_http_paygw_aes_gcm_decrypt(r->pool, &a, &b, &c, &d, &out);
+
+        if (rc != NGX_OK) {
+            return json_pack("{s:s}", "error", "decrypt");
+        }
+
+        return json_pack("{s:s%}", "plaintext", out.data, out.len);
+    }
+
+    if (ngx_paygw_op("hmac_sha256")) {
+        /* hex in: RFC 4231 keys are not text */
+
+        ngx_http_paygw_test_arg(spec, "key_hex", &c);
+        ngx_http_paygw_test_arg(spec, "data_hex", &d);
+
+        a.data = ngx_pnalloc(r->pool, c.len / 2 + 1);
+        b.data = ngx_pnalloc(r->pool, d.len / 2 + 1);
+        if (a.data == NULL || b.data == NULL) {
+            return NULL;
+        }
+
+        for (a.len = 0; a.len < c.len / 2; a.len++) {
+            a.data[a.len] = (u_char) ngx_hextoi(c.data + 2 * a.len, 2);
+        }
+
+        for (b.len = 0; b.len < d.len / 2; b.len++) {
+            b.data[b.len] = (u_char) ngx_hextoi(d.data + 2 * b.len, 2);
+        }
+
+        if (ngx_http_paygw_hmac_sha256(&a, &b, mac) != NGX_OK) {
+            return NULL;
+        }
+
+        ngx_hex_dump(hex, mac, sizeof(mac));
+
+        return json_pack("{s:s%}", "hex", hex, sizeof(hex));
+    }
+
+    if (ngx_paygw_op("webhook_sign")) {
+        ngx_http_paygw_test_arg(spec, "secret", &a);
+        ngx_http_paygw_test_arg(spec, "id", &b);
+        ngx_http_paygw_test_arg(spec, "timestamp", &c);
+        ngx_http_paygw_test_arg(spec, "body", &d);
+
+        if (ngx_http_paygw_webhook_sign(r->pool, &a, &b, &c, &d, &out)
+            != NGX_OK)
+        {
+            return json_pack("{s:s}", "error", "secret");
+        }
+
+        return json_pack("{s:s%}", "signature", out.data, out.len);
+    }
+
+    if (ngx_paygw_op("alipay_canonical")) {
+        params = ngx_array_create(r->pool, 16, sizeof(ngx_keyval_t));
+        if (params == NULL) {
+            return NULL;
+        }
+
+        json_array_foreach(json_object_get(spec, "params"), i, pair) {
+            kv = ngx_array_push(params);
+            if (kv == NULL || !json_is_string(json_array_get(pair, 0))
+                || !json_is_string(json_array_get(pair, 1)))
+            {
+                return NULL;
+            }
+
+            kv->key.data = (u_char *) json_string_value(json_array_get(pair,
+                                                                       0));
+            kv->key.len = json_string_length(json_array_get(pair, 0));
+            kv->value.data = (u_char *) json_string_value(json_array_get(pair,
+                                                                         1));
+            kv->value.len = json_string_length(json_array_get(pair, 1));
+        }
+
+        if (ngx_http_paygw_alipay_canonical(r->pool, params,
+                json_is_true(json_object_get(spec, "keep_sign_type")), &out)
+            != NGX_OK)
+        {
+            return NULL;
+        }
+
+        return json_pack("{s:s%}", "canonical", out.data, out.len);
+    }
+
+#undef ngx_paygw_op
+
+    return NULL;
 }
