@@ -102,6 +102,7 @@ ngx_int_t ngx_http_paygw_redact_collect(ngx_conf_t *cf,
 void ngx_http_paygw_redact_init_process(ngx_cycle_t *cycle);
 void ngx_http_paygw_redact_exit_process(ngx_cycle_t *cycle);
 ngx_http_paygw_shctx_t *ngx_http_paygw_shctx(ngx_http_request_t *r);
+ngx_slab_pool_t *ngx_http_paygw_shpool(ngx_http_request_t *r);
 
 char *ngx_http_paygw_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_paygw_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

@@ -78,6 +78,8 @@ ngx_http_paygw_channel(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ch->name = value[1];
     ch->attempts = 3;
     ch->unknown_grace = 60;
+    ch->breaker_failures = 3;
+    ch->breaker_timeout = 30000;
 
     for (i = 2; i < cf->args->nelts; i++) {
 
@@ -119,6 +121,30 @@ ngx_http_paygw_channel(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             ch->attempts = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "breaker_failures=", 17) == 0) {
+            n = ngx_atoi(value[i].data + 17, value[i].len - 17);
+            if (n < 0) {
+                goto invalid;
+            }
+
+            ch->breaker_failures = n;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "breaker_timeout=", 16) == 0) {
+            v.data = value[i].data + 16;
+            v.len = value[i].len - 16;
+
+            ch->breaker_timeout = ngx_parse_time(&v, 0);
+            if (ch->breaker_timeout == (ngx_msec_t) NGX_ERROR
+                || ch->breaker_timeout == 0)
+            {
+                goto invalid;
+            }
+
             continue;
         }
 
@@ -255,6 +281,7 @@ ngx_http_paygw_provider_send(ngx_http_request_t *r,
     pc->call.status = 0;
     pc->status = 0;
     pc->channel = ch->name;
+    pc->ch = ch;
     pc->start = ngx_current_msec;
     ngx_str_null(&pc->response);
 
@@ -376,6 +403,7 @@ ngx_http_paygw_provider_done(ngx_http_request_t *r, void *data, ngx_int_t rc)
                                  ? NGX_HTTP_PAYGW_M_RESULT_TIMEOUT
                                  : NGX_HTTP_PAYGW_M_RESULT_UNREACHABLE,
                                  ngx_current_msec - pc->start);
+        ngx_http_paygw_breaker_record(r, pc->ch, 1);
 
         ngx_http_paygw_call_fail(&pc->call, r->pool,
                                  rc == NGX_HTTP_GATEWAY_TIME_OUT
@@ -397,6 +425,8 @@ ngx_http_paygw_provider_done(ngx_http_request_t *r, void *data, ngx_int_t rc)
                                ? NGX_HTTP_PAYGW_M_RESULT_CLIENT_ERROR
                                : NGX_HTTP_PAYGW_M_RESULT_OK,
                              ngx_current_msec - pc->start);
+
+    ngx_http_paygw_breaker_record(r, pc->ch, pc->status >= 500);
 
     if (r->out && r->out->buf) {
         b = r->out->buf;

@@ -22,6 +22,8 @@ struct ngx_http_paygw_channel_s {
     ngx_str_t                     secret;
     ngx_uint_t                    attempts;
     time_t                        unknown_grace;
+    ngx_uint_t                    breaker_failures;   /* 0: no breaker */
+    ngx_msec_t                    breaker_timeout;
 };
 
 
@@ -40,6 +42,7 @@ typedef struct {
     ngx_array_t                   headers;       /* ngx_keyval_t */
 
     ngx_str_t                     channel;       /* for metrics */
+    ngx_http_paygw_channel_t     *ch;
     ngx_msec_t                    start;
 
     ngx_uint_t                    status;
@@ -60,6 +63,12 @@ ngx_int_t ngx_http_paygw_provider_send(ngx_http_request_t *r,
     ngx_http_paygw_channel_t *ch, ngx_http_paygw_provider_call_t *pc);
 ngx_str_t *ngx_http_paygw_provider_response_header(
     ngx_http_paygw_provider_call_t *pc, const char *name);
+
+/* ngx_http_paygw_breaker.c */
+ngx_int_t ngx_http_paygw_breaker_allow(ngx_http_request_t *r,
+    ngx_http_paygw_channel_t *ch);
+void ngx_http_paygw_breaker_record(ngx_http_request_t *r,
+    ngx_http_paygw_channel_t *ch, ngx_uint_t failed);
 
 /* ngx_http_paygw_bank.c: the bank-card acquirer */
 ngx_int_t ngx_http_paygw_bank_charge(ngx_http_request_t *r,

@@ -40,7 +40,7 @@
 #define NGX_HTTP_PAYGW_M_BACKEND_REDIS  0
 #define NGX_HTTP_PAYGW_M_BACKEND_MYSQL  1
 
-#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670001
+#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670002
 
 
 typedef struct {
@@ -70,6 +70,14 @@ typedef struct {
 } ngx_http_paygw_metrics_t;
 
 
+typedef struct {
+    ngx_uint_t                    state;
+    ngx_uint_t                    failures;
+    ngx_msec_t                    opened_at;
+    ngx_msec_t                    probe_at;
+} ngx_http_paygw_breaker_t;
+
+
 struct ngx_http_paygw_shctx_s {
     ngx_uint_t                    layout;        /* of this struct */
     ngx_atomic_t                  reloads;
@@ -78,6 +86,7 @@ struct ngx_http_paygw_shctx_s {
     ngx_atomic_t                  ready_failures;
     time_t                        created;
     ngx_http_paygw_metrics_t      m;
+    ngx_http_paygw_breaker_t      breaker[NGX_HTTP_PAYGW_M_CHANNELS];
 };
 
 

@@ -76,6 +76,15 @@ ngx_http_paygw_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         p->updated_at = p->created_at;
         ngx_http_paygw_card(p);
 
+        /* an open circuit: refuse before anything is written */
+
+        if (ngx_http_paygw_breaker_allow(r, ctx->channel) != NGX_OK) {
+            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                       "channel_unavailable",
+                                       "channel \"%V\" is failing; try "
+                                       "again later", &ctx->channel->name);
+        }
+
         if (ngx_http_paygw_risk_enabled(r) == NGX_OK) {
 
             /* risk first: nothing is written for a refused payment */
@@ -445,10 +454,12 @@ ngx_http_paygw_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         }
 
         ctx->channel = ngx_http_paygw_channel_find(r, &p->channel);
-        if (ctx->channel == NULL) {
+        if (ctx->channel == NULL
+            || ngx_http_paygw_breaker_allow(r, ctx->channel) != NGX_OK)
+        {
             return ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
                                        "channel_unavailable",
-                                       "channel \"%V\" is not enabled",
+                                       "channel \"%V\" is not available",
                                        &p->channel);
         }
 

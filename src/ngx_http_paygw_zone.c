@@ -174,3 +174,21 @@ ngx_http_paygw_shctx(ngx_http_request_t *r)
 
     return ctx->sh;
 }
+
+
+ngx_slab_pool_t *
+ngx_http_paygw_shpool(ngx_http_request_t *r)
+{
+    ngx_http_paygw_zone_ctx_t   *ctx;
+    ngx_http_paygw_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_paygw_module);
+
+    if (pmcf->shm_zone == NULL) {
+        return NULL;
+    }
+
+    ctx = pmcf->shm_zone->data;
+
+    return ctx->shpool;
+}

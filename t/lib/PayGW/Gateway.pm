@@ -55,6 +55,9 @@ sub _http_conf {
     my $sp = $self->{sim}->port;
     my $attempts = $o{attempts} // 3;
     my $grace = $o{unknown_grace} // '60s';
+    # the circuit breaker is off unless a test asks for it: fault tests
+    # study one provider call at a time (t/74 tests the breaker)
+    my $breaker = $o{breaker} // 'breaker_failures=0';
     my $pt = $o{provider_timeout} // '10s';
     my $rt = $o{redis_timeout} // '5s';   # generous: CI machines may be loaded
     my $qt = $o{query_timeout} // '10s';
@@ -69,7 +72,7 @@ sub _http_conf {
     paygw_keys  $repo/conf/demo/keys.conf;
     paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
                   secret_file=$repo/conf/demo/acquirer.secret
-                  attempts=$attempts unknown_grace=$grace;
+                  attempts=$attempts unknown_grace=$grace $breaker;
     upstream paygw_acquirer { server 127.0.0.1:$sp; keepalive 16; }
     log_format paygw '\$remote_addr "\$request" \$status \$request_time';
     $extra_http

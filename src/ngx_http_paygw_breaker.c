@@ -1,0 +1,155 @@
+
+/*
+ * paygw: a circuit breaker per channel, shared by all workers.
+ *
+ * After `breaker_failures` consecutive failed provider calls (no answer,
+ * or a 5xx) the channel opens for `breaker_timeout`: calls are refused at
+ * once (503 channel_unavailable) instead of piling up on a provider that
+ * is down.  Then one call is let through as a probe (half-open); its
+ * success closes the breaker, its failure opens it again.  The state
+ * lives in paygw_zone, under the zone's mutex, and is exported as
+ * paygw_circuit_state{channel} (0 closed, 1 open, 2 half-open).
+ */
+
+
+#include "ngx_http_paygw_channel.h"
+#include "ngx_http_paygw_metrics.h"
+
+
+#define NGX_HTTP_PAYGW_CLOSED     0
+#define NGX_HTTP_PAYGW_OPEN       1
+#define NGX_HTTP_PAYGW_HALF_OPEN  2
+
+
+static ngx_int_t ngx_http_paygw_breaker_index(ngx_str_t *channel);
+
+
+ngx_int_t
+ngx_http_paygw_breaker_allow(ngx_http_request_t *r,
+    ngx_http_paygw_channel_t *ch)
+{
+    ngx_int_t                  i, rc;
+    ngx_msec_t                 now;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_paygw_shctx_t    *sh;
+    ngx_http_paygw_breaker_t  *b;
+
+    sh = ngx_http_paygw_shctx(r);
+    i = ngx_http_paygw_breaker_index(&ch->name);
+
+    if (sh == NULL || i < 0 || ch->breaker_failures == 0) {
+        return NGX_OK;
+    }
+
+    b = &sh->breaker[i];
+    shpool = ngx_http_paygw_shpool(r);
+    now = ngx_current_msec;
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    switch (b->state) {
+
+    case NGX_HTTP_PAYGW_OPEN:
+
+        if ((ngx_msec_int_t) (now - b->opened_at) < (ngx_msec_int_t)
+                                                     ch->breaker_timeout)
+        {
+            rc = NGX_DECLINED;
+            break;
+        }
+
+        /* ejection time over: this call is the probe */
+
+        b->state = NGX_HTTP_PAYGW_HALF_OPEN;
+        b->probe_at = now;
+        rc = NGX_OK;
+        break;
+
+    case NGX_HTTP_PAYGW_HALF_OPEN:
+
+        /* one probe at a time; a probe lost with its worker times out */
+
+        if ((ngx_msec_int_t) (now - b->probe_at) < (ngx_msec_int_t)
+                                                    ch->breaker_timeout)
+        {
+            rc = NGX_DECLINED;
+            break;
+        }
+
+        b->probe_at = now;
+        rc = NGX_OK;
+        break;
+
+    default:
+        rc = NGX_OK;
+    }
+
+    sh->m.circuit_state[i] = b->state;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    return rc;
+}
+
+
+void
+ngx_http_paygw_breaker_record(ngx_http_request_t *r,
+    ngx_http_paygw_channel_t *ch, ngx_uint_t failed)
+{
+    ngx_int_t                  i;
+    ngx_slab_pool_t           *shpool;
+    ngx_http_paygw_shctx_t    *sh;
+    ngx_http_paygw_breaker_t  *b;
+
+    sh = ngx_http_paygw_shctx(r);
+    i = ngx_http_paygw_breaker_index(&ch->name);
+
+    if (sh == NULL || i < 0 || ch->breaker_failures == 0) {
+        return;
+    }
+
+    b = &sh->breaker[i];
+    shpool = ngx_http_paygw_shpool(r);
+
+    ngx_shmtx_lock(&shpool->mutex);
+
+    if (!failed) {
+        b->failures = 0;
+        b->state = NGX_HTTP_PAYGW_CLOSED;
+
+    } else if (b->state == NGX_HTTP_PAYGW_HALF_OPEN
+               || ++b->failures >= ch->breaker_failures)
+    {
+        if (b->state != NGX_HTTP_PAYGW_OPEN) {
+            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                          "paygw: channel \"%V\" circuit opened after %ui "
+                          "failed calls", &ch->name, b->failures);
+        }
+
+        b->state = NGX_HTTP_PAYGW_OPEN;
+        b->opened_at = ngx_current_msec;
+    }
+
+    sh->m.circuit_state[i] = b->state;
+
+    ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_breaker_index(ngx_str_t *channel)
+{
+    if (channel->len == 9 && ngx_strncmp(channel->data, "bank_card", 9) == 0) {
+        return 0;
+    }
+
+    if (channel->len == 6 && ngx_strncmp(channel->data, "alipay", 6) == 0) {
+        return 1;
+    }
+
+    if (channel->len == 6 && ngx_strncmp(channel->data, "wechat", 6) == 0) {
+        return 2;
+    }
+
+    return -1;
+}
