@@ -21,6 +21,9 @@
 #define NGX_HTTP_PAYGW_HALF_OPEN  2
 
 
+static ngx_http_paygw_breaker_t *ngx_http_paygw_breaker_lock(
+    ngx_http_request_t *r, ngx_http_paygw_channel_t *ch,
+    ngx_slab_pool_t **shpool);
 static ngx_int_t ngx_http_paygw_breaker_index(ngx_str_t *channel);
 
 
@@ -28,63 +31,40 @@ ngx_int_t
 ngx_http_paygw_breaker_allow(ngx_http_request_t *r,
     ngx_http_paygw_channel_t *ch)
 {
-    ngx_int_t                  i, rc;
-    ngx_msec_t                 now;
+    ngx_int_t                  rc;
+    ngx_msec_t                 since;
     ngx_slab_pool_t           *shpool;
-    ngx_http_paygw_shctx_t    *sh;
     ngx_http_paygw_breaker_t  *b;
 
-    sh = ngx_http_paygw_shctx(r);
-    i = ngx_http_paygw_breaker_index(&ch->name);
-
-    if (sh == NULL || i < 0 || ch->breaker_failures == 0) {
+    b = ngx_http_paygw_breaker_lock(r, ch, &shpool);
+    if (b == NULL) {
         return NGX_OK;
     }
 
-    b = &sh->breaker[i];
-    shpool = ngx_http_paygw_shpool(r);
-    now = ngx_current_msec;
+    rc = NGX_OK;
 
-    ngx_shmtx_lock(&shpool->mutex);
+    if (b->state != NGX_HTTP_PAYGW_CLOSED) {
 
-    switch (b->state) {
+        /*
+         * Open: refused until the ejection time is over, then this call
+         * is the one probe (half-open).  Half-open: refused while the
+         * probe runs; a probe lost with its worker counts as over after
+         * the same time.
+         */
 
-    case NGX_HTTP_PAYGW_OPEN:
+        since = (b->state == NGX_HTTP_PAYGW_OPEN) ? b->opened_at
+                                                  : b->probe_at;
 
-        if ((ngx_msec_int_t) (now - b->opened_at) < (ngx_msec_int_t)
-                                                     ch->breaker_timeout)
+        if ((ngx_msec_int_t) (ngx_current_msec - since)
+            < (ngx_msec_int_t) ch->breaker_timeout)
         {
             rc = NGX_DECLINED;
-            break;
+
+        } else {
+            b->state = NGX_HTTP_PAYGW_HALF_OPEN;
+            b->probe_at = ngx_current_msec;
         }
-
-        /* ejection time over: this call is the probe */
-
-        b->state = NGX_HTTP_PAYGW_HALF_OPEN;
-        b->probe_at = now;
-        rc = NGX_OK;
-        break;
-
-    case NGX_HTTP_PAYGW_HALF_OPEN:
-
-        /* one probe at a time; a probe lost with its worker times out */
-
-        if ((ngx_msec_int_t) (now - b->probe_at) < (ngx_msec_int_t)
-                                                    ch->breaker_timeout)
-        {
-            rc = NGX_DECLINED;
-            break;
-        }
-
-        b->probe_at = now;
-        rc = NGX_OK;
-        break;
-
-    default:
-        rc = NGX_OK;
     }
-
-    sh->m.circuit_state[i] = b->state;
 
     ngx_shmtx_unlock(&shpool->mutex);
 
@@ -96,22 +76,13 @@ void
 ngx_http_paygw_breaker_record(ngx_http_request_t *r,
     ngx_http_paygw_channel_t *ch, ngx_uint_t failed)
 {
-    ngx_int_t                  i;
     ngx_slab_pool_t           *shpool;
-    ngx_http_paygw_shctx_t    *sh;
     ngx_http_paygw_breaker_t  *b;
 
-    sh = ngx_http_paygw_shctx(r);
-    i = ngx_http_paygw_breaker_index(&ch->name);
-
-    if (sh == NULL || i < 0 || ch->breaker_failures == 0) {
+    b = ngx_http_paygw_breaker_lock(r, ch, &shpool);
+    if (b == NULL) {
         return;
     }
-
-    b = &sh->breaker[i];
-    shpool = ngx_http_paygw_shpool(r);
-
-    ngx_shmtx_lock(&shpool->mutex);
 
     if (!failed) {
         b->failures = 0;
@@ -130,9 +101,31 @@ ngx_http_paygw_breaker_record(ngx_http_request_t *r,
         b->opened_at = ngx_current_msec;
     }
 
-    sh->m.circuit_state[i] = b->state;
-
     ngx_shmtx_unlock(&shpool->mutex);
+}
+
+
+static ngx_http_paygw_breaker_t *
+ngx_http_paygw_breaker_lock(ngx_http_request_t *r,
+    ngx_http_paygw_channel_t *ch, ngx_slab_pool_t **shpool)
+{
+    ngx_int_t                i;
+    ngx_http_paygw_shctx_t  *sh;
+
+    /* the channel's breaker, locked; NULL when there is none */
+
+    sh = ngx_http_paygw_shctx(r);
+    i = ngx_http_paygw_breaker_index(&ch->name);
+
+    if (sh == NULL || i < 0 || ch->breaker_failures == 0) {
+        return NULL;
+    }
+
+    *shpool = ngx_http_paygw_shpool(r);
+
+    ngx_shmtx_lock(&(*shpool)->mutex);
+
+    return &sh->breaker[i];
 }
 
 

@@ -419,8 +419,8 @@ ngx_http_paygw_metrics_handler(ngx_http_request_t *r)
                    "Circuit breaker: 0 closed, 1 open, 2 half-open.");
 
     for (i = 0; i < NGX_HTTP_PAYGW_M_CHANNELS - 1; i++) {
-        p = ngx_slprintf(p, last, "paygw_circuit_state{channel=\"%s\"} %uA\n",
-                         ngx_http_paygw_m_channels[i], m->circuit_state[i]);
+        p = ngx_slprintf(p, last, "paygw_circuit_state{channel=\"%s\"} %ui\n",
+                         ngx_http_paygw_m_channels[i], sh->breaker[i].state);
     }
 
     ngx_paygw_head("paygw_idempotency_total", "counter",

@@ -40,7 +40,7 @@
 #define NGX_HTTP_PAYGW_M_BACKEND_REDIS  0
 #define NGX_HTTP_PAYGW_M_BACKEND_MYSQL  1
 
-#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670002
+#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670003
 
 
 typedef struct {
@@ -59,7 +59,6 @@ typedef struct {
     ngx_atomic_t                  channel_requests[NGX_HTTP_PAYGW_M_CHANNELS]
                                                   [NGX_HTTP_PAYGW_M_RESULTS];
     ngx_http_paygw_hist_t         channel_duration[NGX_HTTP_PAYGW_M_CHANNELS];
-    ngx_atomic_t                  circuit_state[NGX_HTTP_PAYGW_M_CHANNELS];
     ngx_atomic_t                  idempotency[4];
     ngx_atomic_t                  callbacks[NGX_HTTP_PAYGW_M_CHANNELS][2];
     ngx_atomic_t                  backend_errors[2];

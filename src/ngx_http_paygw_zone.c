@@ -158,37 +158,34 @@ ngx_http_paygw_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 }
 
 
-ngx_http_paygw_shctx_t *
-ngx_http_paygw_shctx(ngx_http_request_t *r)
+static ngx_http_paygw_zone_ctx_t *
+ngx_http_paygw_zone_ctx(ngx_http_request_t *r)
 {
-    ngx_http_paygw_zone_ctx_t   *ctx;
     ngx_http_paygw_main_conf_t  *pmcf;
 
     pmcf = ngx_http_get_module_main_conf(r, ngx_http_paygw_module);
 
-    if (pmcf->shm_zone == NULL) {
-        return NULL;
-    }
+    return pmcf->shm_zone ? pmcf->shm_zone->data : NULL;
+}
 
-    ctx = pmcf->shm_zone->data;
 
-    return ctx->sh;
+ngx_http_paygw_shctx_t *
+ngx_http_paygw_shctx(ngx_http_request_t *r)
+{
+    ngx_http_paygw_zone_ctx_t  *ctx;
+
+    ctx = ngx_http_paygw_zone_ctx(r);
+
+    return ctx ? ctx->sh : NULL;
 }
 
 
 ngx_slab_pool_t *
 ngx_http_paygw_shpool(ngx_http_request_t *r)
 {
-    ngx_http_paygw_zone_ctx_t   *ctx;
-    ngx_http_paygw_main_conf_t  *pmcf;
+    ngx_http_paygw_zone_ctx_t  *ctx;
 
-    pmcf = ngx_http_get_module_main_conf(r, ngx_http_paygw_module);
+    ctx = ngx_http_paygw_zone_ctx(r);
 
-    if (pmcf->shm_zone == NULL) {
-        return NULL;
-    }
-
-    ctx = pmcf->shm_zone->data;
-
-    return ctx->shpool;
+    return ctx ? ctx->shpool : NULL;
 }
