@@ -256,7 +256,7 @@ ngx_http_paygw_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    return NGX_CONF_OK;
+    return ngx_http_paygw_channels_init(cf, pmcf);
 }
 
 

@@ -186,6 +186,12 @@ ngx_http_paygw_access_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NGX_OK;
     }
 
+    /* a provider's callback is authenticated by its own signature */
+
+    if (ctx->api == NGX_HTTP_PAYGW_API_NOTIFY) {
+        return NGX_OK;
+    }
+
     rc = ngx_http_paygw_authenticate(r, &ctx->body, &ctx->auth, &why);
 
     if (rc == NGX_ERROR) {

@@ -108,6 +108,9 @@ ngx_http_paygw_api_handler(ngx_http_request_t *r)
         case NGX_HTTP_PAYGW_API_RESOLVE:
             ctx->step = ngx_http_paygw_resolve;
             break;
+        case NGX_HTTP_PAYGW_API_NOTIFY:
+            ctx->step = ngx_http_paygw_notify;
+            break;
         default:
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
@@ -257,7 +260,10 @@ ngx_http_paygw_api_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         ngx_str_set(&h->value, "true");
     }
 
-    return ngx_http_paygw_send_text(r, ctx->status, &ngx_http_paygw_json_type,
+    return ngx_http_paygw_send_text(r, ctx->status,
+                                    ctx->content_type
+                                    ? ctx->content_type
+                                    : &ngx_http_paygw_json_type,
                                     &ctx->response);
 }
 

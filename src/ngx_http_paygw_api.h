@@ -23,6 +23,7 @@
 #define NGX_HTTP_PAYGW_API_GET_REFUND   5
 #define NGX_HTTP_PAYGW_API_CLOSE        6
 #define NGX_HTTP_PAYGW_API_RESOLVE      7   /* settle unknown payments */
+#define NGX_HTTP_PAYGW_API_NOTIFY       8   /* a provider's callback */
 
 #define NGX_HTTP_PAYGW_MAX_AMOUNT       1000000000000LL
 #define NGX_HTTP_PAYGW_UNPROCESSABLE    422
@@ -57,6 +58,7 @@ typedef struct {
     ngx_str_t                     updated_at;
     int64_t                       expire_seconds;
     time_t                        age;           /* seconds since update */
+    time_t                        overdue;       /* seconds past expiry */
 
     /* the card, in memory for the charge only: never stored or logged */
     ngx_str_t                     card_number;
@@ -92,9 +94,26 @@ typedef struct {
     ngx_str_t                     failure_message;
     ngx_str_t                     card_brand;
     ngx_str_t                     card_last4;
+    ngx_str_t                     qr_code;       /* Alipay */
+    ngx_str_t                     code_url;      /* WeChat Pay */
     unsigned                      definitive:1;  /* not "unknown" */
     unsigned                      not_found:1;   /* provider never saw it */
+    unsigned                      not_closable:1;    /* paid meanwhile */
 } ngx_http_paygw_outcome_t;
+
+
+/*
+ * What a verified provider callback said: the payment it is about and
+ * the state it reports ("" when it reports no final state).
+ */
+
+typedef struct {
+    ngx_str_t                     out_trade_no;
+    ngx_str_t                     status;
+    ngx_str_t                     provider_no;
+    ngx_str_t                     currency;
+    int64_t                       amount;
+} ngx_http_paygw_notice_t;
 
 
 typedef struct ngx_http_paygw_ctx_s  ngx_http_paygw_ctx_t;
@@ -116,6 +135,8 @@ struct ngx_http_paygw_ctx_s {
     ngx_http_paygw_refund_t       refund;
     ngx_http_paygw_outcome_t      outcome;
     ngx_http_paygw_channel_t     *channel;
+    ngx_http_paygw_notice_t       notice;        /* a provider's callback */
+    const char                   *notice_error;  /* why it was refused */
 
     ngx_uint_t                    access;        /* ACCESS phase stage */
     ngx_uint_t                    phase;         /* CONTENT phase stage */
@@ -139,6 +160,7 @@ struct ngx_http_paygw_ctx_s {
     const char                   *risk_reason;
     ngx_uint_t                    status;        /* the response */
     ngx_str_t                     response;
+    ngx_str_t                    *content_type;  /* NULL: JSON */
     unsigned                      replayed:1;
 };
 
@@ -166,6 +188,10 @@ ngx_int_t ngx_http_paygw_refund(ngx_http_request_t *r,
 ngx_int_t ngx_http_paygw_get_refund(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 ngx_int_t ngx_http_paygw_resolve(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+
+/* ngx_http_paygw_notify.c: provider callbacks */
+ngx_int_t ngx_http_paygw_notify(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 
 /* ngx_http_paygw_api.c */

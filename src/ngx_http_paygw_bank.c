@@ -21,6 +21,24 @@
 #include <openssl/hmac.h>
 
 
+static ngx_int_t ngx_http_paygw_bank_charge(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_bank_query(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_bank_refund(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_bank_refund_query(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static void ngx_http_paygw_bank_charge_outcome(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static void ngx_http_paygw_bank_query_outcome(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static void ngx_http_paygw_bank_outcome(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_uint_t query);
+static void ngx_http_paygw_bank_refund_outcome(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static char *ngx_http_paygw_bank_check(ngx_conf_t *cf,
+    ngx_http_paygw_channel_t *ch);
 static ngx_int_t ngx_http_paygw_bank_get(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, const char *prefix, ngx_str_t *no);
 static ngx_int_t ngx_http_paygw_bank_send(ngx_http_request_t *r,
@@ -30,16 +48,53 @@ static ngx_int_t ngx_http_paygw_bank_sign(ngx_http_paygw_channel_t *ch,
     ngx_str_t *parts, ngx_uint_t n, u_char *hex);
 static json_t *ngx_http_paygw_bank_verified(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-static void ngx_http_paygw_bank_unknown(ngx_http_paygw_outcome_t *out,
-    const char *why);
-static ngx_int_t ngx_http_paygw_bank_is(json_t *doc, const char *name,
-    ngx_str_t *expect);
-static void ngx_http_paygw_bank_str(ngx_pool_t *pool, json_t *doc,
-    const char *name, ngx_str_t *out);
 static void ngx_http_paygw_bank_cleanse(void *data);
 
 
-ngx_int_t
+ngx_http_paygw_provider_t  ngx_http_paygw_bank_provider = {
+    ngx_http_paygw_bank_charge,
+    ngx_http_paygw_bank_query,
+    NULL,
+    ngx_http_paygw_bank_refund,
+    ngx_http_paygw_bank_refund_query,
+    ngx_http_paygw_bank_charge_outcome,
+    ngx_http_paygw_bank_query_outcome,
+    NULL,
+    ngx_http_paygw_bank_refund_outcome,
+    NULL,
+    NULL,
+    ngx_http_paygw_bank_check
+};
+
+
+static char *
+ngx_http_paygw_bank_check(ngx_conf_t *cf, ngx_http_paygw_channel_t *ch)
+{
+    if (ch->merchant.len == 0 || ch->secret.len == 0) {
+        return "needs merchant_id= and secret_file=";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void
+ngx_http_paygw_bank_charge_outcome(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_bank_outcome(r, ctx, 0);
+}
+
+
+static void
+ngx_http_paygw_bank_query_outcome(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_bank_outcome(r, ctx, 1);
+}
+
+
+static ngx_int_t
 ngx_http_paygw_bank_charge(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     json_t                    *doc;
@@ -75,7 +130,7 @@ ngx_http_paygw_bank_charge(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 }
 
 
-ngx_int_t
+static ngx_int_t
 ngx_http_paygw_bank_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     return ngx_http_paygw_bank_get(r, ctx, "/acquirer/v1/charges/",
@@ -83,7 +138,7 @@ ngx_http_paygw_bank_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 }
 
 
-ngx_int_t
+static ngx_int_t
 ngx_http_paygw_bank_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     json_t                   *doc;
@@ -115,7 +170,7 @@ ngx_http_paygw_bank_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 }
 
 
-ngx_int_t
+static ngx_int_t
 ngx_http_paygw_bank_refund_query(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx)
 {
@@ -217,14 +272,6 @@ ngx_http_paygw_bank_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
         return NGX_ERROR;
     }
 
-    /* the trace goes on to the provider */
-
-    if (ngx_http_paygw_traceparent(r, &v) != NGX_OK
-        || ngx_http_paygw_provider_header(r, pc, "traceparent", &v) != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
     if (doc) {
         ngx_str_set(&v, "application/json");
 
@@ -298,19 +345,6 @@ done:
 }
 
 
-ngx_int_t
-ngx_http_paygw_bank_retryable(ngx_http_paygw_ctx_t *ctx)
-{
-    ngx_http_paygw_provider_call_t  *pc;
-
-    pc = ctx->provider;
-
-    /* no answer, or the provider's own failure: the call is idempotent */
-
-    return (!pc->call.ok || pc->status >= 500) ? NGX_OK : NGX_DECLINED;
-}
-
-
 static json_t *
 ngx_http_paygw_bank_verified(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
@@ -373,8 +407,8 @@ ngx_http_paygw_bank_verified(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 }
 
 
-void
-ngx_http_paygw_bank_charge_outcome(ngx_http_request_t *r,
+static void
+ngx_http_paygw_bank_outcome(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, ngx_uint_t query)
 {
     json_t                          *doc, *amount;
@@ -390,24 +424,24 @@ ngx_http_paygw_bank_charge_outcome(ngx_http_request_t *r,
     ngx_memzero(out, sizeof(ngx_http_paygw_outcome_t));
 
     if (!pc->call.ok) {
-        ngx_http_paygw_bank_unknown(out, "no answer from the acquirer");
+        ngx_http_paygw_outcome_unknown(out, "no answer from the acquirer");
         return;
     }
 
     if (pc->status >= 500) {
-        ngx_http_paygw_bank_unknown(out, "the acquirer failed");
+        ngx_http_paygw_outcome_unknown(out, "the acquirer failed");
         return;
     }
 
     doc = ngx_http_paygw_bank_verified(r, ctx);
     if (doc == NULL) {
-        ngx_http_paygw_bank_unknown(out, "unverifiable acquirer answer");
+        ngx_http_paygw_outcome_unknown(out, "unverifiable acquirer answer");
         return;
     }
 
     if (query && pc->status == NGX_HTTP_NOT_FOUND) {
         out->not_found = 1;
-        ngx_http_paygw_bank_unknown(out, "the acquirer has no such charge");
+        ngx_http_paygw_outcome_unknown(out, "the acquirer has no such charge");
         json_decref(doc);
         return;
     }
@@ -417,30 +451,30 @@ ngx_http_paygw_bank_charge_outcome(ngx_http_request_t *r,
         out->definitive = 1;
         ngx_str_set(&out->status, "failed");
         ngx_str_set(&out->failure_code, "acquirer_rejected");
-        ngx_http_paygw_bank_str(r->pool, doc, "error", &out->failure_message);
+        ngx_http_paygw_json_str(r->pool, doc, "error", &out->failure_message);
         json_decref(doc);
         return;
     }
 
     amount = json_object_get(doc, "amount");
 
-    if (ngx_http_paygw_bank_is(doc, "out_trade_no", &p->payment_no) != NGX_OK
-        || ngx_http_paygw_bank_is(doc, "currency", &p->currency) != NGX_OK
+    if (ngx_http_paygw_json_is(doc, "out_trade_no", &p->payment_no) != NGX_OK
+        || ngx_http_paygw_json_is(doc, "currency", &p->currency) != NGX_OK
         || !json_is_integer(amount) || json_integer_value(amount) != p->amount)
     {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "paygw bank_card: acquirer answer for %V does not "
                       "match the payment (out_trade_no, amount, currency)",
                       &p->payment_no);
-        ngx_http_paygw_bank_unknown(out, "acquirer answer does not match");
+        ngx_http_paygw_outcome_unknown(out, "acquirer answer does not match");
         json_decref(doc);
         return;
     }
 
-    ngx_http_paygw_bank_str(r->pool, doc, "status", &status);
-    ngx_http_paygw_bank_str(r->pool, doc, "charge_id", &out->provider_no);
-    ngx_http_paygw_bank_str(r->pool, doc, "card_brand", &out->card_brand);
-    ngx_http_paygw_bank_str(r->pool, doc, "card_last4", &out->card_last4);
+    ngx_http_paygw_json_str(r->pool, doc, "status", &status);
+    ngx_http_paygw_json_str(r->pool, doc, "charge_id", &out->provider_no);
+    ngx_http_paygw_json_str(r->pool, doc, "card_brand", &out->card_brand);
+    ngx_http_paygw_json_str(r->pool, doc, "card_last4", &out->card_last4);
 
     if (status.len == 8 && ngx_strncmp(status.data, "approved", 8) == 0) {
         out->definitive = 1;
@@ -450,19 +484,19 @@ ngx_http_paygw_bank_charge_outcome(ngx_http_request_t *r,
     {
         out->definitive = 1;
         ngx_str_set(&out->status, "failed");
-        ngx_http_paygw_bank_str(r->pool, doc, "decline_code",
+        ngx_http_paygw_json_str(r->pool, doc, "decline_code",
                                 &out->failure_code);
         ngx_str_set(&out->failure_message, "declined by the card issuer");
 
     } else {
-        ngx_http_paygw_bank_unknown(out, "unknown charge status");
+        ngx_http_paygw_outcome_unknown(out, "unknown charge status");
     }
 
     json_decref(doc);
 }
 
 
-void
+static void
 ngx_http_paygw_bank_refund_outcome(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx)
 {
@@ -479,19 +513,19 @@ ngx_http_paygw_bank_refund_outcome(ngx_http_request_t *r,
     ngx_memzero(out, sizeof(ngx_http_paygw_outcome_t));
 
     if (!pc->call.ok || pc->status >= 500) {
-        ngx_http_paygw_bank_unknown(out, "no answer from the acquirer");
+        ngx_http_paygw_outcome_unknown(out, "no answer from the acquirer");
         return;
     }
 
     doc = ngx_http_paygw_bank_verified(r, ctx);
     if (doc == NULL) {
-        ngx_http_paygw_bank_unknown(out, "unverifiable acquirer answer");
+        ngx_http_paygw_outcome_unknown(out, "unverifiable acquirer answer");
         return;
     }
 
     if (pc->status == NGX_HTTP_NOT_FOUND) {
         out->not_found = 1;
-        ngx_http_paygw_bank_unknown(out, "the acquirer has no such refund");
+        ngx_http_paygw_outcome_unknown(out, "the acquirer has no such refund");
         json_decref(doc);
         return;
     }
@@ -506,20 +540,20 @@ ngx_http_paygw_bank_refund_outcome(ngx_http_request_t *r,
 
     amount = json_object_get(doc, "amount");
 
-    if (ngx_http_paygw_bank_is(doc, "out_refund_no", &rf->out_refund_no)
+    if (ngx_http_paygw_json_is(doc, "out_refund_no", &rf->out_refund_no)
         != NGX_OK
         || !json_is_integer(amount) || json_integer_value(amount) != rf->amount)
     {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "paygw bank_card: acquirer refund answer for %V does "
                       "not match the refund", &rf->refund_no);
-        ngx_http_paygw_bank_unknown(out, "acquirer answer does not match");
+        ngx_http_paygw_outcome_unknown(out, "acquirer answer does not match");
         json_decref(doc);
         return;
     }
 
-    ngx_http_paygw_bank_str(r->pool, doc, "status", &status);
-    ngx_http_paygw_bank_str(r->pool, doc, "refund_id", &out->provider_no);
+    ngx_http_paygw_json_str(r->pool, doc, "status", &status);
+    ngx_http_paygw_json_str(r->pool, doc, "refund_id", &out->provider_no);
 
     if (status.len == 9 && ngx_strncmp(status.data, "succeeded", 9) == 0) {
         out->definitive = 1;
@@ -528,72 +562,14 @@ ngx_http_paygw_bank_refund_outcome(ngx_http_request_t *r,
     } else if (status.len == 6 && ngx_strncmp(status.data, "failed", 6) == 0) {
         out->definitive = 1;
         ngx_str_set(&out->status, "failed");
-        ngx_http_paygw_bank_str(r->pool, doc, "failure_code",
+        ngx_http_paygw_json_str(r->pool, doc, "failure_code",
                                 &out->failure_code);
 
     } else {
-        ngx_http_paygw_bank_unknown(out, "unknown refund status");
+        ngx_http_paygw_outcome_unknown(out, "unknown refund status");
     }
 
     json_decref(doc);
-}
-
-
-static void
-ngx_http_paygw_bank_unknown(ngx_http_paygw_outcome_t *out, const char *why)
-{
-    out->definitive = 0;
-    ngx_str_set(&out->status, "unknown");
-    out->failure_message.data = (u_char *) why;
-    out->failure_message.len = ngx_strlen(why);
-}
-
-
-static ngx_int_t
-ngx_http_paygw_bank_is(json_t *doc, const char *name, ngx_str_t *expect)
-{
-    json_t  *v;
-
-    v = json_object_get(doc, name);
-
-    if (!json_is_string(v) || json_string_length(v) != expect->len
-        || ngx_strncmp(json_string_value(v), expect->data, expect->len) != 0)
-    {
-        return NGX_DECLINED;
-    }
-
-    return NGX_OK;
-}
-
-
-static void
-ngx_http_paygw_bank_str(ngx_pool_t *pool, json_t *doc, const char *name,
-    ngx_str_t *out)
-{
-    json_t  *v;
-
-    v = json_object_get(doc, name);
-
-    ngx_str_null(out);
-
-    if (!json_is_string(v)) {
-        return;
-    }
-
-    out->len = json_string_length(v);
-
-    if (out->len > 256) {
-        out->len = 256;
-    }
-
-    out->data = ngx_pnalloc(pool, out->len + 1);
-    if (out->data == NULL) {
-        out->len = 0;
-        return;
-    }
-
-    ngx_memcpy(out->data, json_string_value(v), out->len);
-    out->data[out->len] = '\0';
 }
 
 

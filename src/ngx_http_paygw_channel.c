@@ -2,8 +2,12 @@
 /*
  * paygw: payment channels and provider calls.
  *
- *     paygw_channel NAME location=URI merchant_id=ID secret_file=PATH
- *                   [attempts=3] [unknown_grace=60s];
+ *     paygw_channel NAME location=URI [provider's parameters]
+ *                   [attempts=3] [unknown_grace=60s] [breaker_failures=3]
+ *                   [breaker_timeout=30s] [fallback=CHANNEL];
+ *
+ * The provider's parameters (keys, ids) are read by the provider's own
+ * conf handler: ngx_http_paygw_bank.c, _alipay.c, _wechat.c.
  *
  * A provider is reached by a subrequest to the internal location URI
  * (plus the provider's path), whose proxy_pass names an nginx upstream:
@@ -16,8 +20,12 @@
 
 #include "ngx_http_paygw_channel.h"
 #include "ngx_http_paygw_metrics.h"
+#include "ngx_http_paygw_crypto.h"
 
 
+static char *ngx_http_paygw_channel_param(ngx_conf_t *cf,
+    ngx_http_paygw_channel_t *ch, ngx_str_t *param);
+static void ngx_http_paygw_pem_free(void *data);
 static ngx_int_t ngx_http_paygw_provider_done(ngx_http_request_t *r,
     void *data, ngx_int_t rc);
 static ngx_int_t ngx_http_paygw_provider_headers(ngx_http_request_t *sr,
@@ -30,25 +38,11 @@ ngx_http_paygw_channel(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_paygw_main_conf_t *pmcf = conf;
 
     char                      *rv;
-    ngx_int_t                  n;
-    ngx_str_t                 *value, v;
+    ngx_str_t                 *value;
     ngx_uint_t                 i;
     ngx_http_paygw_channel_t  *ch;
 
     value = cf->args->elts;
-
-    if (!(value[1].len == 9
-          && ngx_strncmp(value[1].data, "bank_card", 9) == 0)
-        && !(value[1].len == 6
-             && ngx_strncmp(value[1].data, "alipay", 6) == 0)
-        && !(value[1].len == 6
-             && ngx_strncmp(value[1].data, "wechat", 6) == 0))
-    {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "unknown channel \"%V\": bank_card, alipay or "
-                           "wechat", &value[1]);
-        return NGX_CONF_ERROR;
-    }
 
     if (pmcf->channels.elts == NULL
         && ngx_array_init(&pmcf->channels, cf->pool, 3,
@@ -81,104 +75,279 @@ ngx_http_paygw_channel(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ch->breaker_failures = 3;
     ch->breaker_timeout = 30000;
 
-    for (i = 2; i < cf->args->nelts; i++) {
+    if (ngx_strcmp(value[1].data, "bank_card") == 0) {
+        ch->provider = &ngx_http_paygw_bank_provider;
 
-        if (ngx_strncmp(value[i].data, "location=", 9) == 0) {
-            ch->location.data = value[i].data + 9;
-            ch->location.len = value[i].len - 9;
-            continue;
-        }
+    } else if (ngx_strcmp(value[1].data, "alipay") == 0) {
+        ch->provider = &ngx_http_paygw_alipay_provider;
 
-        if (ngx_strncmp(value[i].data, "merchant_id=", 12) == 0) {
-            ch->merchant.data = value[i].data + 12;
-            ch->merchant.len = value[i].len - 12;
-            continue;
-        }
+    } else if (ngx_strcmp(value[1].data, "wechat") == 0) {
+        ch->provider = &ngx_http_paygw_wechat_provider;
 
-        if (ngx_strncmp(value[i].data, "secret_file=", 12) == 0) {
-            v.data = value[i].data + 12;
-            v.len = value[i].len - 12;
-
-            rv = ngx_http_paygw_read_secret(cf, &v, "secret_file",
-                                            &ch->secret);
-            if (rv != NGX_CONF_OK) {
-                return rv;
-            }
-
-            if (ch->secret.len == 0) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "secret_file \"%V\" is empty", &v);
-                return NGX_CONF_ERROR;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "attempts=", 9) == 0) {
-            n = ngx_atoi(value[i].data + 9, value[i].len - 9);
-            if (n < 1 || n > 10) {
-                goto invalid;
-            }
-
-            ch->attempts = n;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "breaker_failures=", 17) == 0) {
-            n = ngx_atoi(value[i].data + 17, value[i].len - 17);
-            if (n < 0) {
-                goto invalid;
-            }
-
-            ch->breaker_failures = n;
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "breaker_timeout=", 16) == 0) {
-            v.data = value[i].data + 16;
-            v.len = value[i].len - 16;
-
-            ch->breaker_timeout = ngx_parse_time(&v, 0);
-            if (ch->breaker_timeout == (ngx_msec_t) NGX_ERROR
-                || ch->breaker_timeout == 0)
-            {
-                goto invalid;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "unknown_grace=", 14) == 0) {
-            v.data = value[i].data + 14;
-            v.len = value[i].len - 14;
-
-            ch->unknown_grace = ngx_parse_time(&v, 1);
-            if (ch->unknown_grace == (time_t) NGX_ERROR) {
-                goto invalid;
-            }
-
-            continue;
-        }
-
-        goto invalid;
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "unknown channel \"%V\": bank_card, alipay or "
+                           "wechat", &value[1]);
+        return NGX_CONF_ERROR;
     }
 
-    if (ch->location.len == 0 || ch->location.data[0] != '/'
-        || ch->merchant.len == 0 || ch->secret.len == 0)
-    {
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        rv = ngx_http_paygw_channel_param(cf, ch, &value[i]);
+
+        if (rv == NGX_CONF_OK) {
+            continue;
+        }
+
+        if (rv == (char *) NGX_DECLINED && ch->provider->conf) {
+            rv = ch->provider->conf(cf, ch, &value[i]);
+        }
+
+        if (rv == NGX_CONF_OK) {
+            continue;
+        }
+
+        if (rv == (char *) NGX_DECLINED) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[i]);
+        }
+
+        return NGX_CONF_ERROR;
+    }
+
+    if (ch->location.len == 0 || ch->location.data[0] != '/') {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "paygw_channel \"%V\" needs location=/..., "
-                           "merchant_id= and secret_file=", &ch->name);
+                           "paygw_channel \"%V\" needs location=/...",
+                           &ch->name);
+        return NGX_CONF_ERROR;
+    }
+
+    rv = ch->provider->check(cf, ch);
+
+    if (rv != NGX_CONF_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "paygw_channel \"%V\" %s",
+                           &ch->name, rv);
         return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * The parameters every channel has.  NGX_CONF_OK: taken; NGX_DECLINED:
+ * not one of these; NGX_CONF_ERROR: taken and wrong (already said).
+ */
+
+static char *
+ngx_http_paygw_channel_param(ngx_conf_t *cf, ngx_http_paygw_channel_t *ch,
+    ngx_str_t *param)
+{
+    char       *rv;
+    ngx_int_t   n;
+    ngx_str_t   v;
+
+#define ngx_paygw_is(name)                                                   \
+    (param->len >= sizeof(name) - 1                                          \
+     && ngx_strncmp(param->data, name, sizeof(name) - 1) == 0                \
+     && (v.data = param->data + sizeof(name) - 1,                            \
+         v.len = param->len - (sizeof(name) - 1), 1))
+
+    if (ngx_paygw_is("location=")) {
+        ch->location = v;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_paygw_is("merchant_id=")) {
+        ch->merchant = v;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_paygw_is("app_id=")) {
+        ch->app_id = v;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_paygw_is("notify_url=")) {
+        ch->notify_url = v;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_paygw_is("fallback=")) {
+        ch->fallback_name = v;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_paygw_is("secret_file=")) {
+        rv = ngx_http_paygw_read_secret(cf, &v, "secret_file", &ch->secret);
+        if (rv != NGX_CONF_OK) {
+            return rv;
+        }
+
+        if (ch->secret.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "secret_file \"%V\" is empty", &v);
+            return NGX_CONF_ERROR;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_paygw_is("attempts=")) {
+        n = ngx_atoi(v.data, v.len);
+        if (n < 1 || n > 10) {
+            goto invalid;
+        }
+
+        ch->attempts = n;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_paygw_is("breaker_failures=")) {
+        n = ngx_atoi(v.data, v.len);
+        if (n < 0) {
+            goto invalid;
+        }
+
+        ch->breaker_failures = n;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_paygw_is("breaker_timeout=")) {
+        ch->breaker_timeout = ngx_parse_time(&v, 0);
+        if (ch->breaker_timeout == (ngx_msec_t) NGX_ERROR
+            || ch->breaker_timeout == 0)
+        {
+            goto invalid;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_paygw_is("unknown_grace=")) {
+        ch->unknown_grace = ngx_parse_time(&v, 1);
+        if (ch->unknown_grace == (time_t) NGX_ERROR) {
+            goto invalid;
+        }
+
+        return NGX_CONF_OK;
+    }
+
+#undef ngx_paygw_is
+
+    return (char *) NGX_DECLINED;
 
 invalid:
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"",
-                       &value[i]);
+                       param);
     return NGX_CONF_ERROR;
+}
+
+
+/*
+ * After the http block: a fallback names another configured channel of
+ * the same kind of payment (QR codes: a card payment cannot become one).
+ */
+
+char *
+ngx_http_paygw_channels_init(ngx_conf_t *cf, ngx_http_paygw_main_conf_t *pmcf)
+{
+    ngx_uint_t                 i, j;
+    ngx_http_paygw_channel_t  *ch;
+
+    ch = pmcf->channels.elts;
+
+    for (i = 0; i < pmcf->channels.nelts; i++) {
+
+        if (ch[i].fallback_name.len == 0) {
+            continue;
+        }
+
+        for (j = 0; j < pmcf->channels.nelts; j++) {
+            if (j != i
+                && ch[j].name.len == ch[i].fallback_name.len
+                && ngx_strncmp(ch[j].name.data, ch[i].fallback_name.data,
+                               ch[j].name.len) == 0)
+            {
+                ch[i].fallback = &ch[j];
+            }
+        }
+
+        if (ch[i].fallback == NULL
+            || ch[i].provider == &ngx_http_paygw_bank_provider
+            || ch[i].fallback->provider == &ngx_http_paygw_bank_provider)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "paygw_channel \"%V\": fallback=%V must name "
+                               "another configured QR channel (alipay, "
+                               "wechat)", &ch[i].name, &ch[i].fallback_name);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* a key file named by a directive, read and parsed at configuration time */
+
+char *
+ngx_http_paygw_conf_pem(ngx_conf_t *cf, ngx_str_t *path,
+    ngx_uint_t private_key, EVP_PKEY **key)
+{
+    char                *rv;
+    ngx_str_t            file, text;
+    ngx_pool_cleanup_t  *cln;
+
+    file = *path;
+
+    rv = ngx_http_paygw_read_file(cf, &file,
+                                  private_key ? "private key" : "public key",
+                                  64 * 1024, &text);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    *key = ngx_http_paygw_pem_key(&text, private_key);
+
+    ngx_explicit_memzero(text.data, text.len);
+
+    if (*key == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" is not a PEM %s key", &file,
+                           private_key ? "private (PKCS#8 or PKCS#1)"
+                                       : "public (SubjectPublicKeyInfo)");
+        return NGX_CONF_ERROR;
+    }
+
+    if (EVP_PKEY_get_base_id(*key) != EVP_PKEY_RSA
+        || EVP_PKEY_get_bits(*key) < 2048)
+    {
+        EVP_PKEY_free(*key);
+        *key = NULL;
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" is not an RSA key of 2048 bits or more",
+                           &file);
+        return NGX_CONF_ERROR;
+    }
+
+    cln->handler = ngx_http_paygw_pem_free;
+    cln->data = *key;
+
+    return NGX_CONF_OK;
+}
+
+
+static void
+ngx_http_paygw_pem_free(void *data)
+{
+    EVP_PKEY_free(data);
 }
 
 
@@ -254,10 +423,19 @@ ngx_http_paygw_provider_send(ngx_http_request_t *r,
 {
     u_char                      *p;
     ngx_buf_t                   *b;
-    ngx_str_t                    uri;
+    ngx_str_t                    uri, tp;
     ngx_http_request_t          *sr;
     ngx_http_request_body_t     *rb;
     ngx_http_post_subrequest_t  *ps;
+
+    /* the trace goes on to the provider */
+
+    if (ngx_http_paygw_traceparent(r, &tp) != NGX_OK
+        || ngx_http_paygw_provider_header(r, pc, "traceparent", &tp)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
     uri.len = ch->location.len + pc->path.len;
     uri.data = ngx_pnalloc(r->pool, uri.len);
@@ -454,4 +632,129 @@ ngx_http_paygw_provider_response_header(ngx_http_paygw_provider_call_t *pc,
     h = ngx_http_paygw_header(pc->response_headers, name, &n);
 
     return h ? &h->value : NULL;
+}
+
+
+ngx_int_t
+ngx_http_paygw_provider_retryable(ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_provider_call_t  *pc;
+
+    pc = ctx->provider;
+
+    /* no answer, or the provider's own failure: the call is idempotent */
+
+    return (!pc->call.ok || pc->status >= 500) ? NGX_OK : NGX_DECLINED;
+}
+
+
+void
+ngx_http_paygw_outcome_unknown(ngx_http_paygw_outcome_t *out, const char *why)
+{
+    out->definitive = 0;
+    ngx_str_set(&out->status, "unknown");
+    out->failure_message.data = (u_char *) why;
+    out->failure_message.len = ngx_strlen(why);
+}
+
+
+void
+ngx_http_paygw_outcome_set(ngx_http_paygw_outcome_t *out, const char *status)
+{
+    out->definitive = 1;
+    out->status.data = (u_char *) status;
+    out->status.len = ngx_strlen(status);
+}
+
+
+/* "19.99" (yuan, two decimals, as Alipay writes money) -> 1999 fen */
+
+ngx_int_t
+ngx_http_paygw_yuan(ngx_str_t *s, int64_t *fen)
+{
+    u_char      *p, *last;
+    int64_t      v;
+    ngx_uint_t   decimals, dot;
+
+    if (s->len == 0 || s->len > 16) {
+        return NGX_ERROR;
+    }
+
+    v = 0;
+    dot = 0;
+    decimals = 0;
+    last = s->data + s->len;
+
+    for (p = s->data; p < last; p++) {
+
+        if (*p == '.' && !dot && p != s->data) {
+            dot = 1;
+            continue;
+        }
+
+        if (*p < '0' || *p > '9' || decimals == 2) {
+            return NGX_ERROR;
+        }
+
+        v = v * 10 + (*p - '0');
+        decimals += dot;
+    }
+
+    for ( /* void */ ; decimals < 2; decimals++) {
+        v *= 10;
+    }
+
+    *fen = v;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_json_is(json_t *doc, const char *name, ngx_str_t *expect)
+{
+    json_t  *v;
+
+    v = json_object_get(doc, name);
+
+    if (!json_is_string(v) || json_string_length(v) != expect->len
+        || ngx_strncmp(json_string_value(v), expect->data, expect->len) != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/* a string member copied into the pool (cut at 256 bytes); absent: null */
+
+void
+ngx_http_paygw_json_str(ngx_pool_t *pool, json_t *doc, const char *name,
+    ngx_str_t *out)
+{
+    json_t  *v;
+
+    v = json_object_get(doc, name);
+
+    ngx_str_null(out);
+
+    if (!json_is_string(v)) {
+        return;
+    }
+
+    out->len = json_string_length(v);
+
+    if (out->len > 256) {
+        out->len = 256;
+    }
+
+    out->data = ngx_pnalloc(pool, out->len + 1);
+    if (out->data == NULL) {
+        out->len = 0;
+        return;
+    }
+
+    ngx_memcpy(out->data, json_string_value(v), out->len);
+    out->data[out->len] = '\0';
 }

@@ -10,20 +10,66 @@
 
 
 #include "ngx_http_paygw_api.h"
+#include <openssl/evp.h>
 
 
 #define NGX_HTTP_PAYGW_CALL_PROVIDER  3
 
 
+/*
+ * A provider's protocol: each call sends one request (a subrequest) and
+ * each outcome reads its answer into ctx->outcome.  close is NULL where
+ * nothing can be closed at the provider (bank cards settle at once).
+ */
+
+typedef void (*ngx_http_paygw_outcome_pt)(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+
+typedef struct {
+    ngx_http_paygw_step_pt        charge;        /* precreate, native, charge */
+    ngx_http_paygw_step_pt        query;
+    ngx_http_paygw_step_pt        close;
+    ngx_http_paygw_step_pt        refund;
+    ngx_http_paygw_step_pt        refund_query;
+    ngx_http_paygw_outcome_pt     charge_outcome;
+    ngx_http_paygw_outcome_pt     query_outcome;
+    ngx_http_paygw_outcome_pt     close_outcome;
+    ngx_http_paygw_outcome_pt     refund_outcome;
+    ngx_http_paygw_step_pt        notify;        /* verify and read a callback */
+    char                       *(*conf)(ngx_conf_t *cf,
+                                        ngx_http_paygw_channel_t *ch,
+                                        ngx_str_t *param);
+    char                       *(*check)(ngx_conf_t *cf,
+                                         ngx_http_paygw_channel_t *ch);
+} ngx_http_paygw_provider_t;
+
+
+typedef struct {
+    ngx_str_t                     serial;
+    EVP_PKEY                     *key;
+} ngx_http_paygw_platform_key_t;
+
+
 struct ngx_http_paygw_channel_s {
     ngx_str_t                     name;
+    ngx_http_paygw_provider_t    *provider;
     ngx_str_t                     location;      /* internal, proxy_pass */
     ngx_str_t                     merchant;      /* our id at the provider */
-    ngx_str_t                     secret;
+    ngx_str_t                     secret;        /* HMAC; WeChat APIv3 key */
     ngx_uint_t                    attempts;
     time_t                        unknown_grace;
     ngx_uint_t                    breaker_failures;   /* 0: no breaker */
     ngx_msec_t                    breaker_timeout;
+    ngx_str_t                     fallback_name;
+    ngx_http_paygw_channel_t     *fallback;
+
+    /* RSA providers (Alipay, WeChat Pay v3) */
+    ngx_str_t                     app_id;
+    ngx_str_t                     serial_no;     /* of our certificate */
+    ngx_str_t                     notify_url;
+    EVP_PKEY                     *private_key;   /* signs our requests */
+    EVP_PKEY                     *provider_key;  /* Alipay's public key */
+    ngx_array_t                   platform_keys; /* WeChat, by serial */
 };
 
 
@@ -41,6 +87,7 @@ typedef struct {
     ngx_str_t                     body;
     ngx_array_t                   headers;       /* ngx_keyval_t */
 
+    u_char                       *what;          /* the call, for logs */
     ngx_str_t                     channel;       /* for metrics */
     ngx_http_paygw_channel_t     *ch;
     ngx_msec_t                    start;
@@ -64,26 +111,49 @@ ngx_int_t ngx_http_paygw_provider_send(ngx_http_request_t *r,
 ngx_str_t *ngx_http_paygw_provider_response_header(
     ngx_http_paygw_provider_call_t *pc, const char *name);
 
+ngx_int_t ngx_http_paygw_provider_retryable(ngx_http_paygw_ctx_t *ctx);
+char *ngx_http_paygw_conf_pem(ngx_conf_t *cf, ngx_str_t *path,
+    ngx_uint_t private_key, EVP_PKEY **key);
+char *ngx_http_paygw_channels_init(ngx_conf_t *cf,
+    ngx_http_paygw_main_conf_t *pmcf);
+ngx_int_t ngx_http_paygw_yuan(ngx_str_t *s, int64_t *fen);
+ngx_int_t ngx_http_paygw_json_is(json_t *doc, const char *name,
+    ngx_str_t *expect);
+void ngx_http_paygw_json_str(ngx_pool_t *pool, json_t *doc, const char *name,
+    ngx_str_t *out);
+
 /* ngx_http_paygw_breaker.c */
 ngx_int_t ngx_http_paygw_breaker_allow(ngx_http_request_t *r,
     ngx_http_paygw_channel_t *ch);
 void ngx_http_paygw_breaker_record(ngx_http_request_t *r,
     ngx_http_paygw_channel_t *ch, ngx_uint_t failed);
 
-/* ngx_http_paygw_bank.c: the bank-card acquirer */
-ngx_int_t ngx_http_paygw_bank_charge(ngx_http_request_t *r,
-    ngx_http_paygw_ctx_t *ctx);
-ngx_int_t ngx_http_paygw_bank_query(ngx_http_request_t *r,
-    ngx_http_paygw_ctx_t *ctx);
-ngx_int_t ngx_http_paygw_bank_refund(ngx_http_request_t *r,
-    ngx_http_paygw_ctx_t *ctx);
-ngx_int_t ngx_http_paygw_bank_refund_query(ngx_http_request_t *r,
-    ngx_http_paygw_ctx_t *ctx);
-void ngx_http_paygw_bank_charge_outcome(ngx_http_request_t *r,
-    ngx_http_paygw_ctx_t *ctx, ngx_uint_t query);
-void ngx_http_paygw_bank_refund_outcome(ngx_http_request_t *r,
-    ngx_http_paygw_ctx_t *ctx);
-ngx_int_t ngx_http_paygw_bank_retryable(ngx_http_paygw_ctx_t *ctx);
+/* ngx_http_paygw_form.c: application/x-www-form-urlencoded */
+ngx_int_t ngx_http_paygw_form_encode(ngx_pool_t *pool, ngx_array_t *params,
+    ngx_str_t *out);
+ngx_int_t ngx_http_paygw_form_decode(ngx_pool_t *pool, ngx_str_t *form,
+    ngx_uint_t max, ngx_array_t **params);
+
+/* verification of callbacks, also for the test endpoint */
+ngx_int_t ngx_http_paygw_alipay_verify_form(ngx_pool_t *pool, EVP_PKEY *key,
+    ngx_str_t *form, ngx_array_t **params);
+ngx_int_t ngx_http_paygw_wechat_verify(ngx_pool_t *pool, ngx_array_t *keys,
+    ngx_str_t *serial, ngx_str_t *ts, ngx_str_t *nonce, ngx_str_t *sig,
+    ngx_str_t *body, time_t now, const char **why);
+ngx_int_t ngx_http_paygw_wechat_resource(ngx_pool_t *pool,
+    ngx_str_t *apiv3_key, ngx_str_t *body, ngx_str_t *event_type,
+    ngx_str_t *plain, const char **why);
+
+/* the providers: ngx_http_paygw_bank.c, _alipay.c, _wechat.c */
+extern ngx_http_paygw_provider_t  ngx_http_paygw_bank_provider;
+extern ngx_http_paygw_provider_t  ngx_http_paygw_alipay_provider;
+extern ngx_http_paygw_provider_t  ngx_http_paygw_wechat_provider;
+
+/* shared by the providers' outcome readers */
+void ngx_http_paygw_outcome_unknown(ngx_http_paygw_outcome_t *out,
+    const char *why);
+void ngx_http_paygw_outcome_set(ngx_http_paygw_outcome_t *out,
+    const char *status);
 
 
 #endif /* _NGX_HTTP_PAYGW_CHANNEL_H_INCLUDED_ */

@@ -33,7 +33,7 @@ static ngx_str_t  ngx_http_paygw_metrics_type =
 
 static const char  *ngx_http_paygw_m_api[NGX_HTTP_PAYGW_M_APIS] = {
     "other", "create_payment", "get_payment", "find_payment", "refund",
-    "get_refund", "close_payment", "resolve", "healthz", "readyz",
+    "get_refund", "close_payment", "resolve", "notify", "healthz", "readyz",
     "metrics", "test"
 };
 
@@ -125,7 +125,8 @@ ngx_http_paygw_log_handler(ngx_http_request_t *r)
 
     if (plcf->api) {
         ctx = ngx_http_get_module_ctx(r, ngx_http_paygw_module);
-        api = (ctx && ctx->api < 8) ? ctx->api : NGX_HTTP_PAYGW_M_API_OTHER;
+        api = (ctx && ctx->api < NGX_HTTP_PAYGW_M_API_HEALTH)
+              ? ctx->api : NGX_HTTP_PAYGW_M_API_OTHER;
     }
 
     ngx_http_paygw_m_request(r, api);
@@ -235,6 +236,22 @@ ngx_http_paygw_m_risk(ngx_http_request_t *r, ngx_uint_t deny)
 
     if (m) {
         (void) ngx_atomic_fetch_add(&m->risk_decisions[deny ? 1 : 0], 1);
+    }
+}
+
+
+void
+ngx_http_paygw_m_callback(ngx_http_request_t *r, ngx_str_t *channel,
+    ngx_uint_t accepted)
+{
+    ngx_http_paygw_metrics_t  *m;
+
+    m = ngx_http_paygw_m(r);
+
+    if (m) {
+        (void) ngx_atomic_fetch_add(
+            &m->callbacks[ngx_http_paygw_m_channel_index(channel)]
+                         [accepted ? 0 : 1], 1);
     }
 }
 

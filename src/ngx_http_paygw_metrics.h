@@ -13,12 +13,12 @@
 #include "ngx_http_paygw.h"
 
 
-#define NGX_HTTP_PAYGW_M_APIS          12   /* see ngx_http_paygw_m_api */
-#define NGX_HTTP_PAYGW_M_API_OTHER     0
-#define NGX_HTTP_PAYGW_M_API_HEALTH    8
-#define NGX_HTTP_PAYGW_M_API_READY     9
-#define NGX_HTTP_PAYGW_M_API_METRICS   10
-#define NGX_HTTP_PAYGW_M_API_TEST      11
+#define NGX_HTTP_PAYGW_M_APIS          13   /* see ngx_http_paygw_m_api */
+#define NGX_HTTP_PAYGW_M_API_OTHER     0    /* 1-8: NGX_HTTP_PAYGW_API_* */
+#define NGX_HTTP_PAYGW_M_API_HEALTH    9
+#define NGX_HTTP_PAYGW_M_API_READY     10
+#define NGX_HTTP_PAYGW_M_API_METRICS   11
+#define NGX_HTTP_PAYGW_M_API_TEST      12
 
 #define NGX_HTTP_PAYGW_M_CODES         18
 #define NGX_HTTP_PAYGW_M_CHANNELS      4    /* bank_card alipay wechat other */
@@ -40,7 +40,7 @@
 #define NGX_HTTP_PAYGW_M_BACKEND_REDIS  0
 #define NGX_HTTP_PAYGW_M_BACKEND_MYSQL  1
 
-#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670003
+#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670004
 
 
 typedef struct {
@@ -96,6 +96,8 @@ void ngx_http_paygw_m_channel(ngx_http_request_t *r, ngx_str_t *channel,
     ngx_uint_t result, ngx_msec_t ms);
 void ngx_http_paygw_m_idempotency(ngx_http_request_t *r, ngx_uint_t result);
 void ngx_http_paygw_m_risk(ngx_http_request_t *r, ngx_uint_t deny);
+void ngx_http_paygw_m_callback(ngx_http_request_t *r, ngx_str_t *channel,
+    ngx_uint_t accepted);
 void ngx_http_paygw_m_backend_error(ngx_http_request_t *r,
     ngx_uint_t backend);
 ngx_int_t ngx_http_paygw_metrics_init(ngx_conf_t *cf);

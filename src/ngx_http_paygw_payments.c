@@ -42,6 +42,16 @@ static ngx_int_t ngx_http_paygw_insert(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_retry(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_step_pt call);
+static ngx_int_t ngx_http_paygw_fallback(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_after_query(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_provider_step(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_uint_t stage, ngx_http_paygw_step_pt call);
+static ngx_int_t ngx_http_paygw_close_local(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_close_refused(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_risk_deny(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 
@@ -78,7 +88,9 @@ ngx_http_paygw_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
         /* an open circuit: refuse before anything is written */
 
-        if (ngx_http_paygw_breaker_allow(r, ctx->channel) != NGX_OK) {
+        if (ngx_http_paygw_breaker_allow(r, ctx->channel) != NGX_OK
+            && ngx_http_paygw_fallback(r, ctx) != NGX_OK)
+        {
             return ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
                                        "channel_unavailable",
                                        "channel \"%V\" is failing; try "
@@ -153,8 +165,8 @@ ngx_http_paygw_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         ctx->stage = 3;
         ctx->attempt = 1;
 
-        return ngx_http_paygw_bank_charge(r, ctx) == NGX_OK ? NGX_AGAIN
-                                                             : NGX_ERROR;
+        return ctx->channel->provider->charge(r, ctx) == NGX_OK ? NGX_AGAIN
+                                                                 : NGX_ERROR;
 
     case 2:
         if (!ctx->mysql->call.ok) {
@@ -174,17 +186,33 @@ ngx_http_paygw_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     case 3:
         /* charges are idempotent by out_trade_no: retry what failed */
 
-        rc = ngx_http_paygw_retry(r, ctx, ngx_http_paygw_bank_charge);
+        rc = ngx_http_paygw_retry(r, ctx, ctx->channel->provider->charge);
         if (rc != NGX_DECLINED) {
             return rc;
         }
 
-        ngx_http_paygw_bank_charge_outcome(r, ctx, 0);
+        ctx->channel->provider->charge_outcome(r, ctx);
 
         ctx->stage = 4;
         return ngx_http_paygw_settle(r, ctx);
 
+    case 5:
+        /* a callback settled it before the create's own answer */
+
+        rc = ngx_http_paygw_selected(r, ctx);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_CREATED);
+
     default: /* 4 */
+        if (ctx->mysql->call.ok && ctx->mysql->conflict) {
+            ctx->stage = 5;
+            ctx->object_no = p->payment_no;
+            return ngx_http_paygw_select(r, ctx, 0);
+        }
+
         if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
             /*
              * The provider answered but the answer could not be kept:
@@ -223,7 +251,7 @@ ngx_http_paygw_retry(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
      * attempts remain.  NGX_DECLINED: no retry, use the answer.
      */
 
-    if (ngx_http_paygw_bank_retryable(ctx) != NGX_OK
+    if (ngx_http_paygw_provider_retryable(ctx) != NGX_OK
         || ctx->attempt >= ctx->channel->attempts)
     {
         return NGX_DECLINED;
@@ -232,6 +260,31 @@ ngx_http_paygw_retry(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     ctx->attempt++;
 
     return call(r, ctx) == NGX_OK ? NGX_AGAIN : NGX_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_fallback(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_channel_t  *fb;
+
+    /* the configured fallback channel, if its own circuit lets us */
+
+    fb = ctx->channel->fallback;
+
+    if (fb == NULL || ngx_http_paygw_breaker_allow(r, fb) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                  "paygw: channel \"%V\" is failing: order \"%V\" goes to "
+                  "\"%V\"", &ctx->channel->name, &ctx->payment.business_no,
+                  &fb->name);
+
+    ctx->channel = fb;
+    ctx->payment.channel = fb->name;
+
+    return NGX_OK;
 }
 
 
@@ -283,8 +336,9 @@ ngx_http_paygw_risk_deny(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 ngx_int_t
 ngx_http_paygw_get(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_int_t                  rc;
-    ngx_http_paygw_payment_t  *p;
+    ngx_int_t                   rc;
+    ngx_http_paygw_payment_t   *p;
+    ngx_http_paygw_provider_t  *pv;
 
     p = &ctx->payment;
 
@@ -305,29 +359,52 @@ ngx_http_paygw_get(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
             return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
         }
 
-        ctx->stage = 2;
-        ctx->attempt = 1;
-
-        return ngx_http_paygw_bank_query(r, ctx) == NGX_OK ? NGX_AGAIN
-                                                            : NGX_ERROR;
+        return ngx_http_paygw_provider_step(r, ctx, 2,
+                                            ctx->channel->provider->query);
 
     case 2:
-        rc = ngx_http_paygw_retry(r, ctx, ngx_http_paygw_bank_query);
+        pv = ctx->channel->provider;
+
+        rc = ngx_http_paygw_retry(r, ctx, pv->query);
         if (rc != NGX_DECLINED) {
             return rc;
         }
 
-        ngx_http_paygw_bank_charge_outcome(r, ctx, 1);
+        pv->query_outcome(r, ctx);
 
-        /* never charged, and long enough ago that no charge is coming */
+        return ngx_http_paygw_after_query(r, ctx);
 
-        if (ctx->outcome.not_found && p->age >= ctx->channel->unknown_grace) {
-            ctx->outcome.definitive = 1;
-            ngx_str_set(&ctx->outcome.status, "failed");
-            ngx_str_set(&ctx->outcome.failure_code, "charge_not_received");
-            ngx_str_set(&ctx->outcome.failure_message,
-                        "the acquirer never received the charge");
+    case 4:
+        /* the QR code again (the create's answer was lost) */
+
+        pv = ctx->channel->provider;
+
+        rc = ngx_http_paygw_retry(r, ctx, pv->charge);
+        if (rc != NGX_DECLINED) {
+            return rc;
         }
+
+        pv->charge_outcome(r, ctx);
+
+        if (!ctx->outcome.definitive) {
+            return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+        }
+
+        ctx->stage = 3;
+        ngx_http_paygw_now(r->pool, &p->updated_at);
+        return ngx_http_paygw_settle(r, ctx);
+
+    case 6:
+        /* expired unpaid: closed at the provider before here */
+
+        pv = ctx->channel->provider;
+
+        rc = ngx_http_paygw_retry(r, ctx, pv->close);
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
+
+        pv->close_outcome(r, ctx);
 
         if (!ctx->outcome.definitive) {
             return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
@@ -357,13 +434,86 @@ ngx_http_paygw_get(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 }
 
 
+/*
+ * What the provider's answer to a query leads to: a settlement, or for
+ * QR channels the QR code fetched again (the create's answer was lost)
+ * or, once the payment expired unpaid, a close at the provider.
+ */
+
+static ngx_int_t
+ngx_http_paygw_after_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_uint_t                  unpaid, open;
+    ngx_http_paygw_payment_t   *p;
+    ngx_http_paygw_outcome_t   *out;
+    ngx_http_paygw_provider_t  *pv;
+
+    p = &ctx->payment;
+    out = &ctx->outcome;
+    pv = ctx->channel->provider;
+
+    unpaid = out->not_found || ngx_http_paygw_is(&out->status, "pending");
+    open = !ngx_http_paygw_is(&p->status, "pending");
+
+    if (pv->close && unpaid) {
+
+        if (p->overdue > 0) {
+            return ngx_http_paygw_provider_step(r, ctx, 6, pv->close);
+        }
+
+        if (open) {
+            /* idempotent by out_trade_no: the same code comes back */
+            p->expire_seconds = -p->overdue;
+            return ngx_http_paygw_provider_step(r, ctx, 4, pv->charge);
+        }
+
+        return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+    }
+
+    /* never charged, and long enough ago that no charge is coming */
+
+    if (out->not_found && p->age >= ctx->channel->unknown_grace) {
+        ctx->outcome.definitive = 1;
+        ngx_str_set(&out->status, "failed");
+        ngx_str_set(&out->failure_code, "charge_not_received");
+        ngx_str_set(&out->failure_message,
+                    "the acquirer never received the charge");
+    }
+
+    if (!out->definitive
+        || (p->status.len == out->status.len
+            && ngx_strncmp(p->status.data, out->status.data, p->status.len)
+               == 0))
+    {
+        return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+    }
+
+    ctx->stage = 3;
+    ngx_http_paygw_now(r->pool, &p->updated_at);
+
+    return ngx_http_paygw_settle(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_provider_step(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_uint_t stage, ngx_http_paygw_step_pt call)
+{
+    ctx->stage = stage;
+    ctx->attempt = 1;
+
+    return call(r, ctx) == NGX_OK ? NGX_AGAIN : NGX_ERROR;
+}
+
+
 /* POST /v1/payments/{no}/close */
 
 ngx_int_t
 ngx_http_paygw_close(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_int_t                  rc;
-    ngx_http_paygw_payment_t  *p;
+    ngx_int_t                   rc;
+    ngx_http_paygw_payment_t   *p;
+    ngx_http_paygw_provider_t  *pv;
 
     p = &ctx->payment;
 
@@ -383,7 +533,14 @@ ngx_http_paygw_close(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
             return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
         }
 
-        if (!ngx_http_paygw_is(&p->status, "pending")) {
+        ctx->channel = ngx_http_paygw_channel_find(r, &p->channel);
+        pv = ctx->channel ? ctx->channel->provider : NULL;
+
+        /* an "unknown" QR payment never gave its code out: closable */
+
+        if (!ngx_http_paygw_is(&p->status, "pending")
+            && !(ngx_http_paygw_is(&p->status, "unknown") && pv && pv->close))
+        {
             return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT,
                                        "invalid_state",
                                        "payment %V is %V: only pending "
@@ -391,19 +548,66 @@ ngx_http_paygw_close(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                        &p->payment_no, &p->status);
         }
 
-        ngx_http_paygw_now(r->pool, &p->updated_at);
-        ngx_str_set(&p->status, "closed");
-
-        if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
-            || ngx_http_paygw_store_close_payment(r, ctx->mysql, p)
-               != NGX_OK
-            || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
-        {
-            return NGX_ERROR;
+        if (pv && pv->close) {
+            /* closed there first, so that nobody can pay it any more */
+            return ngx_http_paygw_provider_step(r, ctx, 10, pv->close);
         }
 
-        ctx->stage = 2;
-        return NGX_AGAIN;
+        return ngx_http_paygw_close_local(r, ctx);
+
+    case 10:
+        pv = ctx->channel->provider;
+
+        rc = ngx_http_paygw_retry(r, ctx, pv->close);
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
+
+        pv->close_outcome(r, ctx);
+
+        if (ctx->outcome.definitive) {
+            return ngx_http_paygw_close_local(r, ctx);
+        }
+
+        if (ctx->outcome.not_closable) {
+            /* paid meanwhile: record it, then say so */
+            return ngx_http_paygw_provider_step(r, ctx, 11, pv->query);
+        }
+
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_GATEWAY,
+                                   "provider_error",
+                                   "%V could not close payment %V: %V; try "
+                                   "again", &ctx->channel->name,
+                                   &p->payment_no,
+                                   &ctx->outcome.failure_message);
+
+    case 11:
+        pv = ctx->channel->provider;
+
+        rc = ngx_http_paygw_retry(r, ctx, pv->query);
+        if (rc != NGX_DECLINED) {
+            return rc;
+        }
+
+        pv->query_outcome(r, ctx);
+
+        if (!ctx->outcome.definitive) {
+            return ngx_http_paygw_close_refused(r, ctx);
+        }
+
+        ctx->stage = 12;
+        ngx_http_paygw_now(r->pool, &p->updated_at);
+        return ngx_http_paygw_settle(r, ctx);
+
+    case 12:
+        if (ctx->mysql->call.ok && !ctx->mysql->err_no
+            && !ctx->mysql->conflict)
+        {
+            ngx_http_paygw_apply(p, &ctx->outcome);
+            ngx_http_paygw_m_payment(r, &p->channel, &p->status);
+        }
+
+        return ngx_http_paygw_close_refused(r, ctx);
 
     default: /* 2 */
         if (!ctx->mysql->call.ok) {
@@ -422,6 +626,38 @@ ngx_http_paygw_close(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
         return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
     }
+}
+
+
+static ngx_int_t
+ngx_http_paygw_close_local(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    ngx_http_paygw_now(r->pool, &p->updated_at);
+    ngx_str_set(&p->status, "closed");
+
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_close_payment(r, ctx->mysql, p) != NGX_OK
+        || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ctx->stage = 2;
+    return NGX_AGAIN;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_close_refused(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "invalid_state",
+                               "payment %V was paid at %V: it cannot be "
+                               "closed", &ctx->payment.payment_no,
+                               &ctx->channel->name);
 }
 
 
@@ -513,16 +749,16 @@ ngx_http_paygw_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         ctx->stage = 3;
         ctx->attempt = 1;
 
-        return ngx_http_paygw_bank_refund(r, ctx) == NGX_OK ? NGX_AGAIN
-                                                             : NGX_ERROR;
+        return ctx->channel->provider->refund(r, ctx) == NGX_OK
+               ? NGX_AGAIN : NGX_ERROR;
 
     case 3:
-        rc = ngx_http_paygw_retry(r, ctx, ngx_http_paygw_bank_refund);
+        rc = ngx_http_paygw_retry(r, ctx, ctx->channel->provider->refund);
         if (rc != NGX_DECLINED) {
             return rc;
         }
 
-        ngx_http_paygw_bank_refund_outcome(r, ctx);
+        ctx->channel->provider->refund_outcome(r, ctx);
 
         ngx_http_paygw_now(r->pool, &rf->updated_at);
 
@@ -611,17 +847,21 @@ ngx_http_paygw_get_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
         ctx->channel = ngx_http_paygw_channel_find(r, &channel);
 
-        if (!ngx_http_paygw_is(&rf->status, "unknown") || ctx->channel == NULL)
+        /* "pending": in flight here, or still processing there */
+
+        if ((!ngx_http_paygw_is(&rf->status, "unknown")
+             && !ngx_http_paygw_is(&rf->status, "pending"))
+            || ctx->channel == NULL)
         {
             return ngx_http_paygw_refund_answer(r, ctx);
         }
 
         ctx->stage = 2;
-        return ngx_http_paygw_bank_refund_query(r, ctx) == NGX_OK
+        return ctx->channel->provider->refund_query(r, ctx) == NGX_OK
                ? NGX_AGAIN : NGX_ERROR;
 
     case 2:
-        ngx_http_paygw_bank_refund_outcome(r, ctx);
+        ctx->channel->provider->refund_outcome(r, ctx);
 
         /* never received, long enough ago: release the reserved amount */
 
@@ -862,6 +1102,14 @@ ngx_http_paygw_apply(ngx_http_paygw_payment_t *p,
         p->card_last4 = out->card_last4;
     }
 
+    if (out->qr_code.data) {
+        p->qr_code = out->qr_code;
+    }
+
+    if (out->code_url.data) {
+        p->code_url = out->code_url;
+    }
+
     if (out->definitive && out->failure_code.data) {
         p->failure_code = out->failure_code;
         p->failure_message = out->failure_message;
@@ -889,6 +1137,14 @@ ngx_http_paygw_needs_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     if (ngx_http_paygw_is(&p->status, "unknown")
         || (ngx_http_paygw_is(&p->status, "processing")
             && p->age >= ctx->channel->unknown_grace))
+    {
+        return NGX_OK;
+    }
+
+    /* a QR code past its expiry: paid after all, or to be closed */
+
+    if (ngx_http_paygw_is(&p->status, "pending") && p->overdue > 0
+        && ctx->channel->provider->close)
     {
         return NGX_OK;
     }

@@ -122,6 +122,15 @@ ngx_http_paygw_route(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                          NGX_HTTP_PAYGW_API_GET_REFUND);
         }
 
+    } else if (ngx_paygw_prefix("/v1/notify/")) {
+        ctx->object_no.data = p + sizeof("/v1/notify/") - 1;
+        ctx->object_no.len = last - ctx->object_no.data;
+
+        if (ngx_http_paygw_identifier(&ctx->object_no) == NGX_OK) {
+            return ngx_http_paygw_method(r, ctx, NGX_HTTP_POST,
+                                         NGX_HTTP_PAYGW_API_NOTIFY);
+        }
+
     } else if (ngx_paygw_prefix("/v1/admin/resolve")
                && (size_t) (last - p) == sizeof("/v1/admin/resolve") - 1)
     {

@@ -22,7 +22,8 @@
     "card_last4, failure_code, failure_message, "                            \
     NGX_HTTP_PAYGW_ISO("created_at") ", "                                    \
     NGX_HTTP_PAYGW_ISO("updated_at") ", "                                    \
-    "TIMESTAMPDIFF(SECOND, updated_at, UTC_TIMESTAMP(3)), expire_at IS NULL"
+    "TIMESTAMPDIFF(SECOND, updated_at, UTC_TIMESTAMP(3)), "                  \
+    "COALESCE(TIMESTAMPDIFF(SECOND, expire_at, UTC_TIMESTAMP(3)), 0)"
 
 #define NGX_HTTP_PAYGW_REFUND_COLUMNS                                        \
     "r.refund_no, r.out_refund_no, r.payment_no, r.merchant_id, r.amount, "  \
@@ -163,6 +164,7 @@ ngx_http_paygw_store_row_payment(ngx_http_paygw_sql_stmt_t *stmt,
     p->created_at = v[20];
     p->updated_at = v[21];
     p->age = (time_t) ngx_http_paygw_store_int(&v[22]);
+    p->overdue = (time_t) ngx_http_paygw_store_int(&v[23]);
 
     return NGX_OK;
 }
@@ -174,18 +176,39 @@ ngx_http_paygw_store_settle_payment(ngx_http_request_t *r,
     ngx_http_paygw_outcome_t *out)
 {
     const char                 *event;
+    ngx_uint_t                  pending;
     ngx_http_paygw_sql_stmt_t  *s;
 
     op->transaction = 1;
 
-    s = ngx_http_paygw_mysql_add(op,
-            "UPDATE payments SET status = ?, "
-            "channel_trade_no = COALESCE(?, channel_trade_no), "
-            "card_brand = COALESCE(?, card_brand), "
-            "card_last4 = COALESCE(?, card_last4), "
-            "failure_code = ?, failure_message = ?, version = version + 1, "
-            "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
-            "WHERE payment_no = ? AND status IN ('processing', 'unknown')");
+    /*
+     * Forward only: a final state from any open one; "pending" (a QR
+     * code waiting for its buyer) only from before the provider said so.
+     */
+
+    pending = (out->status.len == 7
+               && ngx_strncmp(out->status.data, "pending", 7) == 0);
+
+    s = ngx_http_paygw_mysql_add(op, pending
+            ? "UPDATE payments SET status = ?, "
+              "channel_trade_no = COALESCE(?, channel_trade_no), "
+              "card_brand = COALESCE(?, card_brand), "
+              "card_last4 = COALESCE(?, card_last4), "
+              "qr_code = COALESCE(?, qr_code), "
+              "code_url = COALESCE(?, code_url), "
+              "failure_code = ?, failure_message = ?, version = version + 1, "
+              "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
+              "WHERE payment_no = ? AND status IN ('processing', 'unknown')"
+            : "UPDATE payments SET status = ?, "
+              "channel_trade_no = COALESCE(?, channel_trade_no), "
+              "card_brand = COALESCE(?, card_brand), "
+              "card_last4 = COALESCE(?, card_last4), "
+              "qr_code = COALESCE(?, qr_code), "
+              "code_url = COALESCE(?, code_url), "
+              "failure_code = ?, failure_message = ?, version = version + 1, "
+              "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
+              "WHERE payment_no = ? "
+              "AND status IN ('processing', 'unknown', 'pending')");
     if (s == NULL) {
         return NGX_ERROR;
     }
@@ -196,6 +219,8 @@ ngx_http_paygw_store_settle_payment(ngx_http_request_t *r,
         || ngx_http_paygw_store_str(op, s, &out->provider_no) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &out->card_brand) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &out->card_last4) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &out->qr_code) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &out->code_url) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &out->failure_code) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &out->failure_message) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &p->updated_at) != NGX_OK
@@ -204,11 +229,13 @@ ngx_http_paygw_store_settle_payment(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    if (!out->definitive) {
+    if (!out->definitive || pending) {
         return NGX_OK;
     }
 
-    event = (out->status.len == 9) ? "payment.succeeded" : "payment.failed";
+    event = (out->status.len == 9) ? "payment.succeeded"
+            : (ngx_strncmp(out->status.data, "closed", 6) == 0)
+              ? "payment.closed" : "payment.failed";
 
     return ngx_http_paygw_store_event(r, op, &p->merchant_id, event,
                                       &p->payment_no, &p->notify_url,
@@ -227,7 +254,7 @@ ngx_http_paygw_store_close_payment(ngx_http_request_t *r,
     s = ngx_http_paygw_mysql_add(op,
             "UPDATE payments SET status = 'closed', version = version + 1, "
             "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
-            "WHERE payment_no = ? AND status = 'pending'");
+            "WHERE payment_no = ? AND status IN ('pending', 'unknown')");
     if (s == NULL) {
         return NGX_ERROR;
     }
@@ -509,8 +536,9 @@ ngx_http_paygw_store_select_stale(ngx_http_paygw_mysql_op_t *op,
 
     s = ngx_http_paygw_mysql_add(op,
             "SELECT payment_no, merchant_id FROM payments "
-            "WHERE status IN ('unknown', 'processing') "
-            "AND updated_at < UTC_TIMESTAMP(3) - INTERVAL ? SECOND "
+            "WHERE (status IN ('unknown', 'processing') "
+            "AND updated_at < UTC_TIMESTAMP(3) - INTERVAL ? SECOND) "
+            "OR (status = 'pending' AND expire_at < UTC_TIMESTAMP(3)) "
             "ORDER BY updated_at LIMIT ?");
     if (s == NULL
         || ngx_http_paygw_sql_int(op, s, (int64_t) older_than) != NGX_OK

@@ -17,6 +17,7 @@
 #include "ngx_http_paygw_redis.h"
 #include "ngx_http_paygw_mysql.h"
 #include "ngx_http_paygw_crypto.h"
+#include "ngx_http_paygw_channel.h"
 
 
 typedef struct {
@@ -49,6 +50,10 @@ static ngx_int_t ngx_http_paygw_test_crypto(ngx_http_request_t *r,
     json_t *spec);
 static void ngx_http_paygw_test_arg(json_t *spec, const char *name,
     ngx_str_t *v);
+static json_t *ngx_http_paygw_test_alipay_notify(ngx_http_request_t *r,
+    json_t *spec);
+static json_t *ngx_http_paygw_test_wechat_notify(ngx_http_request_t *r,
+    json_t *spec);
 static json_t *ngx_http_paygw_test_crypto_op(ngx_http_request_t *r,
     json_t *spec);
 
@@ -704,6 +709,14 @@ ngx_http_paygw_test_crypto_op(ngx_http_request_t *r, json_t *spec)
         return json_pack("{s:s%}", "signature", out.data, out.len);
     }
 
+    if (ngx_paygw_op("alipay_notify_verify")) {
+        return ngx_http_paygw_test_alipay_notify(r, spec);
+    }
+
+    if (ngx_paygw_op("wechat_notify_verify")) {
+        return ngx_http_paygw_test_wechat_notify(r, spec);
+    }
+
     if (ngx_paygw_op("alipay_canonical")) {
         params = ngx_array_create(r->pool, 16, sizeof(ngx_keyval_t));
         if (params == NULL) {
@@ -739,4 +752,106 @@ ngx_http_paygw_test_crypto_op(ngx_http_request_t *r, json_t *spec)
 #undef ngx_paygw_op
 
     return NULL;
+}
+
+
+/*
+ * {"op":"alipay_notify_verify","form_body":...,"public_key_pem":...}:
+ * a notify through the code /v1/notify/alipay runs (form decoding, both
+ * signing rules).
+ */
+
+static json_t *
+ngx_http_paygw_test_alipay_notify(ngx_http_request_t *r, json_t *spec)
+{
+    EVP_PKEY     *key;
+    ngx_int_t     rc;
+    ngx_str_t     form, pem;
+    ngx_array_t  *params;
+
+    ngx_http_paygw_test_arg(spec, "form_body", &form);
+    ngx_http_paygw_test_arg(spec, "public_key_pem", &pem);
+
+    key = ngx_http_paygw_pem_key(&pem, 0);
+    if (key == NULL) {
+        return json_pack("{s:s}", "error", "key");
+    }
+
+    rc = ngx_http_paygw_alipay_verify_form(r->pool, key, &form, &params);
+    EVP_PKEY_free(key);
+
+    return json_pack("{s:b}", "valid", rc == NGX_OK);
+}
+
+
+/*
+ * {"op":"wechat_notify_verify","headers":{...},"body":...,"serial":...,
+ * "public_key_pem":...,"apiv3_key":...,"now":N}: a callback through the
+ * code /v1/notify/wechat runs (key by serial, clock skew, signature,
+ * then the resource decrypted).
+ */
+
+static json_t *
+ngx_http_paygw_test_wechat_notify(ngx_http_request_t *r, json_t *spec)
+{
+    json_t                         *h, *res;
+    ngx_int_t                       rc;
+    ngx_str_t                       pem, apiv3, body, event, plain;
+    ngx_str_t                       serial, ts, nonce, sig;
+    ngx_array_t                     keys;
+    const char                     *why;
+    ngx_http_paygw_platform_key_t  *pk;
+
+    h = json_object_get(spec, "headers");
+
+    ngx_http_paygw_test_arg(h, "Wechatpay-Serial", &serial);
+    ngx_http_paygw_test_arg(h, "Wechatpay-Timestamp", &ts);
+    ngx_http_paygw_test_arg(h, "Wechatpay-Nonce", &nonce);
+    ngx_http_paygw_test_arg(h, "Wechatpay-Signature", &sig);
+    ngx_http_paygw_test_arg(spec, "body", &body);
+    ngx_http_paygw_test_arg(spec, "public_key_pem", &pem);
+    ngx_http_paygw_test_arg(spec, "apiv3_key", &apiv3);
+
+    if (ngx_array_init(&keys, r->pool, 1,
+                       sizeof(ngx_http_paygw_platform_key_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    pk = ngx_array_push(&keys);
+    if (pk == NULL) {
+        return NULL;
+    }
+
+    ngx_http_paygw_test_arg(spec, "serial", &pk->serial);
+
+    pk->key = ngx_http_paygw_pem_key(&pem, 0);
+    if (pk->key == NULL) {
+        return json_pack("{s:s}", "error", "key");
+    }
+
+    rc = ngx_http_paygw_wechat_verify(r->pool, &keys, &serial, &ts, &nonce,
+                                      &sig, &body,
+                                      (time_t) json_integer_value(
+                                          json_object_get(spec, "now")),
+                                      &why);
+    EVP_PKEY_free(pk->key);
+
+    if (rc != NGX_OK) {
+        return json_pack("{s:b, s:s}", "valid", 0, "why", why);
+    }
+
+    if (ngx_http_paygw_wechat_resource(r->pool, &apiv3, &body, &event,
+                                       &plain, &why)
+        != NGX_OK)
+    {
+        return json_pack("{s:b, s:s}", "valid", 0, "why", why);
+    }
+
+    res = json_pack("{s:b, s:s%, s:s%}", "valid", 1,
+                    "event_type", event.data, event.len,
+                    "plaintext", plain.data, plain.len);
+
+    return res;
 }

@@ -222,4 +222,75 @@ sub crypto {
     }
 }
 
+# ---- callbacks through the notify code (/v1/notify/alipay, /wechat) -----------
+
+{
+    my $t = vec_file('alipay_notify.json');
+    my $v = sub {
+        my ($form, $pem) = @_;
+        return crypto(op => 'alipay_notify_verify', form_body => $form,
+                      public_key_pem => $pem)->{valid};
+    };
+    ok($v->($t->{form_body}, $t->{alipay_public_key_pem}),
+       'alipay notify: the form verifies (sign and sign_type removed)');
+    my $k = $t->{also_sign_type_kept};
+    ok($v->($k->{form_body}, $k->{alipay_public_key_pem}),
+       'alipay notify: signed with sign_type kept also verifies (SDK rule)');
+    # the vector's negatives, as forms: a changed amount, a re-encoded
+    # JSON value, another key
+    (my $amount = $t->{form_body}) =~ s/total_amount=0\.10/total_amount=100.10/;
+    isnt($amount, $t->{form_body}, 'alipay notify: amount tamper applies');
+    ok(!$v->($amount, $t->{alipay_public_key_pem}),
+       'alipay notify negative: total_amount 0.10 -> 100.10');
+    (my $spaced = $t->{form_body}) =~ s/%22%2C%22/%22%2C+%22/;
+    isnt($spaced, $t->{form_body}, 'alipay notify: re-encoding applies');
+    ok(!$v->($spaced, $t->{alipay_public_key_pem}),
+       'alipay notify negative: fund_bill_list re-serialized with spaces');
+    ok(!$v->($t->{form_body}, $k->{alipay_public_key_pem}),
+       'alipay notify negative: another public key');
+    (my $nosign = $t->{form_body}) =~ s/(^|&)sign=[^&]*//;
+    ok(!$v->($nosign, $t->{alipay_public_key_pem}),
+       'alipay notify negative: no sign');
+    ok(!$v->($t->{form_body} . '&x=%ZZ', $t->{alipay_public_key_pem}),
+       'alipay notify negative: a malformed escape');
+}
+
+{
+    my $t = vec_file('wechat_v3_notify.json');
+    my $check = sub {
+        my (%c) = @_;
+        my %h = (%{ $t->{headers} }, %{ $c{headers} // {} });
+        delete $h{$_} for grep { !defined $h{$_} } keys %h;
+        return crypto(op => 'wechat_notify_verify', headers => \%h,
+                      body => $c{body} // $t->{body},
+                      serial => $t->{platform_certificate_serial},
+                      public_key_pem => $t->{platform_public_key_pem},
+                      apiv3_key => $c{apiv3_key} // $t->{apiv3_key},
+                      now => $c{now} // $t->{now});
+    };
+    my $r = $check->();
+    ok($r->{valid}, 'wechat notify: verifies and decrypts (AES-128, 16-byte key)');
+    is($r->{event_type}, $t->{expected}{event_type}, 'wechat notify: event_type');
+    is($r->{plaintext}, $t->{expected}{resource_plaintext},
+       'wechat notify: the decrypted resource');
+    for my $c (@{ $t->{clock_boundary_valid} }) {
+        ok($check->(now => $c->{now})->{valid}, "wechat notify: $c->{change}");
+    }
+    for my $n (@{ $t->{negative} }) {
+        my $res = $check->(%$n);
+        ok(!$res->{valid}, "wechat notify negative: $n->{change}")
+            or diag explain $res;
+    }
+    my $g = $t->{generated_aes256_callback};
+    my $res = crypto(op => 'wechat_notify_verify', headers => $g->{headers},
+                     body => $g->{body},
+                     serial => $t->{platform_certificate_serial},
+                     public_key_pem => $t->{platform_public_key_pem},
+                     apiv3_key => $g->{apiv3_key}, now => $g->{now});
+    ok($res->{valid}, 'wechat notify: TRANSACTION.SUCCESS, AES-256 (32-byte key)');
+    is($res->{event_type}, 'TRANSACTION.SUCCESS', 'wechat notify: its event_type');
+    is($res->{plaintext}, $g->{expected}{resource_plaintext},
+       'wechat notify: its decrypted transaction');
+}
+
 done_testing;

@@ -1,0 +1,266 @@
+
+/*
+ * paygw: provider callbacks (SPEC §4).
+ *
+ *     POST /v1/notify/alipay    a form signed with RSA2; reply "success"
+ *     POST /v1/notify/wechat    signed JSON, encrypted resource; reply 204,
+ *                               or 4xx/5xx {"code":"FAIL","message":...}
+ *
+ * The provider's own code verifies the callback and says what it
+ * reports (ngx_http_paygw_notice_t).  Then it must match the stored
+ * payment (channel, amount, currency) and is applied as a conditional
+ * update with its outbox event: states only move forward, so a
+ * duplicate, a late or an out-of-order callback changes nothing and is
+ * acknowledged; one that cannot be trusted is refused and changes
+ * nothing.  Either way it is counted in paygw_callbacks_total.
+ */
+
+
+#include "ngx_http_paygw_channel.h"
+#include "ngx_http_paygw_metrics.h"
+#include "ngx_http_paygw_store.h"
+
+
+static ngx_int_t ngx_http_paygw_notify_check(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_notify_select(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_notify_ack(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, const char *what);
+static ngx_int_t ngx_http_paygw_notify_refuse(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_uint_t status, const char *why);
+
+
+static ngx_str_t  ngx_http_paygw_text_type = ngx_string("text/plain");
+
+
+#define ngx_paygw_is(s, lit)                                                 \
+    ((s)->len == sizeof(lit) - 1                                             \
+     && ngx_strncmp((s)->data, lit, sizeof(lit) - 1) == 0)
+
+
+ngx_int_t
+ngx_http_paygw_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t                  rc;
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    switch (ctx->stage) {
+
+    case 0:
+        ctx->channel = ngx_http_paygw_channel_find(r, &ctx->object_no);
+
+        if (ctx->channel == NULL || ctx->channel->provider->notify == NULL) {
+            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_FOUND,
+                                       "not_found", "no callbacks for "
+                                       "channel \"%V\"", &ctx->object_no);
+        }
+
+        if (ctx->channel->provider->notify(r, ctx) != NGX_OK) {
+            return ngx_http_paygw_notify_refuse(r, ctx, NGX_HTTP_UNAUTHORIZED,
+                                                ctx->notice_error);
+        }
+
+        return ngx_http_paygw_notify_select(r, ctx);
+
+    case 1:
+        if (!ctx->mysql->call.ok) {
+            return ngx_http_paygw_notify_refuse(r, ctx,
+                                                NGX_HTTP_SERVICE_UNAVAILABLE,
+                                                "storage unavailable; retry");
+        }
+
+        if (ctx->mysql->err_no
+            || ngx_http_paygw_store_row_payment(ctx->mysql->stmts.elts, p)
+               != NGX_OK)
+        {
+            return ngx_http_paygw_notify_refuse(r, ctx, NGX_HTTP_NOT_FOUND,
+                                                "no such out_trade_no");
+        }
+
+        rc = ngx_http_paygw_notify_check(r, ctx);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        ctx->outcome.definitive = 1;
+        ctx->outcome.status = ctx->notice.status;
+        ctx->outcome.provider_no = ctx->notice.provider_no;
+        ngx_http_paygw_now(r->pool, &p->updated_at);
+
+        ctx->mysql = ngx_http_paygw_mysql_create(r);
+
+        if (ctx->mysql == NULL
+            || ngx_http_paygw_store_settle_payment(r, ctx->mysql, p,
+                                                   &ctx->outcome)
+               != NGX_OK
+            || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        p->status = ctx->outcome.status;
+        p->channel_trade_no = ctx->outcome.provider_no;
+
+        ctx->waiting = &ctx->mysql->call;
+        ctx->stage = 2;
+        return NGX_AGAIN;
+
+    default: /* 2 */
+        if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
+            return ngx_http_paygw_notify_refuse(r, ctx,
+                                                NGX_HTTP_SERVICE_UNAVAILABLE,
+                                                "storage unavailable; retry");
+        }
+
+        if (ctx->mysql->conflict) {
+            /* settled meanwhile (the create, a query, another callback) */
+
+            if (ctx->reread) {
+                return ngx_http_paygw_notify_ack(r, ctx, "settled meanwhile");
+            }
+
+            ctx->reread = 1;
+            return ngx_http_paygw_notify_select(r, ctx);
+        }
+
+        ngx_http_paygw_m_payment(r, &p->channel, &p->status);
+
+        return ngx_http_paygw_notify_ack(r, ctx, "applied");
+    }
+}
+
+
+static ngx_int_t
+ngx_http_paygw_notify_select(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_str_t  any;
+
+    ngx_str_set(&any, "*");
+
+    ctx->mysql = ngx_http_paygw_mysql_create(r);
+
+    if (ctx->mysql == NULL
+        || ngx_http_paygw_store_select_payment(ctx->mysql, &any,
+                                               &ctx->notice.out_trade_no,
+                                               NULL)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ctx->mysql->read_only = 1;
+    ctx->waiting = &ctx->mysql->call;
+    ctx->stage = 1;
+
+    return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK ? NGX_AGAIN
+                                                               : NGX_ERROR;
+}
+
+
+/*
+ * NGX_OK: apply the notice.  Otherwise the answer is decided: refused
+ * (it does not match the payment) or acknowledged (nothing to change).
+ */
+
+static ngx_int_t
+ngx_http_paygw_notify_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_notice_t   *n;
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+    n = &ctx->notice;
+
+    if (p->channel.len != ctx->channel->name.len
+        || ngx_strncmp(p->channel.data, ctx->channel->name.data,
+                       p->channel.len) != 0
+        || p->amount != n->amount
+        || p->currency.len != n->currency.len
+        || ngx_strncmp(p->currency.data, n->currency.data, p->currency.len)
+           != 0)
+    {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "paygw %V callback for %V does not match the payment "
+                      "(channel %V, amount %L %V, notified %L %V)",
+                      &ctx->channel->name, &p->payment_no, &p->channel,
+                      p->amount, &p->currency, n->amount, &n->currency);
+        return ngx_http_paygw_notify_refuse(r, ctx, NGX_HTTP_BAD_REQUEST,
+                                            "does not match the payment");
+    }
+
+    if (n->status.len == 0) {
+        return ngx_http_paygw_notify_ack(r, ctx, "nothing final to apply");
+    }
+
+    if (p->status.len == n->status.len
+        && ngx_strncmp(p->status.data, n->status.data, p->status.len) == 0)
+    {
+        return ngx_http_paygw_notify_ack(r, ctx, "a duplicate");
+    }
+
+    if (!ngx_paygw_is(&p->status, "pending")
+        && !ngx_paygw_is(&p->status, "processing")
+        && !ngx_paygw_is(&p->status, "unknown"))
+    {
+        /* states only move forward: a late callback changes nothing */
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "paygw %V callback says %V %V, which is %V already: "
+                      "kept", &ctx->channel->name, &p->payment_no,
+                      &n->status, &p->status);
+
+        return ngx_http_paygw_notify_ack(r, ctx, "out of order");
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_notify_ack(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    const char *what)
+{
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "paygw %V callback for %V: %s", &ctx->channel->name,
+                  &ctx->notice.out_trade_no, what);
+
+    ngx_http_paygw_m_callback(r, &ctx->channel->name, 1);
+
+    if (ctx->channel->provider == &ngx_http_paygw_alipay_provider) {
+        ctx->status = NGX_HTTP_OK;
+        ctx->content_type = &ngx_http_paygw_text_type;
+        ngx_str_set(&ctx->response, "success");
+        return NGX_OK;
+    }
+
+    ctx->status = NGX_HTTP_NO_CONTENT;
+    ngx_str_set(&ctx->response, "");
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_notify_refuse(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_uint_t status, const char *why)
+{
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "paygw %V callback refused: %s", &ctx->channel->name, why);
+
+    ngx_http_paygw_m_callback(r, &ctx->channel->name, 0);
+
+    if (ctx->channel->provider == &ngx_http_paygw_alipay_provider) {
+        /* anything but "success" makes Alipay send it again later */
+        ctx->status = status;
+        ctx->content_type = &ngx_http_paygw_text_type;
+        ngx_str_set(&ctx->response, "fail");
+        return NGX_OK;
+    }
+
+    return ngx_http_paygw_respond(r, ctx, status,
+                                  json_pack("{s:s, s:s}", "code", "FAIL",
+                                            "message", why));
+}
