@@ -42,7 +42,6 @@ static ngx_str_t  ngx_http_paygw_text_type = ngx_string("text/plain");
 ngx_int_t
 ngx_http_paygw_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_int_t                  rc;
     ngx_http_paygw_payment_t  *p;
 
     p = &ctx->payment;
@@ -80,9 +79,9 @@ ngx_http_paygw_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                                 "no such out_trade_no");
         }
 
-        rc = ngx_http_paygw_notify_check(r, ctx);
-        if (rc != NGX_OK) {
-            return rc;
+        if (ngx_http_paygw_notify_check(r, ctx) != NGX_OK) {
+            /* answered: refused, or nothing to change */
+            return NGX_OK;
         }
 
         ctx->outcome.definitive = 1;
@@ -161,8 +160,9 @@ ngx_http_paygw_notify_select(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
 
 /*
- * NGX_OK: apply the notice.  Otherwise the answer is decided: refused
- * (it does not match the payment) or acknowledged (nothing to change).
+ * NGX_OK: apply the notice.  NGX_DECLINED: the answer is decided,
+ * refused (it does not match the payment) or acknowledged (nothing to
+ * change).
  */
 
 static ngx_int_t
@@ -187,18 +187,21 @@ ngx_http_paygw_notify_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                       "(channel %V, amount %L %V, notified %L %V)",
                       &ctx->channel->name, &p->payment_no, &p->channel,
                       p->amount, &p->currency, n->amount, &n->currency);
-        return ngx_http_paygw_notify_refuse(r, ctx, NGX_HTTP_BAD_REQUEST,
+        (void) ngx_http_paygw_notify_refuse(r, ctx, NGX_HTTP_BAD_REQUEST,
                                             "does not match the payment");
+        return NGX_DECLINED;
     }
 
     if (n->status.len == 0) {
-        return ngx_http_paygw_notify_ack(r, ctx, "nothing final to apply");
+        (void) ngx_http_paygw_notify_ack(r, ctx, "nothing final to apply");
+        return NGX_DECLINED;
     }
 
     if (p->status.len == n->status.len
         && ngx_strncmp(p->status.data, n->status.data, p->status.len) == 0)
     {
-        return ngx_http_paygw_notify_ack(r, ctx, "a duplicate");
+        (void) ngx_http_paygw_notify_ack(r, ctx, "a duplicate");
+        return NGX_DECLINED;
     }
 
     if (!ngx_paygw_is(&p->status, "pending")
@@ -212,7 +215,8 @@ ngx_http_paygw_notify_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                       "kept", &ctx->channel->name, &p->payment_no,
                       &n->status, &p->status);
 
-        return ngx_http_paygw_notify_ack(r, ctx, "out of order");
+        (void) ngx_http_paygw_notify_ack(r, ctx, "out of order");
+        return NGX_DECLINED;
     }
 
     return NGX_OK;
