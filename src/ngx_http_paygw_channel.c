@@ -421,9 +421,9 @@ ngx_int_t
 ngx_http_paygw_provider_send(ngx_http_request_t *r,
     ngx_http_paygw_channel_t *ch, ngx_http_paygw_provider_call_t *pc)
 {
-    u_char                      *p;
+    u_char                      *p, *q;
     ngx_buf_t                   *b;
-    ngx_str_t                    uri, tp;
+    ngx_str_t                    uri, args, tp;
     ngx_http_request_t          *sr;
     ngx_http_request_body_t     *rb;
     ngx_http_post_subrequest_t  *ps;
@@ -463,7 +463,17 @@ ngx_http_paygw_provider_send(ngx_http_request_t *r,
     pc->start = ngx_current_msec;
     ngx_str_null(&pc->response);
 
-    if (ngx_http_subrequest(r, &uri, NULL, &sr, ps,
+    /* a query string is the subrequest's args, or nginx would escape it */
+
+    q = ngx_strlchr(uri.data, uri.data + uri.len, '?');
+
+    if (q) {
+        args.data = q + 1;
+        args.len = uri.data + uri.len - args.data;
+        uri.len = q - uri.data;
+    }
+
+    if (ngx_http_subrequest(r, &uri, q ? &args : NULL, &sr, ps,
                             NGX_HTTP_SUBREQUEST_IN_MEMORY
                             |NGX_HTTP_SUBREQUEST_WAITED)
         != NGX_OK)
