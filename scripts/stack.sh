@@ -196,8 +196,11 @@ start_sim() {
     [ -f "$repo/t/sim/sim.js" ] || die "t/sim/sim.js is missing"
     fail_if_port_taken simulator "$PAYGW_SIM_PORT" PAYGW_SIM_PORT
     rm -f "$run/sim.pid"
+    # Alipay and WeChat test keys (kept across runs; the gateway reads them too).
+    bash "$repo/scripts/provider-keys.sh" "$run/keys" \
+        || die "scripts/provider-keys.sh $run/keys failed"
     nohup node "$repo/t/sim/sim.js" --port "$PAYGW_SIM_PORT" \
-        --pidfile "$run/sim.pid" < /dev/null >> "$logs/sim.log" 2>&1 &
+        --pidfile "$run/sim.pid" --keys "$run/keys" < /dev/null >> "$logs/sim.log" 2>&1 &
     wait_ready sim "$PAYGW_SIM_PORT" "$logs/sim.log"
     say "simulator up on $sim_url (pid $(pid_of sim))"
 }

@@ -320,9 +320,9 @@ ngx_http_paygw_conf_pem(ngx_conf_t *cf, ngx_str_t *path,
 
     if (*key == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "\"%V\" is not a PEM %s key", &file,
-                           private_key ? "private (PKCS#8 or PKCS#1)"
-                                       : "public (SubjectPublicKeyInfo)");
+                           "\"%V\" is not a PEM %s", &file,
+                           private_key ? "private key (PKCS#8 or PKCS#1)"
+                                       : "public key (SubjectPublicKeyInfo)");
         return NGX_CONF_ERROR;
     }
 

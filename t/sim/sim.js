@@ -1,9 +1,18 @@
 #!/usr/bin/env node
-// paygw provider simulator: plays the payment providers (bank-card acquirer
-// now; Alipay and WeChat Pay later) on 127.0.0.1 for `make run` and tests.
+// paygw provider simulator: plays the payment providers (bank-card acquirer,
+// Alipay open API, WeChat Pay API v3) on 127.0.0.1 for `make run` and tests.
+// Alipay lives in t/sim/alipay.js, WeChat Pay in t/sim/wechat.js, helpers
+// they share in t/sim/common.js.
 //
 //   node t/sim/sim.js --port 8091 [--acquirer-secret S]
 //                     [--acquirer-merchant M] [--pidfile F]
+//                     [--keys DIR] [--alipay-app-id ID (2021000000000001)]
+//                     [--wechat-mchid ID (1900000001)]
+//                     [--wechat-appid ID (wxd678efh567hg6787)]
+//
+// --keys DIR: the key files of scripts/provider-keys.sh DIR. Without it the
+// Alipay and WeChat endpoints (and their control routes) answer 503
+// {"error":"not configured"}; the acquirer works either way.
 //
 // Control API (never subject to fault modes, never signed):
 //   GET  /health          200 {"status":"ok"}
@@ -16,24 +25,48 @@
 //   GET  /_sim/requests   provider requests received: method, path, headers,
 //                         body (card numbers and CVCs masked), mode
 //   GET  /_sim/charges    acquirer charges and refunds with request counters
-//   POST /_sim/reset      forget requests, charges and refunds; mode "normal"
+//   GET  /_sim/trades     {"alipay":[trade...],"wechat":[order...]}: each with
+//                         requests (create requests that arrived, authentic),
+//                         duplicates (idempotent repeats), queries, and its
+//                         refunds (with the same counters)
+//   POST /_sim/reset      forget requests, charges, refunds, trades and
+//                         orders; mode "normal"; WeChat platform key 1
 //   POST /_sim/notify     {"url","out_trade_no","status","amount","currency",
 //                          "tamper":"signature"|"amount"|"body"|"merchant"|null,
 //                          "timestamp":T}: POST a signed acquirer callback to
 //                         url; answers {"status","body","sent"}
+//   POST /_sim/alipay/notify   see Alipay below
+//   POST /_sim/wechat/notify   see WeChat Pay below
+//   GET  /_sim/wechat/platform  {"serial":current,"serials":[s1,s2]}
+//   POST /_sim/wechat/platform  {"serial":S}: sign answers and callbacks
+//                         with that platform key from now on (400 unless S
+//                         is platform 1's or 2's serial)
+//   GET  /_sim/alipay/bill/<YYYY-MM-DD>, GET /_sim/wechat/bill/<YYYY-MM-DD>
+//                         the bill files the bill APIs point at (text/csv)
 //
 // Fault modes (POST /_sim/mode):
 //   normal
-//   error500        answer 500 {"error":"internal"} without processing
-//   error500_after  process, then answer 500 {"error":"internal"}
+//   error500        answer 500 without processing: acquirer {"error":
+//                   "internal"}, Alipay code 20000 (signed), WeChat
+//                   SYSTEM_ERROR (signed)
+//   error500_after  process, then answer that 500
 //   slow            process, then answer after delay_ms (default 15000)
 //   slow_before     wait delay_ms, then process and answer (processes even
 //                   if the client gave up meanwhile: a late charge)
 //   reset           drop the connection without processing
 //   reset_after     process, then drop the connection
-//   bad_signature   process, answer with a wrong response signature
-//   amount_mismatch process, report amount + 1 in the JSON answer (signed)
-//   decline         decline every new charge with card_declined
+//   bad_signature   process, answer with a wrong response signature (Alipay,
+//                   WeChat: signed with an RSA key that is not the provider's)
+//   amount_mismatch process, report amount + 1 in the answer (signed):
+//                   acquirer "amount", Alipay "total_amount" + 0.01 (query,
+//                   refund query; precreate answers then carry one too),
+//                   WeChat "amount.total"
+//   decline         acquirer: card_declined; Alipay precreate: 40004
+//                   ACQ.TOTAL_FEE_EXCEED; WeChat native: 403 TRADE_ERROR
+//                   (new charges/trades only)
+//   refund_processing  WeChat: new refunds answer status PROCESSING; such a
+//                   refund is SUCCESS from its next GET on
+// Use path_prefix "/gateway.do" (Alipay) or "/v3/" (WeChat) to aim a mode.
 //
 // Bank-card acquirer (HMAC-SHA256 with the shared secret, lowercase hex):
 //   request headers  X-Acquirer-Merchant, X-Acquirer-Timestamp (unix s),
@@ -45,6 +78,109 @@
 //   POST /acquirer/v1/refunds                 GET /acquirer/v1/refunds/<out_refund_no>
 //   GET  /acquirer/v1/settlements/<YYYY-MM-DD>  (text/csv)
 //
+// Alipay open API (RSA2 = SHA256withRSA, PKCS#1 v1.5, base64):
+//   POST /gateway.do, application/x-www-form-urlencoded;charset=utf-8; the
+//   parameters in the body and/or the query string (a name twice: 40002):
+//   app_id, method, format=JSON, charset=utf-8, sign_type=RSA2, timestamp
+//   ("yyyy-MM-dd HH:mm:ss" UTC+8, within 15 min), version=1.0, notify_url,
+//   biz_content (JSON text), sign. sign is over every parameter but sign
+//   (sign_type included), empty values dropped, sorted by name, "k=v"
+//   joined by "&", raw decoded values; verified with alipay_app_public.pem.
+//   Answers: HTTP 200 (500/404/413 for faults) with exactly
+//   {"<method, . as _>_response":INNER,"sign":"<RSA2 over INNER's bytes
+//   with alipay_private.pem>"} ("error_response" for unknown methods);
+//   application/json;charset=utf-8. INNER: {"code":"10000","msg":"Success",
+//   ...} | {"code":"40002","msg":"Invalid Arguments","sub_code":
+//   "isv.invalid-signature"|"isv.invalid-app-id"|"isv.invalid-timestamp"|
+//   "isv.missing-..."|"isv.invalid-parameter"|...} | {"code":"40004","msg":
+//   "Business Failed","sub_code":"ACQ....","sub_msg":...}. Amounts are yuan
+//   strings with 2 decimals ("19.99").
+//   alipay.trade.precreate {out_trade_no,total_amount,subject,
+//     timeout_express?} -> {out_trade_no,qr_code}; trade WAIT_BUYER_PAY;
+//     repeat with the same amount: the same answer; other amount:
+//     ACQ.CONTEXT_INCONSISTENT; paid: ACQ.TRADE_HAS_SUCCESS; closed:
+//     ACQ.TRADE_HAS_CLOSE
+//   alipay.trade.query {out_trade_no|trade_no} -> {trade_no (28 digits),
+//     out_trade_no,trade_status,total_amount,buyer_logon_id (paid)};
+//     unknown: ACQ.TRADE_NOT_EXIST
+//   alipay.trade.close {out_trade_no} -> {out_trade_no,trade_no} (also when
+//     closed already); paid: ACQ.TRADE_STATUS_ERROR
+//   alipay.trade.refund {out_trade_no,refund_amount,out_request_no,
+//     refund_reason?} -> {trade_no,out_trade_no,buyer_logon_id,fund_change
+//     "Y" ("N" on a repeat),refund_fee (cumulative),gmt_refund_pay};
+//     TRADE_SUCCESS only (else ACQ.TRADE_STATUS_ERROR); repeat with another
+//     amount: ACQ.CONTEXT_INCONSISTENT; over the total:
+//     ACQ.REFUND_AMT_NOT_EQUAL_TOTAL. Refunds succeed at once; the trade
+//     stays TRADE_SUCCESS.
+//   alipay.trade.fastpay.refund.query {out_trade_no,out_request_no} ->
+//     {...,refund_amount,total_amount,refund_status:"REFUND_SUCCESS"}, or
+//     without refund_status when there is no such refund
+//   alipay.data.dataservice.bill.downloadurl.query {bill_type:"trade",
+//     bill_date} -> {bill_download_url: /_sim/alipay/bill/<day>} (columns
+//     type,out_trade_no,out_request_no,trade_no,amount_yuan,status,time)
+//   unknown method: 40004 isv.invalid-method
+// POST /_sim/alipay/notify {"out_trade_no","trade_status" (TRADE_SUCCESS),
+//   "url" (the trade's notify_url),"apply" (true unless tamper: store the
+//   status first),"tamper":null|"signature"|"amount"|"app_id"|"body"|
+//   "out_trade_no","total_amount" (override; required for unknown trades)}:
+//   POSTs a form-encoded trade_status_sync notify like real Alipay's,
+//   signed over all parameters but sign AND sign_type. Tampers: signature
+//   (another RSA key), amount (total_amount + 1.00, signed), app_id (another
+//   app_id, signed), body (total_amount + 1.00 after signing), out_trade_no
+//   (an unknown one, signed). Answers {"status","body","sent":{"headers",
+//   "body"}}, or 502 {"error","sent"} when the POST failed.
+//
+// WeChat Pay API v3:
+//   request header Authorization: WECHATPAY2-SHA256-RSA2048 mchid="..",
+//   nonce_str="..",timestamp="..",serial_no="..",signature=".." (any order);
+//   signature = RSA2 over "METHOD\nURL\nTIMESTAMP\nNONCE\nBODY\n" (URL with
+//   its query as sent) with the merchant key; mchid = --wechat-mchid,
+//   serial_no = wechat_merchant_serial, |now - timestamp| <= 300; else 401
+//   {"code":"SIGN_ERROR","message":...}. Every answer (errors and 204s too)
+//   has Wechatpay-Timestamp, Wechatpay-Nonce, Wechatpay-Serial (current
+//   platform key), Wechatpay-Signature = RSA2 over "TS\nNONCE\nBODY\n", and
+//   Request-ID. Errors: {"code","message"}. Amounts: integer fen.
+//   POST /v3/pay/transactions/native {appid,mchid,description,out_trade_no,
+//     time_expire?,notify_url,amount:{total,currency?}} -> 200 {code_url};
+//     order NOTPAY; repeat with the same amount: the same code_url; other
+//     amount: 400 INVALID_REQUEST "201 商户订单号重复"; paid: 400 ORDERPAID;
+//     closed: 400 ORDER_CLOSED; wrong mchid: 400 MCH_NOT_EXISTS; wrong
+//     appid: 400 PARAM_ERROR
+//   GET  /v3/pay/transactions/out-trade-no/<otn>?mchid=M -> 200 {appid,
+//     mchid,out_trade_no,transaction_id (paid),trade_type:"NATIVE",
+//     trade_state,trade_state_desc,success_time (paid),amount:{total,
+//     payer_total (paid),currency,payer_currency},payer:{openid} (paid)};
+//     unknown: 404 ORDER_NOT_EXIST. trade_state NOTPAY|SUCCESS|CLOSED|
+//     REFUND (after a refund, as on real WeChat)|PAYERROR
+//   POST /v3/pay/transactions/out-trade-no/<otn>/close {mchid} -> 204 (also
+//     when closed already); paid: 400 ORDERPAID; unknown: 404
+//   POST /v3/refund/domestic/refunds {out_trade_no,out_refund_no,reason?,
+//     notify_url?,amount:{refund,total,currency}} -> 200 {refund_id,
+//     out_refund_no,transaction_id,out_trade_no,channel,
+//     user_received_account,status,create_time,success_time,amount:{total,
+//     refund,payer_total,payer_refund,currency}}; repeat: the same refund;
+//     unpaid order: 400 INVALID_REQUEST; unknown: 404 ORDER_NOT_EXIST;
+//     total not the order's: 400 PARAM_ERROR; over the total: 403 NOT_ENOUGH
+//   GET  /v3/refund/domestic/refunds/<out_refund_no> -> 200 the refund;
+//     unknown: 404 RESOURCE_NOT_EXISTS
+//   GET  /v3/bill/tradebill?bill_date=D -> 200 {hash_type:"SHA1",
+//     hash_value,download_url: /_sim/wechat/bill/<day>} (columns type,
+//     out_trade_no,out_refund_no,provider_id,amount_fen,status,time)
+// POST /_sim/wechat/notify {"out_trade_no","trade_state" (SUCCESS),"url"
+//   (the order's notify_url),"apply" (as for Alipay),"tamper":null|
+//   "signature"|"amount"|"mchid"|"body"|"serial"|"apiv3_key"|"currency",
+//   "timestamp" (unix s, still signed),"serial" (sign with that platform
+//   key),"total" (override; required for unknown orders)}: POSTs a
+//   TRANSACTION.<state> callback: {"id","create_time","resource_type":
+//   "encrypt-resource","event_type","summary","resource":{"original_type":
+//   "transaction","algorithm":"AEAD_AES_256_GCM","ciphertext":base64(ct ||
+//   16-byte tag),"associated_data":"transaction","nonce":12 alphanumerics}}
+//   (AES-256-GCM, key wechat_apiv3.key, plaintext = the query's object),
+//   Wechatpay-* headers signed by the platform key. Tampers: signature
+//   (another RSA key), amount (total + 1), mchid, currency ("USD"), body
+//   (altered after signing), serial (an unknown Wechatpay-Serial), apiv3_key
+//   (encrypted with another key). Answers like /_sim/alipay/notify.
+//
 // Full card numbers and CVCs are never stored nor logged.
 // Only Node built-ins: no npm dependencies.
 'use strict';
@@ -54,9 +190,13 @@ const crypto = require('crypto');
 const fs = require('fs');
 const {URL} = require('url');
 
+const common = require('./common');
+const createAlipay = require('./alipay');
+const createWechat = require('./wechat');
+
 const MODES = ['normal', 'error500', 'error500_after', 'slow', 'slow_before',
                'reset', 'reset_after', 'bad_signature', 'amount_mismatch',
-               'decline'];
+               'decline', 'refund_processing'];
 const DEFAULT_DELAY_MS = 15000;
 const MAX_BODY = 1024 * 1024;
 const MAX_RECORDED = 1000;
@@ -70,16 +210,21 @@ const TAMPERS = ['signature', 'amount', 'body', 'merchant'];
 
 function parseArgs(argv) {
     const opts = {port: 8091, acquirerSecret: 'acq-demo-secret',
-                  acquirerMerchant: 'ACQ-M100', pidfile: null};
+                  acquirerMerchant: 'ACQ-M100', pidfile: null, keys: null,
+                  alipayAppId: '2021000000000001', wechatMchid: '1900000001',
+                  wechatAppid: 'wxd678efh567hg6787'};
     const names = {'--port': 'port', '--acquirer-secret': 'acquirerSecret',
                    '--acquirer-merchant': 'acquirerMerchant',
-                   '--pidfile': 'pidfile'};
+                   '--pidfile': 'pidfile', '--keys': 'keys',
+                   '--alipay-app-id': 'alipayAppId', '--wechat-mchid': 'wechatMchid',
+                   '--wechat-appid': 'wechatAppid'};
     for (let i = 0; i < argv.length; i++) {
         const key = names[argv[i]];
         if (!key || i + 1 >= argv.length) {
             console.error(`usage: sim.js --port N [--acquirer-secret S] ` +
-                          `[--acquirer-merchant M] [--pidfile F] ` +
-                          `(bad argument ${argv[i]})`);
+                          `[--acquirer-merchant M] [--pidfile F] [--keys DIR] ` +
+                          `[--alipay-app-id ID] [--wechat-mchid ID] ` +
+                          `[--wechat-appid ID] (bad argument ${argv[i]})`);
             process.exit(2);
         }
         opts[key] = argv[++i];
@@ -93,6 +238,22 @@ function parseArgs(argv) {
 }
 
 const opts = parseArgs(process.argv.slice(2));
+
+// Alipay and WeChat Pay need the key files of scripts/provider-keys.sh;
+// without --keys they answer 503 and only the acquirer works.
+function loadKeys(dir) {
+    if (!dir) {
+        return null;
+    }
+    try {
+        return common.loadKeys(dir);
+    } catch (e) {
+        console.error(`sim.js: --keys ${dir}: ${e.message}`);
+        return process.exit(2);
+    }
+}
+
+const keys = loadKeys(opts.keys);
 
 const state = {
     mode: 'normal',
@@ -304,6 +465,8 @@ function resetSim() {
     state.refunds.clear();
     state.counters.charges.clear();
     state.counters.refunds.clear();
+    alipay.reset();
+    wechat.reset();
     setModeState('normal', DEFAULT_DELAY_MS, null, null);
     return json(200, {status: 'ok'});
 }
@@ -703,7 +866,18 @@ const acquirer = {
     tooLarge: () => acqError(413, 'invalid_request', 'body too large'),
 };
 
-const PROVIDERS = [acquirer];
+// Alipay and WeChat Pay live in their own files; they get what they share
+// with the acquirer through env.
+const env = {opts, keys, json, parseJson, isObject, validDay, csvField, nowSec,
+             postCallback, KEY_RE};
+const alipay = createAlipay(env);
+const wechat = createWechat(env);
+
+const PROVIDERS = [acquirer, alipay.provider, wechat.provider];
+
+function listTrades() {
+    return json(200, {alipay: alipay.list(), wechat: wechat.list()});
+}
 
 // ---- routing ---------------------------------------------------------------
 
@@ -715,7 +889,27 @@ const controlRoutes = {
     'GET /_sim/charges':   listCharges,
     'POST /_sim/reset':    resetSim,
     'POST /_sim/notify':   notify,
+    'GET /_sim/trades':    listTrades,
+    ...alipay.control,
+    ...wechat.control,
 };
+
+// Control routes with a parameter in the path: [{method, path, handler}].
+const controlPatterns = [...alipay.controlPatterns, ...wechat.controlPatterns];
+
+function matchControl(method, path) {
+    const handler = controlRoutes[`${method} ${path}`];
+    if (handler) {
+        return {handler, params: []};
+    }
+    for (const route of controlPatterns) {
+        const m = route.method === method && route.path.exec(path);
+        if (m) {
+            return {handler: route.handler, params: m.slice(1)};
+        }
+    }
+    return null;
+}
 
 function log(ctx, status) {
     const {req} = ctx;
@@ -738,7 +932,9 @@ function respond(ctx, answer) {
         return;
     }
     const body = answer.body === undefined ? '' : answer.body;
-    const headers = Object.assign({'Content-Length': Buffer.byteLength(body)},
+    // A 204 must not carry Content-Length (RFC 9110 8.6).
+    const headers = Object.assign(answer.status === 204 ? {}
+                                      : {'Content-Length': Buffer.byteLength(body)},
                                   answer.headers || {});
     res.writeHead(answer.status, headers);
     res.end(body);
@@ -776,10 +972,15 @@ function matchRoute(provider, method, path) {
 }
 
 // Counts an authentic create request for its key as soon as it arrives,
-// whether or not a fault mode lets it be processed.
+// whether or not a fault mode lets it be processed. counts is {kind, key}
+// (a field of the JSON body) or a function that does the counting.
 function countArrival(ctx, provider, match) {
     const counts = match && match.route.counts;
     if (!counts || provider.authenticate(ctx) !== null) {
+        return;
+    }
+    if (typeof counts === 'function') {
+        counts(ctx);
         return;
     }
     const req = parseJson(ctx.body);
@@ -843,14 +1044,17 @@ function providerFor(path) {
 }
 
 function dispatch(ctx) {
+    if (ctx.provider && ctx.provider.disabled) {
+        return respond(ctx, json(503, {error: 'not configured'}));
+    }
     if (ctx.provider) {
         return dispatchProvider(ctx, ctx.provider);
     }
-    const handler = controlRoutes[`${ctx.req.method} ${ctx.path}`];
-    if (!handler) {
+    const route = matchControl(ctx.req.method, ctx.path);
+    if (!route) {
         return respond(ctx, json(404, {error: `no route ${ctx.req.method} ${ctx.path}`}));
     }
-    return Promise.resolve(handler(ctx)).then(
+    return Promise.resolve(route.handler(ctx, ...route.params)).then(
         (answer) => respond(ctx, answer),
         (e) => {
             console.error(e);
@@ -874,8 +1078,9 @@ const server = http.createServer((req, res) => {
             tooLarge = true;
             ctx.body = Buffer.alloc(0);
             res.setHeader('Connection', 'close');
-            respond(ctx, ctx.provider ? ctx.provider.reply(ctx, ctx.provider.tooLarge())
-                                      : json(413, {error: 'body too large'}));
+            respond(ctx, ctx.provider && !ctx.provider.disabled
+                ? ctx.provider.reply(ctx, ctx.provider.tooLarge())
+                : json(413, {error: 'body too large'}));
             return;
         }
         chunks.push(chunk);

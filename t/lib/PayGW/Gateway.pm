@@ -63,6 +63,7 @@ sub _http_conf {
     my $qt = $o{query_timeout} // '10s';
     my $extra_http = $o{extra_http} // '';
     my $extra_server = $o{extra_server} // '';
+    my $qr = $self->_qr_channels(%o);
 
     return <<"CONF";
     paygw_zone  paygw:1m;
@@ -74,6 +75,9 @@ sub _http_conf {
                   secret_file=$repo/conf/demo/acquirer.secret
                   attempts=$attempts unknown_grace=$grace $breaker;
     upstream paygw_acquirer { server 127.0.0.1:$sp; keepalive 16; }
+$qr
+    upstream paygw_alipay { server 127.0.0.1:$sp; keepalive 16; }
+    upstream paygw_wechat { server 127.0.0.1:$sp; keepalive 16; }
     log_format paygw '\$remote_addr "\$request" \$status \$request_time';
     $extra_http
 
@@ -98,12 +102,70 @@ sub _http_conf {
             proxy_read_timeout $pt;
             subrequest_output_buffer_size 64k;
         }
+        location /_paygw/alipay/ {
+            internal;
+            proxy_pass http://paygw_alipay/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout $pt;
+            proxy_read_timeout $pt;
+            subrequest_output_buffer_size 64k;
+        }
+        location /_paygw/wechat/ {
+            internal;
+            proxy_pass http://paygw_wechat/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout $pt;
+            proxy_read_timeout $pt;
+            subrequest_output_buffer_size 64k;
+        }
         location /v1/ { paygw_api; }
         location = /healthz { paygw_health live; }
         location = /readyz { paygw_health ready; }
         location = /metrics { paygw_metrics; }
         $extra_server
     }
+CONF
+}
+
+# The alipay and wechat channels, keyed with the simulator's key files.
+# Options: qr_breaker (breaker parameters of both, default off),
+# alipay_extra / wechat_extra (more parameters), wechat_platform (which
+# platform keys the gateway trusts: [1, 2] by default).
+sub _qr_channels {
+    my ($self, %o) = @_;
+    my $sim = $self->{sim};
+    my $k = sub { $sim->key_file($_[0]) };
+    my $attempts = $o{attempts} // 3;
+    my $grace = $o{unknown_grace} // '60s';
+    my $breaker = $o{qr_breaker} // 'breaker_failures=0';
+    my $notify = 'http://127.0.0.1:%%PORT%%/v1/notify';
+    my $platform = join ' ', map {
+        'platform_key=' . $sim->wechat_serial($_) . ':'
+            . $k->("wechat_platform${_}_public.pem")
+    } @{ $o{wechat_platform} // [1, 2] };
+    my $ae = $o{alipay_extra} // '';
+    my $we = $o{wechat_extra} // '';
+
+    return <<"CONF";
+    paygw_channel alipay location=/_paygw/alipay
+                  app_id=@{[ $sim->alipay_app_id ]}
+                  private_key=@{[ $k->('alipay_app_private.pem') ]}
+                  alipay_public_key=@{[ $k->('alipay_public.pem') ]}
+                  notify_url=$notify/alipay
+                  attempts=$attempts unknown_grace=$grace $breaker $ae;
+    paygw_channel wechat location=/_paygw/wechat
+                  merchant_id=@{[ $sim->wechat_mchid ]}
+                  app_id=@{[ $sim->wechat_appid ]}
+                  private_key=@{[ $k->('wechat_merchant_private.pem') ]}
+                  serial_no=@{[ $sim->merchant_serial ]}
+                  apiv3_key_file=@{[ $k->('wechat_apiv3.key') ]}
+                  $platform
+                  notify_url=$notify/wechat
+                  attempts=$attempts unknown_grace=$grace $breaker $we;
 CONF
 }
 
@@ -128,13 +190,15 @@ sub api {
                 timeout => $o{timeout} // 30);
 }
 
-# A valid bank_card create body; %over replaces fields.
+# A valid create body (bank_card unless channel => ...); %over replaces
+# fields.  QR channels get no card.
 sub payment_body {
     my ($class, %over) = @_;
     my %b = (business_no => 'ORD-' . int(rand(1e12)), amount => 1999,
              currency => 'CNY', channel => 'bank_card', subject => 'Tea',
              card => { number => '4242424242424242', exp_month => 12,
                        exp_year => 2030, cvc => '123' });
+    delete $b{card} if ($over{channel} // 'bank_card') ne 'bank_card';
     @b{keys %over} = values %over;
     delete $b{$_} for grep { !defined $b{$_} } keys %b;
     return \%b;

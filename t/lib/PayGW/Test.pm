@@ -38,7 +38,7 @@ use Test::More ();
 use Time::HiRes qw(sleep time);
 
 our @EXPORT_OK = qw(free_port http http_parallel http_raw sign_request
-                    signed_http wait_until repo_root);
+                    signed_http wait_until repo_root rsa_sign rsa_verify);
 
 our $REPO = abs_path(dirname(__FILE__) . '/../../..');
 our $START_TIMEOUT = 30;
@@ -335,6 +335,32 @@ sub signed_http {
     return http($method, $url, %o);
 }
 
+# ---- RSA (SHA256withRSA, PKCS#1 v1.5) with the openssl CLI ----------------
+
+# rsa_sign(PRIVATE_PEM_FILE, BYTES): base64 signature on one line.
+sub rsa_sign {
+    my ($key_file, $data) = @_;
+    my ($rc, $sig, $err) = _run(['openssl', 'dgst', '-sha256', '-sign', $key_file],
+                                stdin => $data);
+    die "rsa_sign with $key_file: $err" if $rc;
+    require MIME::Base64;
+    return MIME::Base64::encode_base64($sig, '');
+}
+
+# rsa_verify(PUBLIC_PEM_FILE, BYTES, BASE64_SIGNATURE): true when it verifies.
+sub rsa_verify {
+    my ($pub_file, $data, $sig_b64) = @_;
+    return 0 unless defined $sig_b64 && $sig_b64 =~ m{^[A-Za-z0-9+/]+={0,2}\z};
+    require MIME::Base64;
+    my $sig = File::Temp->new;
+    binmode $sig;
+    print {$sig} MIME::Base64::decode_base64($sig_b64);
+    close $sig;
+    my ($rc) = _run(['openssl', 'dgst', '-sha256', '-verify', $pub_file,
+                     '-signature', $sig->filename], stdin => $data);
+    return $rc == 0;
+}
+
 # ---- MariaDB template datadir ----------------------------------------------
 
 sub _mysql_cnf {
@@ -618,19 +644,40 @@ use strict;
 use warnings;
 our @ISA = ('PayGW::Test::Proc');
 
-# start(port => P, acquirer_secret => S, acquirer_merchant => M, args => [...])
+# start(port => P, acquirer_secret => S, acquirer_merchant => M,
+#       keys => DIR, no_keys => 1, alipay_app_id => ID, wechat_mchid => ID,
+#       wechat_appid => ID, args => [...])
+# Alipay and WeChat keys: scripts/provider-keys.sh makes fresh ones in the
+# simulator's dir unless keys => DIR (used as it is) is given; with
+# no_keys => 1 the simulator gets none and its Alipay and WeChat answer 503.
 sub start {
     my ($class, %o) = @_;
     my $dir = PayGW::Test::_mkdir('sim');
+    my $keys;
+    if (!$o{no_keys}) {
+        $keys = $o{keys} // "$dir/keys";
+        if (!defined $o{keys}) {
+            my ($rc, $out, $err) = PayGW::Test::_run(
+                ['bash', "$PayGW::Test::REPO/scripts/provider-keys.sh", $keys]);
+            die "scripts/provider-keys.sh $keys failed: $err" if $rc;
+        }
+    }
+    my %flag = (acquirer_secret => '--acquirer-secret',
+                acquirer_merchant => '--acquirer-merchant',
+                alipay_app_id => '--alipay-app-id', wechat_mchid => '--wechat-mchid',
+                wechat_appid => '--wechat-appid');
     my $self = bless {dir => $dir, log => "$dir/sim.log",
                       port => $o{port} // PayGW::Test::free_port(),
                       acquirer_secret => $o{acquirer_secret} // 'acq-demo-secret',
                       acquirer_merchant => $o{acquirer_merchant} // 'ACQ-M100',
+                      keys => $keys,
+                      alipay_app_id => $o{alipay_app_id} // '2021000000000001',
+                      wechat_mchid => $o{wechat_mchid} // '1900000001',
+                      wechat_appid => $o{wechat_appid} // 'wxd678efh567hg6787',
                       args => [@{$o{args} // []},
-                               defined $o{acquirer_secret}
-                               ? ('--acquirer-secret', $o{acquirer_secret}) : (),
-                               defined $o{acquirer_merchant}
-                               ? ('--acquirer-merchant', $o{acquirer_merchant}) : ()]},
+                               (map { defined $o{$_} ? ($flag{$_}, $o{$_}) : () }
+                                sort keys %flag),
+                               defined $keys ? ('--keys', $keys) : ()]},
         $class;
     return $self->_spawn;
 }
@@ -719,6 +766,190 @@ sub notify {
     my ($self, %o) = @_;
     return PayGW::Test::http(POST => $self->url('/_sim/notify'), json => \%o,
                              timeout => 15)->{json};
+}
+
+# ---- Alipay and WeChat Pay keys and ids ----
+
+sub keys_dir      { $_[0]{keys} }
+sub key_file      { "$_[0]{keys}/$_[1]" }     # key_file('alipay_public.pem')
+sub alipay_app_id { $_[0]{alipay_app_id} }
+sub wechat_mchid  { $_[0]{wechat_mchid} }
+sub wechat_appid  { $_[0]{wechat_appid} }
+sub apiv3_key     { PayGW::Test::_slurp($_[0]->key_file('wechat_apiv3.key')) }
+
+sub _first_line {
+    my ($file) = @_;
+    my ($line) = split /\n/, PayGW::Test::_slurp($file);
+    return $line // '';
+}
+
+# wechat_serial(1|2): the serial of platform key 1 or 2.
+sub wechat_serial {
+    my ($self, $n) = @_;
+    die "wechat_serial: 1 or 2\n" unless ($n // '') =~ /^[12]\z/;
+    return _first_line($self->key_file("wechat_platform${n}_serial"));
+}
+
+sub merchant_serial { _first_line($_[0]->key_file('wechat_merchant_serial')) }
+
+# ---- control: trades, callbacks, platform keys ----
+
+# {alipay => [trades], wechat => [orders]} with request counters and refunds.
+sub trades { PayGW::Test::http(GET => $_[0]->url('/_sim/trades'))->{json} }
+
+sub _notify {
+    my ($self, $path, %o) = @_;
+    $o{apply} = $o{apply} ? JSON::PP::true() : JSON::PP::false()
+        if exists $o{apply} && !ref $o{apply};
+    for my $n (qw(timestamp total)) {
+        $o{$n} += 0 if defined $o{$n};      # JSON numbers, not strings
+    }
+    my $r = PayGW::Test::http(POST => $self->url($path), json => \%o, timeout => 15);
+    die "sim $path: $r->{status} $r->{body}\n"
+        unless $r->{status} == 200 || $r->{status} == 502;
+    return $r->{json};
+}
+
+# alipay_notify(out_trade_no => P, trade_status => S, url => U, apply => 0|1,
+#               tamper => T, total_amount => '19.99'): the simulator POSTs a
+# signed Alipay notify; {status, body, sent => {headers, body}} (the
+# receiver's answer), or {error, sent} when the POST failed.
+sub alipay_notify { my $self = shift; $self->_notify('/_sim/alipay/notify', @_) }
+
+# wechat_notify(out_trade_no => P, trade_state => S, url => U, apply => 0|1,
+#               tamper => T, timestamp => T, serial => S, total => FEN):
+# the same for an encrypted WeChat Pay callback.
+sub wechat_notify { my $self = shift; $self->_notify('/_sim/wechat/notify', @_) }
+
+# wechat_platform(SERIAL): sign with that platform key from now on;
+# wechat_platform(): {serial, serials}.
+sub wechat_platform {
+    my ($self, $serial) = @_;
+    my $r = defined $serial
+        ? PayGW::Test::http(POST => $self->url('/_sim/wechat/platform'),
+                            json => {serial => $serial})
+        : PayGW::Test::http(GET => $self->url('/_sim/wechat/platform'));
+    die "sim wechat platform: $r->{status} $r->{body}\n" unless $r->{status} == 200;
+    return $r->{json};
+}
+
+# ---- requests to the simulated Alipay and WeChat Pay (as the gateway) ----
+
+# "yyyy-MM-dd HH:mm:ss" in UTC+8, Alipay's clock.
+sub alipay_time { POSIX::strftime('%Y-%m-%d %H:%M:%S', gmtime(($_[1] // time) + 8 * 3600)) }
+
+sub _form_escape {
+    my ($s) = @_;
+    $s =~ s/([^A-Za-z0-9\-._~ ])/sprintf('%%%02X', ord $1)/ge;
+    $s =~ tr/ /+/;
+    return $s;
+}
+
+# Alipay's string to sign: sorted "k=v&..." without the excluded names and
+# empty values.
+sub alipay_canonical {
+    my ($self, $params, @exclude) = @_;
+    my %ex = map { $_ => 1 } @exclude;
+    my @names = grep { !$ex{$_} && defined $params->{$_} && length $params->{$_} }
+        keys %$params;
+    return join '&', map { "$_=$params->{$_}" } sort @names;
+}
+
+# alipay(method => M, biz => DATA | biz_content => BYTES, params => {NAME =>
+#        VALUE or undef to leave out}, key => PEM_FILE, sign => SIG,
+#        notify_url => U, timeout => SECS): a signed request to /gateway.do
+# (all parameters in the form body); http()'s result plus name (the answer's
+# "<method>_response" key), inner (its exact JSON text), res (inner decoded)
+# and sig_ok (sign verifies over inner with alipay_public.pem).
+sub alipay {
+    my ($self, %o) = @_;
+    my %p = (app_id => $self->alipay_app_id, method => $o{method}, format => 'JSON',
+             charset => 'utf-8', sign_type => 'RSA2', timestamp => $self->alipay_time,
+             version => '1.0',
+             biz_content => $o{biz_content}
+                 // JSON::PP->new->utf8->canonical->encode($o{biz} // {}));
+    $p{notify_url} = $o{notify_url} if defined $o{notify_url};
+    my $extra = $o{params} // {};
+    @p{keys %$extra} = values %$extra;
+    delete @p{grep { !defined $p{$_} } keys %p};
+    $p{sign} = exists $o{sign} ? $o{sign}
+        : PayGW::Test::rsa_sign($o{key} // $self->key_file('alipay_app_private.pem'),
+                                $self->alipay_canonical(\%p, 'sign'));
+    delete $p{sign} unless defined $p{sign};
+    my $body = join '&', map { _form_escape($_) . '=' . _form_escape($p{$_}) } sort keys %p;
+    my $r = PayGW::Test::http(POST => $self->url('/gateway.do'), body => $body,
+        headers => {'Content-Type' => 'application/x-www-form-urlencoded;charset=utf-8'},
+        (defined $o{timeout} ? (timeout => $o{timeout}) : ()));
+    $r->{sent} = \%p;
+    $self->alipay_parse($r);
+    return $r;
+}
+
+# alipay_parse(RESPONSE): sets name, inner, res, sig_ok on an http() result.
+sub alipay_parse {
+    my ($self, $r) = @_;
+    my ($name, $inner, $sign) = $r->{body} =~ /^\{"(\w+)":(.*),"sign":"([^"]*)"\}\z/s;
+    @$r{qw(name inner sig_ok)} = ($name, $inner, 0);
+    return $r unless defined $inner;
+    $r->{res} = eval { JSON::PP->new->decode($inner) };
+    $r->{sig_ok} = PayGW::Test::rsa_verify($self->key_file('alipay_public.pem'),
+                                           $inner, $sign);
+    return $r;
+}
+
+# wechat_auth(METHOD, URL_PATH, BODY, ts => T, nonce => N, serial_no => S,
+#             mchid => M, key => PEM_FILE): the Authorization header value.
+sub wechat_auth {
+    my ($self, $method, $path, $body, %o) = @_;
+    my $ts = $o{ts} // int time;
+    my $nonce = $o{nonce}
+        // join '', map { ('A' .. 'Z', 'a' .. 'z', 0 .. 9)[rand 62] } 1 .. 32;
+    my $sig = PayGW::Test::rsa_sign($o{key} // $self->key_file('wechat_merchant_private.pem'),
+                                    "$method\n$path\n$ts\n$nonce\n" . ($body // '') . "\n");
+    return sprintf('WECHATPAY2-SHA256-RSA2048 mchid="%s",nonce_str="%s",'
+                   . 'timestamp="%s",serial_no="%s",signature="%s"',
+                   $o{mchid} // $self->wechat_mchid, $nonce, $ts,
+                   $o{serial_no} // $self->merchant_serial, $o{signature} // $sig);
+}
+
+# wechat_verify(RESPONSE or {headers, body}): the platform key number (1 or
+# 2) whose serial is Wechatpay-Serial and whose public key verifies
+# Wechatpay-Signature over "ts\nnonce\nbody\n"; 0 otherwise.
+sub wechat_verify {
+    my ($self, $r) = @_;
+    my %h = map { lc($_) => $r->{headers}{$_} } keys %{$r->{headers}};
+    my ($ts, $nonce, $serial, $sig) =
+        @h{qw(wechatpay-timestamp wechatpay-nonce wechatpay-serial wechatpay-signature)};
+    return 0 unless defined $ts && defined $nonce && defined $serial && defined $sig;
+    for my $n (1, 2) {
+        next unless $serial eq $self->wechat_serial($n);
+        return PayGW::Test::rsa_verify($self->key_file("wechat_platform${n}_public.pem"),
+                                       "$ts\n$nonce\n$r->{body}\n", $sig) ? $n : 0;
+    }
+    return 0;
+}
+
+# wechat(METHOD, PATH, json => DATA | body => BYTES, authorization => A |
+#        undef (none), timeout => SECS, and wechat_auth's options): a
+# request to the simulated WeChat Pay API v3 signed as the merchant;
+# http()'s result plus sig_ok (the platform key number that verifies the
+# answer, 0 if none).
+sub wechat {
+    my ($self, $method, $path, %o) = @_;
+    my $body = exists $o{json}
+        ? JSON::PP->new->utf8->canonical->encode($o{json}) : $o{body} // '';
+    my %h = (Accept => 'application/json');
+    $h{'Content-Type'} = 'application/json' if length $body;
+    my $auth = exists $o{authorization} ? $o{authorization}
+        : $self->wechat_auth($method, $path, $body,
+                             map { exists $o{$_} ? ($_ => $o{$_}) : () }
+                             qw(ts nonce serial_no mchid key signature));
+    $h{Authorization} = $auth if defined $auth;
+    my $r = PayGW::Test::http($method, $self->url($path), headers => \%h,
+                              (length $body ? (body => $body) : ()),
+                              (defined $o{timeout} ? (timeout => $o{timeout}) : ()));
+    $r->{sig_ok} = $self->wechat_verify($r);
+    return $r;
 }
 
 # ---- nginx -----------------------------------------------------------------
