@@ -219,6 +219,9 @@ render_nginx_conf() {
         -e "s|@BANK_SERVER@|$(url_server "$PAYGW_BANK_URL")|g" \
         -e "s|@ALIPAY_SERVER@|$(url_server "$PAYGW_ALIPAY_URL")|g" \
         -e "s|@WECHAT_SERVER@|$(url_server "$PAYGW_WECHAT_URL")|g" \
+        -e "s|@WECHAT_MERCHANT_SERIAL@|$(head -n1 "$run/keys/wechat_merchant_serial")|g" \
+        -e "s|@WECHAT_PLATFORM1_SERIAL@|$(head -n1 "$run/keys/wechat_platform1_serial")|g" \
+        -e "s|@WECHAT_PLATFORM2_SERIAL@|$(head -n1 "$run/keys/wechat_platform2_serial")|g" \
         -e "s|@MODULE_PATH@|$module|g" \
         -e "s|@RUN_DIR@|$run|g" \
         -e "s|@REPO@|$repo|g" \

@@ -37,6 +37,8 @@ static void ngx_http_paygw_bank_outcome(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, ngx_uint_t query);
 static void ngx_http_paygw_bank_refund_outcome(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_bank_notify(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 static char *ngx_http_paygw_bank_check(ngx_conf_t *cf,
     ngx_http_paygw_channel_t *ch);
 static ngx_int_t ngx_http_paygw_bank_get(ngx_http_request_t *r,
@@ -61,7 +63,7 @@ ngx_http_paygw_provider_t  ngx_http_paygw_bank_provider = {
     ngx_http_paygw_bank_query_outcome,
     NULL,
     ngx_http_paygw_bank_refund_outcome,
-    NULL,
+    ngx_http_paygw_bank_notify,
     NULL,
     ngx_http_paygw_bank_check
 };
@@ -581,4 +583,109 @@ ngx_http_paygw_bank_cleanse(void *data)
     if (body->data) {
         OPENSSL_cleanse(body->data, body->len);
     }
+}
+
+
+/*
+ * POST /v1/notify/bank_card: {"event":"charge.updated","charge":{...}}
+ * with X-Acquirer-Merchant, X-Acquirer-Timestamp and X-Acquirer-Signature
+ * = hex(HMAC(secret, ts "\n" body)), as the acquirer signs its answers.
+ */
+
+static ngx_int_t
+ngx_http_paygw_bank_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    time_t                     ts;
+    json_t                    *doc, *charge, *amount;
+    size_t                     len;
+    ngx_str_t                  parts[2], status;
+    ngx_uint_t                 n, once;
+    json_error_t               err;
+    ngx_table_elt_t           *h_merchant, *h_ts, *h_sig;
+    ngx_http_paygw_notice_t   *nt;
+    ngx_http_paygw_channel_t  *ch;
+    u_char                     hex[2 * EVP_MAX_MD_SIZE];
+
+    ch = ctx->channel;
+    nt = &ctx->notice;
+
+    /* each exactly once: a repeated signature header is not a signature */
+
+    h_merchant = ngx_http_paygw_header(&r->headers_in.headers,
+                                       "X-Acquirer-Merchant", &n);
+    once = (n == 1);
+    h_ts = ngx_http_paygw_header(&r->headers_in.headers,
+                                 "X-Acquirer-Timestamp", &n);
+    once &= (n == 1);
+    h_sig = ngx_http_paygw_header(&r->headers_in.headers,
+                                  "X-Acquirer-Signature", &n);
+    once &= (n == 1);
+
+    if (h_merchant == NULL || h_ts == NULL || h_sig == NULL || !once) {
+        ctx->notice_error = "unsigned (no X-Acquirer-* headers)";
+        return NGX_DECLINED;
+    }
+
+    ts = ngx_atotm(h_ts->value.data, h_ts->value.len);
+
+    if (ts == NGX_ERROR || ts > ngx_time() + 300 || ts < ngx_time() - 300) {
+        ctx->notice_error = "X-Acquirer-Timestamp out of the allowed window";
+        return NGX_DECLINED;
+    }
+
+    parts[0] = h_ts->value;
+    parts[1] = ctx->body;
+
+    len = ngx_http_paygw_bank_sign(ch, parts, 2, hex);
+
+    if (len == 0 || h_sig->value.len != len
+        || CRYPTO_memcmp(hex, h_sig->value.data, len) != 0)
+    {
+        ctx->notice_error = "signature does not verify";
+        return NGX_DECLINED;
+    }
+
+    if (h_merchant->value.len != ch->merchant.len
+        || ngx_strncmp(h_merchant->value.data, ch->merchant.data,
+                       ch->merchant.len) != 0)
+    {
+        ctx->notice_error = "X-Acquirer-Merchant is not ours";
+        return NGX_DECLINED;
+    }
+
+    doc = json_loadb((char *) ctx->body.data, ctx->body.len,
+                     JSON_REJECT_DUPLICATES, &err);
+    charge = json_object_get(doc, "charge");
+    amount = json_object_get(charge, "amount");
+
+    ngx_http_paygw_json_str(r->pool, charge, "out_trade_no",
+                            &nt->out_trade_no);
+    ngx_http_paygw_json_str(r->pool, charge, "currency", &nt->currency);
+    ngx_http_paygw_json_str(r->pool, charge, "charge_id", &nt->provider_no);
+    ngx_http_paygw_json_str(r->pool, charge, "status", &status);
+
+    if (!json_is_integer(amount) || nt->out_trade_no.data == NULL
+        || nt->currency.data == NULL || status.data == NULL)
+    {
+        json_decref(doc);
+        ctx->notice_error = "not a charge event";
+        return NGX_DECLINED;
+    }
+
+    nt->amount = json_integer_value(amount);
+    json_decref(doc);
+
+    if (status.len == 8 && ngx_strncmp(status.data, "approved", 8) == 0) {
+        ngx_str_set(&nt->status, "succeeded");
+
+    } else if (status.len == 8
+               && ngx_strncmp(status.data, "declined", 8) == 0)
+    {
+        ngx_str_set(&nt->status, "failed");
+
+    } else {
+        ngx_str_set(&nt->status, "");
+    }
+
+    return NGX_OK;
 }

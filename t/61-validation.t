@@ -13,7 +13,8 @@ use lib 't/lib';
 use PayGW::Gateway;
 use PayGW::Test qw(http http_raw sign_request);
 
-my $gw = PayGW::Gateway->start;
+# only bank_card is enabled: the others are refused as unknown channels
+my $gw = PayGW::Gateway->start(qr_channels => 0);
 my $JS = JSON::PP->new->canonical;
 
 # ---- helpers ---------------------------------------------------------------------

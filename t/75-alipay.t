@@ -94,6 +94,19 @@ is(get($p->{payment_no})->{status}, 'succeeded', 'and the payment stays succeede
 is(events($p->{payment_no}, 'payment.closed'), 0, 'no payment.closed event');
 
 
+# a card has no place in a QR payment: refused, nothing written
+{
+    my $rows = $gw->count_rows('payments');
+    my $r = $gw->api(POST => '/v1/payments', idempotency_key => "acard-$$",
+        json => PayGW::Gateway->payment_body(channel => 'alipay',
+            card => {number => '4242424242424242', exp_month => 12,
+                     exp_year => 2030, cvc => '123'}));
+    is($r->{status}, 400, 'a card given for alipay: 400');
+    like($r->{json}{error}{message}, qr/\bcard\b/, '... naming the card');
+    is($gw->count_rows('payments'), $rows, '... nothing written');
+}
+
+
 # ---- refunds ---------------------------------------------------------------------
 
 $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/refunds",

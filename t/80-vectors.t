@@ -13,6 +13,10 @@ use Test::More;
 
 use PayGW::Test qw(http repo_root);
 
+# test names carry the vectors' Chinese text
+binmode(Test::More->builder->$_, ':encoding(UTF-8)')
+    for qw(output failure_output todo_output);
+
 my $V = repo_root() . '/../shared/vectors';
 plan skip_all => "no $V" unless -d $V;
 

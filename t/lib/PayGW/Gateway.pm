@@ -63,7 +63,7 @@ sub _http_conf {
     my $qt = $o{query_timeout} // '10s';
     my $extra_http = $o{extra_http} // '';
     my $extra_server = $o{extra_server} // '';
-    my $qr = $self->_qr_channels(%o);
+    my $qr = ($o{qr_channels} // 1) ? $self->_qr_channels(%o) : '';
 
     return <<"CONF";
     paygw_zone  paygw:1m;
@@ -132,7 +132,7 @@ CONF
 }
 
 # The alipay and wechat channels, keyed with the simulator's key files.
-# Options: qr_breaker (breaker parameters of both, default off),
+# Options: qr_channels => 0 (neither is enabled), qr_breaker (breaker parameters of both, default off),
 # alipay_extra / wechat_extra (more parameters), wechat_platform (which
 # platform keys the gateway trusts: [1, 2] by default).
 sub _qr_channels {
