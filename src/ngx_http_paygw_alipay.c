@@ -327,7 +327,8 @@ ngx_http_paygw_alipay_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 
 /*
  * The verified inner object of an answer, with its "code" and
- * "sub_code"; NULL when there is no verifiable answer.
+ * "sub_code".  The outcome starts afresh; with no verifiable answer it
+ * is "unknown" and NULL is returned.
  */
 
 static json_t *
@@ -342,6 +343,10 @@ ngx_http_paygw_alipay_answer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     ngx_http_paygw_provider_call_t  *pc;
 
     pc = ctx->provider;
+
+    ngx_memzero(&ctx->outcome, sizeof(ngx_http_paygw_outcome_t));
+    ngx_http_paygw_outcome_unknown(&ctx->outcome,
+                                   "no verifiable answer from Alipay");
 
     if (!pc->call.ok || pc->status != NGX_HTTP_OK) {
         return NULL;
@@ -405,6 +410,8 @@ ngx_http_paygw_alipay_answer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     json_incref(inner);
     json_decref(doc);
 
+    ngx_memzero(&ctx->outcome, sizeof(ngx_http_paygw_outcome_t));
+
     ngx_http_paygw_json_str(r->pool, inner, "code", code);
     ngx_http_paygw_json_str(r->pool, inner, "sub_code", sub_code);
 
@@ -429,12 +436,9 @@ ngx_http_paygw_alipay_precreate_outcome(ngx_http_request_t *r,
     ngx_http_paygw_outcome_t  *out;
 
     out = &ctx->outcome;
-    ngx_memzero(out, sizeof(ngx_http_paygw_outcome_t));
 
     doc = ngx_http_paygw_alipay_answer(r, ctx, &code, &sub);
     if (doc == NULL) {
-        ngx_http_paygw_outcome_unknown(out, "no verifiable answer from "
-                                       "Alipay");
         return;
     }
 
@@ -479,12 +483,9 @@ ngx_http_paygw_alipay_query_outcome(ngx_http_request_t *r,
     ngx_http_paygw_outcome_t  *out;
 
     out = &ctx->outcome;
-    ngx_memzero(out, sizeof(ngx_http_paygw_outcome_t));
 
     doc = ngx_http_paygw_alipay_answer(r, ctx, &code, &sub);
     if (doc == NULL) {
-        ngx_http_paygw_outcome_unknown(out, "no verifiable answer from "
-                                       "Alipay");
         return;
     }
 
@@ -549,12 +550,9 @@ ngx_http_paygw_alipay_close_outcome(ngx_http_request_t *r,
     ngx_http_paygw_outcome_t  *out;
 
     out = &ctx->outcome;
-    ngx_memzero(out, sizeof(ngx_http_paygw_outcome_t));
 
     doc = ngx_http_paygw_alipay_answer(r, ctx, &code, &sub);
     if (doc == NULL) {
-        ngx_http_paygw_outcome_unknown(out, "no verifiable answer from "
-                                       "Alipay");
         return;
     }
 
@@ -588,12 +586,9 @@ ngx_http_paygw_alipay_refund_outcome(ngx_http_request_t *r,
 
     out = &ctx->outcome;
     pc = ctx->provider;
-    ngx_memzero(out, sizeof(ngx_http_paygw_outcome_t));
 
     doc = ngx_http_paygw_alipay_answer(r, ctx, &code, &sub);
     if (doc == NULL) {
-        ngx_http_paygw_outcome_unknown(out, "no verifiable answer from "
-                                       "Alipay");
         return;
     }
 

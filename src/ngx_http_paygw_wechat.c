@@ -335,8 +335,9 @@ ngx_http_paygw_wechat_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 
 
 /*
- * The verified answer: a JSON object (an empty one for 204), or NULL
- * when there is no answer we can trust.
+ * The verified answer: a JSON object (an empty one for 204).  The
+ * outcome starts afresh; with no answer we can trust it is "unknown" and
+ * NULL is returned.
  */
 
 static json_t *
@@ -349,6 +350,10 @@ ngx_http_paygw_wechat_answer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     ngx_http_paygw_provider_call_t  *pc;
 
     pc = ctx->provider;
+
+    ngx_memzero(&ctx->outcome, sizeof(ngx_http_paygw_outcome_t));
+    ngx_http_paygw_outcome_unknown(&ctx->outcome,
+                                   "no verifiable answer from WeChat Pay");
 
     if (!pc->call.ok || pc->status >= 500) {
         return NULL;
@@ -370,6 +375,8 @@ ngx_http_paygw_wechat_answer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NULL;
     }
 
+    ngx_memzero(&ctx->outcome, sizeof(ngx_http_paygw_outcome_t));
+
     if (pc->response.len == 0) {
         return json_object();
     }
@@ -382,6 +389,7 @@ ngx_http_paygw_wechat_answer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                       "paygw wechat: answer to %s is not a JSON object",
                       pc->what);
         json_decref(doc);
+        ngx_http_paygw_outcome_unknown(&ctx->outcome, "unreadable answer");
         return NULL;
     }
 
@@ -465,12 +473,9 @@ ngx_http_paygw_wechat_native_outcome(ngx_http_request_t *r,
 
     out = &ctx->outcome;
     pc = ctx->provider;
-    ngx_memzero(out, sizeof(ngx_http_paygw_outcome_t));
 
     doc = ngx_http_paygw_wechat_answer(r, ctx);
     if (doc == NULL) {
-        ngx_http_paygw_outcome_unknown(out, "no verifiable answer from "
-                                       "WeChat Pay");
         return;
     }
 
@@ -518,12 +523,9 @@ ngx_http_paygw_wechat_query_outcome(ngx_http_request_t *r,
     out = &ctx->outcome;
     pc = ctx->provider;
     p = &ctx->payment;
-    ngx_memzero(out, sizeof(ngx_http_paygw_outcome_t));
 
     doc = ngx_http_paygw_wechat_answer(r, ctx);
     if (doc == NULL) {
-        ngx_http_paygw_outcome_unknown(out, "no verifiable answer from "
-                                       "WeChat Pay");
         return;
     }
 
@@ -605,12 +607,9 @@ ngx_http_paygw_wechat_close_outcome(ngx_http_request_t *r,
 
     out = &ctx->outcome;
     pc = ctx->provider;
-    ngx_memzero(out, sizeof(ngx_http_paygw_outcome_t));
 
     doc = ngx_http_paygw_wechat_answer(r, ctx);
     if (doc == NULL) {
-        ngx_http_paygw_outcome_unknown(out, "no verifiable answer from "
-                                       "WeChat Pay");
         return;
     }
 
@@ -645,12 +644,9 @@ ngx_http_paygw_wechat_refund_outcome(ngx_http_request_t *r,
 
     out = &ctx->outcome;
     pc = ctx->provider;
-    ngx_memzero(out, sizeof(ngx_http_paygw_outcome_t));
 
     doc = ngx_http_paygw_wechat_answer(r, ctx);
     if (doc == NULL) {
-        ngx_http_paygw_outcome_unknown(out, "no verifiable answer from "
-                                       "WeChat Pay");
         return;
     }
 

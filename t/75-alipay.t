@@ -77,6 +77,8 @@ is($cb->{body}, 'success', 'notify: exactly "success"');
 my $g = get($p->{payment_no});
 is($g->{status}, 'succeeded', 'the notify settled the payment');
 like($g->{channel_trade_no}, qr/^\d{20,}$/, 'Alipay trade_no kept');
+ok(!defined $g->{failure_code} && !defined $g->{failure_message},
+   'no failure recorded on it');
 is(events($p->{payment_no}, 'payment.succeeded'), 1, 'one payment.succeeded event');
 is(callbacks('accepted'), $accepted + 1, 'counted accepted');
 
@@ -225,6 +227,7 @@ $p = $r->{json};
 ok(trade($p->{payment_no}), 'Alipay did create the trade');
 $g = get($p->{payment_no});
 is($g->{status}, 'pending', 'GET queried Alipay: the trade waits for its buyer');
+ok(!defined $g->{failure_message}, 'and no failure message is left from the lost answer');
 is($g->{qr_code}, trade($p->{payment_no})->{qr_code},
    'and the QR code was fetched again (precreate is idempotent)');
 my $reqs = trade($p->{payment_no});
