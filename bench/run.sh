@@ -202,7 +202,9 @@ say "mariadb up on 127.0.0.1:$MYSQL_PORT (schema: $(cd "$repo" && ls sql/*.sql |
 # ---- provider simulator -------------------------------------------------------
 # Its per-request log line goes to /dev/null (under load it would be a log of
 # millions of lines); it is still written (console.log), so the cost stays.
-node "$repo/t/sim/sim.js" --port "$SIM_PORT" < /dev/null > /dev/null 2>> "$logs/sim.err" &
+bash "$repo/scripts/provider-keys.sh" "$run/keys" || die "provider keys"
+node "$repo/t/sim/sim.js" --port "$SIM_PORT" --keys "$run/keys" \
+    < /dev/null > /dev/null 2>> "$logs/sim.err" &
 echo $! > "$run/sim.pid"
 wait_port sim "$SIM_PORT" "$logs/sim.err"
 say "simulator up on 127.0.0.1:$SIM_PORT"
@@ -222,6 +224,9 @@ sed -e "s|@PAYGW_PORT@|$PORT|g" \
     -e "s|@BANK_SERVER@|127.0.0.1:$SIM_PORT|g" \
     -e "s|@ALIPAY_SERVER@|127.0.0.1:$SIM_PORT|g" \
     -e "s|@WECHAT_SERVER@|127.0.0.1:$SIM_PORT|g" \
+    -e "s|@WECHAT_MERCHANT_SERIAL@|$(head -n1 "$run/keys/wechat_merchant_serial")|g" \
+    -e "s|@WECHAT_PLATFORM1_SERIAL@|$(head -n1 "$run/keys/wechat_platform1_serial")|g" \
+    -e "s|@WECHAT_PLATFORM2_SERIAL@|$(head -n1 "$run/keys/wechat_platform2_serial")|g" \
     -e "s|@MODULE_PATH@|$module|g" \
     -e "s|@RUN_DIR@|$run|g" \
     -e "s|@REPO@|$repo|g" \

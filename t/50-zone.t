@@ -49,8 +49,10 @@ sub metrics {
             $typed{$1} = 1;
         } elsif ($line =~ /^# HELP \w+ \S/ || $line eq '') {
         } elsif ($line =~ /^(\w+)(\{(?:\w+="[^"\\\n]*",?)*\})? (-?[0-9.e+]+|NaN|[+-]Inf)$/) {
-            push @bad, "untyped: $line" unless $typed{$1} || $typed{$1 =~ s/_(?:bucket|sum|count)$//r};
-            $m{$1 . ($2 // '')} = $3;
+            my ($name, $labels, $value) = ($1, $2 // '', $3);
+            push @bad, "untyped: $line"
+                unless $typed{$name} || $typed{$name =~ s/_(?:bucket|sum|count)$//r};
+            $m{$name . $labels} = $value;
         } else {
             push @bad, $line;
         }
