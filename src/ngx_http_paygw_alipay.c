@@ -103,11 +103,14 @@ ngx_http_paygw_alipay_precreate(ngx_http_request_t *r,
     last = ngx_sprintf(amount, "%L.%02L", p->amount / 100, p->amount % 100);
     *last = '\0';
 
-    /* minutes, at least one: the QR code stops working at expiry */
+    /*
+     * Whole minutes, rounded down (at least one): the QR code must stop
+     * working no later than our expiry, after which we close it.
+     */
 
     last = ngx_sprintf(expire, "%Lm",
-                       p->expire_seconds > 60 ? (p->expire_seconds + 59) / 60
-                                              : (int64_t) 1);
+                       p->expire_seconds >= 120 ? p->expire_seconds / 60
+                                                : (int64_t) 1);
     *last = '\0';
 
     biz = json_pack("{s:s%, s:s, s:s%, s:s}",
@@ -407,8 +410,16 @@ ngx_http_paygw_alipay_answer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
         return NULL;
     }
 
-    json_incref(inner);
     json_decref(doc);
+
+    /* what was verified is what is read: the signed bytes themselves */
+
+    inner = json_loadb((char *) span, len, JSON_REJECT_DUPLICATES, &err);
+
+    if (!json_is_object(inner)) {
+        json_decref(inner);
+        return NULL;
+    }
 
     ngx_memzero(&ctx->outcome, sizeof(ngx_http_paygw_outcome_t));
 
@@ -505,7 +516,9 @@ ngx_http_paygw_alipay_query_outcome(ngx_http_request_t *r,
     if (ngx_http_paygw_json_is(doc, "out_trade_no", &ctx->payment.payment_no)
         != NGX_OK
         || ngx_http_paygw_alipay_amount(doc, "total_amount",
-                                        ctx->payment.amount) != NGX_OK)
+                                        ctx->payment.amount) != NGX_OK
+        || ctx->payment.currency.len != 3
+        || ngx_strncmp(ctx->payment.currency.data, "CNY", 3) != 0)
     {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "paygw alipay: query answer for %V does not match the "
@@ -556,11 +569,28 @@ ngx_http_paygw_alipay_close_outcome(ngx_http_request_t *r,
         return;
     }
 
-    if (ngx_paygw_code(&code, "10000")
-        || ngx_paygw_code(&sub, "ACQ.TRADE_NOT_EXIST"))
-    {
-        /* closed, or never created: either way it cannot be paid now */
+    if (ngx_paygw_code(&code, "10000")) {
         ngx_http_paygw_outcome_set(out, "closed");
+
+    } else if (ngx_paygw_code(&sub, "ACQ.TRADE_NOT_EXIST")) {
+
+        /*
+         * Alipay shows a precreated trade only once it is scanned, yet
+         * its QR code can be paid until it expires.  "No such trade" is
+         * final when nobody has the code (the create's answer was lost)
+         * or when it expired; before that it cannot be closed here.
+         */
+
+        if (!ngx_paygw_code(&ctx->payment.status, "pending")
+            || ctx->payment.overdue > 0)
+        {
+            ngx_http_paygw_outcome_set(out, "closed");
+
+        } else {
+            ngx_http_paygw_outcome_unknown(out, "Alipay does not show the "
+                                           "trade yet: its code can be paid "
+                                           "until it expires");
+        }
 
     } else if (ngx_paygw_code(&sub, "ACQ.TRADE_STATUS_ERROR")) {
         /* paid already: not closable, the query says what it is */

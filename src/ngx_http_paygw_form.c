@@ -82,14 +82,18 @@ ngx_http_paygw_form_escape(u_char *dst, ngx_str_t *s)
 }
 
 
-/* at most "max" parameters; a malformed escape is an error */
+/*
+ * At most "max" parameters; a malformed escape or a repeated name is an
+ * error (a second value would be read where the first was signed).
+ */
 
 ngx_int_t
 ngx_http_paygw_form_decode(ngx_pool_t *pool, ngx_str_t *form, ngx_uint_t max,
     ngx_array_t **params)
 {
     u_char        *p, *last, *amp, *eq;
-    ngx_keyval_t  *kv;
+    ngx_uint_t     i;
+    ngx_keyval_t  *kv, *prev;
 
     *params = ngx_array_create(pool, 16, sizeof(ngx_keyval_t));
     if (*params == NULL) {
@@ -122,6 +126,17 @@ ngx_http_paygw_form_decode(ngx_pool_t *pool, ngx_str_t *form, ngx_uint_t max,
                != NGX_OK)
         {
             return NGX_DECLINED;
+        }
+
+        prev = (*params)->elts;
+
+        for (i = 0; i + 1 < (*params)->nelts; i++) {
+            if (prev[i].key.len == kv->key.len
+                && ngx_strncmp(prev[i].key.data, kv->key.data, kv->key.len)
+                   == 0)
+            {
+                return NGX_DECLINED;
+            }
         }
 
         p = amp + 1;

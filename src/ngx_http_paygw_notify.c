@@ -71,9 +71,14 @@ ngx_http_paygw_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                                 "storage unavailable; retry");
         }
 
-        if (ctx->mysql->err_no
-            || ngx_http_paygw_store_row_payment(ctx->mysql->stmts.elts, p)
-               != NGX_OK)
+        if (ctx->mysql->err_no) {
+            return ngx_http_paygw_notify_refuse(r, ctx,
+                                                NGX_HTTP_SERVICE_UNAVAILABLE,
+                                                "storage failed; retry");
+        }
+
+        if (ngx_http_paygw_store_row_payment(ctx->mysql->stmts.elts, p)
+            != NGX_OK)
         {
             return ngx_http_paygw_notify_refuse(r, ctx, NGX_HTTP_NOT_FOUND,
                                                 "no such out_trade_no");
@@ -89,6 +94,14 @@ ngx_http_paygw_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         ctx->outcome.provider_no = ctx->notice.provider_no;
         ngx_http_paygw_now(r->pool, &p->updated_at);
 
+        /* the outbox event carries the payment as it will be */
+
+        p->status = ctx->outcome.status;
+
+        if (ctx->outcome.provider_no.data) {
+            p->channel_trade_no = ctx->outcome.provider_no;
+        }
+
         ctx->mysql = ngx_http_paygw_mysql_create(r);
 
         if (ctx->mysql == NULL
@@ -99,9 +112,6 @@ ngx_http_paygw_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         {
             return NGX_ERROR;
         }
-
-        p->status = ctx->outcome.status;
-        p->channel_trade_no = ctx->outcome.provider_no;
 
         ctx->waiting = &ctx->mysql->call;
         ctx->stage = 2;
@@ -168,6 +178,7 @@ ngx_http_paygw_notify_select(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 static ngx_int_t
 ngx_http_paygw_notify_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
+    ngx_uint_t                 level;
     ngx_http_paygw_notice_t   *n;
     ngx_http_paygw_payment_t  *p;
 
@@ -208,9 +219,18 @@ ngx_http_paygw_notify_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         && !ngx_paygw_is(&p->status, "processing")
         && !ngx_paygw_is(&p->status, "unknown"))
     {
-        /* states only move forward: a late callback changes nothing */
+        /*
+         * States only move forward: a late callback changes nothing.  A
+         * success for a payment closed or failed here means money was
+         * taken for it: that needs a refund, so it is logged as an error.
+         */
 
-        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+        level = (ngx_paygw_is(&n->status, "succeeded")
+                 && (ngx_paygw_is(&p->status, "closed")
+                     || ngx_paygw_is(&p->status, "failed")))
+                ? NGX_LOG_ERR : NGX_LOG_WARN;
+
+        ngx_log_error(level, r->connection->log, 0,
                       "paygw %V callback says %V %V, which is %V already: "
                       "kept", &ctx->channel->name, &p->payment_no,
                       &n->status, &p->status);

@@ -272,7 +272,18 @@ ngx_http_paygw_fallback(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     fb = ctx->channel->fallback;
 
-    if (fb == NULL || ngx_http_paygw_breaker_allow(r, fb) != NGX_OK) {
+    if (fb == NULL) {
+        return NGX_DECLINED;
+    }
+
+    /* the merchant's policy must allow the other channel too */
+
+    ctx->payment.channel = fb->name;
+
+    if (ngx_http_paygw_policy_check(r, ctx) != NGX_OK
+        || ngx_http_paygw_breaker_allow(r, fb) != NGX_OK)
+    {
+        ctx->payment.channel = ctx->channel->name;
         return NGX_DECLINED;
     }
 
@@ -282,7 +293,6 @@ ngx_http_paygw_fallback(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                   &fb->name);
 
     ctx->channel = fb;
-    ctx->payment.channel = fb->name;
 
     return NGX_OK;
 }
@@ -386,7 +396,14 @@ ngx_http_paygw_get(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
         pv->charge_outcome(r, ctx);
 
-        if (!ctx->outcome.definitive) {
+        /*
+         * Only the code is wanted here: a refusal of the repeated create
+         * says nothing of the trade the first one made.
+         */
+
+        if (!ctx->outcome.definitive
+            || !ngx_http_paygw_is(&ctx->outcome.status, "pending"))
+        {
             return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
         }
 
@@ -607,6 +624,13 @@ ngx_http_paygw_close(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
             ngx_http_paygw_m_payment(r, &p->channel, &p->status);
         }
 
+        /* closed there after all (by its expiry): that is what was asked */
+
+        if (ngx_http_paygw_is(&ctx->outcome.status, "closed")) {
+            ngx_str_set(&p->status, "closed");
+            return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+        }
+
         return ngx_http_paygw_close_refused(r, ctx);
 
     default: /* 2 */
@@ -614,7 +638,15 @@ ngx_http_paygw_close(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
             return ngx_http_paygw_mysql_down(r, ctx);
         }
 
-        if (ctx->mysql->conflict || ctx->mysql->err_no) {
+        if (ctx->mysql->err_no) {
+            /* closed at the provider, not yet here: a retry finishes it */
+            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                       "backend_unavailable",
+                                       "mysql: the close of %V could not be "
+                                       "recorded; try again", &p->payment_no);
+        }
+
+        if (ctx->mysql->conflict) {
             return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT,
                                        "invalid_state",
                                        "payment %V changed state meanwhile",
@@ -654,10 +686,29 @@ ngx_http_paygw_close_local(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 static ngx_int_t
 ngx_http_paygw_close_refused(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "invalid_state",
-                               "payment %V was paid at %V: it cannot be "
-                               "closed", &ctx->payment.payment_no,
-                               &ctx->channel->name);
+    ngx_http_paygw_outcome_t  *out;
+
+    out = &ctx->outcome;
+
+    if (ngx_http_paygw_is(&out->status, "succeeded")) {
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "invalid_state",
+                                   "payment %V was paid at %V: it cannot "
+                                   "be closed", &ctx->payment.payment_no,
+                                   &ctx->channel->name);
+    }
+
+    if (out->definitive) {
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "invalid_state",
+                                   "payment %V is %V at %V: it cannot be "
+                                   "closed", &ctx->payment.payment_no,
+                                   &out->status, &ctx->channel->name);
+    }
+
+    return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_GATEWAY, "provider_error",
+                               "%V refused to close payment %V and could "
+                               "not say why (%V); try again",
+                               &ctx->channel->name, &ctx->payment.payment_no,
+                               &out->failure_message);
 }
 
 

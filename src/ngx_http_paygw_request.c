@@ -360,6 +360,16 @@ ngx_http_paygw_parse_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                    "bank_card channel");
     }
 
+    /* Alipay and WeChat Pay QR payments (domestic) are in yuan */
+
+    if (pay->currency.len != 3
+        || ngx_strncmp(pay->currency.data, "CNY", 3) != 0)
+    {
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
+                   "invalid_request", "currency must be CNY for the %V "
+                   "channel", &pay->channel);
+    }
+
     return NGX_OK;
 }
 

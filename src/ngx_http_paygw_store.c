@@ -183,11 +183,13 @@ ngx_http_paygw_store_settle_payment(ngx_http_request_t *r,
 
     /*
      * Forward only: a final state from any open one; "pending" (a QR
-     * code waiting for its buyer) only from before the provider said so.
+     * code waiting for its buyer) and "unknown" only from before the
+     * provider said so.
      */
 
-    pending = (out->status.len == 7
-               && ngx_strncmp(out->status.data, "pending", 7) == 0);
+    pending = !out->definitive
+              || (out->status.len == 7
+                  && ngx_strncmp(out->status.data, "pending", 7) == 0);
 
     s = ngx_http_paygw_mysql_add(op, pending
             ? "UPDATE payments SET status = ?, "

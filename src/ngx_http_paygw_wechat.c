@@ -264,7 +264,15 @@ ngx_http_paygw_wechat_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     }
 
     pc->path = *path;
-    pc->what = pc->path.data;
+
+    /* for logs: the path, NUL-terminated */
+
+    pc->what = ngx_pnalloc(r->pool, path->len + 1);
+    if (pc->what == NULL) {
+        return NGX_ERROR;
+    }
+
+    *ngx_cpymem(pc->what, path->data, path->len) = '\0';
 
     if (doc && ngx_http_paygw_json_dump(r->pool, doc, &pc->body) != NGX_OK) {
         return NGX_ERROR;
@@ -658,7 +666,10 @@ ngx_http_paygw_wechat_refund_outcome(ngx_http_request_t *r,
     }
 
     if (pc->status != NGX_HTTP_OK) {
-        if (pc->status >= 400 && pc->status != 429) {
+
+        /* a refused refund failed; a refused query says nothing of it */
+
+        if (pc->status >= 400 && pc->status != 429 && pc->method.len == 4) {
             ngx_http_paygw_wechat_failed(r, out, doc);
 
         } else {

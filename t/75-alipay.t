@@ -80,6 +80,12 @@ like($g->{channel_trade_no}, qr/^\d{20,}$/, 'Alipay trade_no kept');
 ok(!defined $g->{failure_code} && !defined $g->{failure_message},
    'no failure recorded on it');
 is(events($p->{payment_no}, 'payment.succeeded'), 1, 'one payment.succeeded event');
+{
+    my $payload = $gw->db->sql("SELECT payload FROM paygw.outbox_events WHERE "
+                               . "object_no = '$p->{payment_no}' AND type = 'payment.succeeded'");
+    like($payload, qr/"status":"succeeded"/, 'the event shows the payment succeeded');
+    like($payload, qr/"channel_trade_no":"\d+"/, '... with Alipay\'s trade_no');
+}
 is(callbacks('accepted'), $accepted + 1, 'counted accepted');
 
 # the same notify again (Alipay repeats until it reads "success")
@@ -106,6 +112,14 @@ is(events($p->{payment_no}, 'payment.closed'), 0, 'no payment.closed event');
     is($r->{status}, 400, 'a card given for alipay: 400');
     like($r->{json}{error}{message}, qr/\bcard\b/, '... naming the card');
     is($gw->count_rows('payments'), $rows, '... nothing written');
+}
+
+
+# QR payments are in yuan
+{
+    my $r = create(currency => 'USD');
+    is($r->{status}, 400, 'alipay in USD: 400');
+    like($r->{json}{error}{message}, qr/currency must be CNY/, '... currency must be CNY');
 }
 
 
@@ -172,6 +186,12 @@ $cb = $sim->alipay_notify(out_trade_no => $p->{payment_no}, total_amount => '24.
                           apply => 0);
 is($cb->{body}, 'fail', 'a signed notify with another amount: "fail"');
 is(get($p->{payment_no})->{status}, 'pending', 'still pending');
+# a signed notify with a parameter added twice: the second value would be
+# read where the first was signed
+$cb = $sim->alipay_notify(out_trade_no => $p->{payment_no}, apply => 0,
+                          url => $sim->url('/health'));
+is(notify_raw("trade_status=&$cb->{sent}{body}")->{body}, 'fail',
+   'a repeated parameter: "fail"');
 # garbage
 is(notify_raw('a=b&c')->{body}, 'fail', 'a malformed form: "fail"');
 is(notify_raw('')->{body}, 'fail', 'an empty body: "fail"');

@@ -103,12 +103,25 @@ is(get($p->{payment_no})->{status}, 'partially_refunded', 'partially refunded');
 # WeChat Pay settles this one later: pending, then a query settles it
 $sim->mode('refund_processing', times => 1, path_prefix => '/v3/refund/');
 $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/refunds",
-              json => {refund_no => 'WR-2', amount => 1000},
+              json => {refund_no => 'WR-2', amount => 999},
               idempotency_key => "wref-2-$$");
 is($r->{status}, 202, 'a PROCESSING refund: 202');
 is($r->{json}{status}, 'pending', 'pending');
 is($gw->api(GET => '/v1/refunds/WR-2')->{json}{status}, 'succeeded',
    'GET asked WeChat Pay: succeeded');
+is(get($p->{payment_no})->{status}, 'partially_refunded', 'one fen left');
+
+# a query WeChat Pay refuses (here: 400) says nothing of the refund
+$sim->mode('refund_processing', times => 1, path_prefix => '/v3/refund/');
+$r = $gw->api(POST => "/v1/payments/$p->{payment_no}/refunds",
+              json => {refund_no => 'WR-Q', amount => 1},
+              idempotency_key => "wref-q-$$");
+is($r->{json}{status}, 'pending', 'another PROCESSING refund: pending') or diag $r->{body};
+$sim->mode('error500', times => 1, path_prefix => '/v3/refund/');
+is($gw->api(GET => '/v1/refunds/WR-Q')->{json}{status}, 'pending',
+   'its query failing (500): still pending, never failed');
+is($gw->api(GET => '/v1/refunds/WR-Q')->{json}{status}, 'succeeded',
+   'the next query settles it');
 is(get($p->{payment_no})->{status}, 'refunded', 'fully refunded');
 
 # more than is left: refused here, never sent
