@@ -581,6 +581,18 @@ ngx_http_paygw_provider_done(ngx_http_request_t *r, void *data, ngx_int_t rc)
 
     pc->call.done = 1;
 
+    /*
+     * The client went away (its connection is gone): the provider call
+     * was cut short by us, which says nothing of the provider's health.
+     */
+
+    if (r->connection->error || rc == NGX_HTTP_CLIENT_CLOSED_REQUEST) {
+        ngx_http_paygw_call_fail(&pc->call, r->pool,
+                                 NGX_HTTP_CLIENT_CLOSED_REQUEST,
+                                 "client closed the request");
+        return rc;
+    }
+
     /* nginx answered for the provider: it could not be reached */
 
     if (rc == NGX_ERROR || rc >= NGX_HTTP_SPECIAL_RESPONSE

@@ -43,6 +43,21 @@ is($r->{status}, 201, 'healthy: created on alipay');
 is($r->{json}{channel}, 'alipay', 'alipay');
 is(state('alipay'), 0, 'alipay circuit closed');
 
+# clients that give up while Alipay thinks are not Alipay failing
+$sim->mode('slow', delay_ms => 1500, times => 4, path_prefix => '/gateway.do');
+for my $i (1 .. 4) {
+    $n++;
+    my $r = $gw->api(POST => '/v1/payments', idempotency_key => "qb-$n-$$",
+        json => PayGW::Gateway->payment_body(channel => 'alipay',
+                                             business_no => "QB-$n"),
+        timeout => 0.3);
+    isnt($r->{status}, 201, "a client gone after 0.3 s ($i)");
+}
+sleep 2;
+is(state('alipay'), 0, 'four abandoned requests do not open the circuit');
+$r = create('alipay');
+is($r->{json}{channel}, 'alipay', 'alipay still takes payments');
+
 $sim->mode('error500', path_prefix => '/gateway.do');
 for my $i (1 .. 3) {
     $r = create('alipay');
