@@ -15,6 +15,12 @@
 #include <jansson.h>
 
 
+/* an ngx_str_t equal to a string literal */
+#define ngx_http_paygw_is(s, lit)                                            \
+    ((s)->len == sizeof(lit) - 1                                             \
+     && ngx_strncmp((s)->data, lit, sizeof(lit) - 1) == 0)
+
+
 #define NGX_HTTP_PAYGW_CALL_REDIS   1
 #define NGX_HTTP_PAYGW_CALL_MYSQL   2
 

@@ -82,18 +82,12 @@ ngx_http_paygw_provider_t  ngx_http_paygw_alipay_provider = {
 };
 
 
-#define ngx_paygw_code(s, lit)                                               \
-    ((s)->len == sizeof(lit) - 1                                             \
-     && ngx_strncmp((s)->data, lit, sizeof(lit) - 1) == 0)
-
-
 static ngx_int_t
 ngx_http_paygw_alipay_precreate(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx)
 {
     u_char                    *last;
     json_t                    *biz;
-    ngx_int_t                  rc;
     ngx_http_paygw_payment_t  *p;
     u_char                     amount[NGX_INT64_LEN + 4];
     u_char                     expire[NGX_INT64_LEN + 2];
@@ -124,11 +118,8 @@ ngx_http_paygw_alipay_precreate(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    rc = ngx_http_paygw_alipay_send(r, ctx, "alipay.trade.precreate", biz,
-                                    &ctx->channel->notify_url);
-    json_decref(biz);
-
-    return rc;
+    return ngx_http_paygw_alipay_send(r, ctx, "alipay.trade.precreate", biz,
+                                      &ctx->channel->notify_url);
 }
 
 
@@ -151,7 +142,6 @@ ngx_http_paygw_alipay_trade_call(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, const char *method)
 {
     json_t     *biz;
-    ngx_int_t   rc;
 
     biz = json_pack("{s:s%}", "out_trade_no", ctx->payment.payment_no.data,
                     ctx->payment.payment_no.len);
@@ -159,10 +149,7 @@ ngx_http_paygw_alipay_trade_call(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    rc = ngx_http_paygw_alipay_send(r, ctx, method, biz, NULL);
-    json_decref(biz);
-
-    return rc;
+    return ngx_http_paygw_alipay_send(r, ctx, method, biz, NULL);
 }
 
 
@@ -171,7 +158,6 @@ ngx_http_paygw_alipay_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     u_char                   *last;
     json_t                   *biz;
-    ngx_int_t                 rc;
     ngx_http_paygw_refund_t  *rf;
     u_char                    amount[NGX_INT64_LEN + 4];
 
@@ -192,10 +178,7 @@ ngx_http_paygw_alipay_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NGX_ERROR;
     }
 
-    rc = ngx_http_paygw_alipay_send(r, ctx, "alipay.trade.refund", biz, NULL);
-    json_decref(biz);
-
-    return rc;
+    return ngx_http_paygw_alipay_send(r, ctx, "alipay.trade.refund", biz, NULL);
 }
 
 
@@ -204,7 +187,6 @@ ngx_http_paygw_alipay_refund_query(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx)
 {
     json_t                   *biz;
-    ngx_int_t                 rc;
     ngx_http_paygw_refund_t  *rf;
 
     rf = &ctx->refund;
@@ -217,51 +199,50 @@ ngx_http_paygw_alipay_refund_query(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    rc = ngx_http_paygw_alipay_send(r, ctx,
-                                    "alipay.trade.fastpay.refund.query", biz,
-                                    NULL);
-    json_decref(biz);
-
-    return rc;
+    return ngx_http_paygw_alipay_send(r, ctx,
+                                      "alipay.trade.fastpay.refund.query", biz,
+                                      NULL);
 }
 
+
+/* one signed request; its biz_content (JSON) is released here */
 
 static ngx_int_t
 ngx_http_paygw_alipay_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     const char *method, json_t *biz, ngx_str_t *notify_url)
 {
-    u_char                          *last;
-    ngx_str_t                        canonical, sign, ct;
+    u_char                          *last, *ts;
+    ngx_tm_t                         tm;
+    ngx_int_t                        rc;
+    ngx_str_t                        content, canonical, sign, ct;
     ngx_array_t                     *params;
     ngx_keyval_t                    *kv;
     ngx_http_paygw_channel_t        *ch;
     ngx_http_paygw_provider_call_t  *pc;
-    u_char                          *ts;
 
     ch = ctx->channel;
 
-    pc = ngx_http_paygw_provider_create(r, "POST");
-    if (pc == NULL) {
+    rc = ngx_http_paygw_json_dump(r->pool, biz, &content);
+    json_decref(biz);
+
+    if (rc != NGX_OK) {
         return NGX_ERROR;
     }
 
+    pc = ngx_http_paygw_provider_create(r, "POST");
     params = ngx_array_create(r->pool, 10, sizeof(ngx_keyval_t));
     ts = ngx_pnalloc(r->pool, sizeof("yyyy-mm-dd hh:mm:ss"));
-    if (params == NULL || ts == NULL) {
+    if (pc == NULL || params == NULL || ts == NULL) {
         return NGX_ERROR;
     }
 
     /* Alipay's clock is Beijing time */
 
-    {
-        ngx_tm_t  tm;
-
-        ngx_gmtime(ngx_time() + 8 * 3600, &tm);
-        last = ngx_sprintf(ts, "%4d-%02d-%02d %02d:%02d:%02d", tm.ngx_tm_year,
-                           tm.ngx_tm_mon, tm.ngx_tm_mday, tm.ngx_tm_hour,
-                           tm.ngx_tm_min, tm.ngx_tm_sec);
-        *last = '\0';
-    }
+    ngx_gmtime(ngx_time() + 8 * 3600, &tm);
+    last = ngx_sprintf(ts, "%4d-%02d-%02d %02d:%02d:%02d", tm.ngx_tm_year,
+                       tm.ngx_tm_mon, tm.ngx_tm_mday, tm.ngx_tm_hour,
+                       tm.ngx_tm_min, tm.ngx_tm_sec);
+    *last = '\0';
 
 #define ngx_paygw_param(k, v, n)                                             \
     kv = ngx_array_push(params);                                             \
@@ -284,14 +265,7 @@ ngx_http_paygw_alipay_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
         ngx_paygw_param("notify_url", notify_url->data, notify_url->len);
     }
 
-    kv = ngx_array_push(params);
-    if (kv == NULL
-        || ngx_http_paygw_json_dump(r->pool, biz, &kv->value) != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    ngx_str_set(&kv->key, "biz_content");
+    ngx_paygw_param("biz_content", content.data, content.len);
 
     if (ngx_http_paygw_alipay_canonical(r->pool, params, 1, &canonical)
         != NGX_OK
@@ -453,7 +427,7 @@ ngx_http_paygw_alipay_precreate_outcome(ngx_http_request_t *r,
         return;
     }
 
-    if (ngx_paygw_code(&code, "10000")) {
+    if (ngx_http_paygw_is(&code, "10000")) {
         ngx_http_paygw_json_str(r->pool, doc, "qr_code", &out->qr_code);
 
         if (ngx_http_paygw_json_is(doc, "out_trade_no",
@@ -466,14 +440,14 @@ ngx_http_paygw_alipay_precreate_outcome(ngx_http_request_t *r,
             ngx_http_paygw_outcome_set(out, "pending");
         }
 
-    } else if (ngx_paygw_code(&sub, "ACQ.TRADE_HAS_SUCCESS")
-               || ngx_paygw_code(&sub, "ACQ.TRADE_HAS_CLOSE"))
+    } else if (ngx_http_paygw_is(&sub, "ACQ.TRADE_HAS_SUCCESS")
+               || ngx_http_paygw_is(&sub, "ACQ.TRADE_HAS_CLOSE"))
     {
         /* a repeat of a trade that moved on: the query tells how */
         ngx_http_paygw_outcome_unknown(out, "the trade moved on at Alipay");
 
-    } else if (ngx_paygw_code(&code, "40004")
-               || ngx_paygw_code(&code, "40002"))
+    } else if (ngx_http_paygw_is(&code, "40004")
+               || ngx_http_paygw_is(&code, "40002"))
     {
         ngx_http_paygw_alipay_failed(r, out, doc, &sub);
 
@@ -500,14 +474,14 @@ ngx_http_paygw_alipay_query_outcome(ngx_http_request_t *r,
         return;
     }
 
-    if (ngx_paygw_code(&sub, "ACQ.TRADE_NOT_EXIST")) {
+    if (ngx_http_paygw_is(&sub, "ACQ.TRADE_NOT_EXIST")) {
         out->not_found = 1;
         ngx_http_paygw_outcome_unknown(out, "Alipay has no such trade");
         json_decref(doc);
         return;
     }
 
-    if (!ngx_paygw_code(&code, "10000")) {
+    if (!ngx_http_paygw_is(&code, "10000")) {
         ngx_http_paygw_outcome_unknown(out, "Alipay could not answer");
         json_decref(doc);
         return;
@@ -535,15 +509,15 @@ ngx_http_paygw_alipay_query_outcome(ngx_http_request_t *r,
     if (status.data == NULL) {
         ngx_http_paygw_outcome_unknown(out, "no trade_status");
 
-    } else if (ngx_paygw_code(&status, "TRADE_SUCCESS")
-               || ngx_paygw_code(&status, "TRADE_FINISHED"))
+    } else if (ngx_http_paygw_is(&status, "TRADE_SUCCESS")
+               || ngx_http_paygw_is(&status, "TRADE_FINISHED"))
     {
         ngx_http_paygw_outcome_set(out, "succeeded");
 
-    } else if (ngx_paygw_code(&status, "TRADE_CLOSED")) {
+    } else if (ngx_http_paygw_is(&status, "TRADE_CLOSED")) {
         ngx_http_paygw_outcome_set(out, "closed");
 
-    } else if (ngx_paygw_code(&status, "WAIT_BUYER_PAY")) {
+    } else if (ngx_http_paygw_is(&status, "WAIT_BUYER_PAY")) {
         ngx_http_paygw_outcome_set(out, "pending");
 
     } else {
@@ -569,10 +543,10 @@ ngx_http_paygw_alipay_close_outcome(ngx_http_request_t *r,
         return;
     }
 
-    if (ngx_paygw_code(&code, "10000")) {
+    if (ngx_http_paygw_is(&code, "10000")) {
         ngx_http_paygw_outcome_set(out, "closed");
 
-    } else if (ngx_paygw_code(&sub, "ACQ.TRADE_NOT_EXIST")) {
+    } else if (ngx_http_paygw_is(&sub, "ACQ.TRADE_NOT_EXIST")) {
 
         /*
          * Alipay shows a precreated trade only once it is scanned, yet
@@ -581,7 +555,7 @@ ngx_http_paygw_alipay_close_outcome(ngx_http_request_t *r,
          * or when it expired; before that it cannot be closed here.
          */
 
-        if (!ngx_paygw_code(&ctx->payment.status, "pending")
+        if (!ngx_http_paygw_is(&ctx->payment.status, "pending")
             || ctx->payment.overdue > 0)
         {
             ngx_http_paygw_outcome_set(out, "closed");
@@ -592,7 +566,7 @@ ngx_http_paygw_alipay_close_outcome(ngx_http_request_t *r,
                                            "until it expires");
         }
 
-    } else if (ngx_paygw_code(&sub, "ACQ.TRADE_STATUS_ERROR")) {
+    } else if (ngx_http_paygw_is(&sub, "ACQ.TRADE_STATUS_ERROR")) {
         /* paid already: not closable, the query says what it is */
         out->not_closable = 1;
         ngx_http_paygw_outcome_unknown(out, "the trade was paid");
@@ -628,14 +602,14 @@ ngx_http_paygw_alipay_refund_outcome(ngx_http_request_t *r,
 
         ngx_http_paygw_json_str(r->pool, doc, "refund_status", &status);
 
-        if (!ngx_paygw_code(&code, "10000")) {
+        if (!ngx_http_paygw_is(&code, "10000")) {
             ngx_http_paygw_outcome_unknown(out, "Alipay could not answer");
 
         } else if (status.data == NULL) {
             out->not_found = 1;
             ngx_http_paygw_outcome_unknown(out, "Alipay has no such refund");
 
-        } else if (ngx_paygw_code(&status, "REFUND_SUCCESS")
+        } else if (ngx_http_paygw_is(&status, "REFUND_SUCCESS")
                    && ngx_http_paygw_alipay_amount(doc, "refund_amount",
                                                    ctx->refund.amount)
                       == NGX_OK)
@@ -650,7 +624,7 @@ ngx_http_paygw_alipay_refund_outcome(ngx_http_request_t *r,
         return;
     }
 
-    if (ngx_paygw_code(&code, "10000")) {
+    if (ngx_http_paygw_is(&code, "10000")) {
 
         if (ngx_http_paygw_json_is(doc, "out_trade_no",
                                    &ctx->refund.payment_no) != NGX_OK)
@@ -664,8 +638,8 @@ ngx_http_paygw_alipay_refund_outcome(ngx_http_request_t *r,
                                     &out->provider_no);
         }
 
-    } else if (ngx_paygw_code(&code, "40004")
-               && !ngx_paygw_code(&sub, "ACQ.SYSTEM_ERROR"))
+    } else if (ngx_http_paygw_is(&code, "40004")
+               && !ngx_http_paygw_is(&sub, "ACQ.SYSTEM_ERROR"))
     {
         ngx_http_paygw_alipay_failed(r, out, doc, &sub);
 
@@ -840,12 +814,12 @@ ngx_http_paygw_alipay_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     v = ngx_http_paygw_alipay_param(params, "trade_status");
     status = v ? *v : (ngx_str_t) ngx_null_string;
 
-    if (ngx_paygw_code(&status, "TRADE_SUCCESS")
-        || ngx_paygw_code(&status, "TRADE_FINISHED"))
+    if (ngx_http_paygw_is(&status, "TRADE_SUCCESS")
+        || ngx_http_paygw_is(&status, "TRADE_FINISHED"))
     {
         ngx_str_set(&n->status, "succeeded");
 
-    } else if (ngx_paygw_code(&status, "TRADE_CLOSED")) {
+    } else if (ngx_http_paygw_is(&status, "TRADE_CLOSED")) {
         ngx_str_set(&n->status, "closed");
 
     } else {

@@ -100,7 +100,6 @@ static ngx_int_t
 ngx_http_paygw_bank_charge(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     json_t                    *doc;
-    ngx_int_t                  rc;
     ngx_str_t                  path;
     ngx_http_paygw_payment_t  *p;
 
@@ -124,11 +123,7 @@ ngx_http_paygw_bank_charge(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     ngx_str_set(&path, "/acquirer/v1/charges");
 
-    rc = ngx_http_paygw_bank_send(r, ctx, "POST", &path, doc);
-
-    json_decref(doc);
-
-    return rc;
+    return ngx_http_paygw_bank_send(r, ctx, "POST", &path, doc);
 }
 
 
@@ -144,7 +139,6 @@ static ngx_int_t
 ngx_http_paygw_bank_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     json_t                   *doc;
-    ngx_int_t                 rc;
     ngx_str_t                 path;
     ngx_http_paygw_refund_t  *rf;
 
@@ -164,11 +158,7 @@ ngx_http_paygw_bank_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     ngx_str_set(&path, "/acquirer/v1/refunds");
 
-    rc = ngx_http_paygw_bank_send(r, ctx, "POST", &path, doc);
-
-    json_decref(doc);
-
-    return rc;
+    return ngx_http_paygw_bank_send(r, ctx, "POST", &path, doc);
 }
 
 
@@ -203,6 +193,8 @@ ngx_http_paygw_bank_get(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 }
 
 
+/* one signed request; the JSON body (if any) is released here */
+
 static ngx_int_t
 ngx_http_paygw_bank_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     const char *method, ngx_str_t *path, json_t *doc)
@@ -217,6 +209,7 @@ ngx_http_paygw_bank_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 
     pc = ngx_http_paygw_provider_create(r, method);
     if (pc == NULL) {
+        json_decref(doc);
         return NGX_ERROR;
     }
 
@@ -224,6 +217,8 @@ ngx_http_paygw_bank_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 
     if (doc) {
         dump = json_dumps(doc, JSON_COMPACT);
+        json_decref(doc);
+
         if (dump == NULL) {
             return NGX_ERROR;
         }
@@ -274,7 +269,7 @@ ngx_http_paygw_bank_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
         return NGX_ERROR;
     }
 
-    if (doc) {
+    if (pc->body.len) {
         ngx_str_set(&v, "application/json");
 
         if (ngx_http_paygw_provider_header(r, pc, "Content-Type", &v)
@@ -478,12 +473,11 @@ ngx_http_paygw_bank_outcome(ngx_http_request_t *r,
     ngx_http_paygw_json_str(r->pool, doc, "card_brand", &out->card_brand);
     ngx_http_paygw_json_str(r->pool, doc, "card_last4", &out->card_last4);
 
-    if (status.len == 8 && ngx_strncmp(status.data, "approved", 8) == 0) {
+    if (ngx_http_paygw_is(&status, "approved")) {
         out->definitive = 1;
         ngx_str_set(&out->status, "succeeded");
 
-    } else if (status.len == 8 && ngx_strncmp(status.data, "declined", 8) == 0)
-    {
+    } else if (ngx_http_paygw_is(&status, "declined")) {
         out->definitive = 1;
         ngx_str_set(&out->status, "failed");
         ngx_http_paygw_json_str(r->pool, doc, "decline_code",
@@ -557,11 +551,11 @@ ngx_http_paygw_bank_refund_outcome(ngx_http_request_t *r,
     ngx_http_paygw_json_str(r->pool, doc, "status", &status);
     ngx_http_paygw_json_str(r->pool, doc, "refund_id", &out->provider_no);
 
-    if (status.len == 9 && ngx_strncmp(status.data, "succeeded", 9) == 0) {
+    if (ngx_http_paygw_is(&status, "succeeded")) {
         out->definitive = 1;
         ngx_str_set(&out->status, "succeeded");
 
-    } else if (status.len == 6 && ngx_strncmp(status.data, "failed", 6) == 0) {
+    } else if (ngx_http_paygw_is(&status, "failed")) {
         out->definitive = 1;
         ngx_str_set(&out->status, "failed");
         ngx_http_paygw_json_str(r->pool, doc, "failure_code",
@@ -675,12 +669,10 @@ ngx_http_paygw_bank_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     nt->amount = json_integer_value(amount);
     json_decref(doc);
 
-    if (status.len == 8 && ngx_strncmp(status.data, "approved", 8) == 0) {
+    if (ngx_http_paygw_is(&status, "approved")) {
         ngx_str_set(&nt->status, "succeeded");
 
-    } else if (status.len == 8
-               && ngx_strncmp(status.data, "declined", 8) == 0)
-    {
+    } else if (ngx_http_paygw_is(&status, "declined")) {
         ngx_str_set(&nt->status, "failed");
 
     } else {

@@ -35,7 +35,7 @@ typedef struct {
     ngx_http_paygw_outcome_pt     query_outcome;
     ngx_http_paygw_outcome_pt     close_outcome;
     ngx_http_paygw_outcome_pt     refund_outcome;
-    ngx_http_paygw_step_pt        notify;        /* verify and read a callback */
+    ngx_http_paygw_step_pt        notify;        /* verify, read a callback */
     char                       *(*conf)(ngx_conf_t *cf,
                                         ngx_http_paygw_channel_t *ch,
                                         ngx_str_t *param);

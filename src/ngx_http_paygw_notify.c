@@ -34,11 +34,6 @@ static ngx_int_t ngx_http_paygw_notify_refuse(ngx_http_request_t *r,
 static ngx_str_t  ngx_http_paygw_text_type = ngx_string("text/plain");
 
 
-#define ngx_paygw_is(s, lit)                                                 \
-    ((s)->len == sizeof(lit) - 1                                             \
-     && ngx_strncmp((s)->data, lit, sizeof(lit) - 1) == 0)
-
-
 ngx_int_t
 ngx_http_paygw_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
@@ -215,9 +210,9 @@ ngx_http_paygw_notify_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NGX_DECLINED;
     }
 
-    if (!ngx_paygw_is(&p->status, "pending")
-        && !ngx_paygw_is(&p->status, "processing")
-        && !ngx_paygw_is(&p->status, "unknown"))
+    if (!ngx_http_paygw_is(&p->status, "pending")
+        && !ngx_http_paygw_is(&p->status, "processing")
+        && !ngx_http_paygw_is(&p->status, "unknown"))
     {
         /*
          * States only move forward: a late callback changes nothing.  A
@@ -225,9 +220,9 @@ ngx_http_paygw_notify_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
          * taken for it: that needs a refund, so it is logged as an error.
          */
 
-        level = (ngx_paygw_is(&n->status, "succeeded")
-                 && (ngx_paygw_is(&p->status, "closed")
-                     || ngx_paygw_is(&p->status, "failed")))
+        level = (ngx_http_paygw_is(&n->status, "succeeded")
+                 && (ngx_http_paygw_is(&p->status, "closed")
+                     || ngx_http_paygw_is(&p->status, "failed")))
                 ? NGX_LOG_ERR : NGX_LOG_WARN;
 
         ngx_log_error(level, r->connection->log, 0,

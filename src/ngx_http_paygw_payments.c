@@ -27,6 +27,10 @@ static ngx_int_t ngx_http_paygw_selected(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_settle(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_settle_refund(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_refund_settled(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 static void ngx_http_paygw_apply(ngx_http_paygw_payment_t *p,
     ngx_http_paygw_outcome_t *out);
 static ngx_int_t ngx_http_paygw_needs_query(ngx_http_request_t *r,
@@ -41,7 +45,8 @@ static void ngx_http_paygw_card(ngx_http_paygw_payment_t *p);
 static ngx_int_t ngx_http_paygw_insert(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_retry(ngx_http_request_t *r,
-    ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_step_pt call);
+    ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_step_pt call,
+    ngx_http_paygw_outcome_pt outcome);
 static ngx_int_t ngx_http_paygw_fallback(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_after_query(ngx_http_request_t *r,
@@ -54,11 +59,6 @@ static ngx_int_t ngx_http_paygw_close_refused(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_risk_deny(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-
-
-#define ngx_http_paygw_is(s, lit)                                            \
-    ((s)->len == sizeof(lit) - 1                                             \
-     && ngx_strncmp((s)->data, lit, sizeof(lit) - 1) == 0)
 
 
 /* POST /v1/payments */
@@ -162,11 +162,9 @@ ngx_http_paygw_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         }
 
         ctx->side_effect = 1;
-        ctx->stage = 3;
-        ctx->attempt = 1;
 
-        return ctx->channel->provider->charge(r, ctx) == NGX_OK ? NGX_AGAIN
-                                                                 : NGX_ERROR;
+        return ngx_http_paygw_provider_step(r, ctx, 3,
+                                            ctx->channel->provider->charge);
 
     case 2:
         if (!ctx->mysql->call.ok) {
@@ -186,12 +184,11 @@ ngx_http_paygw_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     case 3:
         /* charges are idempotent by out_trade_no: retry what failed */
 
-        rc = ngx_http_paygw_retry(r, ctx, ctx->channel->provider->charge);
+        rc = ngx_http_paygw_retry(r, ctx, ctx->channel->provider->charge,
+                                   ctx->channel->provider->charge_outcome);
         if (rc != NGX_DECLINED) {
             return rc;
         }
-
-        ctx->channel->provider->charge_outcome(r, ctx);
 
         ctx->stage = 4;
         return ngx_http_paygw_settle(r, ctx);
@@ -243,17 +240,19 @@ ngx_http_paygw_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
 static ngx_int_t
 ngx_http_paygw_retry(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
-    ngx_http_paygw_step_pt call)
+    ngx_http_paygw_step_pt call, ngx_http_paygw_outcome_pt outcome)
 {
     /*
      * Provider calls are idempotent (out_trade_no, out_refund_no): one
      * without an answer, or answered with a 5xx, is made again while
-     * attempts remain.  NGX_DECLINED: no retry, use the answer.
+     * attempts remain.  NGX_DECLINED: no retry; the answer is read into
+     * ctx->outcome.
      */
 
     if (ngx_http_paygw_provider_retryable(ctx) != NGX_OK
         || ctx->attempt >= ctx->channel->attempts)
     {
+        outcome(r, ctx);
         return NGX_DECLINED;
     }
 
@@ -375,12 +374,10 @@ ngx_http_paygw_get(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     case 2:
         pv = ctx->channel->provider;
 
-        rc = ngx_http_paygw_retry(r, ctx, pv->query);
+        rc = ngx_http_paygw_retry(r, ctx, pv->query, pv->query_outcome);
         if (rc != NGX_DECLINED) {
             return rc;
         }
-
-        pv->query_outcome(r, ctx);
 
         return ngx_http_paygw_after_query(r, ctx);
 
@@ -389,12 +386,10 @@ ngx_http_paygw_get(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
         pv = ctx->channel->provider;
 
-        rc = ngx_http_paygw_retry(r, ctx, pv->charge);
+        rc = ngx_http_paygw_retry(r, ctx, pv->charge, pv->charge_outcome);
         if (rc != NGX_DECLINED) {
             return rc;
         }
-
-        pv->charge_outcome(r, ctx);
 
         /*
          * Only the code is wanted here: a refusal of the repeated create
@@ -416,12 +411,10 @@ ngx_http_paygw_get(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
         pv = ctx->channel->provider;
 
-        rc = ngx_http_paygw_retry(r, ctx, pv->close);
+        rc = ngx_http_paygw_retry(r, ctx, pv->close, pv->close_outcome);
         if (rc != NGX_DECLINED) {
             return rc;
         }
-
-        pv->close_outcome(r, ctx);
 
         if (!ctx->outcome.definitive) {
             return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
@@ -575,12 +568,10 @@ ngx_http_paygw_close(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     case 10:
         pv = ctx->channel->provider;
 
-        rc = ngx_http_paygw_retry(r, ctx, pv->close);
+        rc = ngx_http_paygw_retry(r, ctx, pv->close, pv->close_outcome);
         if (rc != NGX_DECLINED) {
             return rc;
         }
-
-        pv->close_outcome(r, ctx);
 
         if (ctx->outcome.definitive) {
             return ngx_http_paygw_close_local(r, ctx);
@@ -601,12 +592,10 @@ ngx_http_paygw_close(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     case 11:
         pv = ctx->channel->provider;
 
-        rc = ngx_http_paygw_retry(r, ctx, pv->query);
+        rc = ngx_http_paygw_retry(r, ctx, pv->query, pv->query_outcome);
         if (rc != NGX_DECLINED) {
             return rc;
         }
-
-        pv->query_outcome(r, ctx);
 
         if (!ctx->outcome.definitive) {
             return ngx_http_paygw_close_refused(r, ctx);
@@ -797,43 +786,22 @@ ngx_http_paygw_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         }
 
         ctx->side_effect = 1;
-        ctx->stage = 3;
-        ctx->attempt = 1;
 
-        return ctx->channel->provider->refund(r, ctx) == NGX_OK
-               ? NGX_AGAIN : NGX_ERROR;
+        return ngx_http_paygw_provider_step(r, ctx, 3,
+                                            ctx->channel->provider->refund);
 
     case 3:
-        rc = ngx_http_paygw_retry(r, ctx, ctx->channel->provider->refund);
+        rc = ngx_http_paygw_retry(r, ctx, ctx->channel->provider->refund,
+                                   ctx->channel->provider->refund_outcome);
         if (rc != NGX_DECLINED) {
             return rc;
         }
 
-        ctx->channel->provider->refund_outcome(r, ctx);
-
-        ngx_http_paygw_now(r->pool, &rf->updated_at);
-
-        if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
-            || ngx_http_paygw_store_settle_refund(r, ctx->mysql, rf,
-                                                  &ctx->outcome) != NGX_OK
-            || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
         ctx->stage = 4;
-        return NGX_AGAIN;
+        return ngx_http_paygw_settle_refund(r, ctx);
 
     case 4:
-        if (ctx->mysql->call.ok && !ctx->mysql->err_no
-            && !ctx->mysql->conflict)
-        {
-            rf->status = ctx->outcome.status;
-            rf->channel_refund_no = ctx->outcome.provider_no;
-            rf->failure_code = ctx->outcome.failure_code;
-        }
-
-        return ngx_http_paygw_refund_answer(r, ctx);
+        return ngx_http_paygw_refund_settled(r, ctx);
 
     default: /* 5 */
         rc = ngx_http_paygw_selected(r, ctx);
@@ -926,29 +894,11 @@ ngx_http_paygw_get_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
             return ngx_http_paygw_refund_answer(r, ctx);
         }
 
-        ngx_http_paygw_now(r->pool, &rf->updated_at);
-
-        if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
-            || ngx_http_paygw_store_settle_refund(r, ctx->mysql, rf,
-                                                  &ctx->outcome) != NGX_OK
-            || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
         ctx->stage = 3;
-        return NGX_AGAIN;
+        return ngx_http_paygw_settle_refund(r, ctx);
 
     default: /* 3 */
-        if (ctx->mysql->call.ok && !ctx->mysql->err_no
-            && !ctx->mysql->conflict)
-        {
-            rf->status = ctx->outcome.status;
-            rf->channel_refund_no = ctx->outcome.provider_no;
-            rf->failure_code = ctx->outcome.failure_code;
-        }
-
-        return ngx_http_paygw_refund_answer(r, ctx);
+        return ngx_http_paygw_refund_settled(r, ctx);
     }
 }
 
@@ -1132,6 +1082,48 @@ ngx_http_paygw_settle(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     }
 
     return NGX_AGAIN;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_settle_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_refund_t  *rf;
+
+    rf = &ctx->refund;
+
+    ngx_http_paygw_now(r->pool, &rf->updated_at);
+
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_settle_refund(r, ctx->mysql, rf,
+                                              &ctx->outcome) != NGX_OK
+        || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_AGAIN;
+}
+
+
+/* the refund as settled, or as it was if the settlement did not commit */
+
+static ngx_int_t
+ngx_http_paygw_refund_settled(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_refund_t  *rf;
+
+    rf = &ctx->refund;
+
+    if (ctx->mysql->call.ok && !ctx->mysql->err_no && !ctx->mysql->conflict)
+    {
+        rf->status = ctx->outcome.status;
+        rf->channel_refund_no = ctx->outcome.provider_no;
+        rf->failure_code = ctx->outcome.failure_code;
+    }
+
+    return ngx_http_paygw_refund_answer(r, ctx);
 }
 
 

@@ -187,9 +187,7 @@ ngx_http_paygw_store_settle_payment(ngx_http_request_t *r,
      * provider said so.
      */
 
-    pending = !out->definitive
-              || (out->status.len == 7
-                  && ngx_strncmp(out->status.data, "pending", 7) == 0);
+    pending = !out->definitive || ngx_http_paygw_is(&out->status, "pending");
 
     s = ngx_http_paygw_mysql_add(op, pending
             ? "UPDATE payments SET status = ?, "
@@ -236,7 +234,7 @@ ngx_http_paygw_store_settle_payment(ngx_http_request_t *r,
     }
 
     event = (out->status.len == 9) ? "payment.succeeded"
-            : (ngx_strncmp(out->status.data, "closed", 6) == 0)
+            : ngx_http_paygw_is(&out->status, "closed")
               ? "payment.closed" : "payment.failed";
 
     return ngx_http_paygw_store_event(r, op, &p->merchant_id, event,

@@ -81,18 +81,12 @@ ngx_http_paygw_provider_t  ngx_http_paygw_wechat_provider = {
 };
 
 
-#define ngx_paygw_eq(s, lit)                                                 \
-    ((s)->len == sizeof(lit) - 1                                             \
-     && ngx_strncmp((s)->data, lit, sizeof(lit) - 1) == 0)
-
-
 static ngx_int_t
 ngx_http_paygw_wechat_native(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     u_char                    *last;
     json_t                    *doc;
     ngx_tm_t                   tm;
-    ngx_int_t                  rc;
     ngx_str_t                  path;
     ngx_http_paygw_channel_t  *ch;
     ngx_http_paygw_payment_t  *p;
@@ -129,10 +123,7 @@ ngx_http_paygw_wechat_native(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     ngx_str_set(&path, "/v3/pay/transactions/native");
 
-    rc = ngx_http_paygw_wechat_send(r, ctx, "POST", &path, doc);
-    json_decref(doc);
-
-    return rc;
+    return ngx_http_paygw_wechat_send(r, ctx, "POST", &path, doc);
 }
 
 
@@ -162,7 +153,6 @@ static ngx_int_t
 ngx_http_paygw_wechat_close(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     json_t     *doc;
-    ngx_int_t   rc;
     ngx_str_t   path;
 
     path.data = ngx_pnalloc(r->pool, sizeof("/v3/pay/transactions/out-trade-no/"
@@ -183,10 +173,7 @@ ngx_http_paygw_wechat_close(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NGX_ERROR;
     }
 
-    rc = ngx_http_paygw_wechat_send(r, ctx, "POST", &path, doc);
-    json_decref(doc);
-
-    return rc;
+    return ngx_http_paygw_wechat_send(r, ctx, "POST", &path, doc);
 }
 
 
@@ -194,7 +181,6 @@ static ngx_int_t
 ngx_http_paygw_wechat_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     json_t                   *doc;
-    ngx_int_t                 rc;
     ngx_str_t                 path;
     ngx_http_paygw_refund_t  *rf;
 
@@ -216,10 +202,7 @@ ngx_http_paygw_wechat_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     ngx_str_set(&path, "/v3/refund/domestic/refunds");
 
-    rc = ngx_http_paygw_wechat_send(r, ctx, "POST", &path, doc);
-    json_decref(doc);
-
-    return rc;
+    return ngx_http_paygw_wechat_send(r, ctx, "POST", &path, doc);
 }
 
 
@@ -243,11 +226,14 @@ ngx_http_paygw_wechat_refund_query(ngx_http_request_t *r,
 }
 
 
+/* one signed request; the JSON body (if any) is released here */
+
 static ngx_int_t
 ngx_http_paygw_wechat_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     const char *method, ngx_str_t *path, json_t *doc)
 {
     u_char                          *p;
+    ngx_int_t                        rc;
     ngx_str_t                        message, sig, auth, v;
     ngx_http_paygw_channel_t        *ch;
     ngx_http_paygw_provider_call_t  *pc;
@@ -260,10 +246,18 @@ ngx_http_paygw_wechat_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 
     pc = ngx_http_paygw_provider_create(r, method);
     if (pc == NULL) {
+        json_decref(doc);
         return NGX_ERROR;
     }
 
     pc->path = *path;
+
+    rc = doc ? ngx_http_paygw_json_dump(r->pool, doc, &pc->body) : NGX_OK;
+    json_decref(doc);
+
+    if (rc != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     /* for logs: the path, NUL-terminated */
 
@@ -273,10 +267,6 @@ ngx_http_paygw_wechat_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     }
 
     *ngx_cpymem(pc->what, path->data, path->len) = '\0';
-
-    if (doc && ngx_http_paygw_json_dump(r->pool, doc, &pc->body) != NGX_OK) {
-        return NGX_ERROR;
-    }
 
     if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
         return NGX_ERROR;
@@ -329,8 +319,9 @@ ngx_http_paygw_wechat_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     ngx_str_set(&v, "application/json");
 
     if (ngx_http_paygw_provider_header(r, pc, "Accept", &v) != NGX_OK
-        || (doc && ngx_http_paygw_provider_header(r, pc, "Content-Type", &v)
-                   != NGX_OK))
+        || (pc->body.len
+            && ngx_http_paygw_provider_header(r, pc, "Content-Type", &v)
+               != NGX_OK))
     {
         return NGX_ERROR;
     }
@@ -499,8 +490,8 @@ ngx_http_paygw_wechat_native_outcome(ngx_http_request_t *r,
             ngx_http_paygw_outcome_unknown(out, "no code_url");
         }
 
-    } else if (ngx_paygw_eq(&code, "ORDERPAID")
-               || ngx_paygw_eq(&code, "ORDER_CLOSED")
+    } else if (ngx_http_paygw_is(&code, "ORDERPAID")
+               || ngx_http_paygw_is(&code, "ORDER_CLOSED")
                || pc->status == 429)
     {
         /* a repeat of an order that moved on: the query tells how */
@@ -583,18 +574,21 @@ ngx_http_paygw_wechat_query_outcome(ngx_http_request_t *r,
 static void
 ngx_http_paygw_wechat_trade_state(ngx_str_t *state, ngx_str_t *status)
 {
-    if (ngx_paygw_eq(state, "SUCCESS") || ngx_paygw_eq(state, "REFUND")) {
+    if (ngx_http_paygw_is(state, "SUCCESS")
+        || ngx_http_paygw_is(state, "REFUND"))
+    {
         ngx_str_set(status, "succeeded");
 
-    } else if (ngx_paygw_eq(state, "CLOSED") || ngx_paygw_eq(state, "REVOKED"))
+    } else if (ngx_http_paygw_is(state, "CLOSED")
+               || ngx_http_paygw_is(state, "REVOKED"))
     {
         ngx_str_set(status, "closed");
 
-    } else if (ngx_paygw_eq(state, "PAYERROR")) {
+    } else if (ngx_http_paygw_is(state, "PAYERROR")) {
         ngx_str_set(status, "failed");
 
-    } else if (ngx_paygw_eq(state, "NOTPAY")
-               || ngx_paygw_eq(state, "USERPAYING"))
+    } else if (ngx_http_paygw_is(state, "NOTPAY")
+               || ngx_http_paygw_is(state, "USERPAYING"))
     {
         ngx_str_set(status, "pending");
 
@@ -629,7 +623,7 @@ ngx_http_paygw_wechat_close_outcome(ngx_http_request_t *r,
         /* closed, or never created: either way it cannot be paid now */
         ngx_http_paygw_outcome_set(out, "closed");
 
-    } else if (ngx_paygw_eq(&code, "ORDERPAID")) {
+    } else if (ngx_http_paygw_is(&code, "ORDERPAID")) {
         out->not_closable = 1;
         ngx_http_paygw_outcome_unknown(out, "the order was paid");
 
@@ -697,11 +691,11 @@ ngx_http_paygw_wechat_refund_outcome(ngx_http_request_t *r,
     ngx_http_paygw_json_str(r->pool, doc, "status", &status);
     ngx_http_paygw_json_str(r->pool, doc, "refund_id", &out->provider_no);
 
-    if (ngx_paygw_eq(&status, "SUCCESS")) {
+    if (ngx_http_paygw_is(&status, "SUCCESS")) {
         ngx_http_paygw_outcome_set(out, "succeeded");
 
-    } else if (ngx_paygw_eq(&status, "CLOSED")
-               || ngx_paygw_eq(&status, "ABNORMAL"))
+    } else if (ngx_http_paygw_is(&status, "CLOSED")
+               || ngx_http_paygw_is(&status, "ABNORMAL"))
     {
         ngx_http_paygw_outcome_set(out, "failed");
         out->failure_code = status;
@@ -828,7 +822,7 @@ ngx_http_paygw_wechat_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     ngx_http_paygw_wechat_trade_state(&state, &n->status);
 
-    if (ngx_paygw_eq(&n->status, "pending")) {
+    if (ngx_http_paygw_is(&n->status, "pending")) {
         ngx_str_set(&n->status, "");
     }
 
