@@ -11,7 +11,7 @@ use warnings;
 use Test::More;
 use Time::HiRes qw(sleep);
 
-use PayGW::Test qw(http);
+use PayGW::Test ();
 use PayGW::Gateway;
 
 my $gw = PayGW::Gateway->start(workers => 2, attempts => 1,
@@ -25,11 +25,7 @@ sub create {
         json => PayGW::Gateway->payment_body(business_no => "BR-$n"));
 }
 
-sub state {
-    my ($s) = http(GET => $gw->url('/metrics'))->{body}
-        =~ /^paygw_circuit_state\{channel="bank_card"\} (\d+)$/m;
-    return $s;
-}
+sub state { $gw->metric('paygw_circuit_state{channel="bank_card"}') }
 
 sub acquirer_requests {
     scalar grep { $_->{path} =~ m{^/acquirer/} } @{ $gw->sim->requests };

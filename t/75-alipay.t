@@ -33,19 +33,12 @@ sub trade {
     return $t;
 }
 
-sub events {
-    my ($no, $type) = @_;
-    my $c = $gw->db->sql("SELECT COUNT(*) FROM paygw.outbox_events "
-                         . "WHERE object_no = '$no' AND type = '$type'");
-    chomp $c;
-    return $c + 0;
-}
+sub events { $gw->event_count(@_) }
 
 sub callbacks {
     my ($result) = @_;
-    my $m = http(GET => $gw->url('/metrics'))->{body};
-    return $m =~ /^paygw_callbacks_total\{channel="alipay",result="$result"\} (\d+)/m
-        ? $1 : -1;
+    return $gw->metric(qq{paygw_callbacks_total{channel="alipay",result="$result"}})
+        // -1;
 }
 
 sub notify_raw {

@@ -10,7 +10,7 @@ use warnings;
 
 use Test::More;
 
-use PayGW::Test qw(http wait_until);
+use PayGW::Test ();
 use PayGW::Gateway;
 
 my $gw = PayGW::Gateway->start(workers => 2, attempts => 1,
@@ -27,12 +27,7 @@ sub create {
                                              business_no => "QB-$n"));
 }
 
-sub state {
-    my ($channel) = @_;
-    my ($s) = http(GET => $gw->url('/metrics'))->{body}
-        =~ /^paygw_circuit_state\{channel="$channel"\} (\d+)$/m;
-    return $s;
-}
+sub state { $gw->metric(qq{paygw_circuit_state{channel="$_[0]"}}) }
 
 sub alipay_requests {
     scalar grep { $_->{path} =~ m{^/gateway\.do} } @{ $sim->requests };

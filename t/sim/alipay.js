@@ -442,24 +442,9 @@ module.exports = function createAlipay(env) {
     }
 
     function validateNotify(req) {
-        if (!env.isObject(req)) {
-            return 'body must be a JSON object';
-        }
-        if (typeof req.out_trade_no !== 'string' || req.out_trade_no === '') {
-            return 'out_trade_no required';
-        }
-        if (req.trade_status !== undefined && !STATUSES.includes(req.trade_status)) {
-            return `trade_status must be one of ${STATUSES.join(', ')}`;
-        }
-        if (req.url !== undefined && !(typeof req.url === 'string' &&
-                                       /^http:\/\/[^/]+/.test(req.url))) {
-            return 'url must be an http:// URL';
-        }
-        if (req.apply !== undefined && typeof req.apply !== 'boolean') {
-            return 'apply must be true or false';
-        }
-        if (req.tamper !== undefined && req.tamper !== null && !TAMPERS.includes(req.tamper)) {
-            return `tamper must be one of ${TAMPERS.join(', ')} or null`;
+        const common = c.notifyRequestError(req, 'trade_status', STATUSES, TAMPERS);
+        if (common) {
+            return common;
         }
         if (req.total_amount !== undefined && c.parseYuan(req.total_amount) === null) {
             return 'total_amount must be a yuan string with 2 decimals, like "19.99"';

@@ -168,8 +168,39 @@ function formatYuan(fen) {
     return `${Math.floor(fen / 100)}.${String(fen % 100).padStart(2, '0')}`;
 }
 
+// The checks every /_sim/<provider>/notify request shares: null when they
+// pass, else the reason.  statusField names the provider's status field
+// (trade_status, trade_state), statuses and tampers its allowed values.
+function isObject(v) {
+    return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+function notifyRequestError(req, statusField, statuses, tampers) {
+    if (!isObject(req)) {
+        return 'body must be a JSON object';
+    }
+    if (typeof req.out_trade_no !== 'string' || req.out_trade_no === '') {
+        return 'out_trade_no required';
+    }
+    if (req[statusField] !== undefined && !statuses.includes(req[statusField])) {
+        return `${statusField} must be one of ${statuses.join(', ')}`;
+    }
+    if (req.url !== undefined && !(typeof req.url === 'string' &&
+                                   /^http:\/\/[^/]+/.test(req.url))) {
+        return 'url must be an http:// URL';
+    }
+    if (req.apply !== undefined && typeof req.apply !== 'boolean') {
+        return 'apply must be true or false';
+    }
+    if (req.tamper !== undefined && req.tamper !== null && !tampers.includes(req.tamper)) {
+        return `tamper must be one of ${tampers.join(', ')} or null`;
+    }
+    return null;
+}
+
 module.exports = {
     loadKeys, rsaSign, rsaVerify, aesGcmEncrypt, randomAlnum, randomDigits,
     randomHexUpper, cstDateTime, cstDay, rfc3339Cst, parseCstDateTime,
     formDecode, formEncode, canonical, parseYuan, formatYuan,
+    isObject, notifyRequestError,
 };

@@ -298,9 +298,7 @@ function parseJson(body) {
     }
 }
 
-function isObject(v) {
-    return v !== null && typeof v === 'object' && !Array.isArray(v);
-}
+const {isObject} = common;
 
 function isPositiveAmount(v) {
     return Number.isSafeInteger(v) && v > 0;

@@ -455,24 +455,9 @@ module.exports = function createWechat(env) {
     }
 
     function validateNotify(req) {
-        if (!env.isObject(req)) {
-            return 'body must be a JSON object';
-        }
-        if (typeof req.out_trade_no !== 'string' || req.out_trade_no === '') {
-            return 'out_trade_no required';
-        }
-        if (req.trade_state !== undefined && !STATES.includes(req.trade_state)) {
-            return `trade_state must be one of ${STATES.join(', ')}`;
-        }
-        if (req.url !== undefined && !(typeof req.url === 'string' &&
-                                       /^http:\/\/[^/]+/.test(req.url))) {
-            return 'url must be an http:// URL';
-        }
-        if (req.apply !== undefined && typeof req.apply !== 'boolean') {
-            return 'apply must be true or false';
-        }
-        if (req.tamper !== undefined && req.tamper !== null && !TAMPERS.includes(req.tamper)) {
-            return `tamper must be one of ${TAMPERS.join(', ')} or null`;
+        const common = c.notifyRequestError(req, 'trade_state', STATES, TAMPERS);
+        if (common) {
+            return common;
         }
         if (req.timestamp !== undefined && !Number.isInteger(req.timestamp)) {
             return 'timestamp must be an integer (unix seconds)';

@@ -204,6 +204,23 @@ sub payment_body {
     return \%b;
 }
 
+# metric('paygw_circuit_state{channel="alipay"}'): the value of that one
+# series in /metrics now; undef when it is not there.
+sub metric {
+    my ($self, $series) = @_;
+    my ($v) = http(GET => $self->url('/metrics'))->{body} =~ /^\Q$series\E (\S+)$/m;
+    return $v;
+}
+
+# event_count(OBJECT_NO, TYPE): outbox events of that type for the object.
+sub event_count {
+    my ($self, $no, $type) = @_;
+    my $c = $self->db->sql("SELECT COUNT(*) FROM paygw.outbox_events "
+                           . "WHERE object_no = '$no' AND type = '$type'");
+    chomp $c;
+    return $c + 0;
+}
+
 sub count_rows {
     my ($self, $table) = @_;
     my $n = $self->db->sql("SELECT COUNT(*) FROM paygw.$table");
