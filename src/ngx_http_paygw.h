@@ -132,6 +132,13 @@ ngx_table_elt_t *ngx_http_paygw_header(ngx_list_t *headers, const char *name,
     ngx_uint_t *n);
 char *ngx_http_paygw_read_file(ngx_conf_t *cf, ngx_str_t *path,
     const char *what, size_t max, ngx_str_t *content);
+char *ngx_http_paygw_error(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+/* ngx_http_paygw_utf8.c: text a client sent */
+ngx_int_t ngx_http_paygw_utf8_valid(u_char *p, size_t len);
+size_t ngx_http_paygw_utf8_repair(u_char *p, size_t len);
+void ngx_http_paygw_utf8_quote(ngx_pool_t *pool, u_char *text, size_t len,
+    size_t max, ngx_str_t *out);
 
 
 #endif /* _NGX_HTTP_PAYGW_H_INCLUDED_ */

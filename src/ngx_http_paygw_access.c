@@ -28,7 +28,13 @@ static ngx_int_t ngx_http_paygw_access_handler(ngx_http_request_t *r);
 static void ngx_http_paygw_access_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_paygw_access_collect(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_access_text(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_access_check(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_access_guards(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_access_send(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_access_role(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
@@ -94,7 +100,9 @@ ngx_http_paygw_access_handler(ngx_http_request_t *r)
 
         ngx_http_set_ctx(r, ctx, ngx_http_paygw_module);
 
-        if (ngx_http_paygw_route(r, ctx) != NGX_OK) {
+        if (ngx_http_paygw_access_text(r, ctx) != NGX_OK
+            || ngx_http_paygw_route(r, ctx) != NGX_OK)
+        {
             ctx->access = NGX_HTTP_PAYGW_ACCESS_DONE;
             return NGX_OK;
         }
@@ -176,11 +184,31 @@ ngx_http_paygw_access_body(ngx_http_request_t *r)
 
 
 static ngx_int_t
+ngx_http_paygw_access_text(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    /*
+     * The decoded path and the raw query are the client's text: refused
+     * here unless valid UTF-8, before anything routes on or quotes them.
+     */
+
+    if (ngx_http_paygw_utf8_valid(r->uri.data, r->uri.len) != NGX_OK
+        || ngx_http_paygw_utf8_valid(r->args.data, r->args.len) != NGX_OK)
+    {
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
+                                   "invalid_request",
+                                   "the request path or query is not "
+                                   "valid UTF-8");
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
 ngx_http_paygw_access_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_int_t                   rc;
-    const char                 *why, *code;
-    ngx_http_paygw_loc_conf_t  *plcf;
+    ngx_int_t   rc;
+    const char *why;
 
     if (ngx_http_paygw_access_collect(r, ctx) != NGX_OK) {
         return NGX_OK;
@@ -189,6 +217,9 @@ ngx_http_paygw_access_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     /* a provider's callback is authenticated by its own signature */
 
     if (ctx->api == NGX_HTTP_PAYGW_API_NOTIFY) {
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "paygw access: callback, passed to its verifier");
+        ctx->access_passed = 1;
         return NGX_OK;
     }
 
@@ -206,24 +237,61 @@ ngx_http_paygw_access_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NGX_OK;
     }
 
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw access: key \"%V\" authenticated",
+                   &ctx->auth.key_id);
+
     ctx->merchant_id = ctx->auth.key->merchant_id;
+
+    if (ngx_http_paygw_access_guards(r, ctx) != NGX_OK) {
+
+        /*
+         * Refused after a valid signature: the nonce is spent all the
+         * same (one Redis round trip, no idempotency key), so the same
+         * signed bytes sent again are a replay, not a second try.
+         */
+
+        if (ctx->status == 0) {
+            ngx_http_paygw_fixed_error(r, ctx,
+                                       NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                       "internal_error");
+        }
+
+        ngx_str_null(&ctx->idem.key);
+    }
+
+    return ngx_http_paygw_access_send(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_access_guards(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    const char  *why, *code;
 
     if (ngx_http_paygw_access_role(r, ctx) != NGX_OK
         || ngx_http_paygw_access_validate(r, ctx) != NGX_OK
         || ngx_http_paygw_policy_check(r, ctx) != NGX_OK)
     {
-        return NGX_OK;
+        return NGX_DECLINED;
     }
 
-    if (r->method == NGX_HTTP_POST) {
-        if (ngx_http_paygw_idem_header(r, &ctx->idem.key, &code, &why)
-            != NGX_OK)
-        {
-            (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST, code,
-                                       "%s", why);
-            return NGX_OK;
-        }
+    if (r->method == NGX_HTTP_POST
+        && ngx_http_paygw_idem_header(r, &ctx->idem.key, &code, &why)
+           != NGX_OK)
+    {
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST, code,
+                                   "%s", why);
     }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_access_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_loc_conf_t  *plcf;
 
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_paygw_module);
 
@@ -237,10 +305,22 @@ ngx_http_paygw_access_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                      plcf->idem_lock) != NGX_OK
         || ngx_http_paygw_redis_send(r, ctx->redis) != NGX_OK)
     {
-        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_INTERNAL_SERVER_ERROR,
-                                   "internal_error", "cannot reach Redis");
+        /* a refusal already decided stands; otherwise nothing is safe */
+
+        if (ctx->status == 0) {
+            (void) ngx_http_paygw_fail(r, ctx,
+                                       NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                       "internal_error",
+                                       "cannot reach Redis");
+        }
+
         return NGX_OK;
     }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw access: nonce%s sent to Redis%s",
+                   ctx->idem.key.len ? " and idempotency key" : "",
+                   ctx->status ? " (request refused)" : "");
 
     return NGX_AGAIN;
 }
@@ -361,8 +441,7 @@ ngx_http_paygw_access_validate(ngx_http_request_t *r,
         if (ctx->channel == NULL) {
             (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
                                        "invalid_request",
-                                       "channel \"%V\" is unknown or not "
-                                       "enabled", &ctx->payment.channel);
+                                       "channel is unknown or not enabled");
             return NGX_DECLINED;
         }
 
@@ -401,19 +480,43 @@ ngx_http_paygw_access_redis(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     idem = &ctx->idem;
 
-    /* without the replay window there is no safe answer: fail closed */
+    /*
+     * Without the replay window there is no safe answer: fail closed.
+     * A request refused before the round trip keeps its refusal.
+     */
 
     if (!ctx->redis->call.ok) {
-        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                   "backend_unavailable",
-                                   "redis: %V", &ctx->redis->call.error);
+        if (ctx->status == 0) {
+            (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                       "backend_unavailable",
+                                       "redis: %V", &ctx->redis->call.error);
+        }
+
         return;
     }
 
     if (ngx_http_paygw_idem_result(r, idem, ctx->redis) != NGX_OK) {
-        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                   "backend_unavailable",
-                                   "redis answered unexpectedly");
+        if (ctx->status == 0) {
+            (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                       "backend_unavailable",
+                                       "redis answered unexpectedly");
+        }
+
+        return;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw access: redis says state %ui, refused: %ui",
+                   idem->state, ctx->status);
+
+    if (idem->state == NGX_HTTP_PAYGW_NONCE_REPLAYED) {
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_UNAUTHORIZED,
+                                   "unauthenticated",
+                                   "nonce already used (replay)");
+        return;
+    }
+
+    if (ctx->status != 0) {
         return;
     }
 
@@ -421,12 +524,13 @@ ngx_http_paygw_access_redis(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     case NGX_HTTP_PAYGW_IDEM_LOCKED:
         ngx_http_paygw_m_idempotency(r, NGX_HTTP_PAYGW_M_IDEM_NEW);
+
+        /* the last check: every one before it passed */
+        ctx->access_passed = 1;
         return;
 
-    case NGX_HTTP_PAYGW_NONCE_REPLAYED:
-        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_UNAUTHORIZED,
-                                   "unauthenticated",
-                                   "nonce already used (replay)");
+    case NGX_HTTP_PAYGW_IDEM_NONE:
+        ctx->access_passed = 1;
         return;
 
     case NGX_HTTP_PAYGW_IDEM_REUSED:

@@ -21,6 +21,8 @@
 
 
 static ngx_int_t ngx_http_paygw_api_handler(ngx_http_request_t *r);
+static ngx_int_t ngx_http_paygw_api_endpoint(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 static void ngx_http_paygw_api_resume(ngx_http_request_t *r);
 static void ngx_http_paygw_api_run(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
@@ -67,12 +69,35 @@ static ngx_int_t
 ngx_http_paygw_api_handler(ngx_http_request_t *r)
 {
     ngx_int_t              rc;
+    ngx_str_t              msg;
     ngx_http_paygw_ctx_t  *ctx;
+
+    if (r != r->main) {
+        return NGX_HTTP_NOT_FOUND;
+    }
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_paygw_module);
 
-    if (ctx == NULL || r != r->main) {
-        return NGX_HTTP_NOT_FOUND;
+    if (ctx == NULL) {
+
+        /*
+         * The ACCESS checks never ran: another access module let the
+         * request through under "satisfy any".  Fail closed.
+         */
+
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "paygw: the paygw access checks did not run; "
+                      "\"satisfy any\" cannot be used with paygw_api");
+
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        ngx_str_set(&msg, "the request could not be completed");
+
+        return ngx_http_paygw_send_error(r, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                         "internal_error", &msg);
     }
 
     /*
@@ -87,36 +112,21 @@ ngx_http_paygw_api_handler(ngx_http_request_t *r)
         }
     }
 
-    if (ctx->status == 0) {
-        switch (ctx->api) {
-        case NGX_HTTP_PAYGW_API_CREATE:
-            ctx->step = ngx_http_paygw_create;
-            break;
-        case NGX_HTTP_PAYGW_API_GET:
-        case NGX_HTTP_PAYGW_API_FIND:
-            ctx->step = ngx_http_paygw_get;
-            break;
-        case NGX_HTTP_PAYGW_API_CLOSE:
-            ctx->step = ngx_http_paygw_close;
-            break;
-        case NGX_HTTP_PAYGW_API_REFUND:
-            ctx->step = ngx_http_paygw_refund;
-            break;
-        case NGX_HTTP_PAYGW_API_GET_REFUND:
-            ctx->step = ngx_http_paygw_get_refund;
-            break;
-        case NGX_HTTP_PAYGW_API_RESOLVE:
-            ctx->step = ngx_http_paygw_resolve;
-            break;
-        case NGX_HTTP_PAYGW_API_NOTIFY:
-            ctx->step = ngx_http_paygw_notify;
-            break;
-        default:
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-    } else {
+    if (ctx->status != 0) {
         /* an error or a replay decided in the ACCESS phase */
+        ctx->phase = NGX_HTTP_PAYGW_PHASE_SEND;
+
+    } else if (!ctx->access_passed
+               || ngx_http_paygw_api_endpoint(r, ctx) != NGX_OK)
+    {
+        /* fail closed: no check said yes, so nothing runs */
+
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "paygw: request reached the endpoint without passing "
+                      "the access checks");
+
+        ngx_http_paygw_fixed_error(r, ctx, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                   "internal_error");
         ctx->phase = NGX_HTTP_PAYGW_PHASE_SEND;
     }
 
@@ -126,6 +136,51 @@ ngx_http_paygw_api_handler(ngx_http_request_t *r)
     ngx_http_paygw_api_run(r, ctx);
 
     return NGX_DONE;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_api_endpoint(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    switch (ctx->api) {
+
+    case NGX_HTTP_PAYGW_API_CREATE:
+        ctx->step = ngx_http_paygw_create;
+        break;
+
+    case NGX_HTTP_PAYGW_API_GET:
+    case NGX_HTTP_PAYGW_API_FIND:
+        ctx->step = ngx_http_paygw_get;
+        break;
+
+    case NGX_HTTP_PAYGW_API_CLOSE:
+        ctx->step = ngx_http_paygw_close;
+        break;
+
+    case NGX_HTTP_PAYGW_API_REFUND:
+        ctx->step = ngx_http_paygw_refund;
+        break;
+
+    case NGX_HTTP_PAYGW_API_GET_REFUND:
+        ctx->step = ngx_http_paygw_get_refund;
+        break;
+
+    case NGX_HTTP_PAYGW_API_RESOLVE:
+        ctx->step = ngx_http_paygw_resolve;
+        break;
+
+    case NGX_HTTP_PAYGW_API_NOTIFY:
+        ctx->step = ngx_http_paygw_notify;
+        break;
+
+    default:
+        return NGX_ERROR;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw api: endpoint %ui runs", ctx->api);
+
+    return NGX_OK;
 }
 
 
@@ -327,20 +382,31 @@ ngx_http_paygw_vfail(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     va_list args)
 {
     u_char     *p;
+    size_t      len;
     json_t     *err;
     ngx_str_t   id;
-    u_char      msg[NGX_MAX_ERROR_STR];
+    u_char      msg[NGX_HTTP_PAYGW_MAX_MESSAGE];
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw answer: %ui \"%s\"", status, code);
+
+    /*
+     * The message may quote text from anywhere: it is made valid UTF-8
+     * (and cut on a character boundary) before jansson sees it.
+     */
 
     p = ngx_vslprintf(msg, msg + sizeof(msg), fmt, args);
+    len = ngx_http_paygw_utf8_repair(msg, p - msg);
 
     ngx_http_paygw_request_id(r, &id);
 
     err = json_pack("{s:s, s:s%, s:s%}", "code", code,
-                    "message", msg, (size_t) (p - msg),
+                    "message", msg, len,
                     "request_id", id.data, id.len);
     if (err == NULL) {
         json_decref(extra);
-        return NGX_ERROR;
+        ngx_http_paygw_fixed_error(r, ctx, status, code);
+        return NGX_DECLINED;
     }
 
     if (extra) {
@@ -352,10 +418,68 @@ ngx_http_paygw_vfail(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
                                json_pack("{s:o}", "error", err))
         != NGX_OK)
     {
-        return NGX_ERROR;
+        ngx_http_paygw_fixed_error(r, ctx, status, code);
     }
 
     /* "declined": the caller answers with this error */
 
     return NGX_DECLINED;
+}
+
+
+void
+ngx_http_paygw_fixed_error(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_uint_t status, const char *code)
+{
+    u_char      *p;
+    size_t       len;
+    ngx_str_t    id;
+    const char  *message;
+
+    static u_char  fallback[] =
+        "{\"error\":{\"code\":\"internal_error\",\"message\":"
+        "\"the request could not be completed\",\"request_id\":\"-\"}}";
+
+    /*
+     * The error could not be described (no memory, or jansson refused
+     * it): a fixed, valid body still answers, and the request never
+     * goes on as if nothing had happened.  The code is one of ours, a
+     * snake_case literal; the request id is hex.
+     */
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "paygw: the \"%s\" error could not be built, "
+                  "answering a fixed one", code);
+
+    ngx_http_paygw_request_id(r, &id);
+
+    if (status < NGX_HTTP_BAD_REQUEST) {
+        status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        code = "internal_error";
+    }
+
+    message = (status >= NGX_HTTP_INTERNAL_SERVER_ERROR)
+              ? "the request could not be completed"
+              : "the request was refused";
+
+    len = sizeof("{\"error\":{\"code\":\"\",\"message\":\"\","
+                 "\"request_id\":\"\"}}") - 1
+          + ngx_strlen(code) + ngx_strlen(message) + id.len;
+
+    p = ngx_pnalloc(r->pool, len);
+
+    if (p == NULL) {
+        ctx->status = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        ctx->response.data = fallback;
+        ctx->response.len = sizeof(fallback) - 1;
+        return;
+    }
+
+    ctx->response.data = p;
+    ctx->response.len = ngx_sprintf(p, "{\"error\":{\"code\":\"%s\","
+                                    "\"message\":\"%s\","
+                                    "\"request_id\":\"%V\"}}",
+                                    code, message, &id)
+                        - p;
+    ctx->status = status;
 }

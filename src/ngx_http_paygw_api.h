@@ -29,6 +29,10 @@
 #define NGX_HTTP_PAYGW_UNPROCESSABLE    422
 #define NGX_HTTP_PAYGW_ER_DUP_ENTRY     1062
 
+/* an error message, and the client's text quoted in one */
+#define NGX_HTTP_PAYGW_MAX_MESSAGE      1024
+#define NGX_HTTP_PAYGW_MAX_QUOTE        64
+
 
 typedef struct ngx_http_paygw_channel_s  ngx_http_paygw_channel_t;
 
@@ -158,6 +162,13 @@ struct ngx_http_paygw_ctx_s {
 
     const char                   *allow;         /* for a 405 */
     const char                   *risk_reason;
+    /*
+     * Set by the last ACCESS check, and only when every check passed:
+     * the content handler runs an endpoint on this alone, never because
+     * no error was recorded.
+     */
+    unsigned                      access_passed:1;
+
     ngx_uint_t                    status;        /* the response */
     ngx_str_t                     response;
     ngx_str_t                    *content_type;  /* NULL: JSON */
@@ -203,6 +214,8 @@ ngx_int_t ngx_http_paygw_fail_with(ngx_http_request_t *r,
     json_t *extra, const char *fmt, ...);
 ngx_int_t ngx_http_paygw_respond(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, ngx_uint_t status, json_t *doc);
+void ngx_http_paygw_fixed_error(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_uint_t status, const char *code);
 char *ngx_http_paygw_api(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t ngx_http_paygw_access_init(ngx_conf_t *cf);
 

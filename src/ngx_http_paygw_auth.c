@@ -34,6 +34,8 @@ static ngx_http_paygw_key_t *ngx_http_paygw_key_find(ngx_http_request_t *r,
     ngx_str_t *key_id);
 static ngx_int_t ngx_http_paygw_auth_parse(ngx_str_t *value,
     ngx_http_paygw_auth_t *auth, const char **why);
+static ngx_uint_t ngx_http_paygw_auth_param(ngx_str_t *name,
+    ngx_http_paygw_auth_t *auth, ngx_str_t **dst);
 static ngx_int_t ngx_http_paygw_auth_charset(ngx_str_t *s, size_t min,
     size_t max, ngx_uint_t hex);
 
@@ -383,7 +385,7 @@ ngx_http_paygw_auth_parse(ngx_str_t *value, ngx_http_paygw_auth_t *auth,
     u_char     *p, *last, *eq, *comma;
     ngx_int_t   ts;
     ngx_str_t   name, v, *dst;
-    ngx_uint_t  seen;
+    ngx_uint_t  seen, bit;
 
     ngx_memzero(auth, sizeof(ngx_http_paygw_auth_t));
 
@@ -404,7 +406,13 @@ ngx_http_paygw_auth_parse(ngx_str_t *value, ngx_http_paygw_auth_t *auth,
     *why = "malformed Authorization header: expected "
            "key=...,ts=...,nonce=...,sig=...";
 
-    while (p < last) {
+    /*
+     * Exactly the four parameters, each once, comma separated, nothing
+     * else: a repeated, unknown or empty one, or a trailing comma, makes
+     * the header malformed rather than "the last one wins".
+     */
+
+    for ( ;; ) {
         comma = ngx_strlchr(p, last, ',');
         if (comma == NULL) {
             comma = last;
@@ -420,33 +428,23 @@ ngx_http_paygw_auth_parse(ngx_str_t *value, ngx_http_paygw_auth_t *auth,
         v.data = eq + 1;
         v.len = comma - v.data;
 
-        if (name.len == 3 && ngx_strncmp(name.data, "key", 3) == 0) {
-            dst = &auth->key_id;
-            seen |= 1;
+        bit = ngx_http_paygw_auth_param(&name, auth, &dst);
 
-        } else if (name.len == 2 && ngx_strncmp(name.data, "ts", 2) == 0) {
-            ts = ngx_atoi(v.data, v.len);
-            dst = NULL;
-            seen |= 2;
-
-        } else if (name.len == 5 && ngx_strncmp(name.data, "nonce", 5) == 0) {
-            dst = &auth->nonce;
-            seen |= 4;
-
-        } else if (name.len == 3 && ngx_strncmp(name.data, "sig", 3) == 0) {
-            dst = &auth->sig;
-            seen |= 8;
-
-        } else {
+        if (bit == 0 || (seen & bit) || v.len == 0) {
             return NGX_ERROR;
         }
 
-        if (dst) {
-            if (dst->data) {
-                return NGX_ERROR;
-            }
+        seen |= bit;
 
+        if (dst) {
             *dst = v;
+
+        } else {
+            ts = ngx_atoi(v.data, v.len);
+        }
+
+        if (comma == last) {
+            break;
         }
 
         p = comma + 1;
@@ -476,6 +474,37 @@ ngx_http_paygw_auth_parse(ngx_str_t *value, ngx_http_paygw_auth_t *auth,
     }
 
     return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_paygw_auth_param(ngx_str_t *name, ngx_http_paygw_auth_t *auth,
+    ngx_str_t **dst)
+{
+    /* the parameter's bit in "seen", and where its value goes (ts: none) */
+
+    *dst = NULL;
+
+    if (ngx_http_paygw_is(name, "key")) {
+        *dst = &auth->key_id;
+        return 1;
+    }
+
+    if (ngx_http_paygw_is(name, "ts")) {
+        return 2;
+    }
+
+    if (ngx_http_paygw_is(name, "nonce")) {
+        *dst = &auth->nonce;
+        return 4;
+    }
+
+    if (ngx_http_paygw_is(name, "sig")) {
+        *dst = &auth->sig;
+        return 8;
+    }
+
+    return 0;
 }
 
 

@@ -36,6 +36,7 @@ static ngx_int_t ngx_http_paygw_currency(ngx_str_t *c);
 static void ngx_http_paygw_json_error(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, json_error_t *err);
 static void ngx_http_paygw_json_cleanup(void *data);
+static ngx_str_t *ngx_http_paygw_quote(ngx_http_request_t *r, ngx_str_t *s);
 
 
 static ngx_http_paygw_field_t  ngx_http_paygw_create_fields[] = {
@@ -141,7 +142,8 @@ ngx_http_paygw_route(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 #undef ngx_paygw_prefix
 
     return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_FOUND, "not_found",
-                               "no such endpoint: %V", &r->uri);
+                               "no such endpoint: %V",
+                               ngx_http_paygw_quote(r, &r->uri));
 }
 
 
@@ -159,7 +161,8 @@ ngx_http_paygw_route_payment(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 
     if (ngx_http_paygw_identifier(&ctx->object_no) != NGX_OK) {
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_FOUND, "not_found",
-                                   "no such endpoint: %V", &r->uri);
+                                   "no such endpoint: %V",
+                               ngx_http_paygw_quote(r, &r->uri));
     }
 
     if (slash == NULL) {
@@ -181,7 +184,8 @@ ngx_http_paygw_route_payment(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     }
 
     return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_FOUND, "not_found",
-                               "no such endpoint: %V", &r->uri);
+                               "no such endpoint: %V",
+                               ngx_http_paygw_quote(r, &r->uri));
 }
 
 
@@ -195,7 +199,8 @@ ngx_http_paygw_method(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_ALLOWED,
                                    "method_not_allowed",
                                    "%V is not allowed on %V",
-                                   &r->method_name, &r->uri);
+                                   ngx_http_paygw_quote(r, &r->method_name),
+                                   ngx_http_paygw_quote(r, &r->uri));
     }
 
     ctx->api = api;
@@ -337,7 +342,7 @@ ngx_http_paygw_parse_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     if (ngx_http_paygw_channel_find(r, &pay->channel) == NULL) {
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
                    "invalid_request", "channel \"%V\" is unknown or not "
-                   "enabled", &pay->channel);
+                   "enabled", ngx_http_paygw_quote(r, &pay->channel));
     }
 
     v = json_object_get(doc, "card");
@@ -483,7 +488,8 @@ ngx_http_paygw_parse_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 ngx_int_t
 ngx_http_paygw_parse_empty(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    json_t  *doc;
+    json_t     *doc;
+    ngx_str_t   name;
 
     /* close takes no parameters: no body, or an empty object */
 
@@ -497,9 +503,12 @@ ngx_http_paygw_parse_empty(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     }
 
     if (json_object_size(doc) != 0) {
+        name.data = (u_char *) json_object_iter_key(json_object_iter(doc));
+        name.len = ngx_strlen(name.data);
+
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
-                   "invalid_request", "unknown field \"%s\"",
-                   json_object_iter_key(json_object_iter(doc)));
+                   "invalid_request", "unknown field \"%V\"",
+                   ngx_http_paygw_quote(r, &name));
     }
 
     return NGX_OK;
@@ -548,6 +557,7 @@ ngx_http_paygw_check_fields(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     json_t *doc, ngx_http_paygw_field_t *fields, const char *prefix)
 {
     json_t                  *v;
+    ngx_str_t                name;
     const char              *key;
     ngx_http_paygw_field_t  *f;
 
@@ -560,9 +570,13 @@ ngx_http_paygw_check_fields(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
         }
 
         if (f->name == NULL) {
+            name.data = (u_char *) key;
+            name.len = ngx_strlen(key);
+
             (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
                                        "invalid_request",
-                                       "unknown field \"%s%s\"", prefix, key);
+                                       "unknown field \"%s%V\"", prefix,
+                                       ngx_http_paygw_quote(r, &name));
             return NGX_DECLINED;
         }
 
@@ -712,4 +726,25 @@ static void
 ngx_http_paygw_json_cleanup(void *data)
 {
     json_decref(data);
+}
+
+
+static ngx_str_t *
+ngx_http_paygw_quote(ngx_http_request_t *r, ngx_str_t *s)
+{
+    ngx_str_t  *q;
+
+    static ngx_str_t  cut = ngx_string("...");
+
+    /* the client's text as an error quotes it: short, valid UTF-8 */
+
+    q = ngx_palloc(r->pool, sizeof(ngx_str_t));
+    if (q == NULL) {
+        return &cut;
+    }
+
+    ngx_http_paygw_utf8_quote(r->pool, s->data, s->len,
+                              NGX_HTTP_PAYGW_MAX_QUOTE, q);
+
+    return q;
 }

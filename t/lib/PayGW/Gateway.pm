@@ -85,6 +85,10 @@ $qr
         listen 127.0.0.1:%%PORT%%;
         access_log %%TESTDIR%%/access.log paygw;
         client_body_buffer_size 16k;
+        client_header_timeout 10s;
+        client_body_timeout 10s;
+        error_page 400 405 408 413 414 429 494 501 505 /_paygw/error;
+        location = /_paygw/error { internal; paygw_error; }
 
         location = /_paygw/redis {
             internal;
