@@ -187,12 +187,28 @@ static ngx_int_t
 ngx_http_paygw_access_text(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     /*
-     * The decoded path and the raw query are the client's text: refused
-     * here unless valid UTF-8, before anything routes on or quotes them.
+     * The decoded path and the query (raw and decoded) are the client's
+     * text: refused here unless valid UTF-8, before anything routes on
+     * or quotes them.
      */
 
+    u_char  *dst, *src, *args;
+
+    /* the query's values, as a reader of them would decode them */
+
+    args = ngx_pnalloc(r->pool, r->args.len + 1);
+    if (args == NULL) {
+        return NGX_ERROR;
+    }
+
+    src = r->args.data;
+    dst = args;
+
+    ngx_unescape_uri(&dst, &src, r->args.len, 0);
+
     if (ngx_http_paygw_utf8_valid(r->uri.data, r->uri.len) != NGX_OK
-        || ngx_http_paygw_utf8_valid(r->args.data, r->args.len) != NGX_OK)
+        || ngx_http_paygw_utf8_valid(r->args.data, r->args.len) != NGX_OK
+        || ngx_http_paygw_utf8_valid(args, dst - args) != NGX_OK)
     {
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
                                    "invalid_request",
