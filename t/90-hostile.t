@@ -497,6 +497,52 @@ for my $f (qw(number cvc)) {
     close $_ for @idle;
 }
 
+# ---- 7. provider callbacks: garbage is refused the provider's way -------
+
+{
+    my $before = snapshot();
+    my $wh = sub {
+        my (%o) = @_;
+        return {'Content-Type' => 'application/json',
+                'Wechatpay-Timestamp' => $o{ts} // time,
+                'Wechatpay-Nonce' => $o{nonce} // 'n' x 32,
+                'Wechatpay-Serial' => $o{serial} // 'ABC',
+                'Wechatpay-Signature' => $o{sig} // 'c2ln'};
+    };
+    my @cases = (
+        [alipay => {'Content-Type' => 'application/x-www-form-urlencoded'},
+         "a=\xff\xfe&sign=\xff&sign_type=RSA2"],
+        [alipay => {'Content-Type' => 'application/x-www-form-urlencoded'},
+         'out_trade_no=' . ('%E2%82' x 500) . '&sign=x'],
+        [alipay => {'Content-Type' => 'application/x-www-form-urlencoded'},
+         join('&', map { "k$_=v" } 1 .. 3000)],
+        [alipay => {'Content-Type' => 'application/x-www-form-urlencoded'},
+         'sign=a&sign=b&out_trade_no=%'],
+        [alipay => {}, ''],
+        [wechat => $wh->(), '{"resource":' . ('[' x 5000) . '}'],
+        [wechat => $wh->(serial => "\xff\xfe"), '{}'],
+        [wechat => $wh->(ts => 'x' x 100, sig => '%%%'), '{}'],
+        [wechat => $wh->(nonce => "\xc3"), "\xff"],
+        [wechat => {}, '{"id":"x"}'],
+        [bank_card => {'Content-Type' => 'application/json',
+                       'X-Acquirer-Signature' => "\xff" x 64,
+                       'X-Acquirer-Timestamp' => '1'}, '{"a":1}'],
+        [bank_card => {'Content-Type' => 'application/json'},
+         '{"event":"' . ("\xe2\x82" x 100) . '"}'],
+    );
+
+    for my $c (@cases) {
+        my ($ch, $h, $body) = @$c;
+        my $r = raw_request(POST => "/v1/notify/$ch", $h, $body);
+        ok($r->{status} >= 400 && $r->{status} < 500,
+           "callback garbage to $ch: refused with a 4xx")
+            or diag("$r->{status} " . substr($r->{body} // '', 0, 200));
+    }
+
+    is(snapshot(), $before, 'callback garbage changed nothing');
+    is(crashes(), 0, 'no worker died on callback garbage');
+}
+
 # ---- 7. after all of it ---------------------------------------------------
 
 is(crashes(), 0, 'no worker died during the whole file');
