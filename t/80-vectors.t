@@ -26,7 +26,7 @@ sub vec_file {
     return decode_json(<$fh>);
 }
 
-my $ngx = PayGW::Test::Nginx->new(http => <<'CONF');
+my $ngx = PayGW::Test::Nginx->new(test_module => 1, http => <<'CONF');
     client_body_buffer_size 1m;
     client_max_body_size 1m;
     server {
