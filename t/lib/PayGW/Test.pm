@@ -1068,7 +1068,8 @@ sub _env {
     }
     my $san = "$self->{dir}/san";
     return {LD_PRELOAD => $ASAN_LIB,
-            ASAN_OPTIONS => "detect_leaks=0:log_path=$san/asan:abort_on_error=0",
+            ASAN_OPTIONS => "detect_leaks=0:log_path=$san/asan:abort_on_error=0"
+                            . ":suppressions=$PayGW::Test::REPO/t/lib/asan.supp",
             UBSAN_OPTIONS => "print_stacktrace=1:log_path=$san/ubsan"};
 }
 
