@@ -3,9 +3,12 @@
 #   make            install missing Debian packages, build the module
 #   make run        ... and start Redis, MariaDB, simulator, nginx (run/)
 #   make stop       stop what `make run` started
-#   make test       build, then run the whole suite with prove, then scan
-#                   every log the suite wrote for secrets (t/post)
-#   make test-asan  the same against an ASan/UBSan build of the module
+#   make build      build the module that ships (build/objs/)
+#   make build-test ... and the test-only module t/module/ (build/objs-test/),
+#                   which only the test harness loads
+#   make test       build-test, then run the whole suite with prove, then
+#                   scan every log the suite wrote for secrets (t/post)
+#   make test-asan  the same against ASan/UBSan builds of both modules
 #   make bench      throughput/latency on loopback (bench/README.md)
 #
 # PROVE_FLAGS adds prove options, e.g. `make test PROVE_FLAGS=-j4`.
@@ -13,10 +16,12 @@
 REPO        := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 MODULE      := $(REPO)/build/objs/ngx_http_paygw_module.so
 ASAN_MODULE := $(REPO)/build/objs-asan/ngx_http_paygw_module.so
+ASAN_TEST_MODULE := $(REPO)/build/objs-asan-test/ngx_http_paygw_test_module.so
 PROVE       ?= prove
 PROVE_FLAGS ?=
 
-.PHONY: all deps build build-asan test test-asan run stop status clean bench
+.PHONY: all deps build build-test build-asan test test-asan run stop status \
+        clean bench
 
 all: deps build
 
@@ -26,17 +31,21 @@ deps:
 build:
 	bash scripts/build.sh
 
+build-test:
+	bash scripts/build.sh --test
+
 build-asan:
 	bash scripts/build.sh --asan
 
-test: build
+test: build-test
 	rm -rf build/test-logs
 	$(PROVE) -I t/lib $(PROVE_FLAGS) t/*.t
 	$(PROVE) -I t/lib t/post
 
 test-asan: build-asan
 	rm -rf build/test-logs
-	PAYGW_MODULE=$(ASAN_MODULE) PAYGW_ASAN=1 $(PROVE) -I t/lib $(PROVE_FLAGS) t/*.t
+	PAYGW_MODULE=$(ASAN_MODULE) PAYGW_TEST_MODULE=$(ASAN_TEST_MODULE) \
+	    PAYGW_ASAN=1 $(PROVE) -I t/lib $(PROVE_FLAGS) t/*.t
 	$(PROVE) -I t/lib t/post
 
 run: deps build

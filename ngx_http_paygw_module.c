@@ -176,13 +176,6 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
       0,
       NULL },
 
-    { ngx_string("paygw_test_backend"),
-      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
-      ngx_http_paygw_test_backend,
-      NGX_HTTP_LOC_CONF_OFFSET,
-      0,
-      NULL },
-
       ngx_null_command
 };
 

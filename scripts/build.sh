@@ -3,17 +3,27 @@
 # so the module is binary compatible with the installed /usr/sbin/nginx.
 #
 #   scripts/build.sh           -> build/objs/ngx_http_paygw_module.so
-#   scripts/build.sh --asan    -> build/objs-asan/ngx_http_paygw_module.so
-#                                 (AddressSanitizer + UBSan, -O1)
+#                                 (what ships: `make build`, `make run`)
+#   scripts/build.sh --test    -> the same, and the test-only module
+#                                 build/objs-test/ngx_http_paygw_test_module.so
+#   scripts/build.sh --asan    -> build/objs-asan/ngx_http_paygw_module.so and
+#                                 build/objs-asan-test/ngx_http_paygw_test_module.so
+#                                 (AddressSanitizer + UBSan, -O1; tests only)
+#
+# The test module (t/module/) is configured into a build directory of its
+# own, so no build directory of the shipped module ever contains test code.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 asan=0
-case "${1:-}" in
-    "") ;;
-    --asan) asan=1 ;;
-    *) echo "usage: $0 [--asan]" >&2; exit 2 ;;
-esac
+test_module=0
+for arg in "$@"; do
+    case "$arg" in
+        --asan) asan=1; test_module=1 ;;
+        --test) test_module=1 ;;
+        *) echo "usage: $0 [--test] [--asan]" >&2; exit 2 ;;
+    esac
+done
 
 ngx_dist=/usr/share/nginx/src
 src="$repo/build/nginx-src"
@@ -44,30 +54,44 @@ fi
 # A user's CFLAGS would replace nginx's warning flags (and -Werror).
 unset CFLAGS
 
-# Reconfigure when never configured, when config changed, or when the flags
-# differ from the ones the Makefile was generated with.
-flags_stamp="$objs/.paygw-flags"
-flags="$cc_opt|$ld_opt"
-if [ ! -f "$objs/Makefile" ] || [ "$repo/config" -nt "$objs/Makefile" ] \
-   || [ "$(cat "$flags_stamp" 2>/dev/null)" != "$flags" ]; then
-    echo "build: configuring nginx $(nginx -v 2>&1 | sed 's/.*\///') for $objs"
-    mkdir -p "$objs"
-    (
-        cd "$src"
-        # shellcheck disable=SC1091
-        . ./conf_flags
-        ./configure "${NGX_CONF_FLAGS[@]}" \
-            --with-cc-opt="$cc_opt" --with-ld-opt="$ld_opt" \
-            --add-dynamic-module="$repo" --builddir="$objs"
-    ) > "$objs/configure.log" 2>&1 || {
-        echo "build: nginx configure failed; tail of $objs/configure.log:" >&2
-        tail -n 30 "$objs/configure.log" >&2
-        exit 1
-    }
-    printf '%s' "$flags" > "$flags_stamp"
-fi
+# build ADDON_DIR OBJS MODULE_NAME [STAMP_EXTRA]: configure nginx with one
+# dynamic module into OBJS and build it.  Reconfigure when never
+# configured, when the addon's config changed, or when the flags (and
+# STAMP_EXTRA) differ from the ones the Makefile was generated with.
+build() {
+    local addon=$1 objs=$2 name=$3 extra=${4:-}
+    local flags_stamp="$objs/.paygw-flags"
+    local flags="$cc_opt|$ld_opt${extra:+|$extra}"
+    local so="$objs/$name.so"
 
-make -C "$src" -f "$objs/Makefile" -j"$(nproc)" modules
-so="$objs/ngx_http_paygw_module.so"
-[ -f "$so" ] || { echo "build: $so was not produced" >&2; exit 1; }
-echo "build: $so"
+    if [ ! -f "$objs/Makefile" ] || [ "$addon/config" -nt "$objs/Makefile" ] \
+       || [ "$(cat "$flags_stamp" 2>/dev/null)" != "$flags" ]; then
+        echo "build: configuring nginx $(nginx -v 2>&1 | sed 's/.*\///') for $objs"
+        mkdir -p "$objs"
+        (
+            cd "$src"
+            # shellcheck disable=SC1091
+            . ./conf_flags
+            ./configure "${NGX_CONF_FLAGS[@]}" \
+                --with-cc-opt="$cc_opt" --with-ld-opt="$ld_opt" \
+                --add-dynamic-module="$addon" --builddir="$objs"
+        ) > "$objs/configure.log" 2>&1 || {
+            echo "build: nginx configure failed; tail of $objs/configure.log:" >&2
+            tail -n 30 "$objs/configure.log" >&2
+            exit 1
+        }
+        printf '%s' "$flags" > "$flags_stamp"
+    fi
+
+    make -C "$src" -f "$objs/Makefile" -j"$(nproc)" modules
+    [ -f "$so" ] || { echo "build: $so was not produced" >&2; exit 1; }
+    echo "build: $so"
+}
+
+build "$repo" "$objs" ngx_http_paygw_module
+
+if [ "$test_module" = 1 ]; then
+    # the test module depends on every header of src/ (t/module/config)
+    build "$repo/t/module" "$objs-test" ngx_http_paygw_test_module \
+        "$(cd "$repo" && echo src/*.h)"
+fi

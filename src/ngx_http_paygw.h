@@ -112,8 +112,6 @@ ngx_slab_pool_t *ngx_http_paygw_shpool(ngx_http_request_t *r);
 
 char *ngx_http_paygw_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_paygw_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-char *ngx_http_paygw_test_backend(ngx_conf_t *cf, ngx_command_t *cmd,
-    void *conf);
 
 void ngx_http_paygw_request_id(ngx_http_request_t *r, ngx_str_t *id);
 ngx_int_t ngx_http_paygw_send_text(ngx_http_request_t *r, ngx_uint_t status,

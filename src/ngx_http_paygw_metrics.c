@@ -34,7 +34,7 @@ static ngx_str_t  ngx_http_paygw_metrics_type =
 static const char  *ngx_http_paygw_m_api[NGX_HTTP_PAYGW_M_APIS] = {
     "other", "create_payment", "get_payment", "find_payment", "refund",
     "get_refund", "close_payment", "resolve", "notify", "healthz", "readyz",
-    "metrics", "test"
+    "metrics"
 };
 
 static ngx_uint_t  ngx_http_paygw_m_codes[NGX_HTTP_PAYGW_M_CODES - 1] = {

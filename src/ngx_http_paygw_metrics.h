@@ -13,12 +13,11 @@
 #include "ngx_http_paygw.h"
 
 
-#define NGX_HTTP_PAYGW_M_APIS          13   /* see ngx_http_paygw_m_api */
+#define NGX_HTTP_PAYGW_M_APIS          12   /* see ngx_http_paygw_m_api */
 #define NGX_HTTP_PAYGW_M_API_OTHER     0    /* 1-8: NGX_HTTP_PAYGW_API_* */
 #define NGX_HTTP_PAYGW_M_API_HEALTH    9
 #define NGX_HTTP_PAYGW_M_API_READY     10
 #define NGX_HTTP_PAYGW_M_API_METRICS   11
-#define NGX_HTTP_PAYGW_M_API_TEST      12
 
 #define NGX_HTTP_PAYGW_M_CODES         18
 #define NGX_HTTP_PAYGW_M_CHANNELS      4    /* bank_card alipay wechat other */

@@ -31,7 +31,8 @@ sub conf {
 EOF
 }
 
-my $ngx = PayGW::Test::Nginx->new(http => conf('10s'))->start;
+my $ngx = PayGW::Test::Nginx->new(test_module => 1, http => conf('10s'))
+    ->start;
 
 # One pipeline through the module: the whole HTTP response.
 sub redis_req {

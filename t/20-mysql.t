@@ -54,7 +54,7 @@ my $ngx;
     }
 EOF
     };
-    $ngx = PayGW::Test::Nginx->new(http => <<"EOF" . join '',
+    $ngx = PayGW::Test::Nginx->new(test_module => 1, http => <<"EOF" . join '',
     paygw_zone paygw:1m;
     upstream redis { server 127.0.0.1:$rport; keepalive 8; }
     paygw_mysql main $mysql user=paygw password_file=$pwf

@@ -168,6 +168,37 @@ bad_config('paygw_redis_timeout soon', qr/invalid timeout "soon"/,
            'paygw_redis_timeout soon;',
            extra => 'location /x { paygw_redis_timeout soon; }');
 
+# ---- test code never ships ---------------------------------------------------
+
+# paygw_test_backend runs caller-supplied commands and SQL: it lives in the
+# test-only module (t/module/), and the shipped module alone refuses it.
+my $test_loc = 'location = /_test/backend { paygw_test_backend; }';
+
+bad_config('paygw_test_backend with the shipped module alone',
+           qr/unknown directive "paygw_test_backend"/, 'paygw_test_backend',
+           extra => $test_loc);
+
+{
+    my $with = PayGW::Test::Nginx->new(test_module => 1);
+    my ($rc, $out) = $with->test_config(http => conf(extra => $test_loc));
+    $all_output .= $out;
+    is($rc, 0, '... accepted once the test module is loaded after it')
+        or diag($out);
+    like($out, qr/paygw_test_backend runs arbitrary backend commands/,
+         '... with a warning');
+}
+
+{
+    my $so = PayGW::Test::_slurp($ngx->{module});
+    my @ops = qw(rsa_sign rsa_verify aes_gcm_decrypt hmac_sha256 webhook_sign
+                 alipay_canonical alipay_notify_verify wechat_notify_verify);
+    my @found = grep { index($so, $_) >= 0 } 'paygw_test', '_test/';
+    push @found, grep { $so =~ /\0\Q$_\E\0/ } @ops;
+    ok(length $so > 0 && !@found,
+       'the shipped module holds no test API (directive, path, op names)')
+        or diag("found: @found");
+}
+
 # ---- the password file -------------------------------------------------------
 
 # One running nginx, reloaded with each password file in turn.

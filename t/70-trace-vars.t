@@ -1,5 +1,5 @@
 #!/usr/bin/perl
-# W3C traceparent (every vector of shared/vectors/traceparent.json through
+# W3C traceparent (every vector of t/vectors/traceparent.json through
 # the real request path), trace propagation to the acquirer, the module's
 # nginx variables in a log_format, and stock limit_req keyed by
 # $paygw_key_id.
@@ -12,11 +12,10 @@ use Test::More;
 use PayGW::Test qw(http http_raw repo_root wait_until);
 use PayGW::Gateway;
 
-my $vectors = repo_root() . '/../shared/vectors/traceparent.json';
-plan skip_all => "no $vectors" unless -f $vectors;
+my $vectors = repo_root() . '/t/vectors/traceparent.json';
 
 my $V = do {
-    open my $fh, '<', $vectors or die $!;
+    open my $fh, '<', $vectors or die "$vectors: $!";
     local $/;
     decode_json(<$fh>);
 };

@@ -14,9 +14,11 @@ package PayGW::Test;
 #   EOF
 #   my $r = http(GET => $ngx->url('/'));     # {status, headers, body, ...}
 #
-# Environment: PAYGW_MODULE (module .so to load), PAYGW_ASAN=1 (preload the
-# ASan runtime into nginx and fail on sanitizer reports), PAYGW_KEEP=1 (keep
-# the temp dirs).
+# Environment: PAYGW_MODULE (module .so to load), PAYGW_TEST_MODULE (the
+# test-only module, t/module/, for configs that use paygw_test_backend;
+# default: beside PAYGW_MODULE's build dir, build/objs-test/ for
+# build/objs/), PAYGW_ASAN=1 (preload the ASan runtime into nginx and fail on
+# sanitizer reports), PAYGW_KEEP=1 (keep the temp dirs).
 
 use strict;
 use warnings;
@@ -963,11 +965,21 @@ use Time::HiRes qw(sleep time);
 my $ASAN_LIB;
 
 # new(http => TEXT, main => TEXT, workers => N, error_log_level => LEVEL,
-#     no_module => 1, module => PATH, events => TEXT)
+#     no_module => 1, module => PATH, test_module => 1 | PATH, events => TEXT)
 # TEXT may use %%PORT%% (->port), %%TESTDIR%% (->dir), %%MODULE%%.
+# test_module loads the test-only ngx_http_paygw_test_module (directive
+# paygw_test_backend, `make build-test`) after the shipped module; without
+# it nginx runs the shipped module alone.
 sub new {
     my ($class, %o) = @_;
     my $dir = PayGW::Test::_mkdir('nginx');
+    my $module = $o{module} // $ENV{PAYGW_MODULE}
+                 // "$PayGW::Test::REPO/build/objs/ngx_http_paygw_module.so";
+    my $test_module = $o{test_module};
+    if ($test_module && $test_module eq '1') {
+        $test_module = $ENV{PAYGW_TEST_MODULE}
+                       // File::Basename::dirname($module) . '-test/ngx_http_paygw_test_module.so';
+    }
     my $self = bless {
         dir => $dir,
         port => $o{port} // PayGW::Test::free_port(),
@@ -977,8 +989,8 @@ sub new {
         workers => $o{workers} // 1,
         level => $o{error_log_level} // 'info',
         no_module => $o{no_module},
-        module => $o{module} // $ENV{PAYGW_MODULE}
-                  // "$PayGW::Test::REPO/build/objs/ngx_http_paygw_module.so",
+        module => $module,
+        test_module => $test_module,
     }, $class;
     if ($ENV{PAYGW_ASAN}) {
         mkdir "$dir/san";
@@ -1006,6 +1018,8 @@ sub conf_text {
     my ($self) = @_;
     my $d = $self->{dir};
     my $load = $self->{no_module} ? '' : "load_module $self->{module};\n";
+    $load .= "load_module $self->{test_module};\n"
+        if !$self->{no_module} && $self->{test_module};
     return $self->_subst(<<"EOF");
 ${load}daemon on;
 master_process on;
@@ -1039,6 +1053,9 @@ sub _write_conf {
     if (!$self->{no_module} && !-f $self->{module}) {
         die "nginx module $self->{module} not built (make build)\n";
     }
+    if (!$self->{no_module} && $self->{test_module} && !-f $self->{test_module}) {
+        die "test module $self->{test_module} not built (make build-test)\n";
+    }
     PayGW::Test::_spew($self->conf_file, $self->conf_text);
 }
 
@@ -1051,7 +1068,8 @@ sub _env {
     }
     my $san = "$self->{dir}/san";
     return {LD_PRELOAD => $ASAN_LIB,
-            ASAN_OPTIONS => "detect_leaks=0:log_path=$san/asan:abort_on_error=0",
+            ASAN_OPTIONS => "detect_leaks=0:log_path=$san/asan:abort_on_error=0"
+                            . ":suppressions=$PayGW::Test::REPO/t/lib/asan.supp",
             UBSAN_OPTIONS => "print_stacktrace=1:log_path=$san/ubsan"};
 }
 

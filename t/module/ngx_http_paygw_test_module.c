@@ -1,15 +1,31 @@
 
 /*
- * paygw: a test-only window on the backend C API.
+ * ngx_http_paygw_test_module: a test-only window on the backend C API of
+ * ngx_http_paygw_module.  It is built by `make build-test` (and `make
+ * test`, `make test-asan`) into build/objs-test/ (build/objs-asan-test/),
+ * loaded by the test harness after the shipped module, and never built
+ * by `make build`, `make run`, the benchmark or an image: it runs
+ * caller-supplied SQL and commands without authentication.
  *
+ *     load_module .../ngx_http_paygw_module.so;
+ *     load_module .../ngx_http_paygw_test_module.so;
+ *     ...
  *     location = /_test/backend { paygw_test_backend; }
  *
- * POST {"redis": [["SET","k","v"], ["GET","k"]]} runs the commands as
- * one pipeline; POST {"mysql": {"transaction": true, "statements":
- * [{"sql": "...?...", "params": [1, "x", null], "expect_affected": 1}]}}
- * runs statements through the pool.  It lets tests drive the very code
- * paths payments use.  It runs caller-supplied SQL and commands: never
- * enable it outside tests.
+ * POST {"redis": [["SET","k","v"], ["GET","k"]]} runs the commands as one
+ * pipeline; POST {"mysql": {"transaction": true, "statements": [{"sql":
+ * "...?...", "params": [1, "x", null], "expect_affected": 1}]}} runs
+ * statements through the pool; POST {"crypto": {"op": ..., ...}} runs the
+ * module's cryptography ("rsa_sign", "rsa_verify", "aes_gcm_decrypt",
+ * "hmac_sha256", "webhook_sign", "alipay_canonical", "alipay_notify_verify",
+ * "wechat_notify_verify"; t/80-vectors.t checks them against t/vectors/).
+ * It lets tests drive the very code paths payments use.  `nginx -t` warns
+ * when it is configured.
+ *
+ * The functions it calls are the shipped module's own, declared in its
+ * headers (src/): nginx loads modules with dlopen(RTLD_NOW|RTLD_GLOBAL),
+ * so the non-static symbols of a module loaded earlier resolve those of a
+ * module loaded later.  Nothing of the shipped module is compiled twice.
  */
 
 
@@ -26,6 +42,8 @@ typedef struct {
 } ngx_http_paygw_test_ctx_t;
 
 
+static char *ngx_http_paygw_test_backend(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_paygw_test_handler(ngx_http_request_t *r);
 static void ngx_http_paygw_test_body(ngx_http_request_t *r);
 static ngx_int_t ngx_http_paygw_test_start(ngx_http_request_t *r,
@@ -58,7 +76,51 @@ static json_t *ngx_http_paygw_test_crypto_op(ngx_http_request_t *r,
     json_t *spec);
 
 
-char *
+static ngx_command_t  ngx_http_paygw_test_commands[] = {
+
+    { ngx_string("paygw_test_backend"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_paygw_test_backend,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_paygw_test_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    NULL,                                  /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    NULL,                                  /* create location configuration */
+    NULL                                   /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_paygw_test_module = {
+    NGX_MODULE_V1,
+    &ngx_http_paygw_test_module_ctx,       /* module context */
+    ngx_http_paygw_test_commands,          /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    NULL,                                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    NULL,                                  /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static char *
 ngx_http_paygw_test_backend(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_core_loc_conf_t  *clcf;
@@ -159,7 +221,7 @@ ngx_http_paygw_test_body(ngx_http_request_t *r)
         return;
     }
 
-    ngx_http_set_ctx(r, ctx, ngx_http_paygw_module);
+    ngx_http_set_ctx(r, ctx, ngx_http_paygw_test_module);
 
     rc = ngx_http_paygw_test_start(r, ctx, doc, &why);
 
@@ -366,7 +428,7 @@ ngx_http_paygw_test_resume(ngx_http_request_t *r)
     ngx_uint_t                  i;
     ngx_http_paygw_test_ctx_t  *ctx;
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_paygw_module);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_paygw_test_module);
 
     if (ctx->redis) {
         if (!ctx->redis->call.done) {
