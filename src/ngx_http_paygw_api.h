@@ -140,7 +140,7 @@ struct ngx_http_paygw_ctx_s {
 
     ngx_uint_t                    access;        /* ACCESS phase stage */
     ngx_uint_t                    phase;         /* CONTENT phase stage */
-    ngx_uint_t                    stage;         /* the API handler's stage */
+    ngx_http_paygw_step_pt        next;          /* the API handler's step */
     ngx_uint_t                    attempt;
     ngx_http_paygw_step_pt        step;
     ngx_http_paygw_call_t        *waiting;
@@ -149,7 +149,7 @@ struct ngx_http_paygw_ctx_s {
     void                         *provider;      /* channel call */
 
     ngx_http_paygw_mysql_op_t    *candidates;    /* resolve: stale payments */
-    ngx_uint_t                    next;
+    ngx_uint_t                    candidate;
     ngx_uint_t                    settled;
 
     unsigned                      side_effect:1; /* keep the answer */
@@ -183,11 +183,13 @@ ngx_int_t ngx_http_paygw_get(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 ngx_int_t ngx_http_paygw_close(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+ngx_int_t ngx_http_paygw_resolve(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+
+/* ngx_http_paygw_refunds.c */
 ngx_int_t ngx_http_paygw_refund(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 ngx_int_t ngx_http_paygw_get_refund(ngx_http_request_t *r,
-    ngx_http_paygw_ctx_t *ctx);
-ngx_int_t ngx_http_paygw_resolve(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 
 /* ngx_http_paygw_notify.c: provider callbacks */
