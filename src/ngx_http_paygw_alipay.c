@@ -437,7 +437,7 @@ ngx_http_paygw_alipay_precreate_outcome(ngx_http_request_t *r,
             ngx_http_paygw_outcome_unknown(out, "Alipay answered for "
                                            "another trade");
         } else {
-            ngx_http_paygw_outcome_set(out, "pending");
+            ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_PENDING);
         }
 
     } else if (ngx_http_paygw_is(&sub, "ACQ.TRADE_HAS_SUCCESS")
@@ -512,13 +512,13 @@ ngx_http_paygw_alipay_query_outcome(ngx_http_request_t *r,
     } else if (ngx_http_paygw_is(&status, "TRADE_SUCCESS")
                || ngx_http_paygw_is(&status, "TRADE_FINISHED"))
     {
-        ngx_http_paygw_outcome_set(out, "succeeded");
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_SUCCEEDED);
 
     } else if (ngx_http_paygw_is(&status, "TRADE_CLOSED")) {
-        ngx_http_paygw_outcome_set(out, "closed");
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_CLOSED);
 
     } else if (ngx_http_paygw_is(&status, "WAIT_BUYER_PAY")) {
-        ngx_http_paygw_outcome_set(out, "pending");
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_PENDING);
 
     } else {
         ngx_http_paygw_outcome_unknown(out, "unknown trade_status");
@@ -544,7 +544,7 @@ ngx_http_paygw_alipay_close_outcome(ngx_http_request_t *r,
     }
 
     if (ngx_http_paygw_is(&code, "10000")) {
-        ngx_http_paygw_outcome_set(out, "closed");
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_CLOSED);
 
     } else if (ngx_http_paygw_is(&sub, "ACQ.TRADE_NOT_EXIST")) {
 
@@ -555,10 +555,10 @@ ngx_http_paygw_alipay_close_outcome(ngx_http_request_t *r,
          * or when it expired; before that it cannot be closed here.
          */
 
-        if (!ngx_http_paygw_is(&ctx->payment.status, "pending")
+        if (ctx->payment.status != NGX_HTTP_PAYGW_STATUS_PENDING
             || ctx->payment.overdue > 0)
         {
-            ngx_http_paygw_outcome_set(out, "closed");
+            ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_CLOSED);
 
         } else {
             ngx_http_paygw_outcome_unknown(out, "Alipay does not show the "
@@ -614,7 +614,7 @@ ngx_http_paygw_alipay_refund_outcome(ngx_http_request_t *r,
                                                    ctx->refund.amount)
                       == NGX_OK)
         {
-            ngx_http_paygw_outcome_set(out, "succeeded");
+            ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_SUCCEEDED);
 
         } else {
             ngx_http_paygw_outcome_unknown(out, "unexpected refund status");
@@ -633,7 +633,7 @@ ngx_http_paygw_alipay_refund_outcome(ngx_http_request_t *r,
                                            "another trade");
         } else {
             /* fund_change "N" is a repeat of a refund already made */
-            ngx_http_paygw_outcome_set(out, "succeeded");
+            ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_SUCCEEDED);
             ngx_http_paygw_json_str(r->pool, doc, "trade_no",
                                     &out->provider_no);
         }
@@ -657,7 +657,7 @@ ngx_http_paygw_alipay_failed(ngx_http_request_t *r,
 {
     /* Alipay refused the request itself: nothing happened there */
 
-    ngx_http_paygw_outcome_set(out, "failed");
+    ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_FAILED);
     out->failure_code = *sub_code;
     ngx_http_paygw_json_str(r->pool, doc, "sub_msg", &out->failure_message);
 
@@ -817,13 +817,13 @@ ngx_http_paygw_alipay_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     if (ngx_http_paygw_is(&status, "TRADE_SUCCESS")
         || ngx_http_paygw_is(&status, "TRADE_FINISHED"))
     {
-        ngx_str_set(&n->status, "succeeded");
+        n->status = NGX_HTTP_PAYGW_STATUS_SUCCEEDED;
 
     } else if (ngx_http_paygw_is(&status, "TRADE_CLOSED")) {
-        ngx_str_set(&n->status, "closed");
+        n->status = NGX_HTTP_PAYGW_STATUS_CLOSED;
 
     } else {
-        ngx_str_set(&n->status, "");
+        n->status = NGX_HTTP_PAYGW_STATUS_NONE;
     }
 
     return NGX_OK;

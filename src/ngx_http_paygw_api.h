@@ -14,6 +14,7 @@
 #include "ngx_http_paygw_mysql.h"
 #include "ngx_http_paygw_auth.h"
 #include "ngx_http_paygw_idempotency.h"
+#include "ngx_http_paygw_states.h"
 
 
 #define NGX_HTTP_PAYGW_API_CREATE       1
@@ -40,7 +41,7 @@ typedef struct {
     int64_t                       amount;
     ngx_str_t                     currency;
     ngx_str_t                     channel;
-    ngx_str_t                     status;
+    ngx_http_paygw_status_e       status;
     ngx_str_t                     channel_trade_no;
     int64_t                       refunded_amount;
     int64_t                       refund_reserved;
@@ -75,7 +76,7 @@ typedef struct {
     ngx_str_t                     merchant_id;
     int64_t                       amount;
     ngx_str_t                     currency;
-    ngx_str_t                     status;
+    ngx_http_paygw_status_e       status;
     ngx_str_t                     reason;
     ngx_str_t                     channel_refund_no;
     ngx_str_t                     failure_code;
@@ -88,7 +89,7 @@ typedef struct {
 /* what a provider said about a charge or a refund */
 
 typedef struct {
-    ngx_str_t                     status;        /* new payment/refund status */
+    ngx_http_paygw_status_e       status;        /* new payment/refund status */
     ngx_str_t                     provider_no;   /* channel trade/refund no */
     ngx_str_t                     failure_code;
     ngx_str_t                     failure_message;
@@ -104,12 +105,12 @@ typedef struct {
 
 /*
  * What a verified provider callback said: the payment it is about and
- * the state it reports ("" when it reports no final state).
+ * the state it reports (NONE when it reports no final state).
  */
 
 typedef struct {
     ngx_str_t                     out_trade_no;
-    ngx_str_t                     status;
+    ngx_http_paygw_status_e       status;
     ngx_str_t                     provider_no;
     ngx_str_t                     currency;
     int64_t                       amount;
@@ -214,7 +215,7 @@ const char *ngx_http_paygw_risk_ceiling(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 ngx_int_t ngx_http_paygw_risk_send(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-const char *ngx_http_paygw_risk_result(ngx_http_request_t *r,
+ngx_http_paygw_verdict_e ngx_http_paygw_risk_result(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 
 /* ngx_http_paygw_policy.c */

@@ -674,18 +674,18 @@ void
 ngx_http_paygw_outcome_unknown(ngx_http_paygw_outcome_t *out, const char *why)
 {
     out->definitive = 0;
-    ngx_str_set(&out->status, "unknown");
+    out->status = NGX_HTTP_PAYGW_STATUS_UNKNOWN;
     out->failure_message.data = (u_char *) why;
     out->failure_message.len = ngx_strlen(why);
 }
 
 
 void
-ngx_http_paygw_outcome_set(ngx_http_paygw_outcome_t *out, const char *status)
+ngx_http_paygw_outcome_set(ngx_http_paygw_outcome_t *out,
+    ngx_http_paygw_status_e status)
 {
     out->definitive = 1;
-    out->status.data = (u_char *) status;
-    out->status.len = ngx_strlen(status);
+    out->status = status;
 }
 
 

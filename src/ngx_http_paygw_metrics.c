@@ -46,11 +46,6 @@ static const char  *ngx_http_paygw_m_channels[NGX_HTTP_PAYGW_M_CHANNELS] = {
     "bank_card", "alipay", "wechat", "other"
 };
 
-static const char  *ngx_http_paygw_m_statuses[NGX_HTTP_PAYGW_M_STATUSES] = {
-    "pending", "processing", "succeeded", "failed", "closed", "unknown",
-    "partially_refunded", "refunded"
-};
-
 static const char  *ngx_http_paygw_m_results[NGX_HTTP_PAYGW_M_RESULTS] = {
     "ok", "client_error", "server_error", "timeout", "unreachable"
 };
@@ -171,7 +166,7 @@ ngx_http_paygw_m_request(ngx_http_request_t *r, ngx_uint_t api)
 
 void
 ngx_http_paygw_m_payment(ngx_http_request_t *r, ngx_str_t *channel,
-    ngx_str_t *status)
+    ngx_http_paygw_status_e status)
 {
     ngx_uint_t                 i;
     ngx_http_paygw_metrics_t  *m;
@@ -181,16 +176,18 @@ ngx_http_paygw_m_payment(ngx_http_request_t *r, ngx_str_t *channel,
         return;
     }
 
-    for (i = 0; i < NGX_HTTP_PAYGW_M_STATUSES; i++) {
-        if (ngx_strlen(ngx_http_paygw_m_statuses[i]) == status->len
-            && ngx_strncmp(ngx_http_paygw_m_statuses[i], status->data,
-                           status->len) == 0)
-        {
-            (void) ngx_atomic_fetch_add(
-                &m->payments[ngx_http_paygw_m_channel_index(channel)][i], 1);
-            return;
-        }
+    /* slot i counts status i + 1: NONE is never counted */
+
+    i = (ngx_uint_t) status - 1;
+
+    if (status == NGX_HTTP_PAYGW_STATUS_NONE
+        || i >= NGX_HTTP_PAYGW_M_STATUSES)
+    {
+        return;
     }
+
+    (void) ngx_atomic_fetch_add(
+        &m->payments[ngx_http_paygw_m_channel_index(channel)][i], 1);
 }
 
 
@@ -397,9 +394,9 @@ ngx_http_paygw_metrics_handler(ngx_http_request_t *r)
         for (j = 0; j < NGX_HTTP_PAYGW_M_STATUSES; j++) {
             if (m->payments[i][j]) {
                 p = ngx_slprintf(p, last, "paygw_payments_total"
-                                 "{channel=\"%s\",status=\"%s\"} %uA\n",
+                                 "{channel=\"%s\",status=\"%V\"} %uA\n",
                                  ngx_http_paygw_m_channels[i],
-                                 ngx_http_paygw_m_statuses[j],
+                                 ngx_http_paygw_status_name(j + 1),
                                  m->payments[i][j]);
             }
         }

@@ -86,7 +86,8 @@ ngx_http_paygw_notify_selected(ngx_http_request_t *r,
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw notify: step \"selected\" payment %V, "
                    "notified \"%V\"%s", &ctx->notice.out_trade_no,
-                   &ctx->notice.status, ctx->reread ? ", reread" : "");
+                   ngx_http_paygw_status_name(ctx->notice.status),
+                   ctx->reread ? ", reread" : "");
 
     if (!ctx->mysql->call.ok) {
         return ngx_http_paygw_notify_refuse(r, ctx,
@@ -164,7 +165,7 @@ ngx_http_paygw_notify_settled(ngx_http_request_t *r,
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw notify: step \"settled\" payment %V: %V",
-                   &p->payment_no, &p->status);
+                   &p->payment_no, ngx_http_paygw_status_name(p->status));
 
     if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
         return ngx_http_paygw_notify_refuse(r, ctx,
@@ -183,7 +184,7 @@ ngx_http_paygw_notify_settled(ngx_http_request_t *r,
         return ngx_http_paygw_notify_select(r, ctx);
     }
 
-    ngx_http_paygw_m_payment(r, &p->channel, &p->status);
+    ngx_http_paygw_m_payment(r, &p->channel, p->status);
 
     return ngx_http_paygw_notify_ack(r, ctx, "applied");
 }
@@ -250,37 +251,33 @@ ngx_http_paygw_notify_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NGX_DECLINED;
     }
 
-    if (n->status.len == 0) {
+    if (n->status == NGX_HTTP_PAYGW_STATUS_NONE) {
         (void) ngx_http_paygw_notify_ack(r, ctx, "nothing final to apply");
         return NGX_DECLINED;
     }
 
-    if (p->status.len == n->status.len
-        && ngx_strncmp(p->status.data, n->status.data, p->status.len) == 0)
-    {
+    if (p->status == n->status) {
         (void) ngx_http_paygw_notify_ack(r, ctx, "a duplicate");
         return NGX_DECLINED;
     }
 
-    if (!ngx_http_paygw_is(&p->status, "pending")
-        && !ngx_http_paygw_is(&p->status, "processing")
-        && !ngx_http_paygw_is(&p->status, "unknown"))
-    {
+    if (!ngx_http_paygw_pay_transition_ok(p->status, n->status)) {
         /*
          * States only move forward: a late callback changes nothing.  A
          * success for a payment closed or failed here means money was
          * taken for it: that needs a refund, so it is logged as an error.
          */
 
-        level = (ngx_http_paygw_is(&n->status, "succeeded")
-                 && (ngx_http_paygw_is(&p->status, "closed")
-                     || ngx_http_paygw_is(&p->status, "failed")))
+        level = (n->status == NGX_HTTP_PAYGW_STATUS_SUCCEEDED
+                 && (p->status == NGX_HTTP_PAYGW_STATUS_CLOSED
+                     || p->status == NGX_HTTP_PAYGW_STATUS_FAILED))
                 ? NGX_LOG_ERR : NGX_LOG_WARN;
 
         ngx_log_error(level, r->connection->log, 0,
                       "paygw %V callback says %V %V, which is %V already: "
                       "kept", &ctx->channel->name, &p->payment_no,
-                      &n->status, &p->status);
+                      ngx_http_paygw_status_name(n->status),
+                      ngx_http_paygw_status_name(p->status));
 
         (void) ngx_http_paygw_notify_ack(r, ctx, "out of order");
         return NGX_DECLINED;

@@ -120,7 +120,7 @@ ngx_http_paygw_create_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                    &p->payment_no, &p->business_no);
 
     p->merchant_id = ctx->merchant_id;
-    ngx_str_set(&p->status, "processing");
+    p->status = NGX_HTTP_PAYGW_STATUS_PROCESSING;
     ngx_http_paygw_now(r->pool, &p->created_at);
     p->updated_at = p->created_at;
     ngx_http_paygw_card(p);
@@ -158,26 +158,30 @@ ngx_http_paygw_create_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 static ngx_int_t
 ngx_http_paygw_create_risked(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    ctx->risk_reason = ngx_http_paygw_risk_result(r, ctx);
+    ngx_http_paygw_verdict_e  verdict;
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "paygw create: step \"risked\" payment %V: %s",
-                   &ctx->payment.payment_no,
-                   ctx->risk_reason ? ctx->risk_reason : "no answer");
+    verdict = ngx_http_paygw_risk_result(r, ctx);
 
-    if (ctx->risk_reason == NULL) {
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw create: step \"risked\" payment %V: verdict %d %s",
+                   &ctx->payment.payment_no, verdict,
+                   ctx->risk_reason ? ctx->risk_reason : "");
+
+    switch (verdict) {
+
+    case NGX_HTTP_PAYGW_RISK_ALLOW:
+        ngx_http_paygw_m_risk(r, 0);
+        return ngx_http_paygw_create_insert(r, ctx);
+
+    case NGX_HTTP_PAYGW_RISK_DENY:
+        return ngx_http_paygw_create_deny(r, ctx);
+
+    default: /* NGX_HTTP_PAYGW_RISK_UNEVALUATED */
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
                                    "backend_unavailable",
                                    "redis: risk rules could not be "
                                    "evaluated");
     }
-
-    if (ngx_strcmp(ctx->risk_reason, "allow") == 0) {
-        ngx_http_paygw_m_risk(r, 0);
-        return ngx_http_paygw_create_insert(r, ctx);
-    }
-
-    return ngx_http_paygw_create_deny(r, ctx);
 }
 
 
@@ -330,7 +334,8 @@ ngx_http_paygw_create_settled(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw create: step \"settled\" payment %V: %V",
-                   &p->payment_no, &ctx->outcome.status);
+                   &p->payment_no,
+                   ngx_http_paygw_status_name(ctx->outcome.status));
 
     if (ctx->mysql->call.ok && ctx->mysql->conflict) {
         ctx->object_no = p->payment_no;
@@ -345,13 +350,14 @@ ngx_http_paygw_create_settled(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "paygw: payment %V is %V at the provider but "
                       "could not be recorded; it will be resolved",
-                      &p->payment_no, &ctx->outcome.status);
-        ngx_str_set(&p->status, "processing");
+                      &p->payment_no,
+                      ngx_http_paygw_status_name(ctx->outcome.status));
+        p->status = NGX_HTTP_PAYGW_STATUS_PROCESSING;
         return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_ACCEPTED);
     }
 
     ngx_http_paygw_apply(p, &ctx->outcome);
-    ngx_http_paygw_m_payment(r, &p->channel, &p->status);
+    ngx_http_paygw_m_payment(r, &p->channel, p->status);
 
     return ngx_http_paygw_payment_answer(r, ctx, ctx->outcome.definitive
                                                  ? NGX_HTTP_CREATED
@@ -476,7 +482,8 @@ ngx_http_paygw_get_selected(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw get: step \"selected\" payment %V: %V%s",
-                   &ctx->payment.payment_no, &ctx->payment.status,
+                   &ctx->payment.payment_no,
+                   ngx_http_paygw_status_name(ctx->payment.status),
                    ctx->reread ? ", reread" : "");
 
     if (rc != NGX_OK) {
@@ -531,8 +538,8 @@ ngx_http_paygw_after_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     out = &ctx->outcome;
     pv = ctx->channel->provider;
 
-    unpaid = out->not_found || ngx_http_paygw_is(&out->status, "pending");
-    open = !ngx_http_paygw_is(&p->status, "pending");
+    unpaid = out->not_found || out->status == NGX_HTTP_PAYGW_STATUS_PENDING;
+    open = p->status != NGX_HTTP_PAYGW_STATUS_PENDING;
 
     if (pv->close && unpaid) {
 
@@ -557,17 +564,13 @@ ngx_http_paygw_after_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     if (out->not_found && p->age >= ctx->channel->unknown_grace) {
         ctx->outcome.definitive = 1;
-        ngx_str_set(&out->status, "failed");
+        out->status = NGX_HTTP_PAYGW_STATUS_FAILED;
         ngx_str_set(&out->failure_code, "charge_not_received");
         ngx_str_set(&out->failure_message,
                     "the acquirer never received the charge");
     }
 
-    if (!out->definitive
-        || (p->status.len == out->status.len
-            && ngx_strncmp(p->status.data, out->status.data, p->status.len)
-               == 0))
-    {
+    if (!out->definitive || p->status == out->status) {
         return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
     }
 
@@ -602,7 +605,7 @@ ngx_http_paygw_get_recharged(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
      */
 
     if (!ctx->outcome.definitive
-        || !ngx_http_paygw_is(&ctx->outcome.status, "pending"))
+        || ctx->outcome.status != NGX_HTTP_PAYGW_STATUS_PENDING)
     {
         return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
     }
@@ -651,12 +654,13 @@ ngx_http_paygw_get_settled(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw get: step \"settled\" payment %V: %V",
-                   &p->payment_no, &ctx->outcome.status);
+                   &p->payment_no,
+                   ngx_http_paygw_status_name(ctx->outcome.status));
 
     if (ctx->mysql->call.ok && !ctx->mysql->err_no && !ctx->mysql->conflict)
     {
         ngx_http_paygw_apply(p, &ctx->outcome);
-        ngx_http_paygw_m_payment(r, &p->channel, &p->status);
+        ngx_http_paygw_m_payment(r, &p->channel, p->status);
         return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
     }
 
@@ -687,8 +691,8 @@ ngx_http_paygw_needs_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     /* "unknown" now; "processing" only once its creator must be gone */
 
-    if (ngx_http_paygw_is(&p->status, "unknown")
-        || (ngx_http_paygw_is(&p->status, "processing")
+    if (p->status == NGX_HTTP_PAYGW_STATUS_UNKNOWN
+        || (p->status == NGX_HTTP_PAYGW_STATUS_PROCESSING
             && p->age >= ctx->channel->unknown_grace))
     {
         return NGX_OK;
@@ -696,7 +700,7 @@ ngx_http_paygw_needs_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     /* a QR code past its expiry: paid after all, or to be closed */
 
-    if (ngx_http_paygw_is(&p->status, "pending") && p->overdue > 0
+    if (p->status == NGX_HTTP_PAYGW_STATUS_PENDING && p->overdue > 0
         && ctx->channel->provider->close)
     {
         return NGX_OK;
@@ -738,13 +742,13 @@ ngx_http_paygw_close_selected(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw close: step \"selected\" payment %V: %V",
-                   &ctx->object_no, &p->status);
+                   &ctx->object_no, ngx_http_paygw_status_name(p->status));
 
     if (rc != NGX_OK) {
         return rc;
     }
 
-    if (ngx_http_paygw_is(&p->status, "closed")) {
+    if (p->status == NGX_HTTP_PAYGW_STATUS_CLOSED) {
         return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
     }
 
@@ -753,14 +757,15 @@ ngx_http_paygw_close_selected(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     /* an "unknown" QR payment never gave its code out: closable */
 
-    if (!ngx_http_paygw_is(&p->status, "pending")
-        && !(ngx_http_paygw_is(&p->status, "unknown") && pv && pv->close))
+    if (p->status != NGX_HTTP_PAYGW_STATUS_PENDING
+        && !(p->status == NGX_HTTP_PAYGW_STATUS_UNKNOWN && pv && pv->close))
     {
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT,
                                    "invalid_state",
                                    "payment %V is %V: only pending "
                                    "payments can be closed",
-                                   &p->payment_no, &p->status);
+                                   &p->payment_no,
+                                   ngx_http_paygw_status_name(p->status));
     }
 
     if (pv && pv->close) {
@@ -848,18 +853,19 @@ ngx_http_paygw_close_settled(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw close: step \"settled\" payment %V: %V",
-                   &p->payment_no, &ctx->outcome.status);
+                   &p->payment_no,
+                   ngx_http_paygw_status_name(ctx->outcome.status));
 
     if (ctx->mysql->call.ok && !ctx->mysql->err_no && !ctx->mysql->conflict)
     {
         ngx_http_paygw_apply(p, &ctx->outcome);
-        ngx_http_paygw_m_payment(r, &p->channel, &p->status);
+        ngx_http_paygw_m_payment(r, &p->channel, p->status);
     }
 
     /* closed there after all (by its expiry): that is what was asked */
 
-    if (ngx_http_paygw_is(&ctx->outcome.status, "closed")) {
-        ngx_str_set(&p->status, "closed");
+    if (ctx->outcome.status == NGX_HTTP_PAYGW_STATUS_CLOSED) {
+        p->status = NGX_HTTP_PAYGW_STATUS_CLOSED;
         return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
     }
 
@@ -875,7 +881,7 @@ ngx_http_paygw_close_local(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     p = &ctx->payment;
 
     ngx_http_paygw_now(r->pool, &p->updated_at);
-    ngx_str_set(&p->status, "closed");
+    p->status = NGX_HTTP_PAYGW_STATUS_CLOSED;
 
     if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
         || ngx_http_paygw_store_close_payment(r, ctx->mysql, p) != NGX_OK)
@@ -919,7 +925,7 @@ ngx_http_paygw_close_recorded(ngx_http_request_t *r,
     }
 
     ctx->side_effect = 1;
-    ngx_http_paygw_m_payment(r, &p->channel, &p->status);
+    ngx_http_paygw_m_payment(r, &p->channel, p->status);
 
     return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
 }
@@ -932,7 +938,7 @@ ngx_http_paygw_close_refused(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     out = &ctx->outcome;
 
-    if (ngx_http_paygw_is(&out->status, "succeeded")) {
+    if (out->status == NGX_HTTP_PAYGW_STATUS_SUCCEEDED) {
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "invalid_state",
                                    "payment %V was paid at %V: it cannot "
                                    "be closed", &ctx->payment.payment_no,
@@ -943,7 +949,8 @@ ngx_http_paygw_close_refused(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "invalid_state",
                                    "payment %V is %V at %V: it cannot be "
                                    "closed", &ctx->payment.payment_no,
-                                   &out->status, &ctx->channel->name);
+                                   ngx_http_paygw_status_name(out->status),
+                                   &ctx->channel->name);
     }
 
     return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_GATEWAY, "provider_error",

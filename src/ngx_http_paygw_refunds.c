@@ -81,7 +81,7 @@ ngx_http_paygw_refund_selected(ngx_http_request_t *r,
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw refund: step \"selected\" payment %V: %V",
-                   &ctx->object_no, &p->status);
+                   &ctx->object_no, ngx_http_paygw_status_name(p->status));
 
     if (rc != NGX_OK) {
         return rc;
@@ -124,7 +124,7 @@ ngx_http_paygw_refund_reserve(ngx_http_request_t *r,
     rf->payment_no = p->payment_no;
     rf->merchant_id = p->merchant_id;
     rf->currency = p->currency;
-    ngx_str_set(&rf->status, "pending");
+    rf->status = NGX_HTTP_PAYGW_STATUS_PENDING;
     ngx_http_paygw_now(r->pool, &rf->created_at);
     rf->updated_at = rf->created_at;
 
@@ -238,14 +238,15 @@ ngx_http_paygw_refund_refused(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     /* a fully refunded payment has nothing left: 422 like any excess */
 
-    if (!ngx_http_paygw_is(&p->status, "succeeded")
-        && !ngx_http_paygw_is(&p->status, "partially_refunded")
-        && !ngx_http_paygw_is(&p->status, "refunded"))
+    if (p->status != NGX_HTTP_PAYGW_STATUS_SUCCEEDED
+        && p->status != NGX_HTTP_PAYGW_STATUS_PARTIALLY_REFUNDED
+        && p->status != NGX_HTTP_PAYGW_STATUS_REFUNDED)
     {
         (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "invalid_state",
                                    "payment %V is %V: only succeeded "
                                    "payments can be refunded",
-                                   &p->payment_no, &p->status);
+                                   &p->payment_no,
+                                   ngx_http_paygw_status_name(p->status));
         return NGX_DECLINED;
     }
 
@@ -326,10 +327,13 @@ ngx_http_paygw_get_refund_selected(ngx_http_request_t *r,
 
     ctx->channel = ngx_http_paygw_channel_find(r, &channel);
 
-    /* "pending": in flight here, or still processing there */
+    /*
+     * Still open ("pending": in flight here, or still processing there;
+     * or "unknown"): the provider says what became of it.
+     */
 
-    if ((!ngx_http_paygw_is(&rf->status, "unknown")
-         && !ngx_http_paygw_is(&rf->status, "pending"))
+    if (!ngx_http_paygw_refund_transition_ok(rf->status,
+                                             NGX_HTTP_PAYGW_STATUS_SUCCEEDED)
         || ctx->channel == NULL)
     {
         return ngx_http_paygw_refund_answer(r, ctx);
@@ -354,13 +358,14 @@ ngx_http_paygw_get_refund_queried(ngx_http_request_t *r,
 
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw get_refund: step \"queried\" refund %V: %V",
-                   &rf->refund_no, &ctx->outcome.status);
+                   &rf->refund_no,
+                   ngx_http_paygw_status_name(ctx->outcome.status));
 
     /* never received, long enough ago: release the reserved amount */
 
     if (ctx->outcome.not_found && rf->age >= ctx->channel->unknown_grace) {
         ctx->outcome.definitive = 1;
-        ngx_str_set(&ctx->outcome.status, "failed");
+        ctx->outcome.status = NGX_HTTP_PAYGW_STATUS_FAILED;
         ngx_str_set(&ctx->outcome.failure_code, "refund_not_received");
     }
 
@@ -407,7 +412,9 @@ ngx_http_paygw_refund_settled(ngx_http_request_t *r,
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw refund: step \"settled\" refund %V: %V, mysql %ud",
-                   &rf->refund_no, &ctx->outcome.status, ctx->mysql->err_no);
+                   &rf->refund_no,
+                   ngx_http_paygw_status_name(ctx->outcome.status),
+                   ctx->mysql->err_no);
 
     if (ctx->mysql->call.ok && !ctx->mysql->err_no && !ctx->mysql->conflict)
     {
@@ -428,8 +435,8 @@ ngx_http_paygw_refund_answer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     if (ctx->api != NGX_HTTP_PAYGW_API_REFUND) {
         status = NGX_HTTP_OK;
 
-    } else if (ngx_http_paygw_is(&ctx->refund.status, "succeeded")
-               || ngx_http_paygw_is(&ctx->refund.status, "failed"))
+    } else if (ctx->refund.status == NGX_HTTP_PAYGW_STATUS_SUCCEEDED
+               || ctx->refund.status == NGX_HTTP_PAYGW_STATUS_FAILED)
     {
         status = NGX_HTTP_CREATED;
 

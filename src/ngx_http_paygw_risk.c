@@ -330,7 +330,7 @@ ngx_http_paygw_risk_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 }
 
 
-const char *
+ngx_http_paygw_verdict_e
 ngx_http_paygw_risk_result(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     u_char      *code;
@@ -339,7 +339,7 @@ ngx_http_paygw_risk_result(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     /* no answer: fail closed, like the replay window */
 
     if (!ctx->redis->call.ok) {
-        return NULL;
+        return NGX_HTTP_PAYGW_RISK_UNEVALUATED;
     }
 
     reply = ctx->redis->replies[0];
@@ -350,24 +350,29 @@ ngx_http_paygw_risk_result(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                       "paygw risk: unexpected Redis reply%s%s",
                       reply->type == REDIS_REPLY_ERROR ? ": " : "",
                       reply->type == REDIS_REPLY_ERROR ? reply->str : "");
-        return NULL;
+        return NGX_HTTP_PAYGW_RISK_UNEVALUATED;
     }
 
-    if (reply->len == 5 && ngx_strncmp(reply->str, "allow", 5) == 0) {
-        return "allow";
+    if (ngx_http_paygw_verdict_parse((u_char *) reply->str, reply->len)
+        == NGX_HTTP_PAYGW_RISK_ALLOW)
+    {
+        return NGX_HTTP_PAYGW_RISK_ALLOW;
     }
 
     /* a reason code from the script: copied, the reply is freed later */
 
     code = ngx_pnalloc(r->pool, reply->len + 1);
     if (code == NULL) {
-        return "denied";
+        ctx->risk_reason = "denied";
+        return NGX_HTTP_PAYGW_RISK_DENY;
     }
 
     ngx_memcpy(code, reply->str, reply->len);
     code[reply->len] = '\0';
 
-    return (const char *) code;
+    ctx->risk_reason = (const char *) code;
+
+    return NGX_HTTP_PAYGW_RISK_DENY;
 }
 
 

@@ -51,8 +51,8 @@ static void ngx_http_paygw_wechat_refund_outcome(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_wechat_notify(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-static void ngx_http_paygw_wechat_trade_state(ngx_str_t *state,
-    ngx_str_t *status);
+static ngx_http_paygw_status_e ngx_http_paygw_wechat_trade_state(
+    ngx_str_t *state);
 static ngx_int_t ngx_http_paygw_wechat_amount(json_t *doc, const char *name,
     int64_t expect, ngx_str_t *currency);
 static void ngx_http_paygw_wechat_failed(ngx_http_request_t *r,
@@ -484,7 +484,7 @@ ngx_http_paygw_wechat_native_outcome(ngx_http_request_t *r,
         ngx_http_paygw_json_str(r->pool, doc, "code_url", &out->code_url);
 
         if (out->code_url.len) {
-            ngx_http_paygw_outcome_set(out, "pending");
+            ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_PENDING);
 
         } else {
             ngx_http_paygw_outcome_unknown(out, "no code_url");
@@ -514,7 +514,8 @@ ngx_http_paygw_wechat_query_outcome(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx)
 {
     json_t                          *doc;
-    ngx_str_t                        state, status;
+    ngx_str_t                        state;
+    ngx_http_paygw_status_e          status;
     ngx_http_paygw_payment_t        *p;
     ngx_http_paygw_outcome_t        *out;
     ngx_http_paygw_provider_call_t  *pc;
@@ -556,10 +557,10 @@ ngx_http_paygw_wechat_query_outcome(ngx_http_request_t *r,
     ngx_http_paygw_json_str(r->pool, doc, "trade_state", &state);
     ngx_http_paygw_json_str(r->pool, doc, "transaction_id", &out->provider_no);
 
-    ngx_http_paygw_wechat_trade_state(&state, &status);
+    status = ngx_http_paygw_wechat_trade_state(&state);
 
-    if (status.len) {
-        ngx_http_paygw_outcome_set(out, (char *) status.data);
+    if (status != NGX_HTTP_PAYGW_STATUS_NONE) {
+        ngx_http_paygw_outcome_set(out, status);
 
     } else {
         ngx_http_paygw_outcome_unknown(out, "unknown trade_state");
@@ -569,32 +570,34 @@ ngx_http_paygw_wechat_query_outcome(ngx_http_request_t *r,
 }
 
 
-/* trade_state -> our status; "" for a state we do not know */
+/* trade_state -> our status; NONE for a state we do not know */
 
-static void
-ngx_http_paygw_wechat_trade_state(ngx_str_t *state, ngx_str_t *status)
+static ngx_http_paygw_status_e
+ngx_http_paygw_wechat_trade_state(ngx_str_t *state)
 {
     if (ngx_http_paygw_is(state, "SUCCESS")
         || ngx_http_paygw_is(state, "REFUND"))
     {
-        ngx_str_set(status, "succeeded");
-
-    } else if (ngx_http_paygw_is(state, "CLOSED")
-               || ngx_http_paygw_is(state, "REVOKED"))
-    {
-        ngx_str_set(status, "closed");
-
-    } else if (ngx_http_paygw_is(state, "PAYERROR")) {
-        ngx_str_set(status, "failed");
-
-    } else if (ngx_http_paygw_is(state, "NOTPAY")
-               || ngx_http_paygw_is(state, "USERPAYING"))
-    {
-        ngx_str_set(status, "pending");
-
-    } else {
-        ngx_str_set(status, "");
+        return NGX_HTTP_PAYGW_STATUS_SUCCEEDED;
     }
+
+    if (ngx_http_paygw_is(state, "CLOSED")
+        || ngx_http_paygw_is(state, "REVOKED"))
+    {
+        return NGX_HTTP_PAYGW_STATUS_CLOSED;
+    }
+
+    if (ngx_http_paygw_is(state, "PAYERROR")) {
+        return NGX_HTTP_PAYGW_STATUS_FAILED;
+    }
+
+    if (ngx_http_paygw_is(state, "NOTPAY")
+        || ngx_http_paygw_is(state, "USERPAYING"))
+    {
+        return NGX_HTTP_PAYGW_STATUS_PENDING;
+    }
+
+    return NGX_HTTP_PAYGW_STATUS_NONE;
 }
 
 
@@ -621,7 +624,7 @@ ngx_http_paygw_wechat_close_outcome(ngx_http_request_t *r,
         || pc->status == NGX_HTTP_NOT_FOUND)
     {
         /* closed, or never created: either way it cannot be paid now */
-        ngx_http_paygw_outcome_set(out, "closed");
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_CLOSED);
 
     } else if (ngx_http_paygw_is(&code, "ORDERPAID")) {
         out->not_closable = 1;
@@ -692,18 +695,18 @@ ngx_http_paygw_wechat_refund_outcome(ngx_http_request_t *r,
     ngx_http_paygw_json_str(r->pool, doc, "refund_id", &out->provider_no);
 
     if (ngx_http_paygw_is(&status, "SUCCESS")) {
-        ngx_http_paygw_outcome_set(out, "succeeded");
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_SUCCEEDED);
 
     } else if (ngx_http_paygw_is(&status, "CLOSED")
                || ngx_http_paygw_is(&status, "ABNORMAL"))
     {
-        ngx_http_paygw_outcome_set(out, "failed");
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_FAILED);
         out->failure_code = status;
 
     } else {
         /* PROCESSING: WeChat Pay settles it later; a query will tell */
         out->definitive = 0;
-        ngx_str_set(&out->status, "pending");
+        out->status = NGX_HTTP_PAYGW_STATUS_PENDING;
     }
 
     json_decref(doc);
@@ -716,7 +719,7 @@ ngx_http_paygw_wechat_failed(ngx_http_request_t *r,
 {
     /* WeChat Pay refused the request itself: nothing happened there */
 
-    ngx_http_paygw_outcome_set(out, "failed");
+    ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_FAILED);
     ngx_http_paygw_json_str(r->pool, doc, "code", &out->failure_code);
     ngx_http_paygw_json_str(r->pool, doc, "message", &out->failure_message);
 
@@ -820,10 +823,10 @@ ngx_http_paygw_wechat_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     json_decref(doc);
 
-    ngx_http_paygw_wechat_trade_state(&state, &n->status);
+    n->status = ngx_http_paygw_wechat_trade_state(&state);
 
-    if (ngx_http_paygw_is(&n->status, "pending")) {
-        ngx_str_set(&n->status, "");
+    if (n->status == NGX_HTTP_PAYGW_STATUS_PENDING) {
+        n->status = NGX_HTTP_PAYGW_STATUS_NONE;
     }
 
     return NGX_OK;
