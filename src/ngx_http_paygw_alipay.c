@@ -58,6 +58,8 @@ static ngx_int_t ngx_http_paygw_alipay_amount(json_t *doc, const char *name,
     int64_t expect);
 static ngx_str_t *ngx_http_paygw_alipay_param(ngx_array_t *params,
     const char *name);
+static ngx_int_t ngx_http_paygw_alipay_answer_key(ngx_pool_t *pool,
+    u_char *what, ngx_str_t *key);
 static u_char *ngx_http_paygw_alipay_span(ngx_str_t *body, ngx_str_t *key,
     size_t *len);
 static char *ngx_http_paygw_alipay_conf(ngx_conf_t *cf,
@@ -312,7 +314,7 @@ static json_t *
 ngx_http_paygw_alipay_answer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     ngx_str_t *code, ngx_str_t *sub_code)
 {
-    u_char                          *span, *p;
+    u_char                          *span;
     size_t                           len;
     json_t                          *doc, *inner;
     ngx_str_t                        key, signed_part, sign;
@@ -329,20 +331,8 @@ ngx_http_paygw_alipay_answer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
         return NULL;
     }
 
-    /* "alipay.trade.query" answers in "alipay_trade_query_response" */
-
-    key.len = ngx_strlen(pc->what) + sizeof("\"_response\"") - 1;
-    key.data = ngx_pnalloc(r->pool, key.len);
-    if (key.data == NULL) {
+    if (ngx_http_paygw_alipay_answer_key(r->pool, pc->what, &key) != NGX_OK) {
         return NULL;
-    }
-
-    p = ngx_sprintf(key.data, "\"%s_response\"", pc->what);
-
-    for (p = key.data; p < key.data + key.len; p++) {
-        if (*p == '.') {
-            *p = '_';
-        }
     }
 
     len = 0;
@@ -685,6 +675,32 @@ ngx_http_paygw_alipay_amount(json_t *doc, const char *name, int64_t expect)
 
     if (ngx_http_paygw_yuan(&s, &fen) != NGX_OK || fen != expect) {
         return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/* "alipay.trade.query" answers in "alipay_trade_query_response" */
+
+static ngx_int_t
+ngx_http_paygw_alipay_answer_key(ngx_pool_t *pool, u_char *what,
+    ngx_str_t *key)
+{
+    u_char  *p;
+
+    key->len = ngx_strlen(what) + sizeof("\"_response\"") - 1;
+    key->data = ngx_pnalloc(pool, key->len);
+    if (key->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) ngx_sprintf(key->data, "\"%s_response\"", what);
+
+    for (p = key->data; p < key->data + key->len; p++) {
+        if (*p == '.') {
+            *p = '_';
+        }
     }
 
     return NGX_OK;

@@ -51,6 +51,9 @@ static void ngx_http_paygw_wechat_refund_outcome(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_wechat_notify(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_wechat_authorize(ngx_http_request_t *r,
+    ngx_http_paygw_channel_t *ch, ngx_http_paygw_provider_call_t *pc,
+    ngx_str_t *auth);
 static ngx_http_paygw_status_e ngx_http_paygw_wechat_trade_state(
     ngx_str_t *state);
 static ngx_int_t ngx_http_paygw_wechat_amount(json_t *doc, const char *name,
@@ -232,15 +235,10 @@ static ngx_int_t
 ngx_http_paygw_wechat_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     const char *method, ngx_str_t *path, json_t *doc)
 {
-    u_char                          *p;
     ngx_int_t                        rc;
-    ngx_str_t                        message, sig, auth, v;
+    ngx_str_t                        auth, v;
     ngx_http_paygw_channel_t        *ch;
     ngx_http_paygw_provider_call_t  *pc;
-    u_char                           rnd[16];
-    u_char                           nonce[32];
-    u_char                           ts[NGX_TIME_T_LEN];
-    size_t                           ts_len;
 
     ch = ctx->channel;
 
@@ -268,47 +266,9 @@ ngx_http_paygw_wechat_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 
     *ngx_cpymem(pc->what, path->data, path->len) = '\0';
 
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+    if (ngx_http_paygw_wechat_authorize(r, ch, pc, &auth) != NGX_OK) {
         return NGX_ERROR;
     }
-
-    ngx_hex_dump(nonce, rnd, sizeof(rnd));
-    ts_len = ngx_sprintf(ts, "%T", ngx_time()) - ts;
-
-    /* METHOD\nURL\nTS\nNONCE\nBODY\n */
-
-    message.len = pc->method.len + pc->path.len + ts_len + sizeof(nonce)
-                  + pc->body.len + 5;
-    message.data = ngx_pnalloc(r->pool, message.len);
-    if (message.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_sprintf(message.data, "%V\n%V\n%*s\n%*s\n%V\n", &pc->method,
-                &pc->path, ts_len, ts, sizeof(nonce), nonce, &pc->body);
-
-    if (ngx_http_paygw_rsa_sign(r->pool, ch->private_key, &message, &sig)
-        != NGX_OK)
-    {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "paygw wechat: cannot sign the request");
-        return NGX_ERROR;
-    }
-
-    auth.len = sizeof("WECHATPAY2-SHA256-RSA2048 mchid=\"\",nonce_str=\"\","
-                      "timestamp=\"\",serial_no=\"\",signature=\"\"") - 1
-               + ch->merchant.len + sizeof(nonce) + ts_len
-               + ch->serial_no.len + sig.len;
-    auth.data = ngx_pnalloc(r->pool, auth.len);
-    if (auth.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_sprintf(auth.data, "WECHATPAY2-SHA256-RSA2048 mchid=\"%V\","
-                    "nonce_str=\"%*s\",timestamp=\"%*s\",serial_no=\"%V\","
-                    "signature=\"%V\"", &ch->merchant, sizeof(nonce), nonce,
-                    ts_len, ts, &ch->serial_no, &sig);
-    auth.len = p - auth.data;
 
     if (ngx_http_paygw_provider_header(r, pc, "Authorization", &auth)
         != NGX_OK)
@@ -567,6 +527,66 @@ ngx_http_paygw_wechat_query_outcome(ngx_http_request_t *r,
     }
 
     json_decref(doc);
+}
+
+
+/* the Authorization header: the request signed with the merchant key */
+
+static ngx_int_t
+ngx_http_paygw_wechat_authorize(ngx_http_request_t *r,
+    ngx_http_paygw_channel_t *ch, ngx_http_paygw_provider_call_t *pc,
+    ngx_str_t *auth)
+{
+    u_char     *p;
+    size_t      ts_len;
+    ngx_str_t   message, sig;
+    u_char      rnd[16];
+    u_char      nonce[32];
+    u_char      ts[NGX_TIME_T_LEN];
+
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        return NGX_ERROR;
+    }
+
+    ngx_hex_dump(nonce, rnd, sizeof(rnd));
+    ts_len = ngx_sprintf(ts, "%T", ngx_time()) - ts;
+
+    /* METHOD\nURL\nTS\nNONCE\nBODY\n */
+
+    message.len = pc->method.len + pc->path.len + ts_len + sizeof(nonce)
+                  + pc->body.len + 5;
+    message.data = ngx_pnalloc(r->pool, message.len);
+    if (message.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(message.data, "%V\n%V\n%*s\n%*s\n%V\n", &pc->method,
+                &pc->path, ts_len, ts, sizeof(nonce), nonce, &pc->body);
+
+    if (ngx_http_paygw_rsa_sign(r->pool, ch->private_key, &message, &sig)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw wechat: cannot sign the request");
+        return NGX_ERROR;
+    }
+
+    auth->len = sizeof("WECHATPAY2-SHA256-RSA2048 mchid=\"\",nonce_str=\"\","
+                       "timestamp=\"\",serial_no=\"\",signature=\"\"") - 1
+                + ch->merchant.len + sizeof(nonce) + ts_len
+                + ch->serial_no.len + sig.len;
+    auth->data = ngx_pnalloc(r->pool, auth->len);
+    if (auth->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_sprintf(auth->data, "WECHATPAY2-SHA256-RSA2048 mchid=\"%V\","
+                    "nonce_str=\"%*s\",timestamp=\"%*s\",serial_no=\"%V\","
+                    "signature=\"%V\"", &ch->merchant, sizeof(nonce), nonce,
+                    ts_len, ts, &ch->serial_no, &sig);
+    auth->len = p - auth->data;
+
+    return NGX_OK;
 }
 
 
