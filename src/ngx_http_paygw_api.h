@@ -141,9 +141,9 @@ struct ngx_http_paygw_ctx_s {
 
     ngx_uint_t                    access;        /* ACCESS phase stage */
     ngx_uint_t                    phase;         /* CONTENT phase stage */
-    ngx_http_paygw_step_pt        next;          /* the API handler's step */
+    ngx_http_paygw_step_pt        next;          /* its step that runs next */
     ngx_uint_t                    attempt;
-    ngx_http_paygw_step_pt        step;
+    ngx_http_paygw_step_pt        step;          /* the API handler */
     ngx_http_paygw_call_t        *waiting;
     ngx_http_paygw_redis_op_t    *redis;
     ngx_http_paygw_mysql_op_t    *mysql;

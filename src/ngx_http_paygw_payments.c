@@ -9,11 +9,16 @@
  *   create: INSERT the payment (processing) -> charge -> settle
  * A lost provider answer leaves "unknown", settled later by a query.
  *
- *   create:  start -> [risked] -> inserted -> charged -> settled
- *   get:     start -> selected [-> queried] [-> recharged | expired]
- *            -> settled
- *   close:   start -> selected [-> at_provider [-> queried -> settled]]
- *            -> recorded
+ * The steps, in the order they may run (each named in a debug line):
+ *
+ *   create:   start [-> risked] -> inserted -> charged -> settled
+ *             [-> reread]; or start/risked -> denied (risk refused it),
+ *             inserted -> duplicate (the order has a payment already)
+ *   get:      start -> selected [-> queried [-> recharged | expired]
+ *             -> settled [-> selected]]
+ *   close:    start -> selected [-> at_provider] -> recorded; or
+ *             at_provider -> queried -> settled (paid meanwhile)
+ *   resolve:  start -> listed, then the get steps for each candidate
  */
 
 

@@ -8,8 +8,10 @@
  * A lost provider answer leaves the refund "unknown", settled later by
  * a query.
  *
- *   refund:      start -> selected -> reserved -> sent -> settled
- *                                       [-> raced]
+ * The steps, in the order they may run (each named in a debug line):
+ *
+ *   refund:      start -> selected -> reserved -> sent -> settled; or
+ *                reserved -> raced (lost to a concurrent change)
  *   get_refund:  start -> selected [-> queried -> settled]
  */
 
