@@ -58,6 +58,8 @@ static ngx_int_t ngx_http_paygw_alipay_amount(json_t *doc, const char *name,
     int64_t expect);
 static ngx_str_t *ngx_http_paygw_alipay_param(ngx_array_t *params,
     const char *name);
+static ngx_int_t ngx_http_paygw_alipay_answer_key(ngx_pool_t *pool,
+    u_char *what, ngx_str_t *key);
 static u_char *ngx_http_paygw_alipay_span(ngx_str_t *body, ngx_str_t *key,
     size_t *len);
 static char *ngx_http_paygw_alipay_conf(ngx_conf_t *cf,
@@ -312,7 +314,7 @@ static json_t *
 ngx_http_paygw_alipay_answer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     ngx_str_t *code, ngx_str_t *sub_code)
 {
-    u_char                          *span, *p;
+    u_char                          *span;
     size_t                           len;
     json_t                          *doc, *inner;
     ngx_str_t                        key, signed_part, sign;
@@ -329,20 +331,8 @@ ngx_http_paygw_alipay_answer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
         return NULL;
     }
 
-    /* "alipay.trade.query" answers in "alipay_trade_query_response" */
-
-    key.len = ngx_strlen(pc->what) + sizeof("\"_response\"") - 1;
-    key.data = ngx_pnalloc(r->pool, key.len);
-    if (key.data == NULL) {
+    if (ngx_http_paygw_alipay_answer_key(r->pool, pc->what, &key) != NGX_OK) {
         return NULL;
-    }
-
-    p = ngx_sprintf(key.data, "\"%s_response\"", pc->what);
-
-    for (p = key.data; p < key.data + key.len; p++) {
-        if (*p == '.') {
-            *p = '_';
-        }
     }
 
     len = 0;
@@ -437,7 +427,7 @@ ngx_http_paygw_alipay_precreate_outcome(ngx_http_request_t *r,
             ngx_http_paygw_outcome_unknown(out, "Alipay answered for "
                                            "another trade");
         } else {
-            ngx_http_paygw_outcome_set(out, "pending");
+            ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_PENDING);
         }
 
     } else if (ngx_http_paygw_is(&sub, "ACQ.TRADE_HAS_SUCCESS")
@@ -512,13 +502,13 @@ ngx_http_paygw_alipay_query_outcome(ngx_http_request_t *r,
     } else if (ngx_http_paygw_is(&status, "TRADE_SUCCESS")
                || ngx_http_paygw_is(&status, "TRADE_FINISHED"))
     {
-        ngx_http_paygw_outcome_set(out, "succeeded");
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_SUCCEEDED);
 
     } else if (ngx_http_paygw_is(&status, "TRADE_CLOSED")) {
-        ngx_http_paygw_outcome_set(out, "closed");
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_CLOSED);
 
     } else if (ngx_http_paygw_is(&status, "WAIT_BUYER_PAY")) {
-        ngx_http_paygw_outcome_set(out, "pending");
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_PENDING);
 
     } else {
         ngx_http_paygw_outcome_unknown(out, "unknown trade_status");
@@ -544,7 +534,7 @@ ngx_http_paygw_alipay_close_outcome(ngx_http_request_t *r,
     }
 
     if (ngx_http_paygw_is(&code, "10000")) {
-        ngx_http_paygw_outcome_set(out, "closed");
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_CLOSED);
 
     } else if (ngx_http_paygw_is(&sub, "ACQ.TRADE_NOT_EXIST")) {
 
@@ -555,10 +545,10 @@ ngx_http_paygw_alipay_close_outcome(ngx_http_request_t *r,
          * or when it expired; before that it cannot be closed here.
          */
 
-        if (!ngx_http_paygw_is(&ctx->payment.status, "pending")
+        if (ctx->payment.status != NGX_HTTP_PAYGW_STATUS_PENDING
             || ctx->payment.overdue > 0)
         {
-            ngx_http_paygw_outcome_set(out, "closed");
+            ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_CLOSED);
 
         } else {
             ngx_http_paygw_outcome_unknown(out, "Alipay does not show the "
@@ -614,7 +604,7 @@ ngx_http_paygw_alipay_refund_outcome(ngx_http_request_t *r,
                                                    ctx->refund.amount)
                       == NGX_OK)
         {
-            ngx_http_paygw_outcome_set(out, "succeeded");
+            ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_SUCCEEDED);
 
         } else {
             ngx_http_paygw_outcome_unknown(out, "unexpected refund status");
@@ -633,7 +623,7 @@ ngx_http_paygw_alipay_refund_outcome(ngx_http_request_t *r,
                                            "another trade");
         } else {
             /* fund_change "N" is a repeat of a refund already made */
-            ngx_http_paygw_outcome_set(out, "succeeded");
+            ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_SUCCEEDED);
             ngx_http_paygw_json_str(r->pool, doc, "trade_no",
                                     &out->provider_no);
         }
@@ -657,7 +647,7 @@ ngx_http_paygw_alipay_failed(ngx_http_request_t *r,
 {
     /* Alipay refused the request itself: nothing happened there */
 
-    ngx_http_paygw_outcome_set(out, "failed");
+    ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_FAILED);
     out->failure_code = *sub_code;
     ngx_http_paygw_json_str(r->pool, doc, "sub_msg", &out->failure_message);
 
@@ -685,6 +675,32 @@ ngx_http_paygw_alipay_amount(json_t *doc, const char *name, int64_t expect)
 
     if (ngx_http_paygw_yuan(&s, &fen) != NGX_OK || fen != expect) {
         return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+/* "alipay.trade.query" answers in "alipay_trade_query_response" */
+
+static ngx_int_t
+ngx_http_paygw_alipay_answer_key(ngx_pool_t *pool, u_char *what,
+    ngx_str_t *key)
+{
+    u_char  *p;
+
+    key->len = ngx_strlen(what) + sizeof("\"_response\"") - 1;
+    key->data = ngx_pnalloc(pool, key->len);
+    if (key->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    (void) ngx_sprintf(key->data, "\"%s_response\"", what);
+
+    for (p = key->data; p < key->data + key->len; p++) {
+        if (*p == '.') {
+            *p = '_';
+        }
     }
 
     return NGX_OK;
@@ -817,13 +833,13 @@ ngx_http_paygw_alipay_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     if (ngx_http_paygw_is(&status, "TRADE_SUCCESS")
         || ngx_http_paygw_is(&status, "TRADE_FINISHED"))
     {
-        ngx_str_set(&n->status, "succeeded");
+        n->status = NGX_HTTP_PAYGW_STATUS_SUCCEEDED;
 
     } else if (ngx_http_paygw_is(&status, "TRADE_CLOSED")) {
-        ngx_str_set(&n->status, "closed");
+        n->status = NGX_HTTP_PAYGW_STATUS_CLOSED;
 
     } else {
-        ngx_str_set(&n->status, "");
+        n->status = NGX_HTTP_PAYGW_STATUS_NONE;
     }
 
     return NGX_OK;

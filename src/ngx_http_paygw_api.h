@@ -14,6 +14,7 @@
 #include "ngx_http_paygw_mysql.h"
 #include "ngx_http_paygw_auth.h"
 #include "ngx_http_paygw_idempotency.h"
+#include "ngx_http_paygw_states.h"
 
 
 #define NGX_HTTP_PAYGW_API_CREATE       1
@@ -44,7 +45,7 @@ typedef struct {
     int64_t                       amount;
     ngx_str_t                     currency;
     ngx_str_t                     channel;
-    ngx_str_t                     status;
+    ngx_http_paygw_status_e       status;
     ngx_str_t                     channel_trade_no;
     int64_t                       refunded_amount;
     int64_t                       refund_reserved;
@@ -79,7 +80,7 @@ typedef struct {
     ngx_str_t                     merchant_id;
     int64_t                       amount;
     ngx_str_t                     currency;
-    ngx_str_t                     status;
+    ngx_http_paygw_status_e       status;
     ngx_str_t                     reason;
     ngx_str_t                     channel_refund_no;
     ngx_str_t                     failure_code;
@@ -92,7 +93,7 @@ typedef struct {
 /* what a provider said about a charge or a refund */
 
 typedef struct {
-    ngx_str_t                     status;        /* new payment/refund status */
+    ngx_http_paygw_status_e       status;        /* new payment/refund status */
     ngx_str_t                     provider_no;   /* channel trade/refund no */
     ngx_str_t                     failure_code;
     ngx_str_t                     failure_message;
@@ -108,12 +109,12 @@ typedef struct {
 
 /*
  * What a verified provider callback said: the payment it is about and
- * the state it reports ("" when it reports no final state).
+ * the state it reports (NONE when it reports no final state).
  */
 
 typedef struct {
     ngx_str_t                     out_trade_no;
-    ngx_str_t                     status;
+    ngx_http_paygw_status_e       status;
     ngx_str_t                     provider_no;
     ngx_str_t                     currency;
     int64_t                       amount;
@@ -144,16 +145,16 @@ struct ngx_http_paygw_ctx_s {
 
     ngx_uint_t                    access;        /* ACCESS phase stage */
     ngx_uint_t                    phase;         /* CONTENT phase stage */
-    ngx_uint_t                    stage;         /* the API handler's stage */
+    ngx_http_paygw_step_pt        next;          /* its step that runs next */
     ngx_uint_t                    attempt;
-    ngx_http_paygw_step_pt        step;
+    ngx_http_paygw_step_pt        step;          /* the API handler */
     ngx_http_paygw_call_t        *waiting;
     ngx_http_paygw_redis_op_t    *redis;
     ngx_http_paygw_mysql_op_t    *mysql;
     void                         *provider;      /* channel call */
 
     ngx_http_paygw_mysql_op_t    *candidates;    /* resolve: stale payments */
-    ngx_uint_t                    next;
+    ngx_uint_t                    candidate;
     ngx_uint_t                    settled;
 
     unsigned                      side_effect:1; /* keep the answer */
@@ -194,11 +195,13 @@ ngx_int_t ngx_http_paygw_get(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 ngx_int_t ngx_http_paygw_close(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+ngx_int_t ngx_http_paygw_resolve(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+
+/* ngx_http_paygw_refunds.c */
 ngx_int_t ngx_http_paygw_refund(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 ngx_int_t ngx_http_paygw_get_refund(ngx_http_request_t *r,
-    ngx_http_paygw_ctx_t *ctx);
-ngx_int_t ngx_http_paygw_resolve(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 
 /* ngx_http_paygw_notify.c: provider callbacks */
@@ -225,7 +228,7 @@ const char *ngx_http_paygw_risk_ceiling(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 ngx_int_t ngx_http_paygw_risk_send(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-const char *ngx_http_paygw_risk_result(ngx_http_request_t *r,
+ngx_http_paygw_verdict_e ngx_http_paygw_risk_result(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 
 /* ngx_http_paygw_policy.c */

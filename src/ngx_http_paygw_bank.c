@@ -446,7 +446,7 @@ ngx_http_paygw_bank_outcome(ngx_http_request_t *r,
     if (pc->status != NGX_HTTP_OK) {
         /* the acquirer refused the request itself: nothing was charged */
         out->definitive = 1;
-        ngx_str_set(&out->status, "failed");
+        out->status = NGX_HTTP_PAYGW_STATUS_FAILED;
         ngx_str_set(&out->failure_code, "acquirer_rejected");
         ngx_http_paygw_json_str(r->pool, doc, "error", &out->failure_message);
         json_decref(doc);
@@ -475,11 +475,11 @@ ngx_http_paygw_bank_outcome(ngx_http_request_t *r,
 
     if (ngx_http_paygw_is(&status, "approved")) {
         out->definitive = 1;
-        ngx_str_set(&out->status, "succeeded");
+        out->status = NGX_HTTP_PAYGW_STATUS_SUCCEEDED;
 
     } else if (ngx_http_paygw_is(&status, "declined")) {
         out->definitive = 1;
-        ngx_str_set(&out->status, "failed");
+        out->status = NGX_HTTP_PAYGW_STATUS_FAILED;
         ngx_http_paygw_json_str(r->pool, doc, "decline_code",
                                 &out->failure_code);
         ngx_str_set(&out->failure_message, "declined by the card issuer");
@@ -528,7 +528,7 @@ ngx_http_paygw_bank_refund_outcome(ngx_http_request_t *r,
 
     if (pc->status != NGX_HTTP_OK) {
         out->definitive = 1;
-        ngx_str_set(&out->status, "failed");
+        out->status = NGX_HTTP_PAYGW_STATUS_FAILED;
         ngx_str_set(&out->failure_code, "acquirer_rejected");
         json_decref(doc);
         return;
@@ -551,17 +551,21 @@ ngx_http_paygw_bank_refund_outcome(ngx_http_request_t *r,
     ngx_http_paygw_json_str(r->pool, doc, "status", &status);
     ngx_http_paygw_json_str(r->pool, doc, "refund_id", &out->provider_no);
 
-    if (ngx_http_paygw_is(&status, "succeeded")) {
-        out->definitive = 1;
-        ngx_str_set(&out->status, "succeeded");
+    /* the acquirer names refund states as we do */
 
-    } else if (ngx_http_paygw_is(&status, "failed")) {
-        out->definitive = 1;
-        ngx_str_set(&out->status, "failed");
+    switch (ngx_http_paygw_status_parse(&status)) {
+
+    case NGX_HTTP_PAYGW_STATUS_SUCCEEDED:
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_SUCCEEDED);
+        break;
+
+    case NGX_HTTP_PAYGW_STATUS_FAILED:
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_FAILED);
         ngx_http_paygw_json_str(r->pool, doc, "failure_code",
                                 &out->failure_code);
+        break;
 
-    } else {
+    default:
         ngx_http_paygw_outcome_unknown(out, "unknown refund status");
     }
 
@@ -670,13 +674,13 @@ ngx_http_paygw_bank_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     json_decref(doc);
 
     if (ngx_http_paygw_is(&status, "approved")) {
-        ngx_str_set(&nt->status, "succeeded");
+        nt->status = NGX_HTTP_PAYGW_STATUS_SUCCEEDED;
 
     } else if (ngx_http_paygw_is(&status, "declined")) {
-        ngx_str_set(&nt->status, "failed");
+        nt->status = NGX_HTTP_PAYGW_STATUS_FAILED;
 
     } else {
-        ngx_str_set(&nt->status, "");
+        nt->status = NGX_HTTP_PAYGW_STATUS_NONE;
     }
 
     return NGX_OK;

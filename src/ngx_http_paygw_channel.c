@@ -25,11 +25,15 @@
 
 static char *ngx_http_paygw_channel_param(ngx_conf_t *cf,
     ngx_http_paygw_channel_t *ch, ngx_str_t *param);
+static char *ngx_http_paygw_channel_secret(ngx_conf_t *cf,
+    ngx_http_paygw_channel_t *ch, ngx_str_t *file);
 static void ngx_http_paygw_pem_free(void *data);
 static ngx_int_t ngx_http_paygw_provider_done(ngx_http_request_t *r,
     void *data, ngx_int_t rc);
 static ngx_int_t ngx_http_paygw_provider_headers(ngx_http_request_t *sr,
     ngx_http_paygw_provider_call_t *pc);
+static ngx_int_t ngx_http_paygw_provider_body(ngx_http_request_t *r,
+    ngx_http_request_t *sr, ngx_http_paygw_provider_call_t *pc);
 
 
 char *
@@ -143,7 +147,6 @@ static char *
 ngx_http_paygw_channel_param(ngx_conf_t *cf, ngx_http_paygw_channel_t *ch,
     ngx_str_t *param)
 {
-    char       *rv;
     ngx_int_t   n;
     ngx_str_t   v;
 
@@ -179,18 +182,7 @@ ngx_http_paygw_channel_param(ngx_conf_t *cf, ngx_http_paygw_channel_t *ch,
     }
 
     if (ngx_paygw_is("secret_file=")) {
-        rv = ngx_http_paygw_read_secret(cf, &v, "secret_file", &ch->secret);
-        if (rv != NGX_CONF_OK) {
-            return rv;
-        }
-
-        if (ch->secret.len == 0) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "secret_file \"%V\" is empty", &v);
-            return NGX_CONF_ERROR;
-        }
-
-        return NGX_CONF_OK;
+        return ngx_http_paygw_channel_secret(cf, ch, &v);
     }
 
     if (ngx_paygw_is("attempts=")) {
@@ -242,6 +234,27 @@ invalid:
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"",
                        param);
     return NGX_CONF_ERROR;
+}
+
+
+static char *
+ngx_http_paygw_channel_secret(ngx_conf_t *cf, ngx_http_paygw_channel_t *ch,
+    ngx_str_t *file)
+{
+    char  *rv;
+
+    rv = ngx_http_paygw_read_secret(cf, file, "secret_file", &ch->secret);
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    if (ch->secret.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "secret_file \"%V\" is empty", file);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
 }
 
 
@@ -422,10 +435,8 @@ ngx_http_paygw_provider_send(ngx_http_request_t *r,
     ngx_http_paygw_channel_t *ch, ngx_http_paygw_provider_call_t *pc)
 {
     u_char                      *p, *q;
-    ngx_buf_t                   *b;
     ngx_str_t                    uri, args, tp;
     ngx_http_request_t          *sr;
-    ngx_http_request_body_t     *rb;
     ngx_http_post_subrequest_t  *ps;
 
     /* the trace goes on to the provider */
@@ -492,6 +503,19 @@ ngx_http_paygw_provider_send(ngx_http_request_t *r,
     if (ngx_http_paygw_provider_headers(sr, pc) != NGX_OK) {
         return NGX_ERROR;
     }
+
+    return ngx_http_paygw_provider_body(r, sr, pc);
+}
+
+
+/* the call's own body, or none: never the client's */
+
+static ngx_int_t
+ngx_http_paygw_provider_body(ngx_http_request_t *r, ngx_http_request_t *sr,
+    ngx_http_paygw_provider_call_t *pc)
+{
+    ngx_buf_t                *b;
+    ngx_http_request_body_t  *rb;
 
     sr->headers_in.chunked = 0;
     sr->headers_in.content_length = NULL;
@@ -674,18 +698,18 @@ void
 ngx_http_paygw_outcome_unknown(ngx_http_paygw_outcome_t *out, const char *why)
 {
     out->definitive = 0;
-    ngx_str_set(&out->status, "unknown");
+    out->status = NGX_HTTP_PAYGW_STATUS_UNKNOWN;
     out->failure_message.data = (u_char *) why;
     out->failure_message.len = ngx_strlen(why);
 }
 
 
 void
-ngx_http_paygw_outcome_set(ngx_http_paygw_outcome_t *out, const char *status)
+ngx_http_paygw_outcome_set(ngx_http_paygw_outcome_t *out,
+    ngx_http_paygw_status_e status)
 {
     out->definitive = 1;
-    out->status.data = (u_char *) status;
-    out->status.len = ngx_strlen(status);
+    out->status = status;
 }
 
 

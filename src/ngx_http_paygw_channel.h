@@ -153,7 +153,7 @@ extern ngx_http_paygw_provider_t  ngx_http_paygw_wechat_provider;
 void ngx_http_paygw_outcome_unknown(ngx_http_paygw_outcome_t *out,
     const char *why);
 void ngx_http_paygw_outcome_set(ngx_http_paygw_outcome_t *out,
-    const char *status);
+    ngx_http_paygw_status_e status);
 
 
 #endif /* _NGX_HTTP_PAYGW_CHANNEL_H_INCLUDED_ */

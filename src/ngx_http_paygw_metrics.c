@@ -19,6 +19,12 @@
 
 
 static ngx_int_t ngx_http_paygw_metrics_handler(ngx_http_request_t *r);
+static u_char *ngx_http_paygw_m_render_api(u_char *p, u_char *last,
+    ngx_http_paygw_metrics_t *m);
+static u_char *ngx_http_paygw_m_render_channels(u_char *p, u_char *last,
+    ngx_http_paygw_shctx_t *sh);
+static u_char *ngx_http_paygw_m_render_counts(u_char *p, u_char *last,
+    ngx_http_paygw_shctx_t *sh);
 static ngx_int_t ngx_http_paygw_log_handler(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_paygw_m_code(ngx_uint_t status);
 static ngx_uint_t ngx_http_paygw_m_channel_index(ngx_str_t *channel);
@@ -44,11 +50,6 @@ static ngx_uint_t  ngx_http_paygw_m_codes[NGX_HTTP_PAYGW_M_CODES - 1] = {
 
 static const char  *ngx_http_paygw_m_channels[NGX_HTTP_PAYGW_M_CHANNELS] = {
     "bank_card", "alipay", "wechat", "other"
-};
-
-static const char  *ngx_http_paygw_m_statuses[NGX_HTTP_PAYGW_M_STATUSES] = {
-    "pending", "processing", "succeeded", "failed", "closed", "unknown",
-    "partially_refunded", "refunded"
 };
 
 static const char  *ngx_http_paygw_m_results[NGX_HTTP_PAYGW_M_RESULTS] = {
@@ -171,7 +172,7 @@ ngx_http_paygw_m_request(ngx_http_request_t *r, ngx_uint_t api)
 
 void
 ngx_http_paygw_m_payment(ngx_http_request_t *r, ngx_str_t *channel,
-    ngx_str_t *status)
+    ngx_http_paygw_status_e status)
 {
     ngx_uint_t                 i;
     ngx_http_paygw_metrics_t  *m;
@@ -181,16 +182,18 @@ ngx_http_paygw_m_payment(ngx_http_request_t *r, ngx_str_t *channel,
         return;
     }
 
-    for (i = 0; i < NGX_HTTP_PAYGW_M_STATUSES; i++) {
-        if (ngx_strlen(ngx_http_paygw_m_statuses[i]) == status->len
-            && ngx_strncmp(ngx_http_paygw_m_statuses[i], status->data,
-                           status->len) == 0)
-        {
-            (void) ngx_atomic_fetch_add(
-                &m->payments[ngx_http_paygw_m_channel_index(channel)][i], 1);
-            return;
-        }
+    /* slot i counts status i + 1: NONE is never counted */
+
+    i = (ngx_uint_t) status - 1;
+
+    if (status == NGX_HTTP_PAYGW_STATUS_NONE
+        || i >= NGX_HTTP_PAYGW_M_STATUSES)
+    {
+        return;
     }
+
+    (void) ngx_atomic_fetch_add(
+        &m->payments[ngx_http_paygw_m_channel_index(channel)][i], 1);
 }
 
 
@@ -327,7 +330,6 @@ ngx_http_paygw_metrics_handler(ngx_http_request_t *r)
     u_char                    *p, *last;
     ngx_int_t                  rc;
     ngx_str_t                  body;
-    ngx_uint_t                 i, j;
     ngx_http_paygw_shctx_t    *sh;
     ngx_http_paygw_metrics_t  *m;
 
@@ -351,9 +353,29 @@ ngx_http_paygw_metrics_handler(ngx_http_request_t *r)
     body.data = p;
     last = p + NGX_HTTP_PAYGW_METRICS_MAX;
 
+    p = ngx_http_paygw_m_render_api(p, last, m);
+    p = ngx_http_paygw_m_render_channels(p, last, sh);
+    p = ngx_http_paygw_m_render_counts(p, last, sh);
+
+    body.len = p - body.data;
+
+    return ngx_http_paygw_send_text(r, NGX_HTTP_OK,
+                                    &ngx_http_paygw_metrics_type, &body);
+}
+
+
 #define ngx_paygw_head(name, type, help)                                     \
     p = ngx_slprintf(p, last, "# HELP " name " " help "\n"                   \
                               "# TYPE " name " " type "\n")
+
+
+/* API requests and their durations */
+
+static u_char *
+ngx_http_paygw_m_render_api(u_char *p, u_char *last,
+    ngx_http_paygw_metrics_t *m)
+{
+    ngx_uint_t  i, j;
 
     ngx_paygw_head("paygw_requests_total", "counter",
                    "API requests answered, by endpoint and HTTP status.");
@@ -390,6 +412,21 @@ ngx_http_paygw_metrics_handler(ngx_http_request_t *r)
         }
     }
 
+    return p;
+}
+
+
+/* payments and provider calls, by channel */
+
+static u_char *
+ngx_http_paygw_m_render_channels(u_char *p, u_char *last,
+    ngx_http_paygw_shctx_t *sh)
+{
+    ngx_uint_t                 i, j;
+    ngx_http_paygw_metrics_t  *m;
+
+    m = &sh->m;
+
     ngx_paygw_head("paygw_payments_total", "counter",
                    "Payments reaching a status, by channel.");
 
@@ -397,9 +434,9 @@ ngx_http_paygw_metrics_handler(ngx_http_request_t *r)
         for (j = 0; j < NGX_HTTP_PAYGW_M_STATUSES; j++) {
             if (m->payments[i][j]) {
                 p = ngx_slprintf(p, last, "paygw_payments_total"
-                                 "{channel=\"%s\",status=\"%s\"} %uA\n",
+                                 "{channel=\"%s\",status=\"%V\"} %uA\n",
                                  ngx_http_paygw_m_channels[i],
-                                 ngx_http_paygw_m_statuses[j],
+                                 ngx_http_paygw_status_name(j + 1),
                                  m->payments[i][j]);
             }
         }
@@ -439,6 +476,21 @@ ngx_http_paygw_metrics_handler(ngx_http_request_t *r)
         p = ngx_slprintf(p, last, "paygw_circuit_state{channel=\"%s\"} %ui\n",
                          ngx_http_paygw_m_channels[i], sh->breaker[i].state);
     }
+
+    return p;
+}
+
+
+/* the counters of everything else */
+
+static u_char *
+ngx_http_paygw_m_render_counts(u_char *p, u_char *last,
+    ngx_http_paygw_shctx_t *sh)
+{
+    ngx_uint_t                 i;
+    ngx_http_paygw_metrics_t  *m;
+
+    m = &sh->m;
 
     ngx_paygw_head("paygw_idempotency_total", "counter",
                    "Idempotency-Key outcomes.");
@@ -521,13 +573,11 @@ ngx_http_paygw_metrics_handler(ngx_http_request_t *r)
                    "When paygw_zone was created.");
     p = ngx_slprintf(p, last, "paygw_zone_created_seconds %T\n", sh->created);
 
-#undef ngx_paygw_head
-
-    body.len = p - body.data;
-
-    return ngx_http_paygw_send_text(r, NGX_HTTP_OK,
-                                    &ngx_http_paygw_metrics_type, &body);
+    return p;
 }
+
+
+#undef ngx_paygw_head
 
 
 static u_char *

@@ -11,6 +11,7 @@
 
 
 #include "ngx_http_paygw.h"
+#include "ngx_http_paygw_states.h"
 
 
 #define NGX_HTTP_PAYGW_M_APIS          12   /* see ngx_http_paygw_m_api */
@@ -21,7 +22,7 @@
 
 #define NGX_HTTP_PAYGW_M_CODES         18
 #define NGX_HTTP_PAYGW_M_CHANNELS      4    /* bank_card alipay wechat other */
-#define NGX_HTTP_PAYGW_M_STATUSES      8
+#define NGX_HTTP_PAYGW_M_STATUSES      8   /* ngx_http_paygw_status_e - 1 */
 #define NGX_HTTP_PAYGW_M_RESULTS       5
 #define NGX_HTTP_PAYGW_M_BUCKETS       14
 
@@ -90,7 +91,7 @@ struct ngx_http_paygw_shctx_s {
 
 void ngx_http_paygw_m_request(ngx_http_request_t *r, ngx_uint_t api);
 void ngx_http_paygw_m_payment(ngx_http_request_t *r, ngx_str_t *channel,
-    ngx_str_t *status);
+    ngx_http_paygw_status_e status);
 void ngx_http_paygw_m_channel(ngx_http_request_t *r, ngx_str_t *channel,
     ngx_uint_t result, ngx_msec_t ms);
 void ngx_http_paygw_m_idempotency(ngx_http_request_t *r, ngx_uint_t result);

@@ -13,14 +13,24 @@
  * duplicate, a late or an out-of-order callback changes nothing and is
  * acknowledged; one that cannot be trusted is refused and changes
  * nothing.  Either way it is counted in paygw_callbacks_total.
+ *
+ *   notify:  start -> selected -> settled [-> selected -> settled]
  */
 
 
-#include "ngx_http_paygw_channel.h"
+#include "ngx_http_paygw_payments.h"
 #include "ngx_http_paygw_metrics.h"
 #include "ngx_http_paygw_store.h"
 
 
+static ngx_int_t ngx_http_paygw_notify_start(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_notify_selected(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_notify_settle(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_notify_settled(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_notify_check(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_notify_select(ngx_http_request_t *r,
@@ -37,103 +47,146 @@ static ngx_str_t  ngx_http_paygw_text_type = ngx_string("text/plain");
 ngx_int_t
 ngx_http_paygw_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
+    return ngx_http_paygw_steps(r, ctx, ngx_http_paygw_notify_start);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_notify_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw notify: step \"start\" channel \"%V\"",
+                   &ctx->object_no);
+
+    ctx->channel = ngx_http_paygw_channel_find(r, &ctx->object_no);
+
+    if (ctx->channel == NULL || ctx->channel->provider->notify == NULL) {
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_FOUND,
+                                   "not_found", "no callbacks for "
+                                   "channel \"%V\"", &ctx->object_no);
+    }
+
+    if (ctx->channel->provider->notify(r, ctx) != NGX_OK) {
+        return ngx_http_paygw_notify_refuse(r, ctx, NGX_HTTP_UNAUTHORIZED,
+                                            ctx->notice_error);
+    }
+
+    return ngx_http_paygw_notify_select(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_notify_selected(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
     ngx_http_paygw_payment_t  *p;
 
     p = &ctx->payment;
 
-    switch (ctx->stage) {
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw notify: step \"selected\" payment %V, "
+                   "notified \"%V\"%s", &ctx->notice.out_trade_no,
+                   ngx_http_paygw_status_name(ctx->notice.status),
+                   ctx->reread ? ", reread" : "");
 
-    case 0:
-        ctx->channel = ngx_http_paygw_channel_find(r, &ctx->object_no);
-
-        if (ctx->channel == NULL || ctx->channel->provider->notify == NULL) {
-            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_FOUND,
-                                       "not_found", "no callbacks for "
-                                       "channel \"%V\"", &ctx->object_no);
-        }
-
-        if (ctx->channel->provider->notify(r, ctx) != NGX_OK) {
-            return ngx_http_paygw_notify_refuse(r, ctx, NGX_HTTP_UNAUTHORIZED,
-                                                ctx->notice_error);
-        }
-
-        return ngx_http_paygw_notify_select(r, ctx);
-
-    case 1:
-        if (!ctx->mysql->call.ok) {
-            return ngx_http_paygw_notify_refuse(r, ctx,
-                                                NGX_HTTP_SERVICE_UNAVAILABLE,
-                                                "storage unavailable; retry");
-        }
-
-        if (ctx->mysql->err_no) {
-            return ngx_http_paygw_notify_refuse(r, ctx,
-                                                NGX_HTTP_SERVICE_UNAVAILABLE,
-                                                "storage failed; retry");
-        }
-
-        if (ngx_http_paygw_store_row_payment(ctx->mysql->stmts.elts, p)
-            != NGX_OK)
-        {
-            return ngx_http_paygw_notify_refuse(r, ctx, NGX_HTTP_NOT_FOUND,
-                                                "no such out_trade_no");
-        }
-
-        if (ngx_http_paygw_notify_check(r, ctx) != NGX_OK) {
-            /* answered: refused, or nothing to change */
-            return NGX_OK;
-        }
-
-        ctx->outcome.definitive = 1;
-        ctx->outcome.status = ctx->notice.status;
-        ctx->outcome.provider_no = ctx->notice.provider_no;
-        ngx_http_paygw_now(r->pool, &p->updated_at);
-
-        /* the outbox event carries the payment as it will be */
-
-        p->status = ctx->outcome.status;
-
-        if (ctx->outcome.provider_no.data) {
-            p->channel_trade_no = ctx->outcome.provider_no;
-        }
-
-        ctx->mysql = ngx_http_paygw_mysql_create(r);
-
-        if (ctx->mysql == NULL
-            || ngx_http_paygw_store_settle_payment(r, ctx->mysql, p,
-                                                   &ctx->outcome)
-               != NGX_OK
-            || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        ctx->waiting = &ctx->mysql->call;
-        ctx->stage = 2;
-        return NGX_AGAIN;
-
-    default: /* 2 */
-        if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
-            return ngx_http_paygw_notify_refuse(r, ctx,
-                                                NGX_HTTP_SERVICE_UNAVAILABLE,
-                                                "storage unavailable; retry");
-        }
-
-        if (ctx->mysql->conflict) {
-            /* settled meanwhile (the create, a query, another callback) */
-
-            if (ctx->reread) {
-                return ngx_http_paygw_notify_ack(r, ctx, "settled meanwhile");
-            }
-
-            ctx->reread = 1;
-            return ngx_http_paygw_notify_select(r, ctx);
-        }
-
-        ngx_http_paygw_m_payment(r, &p->channel, &p->status);
-
-        return ngx_http_paygw_notify_ack(r, ctx, "applied");
+    if (!ctx->mysql->call.ok) {
+        return ngx_http_paygw_notify_refuse(r, ctx,
+                                            NGX_HTTP_SERVICE_UNAVAILABLE,
+                                            "storage unavailable; retry");
     }
+
+    if (ctx->mysql->err_no) {
+        return ngx_http_paygw_notify_refuse(r, ctx,
+                                            NGX_HTTP_SERVICE_UNAVAILABLE,
+                                            "storage failed; retry");
+    }
+
+    if (ngx_http_paygw_store_row_payment(ctx->mysql->stmts.elts, p)
+        != NGX_OK)
+    {
+        return ngx_http_paygw_notify_refuse(r, ctx, NGX_HTTP_NOT_FOUND,
+                                            "no such out_trade_no");
+    }
+
+    if (ngx_http_paygw_notify_check(r, ctx) != NGX_OK) {
+        /* answered: refused, or nothing to change */
+        return NGX_OK;
+    }
+
+    return ngx_http_paygw_notify_settle(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_notify_settle(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    ctx->outcome.definitive = 1;
+    ctx->outcome.status = ctx->notice.status;
+    ctx->outcome.provider_no = ctx->notice.provider_no;
+    ngx_http_paygw_now(r->pool, &p->updated_at);
+
+    /* the outbox event carries the payment as it will be */
+
+    p->status = ctx->outcome.status;
+
+    if (ctx->outcome.provider_no.data) {
+        p->channel_trade_no = ctx->outcome.provider_no;
+    }
+
+    ctx->mysql = ngx_http_paygw_mysql_create(r);
+
+    if (ctx->mysql == NULL
+        || ngx_http_paygw_store_settle_payment(r, ctx->mysql, p,
+                                               &ctx->outcome)
+           != NGX_OK
+        || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ctx->waiting = &ctx->mysql->call;
+    ctx->next = ngx_http_paygw_notify_settled;
+
+    return NGX_AGAIN;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_notify_settled(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw notify: step \"settled\" payment %V: %V",
+                   &p->payment_no, ngx_http_paygw_status_name(p->status));
+
+    if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
+        return ngx_http_paygw_notify_refuse(r, ctx,
+                                            NGX_HTTP_SERVICE_UNAVAILABLE,
+                                            "storage unavailable; retry");
+    }
+
+    if (ctx->mysql->conflict) {
+        /* settled meanwhile (the create, a query, another callback) */
+
+        if (ctx->reread) {
+            return ngx_http_paygw_notify_ack(r, ctx, "settled meanwhile");
+        }
+
+        ctx->reread = 1;
+        return ngx_http_paygw_notify_select(r, ctx);
+    }
+
+    ngx_http_paygw_m_payment(r, &p->channel, p->status);
+
+    return ngx_http_paygw_notify_ack(r, ctx, "applied");
 }
 
 
@@ -157,7 +210,7 @@ ngx_http_paygw_notify_select(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     ctx->mysql->read_only = 1;
     ctx->waiting = &ctx->mysql->call;
-    ctx->stage = 1;
+    ctx->next = ngx_http_paygw_notify_selected;
 
     return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK ? NGX_AGAIN
                                                                : NGX_ERROR;
@@ -198,37 +251,33 @@ ngx_http_paygw_notify_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NGX_DECLINED;
     }
 
-    if (n->status.len == 0) {
+    if (n->status == NGX_HTTP_PAYGW_STATUS_NONE) {
         (void) ngx_http_paygw_notify_ack(r, ctx, "nothing final to apply");
         return NGX_DECLINED;
     }
 
-    if (p->status.len == n->status.len
-        && ngx_strncmp(p->status.data, n->status.data, p->status.len) == 0)
-    {
+    if (p->status == n->status) {
         (void) ngx_http_paygw_notify_ack(r, ctx, "a duplicate");
         return NGX_DECLINED;
     }
 
-    if (!ngx_http_paygw_is(&p->status, "pending")
-        && !ngx_http_paygw_is(&p->status, "processing")
-        && !ngx_http_paygw_is(&p->status, "unknown"))
-    {
+    if (!ngx_http_paygw_pay_transition_ok(p->status, n->status)) {
         /*
          * States only move forward: a late callback changes nothing.  A
          * success for a payment closed or failed here means money was
          * taken for it: that needs a refund, so it is logged as an error.
          */
 
-        level = (ngx_http_paygw_is(&n->status, "succeeded")
-                 && (ngx_http_paygw_is(&p->status, "closed")
-                     || ngx_http_paygw_is(&p->status, "failed")))
+        level = (n->status == NGX_HTTP_PAYGW_STATUS_SUCCEEDED
+                 && (p->status == NGX_HTTP_PAYGW_STATUS_CLOSED
+                     || p->status == NGX_HTTP_PAYGW_STATUS_FAILED))
                 ? NGX_LOG_ERR : NGX_LOG_WARN;
 
         ngx_log_error(level, r->connection->log, 0,
                       "paygw %V callback says %V %V, which is %V already: "
                       "kept", &ctx->channel->name, &p->payment_no,
-                      &n->status, &p->status);
+                      ngx_http_paygw_status_name(n->status),
+                      ngx_http_paygw_status_name(p->status));
 
         (void) ngx_http_paygw_notify_ack(r, ctx, "out of order");
         return NGX_DECLINED;

@@ -1,64 +1,103 @@
 
 /*
- * paygw: the payment and refund endpoints, each a state machine that
- * returns NGX_AGAIN while a backend call it started is running and
- * NGX_OK (or NGX_DECLINED, an error answer) once ctx holds the answer.
+ * paygw: the payment endpoints, each a chain of named steps (see
+ * ngx_http_paygw_payments.h) that returns NGX_AGAIN while a backend call
+ * it started is running and NGX_OK (or NGX_DECLINED, an error answer)
+ * once ctx holds the answer.
  *
  * The order of writes is what keeps money safe:
  *   create: INSERT the payment (processing) -> charge -> settle
- *   refund: reserve the amount (row lock)   -> refund -> settle
  * A lost provider answer leaves "unknown", settled later by a query.
+ *
+ * The steps, in the order they may run (each named in a debug line):
+ *
+ *   create:   start [-> risked] -> inserted -> charged -> settled
+ *             [-> reread]; or start/risked -> denied (risk refused it),
+ *             inserted -> duplicate (the order has a payment already)
+ *   get:      start -> selected [-> queried [-> recharged | expired]
+ *             -> settled [-> selected]]
+ *   close:    start -> selected [-> at_provider] -> recorded; or
+ *             at_provider -> queried -> settled (paid meanwhile)
+ *   resolve:  start -> listed, then the get steps for each candidate
  */
 
 
-#include "ngx_http_paygw_api.h"
-#include "ngx_http_paygw_channel.h"
+#include "ngx_http_paygw_payments.h"
 #include "ngx_http_paygw_store.h"
 #include "ngx_http_paygw_metrics.h"
 
 
-static ngx_int_t ngx_http_paygw_mysql_start(ngx_http_request_t *r,
+static ngx_int_t ngx_http_paygw_create_start(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-static ngx_int_t ngx_http_paygw_mysql_down(ngx_http_request_t *r,
+static ngx_int_t ngx_http_paygw_create_risked(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-static ngx_int_t ngx_http_paygw_select(ngx_http_request_t *r,
-    ngx_http_paygw_ctx_t *ctx, ngx_uint_t by_business_no);
-static ngx_int_t ngx_http_paygw_selected(ngx_http_request_t *r,
+static ngx_int_t ngx_http_paygw_create_deny(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-static ngx_int_t ngx_http_paygw_settle(ngx_http_request_t *r,
+static ngx_int_t ngx_http_paygw_create_denied(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-static ngx_int_t ngx_http_paygw_settle_refund(ngx_http_request_t *r,
+static ngx_int_t ngx_http_paygw_create_insert(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-static ngx_int_t ngx_http_paygw_refund_settled(ngx_http_request_t *r,
+static ngx_int_t ngx_http_paygw_create_inserted(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-static void ngx_http_paygw_apply(ngx_http_paygw_payment_t *p,
-    ngx_http_paygw_outcome_t *out);
-static ngx_int_t ngx_http_paygw_needs_query(ngx_http_request_t *r,
+static ngx_int_t ngx_http_paygw_create_duplicate(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-static ngx_int_t ngx_http_paygw_payment_answer(ngx_http_request_t *r,
-    ngx_http_paygw_ctx_t *ctx, ngx_uint_t status);
-static ngx_int_t ngx_http_paygw_refund_answer(ngx_http_request_t *r,
+static ngx_int_t ngx_http_paygw_create_charged(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-static ngx_int_t ngx_http_paygw_refund_refused(ngx_http_request_t *r,
+static ngx_int_t ngx_http_paygw_create_settled(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_create_reread(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_fallback(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static void ngx_http_paygw_card(ngx_http_paygw_payment_t *p);
-static ngx_int_t ngx_http_paygw_insert(ngx_http_request_t *r,
+
+static ngx_int_t ngx_http_paygw_get_start(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-static ngx_int_t ngx_http_paygw_retry(ngx_http_request_t *r,
-    ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_step_pt call,
-    ngx_http_paygw_outcome_pt outcome);
-static ngx_int_t ngx_http_paygw_fallback(ngx_http_request_t *r,
+static ngx_int_t ngx_http_paygw_get_selected(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_get_queried(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_get_recharged(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_get_expired(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_get_settled(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_needs_query(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_after_query(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-static ngx_int_t ngx_http_paygw_provider_step(ngx_http_request_t *r,
-    ngx_http_paygw_ctx_t *ctx, ngx_uint_t stage, ngx_http_paygw_step_pt call);
+
+static ngx_int_t ngx_http_paygw_close_start(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_close_selected(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_close_at_provider(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_close_queried(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_close_settled(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_close_local(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_close_recorded(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_close_refused(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-static ngx_int_t ngx_http_paygw_risk_deny(ngx_http_request_t *r,
+
+static ngx_int_t ngx_http_paygw_resolve_start(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_resolve_listed(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_resolve_next(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+
+static ngx_int_t ngx_http_paygw_settle(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_step_pt next);
+static void ngx_http_paygw_apply(ngx_http_paygw_payment_t *p,
+    ngx_http_paygw_outcome_t *out);
+static ngx_int_t ngx_http_paygw_payment_answer(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_uint_t status);
 
 
 /* POST /v1/payments */
@@ -66,199 +105,288 @@ static ngx_int_t ngx_http_paygw_risk_deny(ngx_http_request_t *r,
 ngx_int_t
 ngx_http_paygw_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_int_t                  rc;
-    ngx_str_t                 *v;
-    ngx_http_paygw_payment_t  *p;
-
-    p = &ctx->payment;
-
-    switch (ctx->stage) {
-
-    case 0:
-        if (ngx_http_paygw_random_no(r->pool, 'P', &p->payment_no) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        p->merchant_id = ctx->merchant_id;
-        ngx_str_set(&p->status, "processing");
-        ngx_http_paygw_now(r->pool, &p->created_at);
-        p->updated_at = p->created_at;
-        ngx_http_paygw_card(p);
-
-        /* an open circuit: refuse before anything is written */
-
-        if (ngx_http_paygw_breaker_allow(r, ctx->channel) != NGX_OK
-            && ngx_http_paygw_fallback(r, ctx) != NGX_OK)
-        {
-            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                       "channel_unavailable",
-                                       "channel \"%V\" is failing; try "
-                                       "again later", &ctx->channel->name);
-        }
-
-        if (ngx_http_paygw_risk_enabled(r) == NGX_OK) {
-
-            /* risk first: nothing is written for a refused payment */
-
-            ctx->risk_reason = ngx_http_paygw_risk_ceiling(r, ctx);
-
-            if (ctx->risk_reason) {
-                return ngx_http_paygw_risk_deny(r, ctx);
-            }
-
-            ctx->stage = 20;
-            return ngx_http_paygw_risk_send(r, ctx) == NGX_OK ? NGX_AGAIN
-                                                               : NGX_ERROR;
-        }
-
-        return ngx_http_paygw_insert(r, ctx);
-
-    case 20:
-        ctx->risk_reason = ngx_http_paygw_risk_result(r, ctx);
-
-        if (ctx->risk_reason == NULL) {
-            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                       "backend_unavailable",
-                                       "redis: risk rules could not be "
-                                       "evaluated");
-        }
-
-        if (ngx_strcmp(ctx->risk_reason, "allow") == 0) {
-            ngx_http_paygw_m_risk(r, 0);
-            return ngx_http_paygw_insert(r, ctx);
-        }
-
-        return ngx_http_paygw_risk_deny(r, ctx);
-
-    case 21:
-        if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "paygw: cannot record the risk.block event");
-        }
-
-        return ngx_http_paygw_fail_with(r, ctx, NGX_HTTP_FORBIDDEN,
-                   "risk_denied",
-                   json_pack("{s:s}", "reason", ctx->risk_reason),
-                   "the payment was refused by risk rules (%s)",
-                   ctx->risk_reason);
-
-    case 1:
-        if (!ctx->mysql->call.ok) {
-            /* nothing was written and nothing charged: free the key */
-            return ngx_http_paygw_mysql_down(r, ctx);
-        }
-
-        if (ctx->mysql->err_no == NGX_HTTP_PAYGW_ER_DUP_ENTRY) {
-            ctx->stage = 2;
-            return ngx_http_paygw_select(r, ctx, 1);
-        }
-
-        if (ctx->mysql->err_no) {
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "paygw: cannot insert payment: %V",
-                          &ctx->mysql->err_msg);
-            return NGX_ERROR;
-        }
-
-        ctx->side_effect = 1;
-
-        return ngx_http_paygw_provider_step(r, ctx, 3,
-                                            ctx->channel->provider->charge);
-
-    case 2:
-        if (!ctx->mysql->call.ok) {
-            return ngx_http_paygw_mysql_down(r, ctx);
-        }
-
-        v = ngx_http_paygw_sql_value(ctx->mysql->stmts.elts, 0, 0);
-
-        return ngx_http_paygw_fail_with(r, ctx, NGX_HTTP_CONFLICT,
-                   "duplicate_business_no",
-                   json_pack("{s:s%}", "payment_no",
-                             v && v->data ? (char *) v->data : "",
-                             v && v->data ? v->len : 0),
-                   "business_no \"%V\" already has a payment",
-                   &p->business_no);
-
-    case 3:
-        /* charges are idempotent by out_trade_no: retry what failed */
-
-        rc = ngx_http_paygw_retry(r, ctx, ctx->channel->provider->charge,
-                                   ctx->channel->provider->charge_outcome);
-        if (rc != NGX_DECLINED) {
-            return rc;
-        }
-
-        ctx->stage = 4;
-        return ngx_http_paygw_settle(r, ctx);
-
-    case 5:
-        /* a callback settled it before the create's own answer */
-
-        rc = ngx_http_paygw_selected(r, ctx);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
-        return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_CREATED);
-
-    default: /* 4 */
-        if (ctx->mysql->call.ok && ctx->mysql->conflict) {
-            ctx->stage = 5;
-            ctx->object_no = p->payment_no;
-            return ngx_http_paygw_select(r, ctx, 0);
-        }
-
-        if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
-            /*
-             * The provider answered but the answer could not be kept:
-             * the row stays "processing" and a query settles it later.
-             */
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "paygw: payment %V is %V at the provider but "
-                          "could not be recorded; it will be resolved",
-                          &p->payment_no, &ctx->outcome.status);
-            ngx_str_set(&p->status, "processing");
-            return ngx_http_paygw_payment_answer(r, ctx,
-                                                 NGX_HTTP_ACCEPTED);
-        }
-
-        ngx_http_paygw_apply(p, &ctx->outcome);
-        ngx_http_paygw_m_payment(r, &p->channel, &p->status);
-
-        return ngx_http_paygw_payment_answer(r, ctx,
-                                             ctx->outcome.definitive
-                                             ? NGX_HTTP_CREATED
-                                             : NGX_HTTP_ACCEPTED);
-    }
-
-    return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK
-           ? NGX_AGAIN : NGX_ERROR;
+    return ngx_http_paygw_steps(r, ctx, ngx_http_paygw_create_start);
 }
 
 
 static ngx_int_t
-ngx_http_paygw_retry(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
-    ngx_http_paygw_step_pt call, ngx_http_paygw_outcome_pt outcome)
+ngx_http_paygw_create_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    /*
-     * Provider calls are idempotent (out_trade_no, out_refund_no): one
-     * without an answer, or answered with a 5xx, is made again while
-     * attempts remain.  NGX_DECLINED: no retry; the answer is read into
-     * ctx->outcome.
-     */
+    ngx_http_paygw_payment_t  *p;
 
-    if (ngx_http_paygw_provider_retryable(ctx) != NGX_OK
-        || ctx->attempt >= ctx->channel->attempts)
-    {
-        outcome(r, ctx);
-        return NGX_DECLINED;
+    p = &ctx->payment;
+
+    if (ngx_http_paygw_random_no(r->pool, 'P', &p->payment_no) != NGX_OK) {
+        return NGX_ERROR;
     }
 
-    ctx->attempt++;
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw create: step \"start\" payment %V order \"%V\"",
+                   &p->payment_no, &p->business_no);
 
-    return call(r, ctx) == NGX_OK ? NGX_AGAIN : NGX_ERROR;
+    p->merchant_id = ctx->merchant_id;
+    p->status = NGX_HTTP_PAYGW_STATUS_PROCESSING;
+    ngx_http_paygw_now(r->pool, &p->created_at);
+    p->updated_at = p->created_at;
+    ngx_http_paygw_card(p);
+
+    /* an open circuit: refuse before anything is written */
+
+    if (ngx_http_paygw_breaker_allow(r, ctx->channel) != NGX_OK
+        && ngx_http_paygw_fallback(r, ctx) != NGX_OK)
+    {
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "channel_unavailable",
+                                   "channel \"%V\" is failing; try "
+                                   "again later", &ctx->channel->name);
+    }
+
+    if (ngx_http_paygw_risk_enabled(r) != NGX_OK) {
+        return ngx_http_paygw_create_insert(r, ctx);
+    }
+
+    /* risk first: nothing is written for a refused payment */
+
+    ctx->risk_reason = ngx_http_paygw_risk_ceiling(r, ctx);
+
+    if (ctx->risk_reason) {
+        return ngx_http_paygw_create_deny(r, ctx);
+    }
+
+    ctx->next = ngx_http_paygw_create_risked;
+
+    return ngx_http_paygw_risk_send(r, ctx) == NGX_OK ? NGX_AGAIN
+                                                       : NGX_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_create_risked(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_verdict_e  verdict;
+
+    verdict = ngx_http_paygw_risk_result(r, ctx);
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw create: step \"risked\" payment %V: verdict %d %s",
+                   &ctx->payment.payment_no, verdict,
+                   ctx->risk_reason ? ctx->risk_reason : "");
+
+    switch (verdict) {
+
+    case NGX_HTTP_PAYGW_RISK_ALLOW:
+        ngx_http_paygw_m_risk(r, 0);
+        return ngx_http_paygw_create_insert(r, ctx);
+
+    case NGX_HTTP_PAYGW_RISK_DENY:
+        return ngx_http_paygw_create_deny(r, ctx);
+
+    default: /* NGX_HTTP_PAYGW_RISK_UNEVALUATED */
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "backend_unavailable",
+                                   "redis: risk rules could not be "
+                                   "evaluated");
+    }
+}
+
+
+static ngx_int_t
+ngx_http_paygw_create_deny(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_m_risk(r, 1);
+
+    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
+                  "paygw risk: refused order \"%V\" of %V: %s",
+                  &ctx->payment.business_no, &ctx->merchant_id,
+                  ctx->risk_reason);
+
+    /* the refusal is kept as an event: nothing else is written */
+
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_risk_event(r, ctx->mysql, &ctx->payment,
+                                           ctx->risk_reason) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_create_denied);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_create_denied(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw create: step \"denied\" payment %V",
+                   &ctx->payment.payment_no);
+
+    if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw: cannot record the risk.block event");
+    }
+
+    return ngx_http_paygw_fail_with(r, ctx, NGX_HTTP_FORBIDDEN,
+               "risk_denied",
+               json_pack("{s:s}", "reason", ctx->risk_reason),
+               "the payment was refused by risk rules (%s)",
+               ctx->risk_reason);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_create_insert(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    /* the durable guard: one payment per merchant order, before charging */
+
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_insert_payment(ctx->mysql, &ctx->payment)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_create_inserted);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_create_inserted(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw create: step \"inserted\" payment %V, mysql %ud",
+                   &ctx->payment.payment_no, ctx->mysql->err_no);
+
+    if (!ctx->mysql->call.ok) {
+        /* nothing was written and nothing charged: free the key */
+        return ngx_http_paygw_mysql_down(r, ctx);
+    }
+
+    if (ctx->mysql->err_no == NGX_HTTP_PAYGW_ER_DUP_ENTRY) {
+        return ngx_http_paygw_select(r, ctx, 1,
+                                     ngx_http_paygw_create_duplicate);
+    }
+
+    if (ctx->mysql->err_no) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw: cannot insert payment: %V",
+                      &ctx->mysql->err_msg);
+        return NGX_ERROR;
+    }
+
+    ctx->side_effect = 1;
+
+    return ngx_http_paygw_provider_step(r, ctx, ngx_http_paygw_create_charged,
+                                        ctx->channel->provider->charge);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_create_duplicate(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_str_t  *v;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw create: step \"duplicate\" order \"%V\"",
+                   &ctx->payment.business_no);
+
+    if (!ctx->mysql->call.ok) {
+        return ngx_http_paygw_mysql_down(r, ctx);
+    }
+
+    v = ngx_http_paygw_sql_value(ctx->mysql->stmts.elts, 0, 0);
+
+    return ngx_http_paygw_fail_with(r, ctx, NGX_HTTP_CONFLICT,
+               "duplicate_business_no",
+               json_pack("{s:s%}", "payment_no",
+                         v && v->data ? (char *) v->data : "",
+                         v && v->data ? v->len : 0),
+               "business_no \"%V\" already has a payment",
+               &ctx->payment.business_no);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_create_charged(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t                   rc;
+    ngx_http_paygw_provider_t  *pv;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw create: step \"charged\" payment %V, attempt %ui",
+                   &ctx->payment.payment_no, ctx->attempt);
+
+    pv = ctx->channel->provider;
+
+    /* charges are idempotent by out_trade_no: retry what failed */
+
+    rc = ngx_http_paygw_retry(r, ctx, pv->charge, pv->charge_outcome);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    return ngx_http_paygw_settle(r, ctx, ngx_http_paygw_create_settled);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_create_settled(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw create: step \"settled\" payment %V: %V",
+                   &p->payment_no,
+                   ngx_http_paygw_status_name(ctx->outcome.status));
+
+    if (ctx->mysql->call.ok && ctx->mysql->conflict) {
+        ctx->object_no = p->payment_no;
+        return ngx_http_paygw_select(r, ctx, 0, ngx_http_paygw_create_reread);
+    }
+
+    if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
+        /*
+         * The provider answered but the answer could not be kept:
+         * the row stays "processing" and a query settles it later.
+         */
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw: payment %V is %V at the provider but "
+                      "could not be recorded; it will be resolved",
+                      &p->payment_no,
+                      ngx_http_paygw_status_name(ctx->outcome.status));
+        p->status = NGX_HTTP_PAYGW_STATUS_PROCESSING;
+        return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_ACCEPTED);
+    }
+
+    ngx_http_paygw_apply(p, &ctx->outcome);
+    ngx_http_paygw_m_payment(r, &p->channel, p->status);
+
+    return ngx_http_paygw_payment_answer(r, ctx, ctx->outcome.definitive
+                                                 ? NGX_HTTP_CREATED
+                                                 : NGX_HTTP_ACCEPTED);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_create_reread(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t  rc;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw create: step \"reread\" payment %V",
+                   &ctx->object_no);
+
+    /* a callback settled it before the create's own answer */
+
+    rc = ngx_http_paygw_selected(r, ctx);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_CREATED);
 }
 
 
@@ -297,46 +425,35 @@ ngx_http_paygw_fallback(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 }
 
 
-static ngx_int_t
-ngx_http_paygw_insert(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+static void
+ngx_http_paygw_card(ngx_http_paygw_payment_t *p)
 {
-    /* the durable guard: one payment per merchant order, before charging */
+    u_char  *n;
 
-    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
-        || ngx_http_paygw_store_insert_payment(ctx->mysql, &ctx->payment)
-           != NGX_OK)
-    {
-        return NGX_ERROR;
+    if (p->card_number.len < 12) {
+        return;
     }
 
-    ctx->stage = 1;
+    n = p->card_number.data;
 
-    return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK ? NGX_AGAIN
-                                                               : NGX_ERROR;
-}
+    p->card_last4.data = n + p->card_number.len - 4;
+    p->card_last4.len = 4;
 
+    if (n[0] == '4') {
+        ngx_str_set(&p->card_brand, "visa");
 
-static ngx_int_t
-ngx_http_paygw_risk_deny(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
-{
-    ngx_http_paygw_m_risk(r, 1);
+    } else if (n[0] == '5' && n[1] >= '1' && n[1] <= '5') {
+        ngx_str_set(&p->card_brand, "mastercard");
 
-    ngx_log_error(NGX_LOG_NOTICE, r->connection->log, 0,
-                  "paygw risk: refused order \"%V\" of %V: %s",
-                  &ctx->payment.business_no, &ctx->merchant_id,
-                  ctx->risk_reason);
+    } else if (n[0] == '3' && (n[1] == '4' || n[1] == '7')) {
+        ngx_str_set(&p->card_brand, "amex");
 
-    ctx->stage = 21;
+    } else if (n[0] == '6' && n[1] == '2') {
+        ngx_str_set(&p->card_brand, "unionpay");
 
-    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
-        || ngx_http_paygw_store_risk_event(r, ctx->mysql, &ctx->payment,
-                                           ctx->risk_reason) != NGX_OK)
-    {
-        return NGX_ERROR;
+    } else {
+        ngx_str_set(&p->card_brand, "unknown");
     }
-
-    return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK ? NGX_AGAIN
-                                                               : NGX_ERROR;
 }
 
 
@@ -345,102 +462,66 @@ ngx_http_paygw_risk_deny(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 ngx_int_t
 ngx_http_paygw_get(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
+    return ngx_http_paygw_steps(r, ctx, ngx_http_paygw_get_start);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_get_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw get: step \"start\" payment %V", &ctx->object_no);
+
+    return ngx_http_paygw_select(r, ctx,
+                                 ctx->api == NGX_HTTP_PAYGW_API_FIND,
+                                 ngx_http_paygw_get_selected);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_get_selected(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t  rc;
+
+    rc = ngx_http_paygw_selected(r, ctx);
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw get: step \"selected\" payment %V: %V%s",
+                   &ctx->payment.payment_no,
+                   ngx_http_paygw_status_name(ctx->payment.status),
+                   ctx->reread ? ", reread" : "");
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    if (ngx_http_paygw_needs_query(r, ctx) != NGX_OK) {
+        return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+    }
+
+    return ngx_http_paygw_provider_step(r, ctx, ngx_http_paygw_get_queried,
+                                        ctx->channel->provider->query);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_get_queried(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
     ngx_int_t                   rc;
-    ngx_http_paygw_payment_t   *p;
     ngx_http_paygw_provider_t  *pv;
 
-    p = &ctx->payment;
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw get: step \"queried\" payment %V, attempt %ui",
+                   &ctx->payment.payment_no, ctx->attempt);
 
-    switch (ctx->stage) {
+    pv = ctx->channel->provider;
 
-    case 0:
-        ctx->stage = 1;
-        return ngx_http_paygw_select(r, ctx,
-                                     ctx->api == NGX_HTTP_PAYGW_API_FIND);
-
-    case 1:
-        rc = ngx_http_paygw_selected(r, ctx);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
-        if (ngx_http_paygw_needs_query(r, ctx) != NGX_OK) {
-            return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
-        }
-
-        return ngx_http_paygw_provider_step(r, ctx, 2,
-                                            ctx->channel->provider->query);
-
-    case 2:
-        pv = ctx->channel->provider;
-
-        rc = ngx_http_paygw_retry(r, ctx, pv->query, pv->query_outcome);
-        if (rc != NGX_DECLINED) {
-            return rc;
-        }
-
-        return ngx_http_paygw_after_query(r, ctx);
-
-    case 4:
-        /* the QR code again (the create's answer was lost) */
-
-        pv = ctx->channel->provider;
-
-        rc = ngx_http_paygw_retry(r, ctx, pv->charge, pv->charge_outcome);
-        if (rc != NGX_DECLINED) {
-            return rc;
-        }
-
-        /*
-         * Only the code is wanted here: a refusal of the repeated create
-         * says nothing of the trade the first one made.
-         */
-
-        if (!ctx->outcome.definitive
-            || !ngx_http_paygw_is(&ctx->outcome.status, "pending"))
-        {
-            return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
-        }
-
-        ctx->stage = 3;
-        ngx_http_paygw_now(r->pool, &p->updated_at);
-        return ngx_http_paygw_settle(r, ctx);
-
-    case 6:
-        /* expired unpaid: closed at the provider before here */
-
-        pv = ctx->channel->provider;
-
-        rc = ngx_http_paygw_retry(r, ctx, pv->close, pv->close_outcome);
-        if (rc != NGX_DECLINED) {
-            return rc;
-        }
-
-        if (!ctx->outcome.definitive) {
-            return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
-        }
-
-        ctx->stage = 3;
-        ngx_http_paygw_now(r->pool, &p->updated_at);
-        return ngx_http_paygw_settle(r, ctx);
-
-    default: /* 3 */
-        if (ctx->mysql->call.ok && !ctx->mysql->err_no
-            && !ctx->mysql->conflict)
-        {
-            ngx_http_paygw_apply(p, &ctx->outcome);
-            ngx_http_paygw_m_payment(r, &p->channel, &p->status);
-            return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
-        }
-
-        /* settled meanwhile by someone else, or not recordable now */
-
-        ctx->stage = 1;
-        ctx->reread = 1;
-        ctx->api = NGX_HTTP_PAYGW_API_GET;
-        ctx->object_no = p->payment_no;
-        return ngx_http_paygw_select(r, ctx, 0);
+    rc = ngx_http_paygw_retry(r, ctx, pv->query, pv->query_outcome);
+    if (rc != NGX_DECLINED) {
+        return rc;
     }
+
+    return ngx_http_paygw_after_query(r, ctx);
 }
 
 
@@ -462,19 +543,23 @@ ngx_http_paygw_after_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     out = &ctx->outcome;
     pv = ctx->channel->provider;
 
-    unpaid = out->not_found || ngx_http_paygw_is(&out->status, "pending");
-    open = !ngx_http_paygw_is(&p->status, "pending");
+    unpaid = out->not_found || out->status == NGX_HTTP_PAYGW_STATUS_PENDING;
+    open = p->status != NGX_HTTP_PAYGW_STATUS_PENDING;
 
     if (pv->close && unpaid) {
 
         if (p->overdue > 0) {
-            return ngx_http_paygw_provider_step(r, ctx, 6, pv->close);
+            return ngx_http_paygw_provider_step(r, ctx,
+                                                ngx_http_paygw_get_expired,
+                                                pv->close);
         }
 
         if (open) {
             /* idempotent by out_trade_no: the same code comes back */
             p->expire_seconds = -p->overdue;
-            return ngx_http_paygw_provider_step(r, ctx, 4, pv->charge);
+            return ngx_http_paygw_provider_step(r, ctx,
+                                                ngx_http_paygw_get_recharged,
+                                                pv->charge);
         }
 
         return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
@@ -484,35 +569,149 @@ ngx_http_paygw_after_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     if (out->not_found && p->age >= ctx->channel->unknown_grace) {
         ctx->outcome.definitive = 1;
-        ngx_str_set(&out->status, "failed");
+        out->status = NGX_HTTP_PAYGW_STATUS_FAILED;
         ngx_str_set(&out->failure_code, "charge_not_received");
         ngx_str_set(&out->failure_message,
                     "the acquirer never received the charge");
     }
 
-    if (!out->definitive
-        || (p->status.len == out->status.len
-            && ngx_strncmp(p->status.data, out->status.data, p->status.len)
-               == 0))
-    {
+    if (!out->definitive || p->status == out->status) {
         return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
     }
 
-    ctx->stage = 3;
     ngx_http_paygw_now(r->pool, &p->updated_at);
 
-    return ngx_http_paygw_settle(r, ctx);
+    return ngx_http_paygw_settle(r, ctx, ngx_http_paygw_get_settled);
 }
 
 
 static ngx_int_t
-ngx_http_paygw_provider_step(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
-    ngx_uint_t stage, ngx_http_paygw_step_pt call)
+ngx_http_paygw_get_recharged(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    ctx->stage = stage;
-    ctx->attempt = 1;
+    ngx_int_t                   rc;
+    ngx_http_paygw_provider_t  *pv;
 
-    return call(r, ctx) == NGX_OK ? NGX_AGAIN : NGX_ERROR;
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw get: step \"recharged\" payment %V, attempt %ui",
+                   &ctx->payment.payment_no, ctx->attempt);
+
+    /* the QR code again (the create's answer was lost) */
+
+    pv = ctx->channel->provider;
+
+    rc = ngx_http_paygw_retry(r, ctx, pv->charge, pv->charge_outcome);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    /*
+     * Only the code is wanted here: a refusal of the repeated create
+     * says nothing of the trade the first one made.
+     */
+
+    if (!ctx->outcome.definitive
+        || ctx->outcome.status != NGX_HTTP_PAYGW_STATUS_PENDING)
+    {
+        return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+    }
+
+    ngx_http_paygw_now(r->pool, &ctx->payment.updated_at);
+
+    return ngx_http_paygw_settle(r, ctx, ngx_http_paygw_get_settled);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_get_expired(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t                   rc;
+    ngx_http_paygw_provider_t  *pv;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw get: step \"expired\" payment %V, attempt %ui",
+                   &ctx->payment.payment_no, ctx->attempt);
+
+    /* expired unpaid: closed at the provider before here */
+
+    pv = ctx->channel->provider;
+
+    rc = ngx_http_paygw_retry(r, ctx, pv->close, pv->close_outcome);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (!ctx->outcome.definitive) {
+        return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+    }
+
+    ngx_http_paygw_now(r->pool, &ctx->payment.updated_at);
+
+    return ngx_http_paygw_settle(r, ctx, ngx_http_paygw_get_settled);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_get_settled(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw get: step \"settled\" payment %V: %V",
+                   &p->payment_no,
+                   ngx_http_paygw_status_name(ctx->outcome.status));
+
+    if (ctx->mysql->call.ok && !ctx->mysql->err_no && !ctx->mysql->conflict)
+    {
+        ngx_http_paygw_apply(p, &ctx->outcome);
+        ngx_http_paygw_m_payment(r, &p->channel, p->status);
+        return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+    }
+
+    /* settled meanwhile by someone else, or not recordable now */
+
+    ctx->reread = 1;
+    ctx->api = NGX_HTTP_PAYGW_API_GET;
+    ctx->object_no = p->payment_no;
+
+    return ngx_http_paygw_select(r, ctx, 0, ngx_http_paygw_get_selected);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_needs_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    ctx->channel = ngx_http_paygw_channel_find(r, &p->channel);
+
+    /* one settlement attempt per request: a re-read only reports */
+
+    if (ctx->channel == NULL || ctx->reread) {
+        return NGX_DECLINED;
+    }
+
+    /* "unknown" now; "processing" only once its creator must be gone */
+
+    if (p->status == NGX_HTTP_PAYGW_STATUS_UNKNOWN
+        || (p->status == NGX_HTTP_PAYGW_STATUS_PROCESSING
+            && p->age >= ctx->channel->unknown_grace))
+    {
+        return NGX_OK;
+    }
+
+    /* a QR code past its expiry: paid after all, or to be closed */
+
+    if (p->status == NGX_HTTP_PAYGW_STATUS_PENDING && p->overdue > 0
+        && ctx->channel->provider->close)
+    {
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
 }
 
 
@@ -521,132 +720,161 @@ ngx_http_paygw_provider_step(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 ngx_int_t
 ngx_http_paygw_close(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
+    return ngx_http_paygw_steps(r, ctx, ngx_http_paygw_close_start);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_close_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw close: step \"start\" payment %V", &ctx->object_no);
+
+    return ngx_http_paygw_select(r, ctx, 0, ngx_http_paygw_close_selected);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_close_selected(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
     ngx_int_t                   rc;
     ngx_http_paygw_payment_t   *p;
     ngx_http_paygw_provider_t  *pv;
 
     p = &ctx->payment;
 
-    switch (ctx->stage) {
+    rc = ngx_http_paygw_selected(r, ctx);
 
-    case 0:
-        ctx->stage = 1;
-        return ngx_http_paygw_select(r, ctx, 0);
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw close: step \"selected\" payment %V: %V",
+                   &ctx->object_no, ngx_http_paygw_status_name(p->status));
 
-    case 1:
-        rc = ngx_http_paygw_selected(r, ctx);
-        if (rc != NGX_OK) {
-            return rc;
-        }
+    if (rc != NGX_OK) {
+        return rc;
+    }
 
-        if (ngx_http_paygw_is(&p->status, "closed")) {
-            return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
-        }
-
-        ctx->channel = ngx_http_paygw_channel_find(r, &p->channel);
-        pv = ctx->channel ? ctx->channel->provider : NULL;
-
-        /* an "unknown" QR payment never gave its code out: closable */
-
-        if (!ngx_http_paygw_is(&p->status, "pending")
-            && !(ngx_http_paygw_is(&p->status, "unknown") && pv && pv->close))
-        {
-            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT,
-                                       "invalid_state",
-                                       "payment %V is %V: only pending "
-                                       "payments can be closed",
-                                       &p->payment_no, &p->status);
-        }
-
-        if (pv && pv->close) {
-            /* closed there first, so that nobody can pay it any more */
-            return ngx_http_paygw_provider_step(r, ctx, 10, pv->close);
-        }
-
-        return ngx_http_paygw_close_local(r, ctx);
-
-    case 10:
-        pv = ctx->channel->provider;
-
-        rc = ngx_http_paygw_retry(r, ctx, pv->close, pv->close_outcome);
-        if (rc != NGX_DECLINED) {
-            return rc;
-        }
-
-        if (ctx->outcome.definitive) {
-            return ngx_http_paygw_close_local(r, ctx);
-        }
-
-        if (ctx->outcome.not_closable) {
-            /* paid meanwhile: record it, then say so */
-            return ngx_http_paygw_provider_step(r, ctx, 11, pv->query);
-        }
-
-        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_GATEWAY,
-                                   "provider_error",
-                                   "%V could not close payment %V: %V; try "
-                                   "again", &ctx->channel->name,
-                                   &p->payment_no,
-                                   &ctx->outcome.failure_message);
-
-    case 11:
-        pv = ctx->channel->provider;
-
-        rc = ngx_http_paygw_retry(r, ctx, pv->query, pv->query_outcome);
-        if (rc != NGX_DECLINED) {
-            return rc;
-        }
-
-        if (!ctx->outcome.definitive) {
-            return ngx_http_paygw_close_refused(r, ctx);
-        }
-
-        ctx->stage = 12;
-        ngx_http_paygw_now(r->pool, &p->updated_at);
-        return ngx_http_paygw_settle(r, ctx);
-
-    case 12:
-        if (ctx->mysql->call.ok && !ctx->mysql->err_no
-            && !ctx->mysql->conflict)
-        {
-            ngx_http_paygw_apply(p, &ctx->outcome);
-            ngx_http_paygw_m_payment(r, &p->channel, &p->status);
-        }
-
-        /* closed there after all (by its expiry): that is what was asked */
-
-        if (ngx_http_paygw_is(&ctx->outcome.status, "closed")) {
-            ngx_str_set(&p->status, "closed");
-            return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
-        }
-
-        return ngx_http_paygw_close_refused(r, ctx);
-
-    default: /* 2 */
-        if (!ctx->mysql->call.ok) {
-            return ngx_http_paygw_mysql_down(r, ctx);
-        }
-
-        if (ctx->mysql->err_no) {
-            /* closed at the provider, not yet here: a retry finishes it */
-            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                       "backend_unavailable",
-                                       "mysql: the close of %V could not be "
-                                       "recorded; try again", &p->payment_no);
-        }
-
-        if (ctx->mysql->conflict) {
-            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT,
-                                       "invalid_state",
-                                       "payment %V changed state meanwhile",
-                                       &p->payment_no);
-        }
-
-        ctx->side_effect = 1;
-        ngx_http_paygw_m_payment(r, &p->channel, &p->status);
-
+    if (p->status == NGX_HTTP_PAYGW_STATUS_CLOSED) {
         return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
     }
+
+    ctx->channel = ngx_http_paygw_channel_find(r, &p->channel);
+    pv = ctx->channel ? ctx->channel->provider : NULL;
+
+    /* an "unknown" QR payment never gave its code out: closable */
+
+    if (p->status != NGX_HTTP_PAYGW_STATUS_PENDING
+        && !(p->status == NGX_HTTP_PAYGW_STATUS_UNKNOWN && pv && pv->close))
+    {
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT,
+                                   "invalid_state",
+                                   "payment %V is %V: only pending "
+                                   "payments can be closed",
+                                   &p->payment_no,
+                                   ngx_http_paygw_status_name(p->status));
+    }
+
+    if (pv && pv->close) {
+        /* closed there first, so that nobody can pay it any more */
+        return ngx_http_paygw_provider_step(r, ctx,
+                                            ngx_http_paygw_close_at_provider,
+                                            pv->close);
+    }
+
+    return ngx_http_paygw_close_local(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_close_at_provider(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t                   rc;
+    ngx_http_paygw_provider_t  *pv;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw close: step \"at_provider\" payment %V, "
+                   "attempt %ui", &ctx->payment.payment_no, ctx->attempt);
+
+    pv = ctx->channel->provider;
+
+    rc = ngx_http_paygw_retry(r, ctx, pv->close, pv->close_outcome);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (ctx->outcome.definitive) {
+        return ngx_http_paygw_close_local(r, ctx);
+    }
+
+    if (ctx->outcome.not_closable) {
+        /* paid meanwhile: record it, then say so */
+        return ngx_http_paygw_provider_step(r, ctx,
+                                            ngx_http_paygw_close_queried,
+                                            pv->query);
+    }
+
+    return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_GATEWAY,
+                               "provider_error",
+                               "%V could not close payment %V: %V; try "
+                               "again", &ctx->channel->name,
+                               &ctx->payment.payment_no,
+                               &ctx->outcome.failure_message);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_close_queried(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t                   rc;
+    ngx_http_paygw_provider_t  *pv;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw close: step \"queried\" payment %V, attempt %ui",
+                   &ctx->payment.payment_no, ctx->attempt);
+
+    pv = ctx->channel->provider;
+
+    rc = ngx_http_paygw_retry(r, ctx, pv->query, pv->query_outcome);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
+    if (!ctx->outcome.definitive) {
+        return ngx_http_paygw_close_refused(r, ctx);
+    }
+
+    ngx_http_paygw_now(r->pool, &ctx->payment.updated_at);
+
+    return ngx_http_paygw_settle(r, ctx, ngx_http_paygw_close_settled);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_close_settled(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw close: step \"settled\" payment %V: %V",
+                   &p->payment_no,
+                   ngx_http_paygw_status_name(ctx->outcome.status));
+
+    if (ctx->mysql->call.ok && !ctx->mysql->err_no && !ctx->mysql->conflict)
+    {
+        ngx_http_paygw_apply(p, &ctx->outcome);
+        ngx_http_paygw_m_payment(r, &p->channel, p->status);
+    }
+
+    /* closed there after all (by its expiry): that is what was asked */
+
+    if (ctx->outcome.status == NGX_HTTP_PAYGW_STATUS_CLOSED) {
+        p->status = NGX_HTTP_PAYGW_STATUS_CLOSED;
+        return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+    }
+
+    return ngx_http_paygw_close_refused(r, ctx);
 }
 
 
@@ -658,17 +886,53 @@ ngx_http_paygw_close_local(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     p = &ctx->payment;
 
     ngx_http_paygw_now(r->pool, &p->updated_at);
-    ngx_str_set(&p->status, "closed");
+    p->status = NGX_HTTP_PAYGW_STATUS_CLOSED;
 
     if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
-        || ngx_http_paygw_store_close_payment(r, ctx->mysql, p) != NGX_OK
-        || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
+        || ngx_http_paygw_store_close_payment(r, ctx->mysql, p) != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    ctx->stage = 2;
-    return NGX_AGAIN;
+    return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_close_recorded);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_close_recorded(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_payment_t  *p;
+
+    p = &ctx->payment;
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw close: step \"recorded\" payment %V, mysql %ud",
+                   &p->payment_no, ctx->mysql->err_no);
+
+    if (!ctx->mysql->call.ok) {
+        return ngx_http_paygw_mysql_down(r, ctx);
+    }
+
+    if (ctx->mysql->err_no) {
+        /* closed at the provider, not yet here: a retry finishes it */
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                   "backend_unavailable",
+                                   "mysql: the close of %V could not be "
+                                   "recorded; try again", &p->payment_no);
+    }
+
+    if (ctx->mysql->conflict) {
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT,
+                                   "invalid_state",
+                                   "payment %V changed state meanwhile",
+                                   &p->payment_no);
+    }
+
+    ctx->side_effect = 1;
+    ngx_http_paygw_m_payment(r, &p->channel, p->status);
+
+    return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
 }
 
 
@@ -679,7 +943,7 @@ ngx_http_paygw_close_refused(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     out = &ctx->outcome;
 
-    if (ngx_http_paygw_is(&out->status, "succeeded")) {
+    if (out->status == NGX_HTTP_PAYGW_STATUS_SUCCEEDED) {
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "invalid_state",
                                    "payment %V was paid at %V: it cannot "
                                    "be closed", &ctx->payment.payment_no,
@@ -690,7 +954,8 @@ ngx_http_paygw_close_refused(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "invalid_state",
                                    "payment %V is %V at %V: it cannot be "
                                    "closed", &ctx->payment.payment_no,
-                                   &out->status, &ctx->channel->name);
+                                   ngx_http_paygw_status_name(out->status),
+                                   &ctx->channel->name);
     }
 
     return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_GATEWAY, "provider_error",
@@ -701,262 +966,88 @@ ngx_http_paygw_close_refused(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 }
 
 
-/* POST /v1/payments/{no}/refunds */
-
-ngx_int_t
-ngx_http_paygw_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
-{
-    ngx_int_t                  rc;
-    ngx_http_paygw_refund_t   *rf;
-    ngx_http_paygw_payment_t  *p;
-
-    p = &ctx->payment;
-    rf = &ctx->refund;
-
-    switch (ctx->stage) {
-
-    case 0:
-        ctx->stage = 1;
-        return ngx_http_paygw_select(r, ctx, 0);
-
-    case 1:
-        rc = ngx_http_paygw_selected(r, ctx);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
-        if (ngx_http_paygw_refund_refused(r, ctx) != NGX_OK) {
-            return NGX_DECLINED;
-        }
-
-        ctx->channel = ngx_http_paygw_channel_find(r, &p->channel);
-        if (ctx->channel == NULL
-            || ngx_http_paygw_breaker_allow(r, ctx->channel) != NGX_OK)
-        {
-            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
-                                       "channel_unavailable",
-                                       "channel \"%V\" is not available",
-                                       &p->channel);
-        }
-
-        if (ngx_http_paygw_random_no(r->pool, 'R', &rf->out_refund_no)
-            != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        rf->payment_no = p->payment_no;
-        rf->merchant_id = p->merchant_id;
-        rf->currency = p->currency;
-        ngx_str_set(&rf->status, "pending");
-        ngx_http_paygw_now(r->pool, &rf->created_at);
-        rf->updated_at = rf->created_at;
-
-        if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
-            || ngx_http_paygw_store_reserve_refund(ctx->mysql, rf) != NGX_OK
-            || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        ctx->stage = 2;
-        return NGX_AGAIN;
-
-    case 2:
-        if (!ctx->mysql->call.ok) {
-            return ngx_http_paygw_mysql_down(r, ctx);
-        }
-
-        if (ctx->mysql->err_no == NGX_HTTP_PAYGW_ER_DUP_ENTRY) {
-            return ngx_http_paygw_fail_with(r, ctx, NGX_HTTP_CONFLICT,
-                       "duplicate_refund_no",
-                       json_pack("{s:s%}", "refund_no", rf->refund_no.data,
-                                 rf->refund_no.len),
-                       "refund_no \"%V\" is already used", &rf->refund_no);
-        }
-
-        if (ctx->mysql->conflict) {
-            /* lost to a concurrent refund or state change: say which */
-            ctx->stage = 5;
-            return ngx_http_paygw_select(r, ctx, 0);
-        }
-
-        if (ctx->mysql->err_no) {
-            return NGX_ERROR;
-        }
-
-        ctx->side_effect = 1;
-
-        return ngx_http_paygw_provider_step(r, ctx, 3,
-                                            ctx->channel->provider->refund);
-
-    case 3:
-        rc = ngx_http_paygw_retry(r, ctx, ctx->channel->provider->refund,
-                                   ctx->channel->provider->refund_outcome);
-        if (rc != NGX_DECLINED) {
-            return rc;
-        }
-
-        ctx->stage = 4;
-        return ngx_http_paygw_settle_refund(r, ctx);
-
-    case 4:
-        return ngx_http_paygw_refund_settled(r, ctx);
-
-    default: /* 5 */
-        rc = ngx_http_paygw_selected(r, ctx);
-        if (rc != NGX_OK) {
-            return rc;
-        }
-
-        if (ngx_http_paygw_refund_refused(r, ctx) == NGX_OK) {
-            (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_PAYGW_UNPROCESSABLE,
-                                       "refund_exceeds_payment",
-                                       "the refunds of payment %V would "
-                                       "exceed its amount", &p->payment_no);
-        }
-
-        return NGX_DECLINED;
-    }
-}
-
-
-/* GET /v1/refunds/{refund_no} */
-
-ngx_int_t
-ngx_http_paygw_get_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
-{
-    ngx_str_t                  channel;
-    ngx_http_paygw_refund_t   *rf;
-    ngx_http_paygw_sql_stmt_t  *stmt;
-
-    rf = &ctx->refund;
-
-    switch (ctx->stage) {
-
-    case 0:
-        if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
-            || ngx_http_paygw_store_select_refund(ctx->mysql,
-                                                  &ctx->merchant_id,
-                                                  &ctx->object_no) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        ctx->mysql->read_only = 1;
-        ctx->stage = 1;
-
-        return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK
-               ? NGX_AGAIN : NGX_ERROR;
-
-    case 1:
-        if (!ctx->mysql->call.ok) {
-            return ngx_http_paygw_mysql_down(r, ctx);
-        }
-
-        stmt = ctx->mysql->stmts.elts;
-
-        if (ctx->mysql->err_no
-            || ngx_http_paygw_store_row_refund(stmt, rf, &channel) != NGX_OK)
-        {
-            return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_FOUND,
-                                       "not_found", "no refund %V",
-                                       &ctx->object_no);
-        }
-
-        ctx->channel = ngx_http_paygw_channel_find(r, &channel);
-
-        /* "pending": in flight here, or still processing there */
-
-        if ((!ngx_http_paygw_is(&rf->status, "unknown")
-             && !ngx_http_paygw_is(&rf->status, "pending"))
-            || ctx->channel == NULL)
-        {
-            return ngx_http_paygw_refund_answer(r, ctx);
-        }
-
-        ctx->stage = 2;
-        return ctx->channel->provider->refund_query(r, ctx) == NGX_OK
-               ? NGX_AGAIN : NGX_ERROR;
-
-    case 2:
-        ctx->channel->provider->refund_outcome(r, ctx);
-
-        /* never received, long enough ago: release the reserved amount */
-
-        if (ctx->outcome.not_found && rf->age >= ctx->channel->unknown_grace) {
-            ctx->outcome.definitive = 1;
-            ngx_str_set(&ctx->outcome.status, "failed");
-            ngx_str_set(&ctx->outcome.failure_code, "refund_not_received");
-        }
-
-        if (!ctx->outcome.definitive) {
-            return ngx_http_paygw_refund_answer(r, ctx);
-        }
-
-        ctx->stage = 3;
-        return ngx_http_paygw_settle_refund(r, ctx);
-
-    default: /* 3 */
-        return ngx_http_paygw_refund_settled(r, ctx);
-    }
-}
-
-
 /*
  * POST /v1/admin/resolve: settle payments left "unknown", or left
  * "processing" by a request that died, by running each through the GET
- * state machine, which queries the provider.
+ * steps, which query the provider.
  */
 
 ngx_int_t
 ngx_http_paygw_resolve(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
+    ngx_int_t  rc;
+
+    if (ctx->candidates == NULL) {
+        return ngx_http_paygw_steps(r, ctx, ngx_http_paygw_resolve_start);
+    }
+
+    /* a candidate's GET steps go on */
+
+    rc = ngx_http_paygw_get(r, ctx);
+    if (rc == NGX_AGAIN) {
+        return NGX_AGAIN;
+    }
+
+    if (ctx->outcome.definitive) {
+        ctx->settled++;
+    }
+
+    return ngx_http_paygw_resolve_next(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_resolve_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw resolve: step \"start\"");
+
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_select_stale(ctx->mysql, 0, 100) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ctx->mysql->read_only = 1;
+
+    return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_resolve_listed);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_resolve_listed(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw resolve: step \"listed\"");
+
+    if (!ctx->mysql->call.ok) {
+        return ngx_http_paygw_mysql_down(r, ctx);
+    }
+
+    ctx->candidates = ctx->mysql;
+
+    return ngx_http_paygw_resolve_next(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_resolve_next(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
     ngx_int_t                   rc;
     ngx_str_t                  *v;
     ngx_http_paygw_sql_stmt_t  *stmt;
 
-    if (ctx->candidates == NULL) {
-
-        if (ctx->stage == 0) {
-            if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
-                || ngx_http_paygw_store_select_stale(ctx->mysql, 0, 100)
-                   != NGX_OK)
-            {
-                return NGX_ERROR;
-            }
-
-            ctx->mysql->read_only = 1;
-            ctx->stage = 1;
-
-            return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK
-                   ? NGX_AGAIN : NGX_ERROR;
-        }
-
-        if (!ctx->mysql->call.ok) {
-            return ngx_http_paygw_mysql_down(r, ctx);
-        }
-
-        ctx->candidates = ctx->mysql;
-
-    } else {
-        rc = ngx_http_paygw_get(r, ctx);
-        if (rc == NGX_AGAIN) {
-            return NGX_AGAIN;
-        }
-
-        if (ctx->outcome.definitive) {
-            ctx->settled++;
-        }
-    }
-
     stmt = ctx->candidates->stmts.elts;
 
-    while (ctx->next < stmt->nrows) {
+    while (ctx->candidate < stmt->nrows) {
 
-        v = ngx_http_paygw_sql_value(stmt, ctx->next++, 0);
+        v = ngx_http_paygw_sql_value(stmt, ctx->candidate++, 0);
 
-        /* each candidate starts the GET machine afresh, merchant-blind */
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "paygw resolve: step \"next\" payment %V (%ui of %ui)",
+                       v, ctx->candidate, stmt->nrows);
+
+        /* each candidate starts the GET steps afresh, merchant-blind */
 
         ngx_memzero(&ctx->payment, sizeof(ngx_http_paygw_payment_t));
         ngx_memzero(&ctx->outcome, sizeof(ngx_http_paygw_outcome_t));
@@ -964,7 +1055,7 @@ ngx_http_paygw_resolve(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         ngx_str_set(&ctx->merchant_id, "*");
         ctx->object_no = *v;
         ctx->status = 0;
-        ctx->stage = 0;
+        ctx->next = NULL;
         ctx->reread = 0;
 
         rc = ngx_http_paygw_get(r, ctx);
@@ -984,10 +1075,24 @@ ngx_http_paygw_resolve(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 }
 
 
-/* helpers */
+/* the steps' shared moves */
 
 
-static ngx_int_t
+ngx_int_t
+ngx_http_paygw_steps(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_http_paygw_step_pt first)
+{
+    /* the endpoint's first step, or the one its last backend call set */
+
+    if (ctx->next == NULL) {
+        ctx->next = first;
+    }
+
+    return ctx->next(r, ctx);
+}
+
+
+ngx_int_t
 ngx_http_paygw_mysql_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     ctx->mysql = ngx_http_paygw_mysql_create(r);
@@ -1001,7 +1106,18 @@ ngx_http_paygw_mysql_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 }
 
 
-static ngx_int_t
+ngx_int_t
+ngx_http_paygw_mysql_wait(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_http_paygw_step_pt next)
+{
+    ctx->next = next;
+
+    return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK ? NGX_AGAIN
+                                                               : NGX_ERROR;
+}
+
+
+ngx_int_t
 ngx_http_paygw_mysql_down(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     return ngx_http_paygw_fail(r, ctx,
@@ -1014,9 +1130,9 @@ ngx_http_paygw_mysql_down(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_paygw_select(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
-    ngx_uint_t by_business_no)
+    ngx_uint_t by_business_no, ngx_http_paygw_step_pt next)
 {
     ngx_str_t  *no;
 
@@ -1035,12 +1151,11 @@ ngx_http_paygw_select(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 
     ctx->mysql->read_only = 1;
 
-    return ngx_http_paygw_mysql_send(r, ctx->mysql) == NGX_OK ? NGX_AGAIN
-                                                               : NGX_ERROR;
+    return ngx_http_paygw_mysql_wait(r, ctx, next);
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_paygw_selected(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     ngx_http_paygw_sql_stmt_t  *stmt;
@@ -1062,8 +1177,44 @@ ngx_http_paygw_selected(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 }
 
 
+ngx_int_t
+ngx_http_paygw_provider_step(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_http_paygw_step_pt next, ngx_http_paygw_step_pt call)
+{
+    ctx->next = next;
+    ctx->attempt = 1;
+
+    return call(r, ctx) == NGX_OK ? NGX_AGAIN : NGX_ERROR;
+}
+
+
+ngx_int_t
+ngx_http_paygw_retry(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_http_paygw_step_pt call, ngx_http_paygw_outcome_pt outcome)
+{
+    /*
+     * Provider calls are idempotent (out_trade_no, out_refund_no): one
+     * without an answer, or answered with a 5xx, is made again while
+     * attempts remain.  NGX_DECLINED: no retry; the answer is read into
+     * ctx->outcome.
+     */
+
+    if (ngx_http_paygw_provider_retryable(ctx) != NGX_OK
+        || ctx->attempt >= ctx->channel->attempts)
+    {
+        outcome(r, ctx);
+        return NGX_DECLINED;
+    }
+
+    ctx->attempt++;
+
+    return call(r, ctx) == NGX_OK ? NGX_AGAIN : NGX_ERROR;
+}
+
+
 static ngx_int_t
-ngx_http_paygw_settle(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+ngx_http_paygw_settle(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_http_paygw_step_pt next)
 {
     ngx_http_paygw_payment_t  *p;
 
@@ -1075,55 +1226,12 @@ ngx_http_paygw_settle(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
         || ngx_http_paygw_store_settle_payment(r, ctx->mysql, p,
-                                               &ctx->outcome) != NGX_OK
-        || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
+                                               &ctx->outcome) != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    return NGX_AGAIN;
-}
-
-
-static ngx_int_t
-ngx_http_paygw_settle_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
-{
-    ngx_http_paygw_refund_t  *rf;
-
-    rf = &ctx->refund;
-
-    ngx_http_paygw_now(r->pool, &rf->updated_at);
-
-    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
-        || ngx_http_paygw_store_settle_refund(r, ctx->mysql, rf,
-                                              &ctx->outcome) != NGX_OK
-        || ngx_http_paygw_mysql_send(r, ctx->mysql) != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    return NGX_AGAIN;
-}
-
-
-/* the refund as settled, or as it was if the settlement did not commit */
-
-static ngx_int_t
-ngx_http_paygw_refund_settled(ngx_http_request_t *r,
-    ngx_http_paygw_ctx_t *ctx)
-{
-    ngx_http_paygw_refund_t  *rf;
-
-    rf = &ctx->refund;
-
-    if (ctx->mysql->call.ok && !ctx->mysql->err_no && !ctx->mysql->conflict)
-    {
-        rf->status = ctx->outcome.status;
-        rf->channel_refund_no = ctx->outcome.provider_no;
-        rf->failure_code = ctx->outcome.failure_code;
-    }
-
-    return ngx_http_paygw_refund_answer(r, ctx);
+    return ngx_http_paygw_mysql_wait(r, ctx, next);
 }
 
 
@@ -1161,135 +1269,9 @@ ngx_http_paygw_apply(ngx_http_paygw_payment_t *p,
 
 
 static ngx_int_t
-ngx_http_paygw_needs_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
-{
-    ngx_http_paygw_payment_t  *p;
-
-    p = &ctx->payment;
-
-    ctx->channel = ngx_http_paygw_channel_find(r, &p->channel);
-
-    /* one settlement attempt per request: a re-read only reports */
-
-    if (ctx->channel == NULL || ctx->reread) {
-        return NGX_DECLINED;
-    }
-
-    /* "unknown" now; "processing" only once its creator must be gone */
-
-    if (ngx_http_paygw_is(&p->status, "unknown")
-        || (ngx_http_paygw_is(&p->status, "processing")
-            && p->age >= ctx->channel->unknown_grace))
-    {
-        return NGX_OK;
-    }
-
-    /* a QR code past its expiry: paid after all, or to be closed */
-
-    if (ngx_http_paygw_is(&p->status, "pending") && p->overdue > 0
-        && ctx->channel->provider->close)
-    {
-        return NGX_OK;
-    }
-
-    return NGX_DECLINED;
-}
-
-
-static ngx_int_t
 ngx_http_paygw_payment_answer(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, ngx_uint_t status)
 {
     return ngx_http_paygw_respond(r, ctx, status,
                                   ngx_http_paygw_payment_json(&ctx->payment));
-}
-
-
-static ngx_int_t
-ngx_http_paygw_refund_answer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
-{
-    ngx_uint_t  status;
-
-    if (ctx->api != NGX_HTTP_PAYGW_API_REFUND) {
-        status = NGX_HTTP_OK;
-
-    } else if (ngx_http_paygw_is(&ctx->refund.status, "succeeded")
-               || ngx_http_paygw_is(&ctx->refund.status, "failed"))
-    {
-        status = NGX_HTTP_CREATED;
-
-    } else {
-        status = NGX_HTTP_ACCEPTED;
-    }
-
-    return ngx_http_paygw_respond(r, ctx, status,
-                                  ngx_http_paygw_refund_json(&ctx->refund));
-}
-
-
-static ngx_int_t
-ngx_http_paygw_refund_refused(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
-{
-    ngx_http_paygw_payment_t  *p;
-
-    p = &ctx->payment;
-
-    /* a fully refunded payment has nothing left: 422 like any excess */
-
-    if (!ngx_http_paygw_is(&p->status, "succeeded")
-        && !ngx_http_paygw_is(&p->status, "partially_refunded")
-        && !ngx_http_paygw_is(&p->status, "refunded"))
-    {
-        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "invalid_state",
-                                   "payment %V is %V: only succeeded "
-                                   "payments can be refunded",
-                                   &p->payment_no, &p->status);
-        return NGX_DECLINED;
-    }
-
-    if (p->amount - p->refunded_amount - p->refund_reserved
-        < ctx->refund.amount)
-    {
-        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_PAYGW_UNPROCESSABLE,
-                                   "refund_exceeds_payment",
-                                   "payment %V has %L left to refund",
-                                   &p->payment_no,
-                                   p->amount - p->refunded_amount
-                                   - p->refund_reserved);
-        return NGX_DECLINED;
-    }
-
-    return NGX_OK;
-}
-
-
-static void
-ngx_http_paygw_card(ngx_http_paygw_payment_t *p)
-{
-    u_char  *n;
-
-    if (p->card_number.len < 12) {
-        return;
-    }
-
-    n = p->card_number.data;
-
-    p->card_last4.data = n + p->card_number.len - 4;
-    p->card_last4.len = 4;
-
-    if (n[0] == '4') {
-        ngx_str_set(&p->card_brand, "visa");
-
-    } else if (n[0] == '5' && n[1] >= '1' && n[1] <= '5') {
-        ngx_str_set(&p->card_brand, "mastercard");
-
-    } else if (n[0] == '3' && (n[1] == '4' || n[1] == '7')) {
-        ngx_str_set(&p->card_brand, "amex");
-
-    } else if (n[0] == '6' && n[1] == '2') {
-        ngx_str_set(&p->card_brand, "unionpay");
-
-    } else {
-        ngx_str_set(&p->card_brand, "unknown");
-    }
 }

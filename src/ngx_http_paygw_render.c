@@ -28,7 +28,7 @@ ngx_http_paygw_payment_json(ngx_http_paygw_payment_t *p)
     json_object_set_new(doc, "amount", json_integer(p->amount));
     ngx_http_paygw_set(doc, "currency", &p->currency);
     ngx_http_paygw_set(doc, "channel", &p->channel);
-    ngx_http_paygw_set(doc, "status", &p->status);
+    ngx_http_paygw_set(doc, "status", ngx_http_paygw_status_name(p->status));
     ngx_http_paygw_set(doc, "channel_trade_no", &p->channel_trade_no);
     json_object_set_new(doc, "refunded_amount",
                         json_integer(p->refunded_amount));
@@ -100,7 +100,7 @@ ngx_http_paygw_refund_json(ngx_http_paygw_refund_t *rf)
     ngx_http_paygw_set(doc, "merchant_id", &rf->merchant_id);
     json_object_set_new(doc, "amount", json_integer(rf->amount));
     ngx_http_paygw_set(doc, "currency", &rf->currency);
-    ngx_http_paygw_set(doc, "status", &rf->status);
+    ngx_http_paygw_set(doc, "status", ngx_http_paygw_status_name(rf->status));
 
     if (rf->reason.data) {
         ngx_http_paygw_set(doc, "reason", &rf->reason);

@@ -36,6 +36,8 @@ typedef struct {
 } ngx_http_paygw_risk_t;
 
 
+static char *ngx_http_paygw_risk_param(ngx_conf_t *cf,
+    ngx_http_paygw_risk_t *risk, ngx_str_t *param);
 static char *ngx_http_paygw_risk_velocity(ngx_conf_t *cf, ngx_str_t *v,
     ngx_uint_t *count, ngx_msec_t *window);
 static ngx_int_t ngx_http_paygw_risk_payer(ngx_http_request_t *r,
@@ -84,7 +86,7 @@ ngx_http_paygw_risk(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_paygw_main_conf_t *pmcf = conf;
 
     char                   *rv;
-    ngx_str_t              *value, v;
+    ngx_str_t              *value;
     ngx_uint_t              i;
     ngx_http_paygw_risk_t  *risk;
 
@@ -102,86 +104,79 @@ ngx_http_paygw_risk(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     for (i = 1; i < cf->args->nelts; i++) {
 
-        if (ngx_strncmp(value[i].data, "max_amount=", 11) == 0) {
-            risk->max_amount = ngx_atoof(value[i].data + 11,
-                                         value[i].len - 11);
-            if (risk->max_amount <= 0) {
-                goto invalid;
-            }
+        rv = ngx_http_paygw_risk_param(cf, risk, &value[i]);
 
-            continue;
+        if (rv == (char *) NGX_DECLINED) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
         }
 
-        if (ngx_strncmp(value[i].data, "daily_amount=", 13) == 0) {
-            risk->daily_amount = ngx_atoof(value[i].data + 13,
-                                           value[i].len - 13);
-            if (risk->daily_amount <= 0) {
-                goto invalid;
-            }
-
-            continue;
+        if (rv != NGX_CONF_OK) {
+            return rv;
         }
-
-        if (ngx_strncmp(value[i].data, "merchant_velocity=", 18) == 0) {
-            v.data = value[i].data + 18;
-            v.len = value[i].len - 18;
-
-            rv = ngx_http_paygw_risk_velocity(cf, &v, &risk->merchant_count,
-                                              &risk->merchant_window);
-            if (rv != NGX_CONF_OK) {
-                goto invalid;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "payer_velocity=", 15) == 0) {
-            v.data = value[i].data + 15;
-            v.len = value[i].len - 15;
-
-            rv = ngx_http_paygw_risk_velocity(cf, &v, &risk->payer_count,
-                                              &risk->payer_window);
-            if (rv != NGX_CONF_OK) {
-                goto invalid;
-            }
-
-            continue;
-        }
-
-        if (ngx_strncmp(value[i].data, "card_key_file=", 14) == 0) {
-            v.data = value[i].data + 14;
-            v.len = value[i].len - 14;
-
-            rv = ngx_http_paygw_read_secret(cf, &v, "card_key_file",
-                                            &risk->card_key);
-            if (rv != NGX_CONF_OK) {
-                return rv;
-            }
-
-            continue;
-        }
-
-        if (ngx_strcmp(value[i].data, "blocklists=off") == 0) {
-            risk->blocklists = 0;
-            continue;
-        }
-
-        if (ngx_strcmp(value[i].data, "blocklists=on") == 0) {
-            continue;
-        }
-
-        goto invalid;
     }
 
     pmcf->risk = risk;
 
     return NGX_CONF_OK;
+}
 
-invalid:
 
-    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid parameter \"%V\"",
-                       &value[i]);
-    return NGX_CONF_ERROR;
+/* NGX_CONF_OK, or (char *) NGX_DECLINED for an invalid parameter */
+
+static char *
+ngx_http_paygw_risk_param(ngx_conf_t *cf, ngx_http_paygw_risk_t *risk,
+    ngx_str_t *param)
+{
+    ngx_str_t  v;
+
+    if (ngx_strncmp(param->data, "max_amount=", 11) == 0) {
+        risk->max_amount = ngx_atoof(param->data + 11, param->len - 11);
+        return risk->max_amount > 0 ? NGX_CONF_OK : (char *) NGX_DECLINED;
+    }
+
+    if (ngx_strncmp(param->data, "daily_amount=", 13) == 0) {
+        risk->daily_amount = ngx_atoof(param->data + 13, param->len - 13);
+        return risk->daily_amount > 0 ? NGX_CONF_OK : (char *) NGX_DECLINED;
+    }
+
+    if (ngx_strncmp(param->data, "merchant_velocity=", 18) == 0) {
+        v.data = param->data + 18;
+        v.len = param->len - 18;
+
+        return ngx_http_paygw_risk_velocity(cf, &v, &risk->merchant_count,
+                                            &risk->merchant_window)
+               == NGX_CONF_OK ? NGX_CONF_OK : (char *) NGX_DECLINED;
+    }
+
+    if (ngx_strncmp(param->data, "payer_velocity=", 15) == 0) {
+        v.data = param->data + 15;
+        v.len = param->len - 15;
+
+        return ngx_http_paygw_risk_velocity(cf, &v, &risk->payer_count,
+                                            &risk->payer_window)
+               == NGX_CONF_OK ? NGX_CONF_OK : (char *) NGX_DECLINED;
+    }
+
+    if (ngx_strncmp(param->data, "card_key_file=", 14) == 0) {
+        v.data = param->data + 14;
+        v.len = param->len - 14;
+
+        return ngx_http_paygw_read_secret(cf, &v, "card_key_file",
+                                          &risk->card_key);
+    }
+
+    if (ngx_strcmp(param->data, "blocklists=off") == 0) {
+        risk->blocklists = 0;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strcmp(param->data, "blocklists=on") == 0) {
+        return NGX_CONF_OK;
+    }
+
+    return (char *) NGX_DECLINED;
 }
 
 
@@ -330,7 +325,7 @@ ngx_http_paygw_risk_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 }
 
 
-const char *
+ngx_http_paygw_verdict_e
 ngx_http_paygw_risk_result(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     u_char      *code;
@@ -339,7 +334,7 @@ ngx_http_paygw_risk_result(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     /* no answer: fail closed, like the replay window */
 
     if (!ctx->redis->call.ok) {
-        return NULL;
+        return NGX_HTTP_PAYGW_RISK_UNEVALUATED;
     }
 
     reply = ctx->redis->replies[0];
@@ -350,24 +345,29 @@ ngx_http_paygw_risk_result(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                       "paygw risk: unexpected Redis reply%s%s",
                       reply->type == REDIS_REPLY_ERROR ? ": " : "",
                       reply->type == REDIS_REPLY_ERROR ? reply->str : "");
-        return NULL;
+        return NGX_HTTP_PAYGW_RISK_UNEVALUATED;
     }
 
-    if (reply->len == 5 && ngx_strncmp(reply->str, "allow", 5) == 0) {
-        return "allow";
+    if (ngx_http_paygw_verdict_parse((u_char *) reply->str, reply->len)
+        == NGX_HTTP_PAYGW_RISK_ALLOW)
+    {
+        return NGX_HTTP_PAYGW_RISK_ALLOW;
     }
 
     /* a reason code from the script: copied, the reply is freed later */
 
     code = ngx_pnalloc(r->pool, reply->len + 1);
     if (code == NULL) {
-        return "denied";
+        ctx->risk_reason = "denied";
+        return NGX_HTTP_PAYGW_RISK_DENY;
     }
 
     ngx_memcpy(code, reply->str, reply->len);
     code[reply->len] = '\0';
 
-    return (const char *) code;
+    ctx->risk_reason = (const char *) code;
+
+    return NGX_HTTP_PAYGW_RISK_DENY;
 }
 
 

@@ -68,7 +68,9 @@ ngx_http_paygw_store_insert_payment(ngx_http_paygw_mysql_op_t *op,
         || ngx_http_paygw_sql_int(op, s, p->amount) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &p->currency) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &p->channel) != NGX_OK
-        || ngx_http_paygw_store_str(op, s, &p->status) != NGX_OK
+        || ngx_http_paygw_store_str(op, s,
+                                    ngx_http_paygw_status_name(p->status))
+           != NGX_OK
         || ngx_http_paygw_store_str(op, s, &p->subject) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &p->notify_url) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &p->metadata) != NGX_OK
@@ -147,7 +149,7 @@ ngx_http_paygw_store_row_payment(ngx_http_paygw_sql_stmt_t *stmt,
     p->amount = ngx_http_paygw_store_int(&v[3]);
     p->currency = v[4];
     p->channel = v[5];
-    p->status = v[6];
+    p->status = ngx_http_paygw_status_parse(&v[6]);
     p->channel_trade_no = v[7];
     p->refunded_amount = ngx_http_paygw_store_int(&v[8]);
     p->refund_reserved = ngx_http_paygw_store_int(&v[9]);
@@ -187,7 +189,8 @@ ngx_http_paygw_store_settle_payment(ngx_http_request_t *r,
      * provider said so.
      */
 
-    pending = !out->definitive || ngx_http_paygw_is(&out->status, "pending");
+    pending = !out->definitive
+              || out->status == NGX_HTTP_PAYGW_STATUS_PENDING;
 
     s = ngx_http_paygw_mysql_add(op, pending
             ? "UPDATE payments SET status = ?, "
@@ -215,7 +218,9 @@ ngx_http_paygw_store_settle_payment(ngx_http_request_t *r,
 
     s->expect_affected = 1;
 
-    if (ngx_http_paygw_store_str(op, s, &out->status) != NGX_OK
+    if (ngx_http_paygw_store_str(op, s,
+                                 ngx_http_paygw_status_name(out->status))
+        != NGX_OK
         || ngx_http_paygw_store_str(op, s, &out->provider_no) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &out->card_brand) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &out->card_last4) != NGX_OK
@@ -233,8 +238,9 @@ ngx_http_paygw_store_settle_payment(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    event = (out->status.len == 9) ? "payment.succeeded"
-            : ngx_http_paygw_is(&out->status, "closed")
+    event = (out->status == NGX_HTTP_PAYGW_STATUS_SUCCEEDED)
+            ? "payment.succeeded"
+            : (out->status == NGX_HTTP_PAYGW_STATUS_CLOSED)
               ? "payment.closed" : "payment.failed";
 
     return ngx_http_paygw_store_event(r, op, &p->merchant_id, event,
@@ -353,8 +359,8 @@ ngx_http_paygw_store_settle_refund(ngx_http_request_t *r,
      */
 
     if (out->definitive) {
-        rc = ngx_http_paygw_store_refund_payment(op, rf,
-                                                 out->status.len == 9);
+        rc = ngx_http_paygw_store_refund_payment(op, rf, out->status
+                                         == NGX_HTTP_PAYGW_STATUS_SUCCEEDED);
         if (rc != NGX_OK) {
             return rc;
         }
@@ -372,7 +378,9 @@ ngx_http_paygw_store_settle_refund(ngx_http_request_t *r,
 
     s->expect_affected = 1;
 
-    if (ngx_http_paygw_store_str(op, s, &out->status) != NGX_OK
+    if (ngx_http_paygw_store_str(op, s,
+                                 ngx_http_paygw_status_name(out->status))
+        != NGX_OK
         || ngx_http_paygw_store_str(op, s, &out->provider_no) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &out->failure_code) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &rf->updated_at) != NGX_OK
@@ -393,7 +401,8 @@ ngx_http_paygw_store_settle_refund(ngx_http_request_t *r,
     settled.failure_code = out->failure_code;
 
     return ngx_http_paygw_store_event(r, op, &rf->merchant_id,
-                                      out->status.len == 9
+                                      out->status
+                                      == NGX_HTTP_PAYGW_STATUS_SUCCEEDED
                                       ? "refund.succeeded" : "refund.failed",
                                       &rf->refund_no, NULL,
                                       ngx_http_paygw_refund_json(&settled));
@@ -493,7 +502,7 @@ ngx_http_paygw_store_row_refund(ngx_http_paygw_sql_stmt_t *stmt,
     rf->merchant_id = v[3];
     rf->amount = ngx_http_paygw_store_int(&v[4]);
     rf->currency = v[5];
-    rf->status = v[6];
+    rf->status = ngx_http_paygw_status_parse(&v[6]);
     rf->reason = v[7];
     rf->channel_refund_no = v[8];
     rf->failure_code = v[9];

@@ -51,8 +51,11 @@ static void ngx_http_paygw_wechat_refund_outcome(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_wechat_notify(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
-static void ngx_http_paygw_wechat_trade_state(ngx_str_t *state,
-    ngx_str_t *status);
+static ngx_int_t ngx_http_paygw_wechat_authorize(ngx_http_request_t *r,
+    ngx_http_paygw_channel_t *ch, ngx_http_paygw_provider_call_t *pc,
+    ngx_str_t *auth);
+static ngx_http_paygw_status_e ngx_http_paygw_wechat_trade_state(
+    ngx_str_t *state);
 static ngx_int_t ngx_http_paygw_wechat_amount(json_t *doc, const char *name,
     int64_t expect, ngx_str_t *currency);
 static void ngx_http_paygw_wechat_failed(ngx_http_request_t *r,
@@ -232,15 +235,10 @@ static ngx_int_t
 ngx_http_paygw_wechat_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     const char *method, ngx_str_t *path, json_t *doc)
 {
-    u_char                          *p;
     ngx_int_t                        rc;
-    ngx_str_t                        message, sig, auth, v;
+    ngx_str_t                        auth, v;
     ngx_http_paygw_channel_t        *ch;
     ngx_http_paygw_provider_call_t  *pc;
-    u_char                           rnd[16];
-    u_char                           nonce[32];
-    u_char                           ts[NGX_TIME_T_LEN];
-    size_t                           ts_len;
 
     ch = ctx->channel;
 
@@ -268,47 +266,9 @@ ngx_http_paygw_wechat_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 
     *ngx_cpymem(pc->what, path->data, path->len) = '\0';
 
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+    if (ngx_http_paygw_wechat_authorize(r, ch, pc, &auth) != NGX_OK) {
         return NGX_ERROR;
     }
-
-    ngx_hex_dump(nonce, rnd, sizeof(rnd));
-    ts_len = ngx_sprintf(ts, "%T", ngx_time()) - ts;
-
-    /* METHOD\nURL\nTS\nNONCE\nBODY\n */
-
-    message.len = pc->method.len + pc->path.len + ts_len + sizeof(nonce)
-                  + pc->body.len + 5;
-    message.data = ngx_pnalloc(r->pool, message.len);
-    if (message.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_sprintf(message.data, "%V\n%V\n%*s\n%*s\n%V\n", &pc->method,
-                &pc->path, ts_len, ts, sizeof(nonce), nonce, &pc->body);
-
-    if (ngx_http_paygw_rsa_sign(r->pool, ch->private_key, &message, &sig)
-        != NGX_OK)
-    {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "paygw wechat: cannot sign the request");
-        return NGX_ERROR;
-    }
-
-    auth.len = sizeof("WECHATPAY2-SHA256-RSA2048 mchid=\"\",nonce_str=\"\","
-                      "timestamp=\"\",serial_no=\"\",signature=\"\"") - 1
-               + ch->merchant.len + sizeof(nonce) + ts_len
-               + ch->serial_no.len + sig.len;
-    auth.data = ngx_pnalloc(r->pool, auth.len);
-    if (auth.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_sprintf(auth.data, "WECHATPAY2-SHA256-RSA2048 mchid=\"%V\","
-                    "nonce_str=\"%*s\",timestamp=\"%*s\",serial_no=\"%V\","
-                    "signature=\"%V\"", &ch->merchant, sizeof(nonce), nonce,
-                    ts_len, ts, &ch->serial_no, &sig);
-    auth.len = p - auth.data;
 
     if (ngx_http_paygw_provider_header(r, pc, "Authorization", &auth)
         != NGX_OK)
@@ -484,7 +444,7 @@ ngx_http_paygw_wechat_native_outcome(ngx_http_request_t *r,
         ngx_http_paygw_json_str(r->pool, doc, "code_url", &out->code_url);
 
         if (out->code_url.len) {
-            ngx_http_paygw_outcome_set(out, "pending");
+            ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_PENDING);
 
         } else {
             ngx_http_paygw_outcome_unknown(out, "no code_url");
@@ -514,7 +474,8 @@ ngx_http_paygw_wechat_query_outcome(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx)
 {
     json_t                          *doc;
-    ngx_str_t                        state, status;
+    ngx_str_t                        state;
+    ngx_http_paygw_status_e          status;
     ngx_http_paygw_payment_t        *p;
     ngx_http_paygw_outcome_t        *out;
     ngx_http_paygw_provider_call_t  *pc;
@@ -556,10 +517,10 @@ ngx_http_paygw_wechat_query_outcome(ngx_http_request_t *r,
     ngx_http_paygw_json_str(r->pool, doc, "trade_state", &state);
     ngx_http_paygw_json_str(r->pool, doc, "transaction_id", &out->provider_no);
 
-    ngx_http_paygw_wechat_trade_state(&state, &status);
+    status = ngx_http_paygw_wechat_trade_state(&state);
 
-    if (status.len) {
-        ngx_http_paygw_outcome_set(out, (char *) status.data);
+    if (status != NGX_HTTP_PAYGW_STATUS_NONE) {
+        ngx_http_paygw_outcome_set(out, status);
 
     } else {
         ngx_http_paygw_outcome_unknown(out, "unknown trade_state");
@@ -569,32 +530,94 @@ ngx_http_paygw_wechat_query_outcome(ngx_http_request_t *r,
 }
 
 
-/* trade_state -> our status; "" for a state we do not know */
+/* the Authorization header: the request signed with the merchant key */
 
-static void
-ngx_http_paygw_wechat_trade_state(ngx_str_t *state, ngx_str_t *status)
+static ngx_int_t
+ngx_http_paygw_wechat_authorize(ngx_http_request_t *r,
+    ngx_http_paygw_channel_t *ch, ngx_http_paygw_provider_call_t *pc,
+    ngx_str_t *auth)
+{
+    u_char     *p;
+    size_t      ts_len;
+    ngx_str_t   message, sig;
+    u_char      rnd[16];
+    u_char      nonce[32];
+    u_char      ts[NGX_TIME_T_LEN];
+
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        return NGX_ERROR;
+    }
+
+    ngx_hex_dump(nonce, rnd, sizeof(rnd));
+    ts_len = ngx_sprintf(ts, "%T", ngx_time()) - ts;
+
+    /* METHOD\nURL\nTS\nNONCE\nBODY\n */
+
+    message.len = pc->method.len + pc->path.len + ts_len + sizeof(nonce)
+                  + pc->body.len + 5;
+    message.data = ngx_pnalloc(r->pool, message.len);
+    if (message.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(message.data, "%V\n%V\n%*s\n%*s\n%V\n", &pc->method,
+                &pc->path, ts_len, ts, sizeof(nonce), nonce, &pc->body);
+
+    if (ngx_http_paygw_rsa_sign(r->pool, ch->private_key, &message, &sig)
+        != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw wechat: cannot sign the request");
+        return NGX_ERROR;
+    }
+
+    auth->len = sizeof("WECHATPAY2-SHA256-RSA2048 mchid=\"\",nonce_str=\"\","
+                       "timestamp=\"\",serial_no=\"\",signature=\"\"") - 1
+                + ch->merchant.len + sizeof(nonce) + ts_len
+                + ch->serial_no.len + sig.len;
+    auth->data = ngx_pnalloc(r->pool, auth->len);
+    if (auth->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_sprintf(auth->data, "WECHATPAY2-SHA256-RSA2048 mchid=\"%V\","
+                    "nonce_str=\"%*s\",timestamp=\"%*s\",serial_no=\"%V\","
+                    "signature=\"%V\"", &ch->merchant, sizeof(nonce), nonce,
+                    ts_len, ts, &ch->serial_no, &sig);
+    auth->len = p - auth->data;
+
+    return NGX_OK;
+}
+
+
+/* trade_state -> our status; NONE for a state we do not know */
+
+static ngx_http_paygw_status_e
+ngx_http_paygw_wechat_trade_state(ngx_str_t *state)
 {
     if (ngx_http_paygw_is(state, "SUCCESS")
         || ngx_http_paygw_is(state, "REFUND"))
     {
-        ngx_str_set(status, "succeeded");
-
-    } else if (ngx_http_paygw_is(state, "CLOSED")
-               || ngx_http_paygw_is(state, "REVOKED"))
-    {
-        ngx_str_set(status, "closed");
-
-    } else if (ngx_http_paygw_is(state, "PAYERROR")) {
-        ngx_str_set(status, "failed");
-
-    } else if (ngx_http_paygw_is(state, "NOTPAY")
-               || ngx_http_paygw_is(state, "USERPAYING"))
-    {
-        ngx_str_set(status, "pending");
-
-    } else {
-        ngx_str_set(status, "");
+        return NGX_HTTP_PAYGW_STATUS_SUCCEEDED;
     }
+
+    if (ngx_http_paygw_is(state, "CLOSED")
+        || ngx_http_paygw_is(state, "REVOKED"))
+    {
+        return NGX_HTTP_PAYGW_STATUS_CLOSED;
+    }
+
+    if (ngx_http_paygw_is(state, "PAYERROR")) {
+        return NGX_HTTP_PAYGW_STATUS_FAILED;
+    }
+
+    if (ngx_http_paygw_is(state, "NOTPAY")
+        || ngx_http_paygw_is(state, "USERPAYING"))
+    {
+        return NGX_HTTP_PAYGW_STATUS_PENDING;
+    }
+
+    return NGX_HTTP_PAYGW_STATUS_NONE;
 }
 
 
@@ -621,7 +644,7 @@ ngx_http_paygw_wechat_close_outcome(ngx_http_request_t *r,
         || pc->status == NGX_HTTP_NOT_FOUND)
     {
         /* closed, or never created: either way it cannot be paid now */
-        ngx_http_paygw_outcome_set(out, "closed");
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_CLOSED);
 
     } else if (ngx_http_paygw_is(&code, "ORDERPAID")) {
         out->not_closable = 1;
@@ -692,18 +715,18 @@ ngx_http_paygw_wechat_refund_outcome(ngx_http_request_t *r,
     ngx_http_paygw_json_str(r->pool, doc, "refund_id", &out->provider_no);
 
     if (ngx_http_paygw_is(&status, "SUCCESS")) {
-        ngx_http_paygw_outcome_set(out, "succeeded");
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_SUCCEEDED);
 
     } else if (ngx_http_paygw_is(&status, "CLOSED")
                || ngx_http_paygw_is(&status, "ABNORMAL"))
     {
-        ngx_http_paygw_outcome_set(out, "failed");
+        ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_FAILED);
         out->failure_code = status;
 
     } else {
         /* PROCESSING: WeChat Pay settles it later; a query will tell */
         out->definitive = 0;
-        ngx_str_set(&out->status, "pending");
+        out->status = NGX_HTTP_PAYGW_STATUS_PENDING;
     }
 
     json_decref(doc);
@@ -716,7 +739,7 @@ ngx_http_paygw_wechat_failed(ngx_http_request_t *r,
 {
     /* WeChat Pay refused the request itself: nothing happened there */
 
-    ngx_http_paygw_outcome_set(out, "failed");
+    ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_FAILED);
     ngx_http_paygw_json_str(r->pool, doc, "code", &out->failure_code);
     ngx_http_paygw_json_str(r->pool, doc, "message", &out->failure_message);
 
@@ -820,10 +843,10 @@ ngx_http_paygw_wechat_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     json_decref(doc);
 
-    ngx_http_paygw_wechat_trade_state(&state, &n->status);
+    n->status = ngx_http_paygw_wechat_trade_state(&state);
 
-    if (ngx_http_paygw_is(&n->status, "pending")) {
-        ngx_str_set(&n->status, "");
+    if (n->status == NGX_HTTP_PAYGW_STATUS_PENDING) {
+        n->status = NGX_HTTP_PAYGW_STATUS_NONE;
     }
 
     return NGX_OK;
