@@ -4,6 +4,8 @@
 #   paygw-entrypoint nginx [nginx options]   start nginx in the foreground
 #   paygw-entrypoint healthcheck             GET /healthz on $PAYGW_LISTEN
 #   paygw-entrypoint render                  print the configuration it would use
+#   paygw-entrypoint render-file TEMPLATE    render TEMPLATE from the environment
+#                                            (make k8s-check uses it)
 #   paygw-entrypoint <anything else>         exec it (a shell, nginx -V, ...)
 #
 # Configuration: /etc/paygw/nginx.conf is used as it is. Without it,
@@ -84,6 +86,10 @@ case "${1:-nginx}" in
         ;;
     render)
         cat "$(config)"
+        ;;
+    render-file)
+        [ $# -eq 2 ] || die "usage: $0 render-file TEMPLATE"
+        render "$2"
         ;;
     *)
         exec "$@"
