@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # make k8s-check: offline checks of k8s-ingress/ (and docker/).
 #
-#  1. yamllint over every YAML file of k8s-ingress/ and docker/
+#  1. yamllint over every YAML file of k8s-ingress/ and docker/ (compose)
 #  2. k8s-ingress/tools/check.mjs (npm ci from the pinned lockfile): renders
 #     every overlay, validates each object against the Kubernetes schemas,
 #     rejects unknown fields, checks copies against each other and the
 #     metric names of alerts and dashboard (against a live /metrics when
-#     a gateway answers on PAYGW_PORT, else against the metrics source)
+#     a gateway answers on PAYGW_PORT, else against the metrics source);
+#     docker/Dockerfile* through dockerfile-utils' validator
 #  3. where kubectl exists: `kubectl kustomize` of every overlay must give
 #     the same objects as check.mjs's renderer
 #  4. nginx -t, with the module (build/objs), of every nginx configuration
@@ -75,6 +76,9 @@ if curl -sf -o "$out/metrics.txt" "http://127.0.0.1:$port/metrics"; then
     metrics_arg=("$out/metrics.txt")
 fi
 node "$tools/check.mjs" "$out" "${metrics_arg[@]}" || bad "check.mjs"
+echo "Dockerfiles (no hadolint or BuildKit here: dockerfile-utils' validator)"
+node "$tools/lint-dockerfile.mjs" docker/Dockerfile docker/Dockerfile.ingress-nginx \
+    || bad "Dockerfile lint"
 
 # ---- 3. the same objects as kubectl kustomize ----------------------------
 if command -v kubectl >/dev/null 2>&1; then
