@@ -85,7 +85,8 @@ case "${1:-nginx}" in
         healthcheck
         ;;
     render)
-        cat "$(config)"
+        conf=$(config)
+        cat "$conf"
         ;;
     render-file)
         [ $# -eq 2 ] || die "usage: $0 render-file TEMPLATE"

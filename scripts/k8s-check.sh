@@ -15,7 +15,8 @@
 #     paygw-env values, the ingress-nginx main-snippet + http-snippet.
 #     Substituted in a temporary directory: paths under /etc/paygw, /tmp
 #     and the module path; host names of upstream servers by 127.0.0.1
-#     (nginx -t resolves them); secrets by test keys.
+#     (nginx -t resolves them); secrets by test keys. And the minimal
+#     nginx.conf of docs/deploy.md.
 #  5. a real run, where podman and the image paygw:dev exist (make image):
 #     `podman kube play` of the podman-local overlay (the plain Deployment,
 #     its ConfigMaps, the secrets as test keys, host network) against the
@@ -119,12 +120,12 @@ localize() {
         -e "s|/etc/nginx/modules/ngx_http_paygw_module.so|$module|" \
         -e "s|/etc/paygw/|$tmp/etc/paygw/|g" \
         -e "s|/tmp/nginx/|$tmp/tmp/|g" \
-        -e 's|^\( *server  *\)[a-z][a-z0-9.-]*:\([0-9]*\);|\1127.0.0.1:\2;|' \
-        "$1"
+        "$1" \
+    | sed -E 's/((^|[{;])[[:space:]]*server[[:space:]]+)[a-z][a-z0-9.-]*:([0-9]+);/\1127.0.0.1:\3;/g'
 }
 
 nginx_t() {     # NAME CONF
-    local log=$out/nginx/$1.nginx-t.log
+    local log=${2%.conf}.nginx-t.log
     if nginx -t -q -p "$tmp/" -c "$2" -e stderr -g "pid $tmp/nginx.pid;" \
             > "$log" 2>&1 \
        || nginx -t -q -p "$tmp/" -c "$2" -e stderr > "$log" 2>&1; then
@@ -161,6 +162,11 @@ for snip in "$out"/nginx/*.snippet.conf; do
     nginx_t "$name (main-snippet + http-snippet)" "$out/nginx/$name.conf"
 done
 shopt -u nullglob
+# the minimal nginx.conf of docs/deploy.md, which operators copy
+awk '/^```nginx/ { f = 1; next } /^```/ { f = 0 } f' docs/deploy.md \
+    > "$out/nginx/docs-deploy-minimal.in"
+localize "$out/nginx/docs-deploy-minimal.in" > "$out/nginx/docs-deploy-minimal.conf"
+nginx_t "docs/deploy.md's minimal nginx.conf" "$out/nginx/docs-deploy-minimal.conf"
 
 # ---- 5. a real run: podman kube play -------------------------------------
 real_run() {
