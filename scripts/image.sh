@@ -139,6 +139,7 @@ fi
 
 # ---- build ----------------------------------------------------------------
 say "building $image from docker/Dockerfile (BASE_IMAGE=$base)"
+old_id=$($engine image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 if ! $engine build "${build_opts[@]}" --network host \
         --build-arg BASE_IMAGE="$base" -f docker/Dockerfile -t "$image" . \
         > "$work/build.log" 2>&1; then
@@ -149,6 +150,11 @@ say "built $image: $($engine image inspect --format '{{.Id}}' "$image" | cut -c1
     "$(( $($engine image inspect --format '{{.Size}}' "$image") / 1000000 )) MB," \
     "$($engine run --rm "${run_opts[@]}" --no-healthcheck --entrypoint nginx \
         "$image" -v 2>&1)"
+new_id=$($engine image inspect --format '{{.Id}}' "$image")
+if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+    # the previous paygw:dev, now untagged (kept if a container uses it)
+    $engine rmi "$old_id" > /dev/null 2>&1 && say "removed the previous $image"
+fi
 [ "$build_only" = 1 ] && exit 0
 
 # ---- smoke test -----------------------------------------------------------
