@@ -72,5 +72,5 @@ bench: build
 image:
 	bash scripts/image.sh
 
-k8s-check: build
+k8s-check: deps build
 	bash scripts/k8s-check.sh

@@ -255,6 +255,14 @@ fi
 say "POST /v1/payments (bank_card, signed): HTTP $http, $pno $status"
 got=$(PAYGW_PORT=$port scripts/paygw-curl GET "/v1/payments/$pno" | grep -o '"status":"[^"]*"' | head -n1)
 say "GET /v1/payments/$pno: $got"
-$engine logs "$container" 2>/dev/null | grep -q "\"payment\":\"$pno\"" \
-    && say "audit line for $pno on the container's stdout"
+# the audit line is written in the LOG phase, after the answer: wait for it
+audit=no
+for _ in $(seq 1 20); do
+    if $engine logs "$container" 2>/dev/null | grep -q "\"payment\":\"$pno\""; then
+        audit=yes; break
+    fi
+    sleep 0.1
+done
+[ "$audit" = yes ] || die "no audit line for $pno on the container's stdout"
+say "audit line for $pno on the container's stdout"
 say "done: $image works (the container and anything it started are removed)"
