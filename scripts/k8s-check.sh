@@ -7,7 +7,9 @@
 #     rejects unknown fields, checks copies against each other and the
 #     metric names of alerts and dashboard (against a live /metrics when
 #     a gateway answers on PAYGW_PORT, else against the metrics source);
-#     docker/Dockerfile* through dockerfile-utils' validator
+#     docker/Dockerfile* through dockerfile-utils' validator; the alert
+#     rules through promtool (Debian's prometheus package): `check rules`
+#     and the unit tests of k8s-ingress/monitoring/tests/rules-test.yaml
 #  3. where kubectl exists: `kubectl kustomize` of every overlay must give
 #     the same objects as check.mjs's renderer
 #  4. nginx -t, with the module (build/objs), of every nginx configuration
@@ -40,14 +42,20 @@ installed() {
     [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]
 }
 apt_install() {
-    local missing=() p
+    local missing=() p saved="" policy=/usr/sbin/policy-rc.d
     for p in "$@"; do installed "$p" || missing+=("$p"); done
     [ "${#missing[@]}" -eq 0 ] && return 0
     [ "$(id -u)" -eq 0 ] || die "need root to install: ${missing[*]}"
     say "installing ${missing[*]} (apt-get)"
+    # no service may start (prometheus would): as scripts/deps.sh does
+    if [ -e "$policy" ]; then saved=$(mktemp); cp -a "$policy" "$saved"; fi
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        --no-install-recommends "${missing[@]}" > /dev/null
+        --no-install-recommends "${missing[@]}" > /dev/null || true
+    if [ -n "$saved" ]; then mv -f "$saved" "$policy"; else rm -f "$policy"; fi
+    for p in "${missing[@]}"; do installed "$p" || die "$p did not install"; done
 }
 
 rm -rf "$out"
@@ -80,6 +88,23 @@ node "$tools/check.mjs" "$out" "${metrics_arg[@]}" || bad "check.mjs"
 echo "Dockerfiles (no hadolint or BuildKit here: dockerfile-utils' validator)"
 node "$tools/lint-dockerfile.mjs" docker/Dockerfile docker/Dockerfile.ingress-nginx \
     || bad "Dockerfile lint"
+
+# ---- the alert rules: promtool (PromQL syntax, and unit tests) -----------
+apt_install prometheus          # for promtool; its service is not started
+node -e '
+    const fs = require("fs"), YAML = require(process.argv[1] + "/node_modules/yaml");
+    const docs = YAML.parseAllDocuments(fs.readFileSync(process.argv[2], "utf8"),
+                                        { version: "1.1" }).map((d) => d.toJSON());
+    const r = docs.find((o) => o.kind === "PrometheusRule");
+    fs.writeFileSync(process.argv[3], YAML.stringify({ groups: r.spec.groups }));
+' "$tools" "$out/plain.yaml" "$out/paygw-rules.yaml"
+cp k8s-ingress/monitoring/tests/rules-test.yaml "$out/"
+if (cd "$out" && promtool check rules paygw-rules.yaml > promtool.log 2>&1 \
+        && promtool test rules rules-test.yaml >> promtool.log 2>&1); then
+    say "promtool: $(grep -o '[0-9]* rules found' "$out/promtool.log"), unit tests of the alerts pass"
+else
+    bad "promtool: $(tail -n 15 "$out/promtool.log")"
+fi
 
 # ---- 3. the same objects as kubectl kustomize ----------------------------
 if command -v kubectl >/dev/null 2>&1; then
