@@ -236,8 +236,12 @@ say "user in the container: $($engine exec "$container" id -un)," \
 if [ "$engine" = podman ]; then
     $engine healthcheck run "$container" > /dev/null \
         || die "HEALTHCHECK failed"
-    say "HEALTHCHECK (GET /healthz): healthy"
+else
+    # docker runs it on its own schedule; run the same command now
+    $engine exec "$container" /usr/local/bin/paygw-entrypoint healthcheck \
+        || die "HEALTHCHECK command failed"
 fi
+say "HEALTHCHECK (GET /healthz): healthy"
 
 body="{\"business_no\":\"IMG-$(date +%s)-$$\",\"amount\":1999,\"currency\":\"CNY\",\"channel\":\"bank_card\",\"subject\":\"image smoke\",\"card\":{\"number\":\"4242424242424242\",\"exp_month\":12,\"exp_year\":2030,\"cvc\":\"123\"}}"
 # paygw-curl --print gives the signed curl command; -w adds the status.
