@@ -269,4 +269,12 @@ for _ in $(seq 1 20); do
 done
 [ "$audit" = yes ] || die "no audit line for $pno on the container's stdout"
 say "audit line for $pno on the container's stdout"
+# stop: the image's STOPSIGNAL (SIGQUIT) makes nginx drain, exit 0
+$engine stop -t 30 "$container" > /dev/null 2>&1 || true
+rc=$($engine inspect --format '{{.State.ExitCode}}' "$container" 2>/dev/null || echo "?")
+if [ "$rc" = 0 ] && $engine logs "$container" 2>&1 | grep -q "gracefully shutting down"; then
+    say "$engine stop: SIGQUIT, workers shut down gracefully, exit code 0"
+else
+    die "$engine stop: exit code $rc, no graceful shutdown in the log"
+fi
 say "done: $image works (the container and anything it started are removed)"
