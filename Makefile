@@ -10,6 +10,11 @@
 #                   scan every log the suite wrote for secrets (t/post)
 #   make test-asan  the same against ASan/UBSan builds of both modules
 #   make bench      throughput/latency on loopback (bench/README.md)
+#   make image      build the container image paygw:dev (docker/) and run it
+#                   once against the `make run` backends (scripts/image.sh)
+#   make k8s-check  offline checks of k8s-ingress/: render every overlay,
+#                   validate against the Kubernetes schemas, yamllint, metric
+#                   names, nginx -t of every carried nginx.conf
 #
 # PROVE_FLAGS adds prove options, e.g. `make test PROVE_FLAGS=-j4`.
 
@@ -21,7 +26,7 @@ PROVE       ?= prove
 PROVE_FLAGS ?=
 
 .PHONY: all deps build build-test build-asan test test-asan run stop status \
-        clean bench
+        clean bench image k8s-check
 
 all: deps build
 
@@ -63,3 +68,9 @@ clean:
 
 bench: build
 	bash bench/run.sh
+
+image:
+	bash scripts/image.sh
+
+k8s-check: deps build
+	bash scripts/k8s-check.sh
