@@ -453,6 +453,34 @@ SQL
     return $tpl;
 }
 
+# ---- simulator keys ----------------------------------------------------------
+
+# The Alipay and WeChat Pay test keys of scripts/provider-keys.sh, made
+# once per version of that script under build/sim-keys/<hash> (RSA key
+# generation costs a second or more per start on a busy machine) and
+# copied into each simulator's dir.  Shared by concurrent test files
+# through a lock, like the MariaDB template.
+sub _sim_keys_template {
+    my $root = "$REPO/build/sim-keys";
+    make_path($root);
+    my $script = "$REPO/scripts/provider-keys.sh";
+    my $tpl = "$root/" . substr(sha256_hex(_slurp($script)), 0, 16);
+    return $tpl if -e "$tpl.ready";
+    local $?;
+    open my $lock, '>>', "$root/.lock" or die "lock $root/.lock: $!\n";
+    flock $lock, LOCK_EX or die "flock: $!\n";
+    return $tpl if -e "$tpl.ready";
+    my $tmp = "$root/.build-$$";
+    remove_tree($tmp);
+    my ($rc, $out, $err) = _run(['bash', $script, $tmp]);
+    die "scripts/provider-keys.sh $tmp failed: $err" if $rc;
+    remove_tree($_) for glob "$root/[0-9a-f]*";
+    rename $tmp, $tpl or die "rename $tmp: $!\n";
+    _spew("$tpl.ready", '');
+    close $lock;
+    return $tpl;
+}
+
 # ---- process components (run as our children) -----------------------------
 
 package PayGW::Test::Proc;
@@ -647,8 +675,9 @@ our @ISA = ('PayGW::Test::Proc');
 # start(port => P, acquirer_secret => S, acquirer_merchant => M,
 #       keys => DIR, no_keys => 1, alipay_app_id => ID, wechat_mchid => ID,
 #       wechat_appid => ID, args => [...])
-# Alipay and WeChat keys: scripts/provider-keys.sh makes fresh ones in the
-# simulator's dir unless keys => DIR (used as it is) is given; with
+# Alipay and WeChat keys: a copy of the keys scripts/provider-keys.sh made
+# once for the suite (_sim_keys_template) in the simulator's dir, unless
+# keys => DIR (used as it is) is given; with
 # no_keys => 1 the simulator gets none and its Alipay and WeChat answer 503.
 sub start {
     my ($class, %o) = @_;
@@ -658,8 +687,8 @@ sub start {
         $keys = $o{keys} // "$dir/keys";
         if (!defined $o{keys}) {
             my ($rc, $out, $err) = PayGW::Test::_run(
-                ['bash', "$PayGW::Test::REPO/scripts/provider-keys.sh", $keys]);
-            die "scripts/provider-keys.sh $keys failed: $err" if $rc;
+                ['cp', '-a', PayGW::Test::_sim_keys_template(), $keys]);
+            die "copying the simulator's keys failed: $err" if $rc;
         }
     }
     my %flag = (acquirer_secret => '--acquirer-secret',
@@ -963,8 +992,11 @@ use Time::HiRes qw(sleep time);
 my $ASAN_LIB;
 
 # new(http => TEXT, main => TEXT, workers => N, error_log_level => LEVEL,
-#     no_module => 1, module => PATH, events => TEXT)
-# TEXT may use %%PORT%% (->port), %%TESTDIR%% (->dir), %%MODULE%%.
+#     no_module => 1, module => PATH, events => TEXT, vars => {NAME => VALUE})
+# TEXT may use %%PORT%% (->port), %%TESTDIR%% (->dir), %%MODULE%% and
+# %%NAME%% for each NAME in vars (PayGW::Gateway passes %%REDIS_PORT%%,
+# %%MYSQL_PORT%%, %%SIM_PORT%% and the like); a placeholder nobody fills
+# is an error, not an empty string.
 sub new {
     my ($class, %o) = @_;
     my $dir = PayGW::Test::_mkdir('nginx');
@@ -977,6 +1009,7 @@ sub new {
         workers => $o{workers} // 1,
         level => $o{error_log_level} // 'info',
         no_module => $o{no_module},
+        vars => {%{ $o{vars} // {} }},
         module => $o{module} // $ENV{PAYGW_MODULE}
                   // "$PayGW::Test::REPO/build/objs/ngx_http_paygw_module.so",
     }, $class;
@@ -994,11 +1027,19 @@ sub url  { "http://127.0.0.1:$_[0]{port}" . ($_[1] // '') }
 sub error_log  { PayGW::Test::_slurp("$_[0]{dir}/error.log") }
 sub access_log { PayGW::Test::_slurp("$_[0]{dir}/access.log") }
 
+# vars(NAME => VALUE, ...): more %%NAME%% placeholders; vars(): all of them.
+sub vars {
+    my ($self, %v) = @_;
+    @{ $self->{vars} }{keys %v} = values %v;
+    return {%{ $self->{vars} }, PORT => $self->{port}, TESTDIR => $self->{dir},
+            MODULE => $self->{module}};
+}
+
 sub _subst {
     my ($self, $text) = @_;
-    $text =~ s/%%PORT%%/$self->{port}/g;
-    $text =~ s/%%TESTDIR%%/$self->{dir}/g;
-    $text =~ s/%%MODULE%%/$self->{module}/g;
+    my $v = $self->vars;
+    $text =~ s/%%([A-Z][A-Z0-9_]*)%%/
+        defined $v->{$1} ? $v->{$1} : die "nginx.conf: nothing fills %%$1%%\n"/ge;
     return $text;
 }
 
