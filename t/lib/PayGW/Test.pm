@@ -38,7 +38,8 @@ use Test::More ();
 use Time::HiRes qw(sleep time);
 
 our @EXPORT_OK = qw(free_port http http_parallel http_raw sign_request
-                    signed_http wait_until repo_root rsa_sign rsa_verify);
+                    signed_http wait_until sleep_until repo_root rsa_sign
+                    rsa_verify);
 
 our $REPO = abs_path(dirname(__FILE__) . '/../../..');
 our $START_TIMEOUT = 30;
@@ -129,6 +130,17 @@ sub wait_until {
         return 0 if time >= $deadline;
         sleep $interval;
     }
+}
+
+# sleep_until(EPOCH): sleeps until that time (Time::HiRes), at once if it
+# passed.  Only for waiting out a duration that is itself under test (a
+# breaker's ejection time); anything else waits for its condition with
+# wait_until.
+sub sleep_until {
+    my ($t) = @_;
+    my $left = $t - time;
+    sleep $left if $left > 0;
+    return;
 }
 
 sub _slurp {
