@@ -28,6 +28,7 @@ my $gw = PayGW::Gateway->start(workers => 2, http => <<'EOF');
                   secret_file=%%REPO%%/conf/demo/acquirer.secret
                   attempts=1 unknown_grace=60s breaker_failures=3 breaker_timeout=2s;
     upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+
     server {
         listen 127.0.0.1:%%PORT%%;
 

@@ -25,6 +25,7 @@ my $gw = PayGW::Gateway->start(http => <<'EOF');
                   secret_file=%%REPO%%/conf/demo/acquirer.secret
                   attempts=1 unknown_grace=60s breaker_failures=0;
     upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+
     server {
         listen 127.0.0.1:%%PORT%%;
 
