@@ -27,7 +27,8 @@ package PayGW::Gateway;
 # '1s', extra_http => '', extra_server => '', ...), still works: it builds
 # the same configuration with those values (_http_conf).
 #
-# Other options: workers => N, error_log_level => LEVEL, and
+# Other options: workers => N, error_log_level => LEVEL, vars => {NAME =>
+# VALUE} (more placeholders, for the file's own paths), and
 # share => $other_gateway (use its Redis, MariaDB and simulator: a second
 # nginx on the same backends).
 #
@@ -159,7 +160,7 @@ sub start {
     $self->{ngx} = PayGW::Test::Nginx->new(
         workers => $o{workers} // 1,
         error_log_level => $o{error_log_level} // 'info',
-        vars => $self->conf_vars,
+        vars => {%{ $self->conf_vars }, %{ $o{vars} // {} }},
         http => $http,
     );
     $self->{ngx}->start;
