@@ -17,6 +17,9 @@ use PayGW::Gateway;
 plan skip_all => 'python3-prometheus-client is not installed'
     unless system('/usr/bin/python3 -c "import prometheus_client" 2>/dev/null') == 0;
 
+# Two workers, each counting into paygw_zone; otherwise the harness's
+# default http{} configuration, $PayGW::Gateway::DEFAULT_HTTP
+# (t/lib/PayGW/Gateway.pm), whose /metrics location is paygw_metrics.
 my $gw = PayGW::Gateway->start(workers => 2);
 
 sub scrape {
