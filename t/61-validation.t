@@ -68,8 +68,6 @@ my $JS = JSON::PP->new->canonical;
 my $STATE;
 sub state_now { $STATE //= $gw->snapshot }
 
-sub key { $gw->fresh_key('val') }
-
 sub pb { PayGW::Gateway->payment_body(@_) }
 sub card { PayGW::Gateway->card(@_) }
 
@@ -87,7 +85,7 @@ sub raw_body {
 sub rejected {
     my ($name, $body, $status, $code, $re) = @_;
     my $before = state_now();
-    my $r = $gw->api(POST => '/v1/payments', idempotency_key => key(),
+    my $r = $gw->api(POST => '/v1/payments', idempotency_key => $gw->fresh_key('val'),
                      ref $body ? (json => $body) : (body => $body));
     subtest $name => sub {
         is($r->{status}, $status, "status $status") or diag($r->{body});
@@ -110,7 +108,7 @@ sub invalid { rejected($_[0], $_[1], 400, 'invalid_request', $_[2]) }
 sub accepted {
     my ($name, $body) = @_;
     my $before = state_now();
-    my $r = $gw->api(POST => '/v1/payments', idempotency_key => key(),
+    my $r = $gw->api(POST => '/v1/payments', idempotency_key => $gw->fresh_key('val'),
                      ref $body ? (json => $body) : (body => $body));
     $STATE = $gw->snapshot;
     subtest $name => sub {
@@ -289,7 +287,7 @@ sub chunked_post {
     my @chunks = ($body =~ /(.{1,1000})/sg);
     my $auth = sign_request('demo', 'demo-secret', 'POST', '/v1/payments', $body);
     my $r = HTTP::Tiny->new(timeout => 10)->request(POST => $gw->url('/v1/payments'), {
-        headers => {Authorization => $auth, 'Idempotency-Key' => key(),
+        headers => {Authorization => $auth, 'Idempotency-Key' => $gw->fresh_key('val'),
                     'Content-Type' => 'application/json'},
         content => sub { shift @chunks }});
     $r->{json} = eval { JSON::PP->new->decode($r->{content}) };

@@ -21,8 +21,6 @@ my $CVC = '987';
 # (t/lib/PayGW/Gateway.pm).
 my $gw = PayGW::Gateway->start;
 
-sub key { $gw->fresh_key('k63') }
-
 sub card { PayGW::Gateway->card(number => $_[0], cvc => $CVC) }
 
 sub acq_charge { ($gw->charges_for($_[0]))[0] }
@@ -100,7 +98,7 @@ is($a->{json}{merchant_id}, 'M100', '... and sees its merchant');
 
 {
     my $body = PayGW::Gateway->payment_body(card => card($PAN));
-    my $k = key();
+    my $k = $gw->fresh_key('k63');
     my $r1 = $gw->api(POST => '/v1/payments', json => $body, idempotency_key => $k);
     my $r2 = $gw->api(POST => '/v1/payments', json => $body, idempotency_key => $k);
     is($r1->{status}, 201, 'create (idempotency check): 201');
@@ -110,7 +108,7 @@ is($a->{json}{merchant_id}, 'M100', '... and sees its merchant');
     my $c = acq_charge($r1->{json}{payment_no} // '');
     is($c && $c->{requests}, 1, 'the replay sent no second charge to the acquirer');
 
-    my $r3 = $gw->api(POST => '/v1/payments', json => $body, idempotency_key => key());
+    my $r3 = $gw->api(POST => '/v1/payments', json => $body, idempotency_key => $gw->fresh_key('k63'));
     is($r3->{status}, 409, 'new key for an existing business_no: 409');
     is(err_code($r3), 'duplicate_business_no', '... duplicate_business_no');
     is($r3->{json}{error}{payment_no}, $r1->{json}{payment_no},
@@ -197,12 +195,12 @@ is(scalar(grep { $_->{queries} } @{ $gw->sim->charges->{charges} }), 0,
     is($y->{status}, 404, 'another merchant\'s order: find by business_no 404');
 
     my $c = $gw->api(POST => "/v1/payments/$ono/close", json => {},
-                     idempotency_key => key());
+                     idempotency_key => $gw->fresh_key('k63'));
     is($c->{status}, 404, 'another merchant\'s payment: close 404');
 
     my $rf = $gw->api(POST => "/v1/payments/$ono/refunds",
                       json => {refund_no => "R63-$$", amount => 1, reason => 'x'},
-                      idempotency_key => key());
+                      idempotency_key => $gw->fresh_key('k63'));
     is($rf->{status}, 404, 'another merchant\'s payment: refund 404');
     is(scalar @{ $gw->sim->charges->{refunds} }, 0, '... and nothing refunded');
 
@@ -229,14 +227,14 @@ is(scalar(grep { $_->{queries} } @{ $gw->sim->charges->{charges} }), 0,
                   [$decl{card_declined}{payment_no} // '', 'failed']) {
         my ($no, $state) = @$case;
         my $c = $gw->api(POST => "/v1/payments/$no/close", json => {},
-                         idempotency_key => key());
+                         idempotency_key => $gw->fresh_key('k63'));
         is($c->{status}, 409, "close a $state payment: 409");
         is(err_code($c), 'invalid_state', '... invalid_state');
         is($gw->api(GET => "/v1/payments/$no")->{json}{status}, $state,
            "... it stays $state");
     }
     my $c = $gw->api(POST => '/v1/payments/P00000000000000000000/close',
-                     json => {}, idempotency_key => key());
+                     json => {}, idempotency_key => $gw->fresh_key('k63'));
     is($c->{status}, 404, 'close an unknown payment_no: 404');
     is(err_code($c), 'not_found', '... not_found');
     is($gw->count_rows('outbox_events'), $before,

@@ -57,8 +57,6 @@ EOF
 
 my $REFUNDS = '/acquirer/v1/refunds';
 
-sub key { $gw->fresh_key('k65') }
-
 sub pay { $gw->create({@_})->{json} // {} }
 
 sub refund {
@@ -66,7 +64,7 @@ sub refund {
     return $gw->api(POST => "/v1/payments/$pno/refunds",
                     json => {refund_no => $rno, amount => $amount,
                              reason => $o{reason} // 'customer request'},
-                    idempotency_key => $o{key} // key());
+                    idempotency_key => $o{key} // $gw->fresh_key('k65'));
 }
 
 # payments row: [status, refunded_amount, refund_reserved]
@@ -134,7 +132,7 @@ is_deeply([$g404->{status}, err_code($g404)], [404, 'not_found'],
 
 # idempotent replay: no second refund
 {
-    my $k = key();
+    my $k = $gw->fresh_key('k65');
     my $a = refund($pno, "R65r-$$", 50, key => $k);
     my $b = refund($pno, "R65r-$$", 50, key => $k);
     is($a->{status}, 201, 'refund 50: 201');

@@ -53,30 +53,24 @@ my $gw = PayGW::Gateway->start(workers => 2, http => <<'EOF');
     }
 EOF
 
-my $n = 0;
-
-sub create { $n++; $gw->create({business_no => "BR-$n"}, idempotency_key => "br-$n") }
-
-sub state { $gw->circuit_state('bank_card') }
-
 sub acquirer_requests {
     scalar grep { $_->{path} =~ m{^/acquirer/} } @{ $gw->sim->requests };
 }
 
-is(create()->{status}, 201, 'healthy: created');
-is(state(), 0, 'circuit closed');
+is($gw->create->{status}, 201, 'healthy: created');
+is($gw->circuit_state('bank_card'), 0, 'circuit closed');
 
 # three failures in a row open it
 $gw->sim->mode('error500');
-is(create()->{status}, 202, "acquirer failing: unknown ($_)") for 1 .. 3;
+is($gw->create->{status}, 202, "acquirer failing: unknown ($_)") for 1 .. 3;
 my $opened = time;      # the third failure opened it before it was answered
-is(state(), 1, 'after 3 failures: open');
+is($gw->circuit_state('bank_card'), 1, 'after 3 failures: open');
 
 # open: refused at once, by every worker, nothing written or sent
 my $rows = $gw->count_rows('payments');
 my $sent = acquirer_requests();
 for my $i (1 .. 6) {
-    my $r = create();
+    my $r = $gw->create;
     is($r->{status}, 503, "open: 503 ($i)");
     is($r->{json}{error}{code}, 'channel_unavailable', "... channel_unavailable ($i)");
 }
@@ -97,17 +91,17 @@ is(acquirer_requests(), $sent, 'open: nothing sent to the acquirer');
 # what is tested, so it is waited out: breaker_timeout (2 s) from the
 # moment it opened, plus 0.2 s for nginx's cached clock.
 sleep_until($opened + 2.2);
-my $probe = create();
+my $probe = $gw->create;
 $opened = time;
 is($probe->{status}, 202, 'after the ejection time: one probe goes through');
-is(state(), 1, 'the probe failed: open again');
-is(create()->{status}, 503, 'and refused again right away');
+is($gw->circuit_state('bank_card'), 1, 'the probe failed: open again');
+is($gw->create->{status}, 503, 'and refused again right away');
 
 # half-open: a successful probe closes it
 $gw->sim->mode('normal');
 sleep_until($opened + 2.2);
-is(create()->{status}, 201, 'probe succeeds');
-is(state(), 0, 'circuit closed');
-is(create()->{status}, 201, 'payments flow again') for 1 .. 3;
+is($gw->create->{status}, 201, 'probe succeeds');
+is($gw->circuit_state('bank_card'), 0, 'circuit closed');
+is($gw->create->{status}, 201, 'payments flow again') for 1 .. 3;
 
 done_testing;

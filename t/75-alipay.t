@@ -89,16 +89,6 @@ my $gw = PayGW::Gateway->start(http => <<'EOF');
     }
 EOF
 my $sim = $gw->sim;
-my $n = 0;
-
-sub create {
-    my (%over) = @_;
-    return $gw->create({channel => 'alipay', %over},
-                       idempotency_key => 'alipay-' . ++$n . "-$$");
-}
-
-sub get { $gw->payment($_[0]) }
-
 sub trade {
     my ($no) = @_;
     my ($t) = grep { $_->{out_trade_no} eq $no } @{ $sim->trades->{alipay} };
@@ -114,7 +104,7 @@ sub notify_raw {
 
 # ---- create -> pay -> notify -> succeeded ---------------------------------------
 
-my $r = create(amount => 1999);
+my $r = $gw->create(channel => 'alipay', amount => 1999);
 is($r->{status}, 201, 'alipay create: 201') or diag $r->{body};
 my $p = $r->{json};
 is($p->{status}, 'pending', 'pending: waiting for the buyer');
@@ -123,7 +113,7 @@ like($p->{qr_code}, qr{^https://qr\.alipay\.com/}, 'the QR code from precreate')
 my $t = trade($p->{payment_no});
 ok($t, 'the simulator has the trade (it accepted our RSA2 signature)');
 is($t->{status} // $t->{trade_status}, 'WAIT_BUYER_PAY', 'waiting at Alipay');
-is(get($p->{payment_no})->{qr_code}, $p->{qr_code}, 'GET shows the QR code');
+is($gw->payment($p->{payment_no})->{qr_code}, $p->{qr_code}, 'GET shows the QR code');
 
 my $accepted = $gw->callbacks('alipay', 'accepted');
 my $rejected = $gw->callbacks('alipay', 'rejected');
@@ -131,7 +121,7 @@ my $rejected = $gw->callbacks('alipay', 'rejected');
 my $cb = $sim->alipay_notify(out_trade_no => $p->{payment_no});
 is($cb->{status}, 200, 'notify: HTTP 200');
 is($cb->{body}, 'success', 'notify: exactly "success"');
-my $g = get($p->{payment_no});
+my $g = $gw->payment($p->{payment_no});
 is($g->{status}, 'succeeded', 'the notify settled the payment');
 like($g->{channel_trade_no}, qr/^\d{20,}$/, 'Alipay trade_no kept');
 ok(!defined $g->{failure_code} && !defined $g->{failure_message},
@@ -155,7 +145,7 @@ is($gw->callbacks('alipay', 'accepted'), $accepted + 2, 'the duplicate is counte
 $cb = $sim->alipay_notify(out_trade_no => $p->{payment_no},
                           trade_status => 'TRADE_CLOSED', apply => 0);
 is($cb->{body}, 'success', 'TRADE_CLOSED after success: acknowledged');
-is(get($p->{payment_no})->{status}, 'succeeded', 'and the payment stays succeeded');
+is($gw->payment($p->{payment_no})->{status}, 'succeeded', 'and the payment stays succeeded');
 is($gw->event_count($p->{payment_no}, 'payment.closed'), 0, 'no payment.closed event');
 
 
@@ -174,7 +164,7 @@ is($gw->event_count($p->{payment_no}, 'payment.closed'), 0, 'no payment.closed e
 
 # QR payments are in yuan
 {
-    my $r = create(currency => 'USD');
+    my $r = $gw->create(channel => 'alipay', currency => 'USD');
     is($r->{status}, 400, 'alipay in USD: 400');
     like($r->{json}{error}{message}, qr/currency must be CNY/, '... currency must be CNY');
 }
@@ -187,21 +177,21 @@ $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/refunds",
               idempotency_key => "aref-1-$$");
 is($r->{status}, 201, 'refund: 201') or diag $r->{body};
 is($r->{json}{status}, 'succeeded', 'refund succeeded at Alipay');
-is(get($p->{payment_no})->{status}, 'partially_refunded', 'partially refunded');
+is($gw->payment($p->{payment_no})->{status}, 'partially_refunded', 'partially refunded');
 $t = trade($p->{payment_no});
 is(scalar @{ $t->{refunds} // [] }, 1, 'one refund at the simulator');
 $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/refunds",
               json => {refund_no => 'AR-2', amount => 1499},
               idempotency_key => "aref-2-$$");
 is($r->{json}{status}, 'succeeded', 'the rest refunded');
-is(get($p->{payment_no})->{status}, 'refunded', 'fully refunded');
+is($gw->payment($p->{payment_no})->{status}, 'refunded', 'fully refunded');
 my $rf = $gw->api(GET => "/v1/refunds/AR-1")->{json};
 is($rf->{status}, 'succeeded', 'GET refund');
 
 
 # ---- close; then a late success ------------------------------------------------
 
-$p = create()->{json};
+$p = $gw->create(channel => 'alipay')->{json};
 $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/close",
               idempotency_key => "aclose-$$");
 is($r->{status}, 200, 'close: 200') or diag $r->{body};
@@ -211,30 +201,30 @@ is(trade($p->{payment_no})->{status} // trade($p->{payment_no})->{trade_status},
 is($gw->event_count($p->{payment_no}, 'payment.closed'), 1, 'a payment.closed event');
 $cb = $sim->alipay_notify(out_trade_no => $p->{payment_no}, apply => 0);
 is($cb->{body}, 'success', 'a success after the close: acknowledged');
-is(get($p->{payment_no})->{status}, 'closed', 'states only move forward: closed');
+is($gw->payment($p->{payment_no})->{status}, 'closed', 'states only move forward: closed');
 is($gw->event_count($p->{payment_no}, 'payment.succeeded'), 0, 'no payment.succeeded event');
 
 # paid meanwhile: close is refused and the payment recorded as paid
-$p = create()->{json};
+$p = $gw->create(channel => 'alipay')->{json};
 $sim->alipay_notify(out_trade_no => $p->{payment_no},
                     url => $sim->url('/health'));   # paid at Alipay, notify lost
 $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/close",
               idempotency_key => "aclose2-$$");
 is($r->{status}, 409, 'closing a payment paid meanwhile: 409');
 is($r->{json}{error}{code}, 'invalid_state', 'invalid_state');
-is(get($p->{payment_no})->{status}, 'succeeded', 'and it is now recorded as paid');
+is($gw->payment($p->{payment_no})->{status}, 'succeeded', 'and it is now recorded as paid');
 
 
 # ---- callbacks that must be refused ----------------------------------------------
 
-$p = create(amount => 2500)->{json};
+$p = $gw->create(channel => 'alipay', amount => 2500)->{json};
 $rejected = $gw->callbacks('alipay', 'rejected');
 for my $tamper (qw(signature amount app_id body out_trade_no)) {
     $cb = $sim->alipay_notify(out_trade_no => $p->{payment_no}, tamper => $tamper);
     isnt($cb->{body}, 'success', "tampered ($tamper): not \"success\"");
     is($cb->{body}, 'fail', "tampered ($tamper): \"fail\"");
 }
-is(get($p->{payment_no})->{status}, 'pending', 'the payment did not move');
+is($gw->payment($p->{payment_no})->{status}, 'pending', 'the payment did not move');
 is($gw->event_count($p->{payment_no}, 'payment.succeeded'), 0, 'no event');
 is($gw->callbacks('alipay', 'rejected'), $rejected + 5, 'five rejected callbacks counted');
 
@@ -242,7 +232,7 @@ is($gw->callbacks('alipay', 'rejected'), $rejected + 5, 'five rejected callbacks
 $cb = $sim->alipay_notify(out_trade_no => $p->{payment_no}, total_amount => '24.99',
                           apply => 0);
 is($cb->{body}, 'fail', 'a signed notify with another amount: "fail"');
-is(get($p->{payment_no})->{status}, 'pending', 'still pending');
+is($gw->payment($p->{payment_no})->{status}, 'pending', 'still pending');
 # a signed notify with a parameter added twice: the second value would be
 # read where the first was signed
 $cb = $sim->alipay_notify(out_trade_no => $p->{payment_no}, apply => 0,
@@ -252,11 +242,11 @@ is(notify_raw("trade_status=&$cb->{sent}{body}")->{body}, 'fail',
 # garbage
 is(notify_raw('a=b&c')->{body}, 'fail', 'a malformed form: "fail"');
 is(notify_raw('')->{body}, 'fail', 'an empty body: "fail"');
-is(get($p->{payment_no})->{status}, 'pending', 'still pending after garbage');
+is($gw->payment($p->{payment_no})->{status}, 'pending', 'still pending after garbage');
 # and the genuine one still works
 is($sim->alipay_notify(out_trade_no => $p->{payment_no})->{body}, 'success',
    'the genuine notify afterwards: "success"');
-is(get($p->{payment_no})->{status}, 'succeeded', 'succeeded');
+is($gw->payment($p->{payment_no})->{status}, 'succeeded', 'succeeded');
 
 
 # ---- a notify racing the create's answer ---------------------------------------
@@ -290,19 +280,19 @@ my ($status, $json) = split /\n/, do { local $/; <$fh> }, 2;
 unlink $out;
 is($status, 201, 'the create still answers 201');
 like($json, qr/"status":"succeeded"/, 'and shows the payment as succeeded');
-is(get($no)->{status}, 'succeeded', 'stored succeeded');
+is($gw->payment($no)->{status}, 'succeeded', 'stored succeeded');
 is($gw->event_count($no, 'payment.succeeded'), 1, 'one event');
 
 
 # ---- the create's answer lost: unknown, then a query ---------------------------
 
 $sim->mode('reset_after', times => 2, path_prefix => '/gateway.do');
-$r = create();
+$r = $gw->create(channel => 'alipay');
 is($r->{status}, 202, 'precreate answer lost twice: 202');
 is($r->{json}{status}, 'unknown', 'unknown, never guessed');
 $p = $r->{json};
 ok(trade($p->{payment_no}), 'Alipay did create the trade');
-$g = get($p->{payment_no});
+$g = $gw->payment($p->{payment_no});
 is($g->{status}, 'pending', 'GET queried Alipay: the trade waits for its buyer');
 ok(!defined $g->{failure_message}, 'and no failure message is left from the lost answer');
 is($g->{qr_code}, trade($p->{payment_no})->{qr_code},
@@ -314,7 +304,7 @@ ok(($reqs->{queries} // 0) >= 1, 'Alipay was queried');
 # ---- Alipay down during create; the resolver; expiry -----------------------------
 
 $sim->mode('reset', times => 2, path_prefix => '/gateway.do');
-$r = create(expire_seconds => 60);
+$r = $gw->create(channel => 'alipay', expire_seconds => 60);
 is($r->{status}, 202, 'Alipay down: 202 unknown');
 $p = $r->{json};
 ok(!trade($p->{payment_no}), 'nothing reached Alipay');
@@ -322,7 +312,7 @@ ok($gw->wait_unknown_grace($p->{payment_no}, 1), 'past unknown_grace (1 s)');
 $r = $gw->api(POST => '/v1/admin/resolve', key => 'ops',
               idempotency_key => "resolve-1-$$");
 is($r->{status}, 200, 'resolve: 200') or diag $r->{body};
-$g = get($p->{payment_no});
+$g = $gw->payment($p->{payment_no});
 is($g->{status}, 'pending', 'the resolver created the trade again: pending');
 like($g->{qr_code}, qr{^https://}, 'with its QR code');
 
@@ -332,23 +322,23 @@ $gw->db->sql("UPDATE paygw.payments SET expire_at = UTC_TIMESTAMP(3) - "
 $r = $gw->api(POST => '/v1/admin/resolve', key => 'ops',
               idempotency_key => "resolve-2-$$");
 is($r->{status}, 200, 'resolve again: 200');
-is(get($p->{payment_no})->{status}, 'closed', 'expired unpaid: closed');
+is($gw->payment($p->{payment_no})->{status}, 'closed', 'expired unpaid: closed');
 is(trade($p->{payment_no})->{status} // trade($p->{payment_no})->{trade_status},
    'TRADE_CLOSED', 'closed at Alipay too');
 
 # expired but paid meanwhile (notify lost): the query finds the money
-$p = create()->{json};
+$p = $gw->create(channel => 'alipay')->{json};
 $sim->alipay_notify(out_trade_no => $p->{payment_no}, url => $sim->url('/health'));
 $gw->db->sql("UPDATE paygw.payments SET expire_at = UTC_TIMESTAMP(3) - "
              . "INTERVAL 1 SECOND WHERE payment_no = '$p->{payment_no}'");
-is(get($p->{payment_no})->{status}, 'succeeded',
+is($gw->payment($p->{payment_no})->{status}, 'succeeded',
    'expired, but paid at Alipay: succeeded, not closed');
 
 
 # ---- a response that does not verify -------------------------------------------
 
 $sim->mode('bad_signature', times => 2, path_prefix => '/gateway.do');
-$r = create();
+$r = $gw->create(channel => 'alipay');
 is($r->{status}, 202, 'an answer signed with another key: 202');
 is($r->{json}{status}, 'unknown', 'unknown: never trusted');
 ok(wait_until(sub { $gw->ngx->error_log =~ /does not verify with the Alipay public key/ }),

@@ -99,16 +99,6 @@ EOF
 
 my $gw = PayGW::Gateway->start(http => conf(1));
 my $sim = $gw->sim;
-my $n = 0;
-
-sub create {
-    my (%over) = @_;
-    return $gw->create({channel => 'wechat', %over},
-                       idempotency_key => 'wechat-' . ++$n . "-$$");
-}
-
-sub get { $gw->payment($_[0]) }
-
 sub order {
     my ($no) = @_;
     my ($o) = grep { $_->{out_trade_no} eq $no } @{ $sim->trades->{wechat} };
@@ -124,7 +114,7 @@ sub resend {
 
 # ---- create -> pay -> callback -> succeeded -------------------------------------
 
-my $r = create(amount => 1999);
+my $r = $gw->create(channel => 'wechat', amount => 1999);
 is($r->{status}, 201, 'wechat create: 201') or diag $r->{body};
 my $p = $r->{json};
 is($p->{status}, 'pending', 'pending: waiting for the buyer');
@@ -138,7 +128,7 @@ my $accepted = $gw->callbacks('wechat', 'accepted');
 my $cb = $sim->wechat_notify(out_trade_no => $p->{payment_no});
 is($cb->{status}, 204, 'callback: 204');
 is($cb->{body}, '', 'no body');
-my $g = get($p->{payment_no});
+my $g = $gw->payment($p->{payment_no});
 is($g->{status}, 'succeeded', 'the callback settled the payment');
 like($g->{channel_trade_no}, qr/^\d{20,}$/, 'transaction_id kept');
 is($gw->event_count($p->{payment_no}, 'payment.succeeded'), 1, 'one payment.succeeded event');
@@ -152,7 +142,7 @@ is($gw->event_count($p->{payment_no}, 'payment.succeeded'), 1, 'still one event'
 $cb = $sim->wechat_notify(out_trade_no => $p->{payment_no}, trade_state => 'CLOSED',
                           apply => 0);
 is($cb->{status}, 204, 'CLOSED after success: acknowledged');
-is(get($p->{payment_no})->{status}, 'succeeded', 'the payment stays succeeded');
+is($gw->payment($p->{payment_no})->{status}, 'succeeded', 'the payment stays succeeded');
 
 
 # ---- refunds -------------------------------------------------------------------
@@ -163,7 +153,7 @@ $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/refunds",
 is($r->{status}, 201, 'refund: 201') or diag $r->{body};
 is($r->{json}{status}, 'succeeded', 'refund SUCCESS');
 like($r->{json}{channel_refund_no}, qr/\S/, 'refund_id kept');
-is(get($p->{payment_no})->{status}, 'partially_refunded', 'partially refunded');
+is($gw->payment($p->{payment_no})->{status}, 'partially_refunded', 'partially refunded');
 
 # WeChat Pay settles this one later: pending, then a query settles it
 $sim->mode('refund_processing', times => 1, path_prefix => '/v3/refund/');
@@ -174,7 +164,7 @@ is($r->{status}, 202, 'a PROCESSING refund: 202');
 is($r->{json}{status}, 'pending', 'pending');
 is($gw->api(GET => '/v1/refunds/WR-2')->{json}{status}, 'succeeded',
    'GET asked WeChat Pay: succeeded');
-is(get($p->{payment_no})->{status}, 'partially_refunded', 'one fen left');
+is($gw->payment($p->{payment_no})->{status}, 'partially_refunded', 'one fen left');
 
 # a query WeChat Pay refuses (here: 400) says nothing of the refund
 $sim->mode('refund_processing', times => 1, path_prefix => '/v3/refund/');
@@ -187,7 +177,7 @@ is($gw->api(GET => '/v1/refunds/WR-Q')->{json}{status}, 'pending',
    'its query failing (500): still pending, never failed');
 is($gw->api(GET => '/v1/refunds/WR-Q')->{json}{status}, 'succeeded',
    'the next query settles it');
-is(get($p->{payment_no})->{status}, 'refunded', 'fully refunded');
+is($gw->payment($p->{payment_no})->{status}, 'refunded', 'fully refunded');
 
 # more than is left: refused here, never sent
 $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/refunds",
@@ -198,7 +188,7 @@ is($r->{status}, 422, 'nothing left to refund: 422');
 
 # ---- close, then a late success -------------------------------------------------
 
-$p = create()->{json};
+$p = $gw->create(channel => 'wechat')->{json};
 $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/close",
               idempotency_key => "wclose-$$");
 is($r->{status}, 200, 'close: 200') or diag $r->{body};
@@ -206,21 +196,21 @@ is($r->{json}{status}, 'closed', 'closed');
 is(order($p->{payment_no})->{trade_state}, 'CLOSED', 'closed at WeChat Pay first');
 $cb = $sim->wechat_notify(out_trade_no => $p->{payment_no}, apply => 0);
 is($cb->{status}, 204, 'a success after the close: acknowledged');
-is(get($p->{payment_no})->{status}, 'closed', 'states only move forward');
+is($gw->payment($p->{payment_no})->{status}, 'closed', 'states only move forward');
 is($gw->event_count($p->{payment_no}, 'payment.succeeded'), 0, 'no payment.succeeded event');
 
 # paid meanwhile (callback lost): close is refused, the payment recorded paid
-$p = create()->{json};
+$p = $gw->create(channel => 'wechat')->{json};
 $sim->wechat_notify(out_trade_no => $p->{payment_no}, url => $sim->url('/health'));
 $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/close",
               idempotency_key => "wclose2-$$");
 is($r->{status}, 409, 'closing a paid order: 409');
-is(get($p->{payment_no})->{status}, 'succeeded', 'recorded as paid');
+is($gw->payment($p->{payment_no})->{status}, 'succeeded', 'recorded as paid');
 
 
 # ---- callbacks that must be refused --------------------------------------------
 
-$p = create(amount => 3000)->{json};
+$p = $gw->create(channel => 'wechat', amount => 3000)->{json};
 my $rejected = $gw->callbacks('wechat', 'rejected');
 my %expect = (signature => 401, serial => 401, body => 401, apiv3_key => 401,
               amount => 400, currency => 400, mchid => 401);
@@ -239,7 +229,7 @@ for my $skew (-300, -600, 300) {
 $cb = $sim->wechat_notify(out_trade_no => 'P-NOT-OURS', total => 3000, apply => 0,
                           url => $gw->url('/v1/notify/wechat'));
 is($cb->{status}, 404, 'unknown out_trade_no: 404');
-is(get($p->{payment_no})->{status}, 'pending', 'the payment did not move');
+is($gw->payment($p->{payment_no})->{status}, 'pending', 'the payment did not move');
 is($gw->event_count($p->{payment_no}, 'payment.succeeded'), 0, 'no event');
 is($gw->callbacks('wechat', 'rejected'), $rejected + scalar(keys %expect) + 4,
    'every refused callback counted rejected');
@@ -257,7 +247,7 @@ my $s2 = $sim->wechat_serial(2);
 $sim->wechat_platform($s2);
 $cb = $sim->wechat_notify(out_trade_no => $p->{payment_no});
 is($cb->{status}, 401, 'signed by platform key 2, not yet trusted: 401');
-is(get($p->{payment_no})->{status}, 'pending', 'still pending');
+is($gw->payment($p->{payment_no})->{status}, 'pending', 'still pending');
 
 # the operator adds key 2 (keeping 1) and reloads
 $gw->reload(conf(1, 2));
@@ -265,35 +255,35 @@ ok(wait_until(sub {
     my $x = $sim->wechat_notify(out_trade_no => $p->{payment_no});
     return $x->{status} == 204;
 }, timeout => 10), 'after nginx -s reload, platform key 2 verifies');
-is(get($p->{payment_no})->{status}, 'succeeded', 'and the payment succeeded');
+is($gw->payment($p->{payment_no})->{status}, 'succeeded', 'and the payment succeeded');
 $sim->wechat_platform($sim->wechat_serial(1));
 
 
 # ---- answers: lost, unverifiable ------------------------------------------------
 
 $sim->mode('reset_after', times => 2, path_prefix => '/v3/pay/');
-$r = create();
+$r = $gw->create(channel => 'wechat');
 is($r->{status}, 202, 'native answer lost twice: 202');
 is($r->{json}{status}, 'unknown', 'unknown');
 $p = $r->{json};
-$g = get($p->{payment_no});
+$g = $gw->payment($p->{payment_no});
 is($g->{status}, 'pending', 'GET queried: NOTPAY -> pending');
 is($g->{code_url}, order($p->{payment_no})->{code_url},
    'the code_url fetched again (native pay is idempotent)');
 
 $sim->mode('bad_signature', times => 2, path_prefix => '/v3/pay/');
-$r = create();
+$r = $gw->create(channel => 'wechat');
 is($r->{json}{status}, 'unknown', 'an answer signed by another key: unknown');
 ok(wait_until(sub { $gw->ngx->error_log =~ /paygw wechat: answer to .* refused: signature does not verify/ }),
    'logged why');
 
 # WeChat Pay down at create, then GET after the grace: created again
 $sim->mode('error500', times => 2, path_prefix => '/v3/pay/');
-$r = create();
+$r = $gw->create(channel => 'wechat');
 is($r->{status}, 202, 'WeChat Pay 500 twice: 202');
 ok(!order($r->{json}{payment_no}), 'no order there');
 ok($gw->wait_unknown_grace($r->{json}{payment_no}, 1), 'past unknown_grace (1 s)');
-$g = get($r->{json}{payment_no});
+$g = $gw->payment($r->{json}{payment_no});
 is($g->{status}, 'pending', 'GET after the grace: order created, pending');
 like($g->{code_url}, qr{^weixin://}, 'with its code_url');
 

@@ -101,57 +101,42 @@ EOF
 
 my $gw = PayGW::Gateway->start(workers => 2, http => conf());
 my $sim = $gw->sim;
-my $n = 0;
-
-sub create {
-    my ($channel) = @_;
-    $n++;
-    return $gw->create({channel => $channel, business_no => "QB-$n"},
-                       idempotency_key => "qb-$n-$$");
-}
-
-sub state { $gw->circuit_state($_[0]) }
-
 sub alipay_requests {
     scalar grep { $_->{path} =~ m{^/gateway\.do} } @{ $sim->requests };
 }
 
-my $r = create('alipay');
+my $r = $gw->create(channel => 'alipay');
 is($r->{status}, 201, 'healthy: created on alipay');
 is($r->{json}{channel}, 'alipay', 'alipay');
-is(state('alipay'), 0, 'alipay circuit closed');
+is($gw->circuit_state('alipay'), 0, 'alipay circuit closed');
 
 # clients that give up while Alipay thinks are not Alipay failing
 $sim->mode('slow', delay_ms => 1500, times => 4, path_prefix => '/gateway.do');
 for my $i (1 .. 4) {
-    $n++;
-    my $r = $gw->api(POST => '/v1/payments', idempotency_key => "qb-$n-$$",
-        json => PayGW::Gateway->payment_body(channel => 'alipay',
-                                             business_no => "QB-$n"),
-        timeout => 0.3);
+    my $r = $gw->create({channel => 'alipay'}, timeout => 0.3);
     isnt($r->{status}, 201, "a client gone after 0.3 s ($i)");
 }
 # nginx logs each request once it is done with it: 499, the client left
 ok(wait_until(sub { (() = $gw->ngx->access_log
                          =~ m{"POST /v1/payments HTTP/1\.1" 499 }g) >= 4 }),
    'nginx is done with the four abandoned requests');
-is(state('alipay'), 0, 'four abandoned requests do not open the circuit');
-$r = create('alipay');
+is($gw->circuit_state('alipay'), 0, 'four abandoned requests do not open the circuit');
+$r = $gw->create(channel => 'alipay');
 is($r->{json}{channel}, 'alipay', 'alipay still takes payments');
 
 $sim->mode('error500', path_prefix => '/gateway.do');
 for my $i (1 .. 3) {
-    $r = create('alipay');
+    $r = $gw->create(channel => 'alipay');
     is($r->{json}{status}, 'unknown', "Alipay failing: unknown ($i)");
 }
 my $opened = time;      # the third failure opened it before it was answered
-is(state('alipay'), 1, 'after 3 failures: open (seen from any worker)');
+is($gw->circuit_state('alipay'), 1, 'after 3 failures: open (seen from any worker)');
 
 # open: every worker sends alipay payments to wechat, Alipay hears nothing
 my $sent = alipay_requests();
 my %pid;
 for my $i (1 .. 6) {
-    $r = create('alipay');
+    $r = $gw->create(channel => 'alipay');
     is($r->{status}, 201, "open: created ($i)") or diag $r->{body};
     is($r->{json}{channel}, 'wechat', "... on the fallback channel ($i)");
     like($r->{json}{code_url}, qr{^weixin://}, "... with a WeChat code_url ($i)");
@@ -167,12 +152,12 @@ is($bn->{channel}, 'wechat', 'the merchant order shows where it went');
 
 # wechat has no fallback: open, it refuses
 $sim->mode('error500', path_prefix => '/v3/');
-create('wechat') for 1 .. 3;
-is(state('wechat'), 1, 'wechat circuit open');
-$r = create('alipay');
+$gw->create(channel => 'wechat') for 1 .. 3;
+is($gw->circuit_state('wechat'), 1, 'wechat circuit open');
+$r = $gw->create(channel => 'alipay');
 is($r->{status}, 503, 'both open: 503');
 is($r->{json}{error}{code}, 'channel_unavailable', 'channel_unavailable');
-$r = create('wechat');
+$r = $gw->create(channel => 'wechat');
 is($r->{status}, 503, 'wechat open, no fallback: 503');
 
 # after the ejection time: one probe to Alipay; it succeeds, closing it
@@ -181,11 +166,11 @@ is($r->{status}, 503, 'wechat open, no fallback: 503');
 # cached clock.
 $sim->mode('normal');
 sleep_until($opened + 2.2);
-$r = create('alipay');
+$r = $gw->create(channel => 'alipay');
 is($r->{status}, 201, 'half-open: the probe went through');
 is($r->{json}{channel}, 'alipay', 'on alipay itself');
-is(state('alipay'), 0, 'the probe closed the circuit');
-$r = create('alipay');
+is($gw->circuit_state('alipay'), 0, 'the probe closed the circuit');
+$r = $gw->create(channel => 'alipay');
 is($r->{json}{channel}, 'alipay', 'and alipay takes payments again');
 
 
