@@ -538,7 +538,15 @@ sub in_background {
     @old = $ngx->worker_pids;
     my $master = $ngx->master_pid;
     my $hup = fork // die "fork: $!\n";
-    if (!$hup) { sleep 0.4; kill 'HUP', $master; POSIX::_exit(0) }
+    if (!$hup) {
+        # HUP once two queries run (max_conns=2): the other two wait in line
+        wait_until(sub {
+            $db->sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                     . "WHERE USER = 'paygw2' AND INFO LIKE 'SELECT SLEEP(1)%'") >= 2
+        }, timeout => 5);
+        kill 'HUP', $master;
+        POSIX::_exit(0);
+    }
     @res = http_parallel([map {
         [POST => $small->url('/_test/backend'), timeout => 15,
          json => {mysql => {statements => [{sql => 'SELECT SLEEP(1), ?',
