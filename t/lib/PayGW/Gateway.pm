@@ -233,8 +233,8 @@ sub _http_conf {
     paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
                   secret_file=%%REPO%%/conf/demo/acquirer.secret
                   attempts=$attempts unknown_grace=$grace $breaker;
-    upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
 $qr
+    upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
     upstream paygw_alipay { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
     upstream paygw_wechat { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
     log_format paygw '\$remote_addr "\$request" \$status \$request_time';
