@@ -148,9 +148,12 @@ sub start {
     if (my $other = $o{share}) {
         @$self{qw(redis db sim)} = @$other{qw(redis db sim)};
     } else {
-        $self->{redis} = PayGW::Test::Redis->start;
-        $self->{db} = PayGW::Test::MySQL->start;
-        $self->{sim} = PayGW::Test::Sim->start;
+        # all three at once, then wait for each: MariaDB and node take
+        # their time to come up
+        $self->{redis} = PayGW::Test::Redis->start(no_wait => 1);
+        $self->{db} = PayGW::Test::MySQL->start(no_wait => 1);
+        $self->{sim} = PayGW::Test::Sim->start(no_wait => 1);
+        $self->{$_}->ready for qw(redis db sim);
     }
     my $http = $o{http};
     if (!defined $http) {

@@ -76,7 +76,13 @@ sub _register { push @LIVE, $_[0] unless grep { $_ == $_[0] } @LIVE }
 
 sub _cleanup {
     return unless $$ == $OWNER;
-    for my $c (reverse @LIVE) {
+    # nginx first, one by one; then the backends, told all at once
+    for my $c (reverse grep { $_->isa('PayGW::Test::Nginx') } @LIVE) {
+        eval { $c->_teardown; 1 } or Test::More::diag("teardown: $@");
+    }
+    my @procs = reverse grep { !$_->isa('PayGW::Test::Nginx') } @LIVE;
+    $_->_term for @procs;
+    for my $c (@procs) {
         eval { $c->_teardown; 1 } or Test::More::diag("teardown: $@");
     }
     @LIVE = ();
@@ -164,6 +170,16 @@ sub _tail {
     my @l = split /\n/, _slurp($file);
     @l = @l[-$n .. -1] if @l > $n;
     return join("\n", @l) . "\n";
+}
+
+# A process is gone once it exited, even while it waits to be reaped: a
+# daemonized nginx master is not our child, and this machine's init may
+# take a second or two to reap it.
+sub _gone {
+    my ($pid) = @_;
+    return 1 unless kill 0, $pid;
+    my $stat = _slurp("/proc/$pid/stat");
+    return $stat =~ /^\d+ \(.*\) Z /s ? 1 : 0;
 }
 
 sub _port_open {
@@ -517,8 +533,10 @@ sub _alive {
     return 0;
 }
 
+# Starts the process; unless told no_wait (then ->ready waits), waits
+# until it answers.
 sub _spawn {
-    my ($self) = @_;
+    my ($self, %o) = @_;
     my @cmd = $self->_command;
     my $pid = fork // die "fork: $!\n";
     if (!$pid) {
@@ -529,8 +547,17 @@ sub _spawn {
             or POSIX::_exit(127);
     }
     $self->{pid} = $pid;
+    $self->{cmd} = \@cmd;
     PayGW::Test::_register($self);
+    return $o{no_wait} ? $self : $self->ready;
+}
+
+# ready(): waits until a process started with no_wait => 1 answers (dies
+# if it exits or does not answer within $PayGW::Test::START_TIMEOUT).
+sub ready {
+    my ($self) = @_;
     my $name = ref $self;
+    my @cmd = @{ $self->{cmd} };
     my $ok = PayGW::Test::wait_until(sub {
         $self->_alive or die "$name exited at start (@cmd):\n"
             . PayGW::Test::_tail($self->{log}, 30);
@@ -549,6 +576,14 @@ sub start_again {
     my ($self) = @_;
     die ref($self) . " is still running\n" if $self->_alive;
     return $self->_spawn;
+}
+
+# TERM (and CONT, in case it is frozen), no wait.
+sub _term {
+    my ($self) = @_;
+    return unless $self->_alive;
+    CORE::kill 'TERM', $self->{pid};
+    CORE::kill 'CONT', $self->{pid};
 }
 
 # TERM (and CONT, in case it is frozen), bounded wait, then KILL.
@@ -585,14 +620,15 @@ use strict;
 use warnings;
 our @ISA = ('PayGW::Test::Proc');
 
-# start(port => P, args => [extra redis-server arguments])
+# start(port => P, args => [extra redis-server arguments], no_wait => 1)
+# (no_wait, for every component: return at once, ->ready waits)
 sub start {
     my ($class, %o) = @_;
     my $dir = PayGW::Test::_mkdir('redis');
     my $self = bless {dir => $dir, log => "$dir/redis.log",
                       port => $o{port} // PayGW::Test::free_port(),
                       args => $o{args} // []}, $class;
-    return $self->_spawn;
+    return $self->_spawn(%o);
 }
 
 sub _command {
@@ -647,7 +683,7 @@ sub start {
         DATADIR => "$dir/data", PORT => $self->{port},
         SOCKET => "$dir/mysql.sock", PIDFILE => "$dir/mysql.pid",
         LOGERR => "$dir/mysql.err", TMPDIR => "$dir/tmp"));
-    return $self->_spawn;
+    return $self->_spawn(%o);
 }
 
 sub _command { ('mariadbd', "--defaults-file=$_[0]{dir}/my.cnf") }
@@ -720,7 +756,7 @@ sub start {
                                 sort keys %flag),
                                defined $keys ? ('--keys', $keys) : ()]},
         $class;
-    return $self->_spawn;
+    return $self->_spawn(%o);
 }
 
 sub _command {
@@ -1127,7 +1163,7 @@ sub master_pid {
     my ($self) = @_;
     my $pid = PayGW::Test::_slurp("$self->{dir}/nginx.pid");
     ($pid) = $pid =~ /(\d+)/;
-    return $pid && kill(0, $pid) ? $pid : undef;
+    return $pid && !PayGW::Test::_gone($pid) ? $pid : undef;
 }
 sub pid { $_[0]->master_pid }
 
@@ -1202,13 +1238,15 @@ sub stop {
     if ($master) {
         my @workers = $self->worker_pids(all => 1);
         kill 'TERM', $master;
-        my $gone = PayGW::Test::wait_until(sub { !kill 0, $master }, timeout => 15);
+        my $gone = PayGW::Test::wait_until(sub { PayGW::Test::_gone($master) },
+                                           timeout => 15);
         if (!$gone) {
             Test::More::diag("nginx master $master ignored TERM; killing");
             kill 'KILL', $master, @workers;
         }
         # workers may outlive the master by a moment
-        PayGW::Test::wait_until(sub { !grep { kill 0, $_ } @workers }, timeout => 5);
+        PayGW::Test::wait_until(sub { !grep { !PayGW::Test::_gone($_) } @workers },
+                                timeout => 5);
     }
     $self->{running} = 0;
     $self->_check_sanitizers;
