@@ -280,7 +280,8 @@ my ($status, $json) = split /\n/, do { local $/; <$fh> }, 2;
 unlink $out;
 is($status, 201, 'the create still answers 201');
 like($json, qr/"status":"succeeded"/, 'and shows the payment as succeeded');
-is($gw->payment($no)->{status}, 'succeeded', 'stored succeeded');
+{ my $g = $gw->get_payment($no);
+  is($g->{json}{status}, 'succeeded', 'stored succeeded') or diag("$g->{status} $g->{body}"); }
 is($gw->event_count($no, 'payment.succeeded'), 1, 'one event');
 
 

@@ -355,7 +355,7 @@ sub api {
 # fields.  QR channels get no card.
 sub payment_body {
     my ($class, %over) = @_;
-    my %b = (business_no => 'ORD-' . int(rand(1e12)), amount => 1999,
+    my %b = (business_no => 'ORD-' . PayGW::Test::random_token(12), amount => 1999,
              currency => 'CNY', channel => 'bank_card', subject => 'Tea',
              card => { number => '4242424242424242', exp_month => 12,
                        exp_year => 2030, cvc => '123' });

@@ -333,13 +333,23 @@ sub http_raw {
     return $buf;
 }
 
+# random_token(N): N random letters and digits.  A forked child reseeds
+# first: it would otherwise repeat its parent's sequence, and a nonce the
+# parent sends next would be a replay of the child's.
+my $RAND_PID = 0;
+sub random_token {
+    my ($n) = @_;
+    if ($RAND_PID != $$) { srand(); $RAND_PID = $$ }
+    return join '', map { ('A' .. 'Z', 'a' .. 'z', 0 .. 9)[rand 62] } 1 .. $n;
+}
+
 # Merchant auth (SPEC §2): the Authorization header value.
 sub sign_request {
     my ($key_id, $secret, $method, $path, $body, %o) = @_;
     my $ts = $o{ts} // time;
     $ts = int $ts;
     my $nonce = $o{nonce}
-        // join '', map { ('A' .. 'Z', 'a' .. 'z', 0 .. 9)[rand 62] } 1 .. 32;
+        // PayGW::Test::random_token(32);
     my $sts = join "\n", $method, $path, $ts, $nonce, sha256_hex($body // '');
     my $sig = hmac_sha256_hex($sts, $secret);
     return "PAYGW-HMAC-SHA256 key=$key_id,ts=$ts,nonce=$nonce,sig=$sig";
@@ -1039,7 +1049,7 @@ sub wechat_auth {
     my ($self, $method, $path, $body, %o) = @_;
     my $ts = $o{ts} // int time;
     my $nonce = $o{nonce}
-        // join '', map { ('A' .. 'Z', 'a' .. 'z', 0 .. 9)[rand 62] } 1 .. 32;
+        // PayGW::Test::random_token(32);
     my $sig = PayGW::Test::rsa_sign($o{key} // $self->key_file('wechat_merchant_private.pem'),
                                     "$method\n$path\n$ts\n$nonce\n" . ($body // '') . "\n");
     return sprintf('WECHATPAY2-SHA256-RSA2048 mchid="%s",nonce_str="%s",'
