@@ -6,19 +6,20 @@ use warnings;
 
 use Test::More;
 
-use PayGW::Test qw(http http_parallel wait_until);
+use PayGW::Test qw(backend_vars http http_parallel wait_until);
 
-my $redis = PayGW::Test::Redis->start;
-my $db    = PayGW::Test::MySQL->start;
-my ($rport, $mport, $pwf) = ($redis->port, $db->port, $db->password_file);
+my $redis = PayGW::Test::Redis->start(no_wait => 1);
+my $db    = PayGW::Test::MySQL->start(no_wait => 1);
+$_->ready for $redis, $db;
 
 sub conf {
     my (%o) = @_;
     my $extra = $o{extra} // '';
     return <<"EOF";
     paygw_zone paygw:1m;
-    upstream redis { server 127.0.0.1:$rport; keepalive 8; }
-    paygw_mysql db host=127.0.0.1 port=$mport user=paygw password_file=$pwf
+    upstream redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 8; }
+    paygw_mysql db host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
+                password_file=%%MYSQL_PASSWORD_FILE%%
                 database=paygw;
     log_format pid '\$pid \$status \$uri';
     server {
@@ -78,7 +79,8 @@ sub hit {
 # Two workers throughout, with reuseport so the kernel spreads connections
 # over both: every number below is the sum over the workers, whichever
 # worker answers /metrics.
-my $ngx = PayGW::Test::Nginx->new(workers => 2, http => conf())->start;
+my $ngx = PayGW::Test::Nginx->new(workers => 2, http => conf(),
+    vars => backend_vars(redis => $redis, db => $db))->start;
 
 # /metrics asked 4 times (several workers answer): the value of $key if
 # all agree, else a diagnostic and -1.

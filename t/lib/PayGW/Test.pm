@@ -40,7 +40,7 @@ use Time::HiRes qw(sleep time);
 
 our @EXPORT_OK = qw(free_port http http_parallel http_raw sign_request
                     signed_http wait_until sleep_until repo_root rsa_sign
-                    rsa_verify);
+                    rsa_verify backend_vars);
 
 our $REPO = abs_path(dirname(__FILE__) . '/../../..');
 our $START_TIMEOUT = 30;
@@ -233,6 +233,19 @@ sub free_port {
         return $p;
     }
     die "free_port: no free port found\n";
+}
+
+# backend_vars(redis => R, db => D, sim => S): the nginx.conf placeholders
+# those components fill -- %%REDIS_PORT%%, %%MYSQL_PORT%%,
+# %%MYSQL_PASSWORD_FILE%%, %%SIM_PORT%% -- for PayGW::Test::Nginx's vars.
+sub backend_vars {
+    my (%c) = @_;
+    my %v;
+    $v{REDIS_PORT} = $c{redis}->port if $c{redis};
+    @v{qw(MYSQL_PORT MYSQL_PASSWORD_FILE)} = ($c{db}->port, $c{db}->password_file)
+        if $c{db};
+    $v{SIM_PORT} = $c{sim}->port if $c{sim};
+    return \%v;
 }
 
 # ---- HTTP ------------------------------------------------------------------
