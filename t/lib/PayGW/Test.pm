@@ -5,14 +5,20 @@ package PayGW::Test;
 # everything is torn down at END (also after die, SIGINT and SIGTERM).
 # Core Perl modules only.
 #
-#   use PayGW::Test qw(free_port http http_parallel sign_request);
+#   use PayGW::Test qw(backend_vars free_port http http_parallel sign_request);
 #   my $redis = PayGW::Test::Redis->start;
 #   my $db    = PayGW::Test::MySQL->start;
 #   my $sim   = PayGW::Test::Sim->start;
-#   my $ngx   = PayGW::Test::Nginx->new(http => <<'EOF')->start;
+#   my $ngx   = PayGW::Test::Nginx->new(vars => backend_vars(redis => $redis),
+#                                       http => <<'EOF')->start;
+#       upstream redis { server 127.0.0.1:%%REDIS_PORT%%; }
 #       server { listen 127.0.0.1:%%PORT%%; location / { return 200 ok; } }
 #   EOF
 #   my $r = http(GET => $ngx->url('/'));     # {status, headers, body, ...}
+#
+# The whole gateway (all four, configured by the test file's own http{}
+# text) is PayGW::Gateway.  Waiting is for a condition (wait_until), with a
+# deadline; sleep_until only where the duration itself is under test.
 #
 # Environment: PAYGW_MODULE (module .so to load), PAYGW_ASAN=1 (preload the
 # ASan runtime into nginx and fail on sanitizer reports), PAYGW_KEEP=1 (keep
