@@ -637,8 +637,38 @@ sub kill {
     $self->{pid} = undef;
 }
 
-sub freeze { CORE::kill 'STOP', $_[0]{pid} if $_[0]->_alive }
-sub thaw   { CORE::kill 'CONT', $_[0]{pid} if $_[0]->_alive }
+# freeze: SIGSTOP, and wait until every thread of the process is stopped
+# (the signal reaches each thread on its own); thaw: SIGCONT, and wait
+# until none is.
+sub freeze {
+    my ($self) = @_;
+    die ref($self) . " freeze: not running (pid " . ($self->{pid} // 'none') . ")\n"
+        unless $self->_alive;
+    CORE::kill 'STOP', $self->{pid};
+    PayGW::Test::wait_until(sub { $self->_threads_stopped == 1 }, timeout => 5,
+                            interval => 0.01)
+        or die ref($self) . " freeze: pid $self->{pid} did not stop\n";
+}
+
+sub thaw {
+    my ($self) = @_;
+    return unless $self->_alive;
+    CORE::kill 'CONT', $self->{pid};
+    PayGW::Test::wait_until(sub { $self->_threads_stopped == 0 }, timeout => 5,
+                            interval => 0.01);
+}
+
+# 1 when all threads are stopped, 0 when none is, 0.5 in between.
+sub _threads_stopped {
+    my ($self) = @_;
+    my ($stopped, $all) = (0, 0);
+    for my $stat (glob "/proc/$self->{pid}/task/*/stat") {
+        my ($state) = PayGW::Test::_slurp($stat) =~ /^.*\) (\S)/s or next;
+        $all++;
+        $stopped++ if $state eq 'T' || $state eq 't';
+    }
+    return !$all ? 0 : $stopped == $all ? 1 : $stopped ? 0.5 : 0;
+}
 
 sub _teardown { $_[0]->stop }
 
