@@ -69,7 +69,6 @@ my $STATE;
 sub state_now { $STATE //= $gw->snapshot }
 
 sub pb { PayGW::Gateway->payment_body(@_) }
-sub card { PayGW::Gateway->card(@_) }
 
 # A raw JSON create body with one field's raw JSON text replaced (or added).
 sub raw_body {
@@ -195,30 +194,30 @@ invalid('card given for alipay', pb(channel => 'alipay'),
 invalid('card given for wechat', pb(channel => 'wechat'),
         qr/\bcard\b|channel "wechat" is unknown or not enabled/);
 invalid('card a string', pb(card => '4242424242424242'), qr/\bcard\b/);
-invalid('card.number fails the Luhn check', pb(card => card(number => '4242424242424241')),
+invalid('card.number fails the Luhn check', pb(card => PayGW::Gateway->card(number => '4242424242424241')),
         qr/card\.number/);
-invalid('card.number too short', pb(card => card(number => '4242')), qr/card\.number/);
-invalid('card.number of 20 digits', pb(card => card(number => '42424242424242424242')),
+invalid('card.number too short', pb(card => PayGW::Gateway->card(number => '4242')), qr/card\.number/);
+invalid('card.number of 20 digits', pb(card => PayGW::Gateway->card(number => '42424242424242424242')),
         qr/card\.number/);
-invalid('card.number with dashes', pb(card => card(number => '4242-4242-4242-4242')),
+invalid('card.number with dashes', pb(card => PayGW::Gateway->card(number => '4242-4242-4242-4242')),
         qr/card\.number/);
-invalid('card.number a JSON number', pb(card => card(number => 4242424242424242)),
+invalid('card.number a JSON number', pb(card => PayGW::Gateway->card(number => 4242424242424242)),
         qr/card\.number/);
-invalid('card.number missing', pb(card => do { my $c = card(); delete $c->{number}; $c }),
+invalid('card.number missing', pb(card => do { my $c = PayGW::Gateway->card(); delete $c->{number}; $c }),
         qr/card\.number/);
-invalid('card.exp_month 0', pb(card => card(exp_month => 0)), qr/card\.exp_month/);
-invalid('card.exp_month 13', pb(card => card(exp_month => 13)), qr/card\.exp_month/);
-invalid('card.exp_month "12"', pb(card => card(exp_month => '12')), qr/card\.exp_month/);
-invalid('card.exp_year 30', pb(card => card(exp_year => 30)), qr/card\.exp_year/);
-invalid('card.exp_year "2030"', pb(card => card(exp_year => '2030')), qr/card\.exp_year/);
-invalid('card.cvc 2 digits', pb(card => card(cvc => '12')), qr/card\.cvc/);
-invalid('card.cvc 5 digits', pb(card => card(cvc => '12345')), qr/card\.cvc/);
-invalid('card.cvc letters', pb(card => card(cvc => 'abc')), qr/card\.cvc/);
-invalid('card.cvc a JSON number', pb(card => card(cvc => 123)), qr/card\.cvc/);
-invalid('card.cvc missing', pb(card => do { my $c = card(); delete $c->{cvc}; $c }),
+invalid('card.exp_month 0', pb(card => PayGW::Gateway->card(exp_month => 0)), qr/card\.exp_month/);
+invalid('card.exp_month 13', pb(card => PayGW::Gateway->card(exp_month => 13)), qr/card\.exp_month/);
+invalid('card.exp_month "12"', pb(card => PayGW::Gateway->card(exp_month => '12')), qr/card\.exp_month/);
+invalid('card.exp_year 30', pb(card => PayGW::Gateway->card(exp_year => 30)), qr/card\.exp_year/);
+invalid('card.exp_year "2030"', pb(card => PayGW::Gateway->card(exp_year => '2030')), qr/card\.exp_year/);
+invalid('card.cvc 2 digits', pb(card => PayGW::Gateway->card(cvc => '12')), qr/card\.cvc/);
+invalid('card.cvc 5 digits', pb(card => PayGW::Gateway->card(cvc => '12345')), qr/card\.cvc/);
+invalid('card.cvc letters', pb(card => PayGW::Gateway->card(cvc => 'abc')), qr/card\.cvc/);
+invalid('card.cvc a JSON number', pb(card => PayGW::Gateway->card(cvc => 123)), qr/card\.cvc/);
+invalid('card.cvc missing', pb(card => do { my $c = PayGW::Gateway->card(); delete $c->{cvc}; $c }),
         qr/card\.cvc/);
-invalid('card with an unknown field', pb(card => card(holder => 'X')), qr/holder/);
-accepted('a 15-digit Amex with a 4-digit cvc', pb(card => card(number => '378282246310005',
+invalid('card with an unknown field', pb(card => PayGW::Gateway->card(holder => 'X')), qr/holder/);
+accepted('a 15-digit Amex with a 4-digit cvc', pb(card => PayGW::Gateway->card(number => '378282246310005',
                                                                cvc => '1234')));
 
 # ---- subject, notify_url, expire_seconds, metadata -------------------------------------

@@ -73,7 +73,6 @@ sub fresh { sprintf 'idem-%d-%d-%s', $$, ++$seq, join '', map { ('a' .. 'z')[ran
 
 sub pb { PayGW::Gateway->payment_body(@_) }
 
-sub charges { $gw->sim->charges->{charges} }
 sub charge_for {
     my @c = $gw->charges_for($_[0]);
     return @c == 1 ? $c[0] : undef;
@@ -364,7 +363,7 @@ sub api_in_background {
     my $c = charge_for($no);
     is($c && $c->{requests}, 1, '50 at once: the acquirer was asked once');
     is($c && $c->{duplicates}, 0, '50 at once: no duplicate charge request');
-    is(scalar(@{charges()}), (split ' ', $before->{charges})[0] + 1, '50 at once: one new charge');
+    is(scalar(@{$gw->sim->charges->{charges}}), (split ' ', $before->{charges})[0] + 1, '50 at once: one new charge');
 }
 
 # 20 at once with 20 different keys and one business_no: the durable guard
