@@ -214,7 +214,7 @@ EOF
 
     my $master = $ngx->master_pid;
     $ngx->stop;
-    ok(!kill(0, $master), 'nginx stopped');
+    ok(PayGW::Test::_gone($master), 'nginx stopped (exited; init may not have reaped it yet)');
     is(http(GET => $ngx->url('/'), timeout => 2)->{status}, 599, 'port closed');
 
     my $bad = PayGW::Test::Nginx->new(no_module => 1,
@@ -223,6 +223,35 @@ EOF
     like($@, qr/nginx failed to start.*unknown directive "bogus"/s,
          'start dies with the error');
 }
+
+# ---- nginx.conf placeholders ---------------------------------------------------
+
+{
+    my $ngx = PayGW::Test::Nginx->new(no_module => 1, vars => {GREETING => 'hello'},
+                                      http => <<'EOF');
+    server { listen 127.0.0.1:%%PORT%%; location / { return 200 "%%GREETING%%"; } }
+EOF
+    $ngx->start;
+    is(http(GET => $ngx->url('/'))->{body}, 'hello', 'vars fill %%NAME%% placeholders');
+    eval { $ngx->reload(http => 'server { location / { return 200 "%%NOBODY%%"; } }') };
+    like($@, qr/nothing fills %%NOBODY%%/, 'a placeholder nobody fills is an error');
+    $ngx->stop;
+
+    # the documented default and the older option form are one configuration
+    require PayGW::Gateway;
+    no warnings 'once';
+    my @conf = map {
+        (my $c = $_) =~ s/\s+/ /g;
+        $c =~ s/ ?([{};]) ?/$1/g;
+        $c
+    } $PayGW::Gateway::DEFAULT_HTTP, PayGW::Gateway->_http_conf;
+    is($conf[0], $conf[1],
+              'Gateway: $DEFAULT_HTTP is what the option form builds without options');
+}
+
+ok(-s $sim->key_file('alipay_app_private.pem')
+   && ((stat $sim->key_file('alipay_app_private.pem'))[2] & 0777) == 0600,
+   "sim keys: the suite's keys copied, private keys mode 600");
 
 SKIP: {
     skip 'module not built', 1 if $no_module;

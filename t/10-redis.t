@@ -9,17 +9,16 @@ use warnings;
 use Test::More;
 use Time::HiRes qw(time sleep);
 
-use PayGW::Test qw(http http_parallel wait_until);
+use PayGW::Test qw(backend_vars http http_parallel wait_until);
 
 my $redis = PayGW::Test::Redis->start;
-my $rport = $redis->port;
 # Generous timeouts while the machine may be busy; the hang test below
 # reloads with paygw_redis_timeout 1s.
 sub conf {
     my ($timeout) = @_;
     return <<"EOF";
     paygw_zone paygw:1m;
-    upstream redis { server 127.0.0.1:$rport; keepalive 8; }
+    upstream redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 8; }
     server {
         listen 127.0.0.1:%%PORT%%;
         client_body_buffer_size 4m;
@@ -31,8 +30,8 @@ sub conf {
 EOF
 }
 
-my $ngx = PayGW::Test::Nginx->new(test_module => 1, http => conf('10s'))
-    ->start;
+my $ngx = PayGW::Test::Nginx->new(test_module => 1, vars => backend_vars(redis => $redis),
+                                  http => conf('10s'))->start;
 
 # One pipeline through the module: the whole HTTP response.
 sub redis_req {

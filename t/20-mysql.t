@@ -12,10 +12,11 @@ use Storable ();
 use Test::More;
 use Time::HiRes qw(time sleep);
 
-use PayGW::Test qw(http http_parallel wait_until);
+use PayGW::Test qw(backend_vars http http_parallel wait_until);
 
-my $redis = PayGW::Test::Redis->start;
-my $db    = PayGW::Test::MySQL->start;
+my $redis = PayGW::Test::Redis->start(no_wait => 1);
+my $db    = PayGW::Test::MySQL->start(no_wait => 1);
+$_->ready for $redis, $db;
 
 # Three pools in one nginx (one server block each, so each has its own
 # /_paygw/mysql), each logging in as its own user, so that a pool's
@@ -37,8 +38,7 @@ my ($fast_port, $small_port) = (PayGW::Test::free_port(),
                                 PayGW::Test::free_port());
 my $ngx;
 {
-    my ($rport, $mport, $pwf) = ($redis->port, $db->port, $db->password_file);
-    my $mysql = "host=127.0.0.1 port=$mport database=paygw";
+    my $mysql = "host=127.0.0.1 port=%%MYSQL_PORT%% database=paygw";
     my $server = sub {
         my ($listen, $pool) = @_;
         return <<"EOF";
@@ -54,21 +54,25 @@ my $ngx;
     }
 EOF
     };
-    $ngx = PayGW::Test::Nginx->new(test_module => 1, http => <<"EOF" . join '',
+    $ngx = PayGW::Test::Nginx->new(
+        test_module => 1,
+        vars => {%{ backend_vars(redis => $redis, db => $db) }, SECRETS => $secrets,
+                 FAST_PORT => $fast_port, SMALL_PORT => $small_port},
+        http => <<"EOF" . join '',
     paygw_zone paygw:1m;
-    upstream redis { server 127.0.0.1:$rport; keepalive 8; }
-    paygw_mysql main $mysql user=paygw password_file=$pwf
+    upstream redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 8; }
+    paygw_mysql main $mysql user=paygw password_file=%%MYSQL_PASSWORD_FILE%%
                 max_conns=4 idle_timeout=60s connect_timeout=3s
                 query_timeout=10s;
-    paygw_mysql fast $mysql user=paygw3 password_file=$secrets/paygw3.pass
+    paygw_mysql fast $mysql user=paygw3 password_file=%%SECRETS%%/paygw3.pass
                 max_conns=1 idle_timeout=1s connect_timeout=1s
                 query_timeout=1s;
-    paygw_mysql small $mysql user=paygw2 password_file=$secrets/paygw2.pass
+    paygw_mysql small $mysql user=paygw2 password_file=%%SECRETS%%/paygw2.pass
                 max_conns=2 idle_timeout=60s connect_timeout=3s
                 query_timeout=10s;
 EOF
-        $server->('%%PORT%%', 'main'), $server->($fast_port, 'fast'),
-        $server->($small_port, 'small'))->start;
+        $server->('%%PORT%%', 'main'), $server->('%%FAST_PORT%%', 'fast'),
+        $server->('%%SMALL_PORT%%', 'small'))->start;
 }
 
 package Endpoint {
@@ -538,7 +542,15 @@ sub in_background {
     @old = $ngx->worker_pids;
     my $master = $ngx->master_pid;
     my $hup = fork // die "fork: $!\n";
-    if (!$hup) { sleep 0.4; kill 'HUP', $master; POSIX::_exit(0) }
+    if (!$hup) {
+        # HUP once two queries run (max_conns=2): the other two wait in line
+        wait_until(sub {
+            $db->sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                     . "WHERE USER = 'paygw2' AND INFO LIKE 'SELECT SLEEP(1)%'") >= 2
+        }, timeout => 5);
+        kill 'HUP', $master;
+        POSIX::_exit(0);
+    }
     @res = http_parallel([map {
         [POST => $small->url('/_test/backend'), timeout => 15,
          json => {mysql => {statements => [{sql => 'SELECT SLEEP(1), ?',

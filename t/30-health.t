@@ -8,11 +8,11 @@ use warnings;
 use Test::More;
 use Time::HiRes qw(time);
 
-use PayGW::Test qw(http http_parallel wait_until);
+use PayGW::Test qw(backend_vars http http_parallel wait_until);
 
-my $redis = PayGW::Test::Redis->start;
-my $db    = PayGW::Test::MySQL->start;
-my ($rport, $mport, $pwf) = ($redis->port, $db->port, $db->password_file);
+my $redis = PayGW::Test::Redis->start(no_wait => 1);
+my $db    = PayGW::Test::MySQL->start(no_wait => 1);
+$_->ready for $redis, $db;
 
 # Generous timeouts while the machine may be busy; the hung-backend tests
 # at the end reload with 1 s ones.
@@ -20,8 +20,9 @@ sub conf {
     my ($t) = @_;
     return <<"EOF";
     paygw_zone paygw:1m;
-    upstream redis { server 127.0.0.1:$rport; keepalive 8; }
-    paygw_mysql db host=127.0.0.1 port=$mport user=paygw password_file=$pwf
+    upstream redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 8; }
+    paygw_mysql db host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
+                password_file=%%MYSQL_PASSWORD_FILE%%
                 database=paygw max_conns=4 idle_timeout=60s
                 connect_timeout=$t query_timeout=$t;
     server {
@@ -35,7 +36,8 @@ sub conf {
 EOF
 }
 
-my $ngx = PayGW::Test::Nginx->new(http => conf('10s'))->start;
+my $ngx = PayGW::Test::Nginx->new(vars => backend_vars(redis => $redis, db => $db),
+                                  http => conf('10s'))->start;
 
 sub get { http(GET => $ngx->url($_[0]), timeout => 15) }
 

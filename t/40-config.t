@@ -7,11 +7,12 @@ use warnings;
 
 use Test::More;
 
-use PayGW::Test qw(http);
+use PayGW::Test qw(backend_vars http);
 
-my $redis = PayGW::Test::Redis->start;
-my $db    = PayGW::Test::MySQL->start;
-my ($rport, $mport, $pwf) = ($redis->port, $db->port, $db->password_file);
+my $redis = PayGW::Test::Redis->start(no_wait => 1);
+my $db    = PayGW::Test::MySQL->start(no_wait => 1);
+$_->ready for $redis, $db;
+my $vars = backend_vars(redis => $redis, db => $db);
 my $real_pw = $db->password;
 
 my $secrets = PayGW::Test::_mkdir('secrets');
@@ -23,8 +24,8 @@ for (['nl', "$real_pw\n"], ['crlf', "$real_pw\r\n"],
 }
 my @secrets = ($real_pw, 'Wrong-Pw-LeakCanary-7731');
 
-my $mysql_ok = "paygw_mysql db host=127.0.0.1 port=$mport user=paygw "
-             . "password_file=$pwf database=paygw max_conns=4 "
+my $mysql_ok = "paygw_mysql db host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw "
+             . "password_file=%%MYSQL_PASSWORD_FILE%% database=paygw max_conns=4 "
              . "idle_timeout=60s connect_timeout=3s query_timeout=10s;";
 
 # A complete http{} body; %o replaces parts of it.
@@ -38,7 +39,7 @@ sub conf {
     my $extra = $o{extra} // '';
     my $text = <<"EOF";
     $zone
-    upstream redis { server 127.0.0.1:$rport; keepalive 8; }
+    upstream redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 8; }
     $mysql
     server {
         listen 127.0.0.1:%%PORT%%;
@@ -55,7 +56,7 @@ EOF
     return $text;
 }
 
-my $ngx = PayGW::Test::Nginx->new;
+my $ngx = PayGW::Test::Nginx->new(vars => $vars);
 my $all_output = '';
 
 # Line number, in the written nginx.conf, of the first line containing $s.
@@ -139,7 +140,7 @@ bad_config('paygw_health bogus', qr/invalid value "bogus"/,
 bad_config('paygw_mysql without user, password_file, database',
            qr/needs .*user.*password_file.*database/,
            'paygw_mysql db host=',
-           mysql => "paygw_mysql db host=127.0.0.1 port=$mport;");
+           mysql => "paygw_mysql db host=127.0.0.1 port=%%MYSQL_PORT%%;");
 
 {
     (my $m = $mysql_ok) =~ s/max_conns=4/max_con=4/;
@@ -152,7 +153,7 @@ bad_config('paygw_mysql without user, password_file, database',
     bad_config('paygw_mysql query_timeout=soon',
                qr/invalid time in "query_timeout=soon"/,
                'query_timeout=soon', mysql => $m);
-    ($m = $mysql_ok) =~ s/port=\d+/port=99999/;
+    ($m = $mysql_ok) =~ s/port=\S+/port=99999/;
     bad_config('paygw_mysql port=99999', qr/invalid parameter "port=99999"/,
                'port=99999', mysql => $m);
     ($m = $mysql_ok) =~ s/host=127.0.0.1/host=127.0.0.2/;
@@ -179,7 +180,7 @@ bad_config('paygw_test_backend with the shipped module alone',
            extra => $test_loc);
 
 {
-    my $with = PayGW::Test::Nginx->new(test_module => 1);
+    my $with = PayGW::Test::Nginx->new(vars => $vars, test_module => 1);
     my ($rc, $out) = $with->test_config(http => conf(extra => $test_loc));
     $all_output .= $out;
     is($rc, 0, '... accepted once the test module is loaded after it')
@@ -204,11 +205,11 @@ bad_config('paygw_test_backend with the shipped module alone',
 # One running nginx, reloaded with each password file in turn.
 sub with_password_file {
     my ($file) = @_;
-    return conf(mysql => "paygw_mysql db host=127.0.0.1 port=$mport "
+    return conf(mysql => "paygw_mysql db host=127.0.0.1 port=%%MYSQL_PORT%% "
                          . "user=paygw password_file=$file database=paygw;");
 }
 
-my $run = PayGW::Test::Nginx->new(http => with_password_file($pw_file{nl}))
+my $run = PayGW::Test::Nginx->new(vars => $vars, http => with_password_file($pw_file{nl}))
     ->start;
 for my $kind ('nl', 'crlf') {
     $run->reload(http => with_password_file($pw_file{$kind}))

@@ -13,6 +13,9 @@ use lib 't/lib';
 use PayGW::Gateway;
 use PayGW::Test qw(http sign_request);
 
+# Authentication needs no directive of its own: the gateway runs the
+# harness's default http{} configuration, $PayGW::Gateway::DEFAULT_HTTP
+# (t/lib/PayGW/Gateway.pm), with the demo keys conf/demo/keys.conf.
 my $gw = PayGW::Gateway->start;
 
 my $n = 0;
@@ -42,21 +45,6 @@ sub is_error {
         like($j->{error}{request_id} // '', qr/^\S+$/, 'request_id');
         like($r->{headers}{'x-request-id'} // '', qr/^\S+$/, 'X-Request-Id');
     };
-}
-
-sub charges_seen {
-    my $c = $gw->sim->charges->{charges};
-    my $req = 0;
-    $req += $_->{requests} for @$c;
-    return scalar(@$c) . " charges, $req requests";
-}
-
-sub snapshot { {rows => $gw->count_rows('payments'), charges => charges_seen()} }
-
-sub nothing_written {
-    my ($before, $name) = @_;
-    is($gw->count_rows('payments'), $before->{rows}, "$name: no payment row");
-    is(charges_seen(), $before->{charges}, "$name: the acquirer saw no charge");
 }
 
 sub auth_header {
@@ -173,7 +161,7 @@ sub no_leak {
 
 # Everything in string_to_sign is covered: method, path, query, ts, nonce, body.
 {
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     my $body = '{"business_no":"AUTH-1","amount":100,"currency":"CNY","channel":"bank_card",'
              . '"subject":"x","card":{"number":"4242424242424242","exp_month":12,'
              . '"exp_year":2030,"cvc":"123"}}';
@@ -211,7 +199,7 @@ sub no_leak {
                   headers => {%h, Authorization => $moved_nonce}),
              401, 'unauthenticated', 'bad signature', 'nonce changed after signing');
 
-    nothing_written($before, 'tampered POSTs');
+    $gw->nothing_written($before, 'tampered POSTs');
 
     # the query string is part of PATH_WITH_QUERY
     my $sig_noq = sign_request('demo', 'demo-secret', 'GET', '/v1/payments', '');
@@ -225,7 +213,7 @@ sub no_leak {
 # Authentication comes first: an unauthenticated POST with an invalid body
 # and no Idempotency-Key is a 401, and nothing happens.
 {
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     is_error($gw->api(POST => '/v1/payments', json => {amount => 0}, secret => 'wrong-secret'),
              401, 'unauthenticated', 'bad signature',
              'bad signature beats validation and a missing Idempotency-Key');
@@ -233,7 +221,7 @@ sub no_leak {
                   json => PayGW::Gateway->payment_body(), headers => {'Idempotency-Key' => 'auth-x'}),
              401, 'unauthenticated', 'missing Authorization header',
              'unsigned valid create is refused');
-    nothing_written($before, 'unauthenticated POSTs');
+    $gw->nothing_written($before, 'unauthenticated POSTs');
 }
 
 # ---- nonce replay window --------------------------------------------------------
@@ -258,11 +246,11 @@ sub no_leak {
     my $r = $gw->api(POST => '/v1/payments', json => $body, idempotency_key => 'replay-create',
                      nonce => $pn);
     is($r->{status}, 201, 'create with a fresh nonce') or diag($r->{body});
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     is_error($gw->api(POST => '/v1/payments', json => $body, idempotency_key => 'replay-create-2',
                       nonce => $pn),
              401, 'unauthenticated', 'nonce already used (replay)', 'replayed create');
-    nothing_written($before, 'replayed create');
+    $gw->nothing_written($before, 'replayed create');
 }
 
 # ---- X-Request-Id --------------------------------------------------------------
@@ -311,7 +299,7 @@ $gw->db->sql("INSERT INTO payments (payment_no, merchant_id, business_no, amount
     $r = $gw->api(GET => '/v1/payments?business_no=AUTH-OWN', key => 'viewer');
     is($r->{json}{payment_no}, $own_no, 'viewer finds it by business_no');
 
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     is_error($gw->api(POST => '/v1/payments', key => 'viewer', idempotency_key => 'viewer-1',
                       json => PayGW::Gateway->payment_body()),
              403, 'forbidden', undef, 'viewer cannot create a payment');
@@ -324,7 +312,7 @@ $gw->db->sql("INSERT INTO payments (payment_no, merchant_id, business_no, amount
     is_error($gw->api(POST => '/v1/payments', key => 'ops', idempotency_key => 'ops-1',
                       json => PayGW::Gateway->payment_body()),
              403, 'forbidden', undef, 'admin key (merchant "*") cannot create a payment');
-    nothing_written($before, 'forbidden POSTs');
+    $gw->nothing_written($before, 'forbidden POSTs');
     is($gw->count_rows('refunds'), 0, 'forbidden refund wrote no refund');
     my $st = $gw->api(GET => "/v1/payments/$own_no")->{json}{status} // '';
     is($st, 'succeeded', 'forbidden close left the payment as it was');

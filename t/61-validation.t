@@ -13,31 +13,62 @@ use lib 't/lib';
 use PayGW::Gateway;
 use PayGW::Test qw(http http_raw sign_request);
 
-# only bank_card is enabled: the others are refused as unknown channels
-my $gw = PayGW::Gateway->start(qr_channels => 0);
+# Only bank_card is enabled: the other channels are refused as unknown.
+# conf('paygw_max_body_size 2k;') adds that directive (the body size
+# tests at the end); the default limit is 16384 bytes.
+sub conf {
+    my $max_body_size = $_[0] // '';
+    return <<"EOF";
+    paygw_zone  paygw:1m;
+    upstream paygw_redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 16; }
+    paygw_mysql main host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
+                password_file=%%MYSQL_PASSWORD_FILE%%
+                database=paygw max_conns=8 query_timeout=10s;
+    paygw_keys  %%REPO%%/conf/demo/keys.conf;
+
+    paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
+                  secret_file=%%REPO%%/conf/demo/acquirer.secret
+                  attempts=3 unknown_grace=60s breaker_failures=0;
+    upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        client_body_buffer_size 16k;
+
+        location = /_paygw/redis {
+            internal;
+            paygw_redis_pass paygw_redis;
+            paygw_redis_timeout 5s;
+        }
+        location = /_paygw/mysql { internal; paygw_mysql_pass main; }
+        location /_paygw/bank/ {
+            internal;
+            proxy_pass http://paygw_acquirer/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 10s;
+            proxy_read_timeout 10s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /v1/ { paygw_api; }
+        $max_body_size
+    }
+EOF
+}
+
+my $gw = PayGW::Gateway->start(http => conf());
 my $JS = JSON::PP->new->canonical;
 
 # ---- helpers ---------------------------------------------------------------------
 
-sub charges_seen {
-    my $c = $gw->sim->charges->{charges};
-    my $req = 0;
-    $req += $_->{requests} for @$c;
-    return scalar(@$c) . " charges, $req requests";
-}
-
-sub snapshot { {rows => $gw->count_rows('payments'), charges => charges_seen()} }
 
 # What the database and the acquirer hold after the last accepted request:
 # every rejected request must leave exactly this.
 my $STATE;
-sub state_now { $STATE //= snapshot() }
-
-my $k = 0;
-sub key { 'val-' . $$ . '-' . ++$k }
+sub state_now { $STATE //= $gw->snapshot }
 
 sub pb { PayGW::Gateway->payment_body(@_) }
-sub card { +{number => '4242424242424242', exp_month => 12, exp_year => 2030, cvc => '123', @_} }
 
 # A raw JSON create body with one field's raw JSON text replaced (or added).
 sub raw_body {
@@ -53,7 +84,7 @@ sub raw_body {
 sub rejected {
     my ($name, $body, $status, $code, $re) = @_;
     my $before = state_now();
-    my $r = $gw->api(POST => '/v1/payments', idempotency_key => key(),
+    my $r = $gw->api(POST => '/v1/payments', idempotency_key => $gw->fresh_key('val'),
                      ref $body ? (json => $body) : (body => $body));
     subtest $name => sub {
         is($r->{status}, $status, "status $status") or diag($r->{body});
@@ -66,7 +97,7 @@ sub rejected {
         unlike($r->{body}, qr/4242424242424242|42424242\d{4}42|"cvc"/,
                'the card number and cvc are not echoed');
         is($gw->count_rows('payments'), $before->{rows}, 'no payment row');
-        is(charges_seen(), $before->{charges}, 'the acquirer saw no charge');
+        is($gw->charges_seen, $before->{charges}, 'the acquirer saw no charge');
     };
     return $r;
 }
@@ -76,9 +107,9 @@ sub invalid { rejected($_[0], $_[1], 400, 'invalid_request', $_[2]) }
 sub accepted {
     my ($name, $body) = @_;
     my $before = state_now();
-    my $r = $gw->api(POST => '/v1/payments', idempotency_key => key(),
+    my $r = $gw->api(POST => '/v1/payments', idempotency_key => $gw->fresh_key('val'),
                      ref $body ? (json => $body) : (body => $body));
-    $STATE = snapshot();
+    $STATE = $gw->snapshot;
     subtest $name => sub {
         is($r->{status}, 201, 'created') or diag($r->{body});
         like($r->{json}{payment_no} // '', qr/\S/, 'payment_no');
@@ -163,30 +194,30 @@ invalid('card given for alipay', pb(channel => 'alipay'),
 invalid('card given for wechat', pb(channel => 'wechat'),
         qr/\bcard\b|channel "wechat" is unknown or not enabled/);
 invalid('card a string', pb(card => '4242424242424242'), qr/\bcard\b/);
-invalid('card.number fails the Luhn check', pb(card => card(number => '4242424242424241')),
+invalid('card.number fails the Luhn check', pb(card => PayGW::Gateway->card(number => '4242424242424241')),
         qr/card\.number/);
-invalid('card.number too short', pb(card => card(number => '4242')), qr/card\.number/);
-invalid('card.number of 20 digits', pb(card => card(number => '42424242424242424242')),
+invalid('card.number too short', pb(card => PayGW::Gateway->card(number => '4242')), qr/card\.number/);
+invalid('card.number of 20 digits', pb(card => PayGW::Gateway->card(number => '42424242424242424242')),
         qr/card\.number/);
-invalid('card.number with dashes', pb(card => card(number => '4242-4242-4242-4242')),
+invalid('card.number with dashes', pb(card => PayGW::Gateway->card(number => '4242-4242-4242-4242')),
         qr/card\.number/);
-invalid('card.number a JSON number', pb(card => card(number => 4242424242424242)),
+invalid('card.number a JSON number', pb(card => PayGW::Gateway->card(number => 4242424242424242)),
         qr/card\.number/);
-invalid('card.number missing', pb(card => do { my $c = card(); delete $c->{number}; $c }),
+invalid('card.number missing', pb(card => do { my $c = PayGW::Gateway->card(); delete $c->{number}; $c }),
         qr/card\.number/);
-invalid('card.exp_month 0', pb(card => card(exp_month => 0)), qr/card\.exp_month/);
-invalid('card.exp_month 13', pb(card => card(exp_month => 13)), qr/card\.exp_month/);
-invalid('card.exp_month "12"', pb(card => card(exp_month => '12')), qr/card\.exp_month/);
-invalid('card.exp_year 30', pb(card => card(exp_year => 30)), qr/card\.exp_year/);
-invalid('card.exp_year "2030"', pb(card => card(exp_year => '2030')), qr/card\.exp_year/);
-invalid('card.cvc 2 digits', pb(card => card(cvc => '12')), qr/card\.cvc/);
-invalid('card.cvc 5 digits', pb(card => card(cvc => '12345')), qr/card\.cvc/);
-invalid('card.cvc letters', pb(card => card(cvc => 'abc')), qr/card\.cvc/);
-invalid('card.cvc a JSON number', pb(card => card(cvc => 123)), qr/card\.cvc/);
-invalid('card.cvc missing', pb(card => do { my $c = card(); delete $c->{cvc}; $c }),
+invalid('card.exp_month 0', pb(card => PayGW::Gateway->card(exp_month => 0)), qr/card\.exp_month/);
+invalid('card.exp_month 13', pb(card => PayGW::Gateway->card(exp_month => 13)), qr/card\.exp_month/);
+invalid('card.exp_month "12"', pb(card => PayGW::Gateway->card(exp_month => '12')), qr/card\.exp_month/);
+invalid('card.exp_year 30', pb(card => PayGW::Gateway->card(exp_year => 30)), qr/card\.exp_year/);
+invalid('card.exp_year "2030"', pb(card => PayGW::Gateway->card(exp_year => '2030')), qr/card\.exp_year/);
+invalid('card.cvc 2 digits', pb(card => PayGW::Gateway->card(cvc => '12')), qr/card\.cvc/);
+invalid('card.cvc 5 digits', pb(card => PayGW::Gateway->card(cvc => '12345')), qr/card\.cvc/);
+invalid('card.cvc letters', pb(card => PayGW::Gateway->card(cvc => 'abc')), qr/card\.cvc/);
+invalid('card.cvc a JSON number', pb(card => PayGW::Gateway->card(cvc => 123)), qr/card\.cvc/);
+invalid('card.cvc missing', pb(card => do { my $c = PayGW::Gateway->card(); delete $c->{cvc}; $c }),
         qr/card\.cvc/);
-invalid('card with an unknown field', pb(card => card(holder => 'X')), qr/holder/);
-accepted('a 15-digit Amex with a 4-digit cvc', pb(card => card(number => '378282246310005',
+invalid('card with an unknown field', pb(card => PayGW::Gateway->card(holder => 'X')), qr/holder/);
+accepted('a 15-digit Amex with a 4-digit cvc', pb(card => PayGW::Gateway->card(number => '378282246310005',
                                                                cvc => '1234')));
 
 # ---- subject, notify_url, expire_seconds, metadata -------------------------------------
@@ -255,7 +286,7 @@ sub chunked_post {
     my @chunks = ($body =~ /(.{1,1000})/sg);
     my $auth = sign_request('demo', 'demo-secret', 'POST', '/v1/payments', $body);
     my $r = HTTP::Tiny->new(timeout => 10)->request(POST => $gw->url('/v1/payments'), {
-        headers => {Authorization => $auth, 'Idempotency-Key' => key(),
+        headers => {Authorization => $auth, 'Idempotency-Key' => $gw->fresh_key('val'),
                     'Content-Type' => 'application/json'},
         content => sub { shift @chunks }});
     $r->{json} = eval { JSON::PP->new->decode($r->{content}) };
@@ -263,15 +294,15 @@ sub chunked_post {
 }
 
 {
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     my $r = chunked_post(padded(17000));
     is($r->{status}, 413, 'chunked body over 16 KiB: 413') or diag($r->{content});
     is($r->{json}{error}{code}, 'request_too_large', 'chunked: request_too_large');
     is($gw->count_rows('payments'), $before->{rows}, 'chunked 413: no payment row');
-    is(charges_seen(), $before->{charges}, 'chunked 413: no charge');
+    is($gw->charges_seen, $before->{charges}, 'chunked 413: no charge');
     $r = chunked_post(padded(3000));
     is($r->{status}, 201, 'chunked body under the limit: created') or diag($r->{content});
-    $STATE = snapshot();
+    $STATE = $gw->snapshot;
 }
 
 # A 413 answered before the body was read must not leave that body on a
@@ -293,11 +324,11 @@ sub chunked_post {
 
 # paygw_max_body_size is configurable
 {
-    $gw->ngx->reload(http => $gw->_http_conf(extra_server => 'paygw_max_body_size 2k;'));
+    $gw->reload(conf('paygw_max_body_size 2k;'));
     accepted('max_body_size 2k: a body of exactly 2048 bytes', padded(2048));
     rejected('max_body_size 2k: a body of 2049 bytes', padded(2049), 413, 'request_too_large',
              qr/2048/);
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     my $r = chunked_post(padded(3000));
     is($r->{status}, 413, 'max_body_size 2k: chunked 3000 bytes: 413') or diag($r->{content});
     is($gw->count_rows('payments'), $before->{rows}, 'chunked 413 (2k): no payment row');

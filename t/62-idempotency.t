@@ -13,13 +13,57 @@ use JSON::PP ();
 use POSIX ();
 use Storable ();
 use Test::More;
-use Time::HiRes qw(sleep time);
+use Time::HiRes qw(time);
 
 use lib 't/lib';
-use PayGW::Gateway;
+use PayGW::Gateway qw(sql_quote);
 use PayGW::Test qw(http http_parallel http_raw sign_request wait_until);
 
-my $gw = PayGW::Gateway->start;
+# conf(retention => '1h', keys => FILE): the gateway with
+# paygw_idempotency_retention (default 24 h) and another key file.
+sub conf {
+    my (%o) = @_;
+    my $keys = $o{keys} // '%%REPO%%/conf/demo/keys.conf';
+    my $retention = $o{retention} ? "paygw_idempotency_retention $o{retention};" : '';
+    return <<"EOF";
+    paygw_zone  paygw:1m;
+    upstream paygw_redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 16; }
+    paygw_mysql main host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
+                password_file=%%MYSQL_PASSWORD_FILE%%
+                database=paygw max_conns=8 query_timeout=10s;
+    paygw_keys  $keys;
+
+    paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
+                  secret_file=%%REPO%%/conf/demo/acquirer.secret
+                  attempts=3 unknown_grace=60s breaker_failures=0;
+    upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+
+        location = /_paygw/redis {
+            internal;
+            paygw_redis_pass paygw_redis;
+            paygw_redis_timeout 5s;
+        }
+        location = /_paygw/mysql { internal; paygw_mysql_pass main; }
+        location /_paygw/bank/ {
+            internal;
+            proxy_pass http://paygw_acquirer/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 10s;
+            proxy_read_timeout 10s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /v1/ { paygw_api; }
+        $retention
+    }
+EOF
+}
+
+my $gw = PayGW::Gateway->start(http => conf());
 my $JS = JSON::PP->new->canonical;
 
 # ---- helpers -------------------------------------------------------------------------
@@ -29,23 +73,9 @@ sub fresh { sprintf 'idem-%d-%d-%s', $$, ++$seq, join '', map { ('a' .. 'z')[ran
 
 sub pb { PayGW::Gateway->payment_body(@_) }
 
-sub charges { $gw->sim->charges->{charges} }
 sub charge_for {
-    my ($out_trade_no) = @_;
-    my @c = grep { $_->{out_trade_no} eq ($out_trade_no // '') } @{charges()};
+    my @c = $gw->charges_for($_[0]);
     return @c == 1 ? $c[0] : undef;
-}
-sub charges_seen {
-    my $c = charges();
-    my $req = 0;
-    $req += $_->{requests} + ($_->{duplicates} // 0) for @$c;
-    return scalar(@$c) . " charges, $req requests";
-}
-sub snapshot { {rows => $gw->count_rows('payments'), charges => charges_seen()} }
-sub nothing_written {
-    my ($before, $name) = @_;
-    is($gw->count_rows('payments'), $before->{rows}, "$name: no new payment row");
-    is(charges_seen(), $before->{charges}, "$name: no new charge at the acquirer");
 }
 
 sub is_error {
@@ -107,7 +137,7 @@ sub api_in_background {
 # ---- the header ---------------------------------------------------------------------------
 
 {
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     is_error(create(pb()), 400, 'idempotency_key_missing', 'create without Idempotency-Key');
     is_error(create(pb(), headers => {'Idempotency-Key' => ['two-a', 'two-b']}),
              400, 'idempotency_key_invalid', 'two Idempotency-Key headers');
@@ -125,7 +155,7 @@ sub api_in_background {
         my $r = raw_create($bad->[1], $JS->encode(pb()));
         is_error($r, 400, 'idempotency_key_invalid', "Idempotency-Key with $bad->[0]");
     }
-    nothing_written($before, 'invalid Idempotency-Key headers');
+    $gw->nothing_written($before, 'invalid Idempotency-Key headers');
 }
 
 {
@@ -149,7 +179,7 @@ sub api_in_background {
 # ---- replay: same key, same request ------------------------------------------------------
 
 {
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     my $body = pb();
     my $key = fresh();
     my $first = create($body, idempotency_key => $key);
@@ -200,14 +230,14 @@ sub api_in_background {
     $gw->sim->mode('normal');
 
     # same key, another request
-    my $mid = snapshot();
+    my $mid = $gw->snapshot;
     is_error(create({%$body, amount => $body->{amount} + 1}, idempotency_key => $key),
              422, 'idempotency_key_reused', 'same key, different amount');
     is_error(create({%$body, business_no => 'OTHER-' . fresh()}, idempotency_key => $key),
              422, 'idempotency_key_reused', 'same key, different business_no');
     is_error($gw->api(POST => "/v1/payments/$no/close", idempotency_key => $key, nonce => fresh()),
              422, 'idempotency_key_reused', 'same key, another endpoint');
-    nothing_written($mid, 'reused key');
+    $gw->nothing_written($mid, 'reused key');
     is($gw->api(GET => "/v1/payments/$no")->{json}{status}, 'succeeded',
        'reused key on close: the payment was not closed');
     my $again = create($body, idempotency_key => $key);
@@ -220,7 +250,7 @@ sub api_in_background {
     my $body = pb();
     my $first = create($body, idempotency_key => fresh());
     is($first->{status}, 201, 'created') or diag($first->{body});
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     my $r = create($body, idempotency_key => fresh());
     subtest 'same business_no with a new key: 409 duplicate_business_no' => sub {
         is($r->{status}, 409, 'status 409') or diag($r->{body});
@@ -230,7 +260,7 @@ sub api_in_background {
     };
     $r = create({%$body, amount => 5}, idempotency_key => fresh());
     is($r->{json}{error}{code}, 'duplicate_business_no', 'even with another amount');
-    nothing_written($before, 'duplicate business_no');
+    $gw->nothing_written($before, 'duplicate business_no');
 }
 
 # ---- Redis forgets every key: still one payment, one charge -------------------------------
@@ -241,7 +271,7 @@ sub api_in_background {
     my $first = create($body, idempotency_key => $key);
     is($first->{status}, 201, 'created before FLUSHALL') or diag($first->{body});
     my $no = $first->{json}{payment_no};
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     $gw->redis->cli('FLUSHALL');
 
     for my $case (['the same key', $key], ['a new key', fresh()]) {
@@ -252,7 +282,7 @@ sub api_in_background {
                    && ($r->{json}{error}{payment_no} // '') eq $no;
         ok($same, "after FLUSHALL, $case->[0]: the existing payment, not a new one")
             or diag("$r->{status} $r->{body}");
-        nothing_written($before, "after FLUSHALL, $case->[0]");
+        $gw->nothing_written($before, "after FLUSHALL, $case->[0]");
     }
     is(charge_for($no)->{requests}, 1, 'after FLUSHALL: the acquirer was asked once');
 }
@@ -269,7 +299,10 @@ sub api_in_background {
     # the first request holds the key once its record is in Redis
     ok(wait_until(sub { $gw->redis->cli('EXISTS', redis_key('M100', $key)) eq '1' },
                   timeout => 2.5), 'the first request took the key');
-    sleep 0.3;
+    # ... and is waiting for the acquirer once its payment row is written
+    ok(wait_until(sub { $gw->sql1("SELECT COUNT(*) FROM payments WHERE business_no = "
+                                  . sql_quote($body->{business_no})) == 1 },
+                  timeout => 2.5), 'the first request wrote its payment');
     my $r = create($body, idempotency_key => $key);
     is_error($r, 409, 'idempotency_key_in_use', 'same key while the first is running');
     is_error(create({%$body, amount => 7}, idempotency_key => $key), 422,
@@ -296,7 +329,7 @@ sub api_in_background {
 # ---- 50 identical requests at once --------------------------------------------------------
 
 {
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     my $body = $JS->encode(pb());
     my $key = fresh();
     my @reqs = map {
@@ -330,12 +363,12 @@ sub api_in_background {
     my $c = charge_for($no);
     is($c && $c->{requests}, 1, '50 at once: the acquirer was asked once');
     is($c && $c->{duplicates}, 0, '50 at once: no duplicate charge request');
-    is(scalar(@{charges()}), (split ' ', $before->{charges})[0] + 1, '50 at once: one new charge');
+    is(scalar(@{$gw->sim->charges->{charges}}), (split ' ', $before->{charges})[0] + 1, '50 at once: one new charge');
 }
 
 # 20 at once with 20 different keys and one business_no: the durable guard
 {
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     my $body = $JS->encode(pb());
     my @reqs = map {
         [POST => $gw->url('/v1/payments'), body => $body, timeout => 30, headers => {
@@ -362,7 +395,7 @@ sub api_in_background {
 
 {
     my $key = fresh();
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     my $bad = pb(amount => 0);
     is_error(create($bad, idempotency_key => $key), 400, 'invalid_request', 'invalid request');
     is($gw->redis->cli('EXISTS', redis_key('M100', $key)), '0',
@@ -371,7 +404,7 @@ sub api_in_background {
              'unauthenticated', 'bad signature with the key');
     is_error(create(pb(), idempotency_key => $key, key => 'viewer'), 403, 'forbidden',
              'viewer with the key');
-    nothing_written($before, 'rejected requests');
+    $gw->nothing_written($before, 'rejected requests');
     my $good = {%$bad, amount => 250};
     my $r = create($good, idempotency_key => $key);
     is($r->{status}, 201, 'the same key with a corrected body succeeds') or diag($r->{body});
@@ -382,11 +415,11 @@ sub api_in_background {
 {
     my $key = fresh();
     my $body = pb();
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     $gw->db->stop;
     my $r = create($body, idempotency_key => $key);
     is_error($r, 503, 'backend_unavailable', 'MySQL down: 503');
-    is(charges_seen(), $before->{charges}, 'MySQL down: no charge at the acquirer');
+    is($gw->charges_seen, $before->{charges}, 'MySQL down: no charge at the acquirer');
     is($gw->redis->cli('EXISTS', redis_key('M100', $key)), '0',
        'MySQL down: nothing stored for the key');
     $gw->db->start_again;
@@ -406,11 +439,11 @@ sub api_in_background {
 {
     my $key = fresh();
     my $body = pb();
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     $gw->redis->stop;
     my $r = create($body, idempotency_key => $key);
     is_error($r, 503, 'backend_unavailable', 'Redis down: create answers 503');
-    nothing_written($before, 'Redis down');
+    $gw->nothing_written($before, 'Redis down');
     $gw->redis->start_again;
     $r = create($body, idempotency_key => $key);
     is($r->{status}, 201, 'Redis back: the same request succeeds') or diag($r->{body});
@@ -430,7 +463,7 @@ sub api_in_background {
     ok($ttl =~ /^\d+$/ && $ttl > 86_400_000 - 60_000 && $ttl <= 86_400_000,
        'kept for 24 h by default') or diag("PTTL $ttl");
 
-    $gw->ngx->reload(http => $gw->_http_conf(extra_server => 'paygw_idempotency_retention 1h;'));
+    $gw->reload(conf(retention => '1h'));
     $key = fresh();
     my $body = pb();
     $r = create($body, idempotency_key => $key);
@@ -453,13 +486,11 @@ sub api_in_background {
               . "m200 m200-secret M200 merchant\n";
     close $fh;
     chmod 0644, "$dir/keys.conf";
-    my $conf = $gw->_http_conf;
-    $conf =~ s{paygw_keys\s+\S+;}{paygw_keys $dir/keys.conf;} or die 'no paygw_keys line';
-    $gw->ngx->reload(http => $conf);
+    $gw->reload(conf(keys => "$dir/keys.conf"));
 
     my $key = fresh();
     my $body = pb();
-    my $before = snapshot();
+    my $before = $gw->snapshot;
     my $m100 = create($body, idempotency_key => $key);
     is($m100->{status}, 201, 'M100 creates') or diag($m100->{body});
 

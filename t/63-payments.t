@@ -11,63 +11,26 @@ use warnings;
 use Test::More;
 use JSON::PP ();
 
-use PayGW::Gateway;
+use PayGW::Gateway qw(err_code sql_quote);
 
 my $PAN = '4242424242424242';
 my $CVC = '987';
 
+# The lifecycle needs no directive of its own: the gateway runs the
+# harness's default http{} configuration, $PayGW::Gateway::DEFAULT_HTTP
+# (t/lib/PayGW/Gateway.pm).
 my $gw = PayGW::Gateway->start;
 
-my $n = 0;
-sub key { 'k63-' . $$ . '-' . ++$n }
+sub card { PayGW::Gateway->card(number => $_[0], cvc => $CVC) }
 
-sub create {
-    my (%over) = @_;
-    return $gw->api(POST => '/v1/payments',
-                    json => PayGW::Gateway->payment_body(%over),
-                    idempotency_key => key());
-}
-
-sub card { my ($number) = @_;
-           { number => $number, exp_month => 12, exp_year => 2030, cvc => $CVC } }
-
-sub err_code { ($_[0]{json} && ref $_[0]{json}{error} eq 'HASH')
-               ? $_[0]{json}{error}{code} : undef }
-
-sub sql1 { my $v = $gw->db->sql($_[0]); chomp $v; $v }
-
-sub q_ { my $s = $_[0]; $s =~ s/'/''/g; "'$s'" }
-
-# outbox rows of one object: [{type, status, merchant_id, payload (decoded)}]
-sub events {
-    my ($object_no) = @_;
-    my @rows;
-    for (split /\n/, $gw->db->sql(
-            "SELECT event_id, type, merchant_id, status, HEX(payload) "
-            . "FROM outbox_events WHERE object_no = " . q_($object_no)
-            . " ORDER BY id")) {
-        my ($id, $type, $m, $st, $hex) = split /\t/;
-        my $payload = eval { JSON::PP->new->decode(pack 'H*', $hex) };
-        push @rows, {event_id => $id, type => $type, merchant_id => $m,
-                     status => $st, payload => $payload,
-                     raw => pack('H*', $hex)};
-    }
-    return @rows;
-}
-
-sub acq_charge {
-    my ($out_trade_no) = @_;
-    my ($c) = grep { $_->{out_trade_no} eq $out_trade_no }
-              @{ $gw->sim->charges->{charges} };
-    return $c;
-}
+sub acq_charge { ($gw->charges_for($_[0]))[0] }
 
 my $ISO = qr/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/;
 
 # ---- create: succeeded --------------------------------------------------
 
 my $bno = "ORD-63-$$";
-my $r = create(business_no => $bno, amount => 2599, card => card($PAN),
+my $r = $gw->create(business_no => $bno, amount => 2599, card => card($PAN),
                subject => 'Green tea');
 is($r->{status}, 201, 'create with an approving card: 201') or diag($r->{body});
 my $p = $r->{json} // {};
@@ -97,9 +60,9 @@ is(scalar @{ $gw->sim->charges->{charges} }, 1, 'exactly one charge at the acqui
 
 # ---- the stored row -----------------------------------------------------
 
-my ($st, $amt, $last4, $brand, $ctn) = split /\t/, sql1(
+my ($st, $amt, $last4, $brand, $ctn) = split /\t/, $gw->sql1(
     "SELECT status, amount, card_last4, card_brand, channel_trade_no "
-    . "FROM payments WHERE payment_no = " . q_($pno));
+    . "FROM payments WHERE payment_no = " . sql_quote($pno));
 is_deeply([$st, $amt, $last4, $brand], ['succeeded', 2599, '4242', 'visa'],
           'DB row: status, amount, card_last4, card_brand');
 is($ctn, $p->{channel_trade_no}, 'DB row: channel_trade_no');
@@ -135,7 +98,7 @@ is($a->{json}{merchant_id}, 'M100', '... and sees its merchant');
 
 {
     my $body = PayGW::Gateway->payment_body(card => card($PAN));
-    my $k = key();
+    my $k = $gw->fresh_key('k63');
     my $r1 = $gw->api(POST => '/v1/payments', json => $body, idempotency_key => $k);
     my $r2 = $gw->api(POST => '/v1/payments', json => $body, idempotency_key => $k);
     is($r1->{status}, 201, 'create (idempotency check): 201');
@@ -145,13 +108,13 @@ is($a->{json}{merchant_id}, 'M100', '... and sees its merchant');
     my $c = acq_charge($r1->{json}{payment_no} // '');
     is($c && $c->{requests}, 1, 'the replay sent no second charge to the acquirer');
 
-    my $r3 = $gw->api(POST => '/v1/payments', json => $body, idempotency_key => key());
+    my $r3 = $gw->api(POST => '/v1/payments', json => $body, idempotency_key => $gw->fresh_key('k63'));
     is($r3->{status}, 409, 'new key for an existing business_no: 409');
     is(err_code($r3), 'duplicate_business_no', '... duplicate_business_no');
     is($r3->{json}{error}{payment_no}, $r1->{json}{payment_no},
        '... naming the existing payment_no');
-    is(sql1("SELECT COUNT(*) FROM payments WHERE business_no = "
-            . q_($body->{business_no})), 1, '... and no second payment row');
+    is($gw->sql1("SELECT COUNT(*) FROM payments WHERE business_no = "
+            . sql_quote($body->{business_no})), 1, '... and no second payment row');
 }
 
 # ---- declines -----------------------------------------------------------
@@ -160,7 +123,7 @@ my %decl;
 for my $case (['4000000000000002', 'card_declined', '0002'],
               ['4000000000009995', 'insufficient_funds', '9995']) {
     my ($number, $code, $l4) = @$case;
-    my $d = create(card => card($number));
+    my $d = $gw->create(card => card($number));
     is($d->{status}, 201, "declining card ($code): 201, a definitive outcome")
         or diag($d->{body});
     my $j = $d->{json} // {};
@@ -170,8 +133,8 @@ for my $case (['4000000000000002', 'card_declined', '0002'],
        '... with a failure_message');
     is_deeply($j->{card}, {brand => 'visa', last4 => $l4}, '... card last4');
     is($j->{refunded_amount}, 0, '... nothing refunded');
-    my $row = sql1("SELECT status, failure_code FROM payments WHERE payment_no = "
-                   . q_($j->{payment_no} // ''));
+    my $row = $gw->sql1("SELECT status, failure_code FROM payments WHERE payment_no = "
+                   . sql_quote($j->{payment_no} // ''));
     is($row, "failed\t$code", '... DB row failed with the code');
     my $gg = $gw->api(GET => "/v1/payments/" . ($j->{payment_no} // ''));
     is_deeply([$gg->{status}, $gg->{json}{status}, $gg->{json}{failure_code}],
@@ -184,7 +147,7 @@ is(scalar(grep { $_->{queries} } @{ $gw->sim->charges->{charges} }), 0,
 # ---- outbox: one event per state change ---------------------------------
 
 {
-    my @ev = events($pno);
+    my @ev = $gw->events($pno);
     is(scalar @ev, 1, 'succeeded payment: exactly one outbox event (GETs added none)');
     my $e = $ev[0] // {};
     is($e->{type}, 'payment.succeeded', '... payment.succeeded');
@@ -202,7 +165,7 @@ is(scalar(grep { $_->{queries} } @{ $gw->sim->charges->{charges} }), 0,
     unlike($e->{raw} // '', qr/\Q$PAN\E|cvc/i, 'payload: no card number, no CVC');
 
     for my $code (sort keys %decl) {
-        my @f = events($decl{$code}{payment_no} // '');
+        my @f = $gw->events($decl{$code}{payment_no} // '');
         is(scalar @f, 1, "$code payment: exactly one outbox event");
         is($f[0] && $f[0]{type}, 'payment.failed', '... payment.failed');
         is($f[0] && $f[0]{payload}{data}{failure_code}, $code,
@@ -215,13 +178,13 @@ is(scalar(grep { $_->{queries} } @{ $gw->sim->charges->{charges} }), 0,
 # ---- merchant isolation -------------------------------------------------
 
 {
-    my $o = create(card => card($PAN));
+    my $o = $gw->create(card => card($PAN));
     my $ono = $o->{json}{payment_no} // '';
     my $obno = $o->{json}{business_no} // '';
     is($o->{status}, 201, 'a payment to hand to another merchant');
     # the row now belongs to merchant M200: the demo key (M100) must not see it
     $gw->db->sql("UPDATE payments SET merchant_id = 'M200' WHERE payment_no = "
-                 . q_($ono));
+                 . sql_quote($ono));
 
     my $x = $gw->api(GET => "/v1/payments/$ono");
     is($x->{status}, 404, 'another merchant\'s payment: GET 404');
@@ -232,12 +195,12 @@ is(scalar(grep { $_->{queries} } @{ $gw->sim->charges->{charges} }), 0,
     is($y->{status}, 404, 'another merchant\'s order: find by business_no 404');
 
     my $c = $gw->api(POST => "/v1/payments/$ono/close", json => {},
-                     idempotency_key => key());
+                     idempotency_key => $gw->fresh_key('k63'));
     is($c->{status}, 404, 'another merchant\'s payment: close 404');
 
     my $rf = $gw->api(POST => "/v1/payments/$ono/refunds",
                       json => {refund_no => "R63-$$", amount => 1, reason => 'x'},
-                      idempotency_key => key());
+                      idempotency_key => $gw->fresh_key('k63'));
     is($rf->{status}, 404, 'another merchant\'s payment: refund 404');
     is(scalar @{ $gw->sim->charges->{refunds} }, 0, '... and nothing refunded');
 
@@ -264,19 +227,19 @@ is(scalar(grep { $_->{queries} } @{ $gw->sim->charges->{charges} }), 0,
                   [$decl{card_declined}{payment_no} // '', 'failed']) {
         my ($no, $state) = @$case;
         my $c = $gw->api(POST => "/v1/payments/$no/close", json => {},
-                         idempotency_key => key());
+                         idempotency_key => $gw->fresh_key('k63'));
         is($c->{status}, 409, "close a $state payment: 409");
         is(err_code($c), 'invalid_state', '... invalid_state');
         is($gw->api(GET => "/v1/payments/$no")->{json}{status}, $state,
            "... it stays $state");
     }
     my $c = $gw->api(POST => '/v1/payments/P00000000000000000000/close',
-                     json => {}, idempotency_key => key());
+                     json => {}, idempotency_key => $gw->fresh_key('k63'));
     is($c->{status}, 404, 'close an unknown payment_no: 404');
     is(err_code($c), 'not_found', '... not_found');
     is($gw->count_rows('outbox_events'), $before,
        'refused closes wrote no outbox event');
-    is(sql1("SELECT COUNT(*) FROM outbox_events WHERE type = 'payment.closed'"), 0,
+    is($gw->sql1("SELECT COUNT(*) FROM outbox_events WHERE type = 'payment.closed'"), 0,
        'no payment.closed event at all');
 }
 
@@ -285,11 +248,11 @@ is(scalar(grep { $_->{queries} } @{ $gw->sim->charges->{charges} }), 0,
 {
     my ($pay, $ev) = ($gw->count_rows('payments'), $gw->count_rows('outbox_events'));
     my $charges = scalar @{ $gw->sim->charges->{charges} };
-    my $bad = create(amount => 0, card => card($PAN));
+    my $bad = $gw->create(amount => 0, card => card($PAN));
     is($bad->{status}, 400, 'amount 0: 400');
     is(err_code($bad), 'invalid_request', '... invalid_request');
     like($bad->{json}{error}{message} // '', qr/amount/, '... naming the field');
-    my $luhn = create(card => card('4242424242424241'));
+    my $luhn = $gw->create(card => card('4242424242424241'));
     is($luhn->{status}, 400, 'card number failing Luhn: 400');
     is($gw->count_rows('payments'), $pay, 'no payment row written');
     is($gw->count_rows('outbox_events'), $ev, 'no outbox row written');
@@ -299,7 +262,7 @@ is(scalar(grep { $_->{queries} } @{ $gw->sim->charges->{charges} }), 0,
 # Every outbox row belongs to a payment that changed state: 1 succeeded
 # + 1 replayed-create + 2 declines + 1 (handed to M200) = 5.
 is($gw->count_rows('outbox_events'), 5, 'exactly one outbox row per state change');
-is(sql1("SELECT COUNT(*) FROM payments p LEFT JOIN outbox_events e "
+is($gw->sql1("SELECT COUNT(*) FROM payments p LEFT JOIN outbox_events e "
         . "ON e.object_no = p.payment_no WHERE e.id IS NULL"), 0,
    'every settled payment has its event');
 

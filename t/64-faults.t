@@ -12,46 +12,54 @@ use warnings;
 
 use Test::More;
 use JSON::PP ();
-use Time::HiRes qw(time sleep);
+use Time::HiRes qw(time);
 
-use PayGW::Gateway;
+use PayGW::Gateway qw(err_code sql_quote);
 use PayGW::Test qw(wait_until);
 
-my $gw = PayGW::Gateway->start(attempts => 2, provider_timeout => '1s',
-                               unknown_grace => '2s');
+# Two tries per provider call, each bounded by a 1 s read timeout (the
+# "slow" acquirer answers after 3 s); a payment the acquirer never saw
+# counts as not charged once it is 2 s old (unknown_grace).
+my $gw = PayGW::Gateway->start(http => <<'EOF');
+    paygw_zone  paygw:1m;
+    upstream paygw_redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 16; }
+    paygw_mysql main host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
+                password_file=%%MYSQL_PASSWORD_FILE%%
+                database=paygw max_conns=8 query_timeout=10s;
+    paygw_keys  %%REPO%%/conf/demo/keys.conf;
+
+    paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
+                  secret_file=%%REPO%%/conf/demo/acquirer.secret
+                  attempts=2 unknown_grace=2s breaker_failures=0;
+    upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+
+        location = /_paygw/redis {
+            internal;
+            paygw_redis_pass paygw_redis;
+            paygw_redis_timeout 5s;
+        }
+        location = /_paygw/mysql { internal; paygw_mysql_pass main; }
+        location /_paygw/bank/ {
+            internal;
+            proxy_pass http://paygw_acquirer/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 1s;
+            proxy_read_timeout 1s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /v1/ { paygw_api; }
+    }
+EOF
 
 my $CHARGES = '/acquirer/v1/charges';
-my $n = 0;
-sub key { 'k64-' . $$ . '-' . ++$n }
 
-sub create {
-    my ($body) = @_;
-    return $gw->api(POST => '/v1/payments',
-                    json => $body // PayGW::Gateway->payment_body(),
-                    idempotency_key => key());
-}
-
-sub get { $gw->api(GET => "/v1/payments/$_[0]") }
-
-sub err_code { ($_[0]{json} && ref $_[0]{json}{error} eq 'HASH')
-               ? $_[0]{json}{error}{code} : undef }
-
-sub q_ { my $s = $_[0] // ''; $s =~ s/'/''/g; "'$s'" }
-sub sql1 { my $v = $gw->db->sql($_[0]); chomp $v; $v }
-
-sub db_status { sql1("SELECT status FROM payments WHERE payment_no = " . q_($_[0])) }
-
-sub events {
-    my ($no) = @_;
-    return map { my ($t, $h) = split /\t/;
-                 {type => $t, payload => eval { JSON::PP->new->decode(pack 'H*', $h) }} }
-           split /\n/, $gw->db->sql("SELECT type, HEX(payload) FROM outbox_events "
-                                    . "WHERE object_no = " . q_($no) . " ORDER BY id");
-}
-
-sub acq_charges {
-    my ($no) = @_;
-    return grep { $_->{out_trade_no} eq $no } @{ $gw->sim->charges->{charges} };
+sub db_status {
+    $gw->sql1("SELECT status FROM payments WHERE payment_no = " . sql_quote($_[0]))
 }
 
 # A 202 "unknown" answer, as a merchant must be able to read it: no
@@ -83,7 +91,7 @@ my %unprocessed;        # payment_no => mode
 for my $m (@modes) {
     my ($mode, $opt, $processed, $reqs) = @$m;
     $gw->sim->mode($mode, %$opt, path_prefix => $CHARGES);
-    my $r = create();
+    my $r = $gw->create();
     $gw->sim->mode('normal');
     my $no = $r->{json}{payment_no} // '';
 
@@ -91,10 +99,10 @@ for my $m (@modes) {
 
     # Within unknown_grace (2 s) for the never-charged case: GET at once,
     # before anything slower, so the age cannot pass the grace meanwhile.
-    my $g = $processed ? undef : get($no);
+    my $g = $processed ? undef : $gw->get_payment($no);
     is(db_status($no), 'unknown', "$mode: stored as unknown");
-    is(scalar(events($no)), 0, "$mode: no outbox event for unknown");
-    my @c = acq_charges($no);
+    is(scalar($gw->events($no)), 0, "$mode: no outbox event for unknown");
+    my @c = $gw->charges_for($no);
     if ($processed) {
         is(scalar @c, 1, "$mode: the acquirer did charge (once)");
     } else {
@@ -106,7 +114,7 @@ for my $m (@modes) {
         is($seen, $reqs, "$mode: the charge was tried exactly attempts=$reqs times");
     }
 
-    $g //= get($no);
+    $g //= $gw->get_payment($no);
     is($g->{status}, 200, "$mode: GET after the acquirer recovered: 200");
     my $j = $g->{json} // {};
     if ($processed) {
@@ -114,7 +122,7 @@ for my $m (@modes) {
         is($j->{channel_trade_no}, $c[0] && $c[0]{charge_id},
            "$mode: with the acquirer's charge id");
         is(db_status($no), 'succeeded', "$mode: stored succeeded");
-        my @ev = events($no);
+        my @ev = $gw->events($no);
         is_deeply([map { $_->{type} } @ev], ['payment.succeeded'],
                   "$mode: one payment.succeeded event");
         is($ev[0] && $ev[0]{payload}{data}{payment_no}, $no,
@@ -124,7 +132,7 @@ for my $m (@modes) {
            "$mode: acquirer never saw it, within unknown_grace: still unknown");
         unlike($g->{body}, qr/fail/i, "$mode: ... the answer never says failed");
         is(db_status($no), 'unknown', "$mode: ... still stored unknown");
-        is(scalar(events($no)), 0, "$mode: ... no event yet");
+        is(scalar($gw->events($no)), 0, "$mode: ... no event yet");
         $unprocessed{$no} = $mode;
     }
 }
@@ -134,16 +142,16 @@ for my $m (@modes) {
 for my $no (sort keys %unprocessed) {
     my $mode = $unprocessed{$no};
     my $last;
-    wait_until(sub { $last = get($no); ($last->{json}{status} // '') ne 'unknown' },
+    wait_until(sub { $last = $gw->get_payment($no); ($last->{json}{status} // '') ne 'unknown' },
                timeout => 8, interval => 0.5);
     is($last->{status}, 200, "$mode: GET after unknown_grace: 200");
     is($last->{json}{status}, 'failed', "$mode: settled failed");
     is($last->{json}{failure_code}, 'charge_not_received',
        "$mode: failure_code charge_not_received");
     is(db_status($no), 'failed', "$mode: stored failed");
-    is(scalar(acq_charges($no)), 0, "$mode: and indeed never charged");
-    get($no);
-    is_deeply([map { $_->{type} } events($no)], ['payment.failed'],
+    is(scalar($gw->charges_for($no)), 0, "$mode: and indeed never charged");
+    $gw->get_payment($no);
+    is_deeply([map { $_->{type} } $gw->events($no)], ['payment.failed'],
               "$mode: exactly one payment.failed event (a second GET adds none)");
 }
 
@@ -151,24 +159,24 @@ for my $no (sort keys %unprocessed) {
 
 {
     $gw->sim->mode('error500', times => 1, path_prefix => $CHARGES);
-    my $r = create();
+    my $r = $gw->create();
     is($r->{status}, 201, 'one acquirer 500, attempts=2: the retry succeeds, 201')
         or diag($r->{body});
     is($r->{json}{status}, 'succeeded', '... succeeded');
     my $no = $r->{json}{payment_no} // '';
-    my @c = acq_charges($no);
+    my @c = $gw->charges_for($no);
     is(scalar @c, 1, '... exactly one charge at the acquirer');
     is($c[0] && $c[0]{requests}, 2, '... after two charge requests');
 
     $gw->sim->mode('error500_after', times => 1, path_prefix => $CHARGES);
-    $r = create();
+    $r = $gw->create();
     $no = $r->{json}{payment_no} // '';
     is($r->{status}, 201, 'charged but answered 500, retried: 201') or diag($r->{body});
     is($r->{json}{status}, 'succeeded', '... succeeded');
-    @c = acq_charges($no);
+    @c = $gw->charges_for($no);
     is(scalar @c, 1, '... the retry did not charge twice');
     is($c[0] && $c[0]{duplicates}, 1, '... the acquirer saw the retry as a duplicate');
-    is_deeply([map { $_->{type} } events($no)], ['payment.succeeded'],
+    is_deeply([map { $_->{type} } $gw->events($no)], ['payment.succeeded'],
               '... one payment.succeeded event');
     $gw->sim->mode('normal');
 }
@@ -177,7 +185,7 @@ for my $no (sort keys %unprocessed) {
 
 {
     my $body = PayGW::Gateway->payment_body(amount => 4321);
-    my $k = key();
+    my $k = $gw->fresh_key('k64');
     $gw->sim->reset;
     $gw->db->stop;
     my $r = $gw->api(POST => '/v1/payments', json => $body, idempotency_key => $k);
@@ -193,8 +201,8 @@ for my $no (sort keys %unprocessed) {
     is($r2->{json}{status}, 'succeeded', '... succeeded');
     ok(!$r2->{headers}{'idempotent-replayed'}, '... a real run, not a replay of the 503');
     is(scalar @{ $gw->sim->charges->{charges} }, 1, '... one charge at the acquirer');
-    is(sql1("SELECT COUNT(*) FROM payments WHERE business_no = "
-            . q_($body->{business_no})), 1, '... one payment row');
+    is($gw->sql1("SELECT COUNT(*) FROM payments WHERE business_no = "
+            . sql_quote($body->{business_no})), 1, '... one payment row');
 }
 
 # ---- admin resolve settles every unknown payment at once ----------------
@@ -203,62 +211,62 @@ for my $no (sort keys %unprocessed) {
     my (@charged, $lost);
     for my $mode (qw(error500_after error500_after bad_signature)) {
         $gw->sim->mode($mode, path_prefix => $CHARGES);
-        my $r = create();
+        my $r = $gw->create();
         unknown_ok($r, "resolve setup ($mode)");
         push @charged, $r->{json}{payment_no} // '';
     }
     $gw->sim->mode('normal');
 
     my $d = $gw->api(POST => '/v1/admin/resolve', json => {}, key => 'demo',
-                     idempotency_key => key());
+                     idempotency_key => $gw->fresh_key('k64'));
     is($d->{status}, 403, 'resolve with a merchant key: 403');
     is(err_code($d), 'forbidden', '... forbidden');
     my $nk = $gw->api(POST => '/v1/admin/resolve', json => {}, key => 'ops');
     is($nk->{status}, 400, 'resolve without Idempotency-Key: 400');
     is(err_code($nk), 'idempotency_key_missing', '... idempotency_key_missing');
-    is(sql1("SELECT COUNT(*) FROM payments WHERE status = 'unknown'"), 3,
+    is($gw->sql1("SELECT COUNT(*) FROM payments WHERE status = 'unknown'"), 3,
        '... neither settled anything');
 
     # the never-charged one last, so it is well within unknown_grace below
     $gw->sim->mode('error500', path_prefix => $CHARGES);
-    my $r = create();
+    my $r = $gw->create();
     $gw->sim->mode('normal');
     $lost = $r->{json}{payment_no} // '';
     my $res = $gw->api(POST => '/v1/admin/resolve', json => {}, key => 'ops',
-                       idempotency_key => key());
+                       idempotency_key => $gw->fresh_key('k64'));
     is($res->{status}, 200, 'admin resolve: 200') or diag($res->{body});
     is_deeply($res->{json}, {examined => 4, settled => 3},
               '... examined 4, settled the 3 the acquirer charged');
     for my $no (@charged) {
         is(db_status($no), 'succeeded', "resolved $no: succeeded");
-        is_deeply([map { $_->{type} } events($no)], ['payment.succeeded'],
+        is_deeply([map { $_->{type} } $gw->events($no)], ['payment.succeeded'],
                   "resolved $no: one payment.succeeded event");
     }
     unknown_ok($r, 'resolve setup (error500, never charged)');
     is(db_status($lost), 'unknown', 'never charged, within unknown_grace: still unknown');
-    is(scalar(events($lost)), 0, '... no event');
+    is(scalar($gw->events($lost)), 0, '... no event');
 
-    sleep 3;    # > unknown_grace (2 s)
+    ok($gw->wait_unknown_grace($lost, 2), 'the never-charged one is past unknown_grace (2 s)');
     my $res2 = $gw->api(POST => '/v1/admin/resolve', json => {}, key => 'ops',
-                        idempotency_key => key());
+                        idempotency_key => $gw->fresh_key('k64'));
     is_deeply([$res2->{status}, $res2->{json}], [200, {examined => 1, settled => 1}],
               'resolve after unknown_grace: examined 1, settled 1')
         or diag($res2->{body});
-    is(sql1("SELECT CONCAT(status, '/', failure_code) FROM payments "
-            . "WHERE payment_no = " . q_($lost)), 'failed/charge_not_received',
+    is($gw->sql1("SELECT CONCAT(status, '/', failure_code) FROM payments "
+            . "WHERE payment_no = " . sql_quote($lost)), 'failed/charge_not_received',
        '... failed with charge_not_received');
-    is_deeply([map { $_->{type} } events($lost)], ['payment.failed'],
+    is_deeply([map { $_->{type} } $gw->events($lost)], ['payment.failed'],
               '... one payment.failed event');
 
     my $res3 = $gw->api(POST => '/v1/admin/resolve', json => {}, key => 'ops',
-                        idempotency_key => key());
+                        idempotency_key => $gw->fresh_key('k64'));
     is_deeply([$res3->{status}, $res3->{json}], [200, {examined => 0, settled => 0}],
               'nothing left to resolve');
 }
 
-is(sql1("SELECT COUNT(*) FROM payments WHERE status IN ('unknown', 'processing')"), 0,
+is($gw->sql1("SELECT COUNT(*) FROM payments WHERE status IN ('unknown', 'processing')"), 0,
    'in the end no payment is left unknown');
-is(sql1("SELECT COUNT(*) FROM payments p WHERE (SELECT COUNT(*) FROM outbox_events e "
+is($gw->sql1("SELECT COUNT(*) FROM payments p WHERE (SELECT COUNT(*) FROM outbox_events e "
         . "WHERE e.object_no = p.payment_no) <> 1"), 0,
    'and every payment has exactly one outbox event');
 

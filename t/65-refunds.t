@@ -11,47 +11,66 @@ use warnings;
 
 use Test::More;
 use JSON::PP ();
-use Time::HiRes qw(sleep);
 
-use PayGW::Gateway;
+use PayGW::Gateway qw(err_code sql_quote);
 use PayGW::Test qw(http_parallel sign_request wait_until);
 
-# A generous per-try timeout: 20 refunds at once on a loaded machine must
-# not time out into "unknown" (the faults below are 500s, not timeouts).
-my $gw = PayGW::Gateway->start(workers => 4, attempts => 2,
-                               provider_timeout => '10s', unknown_grace => '2s');
+# Four workers share the refunds below.  Two tries per provider call; a
+# generous per-try timeout, so that 20 refunds at once on a loaded machine
+# do not time out into "unknown" (the faults below are 500s, not
+# timeouts); a refund the acquirer never saw is settled after 2 s.
+my $gw = PayGW::Gateway->start(workers => 4, http => <<'EOF');
+    paygw_zone  paygw:1m;
+    upstream paygw_redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 16; }
+    paygw_mysql main host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
+                password_file=%%MYSQL_PASSWORD_FILE%%
+                database=paygw max_conns=8 query_timeout=10s;
+    paygw_keys  %%REPO%%/conf/demo/keys.conf;
+
+    paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
+                  secret_file=%%REPO%%/conf/demo/acquirer.secret
+                  attempts=2 unknown_grace=2s breaker_failures=0;
+    upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+
+        location = /_paygw/redis {
+            internal;
+            paygw_redis_pass paygw_redis;
+            paygw_redis_timeout 5s;
+        }
+        location = /_paygw/mysql { internal; paygw_mysql_pass main; }
+        location /_paygw/bank/ {
+            internal;
+            proxy_pass http://paygw_acquirer/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 10s;
+            proxy_read_timeout 10s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /v1/ { paygw_api; }
+    }
+EOF
 
 my $REFUNDS = '/acquirer/v1/refunds';
-my $n = 0;
-sub key { 'k65-' . $$ . '-' . ++$n }
 
-sub err_code { ($_[0]{json} && ref $_[0]{json}{error} eq 'HASH')
-               ? $_[0]{json}{error}{code} : undef }
-sub q_ { my $s = $_[0] // ''; $s =~ s/'/''/g; "'$s'" }
-sub sql1 { my $v = $gw->db->sql($_[0]); chomp $v; $v }
-
-sub pay {
-    my (%over) = @_;
-    my $r = $gw->api(POST => '/v1/payments',
-                     json => PayGW::Gateway->payment_body(%over),
-                     idempotency_key => key());
-    return $r->{json} // {};
-}
+sub pay { $gw->create({@_})->{json} // {} }
 
 sub refund {
     my ($pno, $rno, $amount, %o) = @_;
     return $gw->api(POST => "/v1/payments/$pno/refunds",
                     json => {refund_no => $rno, amount => $amount,
                              reason => $o{reason} // 'customer request'},
-                    idempotency_key => $o{key} // key());
+                    idempotency_key => $o{key} // $gw->fresh_key('k65'));
 }
-
-sub payment { $gw->api(GET => "/v1/payments/$_[0]")->{json} // {} }
 
 # payments row: [status, refunded_amount, refund_reserved]
 sub prow {
-    [split /\t/, sql1("SELECT status, refunded_amount, refund_reserved "
-                      . "FROM payments WHERE payment_no = " . q_($_[0]))]
+    [split /\t/, $gw->sql1("SELECT status, refunded_amount, refund_reserved "
+                      . "FROM payments WHERE payment_no = " . sql_quote($_[0]))]
 }
 
 sub acq_refunds {
@@ -68,7 +87,7 @@ sub acq_refunded_sum {
 sub event_types {
     my ($object_no) = @_;
     [split /\n/, $gw->db->sql("SELECT type FROM outbox_events WHERE object_no = "
-                              . q_($object_no) . " ORDER BY id")]
+                              . sql_quote($object_no) . " ORDER BY id")]
 }
 
 # ---- partial, then full ---------------------------------------------------
@@ -91,14 +110,14 @@ is($j->{channel_refund_no}, $ar[0] && $ar[0]{refund_id},
    '... channel_refund_no is the acquirer\'s refund id');
 is($ar[0] && $ar[0]{amount}, 300, '... for 300');
 
-my $pp = payment($pno);
+my $pp = $gw->payment($pno);
 is_deeply([@$pp{qw(status refunded_amount amount)}], ['partially_refunded', 300, 1000],
           'payment: partially_refunded, refunded_amount 300');
 is_deeply(prow($pno), ['partially_refunded', 300, 0], 'DB: same, nothing left reserved');
 is_deeply(event_types($rno1), ['refund.succeeded'], 'one refund.succeeded event');
 {
-    my ($hex) = sql1("SELECT HEX(payload) FROM outbox_events WHERE object_no = "
-                     . q_($rno1));
+    my ($hex) = $gw->sql1("SELECT HEX(payload) FROM outbox_events WHERE object_no = "
+                     . sql_quote($rno1));
     my $pl = eval { JSON::PP->new->decode(pack 'H*', $hex) } // {};
     is_deeply([$pl->{type}, $pl->{data}{refund_no}, $pl->{data}{amount}],
               ['refund.succeeded', $rno1, 300], '... its payload carries the refund');
@@ -113,7 +132,7 @@ is_deeply([$g404->{status}, err_code($g404)], [404, 'not_found'],
 
 # idempotent replay: no second refund
 {
-    my $k = key();
+    my $k = $gw->fresh_key('k65');
     my $a = refund($pno, "R65r-$$", 50, key => $k);
     my $b = refund($pno, "R65r-$$", 50, key => $k);
     is($a->{status}, 201, 'refund 50: 201');
@@ -141,7 +160,7 @@ is_deeply([$g404->{status}, err_code($g404)], [404, 'not_found'],
     my $d = refund($pno, $rno1, 10);
     is($d->{status}, 409, 'reused refund_no (new idempotency key): 409');
     is(err_code($d), 'duplicate_refund_no', '... duplicate_refund_no');
-    is(sql1("SELECT COUNT(*) FROM refunds WHERE refund_no = " . q_($rno1)), 1,
+    is($gw->sql1("SELECT COUNT(*) FROM refunds WHERE refund_no = " . sql_quote($rno1)), 1,
        '... still one refund with that number');
     is($gw->api(GET => "/v1/refunds/$rno1")->{json}{amount}, 300,
        '... and it is the original');
@@ -155,7 +174,7 @@ is_deeply([$g404->{status}, err_code($g404)], [404, 'not_found'],
     my $f = refund($pno, $rno2, 650);
     is($f->{status}, 201, 'refund the remaining 650: 201') or diag($f->{body});
     is($f->{json}{status}, 'succeeded', '... succeeded');
-    my $fp = payment($pno);
+    my $fp = $gw->payment($pno);
     is_deeply([@$fp{qw(status refunded_amount)}], ['refunded', 1000],
               'payment: refunded, refunded_amount 1000');
     is_deeply(prow($pno), ['refunded', 1000, 0], 'DB: refunded 1000, nothing reserved');
@@ -179,8 +198,8 @@ is_deeply([$g404->{status}, err_code($g404)], [404, 'not_found'],
     is($x->{status}, 409, 'refund of a failed payment: 409');
     is(err_code($x), 'invalid_state', '... invalid_state');
     is(scalar(acq_refunds($F->{payment_no} // '')), 0, '... nothing sent to the acquirer');
-    is(sql1("SELECT COUNT(*) FROM refunds WHERE payment_no = "
-            . q_($F->{payment_no})), 0, '... no refund row');
+    is($gw->sql1("SELECT COUNT(*) FROM refunds WHERE payment_no = "
+            . sql_quote($F->{payment_no})), 0, '... no refund row');
 
     my $y = refund('P00000000000000000000', "R65n-$$", 100);
     is_deeply([$y->{status}, err_code($y)], [404, 'not_found'],
@@ -232,26 +251,26 @@ for my $case ([100, 10, 1000, 'refunded', 'x'], [100, 10, 1000, 'refunded', 'xx'
               . (20 - $wins) . " refused")
         or diag(explain($t));
     ok(!$late || $state eq 'refunded', '... 409 only once nothing is left to refund');
-    my $cp = payment($cno);
+    my $cp = $gw->payment($cno);
     is_deeply([@$cp{qw(status refunded_amount)}], [$state, $total],
               "... payment $state, refunded_amount $total");
     is_deeply(prow($cno), [$state, $total, 0], "... DB row agrees, nothing left reserved");
-    is(sql1("SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE status = 'succeeded' "
-            . "AND payment_no = " . q_($cno)), $total,
+    is($gw->sql1("SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE status = 'succeeded' "
+            . "AND payment_no = " . sql_quote($cno)), $total,
        "... SUM of succeeded refunds in the DB is $total");
-    is(sql1("SELECT COUNT(*) FROM refunds WHERE status <> 'succeeded' "
-            . "AND payment_no = " . q_($cno)), 0,
+    is($gw->sql1("SELECT COUNT(*) FROM refunds WHERE status <> 'succeeded' "
+            . "AND payment_no = " . sql_quote($cno)), 0,
        '... no refund left pending or unknown');
     my %won = map { ($_->{json}{refund_no} // '') => 1 } grep { $_->{status} == 201 } @res;
     is_deeply([sort split /\n/, $gw->db->sql(
                    "SELECT refund_no FROM refunds WHERE status = 'succeeded' "
-                   . "AND payment_no = " . q_($cno))],
+                   . "AND payment_no = " . sql_quote($cno))],
               [sort keys %won], '... exactly the refunds answered 201 are succeeded');
     is(acq_refunded_sum($cno), $total, "... the acquirer refunded $total");
     ok(acq_refunded_sum($cno) <= 1000, '... never more than the payment');
-    is(sql1("SELECT COUNT(*) FROM outbox_events WHERE type = 'refund.succeeded' "
+    is($gw->sql1("SELECT COUNT(*) FROM outbox_events WHERE type = 'refund.succeeded' "
             . "AND object_no IN (SELECT refund_no FROM refunds WHERE payment_no = "
-            . q_($cno) . ")"), $wins, "... $wins refund.succeeded events");
+            . sql_quote($cno) . ")"), $wins, "... $wins refund.succeeded events");
 }
 
 # ---- the acquirer's answer is lost ---------------------------------------
@@ -296,7 +315,7 @@ for my $case ([100, 10, 1000, 'refunded', 'x'], [100, 10, 1000, 'refunded', 'xx'
     my $over = refund($dno, "R65d2-$$", 700);
     is($over->{status}, 422, 'another 700 while 400 is in doubt: 422');
     is(err_code($over), 'refund_exceeds_payment', '... refund_exceeds_payment');
-    is(sql1("SELECT COUNT(*) FROM refunds WHERE payment_no = " . q_($dno)), 1,
+    is($gw->sql1("SELECT COUNT(*) FROM refunds WHERE payment_no = " . sql_quote($dno)), 1,
        '... not written');
     $gw->sim->mode('normal');
 
@@ -328,7 +347,7 @@ for my $case ([100, 10, 1000, 'refunded', 'x'], [100, 10, 1000, 'refunded', 'xx'
     }
 }
 
-is(sql1("SELECT COUNT(*) FROM payments WHERE refunded_amount + refund_reserved > amount"),
+is($gw->sql1("SELECT COUNT(*) FROM payments WHERE refunded_amount + refund_reserved > amount"),
    0, 'no payment anywhere has more refunded or reserved than its amount');
 
 done_testing;

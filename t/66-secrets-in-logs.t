@@ -24,8 +24,7 @@ my @SECRETS = ('demo-secret', 'ops-secret', 'viewer-secret', 'acq-demo-secret');
 
 my $enc = JSON::PP->new->canonical;
 
-sub card { my ($number, %o) = @_;
-           { number => $number, exp_month => 12, exp_year => 2030, cvc => $CVC, %o } }
+sub card { my ($number, %o) = @_; PayGW::Gateway->card(number => $number, cvc => $CVC, %o) }
 
 # One signed request; every Authorization value sent is remembered.
 my @AUTH;
@@ -165,9 +164,85 @@ sub no_secrets {
     return $w;
 }
 
+# Every channel configured, so that their keys are loaded (and must not
+# be logged either); one try per provider call.
+my $CONF = <<'EOF';
+    paygw_zone  paygw:1m;
+    upstream paygw_redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 16; }
+    paygw_mysql main host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
+                password_file=%%MYSQL_PASSWORD_FILE%%
+                database=paygw max_conns=8 query_timeout=10s;
+    paygw_keys  %%REPO%%/conf/demo/keys.conf;
+
+    paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
+                  secret_file=%%REPO%%/conf/demo/acquirer.secret
+                  attempts=1 unknown_grace=60s breaker_failures=0;
+    paygw_channel alipay location=/_paygw/alipay app_id=%%ALIPAY_APP_ID%%
+                  private_key=%%SIM_KEYS%%/alipay_app_private.pem
+                  alipay_public_key=%%SIM_KEYS%%/alipay_public.pem
+                  notify_url=http://127.0.0.1:%%PORT%%/v1/notify/alipay
+                  attempts=1 unknown_grace=60s breaker_failures=0;
+    paygw_channel wechat location=/_paygw/wechat
+                  merchant_id=%%WECHAT_MCHID%% app_id=%%WECHAT_APPID%%
+                  private_key=%%SIM_KEYS%%/wechat_merchant_private.pem
+                  serial_no=%%WECHAT_MERCHANT_SERIAL%%
+                  apiv3_key_file=%%SIM_KEYS%%/wechat_apiv3.key
+                  platform_key=%%WECHAT_SERIAL_1%%:%%SIM_KEYS%%/wechat_platform1_public.pem
+                  platform_key=%%WECHAT_SERIAL_2%%:%%SIM_KEYS%%/wechat_platform2_public.pem
+                  notify_url=http://127.0.0.1:%%PORT%%/v1/notify/wechat
+                  attempts=1 unknown_grace=60s breaker_failures=0;
+
+    upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+    upstream paygw_alipay   { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+    upstream paygw_wechat   { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+
+        location = /_paygw/redis {
+            internal;
+            paygw_redis_pass paygw_redis;
+            paygw_redis_timeout 5s;
+        }
+        location = /_paygw/mysql { internal; paygw_mysql_pass main; }
+        location /_paygw/bank/ {
+            internal;
+            proxy_pass http://paygw_acquirer/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 10s;
+            proxy_read_timeout 10s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /_paygw/alipay/ {
+            internal;
+            proxy_pass http://paygw_alipay/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 10s;
+            proxy_read_timeout 10s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /_paygw/wechat/ {
+            internal;
+            proxy_pass http://paygw_wechat/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 10s;
+            proxy_read_timeout 10s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /v1/ { paygw_api; }
+        location = /metrics { paygw_metrics; }
+    }
+EOF
+
 # ---- info ---------------------------------------------------------------
 
-my $gw = PayGW::Gateway->start(attempts => 1);
+my $gw = PayGW::Gateway->start(http => $CONF);
 traffic($gw, 'info');
 no_secrets($gw, 'info');
 $gw->ngx->stop;
@@ -175,7 +250,9 @@ $gw->ngx->stop;
 # ---- debug --------------------------------------------------------------
 
 @AUTH = ();
-my $dbg = PayGW::Gateway->start(attempts => 1, error_log_level => 'debug');
+# another nginx, the same Redis, MariaDB and simulator
+my $dbg = PayGW::Gateway->start(share => $gw, error_log_level => 'debug',
+                                http => $CONF);
 traffic($dbg, 'debug');
 my $w = no_secrets($dbg, 'debug');
 ok($w->{error_log} =~ /\[debug\]/, 'debug: the error log really is at debug level');

@@ -20,27 +20,61 @@ my $V = do {
     decode_json(<$fh>);
 };
 
-my $gw = PayGW::Gateway->start(
-    extra_http => <<'CONF',
+my $gw = PayGW::Gateway->start(http => <<'EOF');
+    paygw_zone  paygw:1m;
+    upstream paygw_redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 16; }
+    paygw_mysql main host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
+                password_file=%%MYSQL_PASSWORD_FILE%%
+                database=paygw max_conns=8 query_timeout=10s;
+    paygw_keys  %%REPO%%/conf/demo/keys.conf;
+
+    paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
+                  secret_file=%%REPO%%/conf/demo/acquirer.secret
+                  attempts=3 unknown_grace=60s breaker_failures=0;
+    upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+
+    # the module's variables in an access log, and limit_req per API key
     log_format paygw_audit escape=json
         '{"trace":"$paygw_trace_id","key":"$paygw_key_id",'
         '"merchant":"$paygw_merchant_id","payment":"$paygw_payment_no",'
         '"channel":"$paygw_channel","idem":"$paygw_idempotency",'
         '"status":$status,"uri":"$uri"}';
     limit_req_zone $paygw_key_id zone=per_key:1m rate=1r/m;
-CONF
-    extra_server => <<'CONF',
-    location ~ ^/v1/payments/PX {
-        paygw_api;
-        limit_req zone=per_key burst=1 nodelay;
-        limit_req_status 429;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+
+        location = /_paygw/redis {
+            internal;
+            paygw_redis_pass paygw_redis;
+            paygw_redis_timeout 5s;
+        }
+        location = /_paygw/mysql { internal; paygw_mysql_pass main; }
+        location /_paygw/bank/ {
+            internal;
+            proxy_pass http://paygw_acquirer/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 10s;
+            proxy_read_timeout 10s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /v1/ { paygw_api; }
+        location = /healthz { paygw_health live; }
+        location = /readyz { paygw_health ready; }
+
+        location ~ ^/v1/payments/PX {
+            paygw_api;
+            limit_req zone=per_key burst=1 nodelay;
+            limit_req_status 429;
+        }
+        location = /v1/payments {
+            paygw_api;
+            access_log %%TESTDIR%%/audit.log paygw_audit;
+        }
     }
-    location = /v1/payments {
-        paygw_api;
-        access_log %%TESTDIR%%/audit.log paygw_audit;
-    }
-CONF
-);
+EOF
 
 # ---- traceparent vectors ---------------------------------------------------
 

@@ -11,12 +11,15 @@ use IPC::Open2;
 use JSON::PP;
 use Test::More;
 
-use PayGW::Test qw(http repo_root);
+use PayGW::Test qw(http repo_root wait_until);
 use PayGW::Gateway;
 
 plan skip_all => 'python3-prometheus-client is not installed'
     unless system('/usr/bin/python3 -c "import prometheus_client" 2>/dev/null') == 0;
 
+# Two workers, each counting into paygw_zone; otherwise the harness's
+# default http{} configuration, $PayGW::Gateway::DEFAULT_HTTP
+# (t/lib/PayGW/Gateway.pm), whose /metrics location is paygw_metrics.
 my $gw = PayGW::Gateway->start(workers => 2);
 
 sub scrape {
@@ -69,7 +72,17 @@ is($gw->api(GET => "/v1/payments/$ok[0]{json}{payment_no}")->{status}, 200,
 is($gw->api(GET => '/v1/payments/PNOPE')->{status}, 404, 'get 404');
 is(http(GET => $gw->url('/healthz'))->{status}, 200, 'healthz') for 1 .. 3;
 
-my ($m, $raw) = scrape();
+# nginx counts a request in its log phase, just after the answer went
+# out, and either worker may still be at it: read the numbers once all 10
+# requests above are counted (5 s at most).
+my ($m, $raw);
+wait_until(sub {
+    ($m, $raw) = scrape();
+    my $n = 0;
+    $n += $_->{value} for grep { $_->{name} eq 'paygw_requests_total'
+                                 && $_->{labels}{api} ne 'metrics' } @$m;
+    return $n >= 10;
+}, timeout => 5);
 
 # every metric of SPEC §6, with HELP and TYPE
 for my $name (qw(paygw_requests_total paygw_request_duration_seconds
@@ -139,7 +152,12 @@ is(value($m, 'paygw_backend_errors_total'), 0, 'no backend errors');
     my ($before) = scrape();
     http(GET => $gw->url('/v1/' . join('', map { chr(97 + rand 26) } 1 .. 12)))
         for 1 .. 50;
-    my ($after) = scrape();
+    my $after;
+    wait_until(sub {        # until the last of them is counted
+        ($after) = scrape();
+        value($after, 'paygw_requests_total', api => 'other', code => '404')
+            - value($before, 'paygw_requests_total', api => 'other', code => '404') >= 50;
+    }, timeout => 5);
     my %series = map { $_->{name} . JSON::PP->new->canonical->encode($_->{labels}) => 1 }
                  @$after;
     my %before = map { $_->{name} . JSON::PP->new->canonical->encode($_->{labels}) => 1 }

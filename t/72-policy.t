@@ -12,8 +12,8 @@ use PayGW::Test qw(repo_root http_parallel sign_request);
 use PayGW::Gateway;
 
 my $dir = tempdir(CLEANUP => 1);
-my $keys = "$dir/keys.conf";
-open my $fh, '>', $keys or die $!;
+my $keys_file = "$dir/keys.conf";
+open my $fh, '>', $keys_file or die $!;
 print $fh <<'KEYS';
 demo       demo-secret       M100  merchant
 viewer     viewer-secret     M100  viewer
@@ -22,19 +22,58 @@ shop-web   shop-web-secret   M100  merchant
 KEYS
 close $fh;
 
-my $policy = repo_root() . '/conf/demo/policy.conf';
+my $policy_file = repo_root() . '/conf/demo/policy.conf';
 
-my $gw = PayGW::Gateway->start(extra_http => "paygw_policy $policy;");
-my $conf = $gw->_http_conf(extra_http => "paygw_policy $policy;");
-$conf =~ s{paygw_keys\s+\S+;}{paygw_keys $keys;};
-$gw->ngx->reload(http => $conf);
+# conf(policy => FILE, keys => FILE): the gateway with that policy and
+# key file (the demo policy and the key file above unless told).
+sub conf {
+    my (%o) = @_;
+    my $policy = $o{policy} // $policy_file;
+    my $keys = $o{keys} // $keys_file;
+    return <<"EOF";
+    paygw_zone  paygw:1m;
+    upstream paygw_redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 16; }
+    paygw_mysql main host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
+                password_file=%%MYSQL_PASSWORD_FILE%%
+                database=paygw max_conns=8 query_timeout=10s;
+    paygw_keys  $keys;
+
+    paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
+                  secret_file=%%REPO%%/conf/demo/acquirer.secret
+                  attempts=3 unknown_grace=60s breaker_failures=0;
+    upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+
+    paygw_policy $policy;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+
+        location = /_paygw/redis {
+            internal;
+            paygw_redis_pass paygw_redis;
+            paygw_redis_timeout 5s;
+        }
+        location = /_paygw/mysql { internal; paygw_mysql_pass main; }
+        location /_paygw/bank/ {
+            internal;
+            proxy_pass http://paygw_acquirer/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 10s;
+            proxy_read_timeout 10s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /v1/ { paygw_api; }
+    }
+EOF
+}
+
+my $gw = PayGW::Gateway->start(http => conf());
 
 sub create {
     my ($key, %over) = @_;
-    return $gw->api(POST => '/v1/payments', key => $key,
-                    secret => "$key-secret",
-                    idempotency_key => 'p-' . rand(),
-                    json => PayGW::Gateway->payment_body(%over));
+    return $gw->create({%over}, key => $key, secret => "$key-secret");
 }
 
 sub denied {
@@ -86,8 +125,7 @@ sub bad_policy {
     open my $fh, '>', $f or die $!;
     print $fh $text;
     close $fh;
-    my $c = $gw->_http_conf(extra_http => "paygw_policy $f;");
-    my ($rc, $out) = $gw->ngx->test_config(http => $c);
+    my ($rc, $out) = $gw->test_config(conf(policy => $f));
     isnt($rc, 0, "$name: nginx -t fails");
     like($out, $re, "$name: says where and why");
 }
@@ -123,14 +161,12 @@ bad_policy("# nothing\n", qr/has no rules/, 'an empty policy');
     print $sf "allow api=get_payment,find_payment,get_refund\n"
             . "deny reason=\"read-only during maintenance\"\n";
     close $sf;
-    my $c = $gw->_http_conf(extra_http => "paygw_policy $strict;");
-    $c =~ s{paygw_keys\s+\S+;}{paygw_keys $keys;};
-    $gw->ngx->reload(http => $c);
+    $gw->reload(conf(policy => $strict));
 
     denied(create('demo'), 'after reload: the new policy applies',
            qr/read-only during maintenance/);
 
-    $gw->ngx->reload(http => $conf);
+    $gw->reload(conf());
     is(create('demo')->{status}, 201, 'and reloading back restores it');
 
     waitpid $pid, 0;

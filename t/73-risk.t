@@ -20,10 +20,47 @@ open my $fh, '>', "$dir/card.key" or die $!;
 print $fh "$card_key\n";
 close $fh;
 
-my $gw = PayGW::Gateway->start(extra_http =>
-    "paygw_risk max_amount=10000 daily_amount=20000 "
-    . "merchant_velocity=8/1m payer_velocity=3/1h "
-    . "card_key_file=$dir/card.key;");
+my $gw = PayGW::Gateway->start(vars => {CARD_KEY_FILE => "$dir/card.key"},
+                               http => <<'EOF');
+    paygw_zone  paygw:1m;
+    upstream paygw_redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 16; }
+    paygw_mysql main host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
+                password_file=%%MYSQL_PASSWORD_FILE%%
+                database=paygw max_conns=8 query_timeout=10s;
+    paygw_keys  %%REPO%%/conf/demo/keys.conf;
+
+    paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
+                  secret_file=%%REPO%%/conf/demo/acquirer.secret
+                  attempts=3 unknown_grace=60s breaker_failures=0;
+    upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+
+    paygw_risk max_amount=10000 daily_amount=20000
+               merchant_velocity=8/1m payer_velocity=3/1h
+               card_key_file=%%CARD_KEY_FILE%%;
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+
+        location = /_paygw/redis {
+            internal;
+            paygw_redis_pass paygw_redis;
+            paygw_redis_timeout 5s;
+        }
+        location = /_paygw/mysql { internal; paygw_mysql_pass main; }
+        location /_paygw/bank/ {
+            internal;
+            proxy_pass http://paygw_acquirer/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 10s;
+            proxy_read_timeout 10s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /v1/ { paygw_api; }
+        location = /metrics { paygw_metrics; }
+    }
+EOF
 
 my $n = 0;
 my $charges_at_create = 0;
@@ -34,9 +71,8 @@ sub create {
     my (%over) = @_;
     $n++;
     $charges_at_create = charges();
-    return $gw->api(POST => '/v1/payments', idempotency_key => "risk-$n",
-        json => PayGW::Gateway->payment_body(business_no => "RISK-$n",
-                                             amount => 100, %over));
+    return $gw->create({business_no => "RISK-$n", amount => 100, %over},
+                       idempotency_key => "risk-$n");
 }
 
 sub reset_windows {

@@ -13,32 +13,86 @@ use Test::More;
 use PayGW::Test qw(http wait_until);
 use PayGW::Gateway;
 
-my $gw = PayGW::Gateway->start(attempts => 2, provider_timeout => '2s',
-                               unknown_grace => '1s');
+# Two tries per call of at most 2 s each; a payment Alipay never saw is
+# created there again once it is 1 s old (unknown_grace).
+my $gw = PayGW::Gateway->start(http => <<'EOF');
+    paygw_zone  paygw:1m;
+    upstream paygw_redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 16; }
+    paygw_mysql main host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
+                password_file=%%MYSQL_PASSWORD_FILE%%
+                database=paygw max_conns=8 query_timeout=10s;
+    paygw_keys  %%REPO%%/conf/demo/keys.conf;
+
+    paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
+                  secret_file=%%REPO%%/conf/demo/acquirer.secret
+                  attempts=2 unknown_grace=1s breaker_failures=0;
+    paygw_channel alipay location=/_paygw/alipay app_id=%%ALIPAY_APP_ID%%
+                  private_key=%%SIM_KEYS%%/alipay_app_private.pem
+                  alipay_public_key=%%SIM_KEYS%%/alipay_public.pem
+                  notify_url=http://127.0.0.1:%%PORT%%/v1/notify/alipay
+                  attempts=2 unknown_grace=1s breaker_failures=0;
+    paygw_channel wechat location=/_paygw/wechat
+                  merchant_id=%%WECHAT_MCHID%% app_id=%%WECHAT_APPID%%
+                  private_key=%%SIM_KEYS%%/wechat_merchant_private.pem
+                  serial_no=%%WECHAT_MERCHANT_SERIAL%%
+                  apiv3_key_file=%%SIM_KEYS%%/wechat_apiv3.key
+                  platform_key=%%WECHAT_SERIAL_1%%:%%SIM_KEYS%%/wechat_platform1_public.pem
+                  platform_key=%%WECHAT_SERIAL_2%%:%%SIM_KEYS%%/wechat_platform2_public.pem
+                  notify_url=http://127.0.0.1:%%PORT%%/v1/notify/wechat
+                  attempts=2 unknown_grace=1s breaker_failures=0;
+
+    upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+    upstream paygw_alipay   { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+    upstream paygw_wechat   { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+
+        location = /_paygw/redis {
+            internal;
+            paygw_redis_pass paygw_redis;
+            paygw_redis_timeout 5s;
+        }
+        location = /_paygw/mysql { internal; paygw_mysql_pass main; }
+        location /_paygw/bank/ {
+            internal;
+            proxy_pass http://paygw_acquirer/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 2s;
+            proxy_read_timeout 2s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /_paygw/alipay/ {
+            internal;
+            proxy_pass http://paygw_alipay/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 2s;
+            proxy_read_timeout 2s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /_paygw/wechat/ {
+            internal;
+            proxy_pass http://paygw_wechat/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 2s;
+            proxy_read_timeout 2s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /v1/ { paygw_api; }
+        location = /metrics { paygw_metrics; }
+    }
+EOF
 my $sim = $gw->sim;
-my $n = 0;
-
-sub create {
-    my (%over) = @_;
-    my $body = PayGW::Gateway->payment_body(channel => 'alipay', %over);
-    return $gw->api(POST => '/v1/payments', json => $body,
-                    idempotency_key => 'alipay-' . ++$n . "-$$");
-}
-
-sub get { $gw->api(GET => "/v1/payments/$_[0]")->{json} }
-
 sub trade {
     my ($no) = @_;
     my ($t) = grep { $_->{out_trade_no} eq $no } @{ $sim->trades->{alipay} };
     return $t;
-}
-
-sub events { $gw->event_count(@_) }
-
-sub callbacks {
-    my ($result) = @_;
-    return $gw->metric(qq{paygw_callbacks_total{channel="alipay",result="$result"}})
-        // -1;
 }
 
 sub notify_raw {
@@ -50,7 +104,7 @@ sub notify_raw {
 
 # ---- create -> pay -> notify -> succeeded ---------------------------------------
 
-my $r = create(amount => 1999);
+my $r = $gw->create(channel => 'alipay', amount => 1999);
 is($r->{status}, 201, 'alipay create: 201') or diag $r->{body};
 my $p = $r->{json};
 is($p->{status}, 'pending', 'pending: waiting for the buyer');
@@ -59,40 +113,40 @@ like($p->{qr_code}, qr{^https://qr\.alipay\.com/}, 'the QR code from precreate')
 my $t = trade($p->{payment_no});
 ok($t, 'the simulator has the trade (it accepted our RSA2 signature)');
 is($t->{status} // $t->{trade_status}, 'WAIT_BUYER_PAY', 'waiting at Alipay');
-is(get($p->{payment_no})->{qr_code}, $p->{qr_code}, 'GET shows the QR code');
+is($gw->payment($p->{payment_no})->{qr_code}, $p->{qr_code}, 'GET shows the QR code');
 
-my $accepted = callbacks('accepted');
-my $rejected = callbacks('rejected');
+my $accepted = $gw->callbacks('alipay', 'accepted');
+my $rejected = $gw->callbacks('alipay', 'rejected');
 
 my $cb = $sim->alipay_notify(out_trade_no => $p->{payment_no});
 is($cb->{status}, 200, 'notify: HTTP 200');
 is($cb->{body}, 'success', 'notify: exactly "success"');
-my $g = get($p->{payment_no});
+my $g = $gw->payment($p->{payment_no});
 is($g->{status}, 'succeeded', 'the notify settled the payment');
 like($g->{channel_trade_no}, qr/^\d{20,}$/, 'Alipay trade_no kept');
 ok(!defined $g->{failure_code} && !defined $g->{failure_message},
    'no failure recorded on it');
-is(events($p->{payment_no}, 'payment.succeeded'), 1, 'one payment.succeeded event');
+is($gw->event_count($p->{payment_no}, 'payment.succeeded'), 1, 'one payment.succeeded event');
 {
     my $payload = $gw->db->sql("SELECT payload FROM paygw.outbox_events WHERE "
                                . "object_no = '$p->{payment_no}' AND type = 'payment.succeeded'");
     like($payload, qr/"status":"succeeded"/, 'the event shows the payment succeeded');
     like($payload, qr/"channel_trade_no":"\d+"/, '... with Alipay\'s trade_no');
 }
-is(callbacks('accepted'), $accepted + 1, 'counted accepted');
+is($gw->callbacks('alipay', 'accepted'), $accepted + 1, 'counted accepted');
 
 # the same notify again (Alipay repeats until it reads "success")
 my $again = notify_raw($cb->{sent}{body});
 is($again->{body}, 'success', 'a replayed notify: "success" again');
-is(events($p->{payment_no}, 'payment.succeeded'), 1, 'and still one event');
-is(callbacks('accepted'), $accepted + 2, 'the duplicate is counted accepted');
+is($gw->event_count($p->{payment_no}, 'payment.succeeded'), 1, 'and still one event');
+is($gw->callbacks('alipay', 'accepted'), $accepted + 2, 'the duplicate is counted accepted');
 
 # a failure (close) after the success changes nothing
 $cb = $sim->alipay_notify(out_trade_no => $p->{payment_no},
                           trade_status => 'TRADE_CLOSED', apply => 0);
 is($cb->{body}, 'success', 'TRADE_CLOSED after success: acknowledged');
-is(get($p->{payment_no})->{status}, 'succeeded', 'and the payment stays succeeded');
-is(events($p->{payment_no}, 'payment.closed'), 0, 'no payment.closed event');
+is($gw->payment($p->{payment_no})->{status}, 'succeeded', 'and the payment stays succeeded');
+is($gw->event_count($p->{payment_no}, 'payment.closed'), 0, 'no payment.closed event');
 
 
 # a card has no place in a QR payment: refused, nothing written
@@ -110,7 +164,7 @@ is(events($p->{payment_no}, 'payment.closed'), 0, 'no payment.closed event');
 
 # QR payments are in yuan
 {
-    my $r = create(currency => 'USD');
+    my $r = $gw->create(channel => 'alipay', currency => 'USD');
     is($r->{status}, 400, 'alipay in USD: 400');
     like($r->{json}{error}{message}, qr/currency must be CNY/, '... currency must be CNY');
 }
@@ -123,62 +177,62 @@ $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/refunds",
               idempotency_key => "aref-1-$$");
 is($r->{status}, 201, 'refund: 201') or diag $r->{body};
 is($r->{json}{status}, 'succeeded', 'refund succeeded at Alipay');
-is(get($p->{payment_no})->{status}, 'partially_refunded', 'partially refunded');
+is($gw->payment($p->{payment_no})->{status}, 'partially_refunded', 'partially refunded');
 $t = trade($p->{payment_no});
 is(scalar @{ $t->{refunds} // [] }, 1, 'one refund at the simulator');
 $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/refunds",
               json => {refund_no => 'AR-2', amount => 1499},
               idempotency_key => "aref-2-$$");
 is($r->{json}{status}, 'succeeded', 'the rest refunded');
-is(get($p->{payment_no})->{status}, 'refunded', 'fully refunded');
+is($gw->payment($p->{payment_no})->{status}, 'refunded', 'fully refunded');
 my $rf = $gw->api(GET => "/v1/refunds/AR-1")->{json};
 is($rf->{status}, 'succeeded', 'GET refund');
 
 
 # ---- close; then a late success ------------------------------------------------
 
-$p = create()->{json};
+$p = $gw->create(channel => 'alipay')->{json};
 $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/close",
               idempotency_key => "aclose-$$");
 is($r->{status}, 200, 'close: 200') or diag $r->{body};
 is($r->{json}{status}, 'closed', 'closed');
 is(trade($p->{payment_no})->{status} // trade($p->{payment_no})->{trade_status},
    'TRADE_CLOSED', 'closed at Alipay first');
-is(events($p->{payment_no}, 'payment.closed'), 1, 'a payment.closed event');
+is($gw->event_count($p->{payment_no}, 'payment.closed'), 1, 'a payment.closed event');
 $cb = $sim->alipay_notify(out_trade_no => $p->{payment_no}, apply => 0);
 is($cb->{body}, 'success', 'a success after the close: acknowledged');
-is(get($p->{payment_no})->{status}, 'closed', 'states only move forward: closed');
-is(events($p->{payment_no}, 'payment.succeeded'), 0, 'no payment.succeeded event');
+is($gw->payment($p->{payment_no})->{status}, 'closed', 'states only move forward: closed');
+is($gw->event_count($p->{payment_no}, 'payment.succeeded'), 0, 'no payment.succeeded event');
 
 # paid meanwhile: close is refused and the payment recorded as paid
-$p = create()->{json};
+$p = $gw->create(channel => 'alipay')->{json};
 $sim->alipay_notify(out_trade_no => $p->{payment_no},
                     url => $sim->url('/health'));   # paid at Alipay, notify lost
 $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/close",
               idempotency_key => "aclose2-$$");
 is($r->{status}, 409, 'closing a payment paid meanwhile: 409');
 is($r->{json}{error}{code}, 'invalid_state', 'invalid_state');
-is(get($p->{payment_no})->{status}, 'succeeded', 'and it is now recorded as paid');
+is($gw->payment($p->{payment_no})->{status}, 'succeeded', 'and it is now recorded as paid');
 
 
 # ---- callbacks that must be refused ----------------------------------------------
 
-$p = create(amount => 2500)->{json};
-$rejected = callbacks('rejected');
+$p = $gw->create(channel => 'alipay', amount => 2500)->{json};
+$rejected = $gw->callbacks('alipay', 'rejected');
 for my $tamper (qw(signature amount app_id body out_trade_no)) {
     $cb = $sim->alipay_notify(out_trade_no => $p->{payment_no}, tamper => $tamper);
     isnt($cb->{body}, 'success', "tampered ($tamper): not \"success\"");
     is($cb->{body}, 'fail', "tampered ($tamper): \"fail\"");
 }
-is(get($p->{payment_no})->{status}, 'pending', 'the payment did not move');
-is(events($p->{payment_no}, 'payment.succeeded'), 0, 'no event');
-is(callbacks('rejected'), $rejected + 5, 'five rejected callbacks counted');
+is($gw->payment($p->{payment_no})->{status}, 'pending', 'the payment did not move');
+is($gw->event_count($p->{payment_no}, 'payment.succeeded'), 0, 'no event');
+is($gw->callbacks('alipay', 'rejected'), $rejected + 5, 'five rejected callbacks counted');
 
 # amount of another payment: verified, but does not match this one
 $cb = $sim->alipay_notify(out_trade_no => $p->{payment_no}, total_amount => '24.99',
                           apply => 0);
 is($cb->{body}, 'fail', 'a signed notify with another amount: "fail"');
-is(get($p->{payment_no})->{status}, 'pending', 'still pending');
+is($gw->payment($p->{payment_no})->{status}, 'pending', 'still pending');
 # a signed notify with a parameter added twice: the second value would be
 # read where the first was signed
 $cb = $sim->alipay_notify(out_trade_no => $p->{payment_no}, apply => 0,
@@ -188,11 +242,11 @@ is(notify_raw("trade_status=&$cb->{sent}{body}")->{body}, 'fail',
 # garbage
 is(notify_raw('a=b&c')->{body}, 'fail', 'a malformed form: "fail"');
 is(notify_raw('')->{body}, 'fail', 'an empty body: "fail"');
-is(get($p->{payment_no})->{status}, 'pending', 'still pending after garbage');
+is($gw->payment($p->{payment_no})->{status}, 'pending', 'still pending after garbage');
 # and the genuine one still works
 is($sim->alipay_notify(out_trade_no => $p->{payment_no})->{body}, 'success',
    'the genuine notify afterwards: "success"');
-is(get($p->{payment_no})->{status}, 'succeeded', 'succeeded');
+is($gw->payment($p->{payment_no})->{status}, 'succeeded', 'succeeded');
 
 
 # ---- a notify racing the create's answer ---------------------------------------
@@ -226,19 +280,20 @@ my ($status, $json) = split /\n/, do { local $/; <$fh> }, 2;
 unlink $out;
 is($status, 201, 'the create still answers 201');
 like($json, qr/"status":"succeeded"/, 'and shows the payment as succeeded');
-is(get($no)->{status}, 'succeeded', 'stored succeeded');
-is(events($no, 'payment.succeeded'), 1, 'one event');
+{ my $g = $gw->get_payment($no);
+  is($g->{json}{status}, 'succeeded', 'stored succeeded') or diag("$g->{status} $g->{body}"); }
+is($gw->event_count($no, 'payment.succeeded'), 1, 'one event');
 
 
 # ---- the create's answer lost: unknown, then a query ---------------------------
 
 $sim->mode('reset_after', times => 2, path_prefix => '/gateway.do');
-$r = create();
+$r = $gw->create(channel => 'alipay');
 is($r->{status}, 202, 'precreate answer lost twice: 202');
 is($r->{json}{status}, 'unknown', 'unknown, never guessed');
 $p = $r->{json};
 ok(trade($p->{payment_no}), 'Alipay did create the trade');
-$g = get($p->{payment_no});
+$g = $gw->payment($p->{payment_no});
 is($g->{status}, 'pending', 'GET queried Alipay: the trade waits for its buyer');
 ok(!defined $g->{failure_message}, 'and no failure message is left from the lost answer');
 is($g->{qr_code}, trade($p->{payment_no})->{qr_code},
@@ -250,15 +305,15 @@ ok(($reqs->{queries} // 0) >= 1, 'Alipay was queried');
 # ---- Alipay down during create; the resolver; expiry -----------------------------
 
 $sim->mode('reset', times => 2, path_prefix => '/gateway.do');
-$r = create(expire_seconds => 60);
+$r = $gw->create(channel => 'alipay', expire_seconds => 60);
 is($r->{status}, 202, 'Alipay down: 202 unknown');
 $p = $r->{json};
 ok(!trade($p->{payment_no}), 'nothing reached Alipay');
-sleep 2;   # past unknown_grace
+ok($gw->wait_unknown_grace($p->{payment_no}, 1), 'past unknown_grace (1 s)');
 $r = $gw->api(POST => '/v1/admin/resolve', key => 'ops',
               idempotency_key => "resolve-1-$$");
 is($r->{status}, 200, 'resolve: 200') or diag $r->{body};
-$g = get($p->{payment_no});
+$g = $gw->payment($p->{payment_no});
 is($g->{status}, 'pending', 'the resolver created the trade again: pending');
 like($g->{qr_code}, qr{^https://}, 'with its QR code');
 
@@ -268,23 +323,23 @@ $gw->db->sql("UPDATE paygw.payments SET expire_at = UTC_TIMESTAMP(3) - "
 $r = $gw->api(POST => '/v1/admin/resolve', key => 'ops',
               idempotency_key => "resolve-2-$$");
 is($r->{status}, 200, 'resolve again: 200');
-is(get($p->{payment_no})->{status}, 'closed', 'expired unpaid: closed');
+is($gw->payment($p->{payment_no})->{status}, 'closed', 'expired unpaid: closed');
 is(trade($p->{payment_no})->{status} // trade($p->{payment_no})->{trade_status},
    'TRADE_CLOSED', 'closed at Alipay too');
 
 # expired but paid meanwhile (notify lost): the query finds the money
-$p = create()->{json};
+$p = $gw->create(channel => 'alipay')->{json};
 $sim->alipay_notify(out_trade_no => $p->{payment_no}, url => $sim->url('/health'));
 $gw->db->sql("UPDATE paygw.payments SET expire_at = UTC_TIMESTAMP(3) - "
              . "INTERVAL 1 SECOND WHERE payment_no = '$p->{payment_no}'");
-is(get($p->{payment_no})->{status}, 'succeeded',
+is($gw->payment($p->{payment_no})->{status}, 'succeeded',
    'expired, but paid at Alipay: succeeded, not closed');
 
 
 # ---- a response that does not verify -------------------------------------------
 
 $sim->mode('bad_signature', times => 2, path_prefix => '/gateway.do');
-$r = create();
+$r = $gw->create(channel => 'alipay');
 is($r->{status}, 202, 'an answer signed with another key: 202');
 is($r->{json}{status}, 'unknown', 'unknown: never trusted');
 ok(wait_until(sub { $gw->ngx->error_log =~ /does not verify with the Alipay public key/ }),

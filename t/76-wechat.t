@@ -14,33 +14,95 @@ use Test::More;
 use PayGW::Test qw(http wait_until);
 use PayGW::Gateway;
 
-# the gateway trusts platform key 1 only, at first (rotation below)
-my $gw = PayGW::Gateway->start(attempts => 2, provider_timeout => '2s',
-                               unknown_grace => '1s', wechat_platform => [1]);
-my $sim = $gw->sim;
-my $n = 0;
+# Two tries per call of at most 2 s each; a payment WeChat Pay never saw
+# is created there again once it is 1 s old (unknown_grace).  conf(1) or
+# conf(1, 2): the WeChat Pay platform keys the gateway trusts -- key 1
+# only, at first (rotation below).
+sub conf {
+    my (@platform) = @_;
+    my $platform_keys = join "\n" . (' ' x 18), map {
+        "platform_key=%%WECHAT_SERIAL_$_%%:%%SIM_KEYS%%/wechat_platform${_}_public.pem"
+    } @platform;
+    return <<"EOF";
+    paygw_zone  paygw:1m;
+    upstream paygw_redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 16; }
+    paygw_mysql main host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
+                password_file=%%MYSQL_PASSWORD_FILE%%
+                database=paygw max_conns=8 query_timeout=10s;
+    paygw_keys  %%REPO%%/conf/demo/keys.conf;
 
-sub create {
-    my (%over) = @_;
-    my $body = PayGW::Gateway->payment_body(channel => 'wechat', %over);
-    return $gw->api(POST => '/v1/payments', json => $body,
-                    idempotency_key => 'wechat-' . ++$n . "-$$");
+    paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
+                  secret_file=%%REPO%%/conf/demo/acquirer.secret
+                  attempts=2 unknown_grace=1s breaker_failures=0;
+    paygw_channel alipay location=/_paygw/alipay app_id=%%ALIPAY_APP_ID%%
+                  private_key=%%SIM_KEYS%%/alipay_app_private.pem
+                  alipay_public_key=%%SIM_KEYS%%/alipay_public.pem
+                  notify_url=http://127.0.0.1:%%PORT%%/v1/notify/alipay
+                  attempts=2 unknown_grace=1s breaker_failures=0;
+    paygw_channel wechat location=/_paygw/wechat
+                  merchant_id=%%WECHAT_MCHID%% app_id=%%WECHAT_APPID%%
+                  private_key=%%SIM_KEYS%%/wechat_merchant_private.pem
+                  serial_no=%%WECHAT_MERCHANT_SERIAL%%
+                  apiv3_key_file=%%SIM_KEYS%%/wechat_apiv3.key
+                  $platform_keys
+                  notify_url=http://127.0.0.1:%%PORT%%/v1/notify/wechat
+                  attempts=2 unknown_grace=1s breaker_failures=0;
+
+    upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+    upstream paygw_alipay   { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+    upstream paygw_wechat   { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+
+    server {
+        listen 127.0.0.1:%%PORT%%;
+
+        location = /_paygw/redis {
+            internal;
+            paygw_redis_pass paygw_redis;
+            paygw_redis_timeout 5s;
+        }
+        location = /_paygw/mysql { internal; paygw_mysql_pass main; }
+        location /_paygw/bank/ {
+            internal;
+            proxy_pass http://paygw_acquirer/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 2s;
+            proxy_read_timeout 2s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /_paygw/alipay/ {
+            internal;
+            proxy_pass http://paygw_alipay/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 2s;
+            proxy_read_timeout 2s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /_paygw/wechat/ {
+            internal;
+            proxy_pass http://paygw_wechat/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 2s;
+            proxy_read_timeout 2s;
+            subrequest_output_buffer_size 64k;
+        }
+        location /v1/ { paygw_api; }
+        location = /metrics { paygw_metrics; }
+    }
+EOF
 }
 
-sub get { $gw->api(GET => "/v1/payments/$_[0]")->{json} }
-
+my $gw = PayGW::Gateway->start(http => conf(1));
+my $sim = $gw->sim;
 sub order {
     my ($no) = @_;
     my ($o) = grep { $_->{out_trade_no} eq $no } @{ $sim->trades->{wechat} };
     return $o;
-}
-
-sub events { $gw->event_count(@_) }
-
-sub callbacks {
-    my ($result) = @_;
-    return $gw->metric(qq{paygw_callbacks_total{channel="wechat",result="$result"}})
-        // -1;
 }
 
 sub resend {
@@ -52,7 +114,7 @@ sub resend {
 
 # ---- create -> pay -> callback -> succeeded -------------------------------------
 
-my $r = create(amount => 1999);
+my $r = $gw->create(channel => 'wechat', amount => 1999);
 is($r->{status}, 201, 'wechat create: 201') or diag $r->{body};
 my $p = $r->{json};
 is($p->{status}, 'pending', 'pending: waiting for the buyer');
@@ -62,25 +124,25 @@ ok($o, 'the simulator has the order (it accepted our v3 signature)');
 is($o->{trade_state}, 'NOTPAY', 'NOTPAY there');
 is($o->{total}, 1999, 'amount in fen');
 
-my $accepted = callbacks('accepted');
+my $accepted = $gw->callbacks('wechat', 'accepted');
 my $cb = $sim->wechat_notify(out_trade_no => $p->{payment_no});
 is($cb->{status}, 204, 'callback: 204');
 is($cb->{body}, '', 'no body');
-my $g = get($p->{payment_no});
+my $g = $gw->payment($p->{payment_no});
 is($g->{status}, 'succeeded', 'the callback settled the payment');
 like($g->{channel_trade_no}, qr/^\d{20,}$/, 'transaction_id kept');
-is(events($p->{payment_no}, 'payment.succeeded'), 1, 'one payment.succeeded event');
-is(callbacks('accepted'), $accepted + 1, 'counted accepted');
+is($gw->event_count($p->{payment_no}, 'payment.succeeded'), 1, 'one payment.succeeded event');
+is($gw->callbacks('wechat', 'accepted'), $accepted + 1, 'counted accepted');
 
 # replayed within the window: a harmless duplicate
 is(resend($cb->{sent})->{status}, 204, 'the same callback again: 204');
-is(events($p->{payment_no}, 'payment.succeeded'), 1, 'still one event');
+is($gw->event_count($p->{payment_no}, 'payment.succeeded'), 1, 'still one event');
 
 # a failure after the success changes nothing
 $cb = $sim->wechat_notify(out_trade_no => $p->{payment_no}, trade_state => 'CLOSED',
                           apply => 0);
 is($cb->{status}, 204, 'CLOSED after success: acknowledged');
-is(get($p->{payment_no})->{status}, 'succeeded', 'the payment stays succeeded');
+is($gw->payment($p->{payment_no})->{status}, 'succeeded', 'the payment stays succeeded');
 
 
 # ---- refunds -------------------------------------------------------------------
@@ -91,7 +153,7 @@ $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/refunds",
 is($r->{status}, 201, 'refund: 201') or diag $r->{body};
 is($r->{json}{status}, 'succeeded', 'refund SUCCESS');
 like($r->{json}{channel_refund_no}, qr/\S/, 'refund_id kept');
-is(get($p->{payment_no})->{status}, 'partially_refunded', 'partially refunded');
+is($gw->payment($p->{payment_no})->{status}, 'partially_refunded', 'partially refunded');
 
 # WeChat Pay settles this one later: pending, then a query settles it
 $sim->mode('refund_processing', times => 1, path_prefix => '/v3/refund/');
@@ -102,7 +164,7 @@ is($r->{status}, 202, 'a PROCESSING refund: 202');
 is($r->{json}{status}, 'pending', 'pending');
 is($gw->api(GET => '/v1/refunds/WR-2')->{json}{status}, 'succeeded',
    'GET asked WeChat Pay: succeeded');
-is(get($p->{payment_no})->{status}, 'partially_refunded', 'one fen left');
+is($gw->payment($p->{payment_no})->{status}, 'partially_refunded', 'one fen left');
 
 # a query WeChat Pay refuses (here: 400) says nothing of the refund
 $sim->mode('refund_processing', times => 1, path_prefix => '/v3/refund/');
@@ -115,7 +177,7 @@ is($gw->api(GET => '/v1/refunds/WR-Q')->{json}{status}, 'pending',
    'its query failing (500): still pending, never failed');
 is($gw->api(GET => '/v1/refunds/WR-Q')->{json}{status}, 'succeeded',
    'the next query settles it');
-is(get($p->{payment_no})->{status}, 'refunded', 'fully refunded');
+is($gw->payment($p->{payment_no})->{status}, 'refunded', 'fully refunded');
 
 # more than is left: refused here, never sent
 $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/refunds",
@@ -126,7 +188,7 @@ is($r->{status}, 422, 'nothing left to refund: 422');
 
 # ---- close, then a late success -------------------------------------------------
 
-$p = create()->{json};
+$p = $gw->create(channel => 'wechat')->{json};
 $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/close",
               idempotency_key => "wclose-$$");
 is($r->{status}, 200, 'close: 200') or diag $r->{body};
@@ -134,22 +196,22 @@ is($r->{json}{status}, 'closed', 'closed');
 is(order($p->{payment_no})->{trade_state}, 'CLOSED', 'closed at WeChat Pay first');
 $cb = $sim->wechat_notify(out_trade_no => $p->{payment_no}, apply => 0);
 is($cb->{status}, 204, 'a success after the close: acknowledged');
-is(get($p->{payment_no})->{status}, 'closed', 'states only move forward');
-is(events($p->{payment_no}, 'payment.succeeded'), 0, 'no payment.succeeded event');
+is($gw->payment($p->{payment_no})->{status}, 'closed', 'states only move forward');
+is($gw->event_count($p->{payment_no}, 'payment.succeeded'), 0, 'no payment.succeeded event');
 
 # paid meanwhile (callback lost): close is refused, the payment recorded paid
-$p = create()->{json};
+$p = $gw->create(channel => 'wechat')->{json};
 $sim->wechat_notify(out_trade_no => $p->{payment_no}, url => $sim->url('/health'));
 $r = $gw->api(POST => "/v1/payments/$p->{payment_no}/close",
               idempotency_key => "wclose2-$$");
 is($r->{status}, 409, 'closing a paid order: 409');
-is(get($p->{payment_no})->{status}, 'succeeded', 'recorded as paid');
+is($gw->payment($p->{payment_no})->{status}, 'succeeded', 'recorded as paid');
 
 
 # ---- callbacks that must be refused --------------------------------------------
 
-$p = create(amount => 3000)->{json};
-my $rejected = callbacks('rejected');
+$p = $gw->create(channel => 'wechat', amount => 3000)->{json};
+my $rejected = $gw->callbacks('wechat', 'rejected');
 my %expect = (signature => 401, serial => 401, body => 401, apiv3_key => 401,
               amount => 400, currency => 400, mchid => 401);
 for my $tamper (sort keys %expect) {
@@ -167,9 +229,9 @@ for my $skew (-300, -600, 300) {
 $cb = $sim->wechat_notify(out_trade_no => 'P-NOT-OURS', total => 3000, apply => 0,
                           url => $gw->url('/v1/notify/wechat'));
 is($cb->{status}, 404, 'unknown out_trade_no: 404');
-is(get($p->{payment_no})->{status}, 'pending', 'the payment did not move');
-is(events($p->{payment_no}, 'payment.succeeded'), 0, 'no event');
-is(callbacks('rejected'), $rejected + scalar(keys %expect) + 4,
+is($gw->payment($p->{payment_no})->{status}, 'pending', 'the payment did not move');
+is($gw->event_count($p->{payment_no}, 'payment.succeeded'), 0, 'no event');
+is($gw->callbacks('wechat', 'rejected'), $rejected + scalar(keys %expect) + 4,
    'every refused callback counted rejected');
 
 # an unsigned request
@@ -185,43 +247,43 @@ my $s2 = $sim->wechat_serial(2);
 $sim->wechat_platform($s2);
 $cb = $sim->wechat_notify(out_trade_no => $p->{payment_no});
 is($cb->{status}, 401, 'signed by platform key 2, not yet trusted: 401');
-is(get($p->{payment_no})->{status}, 'pending', 'still pending');
+is($gw->payment($p->{payment_no})->{status}, 'pending', 'still pending');
 
 # the operator adds key 2 (keeping 1) and reloads
-$gw->ngx->reload(http => $gw->_http_conf(%{ $gw->{o} }, wechat_platform => [1, 2]));
+$gw->reload(conf(1, 2));
 ok(wait_until(sub {
     my $x = $sim->wechat_notify(out_trade_no => $p->{payment_no});
     return $x->{status} == 204;
 }, timeout => 10), 'after nginx -s reload, platform key 2 verifies');
-is(get($p->{payment_no})->{status}, 'succeeded', 'and the payment succeeded');
+is($gw->payment($p->{payment_no})->{status}, 'succeeded', 'and the payment succeeded');
 $sim->wechat_platform($sim->wechat_serial(1));
 
 
 # ---- answers: lost, unverifiable ------------------------------------------------
 
 $sim->mode('reset_after', times => 2, path_prefix => '/v3/pay/');
-$r = create();
+$r = $gw->create(channel => 'wechat');
 is($r->{status}, 202, 'native answer lost twice: 202');
 is($r->{json}{status}, 'unknown', 'unknown');
 $p = $r->{json};
-$g = get($p->{payment_no});
+$g = $gw->payment($p->{payment_no});
 is($g->{status}, 'pending', 'GET queried: NOTPAY -> pending');
 is($g->{code_url}, order($p->{payment_no})->{code_url},
    'the code_url fetched again (native pay is idempotent)');
 
 $sim->mode('bad_signature', times => 2, path_prefix => '/v3/pay/');
-$r = create();
+$r = $gw->create(channel => 'wechat');
 is($r->{json}{status}, 'unknown', 'an answer signed by another key: unknown');
 ok(wait_until(sub { $gw->ngx->error_log =~ /paygw wechat: answer to .* refused: signature does not verify/ }),
    'logged why');
 
 # WeChat Pay down at create, then GET after the grace: created again
 $sim->mode('error500', times => 2, path_prefix => '/v3/pay/');
-$r = create();
+$r = $gw->create(channel => 'wechat');
 is($r->{status}, 202, 'WeChat Pay 500 twice: 202');
 ok(!order($r->{json}{payment_no}), 'no order there');
-sleep 2;
-$g = get($r->{json}{payment_no});
+ok($gw->wait_unknown_grace($r->{json}{payment_no}, 1), 'past unknown_grace (1 s)');
+$g = $gw->payment($r->{json}{payment_no});
 is($g->{status}, 'pending', 'GET after the grace: order created, pending');
 like($g->{code_url}, qr{^weixin://}, 'with its code_url');
 

@@ -5,14 +5,20 @@ package PayGW::Test;
 # everything is torn down at END (also after die, SIGINT and SIGTERM).
 # Core Perl modules only.
 #
-#   use PayGW::Test qw(free_port http http_parallel sign_request);
+#   use PayGW::Test qw(backend_vars free_port http http_parallel sign_request);
 #   my $redis = PayGW::Test::Redis->start;
 #   my $db    = PayGW::Test::MySQL->start;
 #   my $sim   = PayGW::Test::Sim->start;
-#   my $ngx   = PayGW::Test::Nginx->new(http => <<'EOF')->start;
+#   my $ngx   = PayGW::Test::Nginx->new(vars => backend_vars(redis => $redis),
+#                                       http => <<'EOF')->start;
+#       upstream redis { server 127.0.0.1:%%REDIS_PORT%%; }
 #       server { listen 127.0.0.1:%%PORT%%; location / { return 200 ok; } }
 #   EOF
 #   my $r = http(GET => $ngx->url('/'));     # {status, headers, body, ...}
+#
+# The whole gateway (all four, configured by the test file's own http{}
+# text) is PayGW::Gateway.  Waiting is for a condition (wait_until), with a
+# deadline; sleep_until only where the duration itself is under test.
 #
 # Environment: PAYGW_MODULE (module .so to load), PAYGW_TEST_MODULE (the
 # test-only module, t/module/, for configs that use paygw_test_backend;
@@ -27,6 +33,7 @@ use Cwd qw(abs_path);
 use Digest::SHA qw(hmac_sha256_hex sha256_hex);
 use Exporter qw(import);
 use Fcntl qw(:flock);
+use IPC::Open3 ();
 use File::Basename qw(dirname);
 use File::Copy ();
 use File::Path qw(make_path remove_tree);
@@ -40,7 +47,8 @@ use Test::More ();
 use Time::HiRes qw(sleep time);
 
 our @EXPORT_OK = qw(free_port http http_parallel http_raw sign_request
-                    signed_http wait_until repo_root rsa_sign rsa_verify);
+                    signed_http wait_until sleep_until repo_root rsa_sign
+                    rsa_verify backend_vars);
 
 our $REPO = abs_path(dirname(__FILE__) . '/../../..');
 our $START_TIMEOUT = 30;
@@ -77,7 +85,13 @@ sub _register { push @LIVE, $_[0] unless grep { $_ == $_[0] } @LIVE }
 
 sub _cleanup {
     return unless $$ == $OWNER;
-    for my $c (reverse @LIVE) {
+    # nginx first, one by one; then the backends, told all at once
+    for my $c (reverse grep { $_->isa('PayGW::Test::Nginx') } @LIVE) {
+        eval { $c->_teardown; 1 } or Test::More::diag("teardown: $@");
+    }
+    my @procs = reverse grep { !$_->isa('PayGW::Test::Nginx') } @LIVE;
+    $_->_term for @procs;
+    for my $c (@procs) {
         eval { $c->_teardown; 1 } or Test::More::diag("teardown: $@");
     }
     @LIVE = ();
@@ -133,6 +147,17 @@ sub wait_until {
     }
 }
 
+# sleep_until(EPOCH): sleeps until that time (Time::HiRes), at once if it
+# passed.  Only for waiting out a duration that is itself under test (a
+# breaker's ejection time); anything else waits for its condition with
+# wait_until.
+sub sleep_until {
+    my ($t) = @_;
+    my $left = $t - time;
+    sleep $left if $left > 0;
+    return;
+}
+
 sub _slurp {
     my ($file) = @_;
     open my $fh, '<:raw', $file or return '';
@@ -154,6 +179,16 @@ sub _tail {
     my @l = split /\n/, _slurp($file);
     @l = @l[-$n .. -1] if @l > $n;
     return join("\n", @l) . "\n";
+}
+
+# A process is gone once it exited, even while it waits to be reaped: a
+# daemonized nginx master is not our child, and this machine's init may
+# take a second or two to reap it.
+sub _gone {
+    my ($pid) = @_;
+    return 1 unless kill 0, $pid;
+    my $stat = _slurp("/proc/$pid/stat");
+    return $stat =~ /^\d+ \(.*\) Z /s ? 1 : 0;
 }
 
 sub _port_open {
@@ -206,6 +241,19 @@ sub free_port {
         return $p;
     }
     die "free_port: no free port found\n";
+}
+
+# backend_vars(redis => R, db => D, sim => S): the nginx.conf placeholders
+# those components fill -- %%REDIS_PORT%%, %%MYSQL_PORT%%,
+# %%MYSQL_PASSWORD_FILE%%, %%SIM_PORT%% -- for PayGW::Test::Nginx's vars.
+sub backend_vars {
+    my (%c) = @_;
+    my %v;
+    $v{REDIS_PORT} = $c{redis}->port if $c{redis};
+    @v{qw(MYSQL_PORT MYSQL_PASSWORD_FILE)} = ($c{db}->port, $c{db}->password_file)
+        if $c{db};
+    $v{SIM_PORT} = $c{sim}->port if $c{sim};
+    return \%v;
 }
 
 # ---- HTTP ------------------------------------------------------------------
@@ -306,13 +354,23 @@ sub http_raw {
     return $buf;
 }
 
+# random_token(N): N random letters and digits.  A forked child reseeds
+# first: it would otherwise repeat its parent's sequence, and a nonce the
+# parent sends next would be a replay of the child's.
+my $RAND_PID = 0;
+sub random_token {
+    my ($n) = @_;
+    if ($RAND_PID != $$) { srand(); $RAND_PID = $$ }
+    return join '', map { ('A' .. 'Z', 'a' .. 'z', 0 .. 9)[rand 62] } 1 .. $n;
+}
+
 # Merchant auth (SPEC §2): the Authorization header value.
 sub sign_request {
     my ($key_id, $secret, $method, $path, $body, %o) = @_;
     my $ts = $o{ts} // time;
     $ts = int $ts;
     my $nonce = $o{nonce}
-        // join '', map { ('A' .. 'Z', 'a' .. 'z', 0 .. 9)[rand 62] } 1 .. 32;
+        // PayGW::Test::random_token(32);
     my $sts = join "\n", $method, $path, $ts, $nonce, sha256_hex($body // '');
     my $sig = hmac_sha256_hex($sts, $secret);
     return "PAYGW-HMAC-SHA256 key=$key_id,ts=$ts,nonce=$nonce,sig=$sig";
@@ -455,6 +513,34 @@ SQL
     return $tpl;
 }
 
+# ---- simulator keys ----------------------------------------------------------
+
+# The Alipay and WeChat Pay test keys of scripts/provider-keys.sh, made
+# once per version of that script under build/sim-keys/<hash> (RSA key
+# generation costs a second or more per start on a busy machine) and
+# copied into each simulator's dir.  Shared by concurrent test files
+# through a lock, like the MariaDB template.
+sub _sim_keys_template {
+    my $root = "$REPO/build/sim-keys";
+    make_path($root);
+    my $script = "$REPO/scripts/provider-keys.sh";
+    my $tpl = "$root/" . substr(sha256_hex(_slurp($script)), 0, 16);
+    return $tpl if -e "$tpl.ready";
+    local $?;
+    open my $lock, '>>', "$root/.lock" or die "lock $root/.lock: $!\n";
+    flock $lock, LOCK_EX or die "flock: $!\n";
+    return $tpl if -e "$tpl.ready";
+    my $tmp = "$root/.build-$$";
+    remove_tree($tmp);
+    my ($rc, $out, $err) = _run(['bash', $script, $tmp]);
+    die "scripts/provider-keys.sh $tmp failed: $err" if $rc;
+    remove_tree($_) for glob "$root/[0-9a-f]*";
+    rename $tmp, $tpl or die "rename $tmp: $!\n";
+    _spew("$tpl.ready", '');
+    close $lock;
+    return $tpl;
+}
+
 # ---- process components (run as our children) -----------------------------
 
 package PayGW::Test::Proc;
@@ -479,8 +565,10 @@ sub _alive {
     return 0;
 }
 
+# Starts the process; unless told no_wait (then ->ready waits), waits
+# until it answers.
 sub _spawn {
-    my ($self) = @_;
+    my ($self, %o) = @_;
     my @cmd = $self->_command;
     my $pid = fork // die "fork: $!\n";
     if (!$pid) {
@@ -491,8 +579,17 @@ sub _spawn {
             or POSIX::_exit(127);
     }
     $self->{pid} = $pid;
+    $self->{cmd} = \@cmd;
     PayGW::Test::_register($self);
+    return $o{no_wait} ? $self : $self->ready;
+}
+
+# ready(): waits until a process started with no_wait => 1 answers (dies
+# if it exits or does not answer within $PayGW::Test::START_TIMEOUT).
+sub ready {
+    my ($self) = @_;
     my $name = ref $self;
+    my @cmd = @{ $self->{cmd} };
     my $ok = PayGW::Test::wait_until(sub {
         $self->_alive or die "$name exited at start (@cmd):\n"
             . PayGW::Test::_tail($self->{log}, 30);
@@ -511,6 +608,14 @@ sub start_again {
     my ($self) = @_;
     die ref($self) . " is still running\n" if $self->_alive;
     return $self->_spawn;
+}
+
+# TERM (and CONT, in case it is frozen), no wait.
+sub _term {
+    my ($self) = @_;
+    return unless $self->_alive;
+    CORE::kill 'TERM', $self->{pid};
+    CORE::kill 'CONT', $self->{pid};
 }
 
 # TERM (and CONT, in case it is frozen), bounded wait, then KILL.
@@ -534,8 +639,38 @@ sub kill {
     $self->{pid} = undef;
 }
 
-sub freeze { CORE::kill 'STOP', $_[0]{pid} if $_[0]->_alive }
-sub thaw   { CORE::kill 'CONT', $_[0]{pid} if $_[0]->_alive }
+# freeze: SIGSTOP, and wait until every thread of the process is stopped
+# (the signal reaches each thread on its own); thaw: SIGCONT, and wait
+# until none is.
+sub freeze {
+    my ($self) = @_;
+    die ref($self) . " freeze: not running (pid " . ($self->{pid} // 'none') . ")\n"
+        unless $self->_alive;
+    CORE::kill 'STOP', $self->{pid};
+    PayGW::Test::wait_until(sub { $self->_threads_stopped == 1 }, timeout => 5,
+                            interval => 0.01)
+        or die ref($self) . " freeze: pid $self->{pid} did not stop\n";
+}
+
+sub thaw {
+    my ($self) = @_;
+    return unless $self->_alive;
+    CORE::kill 'CONT', $self->{pid};
+    PayGW::Test::wait_until(sub { $self->_threads_stopped == 0 }, timeout => 5,
+                            interval => 0.01);
+}
+
+# 1 when all threads are stopped, 0 when none is, 0.5 in between.
+sub _threads_stopped {
+    my ($self) = @_;
+    my ($stopped, $all) = (0, 0);
+    for my $stat (glob "/proc/$self->{pid}/task/*/stat") {
+        my ($state) = PayGW::Test::_slurp($stat) =~ /^.*\) (\S)/s or next;
+        $all++;
+        $stopped++ if $state eq 'T' || $state eq 't';
+    }
+    return !$all ? 0 : $stopped == $all ? 1 : $stopped ? 0.5 : 0;
+}
 
 sub _teardown { $_[0]->stop }
 
@@ -547,14 +682,15 @@ use strict;
 use warnings;
 our @ISA = ('PayGW::Test::Proc');
 
-# start(port => P, args => [extra redis-server arguments])
+# start(port => P, args => [extra redis-server arguments], no_wait => 1)
+# (no_wait, for every component: return at once, ->ready waits)
 sub start {
     my ($class, %o) = @_;
     my $dir = PayGW::Test::_mkdir('redis');
     my $self = bless {dir => $dir, log => "$dir/redis.log",
                       port => $o{port} // PayGW::Test::free_port(),
                       args => $o{args} // []}, $class;
-    return $self->_spawn;
+    return $self->_spawn(%o);
 }
 
 sub _command {
@@ -609,7 +745,7 @@ sub start {
         DATADIR => "$dir/data", PORT => $self->{port},
         SOCKET => "$dir/mysql.sock", PIDFILE => "$dir/mysql.pid",
         LOGERR => "$dir/mysql.err", TMPDIR => "$dir/tmp"));
-    return $self->_spawn;
+    return $self->_spawn(%o);
 }
 
 sub _command { ('mariadbd', "--defaults-file=$_[0]{dir}/my.cnf") }
@@ -631,12 +767,70 @@ sub database      { 'paygw' }
 # paygw unless told), tab-separated rows without header; dies on error.
 sub sql {
     my ($self, $text, %o) = @_;
+    if (!defined $o{db} && $$ == $OWNER) {
+        my $out = $self->_client_sql($text);
+        return $out if defined $out;
+    }
     my ($rc, $out, $err) = PayGW::Test::_run(
         ['mariadb', "--defaults-file=$self->{dir}/my.cnf", '--batch',
          '--skip-column-names', $o{db} // 'paygw'], stdin => $text);
     die "sql failed ($err): $text\n" if $rc;
     return $out;
 }
+
+# One mariadb client kept open for sql() in database paygw: a client
+# process per query costs ~40 ms on a busy machine, and the tests ask
+# hundreds.  Each text is followed by a marker SELECT; the client stops
+# at the first error (no --force), so an error shows as output ending
+# without the marker.  Returns the output; dies on an SQL error; undef
+# when the connection failed (the server was stopped or killed meanwhile)
+# so that sql() runs the text once more with a client of its own.
+my $MARK = 0;
+
+sub _client_sql {
+    my ($self, $text) = @_;
+    my $c = $self->{client} //= eval {
+        my ($in, $out);
+        my $pid = IPC::Open3::open3($in, $out, undef, 'mariadb',
+            "--defaults-file=$self->{dir}/my.cnf", '--batch', '--skip-column-names',
+            '--unbuffered', 'paygw');
+        binmode $in;
+        binmode $out;
+        $in->autoflush(1);
+        {pid => $pid, in => $in, out => $out};
+    } or return undef;
+    my $mark = "--paygw-sql-done-" . ++$MARK . '--';
+    (my $body = $text) =~ s/[\s;]+\z//;
+    local $SIG{PIPE} = 'IGNORE';
+    my $sent = print {$c->{in}} "$body\n;\nSELECT '$mark';\n";
+    my ($all, $done) = ('', 0);
+    if ($sent) {
+        while (defined(my $line = readline $c->{out})) {
+            if ($line eq "$mark\n") { $done = 1; last }
+            $all .= $line;
+        }
+    }
+    return $all if $done;
+    $self->_client_close;
+    # the client printed its error and exited: an SQL error, unless the
+    # connection itself failed (then sql() tries a client of its own)
+    return undef if !$sent || $all !~ /^ERROR \d+/m
+                    || $all =~ /^ERROR (?:2002|2003|2006|2013)\b/m;
+    die "sql failed ($all): $text\n";
+}
+
+sub _client_close {
+    my ($self) = @_;
+    my $c = delete $self->{client} or return;
+    local $?;
+    close $c->{in};
+    close $c->{out};
+    CORE::kill 'TERM', $c->{pid};
+    waitpid $c->{pid}, 0;
+}
+
+sub stop  { $_[0]->_client_close; $_[0]->SUPER::stop }
+sub kill  { $_[0]->_client_close; $_[0]->SUPER::kill }
 
 # ---- provider simulator ----------------------------------------------------
 
@@ -649,8 +843,9 @@ our @ISA = ('PayGW::Test::Proc');
 # start(port => P, acquirer_secret => S, acquirer_merchant => M,
 #       keys => DIR, no_keys => 1, alipay_app_id => ID, wechat_mchid => ID,
 #       wechat_appid => ID, args => [...])
-# Alipay and WeChat keys: scripts/provider-keys.sh makes fresh ones in the
-# simulator's dir unless keys => DIR (used as it is) is given; with
+# Alipay and WeChat keys: a copy of the keys scripts/provider-keys.sh made
+# once for the suite (_sim_keys_template) in the simulator's dir, unless
+# keys => DIR (used as it is) is given; with
 # no_keys => 1 the simulator gets none and its Alipay and WeChat answer 503.
 sub start {
     my ($class, %o) = @_;
@@ -660,8 +855,8 @@ sub start {
         $keys = $o{keys} // "$dir/keys";
         if (!defined $o{keys}) {
             my ($rc, $out, $err) = PayGW::Test::_run(
-                ['bash', "$PayGW::Test::REPO/scripts/provider-keys.sh", $keys]);
-            die "scripts/provider-keys.sh $keys failed: $err" if $rc;
+                ['cp', '-a', PayGW::Test::_sim_keys_template(), $keys]);
+            die "copying the simulator's keys failed: $err" if $rc;
         }
     }
     my %flag = (acquirer_secret => '--acquirer-secret',
@@ -681,7 +876,7 @@ sub start {
                                 sort keys %flag),
                                defined $keys ? ('--keys', $keys) : ()]},
         $class;
-    return $self->_spawn;
+    return $self->_spawn(%o);
 }
 
 sub _command {
@@ -905,7 +1100,7 @@ sub wechat_auth {
     my ($self, $method, $path, $body, %o) = @_;
     my $ts = $o{ts} // int time;
     my $nonce = $o{nonce}
-        // join '', map { ('A' .. 'Z', 'a' .. 'z', 0 .. 9)[rand 62] } 1 .. 32;
+        // PayGW::Test::random_token(32);
     my $sig = PayGW::Test::rsa_sign($o{key} // $self->key_file('wechat_merchant_private.pem'),
                                     "$method\n$path\n$ts\n$nonce\n" . ($body // '') . "\n");
     return sprintf('WECHATPAY2-SHA256-RSA2048 mchid="%s",nonce_str="%s",'
@@ -965,8 +1160,12 @@ use Time::HiRes qw(sleep time);
 my $ASAN_LIB;
 
 # new(http => TEXT, main => TEXT, workers => N, error_log_level => LEVEL,
-#     no_module => 1, module => PATH, test_module => 1 | PATH, events => TEXT)
-# TEXT may use %%PORT%% (->port), %%TESTDIR%% (->dir), %%MODULE%%.
+#     no_module => 1, module => PATH, test_module => 1 | PATH, events => TEXT,
+#     vars => {NAME => VALUE})
+# TEXT may use %%PORT%% (->port), %%TESTDIR%% (->dir), %%MODULE%% and
+# %%NAME%% for each NAME in vars (PayGW::Gateway passes %%REDIS_PORT%%,
+# %%MYSQL_PORT%%, %%SIM_PORT%% and the like); a placeholder nobody fills
+# is an error, not an empty string.
 # test_module loads the test-only ngx_http_paygw_test_module (directive
 # paygw_test_backend, `make build-test`) after the shipped module; without
 # it nginx runs the shipped module alone.
@@ -989,6 +1188,7 @@ sub new {
         workers => $o{workers} // 1,
         level => $o{error_log_level} // 'info',
         no_module => $o{no_module},
+        vars => {%{ $o{vars} // {} }},
         module => $module,
         test_module => $test_module,
     }, $class;
@@ -1006,11 +1206,19 @@ sub url  { "http://127.0.0.1:$_[0]{port}" . ($_[1] // '') }
 sub error_log  { PayGW::Test::_slurp("$_[0]{dir}/error.log") }
 sub access_log { PayGW::Test::_slurp("$_[0]{dir}/access.log") }
 
+# vars(NAME => VALUE, ...): more %%NAME%% placeholders; vars(): all of them.
+sub vars {
+    my ($self, %v) = @_;
+    @{ $self->{vars} }{keys %v} = values %v;
+    return {%{ $self->{vars} }, PORT => $self->{port}, TESTDIR => $self->{dir},
+            MODULE => $self->{module}};
+}
+
 sub _subst {
     my ($self, $text) = @_;
-    $text =~ s/%%PORT%%/$self->{port}/g;
-    $text =~ s/%%TESTDIR%%/$self->{dir}/g;
-    $text =~ s/%%MODULE%%/$self->{module}/g;
+    my $v = $self->vars;
+    $text =~ s/%%([A-Z][A-Z0-9_]*)%%/
+        defined $v->{$1} ? $v->{$1} : die "nginx.conf: nothing fills %%$1%%\n"/ge;
     return $text;
 }
 
@@ -1092,7 +1300,7 @@ sub master_pid {
     my ($self) = @_;
     my $pid = PayGW::Test::_slurp("$self->{dir}/nginx.pid");
     ($pid) = $pid =~ /(\d+)/;
-    return $pid && kill(0, $pid) ? $pid : undef;
+    return $pid && !PayGW::Test::_gone($pid) ? $pid : undef;
 }
 sub pid { $_[0]->master_pid }
 
@@ -1167,13 +1375,15 @@ sub stop {
     if ($master) {
         my @workers = $self->worker_pids(all => 1);
         kill 'TERM', $master;
-        my $gone = PayGW::Test::wait_until(sub { !kill 0, $master }, timeout => 15);
+        my $gone = PayGW::Test::wait_until(sub { PayGW::Test::_gone($master) },
+                                           timeout => 15);
         if (!$gone) {
             Test::More::diag("nginx master $master ignored TERM; killing");
             kill 'KILL', $master, @workers;
         }
         # workers may outlive the master by a moment
-        PayGW::Test::wait_until(sub { !grep { kill 0, $_ } @workers }, timeout => 5);
+        PayGW::Test::wait_until(sub { !grep { !PayGW::Test::_gone($_) } @workers },
+                                timeout => 5);
     }
     $self->{running} = 0;
     $self->_check_sanitizers;
