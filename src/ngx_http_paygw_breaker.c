@@ -13,7 +13,7 @@
 
 
 #include "ngx_http_paygw_channel.h"
-#include "ngx_http_paygw_metrics.h"
+#include "ngx_http_paygw_zone.h"
 
 
 #define NGX_HTTP_PAYGW_CLOSED     0

@@ -21,6 +21,7 @@
 #include "ngx_http_paygw_channel.h"
 #include "ngx_http_paygw_metrics.h"
 #include "ngx_http_paygw_crypto.h"
+#include "ngx_http_paygw_trace.h"
 
 
 static char *ngx_http_paygw_channel_param(ngx_conf_t *cf,

@@ -9,7 +9,7 @@
 #define _NGX_HTTP_PAYGW_CHANNEL_H_INCLUDED_
 
 
-#include "ngx_http_paygw_api.h"
+#include "ngx_http_paygw_types.h"
 #include <openssl/evp.h>
 
 

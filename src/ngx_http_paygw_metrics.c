@@ -11,7 +11,7 @@
  */
 
 
-#include "ngx_http_paygw_api.h"
+#include "ngx_http_paygw_types.h"
 #include "ngx_http_paygw_metrics.h"
 
 

@@ -21,6 +21,7 @@
  */
 
 
+#include "ngx_http_paygw_policy.h"
 #include "ngx_http_paygw_api.h"
 
 

@@ -7,6 +7,7 @@
  */
 
 
+#include "ngx_http_paygw_request.h"
 #include "ngx_http_paygw_api.h"
 #include "ngx_http_paygw_channel.h"
 

@@ -9,7 +9,7 @@
  */
 
 
-#include "ngx_http_paygw_metrics.h"
+#include "ngx_http_paygw_zone.h"
 
 
 typedef struct {
