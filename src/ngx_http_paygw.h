@@ -26,6 +26,22 @@
 
 
 /*
+ * Channels have a slot each in paygw_zone (metrics, circuit breaker).
+ * The first slots belong to the names of the providers that have always
+ * been there (bank_card, alipay, wechat: their series are always shown),
+ * then one slot per other configured channel, and the last one counts
+ * channel names no configuration knows ("other").
+ */
+
+#define NGX_HTTP_PAYGW_MAX_CHANNELS       16
+#define NGX_HTTP_PAYGW_CHANNEL_NAME_LEN   32
+#define NGX_HTTP_PAYGW_FIXED_SLOTS        3
+#define NGX_HTTP_PAYGW_SLOTS                                                 \
+    (NGX_HTTP_PAYGW_FIXED_SLOTS + NGX_HTTP_PAYGW_MAX_CHANNELS + 1)
+#define NGX_HTTP_PAYGW_SLOT_OTHER         (NGX_HTTP_PAYGW_SLOTS - 1)
+
+
+/*
  * A backend call: work handed to a subrequest to an internal location
  * through the subrequest's ctx (the auth_request pattern).  The parent
  * is woken when the subrequest finishes; "done" tells it so, "ok" that
@@ -51,6 +67,7 @@ typedef struct {
     ngx_array_t                   mysql_servers; /* mysql_srv_t * */
     ngx_array_t                   keys;          /* ngx_http_paygw_key_t */
     ngx_array_t                   channels;      /* ngx_http_paygw_channel_t */
+    ngx_str_t                     slot_names[NGX_HTTP_PAYGW_SLOTS];
     void                         *settler;
     void                         *policy;
     void                         *risk;

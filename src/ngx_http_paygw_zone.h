@@ -16,12 +16,12 @@
 
 #define NGX_HTTP_PAYGW_M_APIS          12   /* see ngx_http_paygw_m_api */
 #define NGX_HTTP_PAYGW_M_CODES         18
-#define NGX_HTTP_PAYGW_M_CHANNELS      4    /* bank_card alipay wechat other */
+#define NGX_HTTP_PAYGW_M_CHANNELS      NGX_HTTP_PAYGW_SLOTS
 #define NGX_HTTP_PAYGW_M_STATUSES      8   /* ngx_http_paygw_status_e - 1 */
 #define NGX_HTTP_PAYGW_M_RESULTS       5
 #define NGX_HTTP_PAYGW_M_BUCKETS       14
 
-#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670004
+#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670005
 
 
 typedef struct {
@@ -67,6 +67,10 @@ struct ngx_http_paygw_shctx_s {
     time_t                        created;
     ngx_http_paygw_metrics_t      m;
     ngx_http_paygw_breaker_t      breaker[NGX_HTTP_PAYGW_M_CHANNELS];
+
+    /* the channel each slot counts for, as the metrics label it */
+    u_char                        slot_name[NGX_HTTP_PAYGW_M_CHANNELS]
+                                      [NGX_HTTP_PAYGW_CHANNEL_NAME_LEN + 1];
 };
 
 
