@@ -25,6 +25,8 @@ static u_char *ngx_http_paygw_m_render_channels(u_char *p, u_char *last,
     ngx_http_paygw_shctx_t *sh);
 static u_char *ngx_http_paygw_m_render_counts(u_char *p, u_char *last,
     ngx_http_paygw_shctx_t *sh);
+static u_char *ngx_http_paygw_m_render_gateway(u_char *p, u_char *last,
+    ngx_http_paygw_shctx_t *sh);
 static ngx_int_t ngx_http_paygw_log_handler(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_paygw_m_code(ngx_uint_t status);
 static ngx_uint_t ngx_http_paygw_m_channel_index(ngx_http_request_t *r,
@@ -374,6 +376,7 @@ ngx_http_paygw_metrics_handler(ngx_http_request_t *r)
     p = ngx_http_paygw_m_render_api(p, last, m);
     p = ngx_http_paygw_m_render_channels(p, last, sh);
     p = ngx_http_paygw_m_render_counts(p, last, sh);
+    p = ngx_http_paygw_m_render_gateway(p, last, sh);
 
     body.len = p - body.data;
 
@@ -508,7 +511,7 @@ ngx_http_paygw_m_render_channels(u_char *p, u_char *last,
 }
 
 
-/* the counters of everything else */
+/* idempotency, callbacks, backends, reconciliation */
 
 static u_char *
 ngx_http_paygw_m_render_counts(u_char *p, u_char *last,
@@ -568,6 +571,20 @@ ngx_http_paygw_m_render_counts(u_char *p, u_char *last,
                              ch, m->reconciliation_diffs[i]);
         }
     }
+
+    return p;
+}
+
+
+/* risk, webhooks, and the gateway itself: zone, health checks */
+
+static u_char *
+ngx_http_paygw_m_render_gateway(u_char *p, u_char *last,
+    ngx_http_paygw_shctx_t *sh)
+{
+    ngx_http_paygw_metrics_t  *m;
+
+    m = &sh->m;
 
     ngx_paygw_head("paygw_risk_decisions_total", "counter",
                    "Risk rule decisions.");
