@@ -70,7 +70,10 @@ ngx_http_paygw_channel(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    /* a URI segment (/v1/notify/NAME) and a metrics label */
+    /*
+     * A URI segment (/v1/notify/NAME) and a metrics label; "other" is
+     * the label of the names no configuration knows.
+     */
 
     for (p = ch->name.data; p < ch->name.data + ch->name.len; p++) {
         c = ngx_tolower(*p);
@@ -83,7 +86,8 @@ ngx_http_paygw_channel(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     if (ch->name.len > NGX_HTTP_PAYGW_CHANNEL_NAME_LEN
-        || p != ch->name.data + ch->name.len)
+        || p != ch->name.data + ch->name.len
+        || ngx_http_paygw_is(&ch->name, "other"))
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid channel name \"%V\": up to %d letters, "

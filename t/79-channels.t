@@ -131,6 +131,10 @@ like($out, qr/"paygw_channel" directive is duplicate/, '... duplicate');
 isnt($rc, 0, 'nginx -t fails: a name that is no label');
 like($out, qr/invalid channel name "bank\.card"/, '... invalid channel name');
 
+($rc, $out) = nginx_t($ch->('other provider=bank_card'));
+isnt($rc, 0, 'nginx -t fails: a channel named "other"');
+like($out, qr/invalid channel name "other"/, '... the label of unknown names');
+
 # bank_card, alipay, wechat, bank_card_hk and 12 more: 16; one more fails
 my $many = $hk_channel . join '', map { $ch->("acq$_ provider=bank_card") } 1 .. 12;
 ($rc, $out) = nginx_t($many);
