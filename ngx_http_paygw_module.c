@@ -13,6 +13,7 @@
 #include "ngx_http_paygw_api.h"
 #include "ngx_http_paygw_channel.h"
 #include "ngx_http_paygw_metrics.h"
+#include "ngx_http_paygw_trace.h"
 
 
 static void *ngx_http_paygw_create_main_conf(ngx_conf_t *cf);
@@ -108,7 +109,7 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
 
     { ngx_string("paygw_resolver"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
-      ngx_http_paygw_resolver,
+      ngx_http_paygw_settler,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -252,7 +253,7 @@ ngx_http_paygw_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_paygw_main_conf_t *pmcf = conf;
 
-    if (ngx_http_paygw_resolver_check(cf, pmcf) != NGX_OK) {
+    if (ngx_http_paygw_settler_check(cf, pmcf) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
@@ -362,7 +363,7 @@ ngx_http_paygw_init_process(ngx_cycle_t *cycle)
 {
     ngx_http_paygw_redact_init_process(cycle);
 
-    return ngx_http_paygw_resolver_init_process(cycle);
+    return ngx_http_paygw_settler_init_process(cycle);
 }
 
 

@@ -26,6 +26,22 @@
 
 
 /*
+ * Channels have a slot each in paygw_zone (metrics, circuit breaker).
+ * The first slots belong to the names of the providers that have always
+ * been there (bank_card, alipay, wechat: their series are always shown),
+ * then one slot per other configured channel, and the last one counts
+ * channel names no configuration knows ("other").
+ */
+
+#define NGX_HTTP_PAYGW_MAX_CHANNELS       16
+#define NGX_HTTP_PAYGW_CHANNEL_NAME_LEN   32
+#define NGX_HTTP_PAYGW_FIXED_SLOTS        3
+#define NGX_HTTP_PAYGW_SLOTS                                                 \
+    (NGX_HTTP_PAYGW_FIXED_SLOTS + NGX_HTTP_PAYGW_MAX_CHANNELS + 1)
+#define NGX_HTTP_PAYGW_SLOT_OTHER         (NGX_HTTP_PAYGW_SLOTS - 1)
+
+
+/*
  * A backend call: work handed to a subrequest to an internal location
  * through the subrequest's ctx (the auth_request pattern).  The parent
  * is woken when the subrequest finishes; "done" tells it so, "ok" that
@@ -51,7 +67,8 @@ typedef struct {
     ngx_array_t                   mysql_servers; /* mysql_srv_t * */
     ngx_array_t                   keys;          /* ngx_http_paygw_key_t */
     ngx_array_t                   channels;      /* ngx_http_paygw_channel_t */
-    void                         *resolver;
+    ngx_str_t                     slot_names[NGX_HTTP_PAYGW_SLOTS];
+    void                         *settler;
     void                         *policy;
     void                         *risk;
     ngx_int_t                     request_id_index;
@@ -80,7 +97,7 @@ typedef struct {
 } ngx_http_paygw_loc_conf_t;
 
 
-/* the state kept in the paygw_zone shared memory: ngx_http_paygw_metrics.h */
+/* the state kept in the paygw_zone shared memory: ngx_http_paygw_zone.h */
 
 typedef struct ngx_http_paygw_shctx_s  ngx_http_paygw_shctx_t;
 
@@ -96,19 +113,17 @@ void ngx_http_paygw_call_fail(ngx_http_paygw_call_t *call,
 
 char *ngx_http_paygw_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_paygw_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-char *ngx_http_paygw_resolver(ngx_conf_t *cf, ngx_command_t *cmd,
+char *ngx_http_paygw_settler(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_paygw_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_paygw_risk(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
-ngx_int_t ngx_http_paygw_resolver_check(ngx_conf_t *cf,
+ngx_int_t ngx_http_paygw_settler_check(ngx_conf_t *cf,
     ngx_http_paygw_main_conf_t *pmcf);
-ngx_int_t ngx_http_paygw_resolver_init_process(ngx_cycle_t *cycle);
+ngx_int_t ngx_http_paygw_settler_init_process(ngx_cycle_t *cycle);
 ngx_int_t ngx_http_paygw_redact_collect(ngx_conf_t *cf,
     ngx_http_paygw_main_conf_t *pmcf);
 void ngx_http_paygw_redact_init_process(ngx_cycle_t *cycle);
 void ngx_http_paygw_redact_exit_process(ngx_cycle_t *cycle);
-ngx_http_paygw_shctx_t *ngx_http_paygw_shctx(ngx_http_request_t *r);
-ngx_slab_pool_t *ngx_http_paygw_shpool(ngx_http_request_t *r);
 
 char *ngx_http_paygw_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_paygw_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
@@ -120,17 +135,24 @@ ngx_int_t ngx_http_paygw_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *doc);
 ngx_int_t ngx_http_paygw_json_dump(ngx_pool_t *pool, json_t *doc,
     ngx_str_t *out);
-char *ngx_http_paygw_read_secret(ngx_conf_t *cf, ngx_str_t *path,
-    const char *what, ngx_str_t *secret);
 ngx_int_t ngx_http_paygw_send_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, ngx_str_t *message);
 ngx_int_t ngx_http_paygw_not_allowed(ngx_http_request_t *r,
     const char *allow);
 ngx_table_elt_t *ngx_http_paygw_header(ngx_list_t *headers, const char *name,
     ngx_uint_t *n);
+char *ngx_http_paygw_error(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+/* ngx_http_paygw_conf_file.c: files read at configuration time */
 char *ngx_http_paygw_read_file(ngx_conf_t *cf, ngx_str_t *path,
     const char *what, size_t max, ngx_str_t *content);
-char *ngx_http_paygw_error(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *ngx_http_paygw_read_secret(ngx_conf_t *cf, ngx_str_t *path,
+    const char *what, ngx_str_t *secret);
+
+/* ngx_http_paygw_ids.c: payment, refund and event numbers; time stamps */
+ngx_int_t ngx_http_paygw_random_no(ngx_pool_t *pool, char prefix,
+    ngx_str_t *no);
+void ngx_http_paygw_now(ngx_pool_t *pool, ngx_str_t *iso);
 
 /* ngx_http_paygw_utf8.c: text a client sent */
 ngx_int_t ngx_http_paygw_utf8_valid(u_char *p, size_t len);

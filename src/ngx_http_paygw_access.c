@@ -11,6 +11,9 @@
  */
 
 
+#include "ngx_http_paygw_request.h"
+#include "ngx_http_paygw_policy.h"
+#include "ngx_http_paygw_risk.h"
 #include "ngx_http_paygw_api.h"
 #include "ngx_http_paygw_channel.h"
 #include "ngx_http_paygw_metrics.h"

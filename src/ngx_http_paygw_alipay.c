@@ -69,6 +69,13 @@ static char *ngx_http_paygw_alipay_check(ngx_conf_t *cf,
 
 
 ngx_http_paygw_provider_t  ngx_http_paygw_alipay_provider = {
+    ngx_string("alipay"),
+    NGX_HTTP_PAYGW_KIND_QR,
+    ngx_string("CNY"),                           /* domestic QR: yuan */
+    1,
+    ngx_string("success"),
+    ngx_string("fail"),             /* anything else: Alipay sends again */
+
     ngx_http_paygw_alipay_precreate,
     ngx_http_paygw_alipay_query,
     ngx_http_paygw_alipay_close,

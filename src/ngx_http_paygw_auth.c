@@ -29,6 +29,9 @@
 
 static char *ngx_http_paygw_keys_line(ngx_conf_t *cf, ngx_array_t *keys,
     u_char *line, size_t len, ngx_str_t *file, ngx_uint_t n);
+static ngx_uint_t ngx_http_paygw_keys_words(u_char *p, u_char *last,
+    ngx_str_t *word);
+static ngx_int_t ngx_http_paygw_keys_role(ngx_str_t *word, ngx_uint_t *role);
 static int ngx_http_paygw_keys_cmp(const void *one, const void *two);
 static ngx_http_paygw_key_t *ngx_http_paygw_key_find(ngx_http_request_t *r,
     ngx_str_t *key_id);
@@ -123,40 +126,11 @@ static char *
 ngx_http_paygw_keys_line(ngx_conf_t *cf, ngx_array_t *keys, u_char *line,
     size_t len, ngx_str_t *file, ngx_uint_t n)
 {
-    u_char                *p, *last, *start;
     ngx_str_t              word[5];
     ngx_uint_t             nwords;
     ngx_http_paygw_key_t  *key;
 
-    p = line;
-    last = line + len;
-    nwords = 0;
-
-    while (p < last) {
-
-        while (p < last && (*p == ' ' || *p == '\t' || *p == '\r')) {
-            p++;
-        }
-
-        if (p == last || *p == '#') {
-            break;
-        }
-
-        start = p;
-
-        while (p < last && *p != ' ' && *p != '\t' && *p != '\r') {
-            p++;
-        }
-
-        if (nwords == 5) {
-            nwords++;
-            break;
-        }
-
-        word[nwords].data = start;
-        word[nwords].len = p - start;
-        nwords++;
-    }
+    nwords = ngx_http_paygw_keys_words(line, line + len, word);
 
     if (nwords == 0) {
         return NGX_CONF_OK;
@@ -201,17 +175,7 @@ ngx_http_paygw_keys_line(ngx_conf_t *cf, ngx_array_t *keys, u_char *line,
         return NGX_CONF_ERROR;
     }
 
-    if (word[3].len == 8 && ngx_strncmp(word[3].data, "merchant", 8) == 0) {
-        key->role = NGX_HTTP_PAYGW_ROLE_MERCHANT;
-
-    } else if (word[3].len == 6 && ngx_strncmp(word[3].data, "viewer", 6) == 0)
-    {
-        key->role = NGX_HTTP_PAYGW_ROLE_VIEWER;
-
-    } else if (word[3].len == 5 && ngx_strncmp(word[3].data, "admin", 5) == 0) {
-        key->role = NGX_HTTP_PAYGW_ROLE_ADMIN;
-
-    } else {
+    if (ngx_http_paygw_keys_role(&word[3], &key->role) != NGX_OK) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid role \"%V\" in %V:%ui: merchant, viewer "
                            "or admin", &word[3], file, n);
@@ -228,6 +192,67 @@ ngx_http_paygw_keys_line(ngx_conf_t *cf, ngx_array_t *keys, u_char *line,
     }
 
     return NGX_CONF_OK;
+}
+
+
+/* up to 5 words of a line, up to a "#"; 6: more than 5 */
+
+static ngx_uint_t
+ngx_http_paygw_keys_words(u_char *p, u_char *last, ngx_str_t *word)
+{
+    u_char      *start;
+    ngx_uint_t   nwords;
+
+    nwords = 0;
+
+    while (p < last) {
+
+        while (p < last && (*p == ' ' || *p == '\t' || *p == '\r')) {
+            p++;
+        }
+
+        if (p == last || *p == '#') {
+            break;
+        }
+
+        start = p;
+
+        while (p < last && *p != ' ' && *p != '\t' && *p != '\r') {
+            p++;
+        }
+
+        if (nwords == 5) {
+            return 6;
+        }
+
+        word[nwords].data = start;
+        word[nwords].len = p - start;
+        nwords++;
+    }
+
+    return nwords;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_keys_role(ngx_str_t *word, ngx_uint_t *role)
+{
+    if (word->len == 8 && ngx_strncmp(word->data, "merchant", 8) == 0) {
+        *role = NGX_HTTP_PAYGW_ROLE_MERCHANT;
+        return NGX_OK;
+    }
+
+    if (word->len == 6 && ngx_strncmp(word->data, "viewer", 6) == 0) {
+        *role = NGX_HTTP_PAYGW_ROLE_VIEWER;
+        return NGX_OK;
+    }
+
+    if (word->len == 5 && ngx_strncmp(word->data, "admin", 5) == 0) {
+        *role = NGX_HTTP_PAYGW_ROLE_ADMIN;
+        return NGX_OK;
+    }
+
+    return NGX_ERROR;
 }
 
 

@@ -54,6 +54,13 @@ static void ngx_http_paygw_bank_cleanse(void *data);
 
 
 ngx_http_paygw_provider_t  ngx_http_paygw_bank_provider = {
+    ngx_string("bank_card"),
+    NGX_HTTP_PAYGW_KIND_CARD,
+    ngx_null_string,                             /* any currency */
+    0,
+    ngx_null_string,
+    ngx_null_string,
+
     ngx_http_paygw_bank_charge,
     ngx_http_paygw_bank_query,
     NULL,

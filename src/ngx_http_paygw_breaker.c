@@ -7,13 +7,14 @@
  * once (503 channel_unavailable) instead of piling up on a provider that
  * is down.  Then one call is let through as a probe (half-open); its
  * success closes the breaker, its failure opens it again.  The state
- * lives in paygw_zone, under the zone's mutex, and is exported as
- * paygw_circuit_state{channel} (0 closed, 1 open, 2 half-open).
+ * lives in paygw_zone, in the channel's slot, under the zone's mutex,
+ * and is exported as paygw_circuit_state{channel} (0 closed, 1 open,
+ * 2 half-open).
  */
 
 
 #include "ngx_http_paygw_channel.h"
-#include "ngx_http_paygw_metrics.h"
+#include "ngx_http_paygw_zone.h"
 
 
 #define NGX_HTTP_PAYGW_CLOSED     0
@@ -24,7 +25,6 @@
 static ngx_http_paygw_breaker_t *ngx_http_paygw_breaker_lock(
     ngx_http_request_t *r, ngx_http_paygw_channel_t *ch,
     ngx_slab_pool_t **shpool);
-static ngx_int_t ngx_http_paygw_breaker_index(ngx_str_t *channel);
 
 
 ngx_int_t
@@ -109,15 +109,13 @@ static ngx_http_paygw_breaker_t *
 ngx_http_paygw_breaker_lock(ngx_http_request_t *r,
     ngx_http_paygw_channel_t *ch, ngx_slab_pool_t **shpool)
 {
-    ngx_int_t                i;
     ngx_http_paygw_shctx_t  *sh;
 
     /* the channel's breaker, locked; NULL when there is none */
 
     sh = ngx_http_paygw_shctx(r);
-    i = ngx_http_paygw_breaker_index(&ch->name);
 
-    if (sh == NULL || i < 0 || ch->breaker_failures == 0) {
+    if (sh == NULL || ch->breaker_failures == 0) {
         return NULL;
     }
 
@@ -125,24 +123,6 @@ ngx_http_paygw_breaker_lock(ngx_http_request_t *r,
 
     ngx_shmtx_lock(&(*shpool)->mutex);
 
-    return &sh->breaker[i];
+    return &sh->breaker[ch->slot];
 }
 
-
-static ngx_int_t
-ngx_http_paygw_breaker_index(ngx_str_t *channel)
-{
-    if (channel->len == 9 && ngx_strncmp(channel->data, "bank_card", 9) == 0) {
-        return 0;
-    }
-
-    if (channel->len == 6 && ngx_strncmp(channel->data, "alipay", 6) == 0) {
-        return 1;
-    }
-
-    if (channel->len == 6 && ngx_strncmp(channel->data, "wechat", 6) == 0) {
-        return 2;
-    }
-
-    return -1;
-}

@@ -2,12 +2,16 @@
 /*
  * paygw: payment channels and provider calls.
  *
- *     paygw_channel NAME location=URI [provider's parameters]
+ *     paygw_channel NAME [provider=PROVIDER] location=URI
+ *                   [provider's parameters]
  *                   [attempts=3] [unknown_grace=60s] [breaker_failures=3]
  *                   [breaker_timeout=30s] [fallback=CHANNEL];
  *
- * The provider's parameters (keys, ids) are read by the provider's own
- * conf handler: ngx_http_paygw_bank.c, _alipay.c, _wechat.c.
+ * NAME is the channel's name in the API and in metrics; the provider
+ * (ngx_http_paygw_providers.c) is NAME itself unless provider= names
+ * it, so several channels may use one provider.  The provider's
+ * parameters (keys, ids) are read by the provider's own conf handler:
+ * ngx_http_paygw_bank.c, _alipay.c, _wechat.c.
  *
  * A provider is reached by a subrequest to the internal location URI
  * (plus the provider's path), whose proxy_pass names an nginx upstream:
@@ -21,10 +25,17 @@
 #include "ngx_http_paygw_channel.h"
 #include "ngx_http_paygw_metrics.h"
 #include "ngx_http_paygw_crypto.h"
+#include "ngx_http_paygw_trace.h"
 
 
+static ngx_http_paygw_channel_t *ngx_http_paygw_channel_add(ngx_conf_t *cf,
+    ngx_http_paygw_main_conf_t *pmcf, ngx_str_t *name);
+static ngx_http_paygw_provider_t *ngx_http_paygw_channel_provider(
+    ngx_conf_t *cf);
 static char *ngx_http_paygw_channel_param(ngx_conf_t *cf,
     ngx_http_paygw_channel_t *ch, ngx_str_t *param);
+static char *ngx_http_paygw_channel_fallback(ngx_conf_t *cf,
+    ngx_http_paygw_main_conf_t *pmcf, ngx_http_paygw_channel_t *ch);
 static char *ngx_http_paygw_channel_secret(ngx_conf_t *cf,
     ngx_http_paygw_channel_t *ch, ngx_str_t *file);
 static void ngx_http_paygw_pem_free(void *data);
@@ -42,56 +53,46 @@ ngx_http_paygw_channel(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_paygw_main_conf_t *pmcf = conf;
 
     char                      *rv;
+    u_char                    *p, c;
     ngx_str_t                 *value;
     ngx_uint_t                 i;
     ngx_http_paygw_channel_t  *ch;
 
     value = cf->args->elts;
 
-    if (pmcf->channels.elts == NULL
-        && ngx_array_init(&pmcf->channels, cf->pool, 3,
-                          sizeof(ngx_http_paygw_channel_t))
-           != NGX_OK)
-    {
-        return NGX_CONF_ERROR;
-    }
-
-    ch = pmcf->channels.elts;
-
-    for (i = 0; i < pmcf->channels.nelts; i++) {
-        if (ch[i].name.len == value[1].len
-            && ngx_strncmp(ch[i].name.data, value[1].data, value[1].len) == 0)
-        {
-            return "is duplicate";
-        }
-    }
-
-    ch = ngx_array_push(&pmcf->channels);
+    ch = ngx_http_paygw_channel_add(cf, pmcf, &value[1]);
     if (ch == NULL) {
         return NGX_CONF_ERROR;
     }
 
-    ngx_memzero(ch, sizeof(ngx_http_paygw_channel_t));
+    ch->provider = ngx_http_paygw_channel_provider(cf);
+    if (ch->provider == NULL) {
+        return NGX_CONF_ERROR;
+    }
 
-    ch->name = value[1];
-    ch->attempts = 3;
-    ch->unknown_grace = 60;
-    ch->breaker_failures = 3;
-    ch->breaker_timeout = 30000;
+    /*
+     * A URI segment (/v1/notify/NAME) and a metrics label; "other" is
+     * the label of the names no configuration knows.
+     */
 
-    if (ngx_strcmp(value[1].data, "bank_card") == 0) {
-        ch->provider = &ngx_http_paygw_bank_provider;
+    for (p = ch->name.data; p < ch->name.data + ch->name.len; p++) {
+        c = ngx_tolower(*p);
 
-    } else if (ngx_strcmp(value[1].data, "alipay") == 0) {
-        ch->provider = &ngx_http_paygw_alipay_provider;
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
+              || c == '_' || c == '-'))
+        {
+            break;
+        }
+    }
 
-    } else if (ngx_strcmp(value[1].data, "wechat") == 0) {
-        ch->provider = &ngx_http_paygw_wechat_provider;
-
-    } else {
+    if (ch->name.len > NGX_HTTP_PAYGW_CHANNEL_NAME_LEN
+        || p != ch->name.data + ch->name.len
+        || ngx_http_paygw_is(&ch->name, "other"))
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "unknown channel \"%V\": bank_card, alipay or "
-                           "wechat", &value[1]);
+                           "invalid channel name \"%V\": up to %d letters, "
+                           "digits, \"_\" and \"-\"", &ch->name,
+                           NGX_HTTP_PAYGW_CHANNEL_NAME_LEN);
         return NGX_CONF_ERROR;
     }
 
@@ -138,6 +139,99 @@ ngx_http_paygw_channel(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* a new channel, its name unique among NGX_HTTP_PAYGW_MAX_CHANNELS */
+
+static ngx_http_paygw_channel_t *
+ngx_http_paygw_channel_add(ngx_conf_t *cf, ngx_http_paygw_main_conf_t *pmcf,
+    ngx_str_t *name)
+{
+    ngx_uint_t                 i;
+    ngx_http_paygw_channel_t  *ch;
+
+    if (pmcf->channels.elts == NULL
+        && ngx_array_init(&pmcf->channels, cf->pool, 3,
+                          sizeof(ngx_http_paygw_channel_t))
+           != NGX_OK)
+    {
+        return NULL;
+    }
+
+    ch = pmcf->channels.elts;
+
+    for (i = 0; i < pmcf->channels.nelts; i++) {
+        if (ch[i].name.len == name->len
+            && ngx_strncmp(ch[i].name.data, name->data, name->len) == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"paygw_channel\" directive is duplicate");
+            return NULL;
+        }
+    }
+
+    if (pmcf->channels.nelts == NGX_HTTP_PAYGW_MAX_CHANNELS) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "too many channels: at most %d",
+                           NGX_HTTP_PAYGW_MAX_CHANNELS);
+        return NULL;
+    }
+
+    ch = ngx_array_push(&pmcf->channels);
+    if (ch == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(ch, sizeof(ngx_http_paygw_channel_t));
+
+    ch->name = *name;
+    ch->attempts = 3;
+    ch->unknown_grace = 60;
+    ch->breaker_failures = 3;
+    ch->breaker_timeout = 30000;
+
+    return ch;
+}
+
+
+/* provider=PROVIDER among the parameters, or else the channel's name */
+
+static ngx_http_paygw_provider_t *
+ngx_http_paygw_channel_provider(ngx_conf_t *cf)
+{
+    u_char                     *last;
+    ngx_str_t                  *value, name;
+    ngx_uint_t                  i, given;
+    ngx_http_paygw_provider_t  *pv;
+    u_char                      names[128];
+
+    value = cf->args->elts;
+    name = value[1];
+    given = 0;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+        if (value[i].len > 9
+            && ngx_strncmp(value[i].data, "provider=", 9) == 0)
+        {
+            name.data = value[i].data + 9;
+            name.len = value[i].len - 9;
+            given = 1;
+        }
+    }
+
+    pv = ngx_http_paygw_provider_find(&name);
+    if (pv) {
+        return pv;
+    }
+
+    last = ngx_http_paygw_provider_names(names, names + sizeof(names));
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "unknown %s \"%V\": %*s",
+                       given ? "provider" : "channel", &name,
+                       last - names, names);
+
+    return NULL;
+}
+
+
 /*
  * The parameters every channel has.  NGX_CONF_OK: taken; NGX_DECLINED:
  * not one of these; NGX_CONF_ERROR: taken and wrong (already said).
@@ -155,6 +249,10 @@ ngx_http_paygw_channel_param(ngx_conf_t *cf, ngx_http_paygw_channel_t *ch,
      && ngx_strncmp(param->data, name, sizeof(name) - 1) == 0                \
      && (v.data = param->data + sizeof(name) - 1,                            \
          v.len = param->len - (sizeof(name) - 1), 1))
+
+    if (ngx_paygw_is("provider=")) {
+        return NGX_CONF_OK;             /* ngx_http_paygw_channel_provider */
+    }
 
     if (ngx_paygw_is("location=")) {
         ch->location = v;
@@ -259,44 +357,75 @@ ngx_http_paygw_channel_secret(ngx_conf_t *cf, ngx_http_paygw_channel_t *ch,
 
 
 /*
- * After the http block: a fallback names another configured channel of
- * the same kind of payment (QR codes: a card payment cannot become one).
+ * After the http block: each channel gets its slot in paygw_zone (the
+ * fixed one of its name, or the next free one), and a fallback names
+ * another configured channel of the same kind of payment (QR codes: a
+ * card payment cannot become one).
  */
 
 char *
 ngx_http_paygw_channels_init(ngx_conf_t *cf, ngx_http_paygw_main_conf_t *pmcf)
 {
-    ngx_uint_t                 i, j;
+    ngx_int_t                  fixed;
+    ngx_uint_t                 i, next;
     ngx_http_paygw_channel_t  *ch;
 
+    ngx_http_paygw_provider_slots(pmcf->slot_names);
+
     ch = pmcf->channels.elts;
+    next = NGX_HTTP_PAYGW_FIXED_SLOTS;
 
     for (i = 0; i < pmcf->channels.nelts; i++) {
+        fixed = ngx_http_paygw_provider_slot(&ch[i].name);
 
-        if (ch[i].fallback_name.len == 0) {
-            continue;
-        }
+        ch[i].slot = (fixed == NGX_DECLINED) ? next++ : (ngx_uint_t) fixed;
+        pmcf->slot_names[ch[i].slot] = ch[i].name;
+    }
 
-        for (j = 0; j < pmcf->channels.nelts; j++) {
-            if (j != i
-                && ch[j].name.len == ch[i].fallback_name.len
-                && ngx_strncmp(ch[j].name.data, ch[i].fallback_name.data,
-                               ch[j].name.len) == 0)
-            {
-                ch[i].fallback = &ch[j];
-            }
-        }
-
-        if (ch[i].fallback == NULL
-            || ch[i].provider == &ngx_http_paygw_bank_provider
-            || ch[i].fallback->provider == &ngx_http_paygw_bank_provider)
+    for (i = 0; i < pmcf->channels.nelts; i++) {
+        if (ngx_http_paygw_channel_fallback(cf, pmcf, &ch[i])
+            != NGX_CONF_OK)
         {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "paygw_channel \"%V\": fallback=%V must name "
-                               "another configured QR channel (alipay, "
-                               "wechat)", &ch[i].name, &ch[i].fallback_name);
             return NGX_CONF_ERROR;
         }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_paygw_channel_fallback(ngx_conf_t *cf,
+    ngx_http_paygw_main_conf_t *pmcf, ngx_http_paygw_channel_t *ch)
+{
+    ngx_uint_t                 j;
+    ngx_http_paygw_channel_t  *other;
+
+    if (ch->fallback_name.len == 0) {
+        return NGX_CONF_OK;
+    }
+
+    other = pmcf->channels.elts;
+
+    for (j = 0; j < pmcf->channels.nelts; j++) {
+        if (&other[j] != ch
+            && other[j].name.len == ch->fallback_name.len
+            && ngx_strncmp(other[j].name.data, ch->fallback_name.data,
+                           other[j].name.len) == 0)
+        {
+            ch->fallback = &other[j];
+        }
+    }
+
+    if (ch->fallback == NULL
+        || ch->provider->kind != NGX_HTTP_PAYGW_KIND_QR
+        || ch->fallback->provider->kind != NGX_HTTP_PAYGW_KIND_QR)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "paygw_channel \"%V\": fallback=%V must name "
+                           "another configured QR channel (alipay, "
+                           "wechat)", &ch->name, &ch->fallback_name);
+        return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;
@@ -384,6 +513,38 @@ ngx_http_paygw_channel_find(ngx_http_request_t *r, ngx_str_t *name)
     }
 
     return NULL;
+}
+
+
+/*
+ * At configuration time, for paygw_policy: a provider's name, or a
+ * channel configured before.
+ */
+
+ngx_int_t
+ngx_http_paygw_channel_known(ngx_conf_t *cf, ngx_str_t *name)
+{
+    ngx_uint_t                   i;
+    ngx_http_paygw_channel_t    *ch;
+    ngx_http_paygw_main_conf_t  *pmcf;
+
+    if (ngx_http_paygw_provider_find(name)) {
+        return NGX_OK;
+    }
+
+    pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_paygw_module);
+
+    ch = pmcf->channels.elts;
+
+    for (i = 0; i < pmcf->channels.nelts; i++) {
+        if (ch[i].name.len == name->len
+            && ngx_strncmp(ch[i].name.data, name->data, name->len) == 0)
+        {
+            return NGX_OK;
+        }
+    }
+
+    return NGX_DECLINED;
 }
 
 

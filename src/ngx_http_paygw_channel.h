@@ -9,23 +9,45 @@
 #define _NGX_HTTP_PAYGW_CHANNEL_H_INCLUDED_
 
 
-#include "ngx_http_paygw_api.h"
+#include "ngx_http_paygw_types.h"
 #include <openssl/evp.h>
 
 
 #define NGX_HTTP_PAYGW_CALL_PROVIDER  3
 
 
+/* what a payment is at a provider: a card charge or a QR code */
+
+typedef enum {
+    NGX_HTTP_PAYGW_KIND_CARD = 1,
+    NGX_HTTP_PAYGW_KIND_QR
+} ngx_http_paygw_kind_e;
+
+
 /*
- * A provider's protocol: each call sends one request (a subrequest) and
- * each outcome reads its answer into ctx->outcome.  close is NULL where
+ * A provider: a row of the registry (ngx_http_paygw_providers.c).  Its
+ * name is what "paygw_channel NAME" or "provider=NAME" selects; a
+ * channel named after a provider that has a fixed zone slot (the first
+ * three) counts in that slot, any other channel gets a slot of its own.
+ *
+ * Its protocol: each call sends one request (a subrequest) and each
+ * outcome reads its answer into ctx->outcome.  close is NULL where
  * nothing can be closed at the provider (bank cards settle at once).
+ * Callbacks are answered with notify_ok / notify_fail as text when
+ * these are set, else with 204 / a JSON error.
  */
 
 typedef void (*ngx_http_paygw_outcome_pt)(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 
 typedef struct {
+    ngx_str_t                     name;
+    ngx_http_paygw_kind_e         kind;
+    ngx_str_t                     currency;      /* the only one; "": any */
+    ngx_int_t                     slot;          /* fixed, or -1 */
+    ngx_str_t                     notify_ok;
+    ngx_str_t                     notify_fail;
+
     ngx_http_paygw_step_pt        charge;        /* precreate, native, charge */
     ngx_http_paygw_step_pt        query;
     ngx_http_paygw_step_pt        close;
@@ -51,8 +73,9 @@ typedef struct {
 
 
 struct ngx_http_paygw_channel_s {
-    ngx_str_t                     name;
+    ngx_str_t                     name;          /* in the API and metrics */
     ngx_http_paygw_provider_t    *provider;
+    ngx_uint_t                    slot;          /* in paygw_zone */
     ngx_str_t                     location;      /* internal, proxy_pass */
     ngx_str_t                     merchant;      /* our id at the provider */
     ngx_str_t                     secret;        /* HMAC; WeChat APIv3 key */
@@ -101,6 +124,13 @@ typedef struct {
 char *ngx_http_paygw_channel(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_http_paygw_channel_t *ngx_http_paygw_channel_find(ngx_http_request_t *r,
     ngx_str_t *name);
+ngx_int_t ngx_http_paygw_channel_known(ngx_conf_t *cf, ngx_str_t *name);
+
+/* ngx_http_paygw_providers.c: the registry */
+ngx_http_paygw_provider_t *ngx_http_paygw_provider_find(ngx_str_t *name);
+ngx_int_t ngx_http_paygw_provider_slot(ngx_str_t *name);
+void ngx_http_paygw_provider_slots(ngx_str_t *slot_names);
+u_char *ngx_http_paygw_provider_names(u_char *p, u_char *last);
 
 ngx_http_paygw_provider_call_t *ngx_http_paygw_provider_create(
     ngx_http_request_t *r, const char *method);
@@ -143,11 +173,6 @@ ngx_int_t ngx_http_paygw_wechat_verify(ngx_pool_t *pool, ngx_array_t *keys,
 ngx_int_t ngx_http_paygw_wechat_resource(ngx_pool_t *pool,
     ngx_str_t *apiv3_key, ngx_str_t *body, ngx_str_t *event_type,
     ngx_str_t *plain, const char **why);
-
-/* the providers: ngx_http_paygw_bank.c, _alipay.c, _wechat.c */
-extern ngx_http_paygw_provider_t  ngx_http_paygw_bank_provider;
-extern ngx_http_paygw_provider_t  ngx_http_paygw_alipay_provider;
-extern ngx_http_paygw_provider_t  ngx_http_paygw_wechat_provider;
 
 /* shared by the providers' outcome readers */
 void ngx_http_paygw_outcome_unknown(ngx_http_paygw_outcome_t *out,

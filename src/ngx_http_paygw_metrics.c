@@ -11,11 +11,11 @@
  */
 
 
-#include "ngx_http_paygw_api.h"
+#include "ngx_http_paygw_types.h"
 #include "ngx_http_paygw_metrics.h"
 
 
-#define NGX_HTTP_PAYGW_METRICS_MAX  (64 * 1024)
+#define NGX_HTTP_PAYGW_METRICS_MAX  (128 * 1024)
 
 
 static ngx_int_t ngx_http_paygw_metrics_handler(ngx_http_request_t *r);
@@ -25,9 +25,14 @@ static u_char *ngx_http_paygw_m_render_channels(u_char *p, u_char *last,
     ngx_http_paygw_shctx_t *sh);
 static u_char *ngx_http_paygw_m_render_counts(u_char *p, u_char *last,
     ngx_http_paygw_shctx_t *sh);
+static u_char *ngx_http_paygw_m_render_gateway(u_char *p, u_char *last,
+    ngx_http_paygw_shctx_t *sh);
 static ngx_int_t ngx_http_paygw_log_handler(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_paygw_m_code(ngx_uint_t status);
-static ngx_uint_t ngx_http_paygw_m_channel_index(ngx_str_t *channel);
+static ngx_uint_t ngx_http_paygw_m_channel_index(ngx_http_request_t *r,
+    ngx_str_t *channel);
+static const char *ngx_http_paygw_m_channel_label(ngx_http_paygw_shctx_t *sh,
+    ngx_uint_t slot);
 static void ngx_http_paygw_m_observe(ngx_http_paygw_hist_t *h, ngx_msec_t ms);
 static u_char *ngx_http_paygw_m_hist(u_char *p, u_char *last,
     const char *name, const char *label, const char *value,
@@ -46,10 +51,6 @@ static const char  *ngx_http_paygw_m_api[NGX_HTTP_PAYGW_M_APIS] = {
 static ngx_uint_t  ngx_http_paygw_m_codes[NGX_HTTP_PAYGW_M_CODES - 1] = {
     200, 201, 202, 204, 400, 401, 403, 404, 405, 409, 413, 422, 429,
     500, 502, 503, 504
-};
-
-static const char  *ngx_http_paygw_m_channels[NGX_HTTP_PAYGW_M_CHANNELS] = {
-    "bank_card", "alipay", "wechat", "other"
 };
 
 static const char  *ngx_http_paygw_m_results[NGX_HTTP_PAYGW_M_RESULTS] = {
@@ -193,7 +194,7 @@ ngx_http_paygw_m_payment(ngx_http_request_t *r, ngx_str_t *channel,
     }
 
     (void) ngx_atomic_fetch_add(
-        &m->payments[ngx_http_paygw_m_channel_index(channel)][i], 1);
+        &m->payments[ngx_http_paygw_m_channel_index(r, channel)][i], 1);
 }
 
 
@@ -209,7 +210,7 @@ ngx_http_paygw_m_channel(ngx_http_request_t *r, ngx_str_t *channel,
         return;
     }
 
-    c = ngx_http_paygw_m_channel_index(channel);
+    c = ngx_http_paygw_m_channel_index(r, channel);
 
     (void) ngx_atomic_fetch_add(&m->channel_requests[c][result], 1);
 
@@ -253,7 +254,7 @@ ngx_http_paygw_m_callback(ngx_http_request_t *r, ngx_str_t *channel,
 
     if (m) {
         (void) ngx_atomic_fetch_add(
-            &m->callbacks[ngx_http_paygw_m_channel_index(channel)]
+            &m->callbacks[ngx_http_paygw_m_channel_index(r, channel)]
                          [accepted ? 0 : 1], 1);
     }
 }
@@ -287,21 +288,40 @@ ngx_http_paygw_m_code(ngx_uint_t status)
 }
 
 
-static ngx_uint_t
-ngx_http_paygw_m_channel_index(ngx_str_t *channel)
-{
-    ngx_uint_t  i;
+/* the channel's slot in the zone (ngx_http_paygw.h) */
 
-    for (i = 0; i < NGX_HTTP_PAYGW_M_CHANNELS - 1; i++) {
-        if (channel && ngx_strlen(ngx_http_paygw_m_channels[i]) == channel->len
-            && ngx_strncmp(ngx_http_paygw_m_channels[i], channel->data,
-                           channel->len) == 0)
+static ngx_uint_t
+ngx_http_paygw_m_channel_index(ngx_http_request_t *r, ngx_str_t *channel)
+{
+    ngx_str_t                   *name;
+    ngx_uint_t                   i;
+    ngx_http_paygw_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_paygw_module);
+    name = pmcf->slot_names;
+
+    for (i = 0; channel && i < NGX_HTTP_PAYGW_SLOT_OTHER; i++) {
+        if (name[i].len && name[i].len == channel->len
+            && ngx_strncmp(name[i].data, channel->data, channel->len) == 0)
         {
             return i;
         }
     }
 
-    return NGX_HTTP_PAYGW_M_CHANNELS - 1;
+    return NGX_HTTP_PAYGW_SLOT_OTHER;
+}
+
+
+/* a slot's label, as the zone knows it (all workers agree); NULL: unused */
+
+static const char *
+ngx_http_paygw_m_channel_label(ngx_http_paygw_shctx_t *sh, ngx_uint_t slot)
+{
+    if (slot == NGX_HTTP_PAYGW_SLOT_OTHER) {
+        return "other";
+    }
+
+    return sh->slot_name[slot][0] ? (const char *) sh->slot_name[slot] : NULL;
 }
 
 
@@ -356,6 +376,7 @@ ngx_http_paygw_metrics_handler(ngx_http_request_t *r)
     p = ngx_http_paygw_m_render_api(p, last, m);
     p = ngx_http_paygw_m_render_channels(p, last, sh);
     p = ngx_http_paygw_m_render_counts(p, last, sh);
+    p = ngx_http_paygw_m_render_gateway(p, last, sh);
 
     body.len = p - body.data;
 
@@ -423,6 +444,7 @@ ngx_http_paygw_m_render_channels(u_char *p, u_char *last,
     ngx_http_paygw_shctx_t *sh)
 {
     ngx_uint_t                 i, j;
+    const char                *ch;
     ngx_http_paygw_metrics_t  *m;
 
     m = &sh->m;
@@ -431,12 +453,13 @@ ngx_http_paygw_m_render_channels(u_char *p, u_char *last,
                    "Payments reaching a status, by channel.");
 
     for (i = 0; i < NGX_HTTP_PAYGW_M_CHANNELS; i++) {
-        for (j = 0; j < NGX_HTTP_PAYGW_M_STATUSES; j++) {
+        ch = ngx_http_paygw_m_channel_label(sh, i);
+
+        for (j = 0; ch && j < NGX_HTTP_PAYGW_M_STATUSES; j++) {
             if (m->payments[i][j]) {
                 p = ngx_slprintf(p, last, "paygw_payments_total"
                                  "{channel=\"%s\",status=\"%V\"} %uA\n",
-                                 ngx_http_paygw_m_channels[i],
-                                 ngx_http_paygw_status_name(j + 1),
+                                 ch, ngx_http_paygw_status_name(j + 1),
                                  m->payments[i][j]);
             }
         }
@@ -446,12 +469,13 @@ ngx_http_paygw_m_render_channels(u_char *p, u_char *last,
                    "Calls to providers, by channel and result.");
 
     for (i = 0; i < NGX_HTTP_PAYGW_M_CHANNELS; i++) {
-        for (j = 0; j < NGX_HTTP_PAYGW_M_RESULTS; j++) {
+        ch = ngx_http_paygw_m_channel_label(sh, i);
+
+        for (j = 0; ch && j < NGX_HTTP_PAYGW_M_RESULTS; j++) {
             if (m->channel_requests[i][j]) {
                 p = ngx_slprintf(p, last, "paygw_channel_requests_total"
                                  "{channel=\"%s\",result=\"%s\"} %uA\n",
-                                 ngx_http_paygw_m_channels[i],
-                                 ngx_http_paygw_m_results[j],
+                                 ch, ngx_http_paygw_m_results[j],
                                  m->channel_requests[i][j]);
             }
         }
@@ -461,33 +485,40 @@ ngx_http_paygw_m_render_channels(u_char *p, u_char *last,
                    "Time providers took to answer.");
 
     for (i = 0; i < NGX_HTTP_PAYGW_M_CHANNELS; i++) {
-        if (m->channel_duration[i].count) {
+        ch = ngx_http_paygw_m_channel_label(sh, i);
+
+        if (ch && m->channel_duration[i].count) {
             p = ngx_http_paygw_m_hist(p, last,
                                       "paygw_channel_duration_seconds",
-                                      "channel", ngx_http_paygw_m_channels[i],
-                                      &m->channel_duration[i]);
+                                      "channel", ch, &m->channel_duration[i]);
         }
     }
 
     ngx_paygw_head("paygw_circuit_state", "gauge",
                    "Circuit breaker: 0 closed, 1 open, 2 half-open.");
 
-    for (i = 0; i < NGX_HTTP_PAYGW_M_CHANNELS - 1; i++) {
-        p = ngx_slprintf(p, last, "paygw_circuit_state{channel=\"%s\"} %ui\n",
-                         ngx_http_paygw_m_channels[i], sh->breaker[i].state);
+    for (i = 0; i < NGX_HTTP_PAYGW_SLOT_OTHER; i++) {
+        ch = ngx_http_paygw_m_channel_label(sh, i);
+
+        if (ch) {
+            p = ngx_slprintf(p, last,
+                             "paygw_circuit_state{channel=\"%s\"} %ui\n",
+                             ch, sh->breaker[i].state);
+        }
     }
 
     return p;
 }
 
 
-/* the counters of everything else */
+/* idempotency, callbacks, backends, reconciliation */
 
 static u_char *
 ngx_http_paygw_m_render_counts(u_char *p, u_char *last,
     ngx_http_paygw_shctx_t *sh)
 {
     ngx_uint_t                 i;
+    const char                *ch;
     ngx_http_paygw_metrics_t  *m;
 
     m = &sh->m;
@@ -506,14 +537,17 @@ ngx_http_paygw_m_render_counts(u_char *p, u_char *last,
     ngx_paygw_head("paygw_callbacks_total", "counter",
                    "Provider callbacks, by channel and result.");
 
-    for (i = 0; i < NGX_HTTP_PAYGW_M_CHANNELS - 1; i++) {
-        p = ngx_slprintf(p, last,
-                         "paygw_callbacks_total{channel=\"%s\","
-                         "result=\"accepted\"} %uA\n"
-                         "paygw_callbacks_total{channel=\"%s\","
-                         "result=\"rejected\"} %uA\n",
-                         ngx_http_paygw_m_channels[i], m->callbacks[i][0],
-                         ngx_http_paygw_m_channels[i], m->callbacks[i][1]);
+    for (i = 0; i < NGX_HTTP_PAYGW_SLOT_OTHER; i++) {
+        ch = ngx_http_paygw_m_channel_label(sh, i);
+
+        if (ch) {
+            p = ngx_slprintf(p, last,
+                             "paygw_callbacks_total{channel=\"%s\","
+                             "result=\"accepted\"} %uA\n"
+                             "paygw_callbacks_total{channel=\"%s\","
+                             "result=\"rejected\"} %uA\n",
+                             ch, m->callbacks[i][0], ch, m->callbacks[i][1]);
+        }
     }
 
     ngx_paygw_head("paygw_backend_errors_total", "counter",
@@ -527,12 +561,30 @@ ngx_http_paygw_m_render_counts(u_char *p, u_char *last,
     ngx_paygw_head("paygw_reconciliation_differences", "gauge",
                    "Differences found by the last reconciliation.");
 
-    for (i = 0; i < NGX_HTTP_PAYGW_M_CHANNELS - 1; i++) {
-        p = ngx_slprintf(p, last,
-                         "paygw_reconciliation_differences{channel=\"%s\"} "
-                         "%uA\n", ngx_http_paygw_m_channels[i],
-                         m->reconciliation_diffs[i]);
+    for (i = 0; i < NGX_HTTP_PAYGW_SLOT_OTHER; i++) {
+        ch = ngx_http_paygw_m_channel_label(sh, i);
+
+        if (ch) {
+            p = ngx_slprintf(p, last,
+                             "paygw_reconciliation_differences"
+                             "{channel=\"%s\"} %uA\n",
+                             ch, m->reconciliation_diffs[i]);
+        }
     }
+
+    return p;
+}
+
+
+/* risk, webhooks, and the gateway itself: zone, health checks */
+
+static u_char *
+ngx_http_paygw_m_render_gateway(u_char *p, u_char *last,
+    ngx_http_paygw_shctx_t *sh)
+{
+    ngx_http_paygw_metrics_t  *m;
+
+    m = &sh->m;
 
     ngx_paygw_head("paygw_risk_decisions_total", "counter",
                    "Risk rule decisions.");

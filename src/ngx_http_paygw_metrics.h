@@ -1,8 +1,7 @@
 
 /*
- * paygw: metrics, kept in paygw_zone as fixed arrays of atomic counters:
- * every label takes its value from a closed set, so memory is bounded
- * whatever clients send, and all workers add into the same counters.
+ * paygw: counting into the metrics of paygw_zone (ngx_http_paygw_zone.h),
+ * which all workers add into.
  */
 
 
@@ -10,21 +9,14 @@
 #define _NGX_HTTP_PAYGW_METRICS_H_INCLUDED_
 
 
-#include "ngx_http_paygw.h"
+#include "ngx_http_paygw_zone.h"
 #include "ngx_http_paygw_states.h"
 
 
-#define NGX_HTTP_PAYGW_M_APIS          12   /* see ngx_http_paygw_m_api */
 #define NGX_HTTP_PAYGW_M_API_OTHER     0    /* 1-8: NGX_HTTP_PAYGW_API_* */
 #define NGX_HTTP_PAYGW_M_API_HEALTH    9
 #define NGX_HTTP_PAYGW_M_API_READY     10
 #define NGX_HTTP_PAYGW_M_API_METRICS   11
-
-#define NGX_HTTP_PAYGW_M_CODES         18
-#define NGX_HTTP_PAYGW_M_CHANNELS      4    /* bank_card alipay wechat other */
-#define NGX_HTTP_PAYGW_M_STATUSES      8   /* ngx_http_paygw_status_e - 1 */
-#define NGX_HTTP_PAYGW_M_RESULTS       5
-#define NGX_HTTP_PAYGW_M_BUCKETS       14
 
 #define NGX_HTTP_PAYGW_M_RESULT_OK            0
 #define NGX_HTTP_PAYGW_M_RESULT_CLIENT_ERROR  1
@@ -39,54 +31,6 @@
 
 #define NGX_HTTP_PAYGW_M_BACKEND_REDIS  0
 #define NGX_HTTP_PAYGW_M_BACKEND_MYSQL  1
-
-#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670004
-
-
-typedef struct {
-    ngx_atomic_t                  bucket[NGX_HTTP_PAYGW_M_BUCKETS];
-    ngx_atomic_t                  sum_us;
-    ngx_atomic_t                  count;
-} ngx_http_paygw_hist_t;
-
-
-typedef struct {
-    ngx_atomic_t                  requests[NGX_HTTP_PAYGW_M_APIS]
-                                          [NGX_HTTP_PAYGW_M_CODES];
-    ngx_http_paygw_hist_t         duration[NGX_HTTP_PAYGW_M_APIS];
-    ngx_atomic_t                  payments[NGX_HTTP_PAYGW_M_CHANNELS]
-                                          [NGX_HTTP_PAYGW_M_STATUSES];
-    ngx_atomic_t                  channel_requests[NGX_HTTP_PAYGW_M_CHANNELS]
-                                                  [NGX_HTTP_PAYGW_M_RESULTS];
-    ngx_http_paygw_hist_t         channel_duration[NGX_HTTP_PAYGW_M_CHANNELS];
-    ngx_atomic_t                  idempotency[4];
-    ngx_atomic_t                  callbacks[NGX_HTTP_PAYGW_M_CHANNELS][2];
-    ngx_atomic_t                  backend_errors[2];
-    ngx_atomic_t                  reconciliation_diffs
-                                      [NGX_HTTP_PAYGW_M_CHANNELS];
-    ngx_atomic_t                  risk_decisions[2];
-    ngx_atomic_t                  webhook_deliveries[3];
-} ngx_http_paygw_metrics_t;
-
-
-typedef struct {
-    ngx_uint_t                    state;
-    ngx_uint_t                    failures;
-    ngx_msec_t                    opened_at;
-    ngx_msec_t                    probe_at;
-} ngx_http_paygw_breaker_t;
-
-
-struct ngx_http_paygw_shctx_s {
-    ngx_uint_t                    layout;        /* of this struct */
-    ngx_atomic_t                  reloads;
-    ngx_atomic_t                  health_requests;
-    ngx_atomic_t                  ready_requests;
-    ngx_atomic_t                  ready_failures;
-    time_t                        created;
-    ngx_http_paygw_metrics_t      m;
-    ngx_http_paygw_breaker_t      breaker[NGX_HTTP_PAYGW_M_CHANNELS];
-};
 
 
 void ngx_http_paygw_m_request(ngx_http_request_t *r, ngx_uint_t api);

@@ -8,57 +8,16 @@
  * MYSQL_WAIT_*, continued with *_cont() from nginx events on the
  * library's own socket; nginx never reads or writes that socket
  * itself, it only watches it.  Timers bound every wait.  A connection
- * goes back to the pool only when its last operation completed; one
- * interrupted mid-operation is shut down and closed, never reused.
+ * goes back to the pool (ngx_http_paygw_mysql_pool.c) only when its last
+ * operation completed; one interrupted mid-operation is shut down and
+ * closed, never reused.
  */
 
 
-#include "ngx_http_paygw_mysql.h"
+#include "ngx_http_paygw_mysql_conn.h"
 #include <errmsg.h>
 
 
-#define NGX_HTTP_PAYGW_MYSQL_FREE      0
-#define NGX_HTTP_PAYGW_MYSQL_CONNECT   1
-#define NGX_HTTP_PAYGW_MYSQL_QUERY     2
-#define NGX_HTTP_PAYGW_MYSQL_STORE     3
-#define NGX_HTTP_PAYGW_MYSQL_ROLLBACK  4
-#define NGX_HTTP_PAYGW_MYSQL_IDLE      5
-
-/* "nothing to wait for": the op finished or moved elsewhere */
-#define NGX_HTTP_PAYGW_MYSQL_STOP      -1
-
-
-struct ngx_http_paygw_mysql_conn_s {
-    MYSQL                        *mysql;
-    ngx_connection_t             *c;
-    ngx_http_paygw_mysql_srv_t   *srv;
-    ngx_http_paygw_mysql_op_t    *op;
-    ngx_queue_t                   queue;
-    ngx_event_t                   connect_timer;
-    ngx_event_t                   lib_timer;
-    ngx_uint_t                    state;
-    int                           wait;
-
-    MYSQL                        *ret_mysql;
-    int                           ret_int;
-    MYSQL_RES                    *ret_res;
-
-    ngx_msec_t                    idle_since;
-
-    unsigned                      reused:1;
-};
-
-
-typedef struct {
-    ngx_event_t                   wake;
-} ngx_http_paygw_mysql_worker_t;
-
-
-static void ngx_http_paygw_mysql_init_srv(ngx_http_paygw_mysql_srv_t *srv);
-static void ngx_http_paygw_mysql_dispatch(ngx_http_paygw_mysql_op_t *op);
-static ngx_http_paygw_mysql_conn_t *ngx_http_paygw_mysql_get_idle(
-    ngx_http_paygw_mysql_srv_t *srv);
-static void ngx_http_paygw_mysql_connect(ngx_http_paygw_mysql_op_t *op);
 static void ngx_http_paygw_mysql_attach(ngx_http_paygw_mysql_conn_t *mc,
     ngx_http_paygw_mysql_op_t *op);
 static void ngx_http_paygw_mysql_progress(ngx_http_paygw_mysql_conn_t *mc,
@@ -82,12 +41,6 @@ static void ngx_http_paygw_mysql_lib_timeout(ngx_event_t *ev);
 static void ngx_http_paygw_mysql_connect_timeout(ngx_event_t *ev);
 static void ngx_http_paygw_mysql_resume(ngx_http_paygw_mysql_conn_t *mc,
     int events);
-static void ngx_http_paygw_mysql_release(ngx_http_paygw_mysql_conn_t *mc);
-static void ngx_http_paygw_mysql_idle_handler(ngx_http_paygw_mysql_conn_t *mc,
-    ngx_event_t *ev);
-static ngx_int_t ngx_http_paygw_mysql_alive(ngx_connection_t *c);
-static void ngx_http_paygw_mysql_close(ngx_http_paygw_mysql_conn_t *mc);
-static void ngx_http_paygw_mysql_wake(ngx_event_t *ev);
 static void ngx_http_paygw_mysql_op_timeout(ngx_event_t *ev);
 static void ngx_http_paygw_mysql_cleanup(void *data);
 static void ngx_http_paygw_mysql_finish(ngx_http_paygw_mysql_op_t *op);
@@ -283,112 +236,7 @@ ngx_http_paygw_mysql_handler(ngx_http_request_t *r)
 }
 
 
-static void
-ngx_http_paygw_mysql_init_srv(ngx_http_paygw_mysql_srv_t *srv)
-{
-    ngx_http_paygw_mysql_worker_t  *w;
-
-    /* configuration memory is private to each worker after fork */
-
-    ngx_queue_init(&srv->idle);
-    ngx_queue_init(&srv->waiting);
-    srv->nconns = 0;
-    srv->initialized = 1;
-
-    w = ngx_pcalloc(ngx_cycle->pool, sizeof(ngx_http_paygw_mysql_worker_t));
-    if (w == NULL) {
-        return;
-    }
-
-    w->wake.handler = ngx_http_paygw_mysql_wake;
-    w->wake.data = srv;
-    w->wake.log = ngx_cycle->log;
-
-    srv->wake = &w->wake;
-}
-
-
-static void
-ngx_http_paygw_mysql_dispatch(ngx_http_paygw_mysql_op_t *op)
-{
-    ngx_http_paygw_mysql_conn_t  *mc;
-    ngx_http_paygw_mysql_srv_t   *srv;
-
-    srv = op->srv;
-
-    mc = ngx_http_paygw_mysql_get_idle(srv);
-
-    if (mc) {
-        ngx_http_paygw_mysql_attach(mc, op);
-        mc->reused = 1;
-
-        op->step = 0;
-        op->in_transaction = 0;
-
-        ngx_http_paygw_mysql_progress(mc, ngx_http_paygw_mysql_start_step(mc));
-        return;
-    }
-
-    if (srv->nconns < srv->max_conns) {
-        ngx_http_paygw_mysql_connect(op);
-        return;
-    }
-
-    /* the pool is busy: wait in line, bounded by the op's timer */
-
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, op->request->connection->log, 0,
-                   "paygw mysql: all %ui connections busy, waiting",
-                   srv->max_conns);
-
-    ngx_queue_insert_tail(&srv->waiting, &op->queue);
-    op->queued = 1;
-}
-
-
-static ngx_http_paygw_mysql_conn_t *
-ngx_http_paygw_mysql_get_idle(ngx_http_paygw_mysql_srv_t *srv)
-{
-    ngx_queue_t                  *q;
-    ngx_http_paygw_mysql_conn_t  *mc;
-
-    while (!ngx_queue_empty(&srv->idle)) {
-
-        /* most recently used first: the rest may time out and go */
-
-        q = ngx_queue_head(&srv->idle);
-        ngx_queue_remove(q);
-
-        mc = ngx_queue_data(q, ngx_http_paygw_mysql_conn_t, queue);
-
-        mc->state = NGX_HTTP_PAYGW_MYSQL_FREE;
-        mc->c->idle = 0;
-
-        if (mc->c->read->timer_set) {
-            ngx_del_timer(mc->c->read);
-        }
-
-        /*
-         * The server may have gone away since.  A connection idle for a
-         * moment is probed (one non-blocking peek); a hot one is not: the
-         * idle handler would have seen its EOF, and a transaction that
-         * still meets a lost connection is retried once.
-         */
-
-        if (ngx_current_msec - mc->idle_since > 1000
-            && ngx_http_paygw_mysql_alive(mc->c) != NGX_OK)
-        {
-            ngx_http_paygw_mysql_close(mc);
-            continue;
-        }
-
-        return mc;
-    }
-
-    return NULL;
-}
-
-
-static void
+void
 ngx_http_paygw_mysql_connect(ngx_http_paygw_mysql_op_t *op)
 {
     int                           status;
@@ -478,6 +326,22 @@ ngx_http_paygw_mysql_attach(ngx_http_paygw_mysql_conn_t *mc,
 {
     mc->op = op;
     op->conn = mc;
+}
+
+
+/* an op on a connection from the pool: straight to its statements */
+
+void
+ngx_http_paygw_mysql_run(ngx_http_paygw_mysql_conn_t *mc,
+    ngx_http_paygw_mysql_op_t *op)
+{
+    ngx_http_paygw_mysql_attach(mc, op);
+    mc->reused = 1;
+
+    op->step = 0;
+    op->in_transaction = 0;
+
+    ngx_http_paygw_mysql_progress(mc, ngx_http_paygw_mysql_start_step(mc));
 }
 
 
@@ -1042,89 +906,7 @@ ngx_http_paygw_mysql_resume(ngx_http_paygw_mysql_conn_t *mc, int events)
 }
 
 
-/* the pool */
-
-
-static void
-ngx_http_paygw_mysql_release(ngx_http_paygw_mysql_conn_t *mc)
-{
-    ngx_http_paygw_mysql_srv_t  *srv;
-
-    srv = mc->srv;
-
-    if (mc->op) {
-        mc->op->conn = NULL;
-        mc->op = NULL;
-    }
-
-    if (ngx_exiting || ngx_terminate || mc->c == NULL) {
-        ngx_http_paygw_mysql_close(mc);
-        return;
-    }
-
-    mc->state = NGX_HTTP_PAYGW_MYSQL_IDLE;
-    mc->reused = 1;
-    mc->idle_since = ngx_current_msec;
-
-    ngx_queue_insert_head(&srv->idle, &mc->queue);
-
-    /* idle: closed on EOF, on timeout, or when nginx shuts down */
-
-    mc->c->idle = 1;
-    ngx_add_timer(mc->c->read, srv->idle_timeout);
-
-    if (!ngx_queue_empty(&srv->waiting) && srv->wake) {
-        ngx_post_event(srv->wake, &ngx_posted_events);
-    }
-}
-
-
-static void
-ngx_http_paygw_mysql_idle_handler(ngx_http_paygw_mysql_conn_t *mc,
-    ngx_event_t *ev)
-{
-    ngx_connection_t  *c;
-
-    c = mc->c;
-
-    if (c->close || ev->timedout
-        || ngx_http_paygw_mysql_alive(c) != NGX_OK)
-    {
-        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, 0,
-                       "paygw mysql: closing idle connection %d", c->fd);
-        ngx_http_paygw_mysql_close(mc);
-    }
-}
-
-
-static ngx_int_t
-ngx_http_paygw_mysql_alive(ngx_connection_t *c)
-{
-    int        n;
-    char       buf[1];
-    ngx_err_t  err;
-
-    /*
-     * An idle connection has nothing to read: EOF or data means gone.
-     * Connector/C leaves its socket blocking between operations, so
-     * the peek must not wait.
-     */
-
-    n = recv(c->fd, buf, 1, MSG_PEEK|MSG_DONTWAIT);
-
-    if (n == -1) {
-        err = ngx_socket_errno;
-
-        if (err == NGX_EAGAIN) {
-            return NGX_OK;
-        }
-    }
-
-    return NGX_ERROR;
-}
-
-
-static void
+void
 ngx_http_paygw_mysql_close(ngx_http_paygw_mysql_conn_t *mc)
 {
     ngx_socket_t                 fd;
@@ -1206,39 +988,6 @@ ngx_http_paygw_mysql_close(ngx_http_paygw_mysql_conn_t *mc)
 
     if (!ngx_queue_empty(&srv->waiting) && srv->wake) {
         ngx_post_event(srv->wake, &ngx_posted_events);
-    }
-}
-
-
-static void
-ngx_http_paygw_mysql_wake(ngx_event_t *ev)
-{
-    ngx_queue_t                 *q;
-    ngx_connection_t            *c;
-    ngx_http_paygw_mysql_op_t   *op;
-    ngx_http_paygw_mysql_srv_t  *srv;
-
-    srv = ev->data;
-
-    while (!ngx_queue_empty(&srv->waiting)
-           && (!ngx_queue_empty(&srv->idle) || srv->nconns < srv->max_conns))
-    {
-        q = ngx_queue_head(&srv->waiting);
-        ngx_queue_remove(q);
-
-        op = ngx_queue_data(q, ngx_http_paygw_mysql_op_t, queue);
-        op->queued = 0;
-
-        c = op->request->connection;
-
-        ngx_http_paygw_mysql_dispatch(op);
-
-        ngx_http_run_posted_requests(c);
-
-        if (op->queued) {
-            /* every idle connection proved dead: try again later */
-            break;
-        }
     }
 }
 
@@ -1345,32 +1094,3 @@ ngx_http_paygw_mysql_finish(ngx_http_paygw_mysql_op_t *op)
 }
 
 
-void
-ngx_http_paygw_mysql_exit_process(ngx_cycle_t *cycle)
-{
-    ngx_uint_t                    i;
-    ngx_queue_t                  *q;
-    ngx_http_paygw_main_conf_t   *pmcf;
-    ngx_http_paygw_mysql_srv_t  **srvp;
-    ngx_http_paygw_mysql_conn_t  *mc;
-
-    pmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_paygw_module);
-    if (pmcf == NULL) {
-        return;
-    }
-
-    srvp = pmcf->mysql_servers.elts;
-
-    for (i = 0; i < pmcf->mysql_servers.nelts; i++) {
-
-        if (!srvp[i]->initialized) {
-            continue;
-        }
-
-        while (!ngx_queue_empty(&srvp[i]->idle)) {
-            q = ngx_queue_head(&srvp[i]->idle);
-            mc = ngx_queue_data(q, ngx_http_paygw_mysql_conn_t, queue);
-            ngx_http_paygw_mysql_close(mc);
-        }
-    }
-}

@@ -297,10 +297,10 @@ ngx_http_paygw_notify_ack(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 
     ngx_http_paygw_m_callback(r, &ctx->channel->name, 1);
 
-    if (ctx->channel->provider == &ngx_http_paygw_alipay_provider) {
+    if (ctx->channel->provider->notify_ok.len) {
         ctx->status = NGX_HTTP_OK;
         ctx->content_type = &ngx_http_paygw_text_type;
-        ngx_str_set(&ctx->response, "success");
+        ctx->response = ctx->channel->provider->notify_ok;
         return NGX_OK;
     }
 
@@ -320,11 +320,11 @@ ngx_http_paygw_notify_refuse(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 
     ngx_http_paygw_m_callback(r, &ctx->channel->name, 0);
 
-    if (ctx->channel->provider == &ngx_http_paygw_alipay_provider) {
-        /* anything but "success" makes Alipay send it again later */
+    if (ctx->channel->provider->notify_fail.len) {
+        /* a provider that wants text, e.g. Alipay: it sends again later */
         ctx->status = status;
         ctx->content_type = &ngx_http_paygw_text_type;
-        ngx_str_set(&ctx->response, "fail");
+        ctx->response = ctx->channel->provider->notify_fail;
         return NGX_OK;
     }
 

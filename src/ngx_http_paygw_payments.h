@@ -13,7 +13,11 @@
 #define _NGX_HTTP_PAYGW_PAYMENTS_H_INCLUDED_
 
 
+#include "ngx_http_paygw_api.h"
 #include "ngx_http_paygw_channel.h"
+#include "ngx_http_paygw_render.h"
+#include "ngx_http_paygw_policy.h"
+#include "ngx_http_paygw_risk.h"
 
 
 ngx_int_t ngx_http_paygw_steps(ngx_http_request_t *r,

@@ -14,14 +14,17 @@
  *     reason="text shown in the 403"
  *
  * "amount" is the payment's on create and the refund's on refund; a rule
- * with amount= or channel= matches only requests that carry them.  The
+ * with amount= or channel= matches only requests that carry them.  A
+ * channel is a provider's name or a channel configured before.  The
  * file is compiled when the configuration is loaded ("nginx -t" reports
  * file:line), so "nginx -s reload" applies a new policy without dropping
  * a request.  Built-in limits stay: viewer keys only read.
  */
 
 
+#include "ngx_http_paygw_policy.h"
 #include "ngx_http_paygw_api.h"
+#include "ngx_http_paygw_channel.h"
 
 
 #define NGX_HTTP_PAYGW_ANY  0
@@ -31,7 +34,7 @@ typedef struct {
     ngx_uint_t                    allow;
     ngx_uint_t                    roles;        /* bit (1 << role) */
     ngx_uint_t                    apis;         /* bit (1 << api) */
-    ngx_uint_t                    channels;     /* bit (1 << index) */
+    ngx_array_t                  *channels;     /* ngx_str_t */
     ngx_array_t                  *keys;         /* ngx_str_t */
     ngx_array_t                  *merchants;    /* ngx_str_t */
     int64_t                       amount_le;    /* -1: no bound */
@@ -55,9 +58,11 @@ static ngx_int_t ngx_http_paygw_policy_bits(ngx_str_t *list,
     const char **names, ngx_uint_t n, ngx_uint_t *bits);
 static ngx_array_t *ngx_http_paygw_policy_list(ngx_conf_t *cf,
     ngx_str_t *list);
+static ngx_int_t ngx_http_paygw_policy_channels(ngx_conf_t *cf,
+    ngx_array_t *list);
 static ngx_int_t ngx_http_paygw_policy_in(ngx_array_t *list, ngx_str_t *v);
 static ngx_int_t ngx_http_paygw_policy_match(ngx_http_paygw_rule_t *rule,
-    ngx_http_paygw_ctx_t *ctx, ngx_uint_t role, ngx_uint_t channel,
+    ngx_http_paygw_ctx_t *ctx, ngx_uint_t role, ngx_str_t *channel,
     int64_t amount);
 
 
@@ -69,10 +74,6 @@ static const char  *ngx_http_paygw_policy_roles[] = {
 static const char  *ngx_http_paygw_policy_apis[] = {
     "", "create_payment", "get_payment", "find_payment", "refund",
     "get_refund", "close_payment", "resolve"
-};
-
-static const char  *ngx_http_paygw_policy_channels[] = {
-    "bank_card", "alipay", "wechat"
 };
 
 
@@ -264,8 +265,10 @@ ngx_http_paygw_policy_cond(ngx_conf_t *cf, ngx_http_paygw_rule_t *rule,
     }
 
     if (ngx_paygw_cond("channel=")) {
-        return ngx_http_paygw_policy_bits(&v, ngx_http_paygw_policy_channels,
-                                          3, &rule->channels) == NGX_OK
+        rule->channels = ngx_http_paygw_policy_list(cf, &v);
+        return (rule->channels
+                && ngx_http_paygw_policy_channels(cf, rule->channels)
+                   == NGX_OK)
                ? NGX_CONF_OK : "unknown channel in";
     }
 
@@ -390,7 +393,8 @@ ngx_int_t
 ngx_http_paygw_policy_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     int64_t                      amount;
-    ngx_uint_t                   i, channel;
+    ngx_str_t                   *channel;
+    ngx_uint_t                   i;
     ngx_http_paygw_rule_t       *rule;
     ngx_http_paygw_policy_t     *pol;
     ngx_http_paygw_main_conf_t  *pmcf;
@@ -402,24 +406,14 @@ ngx_http_paygw_policy_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NGX_OK;
     }
 
-    /* what the request carries: -1 / 0 when it carries nothing */
+    /* what the request carries: -1 / NULL when it carries nothing */
 
     amount = -1;
-    channel = 0;
+    channel = NULL;
 
     if (ctx->api == NGX_HTTP_PAYGW_API_CREATE) {
         amount = ctx->payment.amount;
-
-        for (i = 0; i < 3; i++) {
-            if (ctx->payment.channel.len
-                    == ngx_strlen(ngx_http_paygw_policy_channels[i])
-                && ngx_strncmp(ctx->payment.channel.data,
-                               ngx_http_paygw_policy_channels[i],
-                               ctx->payment.channel.len) == 0)
-            {
-                channel = (ngx_uint_t) 1 << i;
-            }
-        }
+        channel = &ctx->payment.channel;
 
     } else if (ctx->api == NGX_HTTP_PAYGW_API_REFUND) {
         amount = ctx->refund.amount;
@@ -452,7 +446,7 @@ ngx_http_paygw_policy_check(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
 static ngx_int_t
 ngx_http_paygw_policy_match(ngx_http_paygw_rule_t *rule,
-    ngx_http_paygw_ctx_t *ctx, ngx_uint_t role, ngx_uint_t channel,
+    ngx_http_paygw_ctx_t *ctx, ngx_uint_t role, ngx_str_t *channel,
     int64_t amount)
 {
     if (rule->roles && !(rule->roles & ((ngx_uint_t) 1 << role))) {
@@ -463,7 +457,10 @@ ngx_http_paygw_policy_match(ngx_http_paygw_rule_t *rule,
         return NGX_DECLINED;
     }
 
-    if (rule->channels && !(rule->channels & channel)) {
+    if (rule->channels
+        && (channel == NULL
+            || ngx_http_paygw_policy_in(rule->channels, channel) != NGX_OK))
+    {
         return NGX_DECLINED;
     }
 
@@ -486,6 +483,24 @@ ngx_http_paygw_policy_match(ngx_http_paygw_rule_t *rule,
 
     if (rule->amount_gt >= 0 && (amount < 0 || amount <= rule->amount_gt)) {
         return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_policy_channels(ngx_conf_t *cf, ngx_array_t *list)
+{
+    ngx_str_t   *s;
+    ngx_uint_t   i;
+
+    s = list->elts;
+
+    for (i = 0; i < list->nelts; i++) {
+        if (ngx_http_paygw_channel_known(cf, &s[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
     }
 
     return NGX_OK;

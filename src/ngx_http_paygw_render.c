@@ -1,11 +1,10 @@
 
 /*
- * paygw: the JSON objects the API answers with, identifiers and time.
+ * paygw: the JSON objects the API answers with.
  */
 
 
-#include "ngx_http_paygw_api.h"
-#include <openssl/rand.h>
+#include "ngx_http_paygw_render.h"
 
 
 static void ngx_http_paygw_set(json_t *doc, const char *name, ngx_str_t *v);
@@ -129,51 +128,4 @@ ngx_http_paygw_set(json_t *doc, const char *name, ngx_str_t *v)
     s = v->data ? json_stringn((char *) v->data, v->len) : NULL;
 
     json_object_set_new(doc, name, s ? s : json_null());
-}
-
-
-ngx_int_t
-ngx_http_paygw_random_no(ngx_pool_t *pool, char prefix, ngx_str_t *no)
-{
-    u_char  *p;
-    u_char   rnd[10];
-
-    /* a prefix and 80 random bits: unguessable, never reused */
-
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
-        return NGX_ERROR;
-    }
-
-    no->data = ngx_pnalloc(pool, 1 + 2 * sizeof(rnd));
-    if (no->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = no->data;
-    *p++ = prefix;
-    p = ngx_hex_dump(p, rnd, sizeof(rnd));
-    no->len = p - no->data;
-
-
-    return NGX_OK;
-}
-
-
-void
-ngx_http_paygw_now(ngx_pool_t *pool, ngx_str_t *iso)
-{
-    ngx_tm_t  tm;
-
-    iso->data = ngx_pnalloc(pool, sizeof("2006-01-02T15:04:05Z"));
-    if (iso->data == NULL) {
-        ngx_str_null(iso);
-        return;
-    }
-
-    ngx_gmtime(ngx_time(), &tm);
-
-    iso->len = ngx_sprintf(iso->data, "%4d-%02d-%02dT%02d:%02d:%02dZ",
-                           tm.ngx_tm_year, tm.ngx_tm_mon, tm.ngx_tm_mday,
-                           tm.ngx_tm_hour, tm.ngx_tm_min, tm.ngx_tm_sec)
-               - iso->data;
 }

@@ -7,6 +7,7 @@
  */
 
 
+#include "ngx_http_paygw_request.h"
 #include "ngx_http_paygw_api.h"
 #include "ngx_http_paygw_channel.h"
 
@@ -29,6 +30,10 @@ static ngx_int_t ngx_http_paygw_check_fields(ngx_http_request_t *r,
     const char *prefix);
 static ngx_int_t ngx_http_paygw_str(json_t *doc, const char *name,
     ngx_str_t *out);
+static ngx_int_t ngx_http_paygw_parse_options(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, json_t *doc);
+static ngx_int_t ngx_http_paygw_parse_channel(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, json_t *doc);
 static ngx_int_t ngx_http_paygw_parse_card(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, json_t *card);
 static ngx_int_t ngx_http_paygw_luhn(ngx_str_t *number);
@@ -240,8 +245,8 @@ ngx_http_paygw_identifier(ngx_str_t *s)
 ngx_int_t
 ngx_http_paygw_parse_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    char                      *meta;
-    json_t                    *doc, *v;
+    json_t                    *doc;
+    ngx_int_t                  rc;
     ngx_http_paygw_payment_t  *pay;
 
     doc = ngx_http_paygw_load(r, ctx);
@@ -288,6 +293,27 @@ ngx_http_paygw_parse_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
                    "invalid_request", "subject must be at most 256 bytes");
     }
+
+    rc = ngx_http_paygw_parse_options(r, ctx, doc);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    return ngx_http_paygw_parse_channel(r, ctx, doc);
+}
+
+
+/* what a create may add: notify_url, expire_seconds, metadata */
+
+static ngx_int_t
+ngx_http_paygw_parse_options(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    json_t *doc)
+{
+    char                      *meta;
+    json_t                    *v;
+    ngx_http_paygw_payment_t  *pay;
+
+    pay = &ctx->payment;
 
     if (pay->notify_url.data
         && (pay->notify_url.len > 1024
@@ -339,7 +365,26 @@ ngx_http_paygw_parse_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         }
     }
 
-    if (ngx_http_paygw_channel_find(r, &pay->channel) == NULL) {
+    return NGX_OK;
+}
+
+
+/* a configured channel, and what its provider's kind asks of a payment */
+
+static ngx_int_t
+ngx_http_paygw_parse_channel(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    json_t *doc)
+{
+    json_t                    *v;
+    ngx_int_t                  rc;
+    ngx_http_paygw_channel_t  *ch;
+    ngx_http_paygw_payment_t  *pay;
+
+    pay = &ctx->payment;
+
+    ch = ngx_http_paygw_channel_find(r, &pay->channel);
+
+    if (ch == NULL) {
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
                    "invalid_request", "channel \"%V\" is unknown or not "
                    "enabled", ngx_http_paygw_quote(r, &pay->channel));
@@ -347,32 +392,34 @@ ngx_http_paygw_parse_create(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     v = json_object_get(doc, "card");
 
-    if (pay->channel.len == 9
-        && ngx_strncmp(pay->channel.data, "bank_card", 9) == 0)
-    {
+    if (ch->provider->kind == NGX_HTTP_PAYGW_KIND_CARD) {
         if (v == NULL) {
             return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
-                       "invalid_request", "card is required for the "
-                       "bank_card channel");
+                       "invalid_request", "card is required for the %V "
+                       "channel", &ch->name);
         }
 
-        return ngx_http_paygw_parse_card(r, ctx, v);
-    }
+        rc = ngx_http_paygw_parse_card(r, ctx, v);
+        if (rc != NGX_OK) {
+            return rc;
+        }
 
-    if (v) {
+    } else if (v) {
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
                    "invalid_request", "card is only accepted for the "
                    "bank_card channel");
     }
 
-    /* Alipay and WeChat Pay QR payments (domestic) are in yuan */
+    /* a provider's only currency: QR payments (domestic) are in yuan */
 
-    if (pay->currency.len != 3
-        || ngx_strncmp(pay->currency.data, "CNY", 3) != 0)
+    if (ch->provider->currency.len
+        && (pay->currency.len != ch->provider->currency.len
+            || ngx_strncmp(pay->currency.data, ch->provider->currency.data,
+                           pay->currency.len) != 0))
     {
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
-                   "invalid_request", "currency must be CNY for the %V "
-                   "channel", &pay->channel);
+                   "invalid_request", "currency must be %V for the %V "
+                   "channel", &ch->provider->currency, &pay->channel);
     }
 
     return NGX_OK;

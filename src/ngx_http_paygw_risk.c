@@ -19,6 +19,7 @@
  */
 
 
+#include "ngx_http_paygw_risk.h"
 #include "ngx_http_paygw_api.h"
 #include <openssl/evp.h>
 #include <openssl/hmac.h>

@@ -10,6 +10,7 @@
 
 
 #include "ngx_http_paygw_store.h"
+#include "ngx_http_paygw_render.h"
 
 
 #define NGX_HTTP_PAYGW_ISO(col)                                              \

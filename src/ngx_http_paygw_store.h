@@ -9,7 +9,7 @@
 #define _NGX_HTTP_PAYGW_STORE_H_INCLUDED_
 
 
-#include "ngx_http_paygw_api.h"
+#include "ngx_http_paygw_types.h"
 
 
 ngx_int_t ngx_http_paygw_store_insert_payment(ngx_http_paygw_mysql_op_t *op,

@@ -16,7 +16,8 @@
  */
 
 
-#include "ngx_http_paygw_api.h"
+#include "ngx_http_paygw_types.h"
+#include "ngx_http_paygw_trace.h"
 #include <openssl/rand.h>
 
 

@@ -69,6 +69,13 @@ static char *ngx_http_paygw_wechat_check(ngx_conf_t *cf,
 
 
 ngx_http_paygw_provider_t  ngx_http_paygw_wechat_provider = {
+    ngx_string("wechat"),
+    NGX_HTTP_PAYGW_KIND_QR,
+    ngx_string("CNY"),                           /* domestic QR: yuan */
+    2,
+    ngx_null_string,
+    ngx_null_string,
+
     ngx_http_paygw_wechat_native,
     ngx_http_paygw_wechat_query,
     ngx_http_paygw_wechat_close,

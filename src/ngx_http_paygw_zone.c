@@ -3,23 +3,29 @@
  * paygw: the paygw_zone shared memory zone, created the way
  * ngx_http_limit_req_module creates its zones: a slab pool whose state
  * the new cycle adopts on "nginx -s reload", so counters and breakers
- * survive it.
+ * survive it.  A channel slot whose channel changed on reload (see
+ * ngx_http_paygw.h) starts afresh.
  *
  *     paygw_zone NAME:SIZE;
  */
 
 
-#include "ngx_http_paygw_metrics.h"
+#include "ngx_http_paygw_zone.h"
 
 
 typedef struct {
     ngx_http_paygw_shctx_t  *sh;
     ngx_slab_pool_t         *shpool;
+    ngx_str_t               *slot_names;   /* of the configuration */
 } ngx_http_paygw_zone_ctx_t;
 
 
 static ngx_int_t ngx_http_paygw_init_zone(ngx_shm_zone_t *shm_zone,
     void *data);
+static ngx_int_t ngx_http_paygw_zone_create(ngx_http_paygw_zone_ctx_t *ctx);
+static void ngx_http_paygw_zone_slots(ngx_http_paygw_zone_ctx_t *ctx);
+static void ngx_http_paygw_zone_clear(ngx_http_paygw_shctx_t *sh,
+    ngx_uint_t slot);
 
 
 char *
@@ -85,6 +91,9 @@ ngx_http_paygw_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    /* filled in after the http block, before the zone is initialized */
+    ctx->slot_names = pmcf->slot_names;
+
     pmcf->shm_zone->init = ngx_http_paygw_init_zone;
     pmcf->shm_zone->data = ctx;
 
@@ -110,39 +119,26 @@ ngx_http_paygw_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
         if (ctx->sh->layout == NGX_HTTP_PAYGW_M_LAYOUT) {
             (void) ngx_atomic_fetch_add(&ctx->sh->reloads, 1);
+            ngx_http_paygw_zone_slots(ctx);
             return NGX_OK;
         }
 
         /* a module built differently: its counters start afresh */
 
-        ctx->sh = ngx_slab_calloc(ctx->shpool,
-                                  sizeof(ngx_http_paygw_shctx_t));
-        if (ctx->sh == NULL) {
-            return NGX_ERROR;
-        }
-
-        ctx->shpool->data = ctx->sh;
-        ctx->sh->layout = NGX_HTTP_PAYGW_M_LAYOUT;
-        ctx->sh->created = ngx_time();
-
-        return NGX_OK;
+        return ngx_http_paygw_zone_create(ctx);
     }
 
     ctx->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
 
     if (shm_zone->shm.exists) {
         ctx->sh = ctx->shpool->data;
+        ngx_http_paygw_zone_slots(ctx);
         return NGX_OK;
     }
 
-    ctx->sh = ngx_slab_calloc(ctx->shpool, sizeof(ngx_http_paygw_shctx_t));
-    if (ctx->sh == NULL) {
+    if (ngx_http_paygw_zone_create(ctx) != NGX_OK) {
         return NGX_ERROR;
     }
-
-    ctx->shpool->data = ctx->sh;
-    ctx->sh->layout = NGX_HTTP_PAYGW_M_LAYOUT;
-    ctx->sh->created = ngx_time();
 
     len = sizeof(" in paygw_zone \"\"") + shm_zone->shm.name.len;
 
@@ -155,6 +151,81 @@ ngx_http_paygw_init_zone(ngx_shm_zone_t *shm_zone, void *data)
                 &shm_zone->shm.name);
 
     return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_zone_create(ngx_http_paygw_zone_ctx_t *ctx)
+{
+    ctx->sh = ngx_slab_calloc(ctx->shpool, sizeof(ngx_http_paygw_shctx_t));
+    if (ctx->sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->shpool->data = ctx->sh;
+    ctx->sh->layout = NGX_HTTP_PAYGW_M_LAYOUT;
+    ctx->sh->created = ngx_time();
+
+    ngx_http_paygw_zone_slots(ctx);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The channel each slot now counts for.  A slot that counted for another
+ * channel before this reload (or for none) starts afresh: its counters
+ * and its breaker are cleared.  Workers of the previous cycle may still
+ * add to it until they exit.
+ */
+
+static void
+ngx_http_paygw_zone_slots(ngx_http_paygw_zone_ctx_t *ctx)
+{
+    ngx_str_t               *name;
+    ngx_uint_t               i;
+    ngx_http_paygw_shctx_t  *sh;
+
+    sh = ctx->sh;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    for (i = 0; i < NGX_HTTP_PAYGW_SLOT_OTHER; i++) {
+        name = &ctx->slot_names[i];
+
+        if (ngx_strlen(sh->slot_name[i]) == name->len
+            && ngx_strncmp(sh->slot_name[i], name->data, name->len) == 0)
+        {
+            continue;
+        }
+
+        ngx_http_paygw_zone_clear(sh, i);
+
+        ngx_memcpy(sh->slot_name[i], name->data, name->len);
+        sh->slot_name[i][name->len] = '\0';
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+}
+
+
+static void
+ngx_http_paygw_zone_clear(ngx_http_paygw_shctx_t *sh, ngx_uint_t slot)
+{
+    ngx_http_paygw_metrics_t  *m;
+
+    m = &sh->m;
+
+    /* in the master, before any worker of this cycle counts */
+
+    ngx_memzero((void *) m->payments[slot], sizeof(m->payments[slot]));
+    ngx_memzero((void *) m->channel_requests[slot],
+                sizeof(m->channel_requests[slot]));
+    ngx_memzero(&m->channel_duration[slot], sizeof(ngx_http_paygw_hist_t));
+    ngx_memzero((void *) m->callbacks[slot], sizeof(m->callbacks[slot]));
+    m->reconciliation_diffs[slot] = 0;
+
+    ngx_memzero(&sh->breaker[slot], sizeof(ngx_http_paygw_breaker_t));
 }
 
 

@@ -74,6 +74,11 @@ static json_t *ngx_http_paygw_test_wechat_notify(ngx_http_request_t *r,
     json_t *spec);
 static json_t *ngx_http_paygw_test_crypto_op(ngx_http_request_t *r,
     json_t *spec);
+static json_t *ngx_http_paygw_test_rsa(ngx_http_request_t *r, json_t *spec,
+    ngx_uint_t sign);
+static json_t *ngx_http_paygw_test_hmac(ngx_http_request_t *r, json_t *spec);
+static json_t *ngx_http_paygw_test_canonical(ngx_http_request_t *r,
+    json_t *spec);
 
 
 static ngx_command_t  ngx_http_paygw_test_commands[] = {
@@ -674,14 +679,8 @@ ngx_http_paygw_test_arg(json_t *spec, const char *name, ngx_str_t *v)
 static json_t *
 ngx_http_paygw_test_crypto_op(ngx_http_request_t *r, json_t *spec)
 {
-    size_t         i;
-    json_t        *pair;
-    EVP_PKEY      *key;
-    ngx_int_t      rc;
-    ngx_str_t      op, a, b, c, d, out;
-    ngx_array_t   *params;
-    ngx_keyval_t  *kv;
-    u_char         mac[32], hex[64];
+    ngx_int_t   rc;
+    ngx_str_t   op, a, b, c, d, out;
 
     ngx_http_paygw_test_arg(spec, "op", &op);
 
@@ -689,27 +688,7 @@ ngx_http_paygw_test_crypto_op(ngx_http_request_t *r, json_t *spec)
     (op.len == sizeof(name) - 1 && ngx_strncmp(op.data, name, op.len) == 0)
 
     if (ngx_paygw_op("rsa_sign") || ngx_paygw_op("rsa_verify")) {
-        ngx_http_paygw_test_arg(spec, "key_pem", &a);
-        ngx_http_paygw_test_arg(spec, "message", &b);
-        ngx_http_paygw_test_arg(spec, "signature", &c);
-
-        key = ngx_http_paygw_pem_key(&a, ngx_paygw_op("rsa_sign"));
-        if (key == NULL) {
-            return json_pack("{s:s}", "error", "key");
-        }
-
-        if (ngx_paygw_op("rsa_sign")) {
-            rc = ngx_http_paygw_rsa_sign(r->pool, key, &b, &out);
-            EVP_PKEY_free(key);
-            return rc == NGX_OK ? json_pack("{s:s%}", "signature", out.data,
-                                            out.len)
-                                : json_pack("{s:s}", "error", "sign");
-        }
-
-        rc = ngx_http_paygw_rsa_verify(r->pool, key, &b, &c);
-        EVP_PKEY_free(key);
-
-        return json_pack("{s:b}", "valid", rc == NGX_OK);
+        return ngx_http_paygw_test_rsa(r, spec, ngx_paygw_op("rsa_sign"));
     }
 
     if (ngx_paygw_op("aes_gcm_decrypt")) {
@@ -728,32 +707,7 @@ ngx_http_paygw_test_crypto_op(ngx_http_request_t *r, json_t *spec)
     }
 
     if (ngx_paygw_op("hmac_sha256")) {
-        /* hex in: RFC 4231 keys are not text */
-
-        ngx_http_paygw_test_arg(spec, "key_hex", &c);
-        ngx_http_paygw_test_arg(spec, "data_hex", &d);
-
-        a.data = ngx_pnalloc(r->pool, c.len / 2 + 1);
-        b.data = ngx_pnalloc(r->pool, d.len / 2 + 1);
-        if (a.data == NULL || b.data == NULL) {
-            return NULL;
-        }
-
-        for (a.len = 0; a.len < c.len / 2; a.len++) {
-            a.data[a.len] = (u_char) ngx_hextoi(c.data + 2 * a.len, 2);
-        }
-
-        for (b.len = 0; b.len < d.len / 2; b.len++) {
-            b.data[b.len] = (u_char) ngx_hextoi(d.data + 2 * b.len, 2);
-        }
-
-        if (ngx_http_paygw_hmac_sha256(&a, &b, mac) != NGX_OK) {
-            return NULL;
-        }
-
-        ngx_hex_dump(hex, mac, sizeof(mac));
-
-        return json_pack("{s:s%}", "hex", hex, sizeof(hex));
+        return ngx_http_paygw_test_hmac(r, spec);
     }
 
     if (ngx_paygw_op("webhook_sign")) {
@@ -780,40 +734,118 @@ ngx_http_paygw_test_crypto_op(ngx_http_request_t *r, json_t *spec)
     }
 
     if (ngx_paygw_op("alipay_canonical")) {
-        params = ngx_array_create(r->pool, 16, sizeof(ngx_keyval_t));
-        if (params == NULL) {
-            return NULL;
-        }
-
-        json_array_foreach(json_object_get(spec, "params"), i, pair) {
-            kv = ngx_array_push(params);
-            if (kv == NULL || !json_is_string(json_array_get(pair, 0))
-                || !json_is_string(json_array_get(pair, 1)))
-            {
-                return NULL;
-            }
-
-            kv->key.data = (u_char *) json_string_value(json_array_get(pair,
-                                                                       0));
-            kv->key.len = json_string_length(json_array_get(pair, 0));
-            kv->value.data = (u_char *) json_string_value(json_array_get(pair,
-                                                                         1));
-            kv->value.len = json_string_length(json_array_get(pair, 1));
-        }
-
-        if (ngx_http_paygw_alipay_canonical(r->pool, params,
-                json_is_true(json_object_get(spec, "keep_sign_type")), &out)
-            != NGX_OK)
-        {
-            return NULL;
-        }
-
-        return json_pack("{s:s%}", "canonical", out.data, out.len);
+        return ngx_http_paygw_test_canonical(r, spec);
     }
 
 #undef ngx_paygw_op
 
     return NULL;
+}
+
+
+static json_t *
+ngx_http_paygw_test_rsa(ngx_http_request_t *r, json_t *spec, ngx_uint_t sign)
+{
+    EVP_PKEY   *key;
+    ngx_int_t   rc;
+    ngx_str_t   pem, message, signature, out;
+
+    ngx_http_paygw_test_arg(spec, "key_pem", &pem);
+    ngx_http_paygw_test_arg(spec, "message", &message);
+    ngx_http_paygw_test_arg(spec, "signature", &signature);
+
+    key = ngx_http_paygw_pem_key(&pem, sign);
+    if (key == NULL) {
+        return json_pack("{s:s}", "error", "key");
+    }
+
+    if (sign) {
+        rc = ngx_http_paygw_rsa_sign(r->pool, key, &message, &out);
+        EVP_PKEY_free(key);
+        return rc == NGX_OK ? json_pack("{s:s%}", "signature", out.data,
+                                        out.len)
+                            : json_pack("{s:s}", "error", "sign");
+    }
+
+    rc = ngx_http_paygw_rsa_verify(r->pool, key, &message, &signature);
+    EVP_PKEY_free(key);
+
+    return json_pack("{s:b}", "valid", rc == NGX_OK);
+}
+
+
+/* hex in: RFC 4231 keys are not text */
+
+static json_t *
+ngx_http_paygw_test_hmac(ngx_http_request_t *r, json_t *spec)
+{
+    ngx_str_t  a, b, c, d;
+    u_char     mac[32], hex[64];
+
+    ngx_http_paygw_test_arg(spec, "key_hex", &c);
+    ngx_http_paygw_test_arg(spec, "data_hex", &d);
+
+    a.data = ngx_pnalloc(r->pool, c.len / 2 + 1);
+    b.data = ngx_pnalloc(r->pool, d.len / 2 + 1);
+    if (a.data == NULL || b.data == NULL) {
+        return NULL;
+    }
+
+    for (a.len = 0; a.len < c.len / 2; a.len++) {
+        a.data[a.len] = (u_char) ngx_hextoi(c.data + 2 * a.len, 2);
+    }
+
+    for (b.len = 0; b.len < d.len / 2; b.len++) {
+        b.data[b.len] = (u_char) ngx_hextoi(d.data + 2 * b.len, 2);
+    }
+
+    if (ngx_http_paygw_hmac_sha256(&a, &b, mac) != NGX_OK) {
+        return NULL;
+    }
+
+    ngx_hex_dump(hex, mac, sizeof(mac));
+
+    return json_pack("{s:s%}", "hex", hex, sizeof(hex));
+}
+
+
+static json_t *
+ngx_http_paygw_test_canonical(ngx_http_request_t *r, json_t *spec)
+{
+    size_t         i;
+    json_t        *pair;
+    ngx_str_t      out;
+    ngx_array_t   *params;
+    ngx_keyval_t  *kv;
+
+    params = ngx_array_create(r->pool, 16, sizeof(ngx_keyval_t));
+    if (params == NULL) {
+        return NULL;
+    }
+
+    json_array_foreach(json_object_get(spec, "params"), i, pair) {
+        kv = ngx_array_push(params);
+        if (kv == NULL || !json_is_string(json_array_get(pair, 0))
+            || !json_is_string(json_array_get(pair, 1)))
+        {
+            return NULL;
+        }
+
+        kv->key.data = (u_char *) json_string_value(json_array_get(pair, 0));
+        kv->key.len = json_string_length(json_array_get(pair, 0));
+        kv->value.data = (u_char *) json_string_value(json_array_get(pair,
+                                                                     1));
+        kv->value.len = json_string_length(json_array_get(pair, 1));
+    }
+
+    if (ngx_http_paygw_alipay_canonical(r->pool, params,
+            json_is_true(json_object_get(spec, "keep_sign_type")), &out)
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return json_pack("{s:s%}", "canonical", out.data, out.len);
 }
 
 

@@ -1,8 +1,12 @@
 
 /*
- * paygw: the periodic resolver.
+ * paygw: the settler, which settles payments of unknown outcome.
  *
  *     paygw_resolver ADDRESS:PORT key=ADMIN_KEY_ID [interval=30s];
+ *
+ * (The directive keeps its first name, paygw_resolver, so that existing
+ * configurations load unchanged; the code calls it what it does: in
+ * nginx a "resolver" resolves host names.)
  *
  * Payments left "unknown" (a provider answer was lost) or "processing"
  * (their request died) are settled by querying the provider.  One
@@ -18,7 +22,7 @@
 #include <openssl/rand.h>
 
 
-#define NGX_HTTP_PAYGW_RESOLVER_TIMEOUT  60000
+#define NGX_HTTP_PAYGW_SETTLER_TIMEOUT  60000
 
 
 typedef struct {
@@ -33,35 +37,35 @@ typedef struct {
     ngx_buf_t                    *out;
     ngx_log_t                    *log;
     unsigned                      answered:1;
-} ngx_http_paygw_resolver_t;
+} ngx_http_paygw_settler_t;
 
 
-static void ngx_http_paygw_resolver_tick(ngx_event_t *ev);
-static ngx_int_t ngx_http_paygw_resolver_request(
-    ngx_http_paygw_resolver_t *rs);
-static void ngx_http_paygw_resolver_write(ngx_event_t *wev);
-static void ngx_http_paygw_resolver_read(ngx_event_t *rev);
-static void ngx_http_paygw_resolver_done(ngx_http_paygw_resolver_t *rs,
+static void ngx_http_paygw_settler_tick(ngx_event_t *ev);
+static ngx_int_t ngx_http_paygw_settler_request(
+    ngx_http_paygw_settler_t *rs);
+static void ngx_http_paygw_settler_write(ngx_event_t *wev);
+static void ngx_http_paygw_settler_read(ngx_event_t *rev);
+static void ngx_http_paygw_settler_done(ngx_http_paygw_settler_t *rs,
     const char *why);
 
 
 char *
-ngx_http_paygw_resolver(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+ngx_http_paygw_settler(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_paygw_main_conf_t *pmcf = conf;
 
     ngx_str_t                  *value, v;
     ngx_url_t                   u;
     ngx_uint_t                  i;
-    ngx_http_paygw_resolver_t  *rs;
+    ngx_http_paygw_settler_t  *rs;
 
-    if (pmcf->resolver) {
+    if (pmcf->settler) {
         return "is duplicate";
     }
 
     value = cf->args->elts;
 
-    rs = ngx_pcalloc(cf->pool, sizeof(ngx_http_paygw_resolver_t));
+    rs = ngx_pcalloc(cf->pool, sizeof(ngx_http_paygw_settler_t));
     if (rs == NULL) {
         return NGX_CONF_ERROR;
     }
@@ -111,7 +115,7 @@ ngx_http_paygw_resolver(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    pmcf->resolver = rs;
+    pmcf->settler = rs;
 
     return NGX_CONF_OK;
 
@@ -124,12 +128,12 @@ invalid:
 
 
 ngx_int_t
-ngx_http_paygw_resolver_check(ngx_conf_t *cf,
+ngx_http_paygw_settler_check(ngx_conf_t *cf,
     ngx_http_paygw_main_conf_t *pmcf)
 {
-    ngx_http_paygw_resolver_t  *rs;
+    ngx_http_paygw_settler_t  *rs;
 
-    rs = pmcf->resolver;
+    rs = pmcf->settler;
 
     if (rs == NULL) {
         return NGX_OK;
@@ -149,14 +153,14 @@ ngx_http_paygw_resolver_check(ngx_conf_t *cf,
 
 
 ngx_int_t
-ngx_http_paygw_resolver_init_process(ngx_cycle_t *cycle)
+ngx_http_paygw_settler_init_process(ngx_cycle_t *cycle)
 {
-    ngx_http_paygw_resolver_t   *rs;
+    ngx_http_paygw_settler_t   *rs;
     ngx_http_paygw_main_conf_t  *pmcf;
 
     pmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_paygw_module);
 
-    rs = pmcf ? pmcf->resolver : NULL;
+    rs = pmcf ? pmcf->settler : NULL;
 
     /* one worker is enough: the others would only race it */
 
@@ -170,7 +174,7 @@ ngx_http_paygw_resolver_init_process(ngx_cycle_t *cycle)
     }
 
     rs->log = cycle->log;
-    rs->timer.handler = ngx_http_paygw_resolver_tick;
+    rs->timer.handler = ngx_http_paygw_settler_tick;
     rs->timer.data = rs;
     rs->timer.log = cycle->log;
     rs->timer.cancelable = 1;
@@ -182,11 +186,11 @@ ngx_http_paygw_resolver_init_process(ngx_cycle_t *cycle)
 
 
 static void
-ngx_http_paygw_resolver_tick(ngx_event_t *ev)
+ngx_http_paygw_settler_tick(ngx_event_t *ev)
 {
     ngx_int_t                   rc;
     ngx_connection_t           *c;
-    ngx_http_paygw_resolver_t  *rs;
+    ngx_http_paygw_settler_t  *rs;
 
     rs = ev->data;
 
@@ -200,7 +204,7 @@ ngx_http_paygw_resolver_tick(ngx_event_t *ev)
         return;
     }
 
-    if (ngx_http_paygw_resolver_request(rs) != NGX_OK) {
+    if (ngx_http_paygw_settler_request(rs) != NGX_OK) {
         ngx_add_timer(&rs->timer, rs->interval);
         return;
     }
@@ -217,25 +221,25 @@ ngx_http_paygw_resolver_tick(ngx_event_t *ev)
     rc = ngx_event_connect_peer(&rs->peer);
 
     if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
-        ngx_http_paygw_resolver_done(rs, "cannot connect");
+        ngx_http_paygw_settler_done(rs, "cannot connect");
         return;
     }
 
     c = rs->peer.connection;
     c->data = rs;
-    c->write->handler = ngx_http_paygw_resolver_write;
-    c->read->handler = ngx_http_paygw_resolver_read;
+    c->write->handler = ngx_http_paygw_settler_write;
+    c->read->handler = ngx_http_paygw_settler_read;
 
-    ngx_add_timer(c->read, NGX_HTTP_PAYGW_RESOLVER_TIMEOUT);
+    ngx_add_timer(c->read, NGX_HTTP_PAYGW_SETTLER_TIMEOUT);
 
     if (rc == NGX_OK) {
-        ngx_http_paygw_resolver_write(c->write);
+        ngx_http_paygw_settler_write(c->write);
     }
 }
 
 
 static ngx_int_t
-ngx_http_paygw_resolver_request(ngx_http_paygw_resolver_t *rs)
+ngx_http_paygw_settler_request(ngx_http_paygw_settler_t *rs)
 {
     time_t      ts;
     ngx_str_t   method, uri, nonce, body;
@@ -280,11 +284,11 @@ ngx_http_paygw_resolver_request(ngx_http_paygw_resolver_t *rs)
 
 
 static void
-ngx_http_paygw_resolver_write(ngx_event_t *wev)
+ngx_http_paygw_settler_write(ngx_event_t *wev)
 {
     ssize_t                     n;
     ngx_connection_t           *c;
-    ngx_http_paygw_resolver_t  *rs;
+    ngx_http_paygw_settler_t  *rs;
 
     c = wev->data;
     rs = c->data;
@@ -294,14 +298,14 @@ ngx_http_paygw_resolver_write(ngx_event_t *wev)
 
         if (n == NGX_AGAIN) {
             if (ngx_handle_write_event(wev, 0) != NGX_OK) {
-                ngx_http_paygw_resolver_done(rs, "write event");
+                ngx_http_paygw_settler_done(rs, "write event");
             }
 
             return;
         }
 
         if (n <= 0) {
-            ngx_http_paygw_resolver_done(rs, "cannot send");
+            ngx_http_paygw_settler_done(rs, "cannot send");
             return;
         }
 
@@ -309,24 +313,24 @@ ngx_http_paygw_resolver_write(ngx_event_t *wev)
     }
 
     if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
-        ngx_http_paygw_resolver_done(rs, "read event");
+        ngx_http_paygw_settler_done(rs, "read event");
     }
 }
 
 
 static void
-ngx_http_paygw_resolver_read(ngx_event_t *rev)
+ngx_http_paygw_settler_read(ngx_event_t *rev)
 {
     ssize_t                     n;
     ngx_connection_t           *c;
-    ngx_http_paygw_resolver_t  *rs;
+    ngx_http_paygw_settler_t  *rs;
     u_char                      buf[1024];
 
     c = rev->data;
     rs = c->data;
 
     if (rev->timedout) {
-        ngx_http_paygw_resolver_done(rs, "timed out");
+        ngx_http_paygw_settler_done(rs, "timed out");
         return;
     }
 
@@ -337,19 +341,19 @@ ngx_http_paygw_resolver_read(ngx_event_t *rev)
 
         if (n == NGX_AGAIN) {
             if (ngx_handle_read_event(rev, 0) != NGX_OK) {
-                ngx_http_paygw_resolver_done(rs, "read event");
+                ngx_http_paygw_settler_done(rs, "read event");
             }
 
             return;
         }
 
         if (n == 0) {
-            ngx_http_paygw_resolver_done(rs, NULL);
+            ngx_http_paygw_settler_done(rs, NULL);
             return;
         }
 
         if (n == NGX_ERROR) {
-            ngx_http_paygw_resolver_done(rs, "cannot read");
+            ngx_http_paygw_settler_done(rs, "cannot read");
             return;
         }
 
@@ -367,7 +371,7 @@ ngx_http_paygw_resolver_read(ngx_event_t *rev)
 
 
 static void
-ngx_http_paygw_resolver_done(ngx_http_paygw_resolver_t *rs, const char *why)
+ngx_http_paygw_settler_done(ngx_http_paygw_settler_t *rs, const char *why)
 {
     if (why) {
         ngx_log_error(NGX_LOG_ERR, rs->log, 0, "paygw resolver: %s", why);
