@@ -15,8 +15,18 @@
 #   make k8s-check  offline checks of k8s-ingress/: render every overlay,
 #                   validate against the Kubernetes schemas, yamllint, metric
 #                   names, nginx -t of every carried nginx.conf
+#   make matrix     build nginx + module for every supported nginx version
+#                   and run the black-box API tests against each
+#                   (scripts/matrix.sh; sources from NGINX_SRC_DIR)
 #
 # PROVE_FLAGS adds prove options, e.g. `make test PROVE_FLAGS=-j4`.
+#
+# Other nginx versions: NGINX_SRC=<nginx source tree or .tar.gz> makes
+# build, build-test, build-asan, test, test-asan and run build that nginx
+# and the module for it under build/nginx-VERSION/ and use them.  Without
+# it, Debian's nginx (1.22.1) and build/objs/.  PAYGW_NGINX=<nginx binary>
+# and PAYGW_MODULE=<.so> (environment) choose what make run and the tests
+# start, e.g. a module built elsewhere.
 
 REPO        := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 MODULE      := $(REPO)/build/objs/ngx_http_paygw_module.so
@@ -24,9 +34,20 @@ ASAN_MODULE := $(REPO)/build/objs-asan/ngx_http_paygw_module.so
 ASAN_TEST_MODULE := $(REPO)/build/objs-asan-test/ngx_http_paygw_test_module.so
 PROVE       ?= prove
 PROVE_FLAGS ?=
+NGINX_SRC   ?=
+
+ifneq ($(NGINX_SRC),)
+NGX_SRC_ARG := --nginx-src="$(NGINX_SRC)"
+NGX_BASE     = $(shell bash scripts/build.sh $(NGX_SRC_ARG) --where)
+NGX_ENV      = PAYGW_NGINX="$(NGX_BASE)/sbin/nginx" \
+               PAYGW_MODULE="$(NGX_BASE)/objs/ngx_http_paygw_module.so"
+ASAN_MODULE  = $(NGX_BASE)/objs-asan/ngx_http_paygw_module.so
+ASAN_TEST_MODULE = $(NGX_BASE)/objs-asan-test/ngx_http_paygw_test_module.so
+ASAN_NGX_ENV = PAYGW_NGINX="$(NGX_BASE)/sbin/nginx"
+endif
 
 .PHONY: all deps build build-test build-asan test test-asan run stop status \
-        clean bench image k8s-check
+        clean bench image k8s-check matrix
 
 all: deps build
 
@@ -34,27 +55,32 @@ deps:
 	bash scripts/deps.sh
 
 build:
-	bash scripts/build.sh
+	bash scripts/build.sh $(NGX_SRC_ARG)
 
 build-test:
-	bash scripts/build.sh --test
+	bash scripts/build.sh --test $(NGX_SRC_ARG)
 
 build-asan:
-	bash scripts/build.sh --asan
+	bash scripts/build.sh --asan $(NGX_SRC_ARG)
 
 test: build-test
 	rm -rf build/test-logs
-	$(PROVE) -I t/lib $(PROVE_FLAGS) t/*.t
+	$(NGX_ENV) $(PROVE) -I t/lib $(PROVE_FLAGS) t/*.t
 	$(PROVE) -I t/lib t/post
 
 test-asan: build-asan
 	rm -rf build/test-logs
-	PAYGW_MODULE=$(ASAN_MODULE) PAYGW_TEST_MODULE=$(ASAN_TEST_MODULE) \
+	$(ASAN_NGX_ENV) PAYGW_MODULE=$(ASAN_MODULE) PAYGW_TEST_MODULE=$(ASAN_TEST_MODULE) \
 	    PAYGW_ASAN=1 $(PROVE) -I t/lib $(PROVE_FLAGS) t/*.t
 	$(PROVE) -I t/lib t/post
 
 run: deps build
-	bash scripts/stack.sh start
+	$(NGX_ENV) bash scripts/stack.sh start
+
+# NGINX_SRC_DIR: where nginx-VERSION.tar.gz (or nginx-VERSION/) are;
+# versions without sources there are reported as skipped.
+matrix: deps
+	bash scripts/matrix.sh
 
 stop:
 	bash scripts/stack.sh stop

@@ -10,6 +10,8 @@
 #   PAYGW_PORT (8080)  PAYGW_REDIS_PORT (6390)  PAYGW_MYSQL_PORT (3316)
 #   PAYGW_SIM_PORT (8091)
 #   PAYGW_ALIPAY_URL, PAYGW_WECHAT_URL, PAYGW_BANK_URL (the simulator)
+# Another nginx: PAYGW_NGINX (the binary; default: nginx in PATH) and
+# PAYGW_MODULE (the module built for it; default build/objs/...).
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"     # nginx, mariadbd
 
@@ -26,7 +28,8 @@ PAYGW_ALIPAY_URL=${PAYGW_ALIPAY_URL:-$sim_url}
 PAYGW_WECHAT_URL=${PAYGW_WECHAT_URL:-$sim_url}
 PAYGW_BANK_URL=${PAYGW_BANK_URL:-$sim_url}
 
-module="$repo/build/objs/ngx_http_paygw_module.so"
+nginx_bin=${PAYGW_NGINX:-nginx}
+module=${PAYGW_MODULE:-$repo/build/objs/ngx_http_paygw_module.so}
 mycnf="$run/mysql/my.cnf"
 mypass="$run/mysql.pass"
 wait_secs=30
@@ -237,11 +240,11 @@ start_nginx() {
     [ -f "$module" ] || die "$module is missing: run 'make build' first"
     fail_if_port_taken nginx "$PAYGW_PORT" PAYGW_PORT
     render_nginx_conf
-    out=$(nginx -t -p "$run/" -c "$run/nginx.conf" -e "$logs/error.log" 2>&1) || {
+    out=$("$nginx_bin" -t -p "$run/" -c "$run/nginx.conf" -e "$logs/error.log" 2>&1) || {
         echo "$out" >&2
         die "nginx -t failed on run/nginx.conf (rendered from nginx.conf.example)"
     }
-    nginx -p "$run/" -c "$run/nginx.conf" -e "$logs/error.log" || {
+    "$nginx_bin" -p "$run/" -c "$run/nginx.conf" -e "$logs/error.log" || {
         tail -n 30 "$logs/error.log" >&2 || true
         die "nginx failed to start"
     }

@@ -299,6 +299,9 @@ ngx_http_paygw_api_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         }
 
         h->hash = 1;
+#if (nginx_version >= 1023000)
+        h->next = NULL;
+#endif
         ngx_str_set(&h->key, "Allow");
         h->value.data = (u_char *) ctx->allow;
         h->value.len = ngx_strlen(ctx->allow);
@@ -311,6 +314,9 @@ ngx_http_paygw_api_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         }
 
         h->hash = 1;
+#if (nginx_version >= 1023000)
+        h->next = NULL;
+#endif
         ngx_str_set(&h->key, "Idempotent-Replayed");
         ngx_str_set(&h->value, "true");
     }

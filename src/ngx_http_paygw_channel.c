@@ -747,6 +747,9 @@ ngx_http_paygw_provider_headers(ngx_http_request_t *sr,
         }
 
         h->hash = ngx_hash_strlow(h->lowcase_key, h->key.data, h->key.len);
+#if (nginx_version >= 1023000)
+        h->next = NULL;
+#endif
     }
 
     return NGX_OK;

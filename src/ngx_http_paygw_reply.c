@@ -56,6 +56,9 @@ ngx_http_paygw_send_text(ngx_http_request_t *r, ngx_uint_t status,
     ngx_http_paygw_request_id(r, &id);
 
     h->hash = 1;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
     ngx_str_set(&h->key, "X-Request-Id");
     h->value = id;
 
@@ -171,6 +174,9 @@ ngx_http_paygw_not_allowed(ngx_http_request_t *r, const char *allow)
     }
 
     h->hash = 1;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
     ngx_str_set(&h->key, "Allow");
     h->value.data = (u_char *) allow;
     h->value.len = ngx_strlen(allow);

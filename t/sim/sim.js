@@ -9,7 +9,15 @@
 //                     [--keys DIR] [--alipay-app-id ID (2021000000000001)]
 //                     [--wechat-mchid ID (1900000001)]
 //                     [--wechat-appid ID (wxd678efh567hg6787)]
+//                     [--tls-port N --tls-cert PEM --tls-key PEM
+//                      [--tls-client-ca PEM]]
 //
+// --tls-port: the same simulator also serves HTTPS on 127.0.0.1:N with that
+// certificate and key (Node's https, for nginx's proxy_ssl_* tests); with
+// --tls-client-ca it requires a client certificate issued by that CA and
+// refuses the handshake otherwise (mutual TLS). /_sim/requests then says
+// for each request "tls": null (plain HTTP) or {"client": subject CN of
+// the client certificate, or null}.
 // --keys DIR: the key files of scripts/provider-keys.sh DIR. Without it the
 // Alipay and WeChat endpoints (and their control routes) answer 503
 // {"error":"not configured"}; the acquirer works either way.
@@ -186,6 +194,7 @@
 'use strict';
 
 const http = require('http');
+const https = require('https');
 const crypto = require('crypto');
 const fs = require('fs');
 const {URL} = require('url');
@@ -212,19 +221,24 @@ function parseArgs(argv) {
     const opts = {port: 8091, acquirerSecret: 'acq-demo-secret',
                   acquirerMerchant: 'ACQ-M100', pidfile: null, keys: null,
                   alipayAppId: '2021000000000001', wechatMchid: '1900000001',
-                  wechatAppid: 'wxd678efh567hg6787'};
+                  wechatAppid: 'wxd678efh567hg6787', tlsPort: null,
+                  tlsCert: null, tlsKey: null, tlsClientCa: null};
     const names = {'--port': 'port', '--acquirer-secret': 'acquirerSecret',
                    '--acquirer-merchant': 'acquirerMerchant',
                    '--pidfile': 'pidfile', '--keys': 'keys',
                    '--alipay-app-id': 'alipayAppId', '--wechat-mchid': 'wechatMchid',
-                   '--wechat-appid': 'wechatAppid'};
+                   '--wechat-appid': 'wechatAppid', '--tls-port': 'tlsPort',
+                   '--tls-cert': 'tlsCert', '--tls-key': 'tlsKey',
+                   '--tls-client-ca': 'tlsClientCa'};
     for (let i = 0; i < argv.length; i++) {
         const key = names[argv[i]];
         if (!key || i + 1 >= argv.length) {
             console.error(`usage: sim.js --port N [--acquirer-secret S] ` +
                           `[--acquirer-merchant M] [--pidfile F] [--keys DIR] ` +
                           `[--alipay-app-id ID] [--wechat-mchid ID] ` +
-                          `[--wechat-appid ID] (bad argument ${argv[i]})`);
+                          `[--wechat-appid ID] [--tls-port N --tls-cert F ` +
+                          `--tls-key F [--tls-client-ca F]] ` +
+                          `(bad argument ${argv[i]})`);
             process.exit(2);
         }
         opts[key] = argv[++i];
@@ -233,6 +247,15 @@ function parseArgs(argv) {
     if (!Number.isInteger(opts.port) || opts.port < 1 || opts.port > 65535) {
         console.error(`sim.js: bad --port ${opts.port}`);
         process.exit(2);
+    }
+    if (opts.tlsPort !== null) {
+        opts.tlsPort = Number(opts.tlsPort);
+        if (!Number.isInteger(opts.tlsPort) || opts.tlsPort < 1
+            || opts.tlsPort > 65535 || !opts.tlsCert || !opts.tlsKey)
+        {
+            console.error('sim.js: --tls-port needs a port, --tls-cert and --tls-key');
+            process.exit(2);
+        }
     }
     return opts;
 }
@@ -949,11 +972,19 @@ function dropConnection(ctx) {
     }
 }
 
+function tlsInfo(req) {
+    if (!req.socket.encrypted) {
+        return null;
+    }
+    const cert = req.socket.getPeerCertificate();
+    return {client: (cert && cert.subject && cert.subject.CN) || null};
+}
+
 function recordRequest(ctx) {
     state.requests.push({method: ctx.req.method, path: redact(ctx.req.url),
                          headers: ctx.req.headers,
                          body: redact(ctx.body.toString('utf8')),
-                         mode: ctx.mode});
+                         mode: ctx.mode, tls: tlsInfo(ctx.req)});
     if (state.requests.length > MAX_RECORDED) {
         state.requests.shift();
     }
@@ -1060,7 +1091,7 @@ function dispatch(ctx) {
         });
 }
 
-const server = http.createServer((req, res) => {
+function handle(req, res) {
     const path = req.url.split('?')[0];
     const ctx = {req, res, path, provider: providerFor(path), body: null,
                  mode: 'normal', started: Date.now()};
@@ -1095,12 +1126,27 @@ const server = http.createServer((req, res) => {
             respond(ctx, json(500, {error: 'simulator bug: ' + e.message}));
         }
     });
-});
+}
+
+const servers = [http.createServer(handle)];
+const server = servers[0];
+if (opts.tlsPort !== null) {
+    const tls = {cert: fs.readFileSync(opts.tlsCert),
+                 key: fs.readFileSync(opts.tlsKey)};
+    if (opts.tlsClientCa) {
+        tls.ca = fs.readFileSync(opts.tlsClientCa);
+        tls.requestCert = true;
+        tls.rejectUnauthorized = true;
+    }
+    servers.push(https.createServer(tls, handle));
+}
 
 // Longer than nginx's upstream keepalive_timeout (60 s), so nginx never
 // reuses a connection that we are closing.
-server.keepAliveTimeout = 65000;
-server.headersTimeout = 66000;
+for (const s of servers) {
+    s.keepAliveTimeout = 65000;
+    s.headersTimeout = 66000;
+}
 
 function shutdown() {
     if (opts.pidfile) {
@@ -1112,10 +1158,24 @@ function shutdown() {
 process.on('SIGTERM', shutdown);
 process.on('SIGINT', shutdown);
 
-server.listen(opts.port, '127.0.0.1', () => {
-    if (opts.pidfile) {
-        fs.writeFileSync(opts.pidfile, `${process.pid}\n`);
-    }
-    console.log(`${new Date().toISOString()} sim listening on ` +
-                `http://127.0.0.1:${opts.port}`);
-});
+function listenPlain() {
+    server.listen(opts.port, '127.0.0.1', () => {
+        if (opts.pidfile) {
+            fs.writeFileSync(opts.pidfile, `${process.pid}\n`);
+        }
+        console.log(`${new Date().toISOString()} sim listening on ` +
+                    `http://127.0.0.1:${opts.port}`);
+    });
+}
+
+// HTTPS first: once the plain port answers, both are up.
+if (servers.length > 1) {
+    servers[1].listen(opts.tlsPort, '127.0.0.1', () => {
+        console.log(`${new Date().toISOString()} sim listening on ` +
+                    `https://127.0.0.1:${opts.tlsPort}` +
+                    (opts.tlsClientCa ? ' (client certificate required)' : ''));
+        listenPlain();
+    });
+} else {
+    listenPlain();
+}

@@ -20,7 +20,8 @@ package PayGW::Test;
 # text) is PayGW::Gateway.  Waiting is for a condition (wait_until), with a
 # deadline; sleep_until only where the duration itself is under test.
 #
-# Environment: PAYGW_MODULE (module .so to load), PAYGW_TEST_MODULE (the
+# Environment: PAYGW_NGINX (the nginx binary; default: nginx in PATH),
+# PAYGW_MODULE (module .so to load), PAYGW_TEST_MODULE (the
 # test-only module, t/module/, for configs that use paygw_test_backend;
 # default: beside PAYGW_MODULE's build dir, build/objs-test/ for
 # build/objs/), PAYGW_ASAN=1 (preload the ASan runtime into nginx and fail on
@@ -1283,7 +1284,7 @@ sub _env {
 
 sub _nginx {
     my ($self, @args) = @_;
-    return PayGW::Test::_run(['nginx', '-p', "$self->{dir}/", '-c', $self->conf_file,
+    return PayGW::Test::_run([$ENV{PAYGW_NGINX} || 'nginx', '-p', "$self->{dir}/", '-c', $self->conf_file,
                               '-e', "$self->{dir}/error.log", @args],
                              env => $self->_env);
 }
