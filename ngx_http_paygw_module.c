@@ -14,6 +14,7 @@
 #include "ngx_http_paygw_channel.h"
 #include "ngx_http_paygw_metrics.h"
 #include "ngx_http_paygw_trace.h"
+#include "ngx_http_paygw_fees.h"
 
 
 static void *ngx_http_paygw_create_main_conf(ngx_conf_t *cf);
@@ -110,6 +111,13 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
     { ngx_string("paygw_resolver"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
       ngx_http_paygw_settler,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_fees"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_paygw_fees,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },

@@ -11,6 +11,7 @@
 
 #include "ngx_http_paygw_store.h"
 #include "ngx_http_paygw_render.h"
+#include "ngx_http_paygw_fees.h"
 
 
 #define NGX_HTTP_PAYGW_ISO(col)                                              \
@@ -24,7 +25,8 @@
     NGX_HTTP_PAYGW_ISO("created_at") ", "                                    \
     NGX_HTTP_PAYGW_ISO("updated_at") ", "                                    \
     "TIMESTAMPDIFF(SECOND, updated_at, UTC_TIMESTAMP(3)), "                  \
-    "COALESCE(TIMESTAMPDIFF(SECOND, expire_at, UTC_TIMESTAMP(3)), 0)"
+    "COALESCE(TIMESTAMPDIFF(SECOND, expire_at, UTC_TIMESTAMP(3)), 0), "     \
+    "fee, net_amount"
 
 #define NGX_HTTP_PAYGW_REFUND_COLUMNS                                        \
     "r.refund_no, r.out_refund_no, r.payment_no, r.merchant_id, r.amount, "  \
@@ -43,6 +45,10 @@ static int64_t ngx_http_paygw_store_int(ngx_str_t *v);
 static ngx_int_t ngx_http_paygw_store_refund_payment(
     ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_refund_t *rf,
     ngx_uint_t succeeded);
+static ngx_int_t ngx_http_paygw_store_payment_fee(ngx_http_request_t *r,
+    ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_payment_t *p);
+static ngx_int_t ngx_http_paygw_store_refund_fee(
+    ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_refund_t *rf);
 
 
 ngx_int_t
@@ -169,6 +175,12 @@ ngx_http_paygw_store_row_payment(ngx_http_paygw_sql_stmt_t *stmt,
     p->age = (time_t) ngx_http_paygw_store_int(&v[22]);
     p->overdue = (time_t) ngx_http_paygw_store_int(&v[23]);
 
+    if (v[24].data) {
+        p->fee = ngx_http_paygw_store_int(&v[24]);
+        p->net_amount = ngx_http_paygw_store_int(&v[25]);
+        p->fee_set = 1;
+    }
+
     return NGX_OK;
 }
 
@@ -237,6 +249,12 @@ ngx_http_paygw_store_settle_payment(ngx_http_request_t *r,
 
     if (!out->definitive || pending) {
         return NGX_OK;
+    }
+
+    if (out->status == NGX_HTTP_PAYGW_STATUS_SUCCEEDED
+        && ngx_http_paygw_store_payment_fee(r, op, p) != NGX_OK)
+    {
+        return NGX_ERROR;
     }
 
     event = (out->status == NGX_HTTP_PAYGW_STATUS_SUCCEEDED)
@@ -364,6 +382,12 @@ ngx_http_paygw_store_settle_refund(ngx_http_request_t *r,
                                          == NGX_HTTP_PAYGW_STATUS_SUCCEEDED);
         if (rc != NGX_OK) {
             return rc;
+        }
+
+        if (out->status == NGX_HTTP_PAYGW_STATUS_SUCCEEDED
+            && ngx_http_paygw_store_refund_fee(op, rf) != NGX_OK)
+        {
+            return NGX_ERROR;
         }
     }
 
@@ -664,4 +688,83 @@ ngx_http_paygw_store_int(ngx_str_t *v)
     }
 
     return neg ? -n : n;
+}
+
+
+/*
+ * Fees (SPEC §7).  A payment's fee is computed when it succeeds, in the
+ * transaction of that transition, and never again ("fee IS NULL"); the
+ * status UPDATE before it, which must match one row, makes sure only
+ * the transition that won gets here.
+ */
+
+static ngx_int_t
+ngx_http_paygw_store_payment_fee(ngx_http_request_t *r,
+    ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_payment_t *p)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    ngx_http_paygw_fees_compute(r, p);
+
+    s = ngx_http_paygw_mysql_add(op,
+            "UPDATE payments SET fee = ?, net_amount = ?, "
+            "succeeded_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
+            "WHERE payment_no = ? AND fee IS NULL");
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_paygw_sql_int(op, s, p->fee) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, p->net_amount) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->updated_at) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->payment_no) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A succeeded refund returns its share of the payment's fee, rounded
+ * down: fee * refund / amount; the refund that completes the payment's
+ * refunds returns what is left, so a full refund returns it all.  Runs
+ * after the payment's refunded_amount includes this refund and before
+ * the refund's own status UPDATE (which rolls all back if it lost).
+ */
+
+static ngx_int_t
+ngx_http_paygw_store_refund_fee(ngx_http_paygw_mysql_op_t *op,
+    ngx_http_paygw_refund_t *rf)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "UPDATE refunds r JOIN payments p ON p.payment_no = r.payment_no "
+            "SET r.succeeded_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ'), "
+            "r.fee_returned = IF(p.fee IS NULL, NULL, "
+            "IF(p.refunded_amount >= p.amount, p.fee - p.fee_returned, "
+            "CAST(CAST(p.fee AS DECIMAL(32,0)) * r.amount DIV p.amount "
+            "AS SIGNED))) "
+            "WHERE r.out_refund_no = ? AND r.status IN ('pending', 'unknown')");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, &rf->updated_at) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &rf->out_refund_no) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op,
+            "UPDATE payments p JOIN refunds r ON r.payment_no = p.payment_no "
+            "SET p.fee_returned = p.fee_returned + r.fee_returned "
+            "WHERE r.out_refund_no = ? AND r.status IN ('pending', 'unknown') "
+            "AND r.fee_returned IS NOT NULL");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, &rf->out_refund_no) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }

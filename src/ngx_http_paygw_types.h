@@ -67,6 +67,11 @@ typedef struct {
     time_t                        age;           /* seconds since update */
     time_t                        overdue;       /* seconds past expiry */
 
+    /* fees (SPEC §7): set once the payment succeeded */
+    int64_t                       fee;
+    int64_t                       net_amount;
+    unsigned                      fee_set:1;
+
     /* the card, in memory for the charge only: never stored or logged */
     ngx_str_t                     card_number;
     ngx_str_t                     card_cvc;

@@ -60,6 +60,7 @@ our $DEFAULT_HTTP = <<'CONF';
                 password_file=%%MYSQL_PASSWORD_FILE%%
                 database=paygw max_conns=8 query_timeout=10s;
     paygw_keys  %%REPO%%/conf/demo/keys.conf;
+    paygw_fees  %%REPO%%/conf/demo/fees.conf;
 
     paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
                   secret_file=%%REPO%%/conf/demo/acquirer.secret
@@ -237,6 +238,7 @@ sub _http_conf {
                 password_file=%%MYSQL_PASSWORD_FILE%%
                 database=paygw max_conns=8 query_timeout=$qt;
     paygw_keys  %%REPO%%/conf/demo/keys.conf;
+    paygw_fees  %%REPO%%/conf/demo/fees.conf;
     paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
                   secret_file=%%REPO%%/conf/demo/acquirer.secret
                   attempts=$attempts unknown_grace=$grace $breaker;

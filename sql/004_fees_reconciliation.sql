@@ -1,0 +1,20 @@
+-- Fees, settlements and reconciliation (SPEC §7).
+--
+-- A payment's fee and net amount are computed once, when it succeeds
+-- (succeeded_at), from the paygw_fees schedule of that moment, and never
+-- recomputed.  A succeeded refund returns its share of the fee
+-- (refunds.fee_returned, summed in payments.fee_returned).
+
+ALTER TABLE payments
+    ADD COLUMN IF NOT EXISTS fee           BIGINT      NULL,
+    ADD COLUMN IF NOT EXISTS net_amount    BIGINT      NULL,
+    ADD COLUMN IF NOT EXISTS fee_returned  BIGINT      NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS succeeded_at  DATETIME(3) NULL;
+
+ALTER TABLE refunds
+    ADD COLUMN IF NOT EXISTS fee_returned  BIGINT      NULL,
+    ADD COLUMN IF NOT EXISTS succeeded_at  DATETIME(3) NULL;
+
+-- settlements: the payments and refunds that succeeded on a day
+CREATE INDEX IF NOT EXISTS idx_succeeded ON payments (succeeded_at);
+CREATE INDEX IF NOT EXISTS idx_refund_succeeded ON refunds (succeeded_at);

@@ -1,0 +1,21 @@
+
+/*
+ * paygw: transaction fees, settlements and reconciliation (SPEC §7).
+ */
+
+
+#ifndef _NGX_HTTP_PAYGW_FEES_H_INCLUDED_
+#define _NGX_HTTP_PAYGW_FEES_H_INCLUDED_
+
+
+#include "ngx_http_paygw_types.h"
+
+
+char *ngx_http_paygw_fees(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+void ngx_http_paygw_fees_compute(ngx_http_request_t *r,
+    ngx_http_paygw_payment_t *p);
+int64_t ngx_http_paygw_fee(int64_t amount, int64_t bps, int64_t fixed,
+    int64_t min, int64_t max);
+
+
+#endif /* _NGX_HTTP_PAYGW_FEES_H_INCLUDED_ */
