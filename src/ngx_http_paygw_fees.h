@@ -17,5 +17,11 @@ void ngx_http_paygw_fees_compute(ngx_http_request_t *r,
 int64_t ngx_http_paygw_fee(int64_t amount, int64_t bps, int64_t fixed,
     int64_t min, int64_t max);
 
+/* ngx_http_paygw_settlements.c: GET /v1/settlements */
+ngx_int_t ngx_http_paygw_settlements(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+ngx_int_t ngx_http_paygw_store_select_settlements(
+    ngx_http_paygw_mysql_op_t *op, ngx_str_t *merchant_id, ngx_str_t *date);
+
 
 #endif /* _NGX_HTTP_PAYGW_FEES_H_INCLUDED_ */

@@ -137,6 +137,13 @@ ngx_http_paygw_route(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                          NGX_HTTP_PAYGW_API_NOTIFY);
         }
 
+    } else if (ngx_paygw_prefix("/v1/settlements")
+               && (size_t) (last - p) == sizeof("/v1/settlements") - 1)
+    {
+        /* SPEC §7 */
+        return ngx_http_paygw_method(r, ctx, NGX_HTTP_GET,
+                                     NGX_HTTP_PAYGW_API_SETTLEMENTS);
+
     } else if (ngx_paygw_prefix("/v1/admin/resolve")
                && (size_t) (last - p) == sizeof("/v1/admin/resolve") - 1)
     {

@@ -768,3 +768,66 @@ ngx_http_paygw_store_refund_fee(ngx_http_paygw_mysql_op_t *op,
 
     return NGX_OK;
 }
+
+
+/*
+ * Settlements (SPEC §7): the payments and the refunds that succeeded on
+ * a day of Asia/Shanghai (UTC+8, no daylight saving time), per merchant,
+ * channel and currency.  Two result sets: payments (count, gross, fees)
+ * and refunds (count, refunded, returned fees).
+ */
+
+#define NGX_HTTP_PAYGW_DAY(col)                                              \
+    col " >= STR_TO_DATE(?, '%Y-%m-%d') - INTERVAL 8 HOUR AND "              \
+    col " < STR_TO_DATE(?, '%Y-%m-%d') + INTERVAL 16 HOUR"
+
+ngx_int_t
+ngx_http_paygw_store_select_settlements(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *merchant_id, ngx_str_t *date)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op, merchant_id
+            ? "SELECT merchant_id, channel, currency, COUNT(*), SUM(amount), "
+              "SUM(COALESCE(fee, 0)) FROM payments WHERE "
+              NGX_HTTP_PAYGW_DAY("succeeded_at") " AND merchant_id = ? "
+              "GROUP BY merchant_id, channel, currency "
+              "ORDER BY merchant_id, channel, currency"
+            : "SELECT merchant_id, channel, currency, COUNT(*), SUM(amount), "
+              "SUM(COALESCE(fee, 0)) FROM payments WHERE "
+              NGX_HTTP_PAYGW_DAY("succeeded_at") " "
+              "GROUP BY merchant_id, channel, currency "
+              "ORDER BY merchant_id, channel, currency");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || (merchant_id
+            && ngx_http_paygw_store_str(op, s, merchant_id) != NGX_OK))
+    {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op, merchant_id
+            ? "SELECT r.merchant_id, p.channel, r.currency, COUNT(*), "
+              "SUM(r.amount), SUM(COALESCE(r.fee_returned, 0)) FROM refunds r "
+              "JOIN payments p ON p.payment_no = r.payment_no WHERE "
+              NGX_HTTP_PAYGW_DAY("r.succeeded_at") " AND r.merchant_id = ? "
+              "GROUP BY r.merchant_id, p.channel, r.currency "
+              "ORDER BY r.merchant_id, p.channel, r.currency"
+            : "SELECT r.merchant_id, p.channel, r.currency, COUNT(*), "
+              "SUM(r.amount), SUM(COALESCE(r.fee_returned, 0)) FROM refunds r "
+              "JOIN payments p ON p.payment_no = r.payment_no WHERE "
+              NGX_HTTP_PAYGW_DAY("r.succeeded_at") " "
+              "GROUP BY r.merchant_id, p.channel, r.currency "
+              "ORDER BY r.merchant_id, p.channel, r.currency");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || (merchant_id
+            && ngx_http_paygw_store_str(op, s, merchant_id) != NGX_OK))
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}

@@ -28,6 +28,9 @@
 #define NGX_HTTP_PAYGW_API_RESOLVE      7   /* settle unknown payments */
 #define NGX_HTTP_PAYGW_API_NOTIFY       8   /* a provider's callback */
 
+/* SPEC §7 (counted as "other" in the metrics) */
+#define NGX_HTTP_PAYGW_API_SETTLEMENTS  20
+
 #define NGX_HTTP_PAYGW_MAX_AMOUNT       1000000000000LL
 #define NGX_HTTP_PAYGW_UNPROCESSABLE    422
 #define NGX_HTTP_PAYGW_ER_DUP_ENTRY     1062
