@@ -247,7 +247,8 @@ static ngx_int_t
 ngx_http_paygw_postconfiguration(ngx_conf_t *cf)
 {
     if (ngx_http_paygw_access_init(cf) != NGX_OK
-        || ngx_http_paygw_metrics_init(cf) != NGX_OK)
+        || ngx_http_paygw_metrics_init(cf) != NGX_OK
+        || ngx_http_paygw_recon_init(cf) != NGX_OK)
     {
         return NGX_ERROR;
     }

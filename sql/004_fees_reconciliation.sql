@@ -18,3 +18,20 @@ ALTER TABLE refunds
 -- settlements: the payments and refunds that succeeded on a day
 CREATE INDEX IF NOT EXISTS idx_succeeded ON payments (succeeded_at);
 CREATE INDEX IF NOT EXISTS idx_refund_succeeded ON refunds (succeeded_at);
+
+-- Reconciliation reports (GET /v1/reconciliations/{id} answers "report",
+-- the JSON of SPEC §7, differences included); a rerun of a day makes a
+-- new one.
+CREATE TABLE IF NOT EXISTS reconciliations (
+    id                  BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+    recon_no            VARCHAR(40)  NOT NULL,
+    channel             VARCHAR(16)  NOT NULL,
+    day                 DATE         NOT NULL,
+    status              ENUM('completed', 'failed') NOT NULL,
+    differences         BIGINT       NOT NULL DEFAULT 0,
+    report              MEDIUMBLOB   NOT NULL,
+    created_at          DATETIME(3)  NOT NULL DEFAULT CURRENT_TIMESTAMP(3),
+    PRIMARY KEY (id),
+    UNIQUE KEY uk_recon_no (recon_no),
+    KEY idx_channel_day (channel, day)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;

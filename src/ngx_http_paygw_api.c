@@ -180,6 +180,14 @@ ngx_http_paygw_api_endpoint(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         ctx->step = ngx_http_paygw_settlements;
         break;
 
+    case NGX_HTTP_PAYGW_API_RECONCILE:
+        ctx->step = ngx_http_paygw_reconcile;
+        break;
+
+    case NGX_HTTP_PAYGW_API_GET_RECON:
+        ctx->step = ngx_http_paygw_get_recon;
+        break;
+
     default:
         return NGX_ERROR;
     }

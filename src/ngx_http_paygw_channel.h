@@ -118,6 +118,9 @@ typedef struct {
     ngx_uint_t                    status;
     ngx_str_t                     response;
     ngx_list_t                   *response_headers;
+
+    /* a statement (SPEC §7): the body goes to a filter, not to memory */
+    unsigned                      stream:1;
 } ngx_http_paygw_provider_call_t;
 
 

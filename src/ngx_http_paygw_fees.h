@@ -23,5 +23,20 @@ ngx_int_t ngx_http_paygw_settlements(ngx_http_request_t *r,
 ngx_int_t ngx_http_paygw_store_select_settlements(
     ngx_http_paygw_mysql_op_t *op, ngx_str_t *merchant_id, ngx_str_t *date);
 
+/* ngx_http_paygw_reconcile.c: /v1/reconciliations */
+ngx_int_t ngx_http_paygw_recon_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_paygw_reconcile(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+ngx_int_t ngx_http_paygw_get_recon(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+ngx_int_t ngx_http_paygw_store_select_recon_local(
+    ngx_http_paygw_mysql_op_t *op, ngx_str_t *channel, ngx_str_t *date,
+    ngx_int_t tz_hours);
+ngx_int_t ngx_http_paygw_store_insert_recon(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *id, ngx_str_t *channel, ngx_str_t *date, ngx_uint_t failed,
+    ngx_uint_t differences, ngx_str_t *report);
+ngx_int_t ngx_http_paygw_store_select_recon(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *id);
+
 
 #endif /* _NGX_HTTP_PAYGW_FEES_H_INCLUDED_ */

@@ -12,6 +12,7 @@
 #include "ngx_http_paygw_store.h"
 #include "ngx_http_paygw_render.h"
 #include "ngx_http_paygw_fees.h"
+#include "ngx_http_paygw_mysql.h"
 
 
 #define NGX_HTTP_PAYGW_ISO(col)                                              \
@@ -826,6 +827,100 @@ ngx_http_paygw_store_select_settlements(ngx_http_paygw_mysql_op_t *op,
         || (merchant_id
             && ngx_http_paygw_store_str(op, s, merchant_id) != NGX_OK))
     {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Reconciliation (SPEC §7): the local side of a provider's day, for one
+ * channel (payments created that day, and refunds of its payments
+ * created that day; tz_hours: the provider's time zone), and the
+ * reports, stored as the JSON they are answered with.
+ */
+
+ngx_int_t
+ngx_http_paygw_store_select_recon_local(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *channel, ngx_str_t *date, ngx_int_t tz_hours)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "SELECT 'P', payment_no, payment_no, NULL, channel_trade_no, "
+            "amount, status FROM payments WHERE channel = ? "
+            "AND created_at >= STR_TO_DATE(?, '%Y-%m-%d') - INTERVAL ? HOUR "
+            "AND created_at < STR_TO_DATE(?, '%Y-%m-%d') + INTERVAL ? HOUR "
+            "UNION ALL "
+            "SELECT 'R', r.out_refund_no, r.payment_no, r.refund_no, "
+            "p.channel_trade_no, r.amount, r.status FROM refunds r "
+            "JOIN payments p ON p.payment_no = r.payment_no "
+            "WHERE p.channel = ? "
+            "AND r.created_at >= STR_TO_DATE(?, '%Y-%m-%d') - INTERVAL ? HOUR "
+            "AND r.created_at < STR_TO_DATE(?, '%Y-%m-%d') + INTERVAL ? HOUR");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, channel) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, tz_hours) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, 24 - tz_hours) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, channel) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, tz_hours) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, 24 - tz_hours) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_insert_recon(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *id, ngx_str_t *channel, ngx_str_t *date, ngx_uint_t failed,
+    ngx_uint_t differences, ngx_str_t *report)
+{
+    ngx_str_t                   status;
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    if (failed) {
+        ngx_str_set(&status, "failed");
+
+    } else {
+        ngx_str_set(&status, "completed");
+    }
+
+    s = ngx_http_paygw_mysql_add(op,
+            "INSERT INTO reconciliations (recon_no, channel, day, status, "
+            "differences, report) VALUES (?, ?, STR_TO_DATE(?, '%Y-%m-%d'), "
+            "?, ?, ?)");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, id) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, channel) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &status) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, (int64_t) differences) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, report) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_select_recon(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *id)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "SELECT report FROM reconciliations WHERE recon_no = ?");
+    if (s == NULL || ngx_http_paygw_store_str(op, s, id) != NGX_OK) {
         return NGX_ERROR;
     }
 

@@ -30,6 +30,8 @@
 
 /* SPEC §7 (counted as "other" in the metrics) */
 #define NGX_HTTP_PAYGW_API_SETTLEMENTS  20
+#define NGX_HTTP_PAYGW_API_RECONCILE    21
+#define NGX_HTTP_PAYGW_API_GET_RECON    22
 
 #define NGX_HTTP_PAYGW_MAX_AMOUNT       1000000000000LL
 #define NGX_HTTP_PAYGW_UNPROCESSABLE    422
@@ -166,6 +168,8 @@ struct ngx_http_paygw_ctx_s {
     ngx_http_paygw_mysql_op_t    *candidates;    /* resolve: stale payments */
     ngx_uint_t                    candidate;
     ngx_uint_t                    settled;
+
+    void                         *recon;         /* SPEC §7 reconciliation */
 
     unsigned                      side_effect:1; /* keep the answer */
     unsigned                      reread:1;
