@@ -122,6 +122,13 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
       0,
       NULL },
 
+    { ngx_string("paygw_statement_hosts"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_paygw_statement_hosts,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("paygw_policy"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_http_paygw_policy,

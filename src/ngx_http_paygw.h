@@ -72,6 +72,7 @@ typedef struct {
     void                         *policy;
     void                         *risk;
     void                         *fees;          /* paygw_fees */
+    ngx_array_t                  *statement_hosts;   /* ngx_keyval_t */
     ngx_int_t                     request_id_index;
     ngx_int_t                     trace_id_index;
     ngx_array_t                   logs;          /* ngx_log_t *, to redact */

@@ -25,6 +25,8 @@ ngx_int_t ngx_http_paygw_store_select_settlements(
 
 /* ngx_http_paygw_reconcile.c: /v1/reconciliations */
 ngx_int_t ngx_http_paygw_recon_init(ngx_conf_t *cf);
+char *ngx_http_paygw_statement_hosts(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 ngx_int_t ngx_http_paygw_reconcile(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 ngx_int_t ngx_http_paygw_get_recon(ngx_http_request_t *r,

@@ -84,6 +84,8 @@ struct ngx_http_paygw_recon_s {
     ngx_uint_t                    lines;
     off_t                         bytes;
     EVP_MAC_CTX                  *mac;           /* acquirer signature */
+    EVP_MD_CTX                   *md;            /* WeChat Pay's hash */
+    ngx_str_t                     hash;          /* hex, expected */
 
     ngx_uint_t                    remote;
     ngx_uint_t                    matched;
@@ -111,6 +113,16 @@ static ngx_int_t ngx_http_paygw_recon_stored(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_recon_bank_fetch(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_recon_t *rc);
+static ngx_int_t ngx_http_paygw_recon_wechat_bill(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_recon_t *rc);
+static ngx_int_t ngx_http_paygw_recon_wechat_url(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_recon_url(ngx_http_request_t *r,
+    ngx_http_paygw_recon_t *rc, ngx_str_t *url, ngx_str_t *path);
+static void ngx_http_paygw_recon_stream(ngx_http_paygw_recon_t *rc,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_recon_wechat_line(ngx_http_paygw_recon_t *rc,
+    ngx_str_t *col, ngx_uint_t ncols);
 static ngx_int_t ngx_http_paygw_recon_bank_line(ngx_http_paygw_recon_t *rc,
     ngx_str_t *col, ngx_uint_t ncols);
 static void ngx_http_paygw_recon_mac_start(ngx_http_paygw_recon_t *rc,
@@ -276,6 +288,12 @@ ngx_http_paygw_recon_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         rc->line_handler = ngx_http_paygw_recon_bank_line;
         rc->tz_hours = 0;
 
+    } else if (ngx_http_paygw_is(&rc->ch->provider->name, "wechat")) {
+        rc->header = "type,out_trade_no,out_refund_no,provider_id,"
+                     "amount_fen,status,time";
+        rc->line_handler = ngx_http_paygw_recon_wechat_line;
+        rc->tz_hours = 8;
+
     } else {
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
                                    "invalid_request",
@@ -327,6 +345,11 @@ ngx_http_paygw_recon_cleanup(void *data)
         EVP_MAC_CTX_free(rc->mac);
         rc->mac = NULL;
     }
+
+    if (rc->md) {
+        EVP_MD_CTX_free(rc->md);
+        rc->md = NULL;
+    }
 }
 
 
@@ -376,6 +399,12 @@ ngx_http_paygw_recon_selected(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                    "paygw reconcile %V: step \"selected\" %ui local rows",
                    &rc->id, rc->nlocal);
 
+    ctx->channel = rc->ch;
+
+    if (rc->tz_hours) {
+        return ngx_http_paygw_recon_wechat_bill(r, ctx, rc);
+    }
+
     if (ngx_http_paygw_recon_bank_fetch(r, ctx, rc) != NGX_OK) {
         return NGX_ERROR;
     }
@@ -383,6 +412,284 @@ ngx_http_paygw_recon_selected(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     ctx->next = ngx_http_paygw_recon_fetched;
 
     return NGX_AGAIN;
+}
+
+
+/* WeChat Pay: GET /v3/bill/tradebill?bill_date=D, then its download_url */
+
+static ngx_int_t
+ngx_http_paygw_recon_wechat_bill(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_recon_t *rc)
+{
+    ngx_str_t  path;
+
+    path.data = ngx_pnalloc(r->pool, sizeof("/v3/bill/tradebill?bill_date=")
+                                     - 1 + rc->date.len);
+    if (path.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    path.len = ngx_sprintf(path.data, "/v3/bill/tradebill?bill_date=%V",
+                           &rc->date)
+               - path.data;
+
+    if (ngx_http_paygw_wechat_statement_send(r, ctx, &path, 0) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ctx->next = ngx_http_paygw_recon_wechat_url;
+
+    return NGX_AGAIN;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_recon_wechat_url(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    json_t                  *doc;
+    ngx_str_t                url, path;
+    const char              *type, *hash, *u;
+    ngx_http_paygw_recon_t  *rc;
+
+    rc = ctx->recon;
+
+    doc = ngx_http_paygw_wechat_statement_answer(r, ctx);
+
+    if (doc == NULL) {
+        ngx_http_paygw_recon_fail(rc, "no verifiable answer from WeChat Pay "
+                                  "to the trade bill query");
+        return ngx_http_paygw_recon_fetched(r, ctx);
+    }
+
+    type = json_string_value(json_object_get(doc, "hash_type"));
+    hash = json_string_value(json_object_get(doc, "hash_value"));
+    u = json_string_value(json_object_get(doc, "download_url"));
+
+    if (((ngx_http_paygw_provider_call_t *) ctx->provider)->status
+        != NGX_HTTP_OK
+        || type == NULL || hash == NULL || u == NULL
+        || ngx_strcmp(type, "SHA1") != 0 || ngx_strlen(hash) != 40)
+    {
+        json_decref(doc);
+        ngx_http_paygw_recon_fail(rc, "WeChat Pay's trade bill answer has no "
+                                  "SHA1 hash_value and download_url");
+        return ngx_http_paygw_recon_fetched(r, ctx);
+    }
+
+    rc->hash.len = 40;
+    rc->hash.data = ngx_pnalloc(r->pool, 40);
+    url.len = ngx_strlen(u);
+    url.data = ngx_pnalloc(r->pool, url.len);
+
+    if (rc->hash.data == NULL || url.data == NULL) {
+        json_decref(doc);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(rc->hash.data, hash, 40);
+    ngx_strlow(rc->hash.data, rc->hash.data, 40);
+    ngx_memcpy(url.data, u, url.len);
+    json_decref(doc);
+
+    if (ngx_http_paygw_recon_url(r, rc, &url, &path) != NGX_OK) {
+        return ngx_http_paygw_recon_fetched(r, ctx);
+    }
+
+    rc->md = EVP_MD_CTX_new();
+
+    if (rc->md == NULL || EVP_DigestInit_ex(rc->md, EVP_sha1(), NULL) != 1
+        || ngx_http_paygw_wechat_statement_send(r, ctx, &path, 1) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ngx_http_paygw_recon_stream(rc, ctx);
+
+    ctx->next = ngx_http_paygw_recon_fetched;
+
+    return NGX_AGAIN;
+}
+
+
+/*
+ * A download URL of the provider's choosing: only a host (host[:port])
+ * paygw_statement_hosts allows for the channel; its path and query are
+ * fetched through the channel's location.
+ */
+
+static ngx_int_t
+ngx_http_paygw_recon_url(ngx_http_request_t *r, ngx_http_paygw_recon_t *rc,
+    ngx_str_t *url, ngx_str_t *path)
+{
+    u_char                      *p, *last, *host;
+    size_t                       len;
+    ngx_uint_t                   i;
+    ngx_keyval_t                *kv;
+    ngx_http_paygw_main_conf_t  *pmcf;
+
+    p = url->data;
+    last = p + url->len;
+
+    if (url->len > 8 && ngx_strncmp(p, "https://", 8) == 0) {
+        p += 8;
+
+    } else if (url->len > 7 && ngx_strncmp(p, "http://", 7) == 0) {
+        p += 7;
+
+    } else {
+        ngx_http_paygw_recon_fail(rc, "the download URL is not http(s)");
+        return NGX_ERROR;
+    }
+
+    host = p;
+
+    while (p < last && *p != '/' && *p != '?' && *p != '#' && *p != '@') {
+        p++;
+    }
+
+    len = p - host;
+
+    if (p == last || *p != '/' || len == 0) {
+        ngx_http_paygw_recon_fail(rc, "the download URL is malformed");
+        return NGX_ERROR;
+    }
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_paygw_module);
+
+    kv = pmcf->statement_hosts ? pmcf->statement_hosts->elts : NULL;
+
+    for (i = 0; kv && i < pmcf->statement_hosts->nelts; i++) {
+        if (kv[i].key.len == rc->ch->name.len
+            && ngx_strncmp(kv[i].key.data, rc->ch->name.data,
+                           rc->ch->name.len) == 0
+            && kv[i].value.len == len
+            && ngx_strncasecmp(kv[i].value.data, host, len) == 0)
+        {
+            break;
+        }
+    }
+
+    if (kv == NULL || i == pmcf->statement_hosts->nelts) {
+        ngx_http_paygw_recon_fail(rc, "the download host \"%*s\" is not in "
+                                  "paygw_statement_hosts for %V",
+                                  ngx_min(len, 64), host, &rc->ch->name);
+        return NGX_ERROR;
+    }
+
+    path->data = p;
+    path->len = last - p;
+
+    if (ngx_strlchr(p, last, '#')) {
+        path->len = ngx_strlchr(p, last, '#') - p;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_paygw_recon_stream(ngx_http_paygw_recon_t *rc,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_provider_call_t  *pc;
+
+    pc = ctx->provider;
+
+    rc->stream.call.kind = NGX_HTTP_PAYGW_CALL_STATEMENT;
+    rc->stream.call.sr = pc->call.sr;
+    rc->stream.rc = rc;
+
+    ngx_http_set_ctx(pc->call.sr, &rc->stream, ngx_http_paygw_module);
+}
+
+
+/* type,out_trade_no,out_refund_no,provider_id,amount_fen,status,time */
+
+static ngx_int_t
+ngx_http_paygw_recon_wechat_line(ngx_http_paygw_recon_t *rc, ngx_str_t *col,
+    ngx_uint_t ncols)
+{
+    int64_t     amount;
+    ngx_uint_t  refund, status;
+
+    if (ncols != 7 || ngx_http_paygw_recon_amount(&col[4], &amount) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_paygw_is(&col[0], "trade")) {
+        refund = 0;
+        status = (ngx_http_paygw_is(&col[5], "SUCCESS")
+                  || ngx_http_paygw_is(&col[5], "REFUND"))
+                 ? NGX_HTTP_PAYGW_RS_SUCCEEDED
+                 : ngx_http_paygw_is(&col[5], "PAYERROR")
+                   ? NGX_HTTP_PAYGW_RS_FAILED
+                   : (ngx_http_paygw_is(&col[5], "CLOSED")
+                      || ngx_http_paygw_is(&col[5], "REVOKED"))
+                     ? NGX_HTTP_PAYGW_RS_CLOSED : NGX_HTTP_PAYGW_RS_PENDING;
+
+    } else if (ngx_http_paygw_is(&col[0], "refund")) {
+        refund = 1;
+        status = ngx_http_paygw_is(&col[5], "SUCCESS")
+                 ? NGX_HTTP_PAYGW_RS_SUCCEEDED
+                 : (ngx_http_paygw_is(&col[5], "ABNORMAL")
+                    || ngx_http_paygw_is(&col[5], "CLOSED"))
+                   ? NGX_HTTP_PAYGW_RS_FAILED : NGX_HTTP_PAYGW_RS_PENDING;
+
+    } else {
+        return NGX_ERROR;
+    }
+
+    ngx_http_paygw_recon_match(rc, refund ? &col[2] : &col[1], refund,
+                               &col[1], &col[3], amount, status, &col[5]);
+
+    return NGX_OK;
+}
+
+
+/* paygw_statement_hosts CHANNEL HOST[:PORT] ...; */
+
+char *
+ngx_http_paygw_statement_hosts(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_paygw_main_conf_t *pmcf = conf;
+
+    ngx_str_t     *value;
+    ngx_uint_t     i;
+    ngx_keyval_t  *kv;
+
+    value = cf->args->elts;
+
+    if (pmcf->statement_hosts == NULL) {
+        pmcf->statement_hosts = ngx_array_create(cf->pool, 4,
+                                                 sizeof(ngx_keyval_t));
+        if (pmcf->statement_hosts == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    for (i = 2; i < cf->args->nelts; i++) {
+        if (value[i].len == 0
+            || ngx_strlchr(value[i].data, value[i].data + value[i].len, '/'))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid host \"%V\": host or host:port",
+                               &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        kv = ngx_array_push(pmcf->statement_hosts);
+        if (kv == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        kv->key = value[1];
+        kv->value = value[i];
+    }
+
+    return NGX_CONF_OK;
 }
 
 
@@ -475,11 +782,7 @@ ngx_http_paygw_recon_bank_fetch(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    rc->stream.call.kind = NGX_HTTP_PAYGW_CALL_STATEMENT;
-    rc->stream.call.sr = pc->call.sr;
-    rc->stream.rc = rc;
-
-    ngx_http_set_ctx(pc->call.sr, &rc->stream, ngx_http_paygw_module);
+    ngx_http_paygw_recon_stream(rc, ctx);
 
     return NGX_OK;
 }
@@ -577,6 +880,11 @@ ngx_http_paygw_recon_feed(ngx_http_paygw_recon_t *rc, u_char *p, size_t n)
     }
 
     rc->bytes += n;
+
+    if (rc->md && EVP_DigestUpdate(rc->md, p, n) != 1) {
+        ngx_http_paygw_recon_fail(rc, "cannot hash the statement");
+        return;
+    }
 
     if (rc->mac && EVP_MAC_update(rc->mac, p, n) != 1) {
         ngx_http_paygw_recon_fail(rc, "cannot hash the statement");
@@ -890,6 +1198,20 @@ ngx_http_paygw_recon_fetched(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         {
             ngx_http_paygw_recon_fail(rc, "the statement's signature does "
                                       "not verify");
+        }
+    }
+
+    /* WeChat Pay: the SHA1 its bill query announced */
+
+    if (!rc->failed && rc->md) {
+        if (EVP_DigestFinal_ex(rc->md, md, NULL) != 1) {
+            ngx_http_paygw_recon_fail(rc, "cannot hash the statement");
+
+        } else if (ngx_memcmp(ngx_hex_dump(hex, md, 20) - 40, rc->hash.data,
+                              40) != 0)
+        {
+            ngx_http_paygw_recon_fail(rc, "the statement's SHA1 is not the "
+                                      "hash_value WeChat Pay announced");
         }
     }
 

@@ -382,10 +382,15 @@ module.exports = function createWechat(env) {
             rows.push({at: r.createdAt, cols: ['refund', r.out_trade_no, r.out_refund_no,
                                                r.refund_id, r.refund, r.status]});
         }
-        const lines = rows.filter((r) => c.cstDay(r.at) === day)
+        const now = c.rfc3339Cst(Date.now());
+        const dayRows = rows.filter((r) => c.cstDay(r.at) === day)
             .sort((a, b) => a.at - b.at)
-            .map((r) => [...r.cols, c.rfc3339Cst(r.at)].map(env.csvField).join(','));
-        return [BILL_COLUMNS.join(','), ...lines].map((l) => `${l}\n`).join('');
+            .map((r) => ({key: r.cols[2] || r.cols[1],
+                          cols: [...r.cols, c.rfc3339Cst(r.at)]}));
+        const lines = env.tweakStatement('wechat', dayRows, 4, 5,
+            (i) => ['trade', `LARGE${String(i).padStart(7, '0')}`, '',
+                    `42000${String(i).padStart(23, '0')}`, 100 + (i % 900), 'SUCCESS', now]);
+        return env.finishStatement('wechat', BILL_COLUMNS, lines);
     }
 
     function tradeBill(ctx) {
@@ -393,9 +398,12 @@ module.exports = function createWechat(env) {
         if (!day || !env.validDay(day)) {
             return paramError('bill_date must be YYYY-MM-DD');
         }
+        const t = env.statementTweaks('wechat');
+        const hash = crypto.createHash('sha1').update(billCsv(day)).digest('hex');
         return {status: 200, obj: {
             hash_type: 'SHA1',
-            hash_value: crypto.createHash('sha1').update(billCsv(day)).digest('hex'),
+            hash_value: t.bad_hash ? hash.replace(/^./, (ch) => (ch === '0' ? '1' : '0'))
+                                   : hash,
             download_url: `http://127.0.0.1:${opts.port}/_sim/wechat/bill/${day}`,
         }};
     }
@@ -407,8 +415,13 @@ module.exports = function createWechat(env) {
         if (!env.validDay(day)) {
             return env.json(400, {error: 'date must be YYYY-MM-DD'});
         }
-        return {status: 200, headers: {'Content-Type': 'text/csv; charset=utf-8'},
-                body: billCsv(day)};
+        const body = billCsv(day);
+        const answer = {status: 200, headers: {'Content-Type': 'text/csv; charset=utf-8'},
+                        body};
+        if (env.statementTweaks('wechat').truncate) {
+            answer.truncateAt = Math.floor(Buffer.byteLength(body) * 0.6);
+        }
+        return answer;
     }
 
     // Counts an authentic Native order per out_trade_no and refund per
