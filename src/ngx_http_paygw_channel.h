@@ -170,6 +170,10 @@ ngx_int_t ngx_http_paygw_form_decode(ngx_pool_t *pool, ngx_str_t *form,
 /* verification of callbacks, also for the test endpoint */
 ngx_int_t ngx_http_paygw_alipay_verify_form(ngx_pool_t *pool, EVP_PKEY *key,
     ngx_str_t *form, ngx_array_t **params);
+ngx_int_t ngx_http_paygw_alipay_statement_query(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_str_t *date);
+json_t *ngx_http_paygw_alipay_statement_answer(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_str_t *code, ngx_str_t *sub_code);
 ngx_int_t ngx_http_paygw_wechat_statement_send(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, ngx_str_t *path, ngx_uint_t stream);
 json_t *ngx_http_paygw_wechat_statement_answer(ngx_http_request_t *r,

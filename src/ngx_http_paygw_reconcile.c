@@ -27,6 +27,8 @@
 #include "ngx_http_paygw_fees.h"
 #include <openssl/evp.h>
 #include <openssl/crypto.h>
+#include <zlib.h>
+#include <iconv.h>
 
 
 #define NGX_HTTP_PAYGW_CALL_STATEMENT   7
@@ -34,6 +36,7 @@
 #define NGX_HTTP_PAYGW_RECON_MAX_LINE   4096
 #define NGX_HTTP_PAYGW_RECON_MAX_COLS   16
 #define NGX_HTTP_PAYGW_RECON_MAX_DIFFS  1000
+#define NGX_HTTP_PAYGW_RECON_ZBUF       16384
 
 /* normalized states, compared between the two sides */
 #define NGX_HTTP_PAYGW_RS_PENDING       0
@@ -87,6 +90,22 @@ struct ngx_http_paygw_recon_s {
     EVP_MD_CTX                   *md;            /* WeChat Pay's hash */
     ngx_str_t                     hash;          /* hex, expected */
 
+    /* Alipay: a zip (first entry, deflated) of GBK text */
+    ngx_uint_t                    zip_state;
+    u_char                        zip_hdr[30];
+    size_t                        zip_have;
+    size_t                        zip_skip;
+    uint32_t                      zip_crc;
+    uint32_t                      crc;
+    z_stream                      zs;
+    iconv_t                       cd;
+    u_char                        gbk[NGX_HTTP_PAYGW_RECON_ZBUF + 8];
+    size_t                        gbk_len;
+    unsigned                      zip:1;
+    unsigned                      zs_init:1;
+    unsigned                      comments:1;    /* "#" lines */
+    unsigned                      end_seen:1;
+
     ngx_uint_t                    remote;
     ngx_uint_t                    matched;
     ngx_uint_t                    missing_local;
@@ -113,6 +132,16 @@ static ngx_int_t ngx_http_paygw_recon_stored(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_recon_bank_fetch(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_recon_t *rc);
+static ngx_int_t ngx_http_paygw_recon_alipay_url(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static void ngx_http_paygw_recon_zip(ngx_http_paygw_recon_t *rc, u_char *p,
+    size_t n);
+static void ngx_http_paygw_recon_gbk(ngx_http_paygw_recon_t *rc, u_char *p,
+    size_t n);
+static ngx_int_t ngx_http_paygw_recon_alipay_line(ngx_http_paygw_recon_t *rc,
+    ngx_str_t *col, ngx_uint_t ncols);
+static void ngx_http_paygw_recon_lines(ngx_http_paygw_recon_t *rc, u_char *p,
+    size_t n);
 static ngx_int_t ngx_http_paygw_recon_wechat_bill(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_recon_t *rc);
 static ngx_int_t ngx_http_paygw_recon_wechat_url(ngx_http_request_t *r,
@@ -288,6 +317,24 @@ ngx_http_paygw_recon_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         rc->line_handler = ngx_http_paygw_recon_bank_line;
         rc->tz_hours = 0;
 
+    } else if (ngx_http_paygw_is(&rc->ch->provider->name, "alipay")) {
+        rc->header = "\xe6\x94\xaf\xe4\xbb\x98\xe5\xae\x9d\xe4\xba\xa4"
+                     "\xe6\x98\x93\xe5\x8f\xb7,\xe5\x95\x86\xe6\x88\xb7"
+                     "\xe8\xae\xa2\xe5\x8d\x95\xe5\x8f\xb7,\xe4\xb8\x9a"
+                     "\xe5\x8a\xa1\xe7\xb1\xbb\xe5\x9e\x8b,\xe5\x95\x86"
+                     "\xe5\x93\x81\xe5\x90\x8d\xe7\xa7\xb0,\xe5\x88\x9b"
+                     "\xe5\xbb\xba\xe6\x97\xb6\xe9\x97\xb4,\xe5\xae\x8c"
+                     "\xe6\x88\x90\xe6\x97\xb6\xe9\x97\xb4,\xe8\xae\xa2"
+                     "\xe5\x8d\x95\xe9\x87\x91\xe9\xa2\x9d\xef\xbc\x88"
+                     "\xe5\x85\x83\xef\xbc\x89,\xe9\x80\x80\xe6\xac\xbe"
+                     "\xe6\x89\xb9\xe6\xac\xa1\xe5\x8f\xb7/\xe8\xaf\xb7"
+                     "\xe6\xb1\x82\xe5\x8f\xb7,\xe4\xba\xa4\xe6\x98\x93"
+                     "\xe7\x8a\xb6\xe6\x80\x81";
+        rc->line_handler = ngx_http_paygw_recon_alipay_line;
+        rc->tz_hours = 8;
+        rc->zip = 1;
+        rc->comments = 1;
+
     } else if (ngx_http_paygw_is(&rc->ch->provider->name, "wechat")) {
         rc->header = "type,out_trade_no,out_refund_no,provider_id,"
                      "amount_fen,status,time";
@@ -350,6 +397,16 @@ ngx_http_paygw_recon_cleanup(void *data)
         EVP_MD_CTX_free(rc->md);
         rc->md = NULL;
     }
+
+    if (rc->zs_init) {
+        inflateEnd(&rc->zs);
+        rc->zs_init = 0;
+    }
+
+    if (rc->cd != (iconv_t) -1 && rc->cd != NULL) {
+        iconv_close(rc->cd);
+        rc->cd = NULL;
+    }
 }
 
 
@@ -401,6 +458,18 @@ ngx_http_paygw_recon_selected(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     ctx->channel = rc->ch;
 
+    if (rc->zip) {
+        if (ngx_http_paygw_alipay_statement_query(r, ctx, &rc->date)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        ctx->next = ngx_http_paygw_recon_alipay_url;
+
+        return NGX_AGAIN;
+    }
+
     if (rc->tz_hours) {
         return ngx_http_paygw_recon_wechat_bill(r, ctx, rc);
     }
@@ -412,6 +481,318 @@ ngx_http_paygw_recon_selected(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     ctx->next = ngx_http_paygw_recon_fetched;
 
     return NGX_AGAIN;
+}
+
+
+/* Alipay: the bill's URL, then the zip it names (an unsigned GET) */
+
+static ngx_int_t
+ngx_http_paygw_recon_alipay_url(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    json_t                          *doc;
+    ngx_str_t                        url, path, code, sub_code;
+    const char                      *u;
+    ngx_http_paygw_recon_t          *rc;
+    ngx_http_paygw_provider_call_t  *pc;
+
+    rc = ctx->recon;
+
+    doc = ngx_http_paygw_alipay_statement_answer(r, ctx, &code, &sub_code);
+
+    if (doc == NULL) {
+        ngx_http_paygw_recon_fail(rc, "no verifiable answer from Alipay to "
+                                  "the bill URL query");
+        return ngx_http_paygw_recon_fetched(r, ctx);
+    }
+
+    u = json_string_value(json_object_get(doc, "bill_download_url"));
+
+    if (!ngx_http_paygw_is(&code, "10000") || u == NULL) {
+        json_decref(doc);
+        ngx_http_paygw_recon_fail(rc, "Alipay gave no bill: %V %V", &code,
+                                  &sub_code);
+        return ngx_http_paygw_recon_fetched(r, ctx);
+    }
+
+    url.len = ngx_strlen(u);
+    url.data = ngx_pnalloc(r->pool, url.len);
+    if (url.data == NULL) {
+        json_decref(doc);
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(url.data, u, url.len);
+    json_decref(doc);
+
+    if (ngx_http_paygw_recon_url(r, rc, &url, &path) != NGX_OK) {
+        return ngx_http_paygw_recon_fetched(r, ctx);
+    }
+
+    rc->cd = iconv_open("UTF-8", "GBK");
+    if (rc->cd == (iconv_t) -1) {
+        rc->cd = NULL;
+        ngx_http_paygw_recon_fail(rc, "iconv has no GBK");
+        return ngx_http_paygw_recon_fetched(r, ctx);
+    }
+
+    pc = ngx_http_paygw_provider_create(r, "GET");
+    if (pc == NULL) {
+        return NGX_ERROR;
+    }
+
+    pc->path = path;
+    pc->stream = 1;
+    pc->what = (u_char *) "bill download";
+
+    ctx->provider = pc;
+    ctx->waiting = &pc->call;
+
+    if (ngx_http_paygw_provider_send(r, rc->ch, pc) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_paygw_recon_stream(rc, ctx);
+
+    ctx->next = ngx_http_paygw_recon_fetched;
+
+    return NGX_AGAIN;
+}
+
+
+/*
+ * The zip, as it arrives: its first local file header, then the entry's
+ * deflate stream inflated into GBK text, converted to UTF-8 and cut into
+ * lines; the CRC-32 of the text is checked at the end of the stream.
+ * What follows the entry (the central directory) is not read.
+ */
+
+static void
+ngx_http_paygw_recon_zip(ngx_http_paygw_recon_t *rc, u_char *p, size_t n)
+{
+    int       zrc;
+    size_t    k, produced;
+    u_char   *h;
+    u_char    out[NGX_HTTP_PAYGW_RECON_ZBUF];
+
+    while (n && !rc->failed) {
+
+        switch (rc->zip_state) {
+
+        case 0:
+            k = ngx_min(n, 30 - rc->zip_have);
+            ngx_memcpy(rc->zip_hdr + rc->zip_have, p, k);
+            rc->zip_have += k;
+            p += k;
+            n -= k;
+
+            if (rc->zip_have < 30) {
+                return;
+            }
+
+            h = rc->zip_hdr;
+
+            if (h[0] != 'P' || h[1] != 'K' || h[2] != 3 || h[3] != 4) {
+                ngx_http_paygw_recon_fail(rc, "the bill is not a zip");
+                return;
+            }
+
+            if ((h[6] & 1) || h[8] != 8 || h[9] != 0) {
+                ngx_http_paygw_recon_fail(rc, "the bill's zip entry is "
+                                          "encrypted or not deflated");
+                return;
+            }
+
+            rc->zip_crc = h[14] | (h[15] << 8) | (h[16] << 16)
+                          | ((uint32_t) h[17] << 24);
+            rc->zip_skip = (h[26] | (h[27] << 8)) + (h[28] | (h[29] << 8));
+            rc->zip_state = 1;
+
+            /* fall through */
+
+        case 1:
+            k = ngx_min(n, rc->zip_skip);
+            rc->zip_skip -= k;
+            p += k;
+            n -= k;
+
+            if (rc->zip_skip) {
+                return;
+            }
+
+            if (inflateInit2(&rc->zs, -MAX_WBITS) != Z_OK) {
+                ngx_http_paygw_recon_fail(rc, "cannot inflate");
+                return;
+            }
+
+            rc->zs_init = 1;
+            rc->crc = crc32(0L, Z_NULL, 0);
+            rc->zip_state = 2;
+            break;
+
+        case 2:
+            rc->zs.next_in = p;
+            rc->zs.avail_in = n;
+
+            do {
+                rc->zs.next_out = out;
+                rc->zs.avail_out = sizeof(out);
+
+                zrc = inflate(&rc->zs, Z_NO_FLUSH);
+
+                if (zrc != Z_OK && zrc != Z_STREAM_END
+                    && !(zrc == Z_BUF_ERROR && rc->zs.avail_in == 0))
+                {
+                    ngx_http_paygw_recon_fail(rc, "the bill's zip is "
+                                              "corrupt (inflate: %d)", zrc);
+                    return;
+                }
+
+                produced = sizeof(out) - rc->zs.avail_out;
+                rc->crc = crc32(rc->crc, out, produced);
+                ngx_http_paygw_recon_gbk(rc, out, produced);
+
+                if (zrc == Z_STREAM_END) {
+                    if (rc->crc != rc->zip_crc) {
+                        ngx_http_paygw_recon_fail(rc, "the bill's zip entry "
+                                                  "fails its CRC-32");
+                        return;
+                    }
+
+                    rc->zip_state = 3;
+                    return;
+                }
+
+            } while (!rc->failed
+                     && (rc->zs.avail_in > 0 || rc->zs.avail_out == 0));
+
+            return;
+
+        default:
+            return;
+        }
+    }
+}
+
+
+/* GBK to UTF-8, a character cut by a buffer's end kept for the next */
+
+static void
+ngx_http_paygw_recon_gbk(ngx_http_paygw_recon_t *rc, u_char *p, size_t n)
+{
+    char    *in, *o;
+    size_t   k, inleft, outleft;
+    u_char   out[2 * NGX_HTTP_PAYGW_RECON_ZBUF];
+
+    while (n && !rc->failed) {
+        k = ngx_min(n, NGX_HTTP_PAYGW_RECON_ZBUF);
+        ngx_memcpy(rc->gbk + rc->gbk_len, p, k);
+        rc->gbk_len += k;
+        p += k;
+        n -= k;
+
+        in = (char *) rc->gbk;
+        inleft = rc->gbk_len;
+
+        while (inleft) {
+            o = (char *) out;
+            outleft = sizeof(out);
+
+            if (iconv(rc->cd, &in, &inleft, &o, &outleft) == (size_t) -1) {
+
+                if (errno == EILSEQ) {
+                    ngx_http_paygw_recon_fail(rc, "the bill is not GBK "
+                                              "(line %ui)", rc->lines + 1);
+                    return;
+                }
+
+                if (errno == EINVAL) {
+                    ngx_http_paygw_recon_lines(rc, out, o - (char *) out);
+                    break;
+                }
+            }
+
+            ngx_http_paygw_recon_lines(rc, out, o - (char *) out);
+        }
+
+        ngx_memmove(rc->gbk, in, inleft);
+        rc->gbk_len = inleft;
+    }
+}
+
+
+/*
+ * 支付宝交易号,商户订单号,业务类型,商品名称,创建时间,完成时间,
+ * 订单金额（元）,退款批次号/请求号,交易状态 -- a refund's amount is
+ * negative
+ */
+
+static ngx_int_t
+ngx_http_paygw_recon_alipay_line(ngx_http_paygw_recon_t *rc, ngx_str_t *col,
+    ngx_uint_t ncols)
+{
+    u_char      *p, *last;
+    int64_t      amount;
+    ngx_uint_t   refund, status, digits;
+
+    if (ncols != 9 || col[6].len == 0) {
+        return NGX_ERROR;
+    }
+
+    /* yuan, two decimals, "-" for a refund */
+
+    p = col[6].data;
+    last = p + col[6].len;
+
+    if (*p == '-') {
+        p++;
+    }
+
+    amount = 0;
+    digits = 0;
+
+    while (p < last && *p >= '0' && *p <= '9' && digits < 13) {
+        amount = amount * 10 + (*p++ - '0');
+        digits++;
+    }
+
+    if (digits == 0 || last - p != 3 || p[0] != '.'
+        || p[1] < '0' || p[1] > '9' || p[2] < '0' || p[2] > '9')
+    {
+        return NGX_ERROR;
+    }
+
+    amount = amount * 100 + (p[1] - '0') * 10 + (p[2] - '0');
+
+    /* 交易 (trade), 退款 (refund) */
+
+    if (col[2].len == 6
+        && ngx_strncmp(col[2].data, "\xe4\xba\xa4\xe6\x98\x93", 6) == 0)
+    {
+        refund = 0;
+        status = (ngx_http_paygw_is(&col[8], "TRADE_SUCCESS")
+                  || ngx_http_paygw_is(&col[8], "TRADE_FINISHED"))
+                 ? NGX_HTTP_PAYGW_RS_SUCCEEDED
+                 : ngx_http_paygw_is(&col[8], "TRADE_CLOSED")
+                   ? NGX_HTTP_PAYGW_RS_CLOSED : NGX_HTTP_PAYGW_RS_PENDING;
+
+    } else if (col[2].len == 6
+               && ngx_strncmp(col[2].data, "\xe9\x80\x80\xe6\xac\xbe", 6)
+                  == 0)
+    {
+        refund = 1;
+        status = ngx_http_paygw_is(&col[8], "REFUND_SUCCESS")
+                 ? NGX_HTTP_PAYGW_RS_SUCCEEDED
+                 : NGX_HTTP_PAYGW_RS_FAILED;
+
+    } else {
+        return NGX_ERROR;
+    }
+
+    ngx_http_paygw_recon_match(rc, refund ? &col[7] : &col[1], refund,
+                               &col[1], &col[0], amount, status, &col[8]);
+
+    return NGX_OK;
 }
 
 
@@ -872,9 +1253,6 @@ ngx_http_paygw_recon_mac_start(ngx_http_paygw_recon_t *rc,
 static void
 ngx_http_paygw_recon_feed(ngx_http_paygw_recon_t *rc, u_char *p, size_t n)
 {
-    u_char  *nl, *last;
-    size_t   k;
-
     if (rc->failed) {
         return;
     }
@@ -890,6 +1268,23 @@ ngx_http_paygw_recon_feed(ngx_http_paygw_recon_t *rc, u_char *p, size_t n)
         ngx_http_paygw_recon_fail(rc, "cannot hash the statement");
         return;
     }
+
+    if (rc->zip) {
+        ngx_http_paygw_recon_zip(rc, p, n);
+        return;
+    }
+
+    ngx_http_paygw_recon_lines(rc, p, n);
+}
+
+
+/* text, cut into lines */
+
+static void
+ngx_http_paygw_recon_lines(ngx_http_paygw_recon_t *rc, u_char *p, size_t n)
+{
+    u_char  *nl, *last;
+    size_t   k;
 
     last = p + n;
 
@@ -935,6 +1330,24 @@ ngx_http_paygw_recon_parse_line(ngx_http_paygw_recon_t *rc)
     if (ngx_http_paygw_utf8_valid(rc->line, len) != NGX_OK) {
         ngx_http_paygw_recon_fail(rc, "line %ui of the statement is not "
                                   "valid UTF-8", rc->lines);
+        return;
+    }
+
+    if (rc->comments && len && rc->line[0] == '#') {
+
+        /* the end of the table: "#----...业务明细列表结束----" */
+
+        if (ngx_strnstr(rc->line, "\xe5\x88\x97\xe8\xa1\xa8\xe7\xbb\x93"
+                                  "\xe6\x9d\x9f", len)
+            != NULL)
+        {
+            rc->end_seen = 1;
+        }
+
+        return;
+    }
+
+    if (rc->end_seen) {
         return;
     }
 
@@ -1173,6 +1586,14 @@ ngx_http_paygw_recon_fetched(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     {
         ngx_http_paygw_recon_fail(rc, "the statement is truncated after "
                                   "%O bytes", rc->bytes);
+
+    } else if (rc->zip && rc->zip_state != 3) {
+        ngx_http_paygw_recon_fail(rc, "the bill's zip ends before its "
+                                  "entry does (truncated)");
+
+    } else if (rc->zip && (rc->gbk_len || !rc->end_seen)) {
+        ngx_http_paygw_recon_fail(rc, "the bill ends before its table "
+                                  "does (truncated)");
 
     } else if (!rc->header_seen) {
         ngx_http_paygw_recon_fail(rc, "the statement is empty");
