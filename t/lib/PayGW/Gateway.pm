@@ -250,6 +250,10 @@ $qr
     upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
     upstream paygw_alipay { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
     upstream paygw_wechat { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+
+    # statement downloads: the hosts the providers may point at
+    paygw_statement_hosts wechat 127.0.0.1:%%SIM_PORT%%;
+    paygw_statement_hosts alipay 127.0.0.1:%%SIM_PORT%%;
     log_format paygw '\$remote_addr "\$request" \$status \$request_time';
     $extra_http
 
