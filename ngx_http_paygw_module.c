@@ -129,6 +129,13 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
       0,
       NULL },
 
+    { ngx_string("paygw_reconcile_schedule"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_paygw_reconcile_schedule,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("paygw_policy"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_http_paygw_policy,
@@ -378,6 +385,10 @@ static ngx_int_t
 ngx_http_paygw_init_process(ngx_cycle_t *cycle)
 {
     ngx_http_paygw_redact_init_process(cycle);
+
+    if (ngx_http_paygw_reconciler_init_process(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     return ngx_http_paygw_settler_init_process(cycle);
 }

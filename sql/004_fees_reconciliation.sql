@@ -35,3 +35,16 @@ CREATE TABLE IF NOT EXISTS reconciliations (
     UNIQUE KEY uk_recon_no (recon_no),
     KEY idx_channel_day (channel, day)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- The scheduled reconciliation's lease: one run at a time across workers
+-- and nginx instances (paygw_reconcile_schedule).
+CREATE TABLE IF NOT EXISTS reconciliation_lease (
+    name                VARCHAR(32)  NOT NULL,
+    holder              VARCHAR(40)  NOT NULL,
+    expires_at          DATETIME(3)  NOT NULL,
+    PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+-- which scheduled run made a report (NULL: POST /v1/reconciliations)
+ALTER TABLE reconciliations
+    ADD COLUMN IF NOT EXISTS run_holder VARCHAR(40) NULL;

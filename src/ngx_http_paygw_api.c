@@ -188,6 +188,10 @@ ngx_http_paygw_api_endpoint(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         ctx->step = ngx_http_paygw_get_recon;
         break;
 
+    case NGX_HTTP_PAYGW_API_RECON_RUN:
+        ctx->step = ngx_http_paygw_recon_run;
+        break;
+
     default:
         return NGX_ERROR;
     }

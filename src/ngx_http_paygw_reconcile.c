@@ -59,6 +59,20 @@ typedef struct {
 
 typedef struct ngx_http_paygw_recon_s  ngx_http_paygw_recon_t;
 
+
+/* a scheduled run: every channel with a statement, each of N days */
+
+typedef struct {
+    ngx_str_t                     holder;        /* of the lease */
+    ngx_uint_t                    days;
+    time_t                        lease;
+    ngx_uint_t                    job;
+    ngx_uint_t                    nchannels;
+    ngx_http_paygw_channel_t     *channels[NGX_HTTP_PAYGW_SLOTS];
+    ngx_uint_t                    diffs[NGX_HTTP_PAYGW_SLOTS];
+    json_t                       *reports;
+} ngx_http_paygw_recon_run_t;
+
 typedef ngx_int_t (*ngx_http_paygw_recon_line_pt)(ngx_http_paygw_recon_t *rc,
     ngx_str_t *col, ngx_uint_t ncols);
 
@@ -71,6 +85,7 @@ typedef struct {
 
 struct ngx_http_paygw_recon_s {
     ngx_http_request_t           *r;
+    ngx_http_paygw_recon_run_t   *run;           /* NULL: POST */
     ngx_str_t                     id;
     ngx_str_t                     date;
     ngx_http_paygw_channel_t     *ch;
@@ -124,6 +139,19 @@ struct ngx_http_paygw_recon_s {
 
 static ngx_int_t ngx_http_paygw_recon_start(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_recon_setup(ngx_http_paygw_recon_t *rc);
+static ngx_int_t ngx_http_paygw_recon_begin(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_recon_t *rc);
+static ngx_int_t ngx_http_paygw_recon_run_start(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_recon_run_leased(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_recon_run_next(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_recon_run_t *run);
+static ngx_int_t ngx_http_paygw_recon_run_released(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_recon_run_report(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_recon_t *rc);
 static ngx_int_t ngx_http_paygw_recon_selected(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_recon_fetched(ngx_http_request_t *r,
@@ -229,7 +257,6 @@ ngx_http_paygw_recon_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     const char              *name;
     ngx_str_t                channel;
     json_error_t             err;
-    ngx_pool_cleanup_t      *cln;
     ngx_http_paygw_recon_t  *rc;
 
     if (!ngx_http_paygw_recon_admin(ctx)) {
@@ -311,6 +338,22 @@ ngx_http_paygw_recon_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                    "channel is unknown or not enabled");
     }
 
+    if (ngx_http_paygw_recon_setup(rc) != NGX_OK) {
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
+                                   "invalid_request",
+                                   "channel \"%V\": its statement cannot be "
+                                   "reconciled", &rc->ch->name);
+    }
+
+    return ngx_http_paygw_recon_begin(r, ctx, rc);
+}
+
+
+/* the statement's format: by the channel's provider */
+
+static ngx_int_t
+ngx_http_paygw_recon_setup(ngx_http_paygw_recon_t *rc)
+{
     if (ngx_http_paygw_is(&rc->ch->provider->name, "bank_card")) {
         rc->header = "type,out_trade_no,out_refund_no,provider_id,amount,"
                      "currency,status,created_at";
@@ -342,11 +385,20 @@ ngx_http_paygw_recon_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         rc->tz_hours = 8;
 
     } else {
-        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
-                                   "invalid_request",
-                                   "channel \"%V\": its statement cannot be "
-                                   "reconciled yet", &rc->ch->name);
+        return NGX_DECLINED;
     }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_recon_begin(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_http_paygw_recon_t *rc)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    ctx->recon = rc;
 
     if (ngx_http_paygw_random_no(r->pool, 'C', &rc->id) != NGX_OK) {
         return NGX_ERROR;
@@ -1556,7 +1608,7 @@ ngx_http_paygw_recon_fetched(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     json_t                          *report;
     size_t                           mdlen;
     ngx_str_t                       *h_ts, *h_sig, text;
-    ngx_uint_t                       i;
+    ngx_uint_t                       i, n;
     ngx_http_paygw_recon_t          *rc;
     ngx_http_paygw_recon_local_t    *l;
     ngx_http_paygw_provider_call_t  *pc;
@@ -1669,19 +1721,39 @@ ngx_http_paygw_recon_fetched(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                   + rc->amount_mismatch + rc->status_mismatch);
 
     ctx->response = text;
+    n = rc->missing_local + rc->missing_remote + rc->amount_mismatch
+        + rc->status_mismatch;
 
     if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
         || ngx_http_paygw_store_insert_recon(ctx->mysql, &rc->id,
                                              &rc->ch->name, &rc->date,
-                                             rc->failed,
-                                             rc->missing_local
-                                             + rc->missing_remote
-                                             + rc->amount_mismatch
-                                             + rc->status_mismatch,
+                                             rc->failed, n,
+                                             rc->run ? &rc->run->holder
+                                                     : NULL,
                                              &text)
            != NGX_OK)
     {
         return NGX_ERROR;
+    }
+
+    /* differences: an event, in the transaction of the report */
+
+    if (!rc->failed && n) {
+        ctx->mysql->transaction = 1;
+
+        report = json_pack("{s:s%, s:s%, s:s%, s:I}",
+                           "id", rc->id.data, rc->id.len,
+                           "channel", rc->ch->name.data, rc->ch->name.len,
+                           "date", rc->date.data, rc->date.len,
+                           "differences", (json_int_t) n);
+
+        if (report == NULL
+            || ngx_http_paygw_store_recon_event(r, ctx->mysql, &rc->id,
+                                                report)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
     }
 
     return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_recon_stored);
@@ -1731,8 +1803,9 @@ ngx_http_paygw_recon_report(ngx_http_paygw_recon_t *rc)
 static ngx_int_t
 ngx_http_paygw_recon_stored(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    json_t        *doc;
-    json_error_t   err;
+    json_t                  *doc;
+    json_error_t             err;
+    ngx_http_paygw_recon_t  *rc;
 
     if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
         return ngx_http_paygw_mysql_down(r, ctx);
@@ -1740,8 +1813,265 @@ ngx_http_paygw_recon_stored(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     ctx->side_effect = 1;
 
+    rc = ctx->recon;
+
+    if (rc->run) {
+        ngx_str_null(&ctx->response);
+        return ngx_http_paygw_recon_run_report(r, ctx, rc);
+    }
+
     doc = json_loadb((char *) ctx->response.data, ctx->response.len, 0, &err);
     ngx_str_null(&ctx->response);
+
+    return ngx_http_paygw_respond(r, ctx, NGX_HTTP_OK, doc);
+}
+
+
+/*
+ * POST /v1/admin/reconcile {"days":N,"lease":SECONDS}: the scheduled run
+ * (ngx_http_paygw_reconciler.c).  Under the MySQL lease, or not at all.
+ */
+
+ngx_int_t
+ngx_http_paygw_recon_run(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    return ngx_http_paygw_steps(r, ctx, ngx_http_paygw_recon_run_start);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_recon_run_start(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    json_t                      *doc;
+    json_int_t                   n;
+    ngx_uint_t                   i;
+    json_error_t                 err;
+    ngx_http_paygw_recon_t       probe;
+    ngx_http_paygw_channel_t    *ch;
+    ngx_http_paygw_recon_run_t  *run;
+    ngx_http_paygw_main_conf_t  *pmcf;
+
+    if (!ngx_http_paygw_recon_admin(ctx)) {
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_FORBIDDEN, "forbidden",
+                                   "only admin keys may reconcile");
+    }
+
+    run = ngx_pcalloc(r->pool, sizeof(ngx_http_paygw_recon_run_t));
+    if (run == NULL) {
+        return NGX_ERROR;
+    }
+
+    run->days = 7;
+    run->lease = 600;
+
+    doc = json_loadb((char *) ctx->body.data, ctx->body.len, 0, &err);
+
+    if (doc && json_is_object(doc)) {
+        n = json_integer_value(json_object_get(doc, "days"));
+        if (n >= 1 && n <= 62) {
+            run->days = (ngx_uint_t) n;
+        }
+
+        n = json_integer_value(json_object_get(doc, "lease"));
+        if (n >= 1 && n <= 86400) {
+            run->lease = (time_t) n;
+        }
+    }
+
+    json_decref(doc);
+
+    /* every channel whose provider has a statement */
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_paygw_module);
+    ch = pmcf->channels.elts;
+
+    for (i = 0; i < pmcf->channels.nelts
+                && run->nchannels < NGX_HTTP_PAYGW_SLOTS; i++)
+    {
+        probe.ch = &ch[i];
+
+        if (ngx_http_paygw_recon_setup(&probe) == NGX_OK) {
+            run->channels[run->nchannels++] = &ch[i];
+        }
+    }
+
+    run->reports = json_array();
+
+    if (run->reports == NULL
+        || ngx_http_paygw_random_no(r->pool, 'L', &run->holder) != NGX_OK)
+    {
+        json_decref(run->reports);
+        return NGX_ERROR;
+    }
+
+    ctx->recon = run;
+
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_recon_lease(ctx->mysql, &run->holder,
+                                            run->lease)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_recon_run_leased);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_recon_run_leased(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    json_t                      *doc;
+    ngx_str_t                   *holder;
+    ngx_http_paygw_sql_stmt_t   *stmt;
+    ngx_http_paygw_recon_run_t  *run;
+
+    run = ctx->recon;
+
+    if (!ctx->mysql->call.ok || ctx->mysql->err_no
+        || ctx->mysql->stmts.nelts != 2)
+    {
+        json_decref(run->reports);
+        return ngx_http_paygw_mysql_down(r, ctx);
+    }
+
+    stmt = ctx->mysql->stmts.elts;
+    holder = stmt[1].nrows ? &stmt[1].values[0] : NULL;
+
+    if (holder == NULL || holder->len != run->holder.len
+        || ngx_strncmp(holder->data, run->holder.data, holder->len) != 0)
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "paygw reconcile run %V: the lease is held by %V, "
+                      "not running", &run->holder, holder ? holder : NULL);
+
+        json_decref(run->reports);
+
+        doc = json_pack("{s:b, s:s%}", "ran", 0, "holder",
+                        holder ? (char *) holder->data : "",
+                        holder ? holder->len : 0);
+
+        return ngx_http_paygw_respond(r, ctx, NGX_HTTP_OK, doc);
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "paygw reconcile run %V: lease taken, %ui channels, "
+                  "%ui days", &run->holder, run->nchannels, run->days);
+
+    return ngx_http_paygw_recon_run_next(r, ctx, run);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_recon_run_next(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_http_paygw_recon_run_t *run)
+{
+    ngx_tm_t                 tm;
+    ngx_uint_t               i;
+    ngx_http_paygw_recon_t  *rc;
+
+    if (run->job >= run->nchannels * run->days) {
+
+        for (i = 0; i < run->nchannels; i++) {
+            ngx_http_paygw_m_reconciliation(r, &run->channels[i]->name,
+                                            run->diffs[i]);
+        }
+
+        ctx->recon = run;
+
+        if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+            || ngx_http_paygw_store_recon_release(ctx->mysql, &run->holder)
+               != NGX_OK)
+        {
+            json_decref(run->reports);
+            return NGX_ERROR;
+        }
+
+        return ngx_http_paygw_mysql_wait(r, ctx,
+                                         ngx_http_paygw_recon_run_released);
+    }
+
+    rc = ngx_pcalloc(r->pool, sizeof(ngx_http_paygw_recon_t));
+    if (rc == NULL) {
+        json_decref(run->reports);
+        return NGX_ERROR;
+    }
+
+    rc->r = r;
+    rc->run = run;
+    rc->ch = run->channels[run->job / run->days];
+
+    (void) ngx_http_paygw_recon_setup(rc);
+
+    /* the provider's day: today, yesterday, ... */
+
+    ngx_gmtime(ngx_time() + rc->tz_hours * 3600
+               - (time_t) (run->job % run->days) * 86400, &tm);
+
+    rc->date.data = ngx_pnalloc(r->pool, sizeof("yyyy-mm-dd") - 1);
+    if (rc->date.data == NULL) {
+        json_decref(run->reports);
+        return NGX_ERROR;
+    }
+
+    rc->date.len = ngx_sprintf(rc->date.data, "%4d-%02d-%02d",
+                               tm.ngx_tm_year, tm.ngx_tm_mon, tm.ngx_tm_mday)
+                   - rc->date.data;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw reconcile run %V: %V %V", &run->holder,
+                   &rc->ch->name, &rc->date);
+
+    return ngx_http_paygw_recon_begin(r, ctx, rc);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_recon_run_report(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_recon_t *rc)
+{
+    ngx_uint_t                   n;
+    ngx_http_paygw_recon_run_t  *run;
+
+    run = rc->run;
+
+    n = rc->failed ? 0 : rc->missing_local + rc->missing_remote
+                         + rc->amount_mismatch + rc->status_mismatch;
+
+    run->diffs[run->job / run->days] += n;
+
+    json_array_append_new(run->reports,
+        json_pack("{s:s%, s:s%, s:s%, s:s, s:I}",
+                  "id", rc->id.data, rc->id.len,
+                  "channel", rc->ch->name.data, rc->ch->name.len,
+                  "date", rc->date.data, rc->date.len,
+                  "status", rc->failed ? "failed" : "completed",
+                  "differences", (json_int_t) n));
+
+    run->job++;
+
+    return ngx_http_paygw_recon_run_next(r, ctx, run);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_recon_run_released(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    json_t                      *doc;
+    ngx_http_paygw_recon_run_t  *run;
+
+    run = ctx->recon;
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "paygw reconcile run %V: done, %uz reports",
+                  &run->holder, json_array_size(run->reports));
+
+    doc = json_pack("{s:b, s:s%, s:o}", "ran", 1,
+                    "holder", run->holder.data, run->holder.len,
+                    "reports", run->reports);
 
     return ngx_http_paygw_respond(r, ctx, NGX_HTTP_OK, doc);
 }

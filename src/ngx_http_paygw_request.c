@@ -162,6 +162,13 @@ ngx_http_paygw_route(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                          NGX_HTTP_PAYGW_API_GET_RECON);
         }
 
+    } else if (ngx_paygw_prefix("/v1/admin/reconcile")
+               && (size_t) (last - p) == sizeof("/v1/admin/reconcile") - 1)
+    {
+        /* SPEC §7: the scheduled run */
+        return ngx_http_paygw_method(r, ctx, NGX_HTTP_POST,
+                                     NGX_HTTP_PAYGW_API_RECON_RUN);
+
     } else if (ngx_paygw_prefix("/v1/admin/resolve")
                && (size_t) (last - p) == sizeof("/v1/admin/resolve") - 1)
     {

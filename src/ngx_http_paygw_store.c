@@ -881,7 +881,7 @@ ngx_http_paygw_store_select_recon_local(ngx_http_paygw_mysql_op_t *op,
 ngx_int_t
 ngx_http_paygw_store_insert_recon(ngx_http_paygw_mysql_op_t *op,
     ngx_str_t *id, ngx_str_t *channel, ngx_str_t *date, ngx_uint_t failed,
-    ngx_uint_t differences, ngx_str_t *report)
+    ngx_uint_t differences, ngx_str_t *holder, ngx_str_t *report)
 {
     ngx_str_t                   status;
     ngx_http_paygw_sql_stmt_t  *s;
@@ -895,14 +895,15 @@ ngx_http_paygw_store_insert_recon(ngx_http_paygw_mysql_op_t *op,
 
     s = ngx_http_paygw_mysql_add(op,
             "INSERT INTO reconciliations (recon_no, channel, day, status, "
-            "differences, report) VALUES (?, ?, STR_TO_DATE(?, '%Y-%m-%d'), "
-            "?, ?, ?)");
+            "differences, run_holder, report) VALUES (?, ?, "
+            "STR_TO_DATE(?, '%Y-%m-%d'), ?, ?, ?, ?)");
     if (s == NULL
         || ngx_http_paygw_store_str(op, s, id) != NGX_OK
         || ngx_http_paygw_store_str(op, s, channel) != NGX_OK
         || ngx_http_paygw_store_str(op, s, date) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &status) != NGX_OK
         || ngx_http_paygw_sql_int(op, s, (int64_t) differences) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, holder) != NGX_OK
         || ngx_http_paygw_store_str(op, s, report) != NGX_OK)
     {
         return NGX_ERROR;
@@ -925,4 +926,74 @@ ngx_http_paygw_store_select_recon(ngx_http_paygw_mysql_op_t *op,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * The scheduled run's lease: one row, taken when free or expired, kept
+ * by its holder, given back at the end.  Assignments run left to
+ * right: expires_at sees the holder just set.
+ */
+
+ngx_int_t
+ngx_http_paygw_store_recon_lease(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *holder, time_t seconds)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "INSERT INTO reconciliation_lease (name, holder, expires_at) "
+            "VALUES ('reconcile', ?, UTC_TIMESTAMP(3) + INTERVAL ? SECOND) "
+            "ON DUPLICATE KEY UPDATE "
+            "holder = IF(expires_at < UTC_TIMESTAMP(3), VALUES(holder), "
+            "holder), "
+            "expires_at = IF(holder = VALUES(holder), VALUES(expires_at), "
+            "expires_at)");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, holder) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, (int64_t) seconds) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op,
+            "SELECT holder FROM reconciliation_lease WHERE name = 'reconcile'");
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_recon_release(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *holder)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "DELETE FROM reconciliation_lease WHERE name = 'reconcile' "
+            "AND holder = ?");
+    if (s == NULL || ngx_http_paygw_store_str(op, s, holder) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* a report with differences: an event for operations (merchant "*") */
+
+ngx_int_t
+ngx_http_paygw_store_recon_event(ngx_http_request_t *r,
+    ngx_http_paygw_mysql_op_t *op, ngx_str_t *id, json_t *data)
+{
+    ngx_str_t  all;
+
+    ngx_str_set(&all, "*");
+
+    return ngx_http_paygw_store_event(r, op, &all,
+                                      "reconciliation.differences", id, NULL,
+                                      data);
 }
