@@ -117,6 +117,7 @@ struct ngx_http_paygw_recon_s {
     u_char                        gbk[NGX_HTTP_PAYGW_RECON_ZBUF + 8];
     size_t                        gbk_len;
     unsigned                      zip:1;
+    unsigned                      gz:1;          /* gzip, not a zip */
     unsigned                      zs_init:1;
     unsigned                      comments:1;    /* "#" lines */
     unsigned                      end_seen:1;
@@ -695,17 +696,25 @@ ngx_http_paygw_recon_zip(ngx_http_paygw_recon_t *rc, u_char *p, size_t n)
                 if (zrc != Z_OK && zrc != Z_STREAM_END
                     && !(zrc == Z_BUF_ERROR && rc->zs.avail_in == 0))
                 {
-                    ngx_http_paygw_recon_fail(rc, "the bill's zip is "
-                                              "corrupt (inflate: %d)", zrc);
+                    ngx_http_paygw_recon_fail(rc, "the bill's %s is "
+                                              "corrupt (inflate: %d)",
+                                              rc->gz ? "gzip" : "zip", zrc);
                     return;
                 }
 
                 produced = sizeof(out) - rc->zs.avail_out;
-                rc->crc = crc32(rc->crc, out, produced);
-                ngx_http_paygw_recon_gbk(rc, out, produced);
+
+                if (rc->gz) {
+                    /* gzip checks its own CRC-32 */
+                    ngx_http_paygw_recon_lines(rc, out, produced);
+
+                } else {
+                    rc->crc = crc32(rc->crc, out, produced);
+                    ngx_http_paygw_recon_gbk(rc, out, produced);
+                }
 
                 if (zrc == Z_STREAM_END) {
-                    if (rc->crc != rc->zip_crc) {
+                    if (!rc->gz && rc->crc != rc->zip_crc) {
                         ngx_http_paygw_recon_fail(rc, "the bill's zip entry "
                                                   "fails its CRC-32");
                         return;
@@ -856,14 +865,17 @@ ngx_http_paygw_recon_wechat_bill(ngx_http_request_t *r,
 {
     ngx_str_t  path;
 
-    path.data = ngx_pnalloc(r->pool, sizeof("/v3/bill/tradebill?bill_date=")
+    /* the bill gzip-ed: its hash is the gzip file's */
+
+    path.data = ngx_pnalloc(r->pool, sizeof("/v3/bill/tradebill?bill_date="
+                                            "&tar_type=GZIP")
                                      - 1 + rc->date.len);
     if (path.data == NULL) {
         return NGX_ERROR;
     }
 
-    path.len = ngx_sprintf(path.data, "/v3/bill/tradebill?bill_date=%V",
-                           &rc->date)
+    path.len = ngx_sprintf(path.data, "/v3/bill/tradebill?bill_date=%V"
+                           "&tar_type=GZIP", &rc->date)
                - path.data;
 
     if (ngx_http_paygw_wechat_statement_send(r, ctx, &path, 0) != NGX_OK) {
@@ -928,6 +940,17 @@ ngx_http_paygw_recon_wechat_url(ngx_http_request_t *r,
     if (ngx_http_paygw_recon_url(r, rc, &url, &path) != NGX_OK) {
         return ngx_http_paygw_recon_fetched(r, ctx);
     }
+
+    /* gzip: inflated as it arrives, after the hash saw it */
+
+    if (inflateInit2(&rc->zs, 16 + MAX_WBITS) != Z_OK) {
+        return NGX_ERROR;
+    }
+
+    rc->zs_init = 1;
+    rc->zip = 1;
+    rc->gz = 1;
+    rc->zip_state = 2;
 
     rc->md = EVP_MD_CTX_new();
 
@@ -1643,7 +1666,7 @@ ngx_http_paygw_recon_fetched(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         ngx_http_paygw_recon_fail(rc, "the bill's zip ends before its "
                                   "entry does (truncated)");
 
-    } else if (rc->zip && (rc->gbk_len || !rc->end_seen)) {
+    } else if (rc->zip && !rc->gz && (rc->gbk_len || !rc->end_seen)) {
         ngx_http_paygw_recon_fail(rc, "the bill ends before its table "
                                   "does (truncated)");
 

@@ -5,7 +5,9 @@
 # paygw_statement_hosts allows, its SHA1 checked while it streams.  The
 # day is Asia/Shanghai's.  Zero differences for a clean day; each injected
 # difference; a bad hash, a truncated file, other columns and a download
-# host nobody allowed fail the report.
+# host nobody allowed fail the report.  The bill is asked for gzip-ed
+# (tar_type=GZIP): the hash is the gzip file's; it is inflated as it
+# streams.
 use strict;
 use warnings;
 
@@ -55,9 +57,9 @@ my $out_refund_no = $gw->sql1("SELECT out_refund_no FROM refunds WHERE refund_no
                                 amount_mismatch => 0, status_mismatch => 0},
               '... every line matched (the unpaid order too)')
         or diag explain $rep;
-    my @q = grep { $_->{path} =~ m{^/v3/bill/tradebill\?bill_date=$day$} }
+    my @q = grep { $_->{path} =~ m{^/v3/bill/tradebill\?bill_date=$day&tar_type=GZIP$} }
             @{ $sim->requests };
-    is(scalar @q, 1, '... the bill was asked for the Shanghai day');
+    is(scalar @q, 1, '... the bill was asked for the Shanghai day, gzip-ed');
     like($q[0]{headers}{authorization} // '', qr/^WECHATPAY2-SHA256-RSA2048 /,
          '... with a signed request');
 }
@@ -103,6 +105,14 @@ for ([{bad_hash => 1}, qr/SHA1 is not the hash_value/, 'a bad hash'],
     is($rep->{status}, 'failed', "$what: failed") or diag explain $rep;
     like($rep->{reason} // '', $re, '... saying why');
     is_deeply($rep->{differences}, [], '... no differences listed');
+}
+
+{
+    $sim->statement(provider => 'wechat', large => 50000);
+    my $rep = reconcile();
+    is($rep->{status}, 'completed', 'a gzip-ed bill 50,000 lines longer: completed');
+    is($rep->{summary}{missing_local}, 50000, '... every foreign line counted');
+    is($rep->{summary}{matched}, 6, '... and ours matched');
 }
 
 {

@@ -5,6 +5,7 @@
 'use strict';
 
 const crypto = require('crypto');
+const zlib = require('zlib');
 const c = require('./common');
 
 const AUTH_SCHEME = 'WECHATPAY2-SHA256-RSA2048';
@@ -399,12 +400,16 @@ module.exports = function createWechat(env) {
             return paramError('bill_date must be YYYY-MM-DD');
         }
         const t = env.statementTweaks('wechat');
-        const hash = crypto.createHash('sha1').update(billCsv(day)).digest('hex');
+        // tar_type=GZIP: the file is gzip-ed, and the hash is the gzip's
+        const gz = queryParams(ctx).get('tar_type') === 'GZIP';
+        const file = gz ? zlib.gzipSync(billCsv(day)) : billCsv(day);
+        const hash = crypto.createHash('sha1').update(file).digest('hex');
         return {status: 200, obj: {
             hash_type: 'SHA1',
             hash_value: t.bad_hash ? hash.replace(/^./, (ch) => (ch === '0' ? '1' : '0'))
                                    : hash,
-            download_url: `http://127.0.0.1:${opts.port}/_sim/wechat/bill/${day}`,
+            download_url: `http://127.0.0.1:${opts.port}/_sim/wechat/bill/${day}` +
+                (gz ? '?tar_type=GZIP' : ''),
         }};
     }
 
@@ -415,8 +420,10 @@ module.exports = function createWechat(env) {
         if (!env.validDay(day)) {
             return env.json(400, {error: 'date must be YYYY-MM-DD'});
         }
-        const body = billCsv(day);
-        const answer = {status: 200, headers: {'Content-Type': 'text/csv; charset=utf-8'},
+        const gz = queryParams(ctx).get('tar_type') === 'GZIP';
+        const body = gz ? zlib.gzipSync(billCsv(day)) : billCsv(day);
+        const answer = {status: 200, headers: {'Content-Type': gz ? 'application/gzip'
+                                                              : 'text/csv; charset=utf-8'},
                         body};
         if (env.statementTweaks('wechat').truncate) {
             answer.truncateAt = Math.floor(Buffer.byteLength(body) * 0.6);
