@@ -110,7 +110,8 @@ for ([{bad_hash => 1}, qr/SHA1 is not the hash_value/, 'a bad hash'],
 {
     $sim->statement(provider => 'wechat', large => 50000);
     my $rep = reconcile();
-    is($rep->{status}, 'completed', 'a gzip-ed bill 50,000 lines longer: completed');
+    is($rep->{status}, 'completed', 'a gzip-ed bill 50,000 lines longer: completed')
+        or diag $rep->{reason};
     is($rep->{summary}{missing_local}, 50000, '... every foreign line counted');
     is($rep->{summary}{matched}, 6, '... and ours matched');
 }

@@ -541,7 +541,7 @@ module.exports = function createAlipay(env) {
                                   -r.fen, r.out_request_no, 'REFUND_SUCCESS']});
             }
         }
-        const now = c.cstDateTime(Date.now());
+        const now = `${day} 12:00:00`;     // large mode: the same bytes each time
         const dayRows = rows.filter((r) => c.cstDay(r.at) === day).sort((a, b) => a.at - b.at);
         const lines = env.tweakStatement('alipay', dayRows, 6, 8,
             (i) => [`2026${String(i).padStart(24, '0')}`, `LARGE${String(i).padStart(7, '0')}`,

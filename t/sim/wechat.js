@@ -383,7 +383,9 @@ module.exports = function createWechat(env) {
             rows.push({at: r.createdAt, cols: ['refund', r.out_trade_no, r.out_refund_no,
                                                r.refund_id, r.refund, r.status]});
         }
-        const now = c.rfc3339Cst(Date.now());
+        // large-mode lines: a fixed time, so that the bill the hash was
+        // computed over and the bill downloaded are the same bytes
+        const now = `${day}T12:00:00+08:00`;
         const dayRows = rows.filter((r) => c.cstDay(r.at) === day)
             .sort((a, b) => a.at - b.at)
             .map((r) => ({key: r.cols[2] || r.cols[1],
