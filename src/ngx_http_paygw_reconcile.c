@@ -111,6 +111,10 @@ struct ngx_http_paygw_recon_s {
     size_t                        zip_have;
     size_t                        zip_skip;
     uint32_t                      zip_crc;
+    uint32_t                      zip_csize;
+    size_t                        zip_name_len;
+    size_t                        zip_name_have;
+    u_char                        zip_name[64];
     uint32_t                      crc;
     z_stream                      zs;
     iconv_t                       cd;
@@ -658,19 +662,58 @@ ngx_http_paygw_recon_zip(ngx_http_paygw_recon_t *rc, u_char *p, size_t n)
 
             rc->zip_crc = h[14] | (h[15] << 8) | (h[16] << 16)
                           | ((uint32_t) h[17] << 24);
-            rc->zip_skip = (h[26] | (h[27] << 8)) + (h[28] | (h[29] << 8));
+            rc->zip_csize = h[18] | (h[19] << 8) | (h[20] << 16)
+                            | ((uint32_t) h[21] << 24);
+            rc->zip_name_len = h[26] | (h[27] << 8);
+            rc->zip_name_have = 0;
+            rc->zip_skip = h[28] | (h[29] << 8);
             rc->zip_state = 1;
 
             /* fall through */
 
         case 1:
+
+            /* the entry's name (its first 64 bytes), then its extra */
+
+            while (n && rc->zip_name_have < rc->zip_name_len) {
+                if (rc->zip_name_have < sizeof(rc->zip_name)) {
+                    rc->zip_name[rc->zip_name_have] = *p;
+                }
+
+                rc->zip_name_have++;
+                p++;
+                n--;
+            }
+
             k = ngx_min(n, rc->zip_skip);
             rc->zip_skip -= k;
             p += k;
             n -= k;
 
-            if (rc->zip_skip) {
+            if (rc->zip_skip || rc->zip_name_have < rc->zip_name_len) {
                 return;
+            }
+
+            /*
+             * A real bill has the details and a summary ("汇总": GBK
+             * bb e3 d7 dc, or UTF-8): the summary entry is skipped.
+             */
+
+            if (ngx_strnstr(rc->zip_name, "\xbb\xe3\xd7\xdc",
+                            ngx_min(rc->zip_name_len, sizeof(rc->zip_name)))
+                || ngx_strnstr(rc->zip_name, "\xe6\xb1\x87\xe6\x80\xbb",
+                               ngx_min(rc->zip_name_len,
+                                       sizeof(rc->zip_name))))
+            {
+                if (rc->zip_hdr[6] & 8) {
+                    ngx_http_paygw_recon_fail(rc, "the bill's summary entry "
+                                              "has no size to skip");
+                    return;
+                }
+
+                rc->zip_skip = rc->zip_csize;
+                rc->zip_state = 4;
+                break;
             }
 
             if (inflateInit2(&rc->zs, -MAX_WBITS) != Z_OK) {
@@ -728,6 +771,22 @@ ngx_http_paygw_recon_zip(ngx_http_paygw_recon_t *rc, u_char *p, size_t n)
                      && (rc->zs.avail_in > 0 || rc->zs.avail_out == 0));
 
             return;
+
+        case 4:
+
+            /* a summary entry's data, then the next local header */
+
+            k = ngx_min(n, rc->zip_skip);
+            rc->zip_skip -= k;
+            p += k;
+            n -= k;
+
+            if (rc->zip_skip == 0) {
+                rc->zip_have = 0;
+                rc->zip_state = 0;
+            }
+
+            break;
 
         default:
             return;

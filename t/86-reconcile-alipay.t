@@ -3,7 +3,7 @@
 # alipay.data.dataservice.bill.downloadurl.query (signed, its answer
 # verified), then the zip it names -- only from a host
 # paygw_statement_hosts allows -- read as it streams: the zip's local
-# header, the entry inflated, GBK converted to UTF-8, "#" lines around
+# headers (the summary entry, 汇总, skipped), the details entry inflated, GBK converted to UTF-8, "#" lines around
 # the table, amounts in yuan (refunds negative), the CRC-32 checked.  The
 # day is Asia/Shanghai's.  Zero differences for a clean day, each injected
 # difference, and a truncated zip, a damaged zip, bytes that are not GBK

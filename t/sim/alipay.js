@@ -48,8 +48,29 @@ function gbk(s) {
     return Buffer.from(out);
 }
 
-// A zip of one deflated file (local header, central directory, end).
-function zipOne(name, data, damage) {
+// A zip of deflated files: [[name, data, damage]...].
+function zipEntries(entries) {
+    const parts = [];
+    const centrals = [];
+    let offset = 0;
+    for (const [name, data, damage] of entries) {
+        const one = zipOne(name, data, damage, offset);
+        parts.push(one.local);
+        centrals.push(one.central);
+        offset += one.local.length;
+    }
+    const dir = Buffer.concat(centrals);
+    const end = Buffer.alloc(22);
+    end.writeUInt32LE(0x06054b50, 0);
+    end.writeUInt16LE(entries.length, 8);
+    end.writeUInt16LE(entries.length, 10);
+    end.writeUInt32LE(dir.length, 12);
+    end.writeUInt32LE(offset, 16);
+    return Buffer.concat([...parts, dir, end]);
+}
+
+// One deflated entry: {local: header + name + data, central: its record}.
+function zipOne(name, data, damage, offset) {
     const zlib = require('zlib');
     const body = Buffer.from(zlib.deflateRawSync(data));
     if (damage) {
@@ -80,14 +101,9 @@ function zipOne(name, data, damage) {
     central.writeUInt32LE(body.length, 20);
     central.writeUInt32LE(data.length, 24);
     central.writeUInt16LE(name.length, 28);
-    central.writeUInt32LE(0, 42);
-    const end = Buffer.alloc(22);
-    end.writeUInt32LE(0x06054b50, 0);
-    end.writeUInt16LE(1, 8);
-    end.writeUInt16LE(1, 10);
-    end.writeUInt32LE(46 + name.length, 12);
-    end.writeUInt32LE(30 + name.length + body.length, 16);
-    return Buffer.concat([local, name, body, central, name, end]);
+    central.writeUInt32LE(offset, 42);
+    return {local: Buffer.concat([local, name, body]),
+            central: Buffer.concat([central, name])};
 }
 
 // env: what sim.js shares (opts, keys or null, json, parseJson, isObject,
@@ -570,8 +586,12 @@ module.exports = function createAlipay(env) {
             data = Buffer.concat([data.subarray(0, i), Buffer.from([0xff, 0xff, 0x0d, 0x0a]),
                                   data.subarray(i)]);
         }
-        const zip = zipOne(gbk(`${sellerId}0156_${day.replace(/-/g, '')}_业务明细.csv`), data,
-                           t.bad_zip);
+        // as on real Alipay, a summary (汇总) entry besides the details;
+        // first here, so that a reader must skip it
+        const base = `${sellerId}0156_${day.replace(/-/g, '')}`;
+        const summary = gbk(`#支付宝业务明细查询(汇总)\r\n交易合计：${lines.length}笔\r\n`);
+        const zip = zipEntries([[gbk(`${base}_业务明细(汇总).csv`), summary, false],
+                                [gbk(`${base}_业务明细.csv`), data, t.bad_zip]]);
         const answer = {status: 200, headers: {'Content-Type': 'application/zip'}, body: zip};
         if (t.truncate) {
             answer.truncateAt = Math.floor(zip.length * 0.6);
