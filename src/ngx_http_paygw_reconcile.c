@@ -2134,6 +2134,10 @@ ngx_http_paygw_recon_run_report(ngx_http_request_t *r,
 
     run->job++;
 
+    /* its inflate and iconv states and its differences: done with */
+
+    ngx_http_paygw_recon_cleanup(rc);
+
     return ngx_http_paygw_recon_run_next(r, ctx, run);
 }
 
