@@ -14,6 +14,7 @@
 #include "ngx_http_paygw_channel.h"
 #include "ngx_http_paygw_metrics.h"
 #include "ngx_http_paygw_trace.h"
+#include "ngx_http_paygw_fees.h"
 
 
 static void *ngx_http_paygw_create_main_conf(ngx_conf_t *cf);
@@ -110,6 +111,27 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
     { ngx_string("paygw_resolver"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
       ngx_http_paygw_settler,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_fees"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_paygw_fees,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_statement_hosts"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_paygw_statement_hosts,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_reconcile_schedule"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_paygw_reconcile_schedule,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -239,7 +261,8 @@ static ngx_int_t
 ngx_http_paygw_postconfiguration(ngx_conf_t *cf)
 {
     if (ngx_http_paygw_access_init(cf) != NGX_OK
-        || ngx_http_paygw_metrics_init(cf) != NGX_OK)
+        || ngx_http_paygw_metrics_init(cf) != NGX_OK
+        || ngx_http_paygw_recon_init(cf) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -362,6 +385,10 @@ static ngx_int_t
 ngx_http_paygw_init_process(ngx_cycle_t *cycle)
 {
     ngx_http_paygw_redact_init_process(cycle);
+
+    if (ngx_http_paygw_reconciler_init_process(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     return ngx_http_paygw_settler_init_process(cycle);
 }

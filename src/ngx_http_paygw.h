@@ -71,6 +71,9 @@ typedef struct {
     void                         *settler;
     void                         *policy;
     void                         *risk;
+    void                         *fees;          /* paygw_fees */
+    ngx_array_t                  *statement_hosts;   /* ngx_keyval_t */
+    void                         *reconciler;    /* the schedule */
     ngx_int_t                     request_id_index;
     ngx_int_t                     trace_id_index;
     ngx_array_t                   logs;          /* ngx_log_t *, to redact */

@@ -951,3 +951,35 @@ ngx_http_paygw_alipay_check(ngx_conf_t *cf, ngx_http_paygw_channel_t *ch)
 
     return NGX_CONF_OK;
 }
+
+
+/*
+ * SPEC §7: the trade bill's download URL for reconciliation
+ * (ngx_http_paygw_reconcile.c): alipay.data.dataservice.bill.downloadurl
+ * .query {bill_type: trade, bill_date}, signed, its answer verified.
+ */
+
+ngx_int_t
+ngx_http_paygw_alipay_statement_query(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_str_t *date)
+{
+    json_t  *biz;
+
+    biz = json_pack("{s:s, s:s%}", "bill_type", "trade",
+                    "bill_date", date->data, date->len);
+    if (biz == NULL) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_paygw_alipay_send(r, ctx,
+                             "alipay.data.dataservice.bill.downloadurl.query",
+                             biz, NULL);
+}
+
+
+json_t *
+ngx_http_paygw_alipay_statement_answer(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_str_t *code, ngx_str_t *sub_code)
+{
+    return ngx_http_paygw_alipay_answer(r, ctx, code, sub_code);
+}

@@ -13,6 +13,7 @@
 
 
 #include "ngx_http_paygw_api.h"
+#include "ngx_http_paygw_fees.h"
 
 
 #define NGX_HTTP_PAYGW_PHASE_WORK   0
@@ -171,6 +172,24 @@ ngx_http_paygw_api_endpoint(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     case NGX_HTTP_PAYGW_API_NOTIFY:
         ctx->step = ngx_http_paygw_notify;
+        break;
+
+    /* SPEC §7: fees, settlements, reconciliation */
+
+    case NGX_HTTP_PAYGW_API_SETTLEMENTS:
+        ctx->step = ngx_http_paygw_settlements;
+        break;
+
+    case NGX_HTTP_PAYGW_API_RECONCILE:
+        ctx->step = ngx_http_paygw_reconcile;
+        break;
+
+    case NGX_HTTP_PAYGW_API_GET_RECON:
+        ctx->step = ngx_http_paygw_get_recon;
+        break;
+
+    case NGX_HTTP_PAYGW_API_RECON_RUN:
+        ctx->step = ngx_http_paygw_recon_run;
         break;
 
     default:

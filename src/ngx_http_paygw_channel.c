@@ -646,8 +646,9 @@ ngx_http_paygw_provider_send(ngx_http_request_t *r,
     }
 
     if (ngx_http_subrequest(r, &uri, q ? &args : NULL, &sr, ps,
-                            NGX_HTTP_SUBREQUEST_IN_MEMORY
-                            |NGX_HTTP_SUBREQUEST_WAITED)
+                            pc->stream ? NGX_HTTP_SUBREQUEST_WAITED
+                                       : NGX_HTTP_SUBREQUEST_IN_MEMORY
+                                         |NGX_HTTP_SUBREQUEST_WAITED)
         != NGX_OK)
     {
         return NGX_ERROR;

@@ -118,6 +118,9 @@ typedef struct {
     ngx_uint_t                    status;
     ngx_str_t                     response;
     ngx_list_t                   *response_headers;
+
+    /* a statement (SPEC §7): the body goes to a filter, not to memory */
+    unsigned                      stream:1;
 } ngx_http_paygw_provider_call_t;
 
 
@@ -167,6 +170,14 @@ ngx_int_t ngx_http_paygw_form_decode(ngx_pool_t *pool, ngx_str_t *form,
 /* verification of callbacks, also for the test endpoint */
 ngx_int_t ngx_http_paygw_alipay_verify_form(ngx_pool_t *pool, EVP_PKEY *key,
     ngx_str_t *form, ngx_array_t **params);
+ngx_int_t ngx_http_paygw_alipay_statement_query(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_str_t *date);
+json_t *ngx_http_paygw_alipay_statement_answer(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_str_t *code, ngx_str_t *sub_code);
+ngx_int_t ngx_http_paygw_wechat_statement_send(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_str_t *path, ngx_uint_t stream);
+json_t *ngx_http_paygw_wechat_statement_answer(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 ngx_int_t ngx_http_paygw_wechat_verify(ngx_pool_t *pool, ngx_array_t *keys,
     ngx_str_t *serial, ngx_str_t *ts, ngx_str_t *nonce, ngx_str_t *sig,
     ngx_str_t *body, time_t now, const char **why);

@@ -13,6 +13,7 @@
 
 #include "ngx_http_paygw_types.h"
 #include "ngx_http_paygw_metrics.h"
+#include "ngx_http_paygw_fees.h"
 
 
 #define NGX_HTTP_PAYGW_METRICS_MAX  (128 * 1024)
@@ -655,4 +656,21 @@ ngx_http_paygw_m_hist(u_char *p, u_char *last, const char *name,
                      name, label, value, cum);
 
     return p;
+}
+
+
+/* SPEC §7: the differences the last scheduled reconciliation found */
+
+void
+ngx_http_paygw_m_reconciliation(ngx_http_request_t *r, ngx_str_t *channel,
+    ngx_uint_t differences)
+{
+    ngx_http_paygw_metrics_t  *m;
+
+    m = ngx_http_paygw_m(r);
+
+    if (m) {
+        m->reconciliation_diffs[ngx_http_paygw_m_channel_index(r, channel)]
+            = differences;
+    }
 }

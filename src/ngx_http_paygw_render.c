@@ -32,6 +32,13 @@ ngx_http_paygw_payment_json(ngx_http_paygw_payment_t *p)
     json_object_set_new(doc, "refunded_amount",
                         json_integer(p->refunded_amount));
 
+    /* fees (SPEC §7): null until the payment succeeded */
+    json_object_set_new(doc, "fee", p->fee_set ? json_integer(p->fee)
+                                               : json_null());
+    json_object_set_new(doc, "net_amount",
+                        p->fee_set ? json_integer(p->net_amount)
+                                   : json_null());
+
     if (p->subject.data) {
         ngx_http_paygw_set(doc, "subject", &p->subject);
     }

@@ -137,6 +137,38 @@ ngx_http_paygw_route(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                          NGX_HTTP_PAYGW_API_NOTIFY);
         }
 
+    } else if (ngx_paygw_prefix("/v1/settlements")
+               && (size_t) (last - p) == sizeof("/v1/settlements") - 1)
+    {
+        /* SPEC §7 */
+        return ngx_http_paygw_method(r, ctx, NGX_HTTP_GET,
+                                     NGX_HTTP_PAYGW_API_SETTLEMENTS);
+
+    } else if (ngx_paygw_prefix("/v1/reconciliations")) {
+        /* SPEC §7 */
+        p += sizeof("/v1/reconciliations") - 1;
+
+        if (p == last) {
+            return ngx_http_paygw_method(r, ctx, NGX_HTTP_POST,
+                                         NGX_HTTP_PAYGW_API_RECONCILE);
+        }
+
+        ctx->object_no.data = p + 1;
+        ctx->object_no.len = last - ctx->object_no.data;
+
+        if (*p == '/' && ngx_http_paygw_identifier(&ctx->object_no) == NGX_OK)
+        {
+            return ngx_http_paygw_method(r, ctx, NGX_HTTP_GET,
+                                         NGX_HTTP_PAYGW_API_GET_RECON);
+        }
+
+    } else if (ngx_paygw_prefix("/v1/admin/reconcile")
+               && (size_t) (last - p) == sizeof("/v1/admin/reconcile") - 1)
+    {
+        /* SPEC §7: the scheduled run */
+        return ngx_http_paygw_method(r, ctx, NGX_HTTP_POST,
+                                     NGX_HTTP_PAYGW_API_RECON_RUN);
+
     } else if (ngx_paygw_prefix("/v1/admin/resolve")
                && (size_t) (last - p) == sizeof("/v1/admin/resolve") - 1)
     {

@@ -11,6 +11,8 @@
 
 #include "ngx_http_paygw_store.h"
 #include "ngx_http_paygw_render.h"
+#include "ngx_http_paygw_fees.h"
+#include "ngx_http_paygw_mysql.h"
 
 
 #define NGX_HTTP_PAYGW_ISO(col)                                              \
@@ -24,7 +26,8 @@
     NGX_HTTP_PAYGW_ISO("created_at") ", "                                    \
     NGX_HTTP_PAYGW_ISO("updated_at") ", "                                    \
     "TIMESTAMPDIFF(SECOND, updated_at, UTC_TIMESTAMP(3)), "                  \
-    "COALESCE(TIMESTAMPDIFF(SECOND, expire_at, UTC_TIMESTAMP(3)), 0)"
+    "COALESCE(TIMESTAMPDIFF(SECOND, expire_at, UTC_TIMESTAMP(3)), 0), "     \
+    "fee, net_amount"
 
 #define NGX_HTTP_PAYGW_REFUND_COLUMNS                                        \
     "r.refund_no, r.out_refund_no, r.payment_no, r.merchant_id, r.amount, "  \
@@ -43,6 +46,10 @@ static int64_t ngx_http_paygw_store_int(ngx_str_t *v);
 static ngx_int_t ngx_http_paygw_store_refund_payment(
     ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_refund_t *rf,
     ngx_uint_t succeeded);
+static ngx_int_t ngx_http_paygw_store_payment_fee(ngx_http_request_t *r,
+    ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_payment_t *p);
+static ngx_int_t ngx_http_paygw_store_refund_fee(
+    ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_refund_t *rf);
 
 
 ngx_int_t
@@ -169,6 +176,12 @@ ngx_http_paygw_store_row_payment(ngx_http_paygw_sql_stmt_t *stmt,
     p->age = (time_t) ngx_http_paygw_store_int(&v[22]);
     p->overdue = (time_t) ngx_http_paygw_store_int(&v[23]);
 
+    if (v[24].data) {
+        p->fee = ngx_http_paygw_store_int(&v[24]);
+        p->net_amount = ngx_http_paygw_store_int(&v[25]);
+        p->fee_set = 1;
+    }
+
     return NGX_OK;
 }
 
@@ -237,6 +250,12 @@ ngx_http_paygw_store_settle_payment(ngx_http_request_t *r,
 
     if (!out->definitive || pending) {
         return NGX_OK;
+    }
+
+    if (out->status == NGX_HTTP_PAYGW_STATUS_SUCCEEDED
+        && ngx_http_paygw_store_payment_fee(r, op, p) != NGX_OK)
+    {
+        return NGX_ERROR;
     }
 
     event = (out->status == NGX_HTTP_PAYGW_STATUS_SUCCEEDED)
@@ -364,6 +383,12 @@ ngx_http_paygw_store_settle_refund(ngx_http_request_t *r,
                                          == NGX_HTTP_PAYGW_STATUS_SUCCEEDED);
         if (rc != NGX_OK) {
             return rc;
+        }
+
+        if (out->status == NGX_HTTP_PAYGW_STATUS_SUCCEEDED
+            && ngx_http_paygw_store_refund_fee(op, rf) != NGX_OK)
+        {
+            return NGX_ERROR;
         }
     }
 
@@ -664,4 +689,311 @@ ngx_http_paygw_store_int(ngx_str_t *v)
     }
 
     return neg ? -n : n;
+}
+
+
+/*
+ * Fees (SPEC §7).  A payment's fee is computed when it succeeds, in the
+ * transaction of that transition, and never again ("fee IS NULL"); the
+ * status UPDATE before it, which must match one row, makes sure only
+ * the transition that won gets here.
+ */
+
+static ngx_int_t
+ngx_http_paygw_store_payment_fee(ngx_http_request_t *r,
+    ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_payment_t *p)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    ngx_http_paygw_fees_compute(r, p);
+
+    s = ngx_http_paygw_mysql_add(op,
+            "UPDATE payments SET fee = ?, net_amount = ?, "
+            "succeeded_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
+            "WHERE payment_no = ? AND fee IS NULL");
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_paygw_sql_int(op, s, p->fee) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, p->net_amount) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->updated_at) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &p->payment_no) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A succeeded refund returns its share of the payment's fee, rounded
+ * down: fee * refund / amount; the refund that completes the payment's
+ * refunds returns what is left, so a full refund returns it all.  Runs
+ * after the payment's refunded_amount includes this refund and before
+ * the refund's own status UPDATE (which rolls all back if it lost).
+ */
+
+static ngx_int_t
+ngx_http_paygw_store_refund_fee(ngx_http_paygw_mysql_op_t *op,
+    ngx_http_paygw_refund_t *rf)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "UPDATE refunds r JOIN payments p ON p.payment_no = r.payment_no "
+            "SET r.succeeded_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ'), "
+            "r.fee_returned = IF(p.fee IS NULL, NULL, "
+            "IF(p.refunded_amount >= p.amount, p.fee - p.fee_returned, "
+            "CAST(CAST(p.fee AS DECIMAL(32,0)) * r.amount DIV p.amount "
+            "AS SIGNED))) "
+            "WHERE r.out_refund_no = ? AND r.status IN ('pending', 'unknown')");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, &rf->updated_at) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &rf->out_refund_no) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op,
+            "UPDATE payments p JOIN refunds r ON r.payment_no = p.payment_no "
+            "SET p.fee_returned = p.fee_returned + r.fee_returned "
+            "WHERE r.out_refund_no = ? AND r.status IN ('pending', 'unknown') "
+            "AND r.fee_returned IS NOT NULL");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, &rf->out_refund_no) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Settlements (SPEC §7): the payments and the refunds that succeeded on
+ * a day of Asia/Shanghai (UTC+8, no daylight saving time), per merchant,
+ * channel and currency.  Two result sets: payments (count, gross, fees)
+ * and refunds (count, refunded, returned fees).
+ */
+
+#define NGX_HTTP_PAYGW_DAY(col)                                              \
+    col " >= STR_TO_DATE(?, '%Y-%m-%d') - INTERVAL 8 HOUR AND "              \
+    col " < STR_TO_DATE(?, '%Y-%m-%d') + INTERVAL 16 HOUR"
+
+ngx_int_t
+ngx_http_paygw_store_select_settlements(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *merchant_id, ngx_str_t *date)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op, merchant_id
+            ? "SELECT merchant_id, channel, currency, COUNT(*), SUM(amount), "
+              "SUM(COALESCE(fee, 0)) FROM payments WHERE "
+              NGX_HTTP_PAYGW_DAY("succeeded_at") " AND merchant_id = ? "
+              "GROUP BY merchant_id, channel, currency "
+              "ORDER BY merchant_id, channel, currency"
+            : "SELECT merchant_id, channel, currency, COUNT(*), SUM(amount), "
+              "SUM(COALESCE(fee, 0)) FROM payments WHERE "
+              NGX_HTTP_PAYGW_DAY("succeeded_at") " "
+              "GROUP BY merchant_id, channel, currency "
+              "ORDER BY merchant_id, channel, currency");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || (merchant_id
+            && ngx_http_paygw_store_str(op, s, merchant_id) != NGX_OK))
+    {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op, merchant_id
+            ? "SELECT r.merchant_id, p.channel, r.currency, COUNT(*), "
+              "SUM(r.amount), SUM(COALESCE(r.fee_returned, 0)) FROM refunds r "
+              "JOIN payments p ON p.payment_no = r.payment_no WHERE "
+              NGX_HTTP_PAYGW_DAY("r.succeeded_at") " AND r.merchant_id = ? "
+              "GROUP BY r.merchant_id, p.channel, r.currency "
+              "ORDER BY r.merchant_id, p.channel, r.currency"
+            : "SELECT r.merchant_id, p.channel, r.currency, COUNT(*), "
+              "SUM(r.amount), SUM(COALESCE(r.fee_returned, 0)) FROM refunds r "
+              "JOIN payments p ON p.payment_no = r.payment_no WHERE "
+              NGX_HTTP_PAYGW_DAY("r.succeeded_at") " "
+              "GROUP BY r.merchant_id, p.channel, r.currency "
+              "ORDER BY r.merchant_id, p.channel, r.currency");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || (merchant_id
+            && ngx_http_paygw_store_str(op, s, merchant_id) != NGX_OK))
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Reconciliation (SPEC §7): the local side of a provider's day, for one
+ * channel (payments created that day, and refunds of its payments
+ * created that day; tz_hours: the provider's time zone), and the
+ * reports, stored as the JSON they are answered with.
+ */
+
+ngx_int_t
+ngx_http_paygw_store_select_recon_local(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *channel, ngx_str_t *date, ngx_int_t tz_hours)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "SELECT 'P', payment_no, payment_no, NULL, channel_trade_no, "
+            "amount, status FROM payments WHERE channel = ? "
+            "AND created_at >= STR_TO_DATE(?, '%Y-%m-%d') - INTERVAL ? HOUR "
+            "AND created_at < STR_TO_DATE(?, '%Y-%m-%d') + INTERVAL ? HOUR "
+            "UNION ALL "
+            "SELECT 'R', r.out_refund_no, r.payment_no, r.refund_no, "
+            "p.channel_trade_no, r.amount, r.status FROM refunds r "
+            "JOIN payments p ON p.payment_no = r.payment_no "
+            "WHERE p.channel = ? "
+            "AND r.created_at >= STR_TO_DATE(?, '%Y-%m-%d') - INTERVAL ? HOUR "
+            "AND r.created_at < STR_TO_DATE(?, '%Y-%m-%d') + INTERVAL ? HOUR");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, channel) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, tz_hours) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, 24 - tz_hours) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, channel) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, tz_hours) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, 24 - tz_hours) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_insert_recon(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *id, ngx_str_t *channel, ngx_str_t *date, ngx_uint_t failed,
+    ngx_uint_t differences, ngx_str_t *holder, ngx_str_t *report)
+{
+    ngx_str_t                   status;
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    if (failed) {
+        ngx_str_set(&status, "failed");
+
+    } else {
+        ngx_str_set(&status, "completed");
+    }
+
+    s = ngx_http_paygw_mysql_add(op,
+            "INSERT INTO reconciliations (recon_no, channel, day, status, "
+            "differences, run_holder, report) VALUES (?, ?, "
+            "STR_TO_DATE(?, '%Y-%m-%d'), ?, ?, ?, ?)");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, id) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, channel) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, date) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, &status) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, (int64_t) differences) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, holder) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, report) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_select_recon(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *id)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "SELECT report FROM reconciliations WHERE recon_no = ?");
+    if (s == NULL || ngx_http_paygw_store_str(op, s, id) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The scheduled run's lease: one row, taken when free or expired, kept
+ * by its holder, given back at the end.  Assignments run left to
+ * right: expires_at sees the holder just set.
+ */
+
+ngx_int_t
+ngx_http_paygw_store_recon_lease(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *holder, time_t seconds)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "INSERT INTO reconciliation_lease (name, holder, expires_at) "
+            "VALUES ('reconcile', ?, UTC_TIMESTAMP(3) + INTERVAL ? SECOND) "
+            "ON DUPLICATE KEY UPDATE "
+            "holder = IF(expires_at < UTC_TIMESTAMP(3), VALUES(holder), "
+            "holder), "
+            "expires_at = IF(holder = VALUES(holder), VALUES(expires_at), "
+            "expires_at)");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, holder) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, (int64_t) seconds) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op,
+            "SELECT holder FROM reconciliation_lease WHERE name = 'reconcile'");
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_recon_release(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *holder)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "DELETE FROM reconciliation_lease WHERE name = 'reconcile' "
+            "AND holder = ?");
+    if (s == NULL || ngx_http_paygw_store_str(op, s, holder) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* a report with differences: an event for operations (merchant "*") */
+
+ngx_int_t
+ngx_http_paygw_store_recon_event(ngx_http_request_t *r,
+    ngx_http_paygw_mysql_op_t *op, ngx_str_t *id, json_t *data)
+{
+    ngx_str_t  all;
+
+    ngx_str_set(&all, "*");
+
+    return ngx_http_paygw_store_event(r, op, &all,
+                                      "reconciliation.differences", id, NULL,
+                                      data);
 }

@@ -28,6 +28,12 @@
 #define NGX_HTTP_PAYGW_API_RESOLVE      7   /* settle unknown payments */
 #define NGX_HTTP_PAYGW_API_NOTIFY       8   /* a provider's callback */
 
+/* SPEC §7 (counted as "other" in the metrics) */
+#define NGX_HTTP_PAYGW_API_SETTLEMENTS  20
+#define NGX_HTTP_PAYGW_API_RECONCILE    21
+#define NGX_HTTP_PAYGW_API_GET_RECON    22
+#define NGX_HTTP_PAYGW_API_RECON_RUN    23
+
 #define NGX_HTTP_PAYGW_MAX_AMOUNT       1000000000000LL
 #define NGX_HTTP_PAYGW_UNPROCESSABLE    422
 #define NGX_HTTP_PAYGW_ER_DUP_ENTRY     1062
@@ -66,6 +72,11 @@ typedef struct {
     int64_t                       expire_seconds;
     time_t                        age;           /* seconds since update */
     time_t                        overdue;       /* seconds past expiry */
+
+    /* fees (SPEC §7): set once the payment succeeded */
+    int64_t                       fee;
+    int64_t                       net_amount;
+    unsigned                      fee_set:1;
 
     /* the card, in memory for the charge only: never stored or logged */
     ngx_str_t                     card_number;
@@ -158,6 +169,8 @@ struct ngx_http_paygw_ctx_s {
     ngx_http_paygw_mysql_op_t    *candidates;    /* resolve: stale payments */
     ngx_uint_t                    candidate;
     ngx_uint_t                    settled;
+
+    void                         *recon;         /* SPEC §7 reconciliation */
 
     unsigned                      side_effect:1; /* keep the answer */
     unsigned                      reread:1;

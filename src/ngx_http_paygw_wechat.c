@@ -1025,3 +1025,65 @@ ngx_http_paygw_wechat_check(ngx_conf_t *cf, ngx_http_paygw_channel_t *ch)
 
     return NGX_CONF_OK;
 }
+
+
+/*
+ * SPEC §7: the trade bill for reconciliation (ngx_http_paygw_reconcile.c).
+ * GET /v3/bill/tradebill, signed like every call, its answer verified;
+ * then the download, signed the same way, its body streamed (stream) to
+ * the statement filter instead of being kept.
+ */
+
+ngx_int_t
+ngx_http_paygw_wechat_statement_send(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_str_t *path, ngx_uint_t stream)
+{
+    ngx_str_t                        auth, v;
+    ngx_http_paygw_channel_t        *ch;
+    ngx_http_paygw_provider_call_t  *pc;
+
+    ch = ctx->channel;
+
+    pc = ngx_http_paygw_provider_create(r, "GET");
+    if (pc == NULL) {
+        return NGX_ERROR;
+    }
+
+    pc->path = *path;
+    pc->stream = stream;
+
+    pc->what = ngx_pnalloc(r->pool, path->len + 1);
+    if (pc->what == NULL) {
+        return NGX_ERROR;
+    }
+
+    *ngx_cpymem(pc->what, path->data, path->len) = '\0';
+
+    if (ngx_http_paygw_wechat_authorize(r, ch, pc, &auth) != NGX_OK
+        || ngx_http_paygw_provider_header(r, pc, "Authorization", &auth)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (!stream) {
+        ngx_str_set(&v, "application/json");
+
+        if (ngx_http_paygw_provider_header(r, pc, "Accept", &v) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    ctx->provider = pc;
+    ctx->waiting = &pc->call;
+
+    return ngx_http_paygw_provider_send(r, ch, pc);
+}
+
+
+json_t *
+ngx_http_paygw_wechat_statement_answer(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    return ngx_http_paygw_wechat_answer(r, ctx);
+}

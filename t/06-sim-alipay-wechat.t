@@ -493,8 +493,11 @@ my $qr;
                       biz => {bill_type => 'trade', bill_date => $CST_TODAY});
     is($r->{name}, 'alipay_data_dataservice_bill_downloadurl_query_response', 'bill: name');
     is($r->{res}{bill_download_url},
-       $sim->url("/_sim/alipay/bill/$CST_TODAY"), 'bill_download_url');
-    my $csv = http(GET => $r->{res}{bill_download_url});
+       $sim->url("/_sim/alipay/bill/$CST_TODAY.zip"),
+       'bill_download_url: the zip (t/86 reads it)');
+    my $zip = http(GET => $r->{res}{bill_download_url});
+    like($zip->{body}, qr/^PK\x03\x04/, '... a zip');
+    my $csv = http(GET => $sim->url("/_sim/alipay/bill/$CST_TODAY"));
     is($csv->{status}, 200, 'bill file: 200');
     like($csv->{headers}{'content-type'}, qr{^text/csv}, 'text/csv');
     my @lines = split /\n/, $csv->{body};

@@ -13,6 +13,98 @@ const MAX_TIMESTAMP_SKEW_MS = 15 * 60 * 1000;
 const BILL_COLUMNS = ['type', 'out_trade_no', 'out_request_no', 'trade_no',
                       'amount_yuan', 'status', 'time'];
 const WRONG_APP_ID = '2021000000009999';
+const ALIPAY_BILL_COLUMNS = ['支付宝交易号', '商户订单号', '业务类型', '商品名称', '创建时间',
+                             '完成时间', '订单金额（元）', '退款批次号/请求号', '交易状态'];
+
+// GBK for the characters of the bill's fixed text (Node has no GBK
+// encoder); others become "?".
+const GBK = {
+    '业': 'd2b5', '交': 'bdbb', '付': 'b8b6', '元': 'd4aa', '出': 'b3f6', '列': 'c1d0',
+    '创': 'b4b4', '务': 'cef1', '单': 'b5a5', '号': 'bac5', '合': 'bacf', '名': 'c3fb',
+    '咖': 'bfa7', '品': 'c6b7', '商': 'c9cc', '啡': 'b7c8', '型': 'd0cd', '始': 'cabc',
+    '完': 'cdea', '宝': 'b1a6', '导': 'b5bc', '年': 'c4ea', '建': 'bda8', '态': 'ccac',
+    '总': 'd7dc', '成': 'b3c9', '户': 'bba7', '批': 'c5fa', '支': 'd6a7', '日': 'c8d5',
+    '时': 'cab1', '明': 'c3f7', '易': 'd2d7', '月': 'd4c2', '期': 'c6da', '束': 'caf8',
+    '查': 'b2e9', '次': 'b4ce', '款': 'bfee', '止': 'd6b9', '求': 'c7f3', '汇': 'bbe3',
+    '状': 'd7b4', '称': 'b3c6', '笔': 'b1ca', '类': 'c0e0', '细': 'cfb8', '终': 'd6d5',
+    '结': 'bde1', '茶': 'b2e8', '表': 'b1ed', '计': 'bcc6', '订': 'b6a9', '询': 'd1af',
+    '请': 'c7eb', '账': 'd5cb', '起': 'c6f0', '退': 'cdcb', '金': 'bdf0', '间': 'bce4',
+    '额': 'b6ee', '（': 'a3a8', '）': 'a3a9', '：': 'a3ba',
+};
+
+function gbk(s) {
+    const out = [];
+    for (const ch of s) {
+        const cp = ch.codePointAt(0);
+        if (cp < 0x80) {
+            out.push(cp);
+        } else {
+            const hex = GBK[ch] || '3f';
+            for (let i = 0; i < hex.length; i += 2) {
+                out.push(parseInt(hex.slice(i, i + 2), 16));
+            }
+        }
+    }
+    return Buffer.from(out);
+}
+
+// A zip of deflated files: [[name, data, damage]...].
+function zipEntries(entries) {
+    const parts = [];
+    const centrals = [];
+    let offset = 0;
+    for (const [name, data, damage] of entries) {
+        const one = zipOne(name, data, damage, offset);
+        parts.push(one.local);
+        centrals.push(one.central);
+        offset += one.local.length;
+    }
+    const dir = Buffer.concat(centrals);
+    const end = Buffer.alloc(22);
+    end.writeUInt32LE(0x06054b50, 0);
+    end.writeUInt16LE(entries.length, 8);
+    end.writeUInt16LE(entries.length, 10);
+    end.writeUInt32LE(dir.length, 12);
+    end.writeUInt32LE(offset, 16);
+    return Buffer.concat([...parts, dir, end]);
+}
+
+// One deflated entry: {local: header + name + data, central: its record}.
+function zipOne(name, data, damage, offset) {
+    const zlib = require('zlib');
+    const body = Buffer.from(zlib.deflateRawSync(data));
+    if (damage) {
+        for (let i = Math.floor(body.length / 2); i < body.length - 4; i += 7) {
+            body[i] ^= 0x5a;
+        }
+    }
+    const crc = zlib.crc32(data);
+    const local = Buffer.alloc(30);
+    local.writeUInt32LE(0x04034b50, 0);
+    local.writeUInt16LE(20, 4);
+    local.writeUInt16LE(0, 6);
+    local.writeUInt16LE(8, 8);
+    local.writeUInt32LE(0, 10);
+    local.writeUInt32LE(crc, 14);
+    local.writeUInt32LE(body.length, 18);
+    local.writeUInt32LE(data.length, 22);
+    local.writeUInt16LE(name.length, 26);
+    local.writeUInt16LE(0, 28);
+    const central = Buffer.alloc(46);
+    central.writeUInt32LE(0x02014b50, 0);
+    central.writeUInt16LE(20, 4);
+    central.writeUInt16LE(20, 6);
+    central.writeUInt16LE(0, 8);
+    central.writeUInt16LE(8, 10);
+    central.writeUInt32LE(0, 12);
+    central.writeUInt32LE(crc, 16);
+    central.writeUInt32LE(body.length, 20);
+    central.writeUInt32LE(data.length, 24);
+    central.writeUInt16LE(name.length, 28);
+    central.writeUInt32LE(offset, 42);
+    return {local: Buffer.concat([local, name, body]),
+            central: Buffer.concat([central, name])};
+}
 
 // env: what sim.js shares (opts, keys or null, json, parseJson, isObject,
 // validDay, csvField, postCallback, KEY_RE).
@@ -347,7 +439,7 @@ module.exports = function createAlipay(env) {
             return invalid('isv.invalid-parameter', 'bill_date must be YYYY-MM-DD');
         }
         return success({bill_download_url:
-            `http://127.0.0.1:${opts.port}/_sim/alipay/bill/${biz.bill_date}`});
+            `http://127.0.0.1:${opts.port}/_sim/alipay/bill/${biz.bill_date}.zip`});
     }
 
     const HANDLERS = {
@@ -439,6 +531,72 @@ module.exports = function createAlipay(env) {
             .map((r) => [...r.cols, c.cstDateTime(r.at)].map(env.csvField).join(','));
         return {status: 200, headers: {'Content-Type': 'text/csv; charset=utf-8'},
                 body: [BILL_COLUMNS.join(','), ...lines].map((l) => `${l}\n`).join('')};
+    }
+
+    // The real trade bill: a zip of one GBK CSV (业务明细), "#" lines
+    // around the table; amounts in yuan, refunds negative.  Tweaks from
+    // POST /_sim/statement {"provider":"alipay",...}: the common ones, and
+    // bad_zip (deflate data damaged), bad_gbk (bytes that are not GBK).
+    function billZip(ctx, day) {
+        if (!keys) {
+            return env.json(503, {error: 'not configured'});
+        }
+        if (!env.validDay(day)) {
+            return env.json(400, {error: 'date must be YYYY-MM-DD'});
+        }
+        const rows = [];
+        for (const t of trades.values()) {
+            rows.push({at: t.createdAt, key: t.out_trade_no,
+                       cols: [t.trade_no, t.out_trade_no, '交易', t.subject || '',
+                              c.cstDateTime(t.createdAt), c.cstDateTime(t.createdAt),
+                              t.fen, '', t.status]});
+            for (const r of t.refunds.values()) {
+                rows.push({at: r.createdAt, key: r.out_request_no,
+                           cols: [t.trade_no, t.out_trade_no, '退款', t.subject || '',
+                                  c.cstDateTime(r.createdAt), c.cstDateTime(r.createdAt),
+                                  -r.fen, r.out_request_no, 'REFUND_SUCCESS']});
+            }
+        }
+        const now = `${day} 12:00:00`;     // large mode: the same bytes each time
+        const dayRows = rows.filter((r) => c.cstDay(r.at) === day).sort((a, b) => a.at - b.at);
+        const lines = env.tweakStatement('alipay', dayRows, 6, 8,
+            (i) => [`2026${String(i).padStart(24, '0')}`, `LARGE${String(i).padStart(7, '0')}`,
+                    '交易', 'Tea', now, now, 100 + (i % 900), '', 'TRADE_SUCCESS']);
+        const t = env.statementTweaks('alipay');
+        const header = ALIPAY_BILL_COLUMNS.slice();
+        if (t.columns === 'wrong') {
+            header.reverse();
+        }
+        const yuan = (v) => (typeof v === 'number'
+            ? (v < 0 ? '-' : '') + c.formatYuan(Math.abs(v)) : v);
+        const text = [
+            '#支付宝业务明细查询',
+            `#账号：[${sellerId}0156]`,
+            `#起始日期：[${day} 00:00:00]   终止日期：[${day} 23:59:59]`,
+            '#-----------------------------------------业务明细列表----------------------------------------',
+            header.join(','),
+            ...lines.map((cols) => cols.map((v, i) => env.csvField(i === 6 ? yuan(v) : v)).join(',')),
+            '#-----------------------------------------业务明细列表结束------------------------------------',
+            `#交易合计：${lines.length}笔`,
+            `#导出时间：[${now}]`,
+        ].map((l) => `${l}\r\n`).join('');
+        let data = gbk(text);
+        if (t.bad_gbk) {
+            const i = data.indexOf(0x0a) + 1;
+            data = Buffer.concat([data.subarray(0, i), Buffer.from([0xff, 0xff, 0x0d, 0x0a]),
+                                  data.subarray(i)]);
+        }
+        // as on real Alipay, a summary (汇总) entry besides the details;
+        // first here, so that a reader must skip it
+        const base = `${sellerId}0156_${day.replace(/-/g, '')}`;
+        const summary = gbk(`#支付宝业务明细查询(汇总)\r\n交易合计：${lines.length}笔\r\n`);
+        const zip = zipEntries([[gbk(`${base}_业务明细(汇总).csv`), summary, false],
+                                [gbk(`${base}_业务明细.csv`), data, t.bad_zip]]);
+        const answer = {status: 200, headers: {'Content-Type': 'application/zip'}, body: zip};
+        if (t.truncate) {
+            answer.truncateAt = Math.floor(zip.length * 0.6);
+        }
+        return answer;
     }
 
     function validateNotify(req) {
@@ -570,7 +728,9 @@ module.exports = function createAlipay(env) {
     return {
         provider, list, reset,
         control: {'POST /_sim/alipay/notify': notify},
-        controlPatterns: [{method: 'GET', path: /^\/_sim\/alipay\/bill\/([^/]+)$/,
+        controlPatterns: [{method: 'GET', path: /^\/_sim\/alipay\/bill\/([^/]+)\.zip$/,
+                           handler: billZip},
+                          {method: 'GET', path: /^\/_sim\/alipay\/bill\/([^/]+)$/,
                            handler: bill}],
     };
 };

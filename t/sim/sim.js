@@ -287,6 +287,7 @@ const state = {
     charges: new Map(),     // out_trade_no -> {charge, createdAt}
     refunds: new Map(),     // out_refund_no -> {refund, createdAt}
     counters: {charges: new Map(), refunds: new Map()},
+    statements: {},         // provider -> tweaks (POST /_sim/statement)
 };
 
 // ---- helpers ---------------------------------------------------------------
@@ -486,6 +487,7 @@ function resetSim() {
     state.refunds.clear();
     state.counters.charges.clear();
     state.counters.refunds.clear();
+    state.statements = {};
     alipay.reset();
     wechat.reset();
     setModeState('normal', DEFAULT_DELAY_MS, null, null);
@@ -637,7 +639,7 @@ function acquirerReply(ctx, answer) {
     }
     const ts = String(nowSec());
     const secret = ctx.mode === 'bad_signature' ? wrongSecret() : opts.acquirerSecret;
-    return {status: answer.status, body, headers: {
+    return {status: answer.status, body, truncateAt: answer.truncateAt, headers: {
         'Content-Type': type,
         'X-Acquirer-Timestamp': ts,
         'X-Acquirer-Signature': hmacHex(secret, `${ts}\n`, body),
@@ -846,6 +848,72 @@ function validDay(day) {
     return !Number.isNaN(d.getTime()) && d.toISOString().slice(0, 10) === day;
 }
 
+// ---- statements: what the provider charged and refunded, with tweaks ------
+//
+// POST /_sim/statement {"provider":"acquirer|alipay|wechat", "drop":[KEY],
+//   "add":[[COLUMN...]], "amount":{KEY:DELTA}, "status":{KEY:STATUS},
+//   "large":N, "columns":"wrong", "truncate":true, "bad_utf8":true}
+// KEY: out_refund_no for a refund line, else out_trade_no.  Differences
+// a reconciliation must find: drop a line (missing_remote), add a foreign
+// one (missing_local), change an amount or a status; and broken files:
+// N foreign lines more (large), another header (columns), cut short with
+// the full Content-Length (truncate), a byte that is not UTF-8 (bad_utf8).
+// The tweaks stay until POST /_sim/reset or the next POST for the provider.
+function setStatement(ctx) {
+    const req = parseJson(ctx.body);
+    if (!isObject(req) || !['acquirer', 'alipay', 'wechat'].includes(req.provider)) {
+        return json(400, {error: 'provider must be acquirer, alipay or wechat'});
+    }
+    state.statements[req.provider] = req;
+    return json(200, {status: 'ok'});
+}
+
+// rows: [{at, key, cols}]; amountAt/statusAt: column indexes; foreign(i):
+// the columns of a large-mode line.  Returns the lines, tweaks applied.
+function tweakStatement(provider, rows, amountAt, statusAt, foreign) {
+    const t = state.statements[provider] || {};
+    const drop = new Set(Array.isArray(t.drop) ? t.drop : []);
+    const lines = [];
+    for (const r of rows) {
+        if (drop.has(r.key)) {
+            continue;
+        }
+        const cols = r.cols.slice();
+        if (isObject(t.amount) && t.amount[r.key] !== undefined) {
+            cols[amountAt] = typeof t.amount[r.key] === 'string' ? t.amount[r.key]
+                : Number(cols[amountAt]) + t.amount[r.key];
+        }
+        if (isObject(t.status) && t.status[r.key] !== undefined) {
+            cols[statusAt] = t.status[r.key];
+        }
+        lines.push(cols);
+    }
+    for (const cols of Array.isArray(t.add) ? t.add : []) {
+        lines.push(cols);
+    }
+    for (let i = 0; i < (Number.isSafeInteger(t.large) ? t.large : 0); i++) {
+        lines.push(foreign(i));
+    }
+    return lines;
+}
+
+function statementTweaks(provider) {
+    return state.statements[provider] || {};
+}
+
+function finishStatement(provider, header, lines) {
+    const t = statementTweaks(provider);
+    const head = t.columns === 'wrong' ? header.slice().reverse() : header;
+    let text = [head.join(','), ...lines.map((cols) => cols.map(csvField).join(','))]
+        .map((l) => l + '\n').join('');
+    if (t.bad_utf8) {
+        const i = text.indexOf('\n') + 1;
+        return Buffer.concat([Buffer.from(text.slice(0, i)), Buffer.from([0xff, 0xfe]),
+                              Buffer.from(text.slice(i))]);
+    }
+    return text;
+}
+
 function getSettlement(ctx, day) {
     if (!validDay(day)) {
         return invalid('date must be YYYY-MM-DD');
@@ -860,12 +928,21 @@ function getSettlement(ctx, day) {
                                      refund.refund_id, refund.amount, refund.currency,
                                      refund.status]});
     }
-    const lines = rows
+    const now = `${day}T12:00:00Z`;     // large mode: the same bytes each time
+    const day_rows = rows
         .filter((r) => isoSeconds(r.createdAt).slice(0, 10) === day)
         .sort((a, b) => a.createdAt - b.createdAt)
-        .map((r) => [...r.cols, isoSeconds(r.createdAt)].map(csvField).join(','));
-    return {status: 200, contentType: 'text/csv',
-            text: [SETTLEMENT_COLUMNS.join(','), ...lines].map((l) => l + '\n').join('')};
+        .map((r) => ({key: r.cols[2] || r.cols[1],
+                      cols: [...r.cols, isoSeconds(r.createdAt)]}));
+    const lines = tweakStatement('acquirer', day_rows, 4, 6,
+        (i) => ['charge', `LARGE${String(i).padStart(7, '0')}`, '', `ch_large_${i}`,
+                100 + (i % 900), 'CNY', 'approved', now]);
+    const text = finishStatement('acquirer', SETTLEMENT_COLUMNS, lines);
+    const answer = {status: 200, contentType: 'text/csv', text};
+    if (statementTweaks('acquirer').truncate) {
+        answer.truncateAt = Math.floor(Buffer.byteLength(text) * 0.6);
+    }
+    return answer;
 }
 
 const acquirer = {
@@ -890,7 +967,7 @@ const acquirer = {
 // Alipay and WeChat Pay live in their own files; they get what they share
 // with the acquirer through env.
 const env = {opts, keys, json, parseJson, isObject, validDay, csvField, nowSec,
-             postCallback, KEY_RE};
+             postCallback, KEY_RE, tweakStatement, finishStatement, statementTweaks};
 const alipay = createAlipay(env);
 const wechat = createWechat(env);
 
@@ -909,6 +986,7 @@ const controlRoutes = {
     'GET /_sim/requests':  listRequests,
     'GET /_sim/charges':   listCharges,
     'POST /_sim/reset':    resetSim,
+    'POST /_sim/statement': setStatement,
     'POST /_sim/notify':   notify,
     'GET /_sim/trades':    listTrades,
     ...alipay.control,
@@ -958,6 +1036,15 @@ function respond(ctx, answer) {
                                       : {'Content-Length': Buffer.byteLength(body)},
                                   answer.headers || {});
     res.writeHead(answer.status, headers);
+    if (answer.truncateAt !== undefined) {
+        // the full Content-Length, part of the body, then the connection
+        // goes: a statement cut short
+        const buf = Buffer.isBuffer(body) ? body : Buffer.from(body);
+        res.write(buf.subarray(0, answer.truncateAt));
+        setTimeout(() => res.socket && res.socket.destroy(), 50);
+        log(ctx, `${answer.status}-truncated`);
+        return;
+    }
     res.end(body);
     log(ctx, answer.status);
 }

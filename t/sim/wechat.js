@@ -5,6 +5,7 @@
 'use strict';
 
 const crypto = require('crypto');
+const zlib = require('zlib');
 const c = require('./common');
 
 const AUTH_SCHEME = 'WECHATPAY2-SHA256-RSA2048';
@@ -382,10 +383,17 @@ module.exports = function createWechat(env) {
             rows.push({at: r.createdAt, cols: ['refund', r.out_trade_no, r.out_refund_no,
                                                r.refund_id, r.refund, r.status]});
         }
-        const lines = rows.filter((r) => c.cstDay(r.at) === day)
+        // large-mode lines: a fixed time, so that the bill the hash was
+        // computed over and the bill downloaded are the same bytes
+        const now = `${day}T12:00:00+08:00`;
+        const dayRows = rows.filter((r) => c.cstDay(r.at) === day)
             .sort((a, b) => a.at - b.at)
-            .map((r) => [...r.cols, c.rfc3339Cst(r.at)].map(env.csvField).join(','));
-        return [BILL_COLUMNS.join(','), ...lines].map((l) => `${l}\n`).join('');
+            .map((r) => ({key: r.cols[2] || r.cols[1],
+                          cols: [...r.cols, c.rfc3339Cst(r.at)]}));
+        const lines = env.tweakStatement('wechat', dayRows, 4, 5,
+            (i) => ['trade', `LARGE${String(i).padStart(7, '0')}`, '',
+                    `42000${String(i).padStart(23, '0')}`, 100 + (i % 900), 'SUCCESS', now]);
+        return env.finishStatement('wechat', BILL_COLUMNS, lines);
     }
 
     function tradeBill(ctx) {
@@ -393,10 +401,17 @@ module.exports = function createWechat(env) {
         if (!day || !env.validDay(day)) {
             return paramError('bill_date must be YYYY-MM-DD');
         }
+        const t = env.statementTweaks('wechat');
+        // tar_type=GZIP: the file is gzip-ed, and the hash is the gzip's
+        const gz = queryParams(ctx).get('tar_type') === 'GZIP';
+        const file = gz ? zlib.gzipSync(billCsv(day)) : billCsv(day);
+        const hash = crypto.createHash('sha1').update(file).digest('hex');
         return {status: 200, obj: {
             hash_type: 'SHA1',
-            hash_value: crypto.createHash('sha1').update(billCsv(day)).digest('hex'),
-            download_url: `http://127.0.0.1:${opts.port}/_sim/wechat/bill/${day}`,
+            hash_value: t.bad_hash ? hash.replace(/^./, (ch) => (ch === '0' ? '1' : '0'))
+                                   : hash,
+            download_url: `http://127.0.0.1:${opts.port}/_sim/wechat/bill/${day}` +
+                (gz ? '?tar_type=GZIP' : ''),
         }};
     }
 
@@ -407,8 +422,15 @@ module.exports = function createWechat(env) {
         if (!env.validDay(day)) {
             return env.json(400, {error: 'date must be YYYY-MM-DD'});
         }
-        return {status: 200, headers: {'Content-Type': 'text/csv; charset=utf-8'},
-                body: billCsv(day)};
+        const gz = queryParams(ctx).get('tar_type') === 'GZIP';
+        const body = gz ? zlib.gzipSync(billCsv(day)) : billCsv(day);
+        const answer = {status: 200, headers: {'Content-Type': gz ? 'application/gzip'
+                                                              : 'text/csv; charset=utf-8'},
+                        body};
+        if (env.statementTweaks('wechat').truncate) {
+            answer.truncateAt = Math.floor(Buffer.byteLength(body) * 0.6);
+        }
+        return answer;
     }
 
     // Counts an authentic Native order per out_trade_no and refund per

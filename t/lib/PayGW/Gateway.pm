@@ -60,6 +60,7 @@ our $DEFAULT_HTTP = <<'CONF';
                 password_file=%%MYSQL_PASSWORD_FILE%%
                 database=paygw max_conns=8 query_timeout=10s;
     paygw_keys  %%REPO%%/conf/demo/keys.conf;
+    paygw_fees  %%REPO%%/conf/demo/fees.conf;
 
     paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
                   secret_file=%%REPO%%/conf/demo/acquirer.secret
@@ -82,6 +83,10 @@ our $DEFAULT_HTTP = <<'CONF';
     upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
     upstream paygw_alipay   { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
     upstream paygw_wechat   { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+
+    # statement downloads: the hosts the providers may point at
+    paygw_statement_hosts wechat 127.0.0.1:%%SIM_PORT%%;
+    paygw_statement_hosts alipay 127.0.0.1:%%SIM_PORT%%;
 
     log_format paygw '$remote_addr "$request" $status $request_time';
 
@@ -237,6 +242,7 @@ sub _http_conf {
                 password_file=%%MYSQL_PASSWORD_FILE%%
                 database=paygw max_conns=8 query_timeout=$qt;
     paygw_keys  %%REPO%%/conf/demo/keys.conf;
+    paygw_fees  %%REPO%%/conf/demo/fees.conf;
     paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
                   secret_file=%%REPO%%/conf/demo/acquirer.secret
                   attempts=$attempts unknown_grace=$grace $breaker;
@@ -244,6 +250,10 @@ $qr
     upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
     upstream paygw_alipay { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
     upstream paygw_wechat { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
+
+    # statement downloads: the hosts the providers may point at
+    paygw_statement_hosts wechat 127.0.0.1:%%SIM_PORT%%;
+    paygw_statement_hosts alipay 127.0.0.1:%%SIM_PORT%%;
     log_format paygw '\$remote_addr "\$request" \$status \$request_time';
     $extra_http
 

@@ -906,6 +906,17 @@ sub mode {
 }
 
 sub requests { PayGW::Test::http(GET => $_[0]->url('/_sim/requests'))->{json} }
+
+# statement(provider => 'acquirer', drop => [KEY], add => [[COLS]],
+#           amount => {KEY => DELTA}, status => {KEY => S}, large => N,
+#           columns => 'wrong', truncate => 1, bad_utf8 => 1): what the
+# provider's next statements look like (t/sim/sim.js, POST /_sim/statement).
+sub statement {
+    my ($self, %o) = @_;
+    my $r = PayGW::Test::http(POST => $self->url('/_sim/statement'), json => \%o);
+    die "sim statement: $r->{status} $r->{body}\n" unless $r->{status} == 200;
+    return $r->{json};
+}
 sub reset    { PayGW::Test::http(POST => $_[0]->url('/_sim/reset'))->{status} == 200 }
 
 # {charges => [{out_trade_no, charge_id, amount, currency, status, requests,
