@@ -450,6 +450,19 @@ ngx_http_paygw_bank_outcome(ngx_http_request_t *r,
         return;
     }
 
+    if (pc->status != NGX_HTTP_OK && query) {
+        /*
+         * A refused query (401 on clock skew, 429, 4xx) says nothing of
+         * the charge asked about: it stays as it was, never a guess.
+         */
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "paygw bank_card: the acquirer refused the query of "
+                      "%V with %ui", &p->payment_no, pc->status);
+        ngx_http_paygw_outcome_unknown(out, "the acquirer refused the query");
+        json_decref(doc);
+        return;
+    }
+
     if (pc->status != NGX_HTTP_OK) {
         /* the acquirer refused the request itself: nothing was charged */
         out->definitive = 1;
@@ -529,6 +542,18 @@ ngx_http_paygw_bank_refund_outcome(ngx_http_request_t *r,
     if (pc->status == NGX_HTTP_NOT_FOUND) {
         out->not_found = 1;
         ngx_http_paygw_outcome_unknown(out, "the acquirer has no such refund");
+        json_decref(doc);
+        return;
+    }
+
+    if (pc->status != NGX_HTTP_OK
+        && pc->method.len == 3 && ngx_strncmp(pc->method.data, "GET", 3) == 0)
+    {
+        /* a refused query says nothing: the amount stays reserved */
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "paygw bank_card: the acquirer refused the query of "
+                      "refund %V with %ui", &rf->refund_no, pc->status);
+        ngx_http_paygw_outcome_unknown(out, "the acquirer refused the query");
         json_decref(doc);
         return;
     }
