@@ -153,6 +153,7 @@ char *ngx_http_paygw_read_secret(ngx_conf_t *cf, ngx_str_t *path,
 ngx_int_t ngx_http_paygw_random_no(ngx_pool_t *pool, char prefix,
     ngx_str_t *no);
 void ngx_http_paygw_now(ngx_pool_t *pool, ngx_str_t *iso);
+time_t ngx_http_paygw_iso_time(ngx_str_t *iso);
 
 /* ngx_http_paygw_utf8.c: text a client sent */
 ngx_int_t ngx_http_paygw_utf8_valid(u_char *p, size_t len);

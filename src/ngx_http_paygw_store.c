@@ -31,7 +31,7 @@
     "r.currency, r.status, r.reason, r.channel_refund_no, r.failure_code, "  \
     NGX_HTTP_PAYGW_ISO("r.created_at") ", "                                  \
     NGX_HTTP_PAYGW_ISO("r.updated_at") ", p.channel, "                      \
-    "TIMESTAMPDIFF(SECOND, r.updated_at, UTC_TIMESTAMP(3))"
+    "TIMESTAMPDIFF(SECOND, r.updated_at, UTC_TIMESTAMP(3)), p.amount"
 
 
 static ngx_int_t ngx_http_paygw_store_str(ngx_http_paygw_mysql_op_t *op,
@@ -40,6 +40,8 @@ static ngx_int_t ngx_http_paygw_store_event(ngx_http_request_t *r,
     ngx_http_paygw_mysql_op_t *op, ngx_str_t *merchant_id, const char *type,
     ngx_str_t *object_no, ngx_str_t *notify_url, json_t *data);
 static int64_t ngx_http_paygw_store_int(ngx_str_t *v);
+static time_t ngx_http_paygw_store_age(ngx_str_t *updated_at,
+    ngx_str_t *db_age);
 static ngx_int_t ngx_http_paygw_store_refund_payment(
     ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_refund_t *rf,
     ngx_uint_t succeeded);
@@ -166,7 +168,7 @@ ngx_http_paygw_store_row_payment(ngx_http_paygw_sql_stmt_t *stmt,
     p->failure_message = v[19];
     p->created_at = v[20];
     p->updated_at = v[21];
-    p->age = (time_t) ngx_http_paygw_store_int(&v[22]);
+    p->age = ngx_http_paygw_store_age(&v[21], &v[22]);
     p->overdue = (time_t) ngx_http_paygw_store_int(&v[23]);
 
     return NGX_OK;
@@ -485,6 +487,50 @@ ngx_http_paygw_store_select_refund(ngx_http_paygw_mysql_op_t *op,
 }
 
 
+/* the settler's view: a refund by our number at the provider */
+
+ngx_int_t
+ngx_http_paygw_store_select_refund_out(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *out_refund_no)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "SELECT " NGX_HTTP_PAYGW_REFUND_COLUMNS " FROM refunds r "
+            "JOIN payments p ON p.payment_no = r.payment_no "
+            "WHERE r.out_refund_no = ?");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, out_refund_no) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* refunds still open ("pending" or "unknown"), the oldest first */
+
+ngx_int_t
+ngx_http_paygw_store_select_stale_refunds(ngx_http_paygw_mysql_op_t *op,
+    ngx_uint_t limit)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "SELECT out_refund_no FROM refunds "
+            "WHERE status IN ('pending', 'unknown') "
+            "ORDER BY updated_at LIMIT ?");
+    if (s == NULL
+        || ngx_http_paygw_sql_int(op, s, (int64_t) limit) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 ngx_int_t
 ngx_http_paygw_store_row_refund(ngx_http_paygw_sql_stmt_t *stmt,
     ngx_http_paygw_refund_t *rf, ngx_str_t *channel)
@@ -510,7 +556,8 @@ ngx_http_paygw_store_row_refund(ngx_http_paygw_sql_stmt_t *stmt,
     rf->created_at = v[10];
     rf->updated_at = v[11];
     *channel = v[12];
-    rf->age = (time_t) ngx_http_paygw_store_int(&v[13]);
+    rf->age = ngx_http_paygw_store_age(&v[11], &v[13]);
+    rf->payment_amount = ngx_http_paygw_store_int(&v[14]);
 
     return NGX_OK;
 }
@@ -664,4 +711,24 @@ ngx_http_paygw_store_int(ngx_str_t *v)
     }
 
     return neg ? -n : n;
+}
+
+
+/*
+ * The age of a row by nginx's clock, the clock that wrote its updated_at;
+ * MySQL's own difference only if updated_at cannot be read.
+ */
+
+static time_t
+ngx_http_paygw_store_age(ngx_str_t *updated_at, ngx_str_t *db_age)
+{
+    time_t  t;
+
+    t = ngx_http_paygw_iso_time(updated_at);
+
+    if (t == NGX_ERROR) {
+        return (time_t) ngx_http_paygw_store_int(db_age);
+    }
+
+    return ngx_time() - t;
 }

@@ -89,6 +89,7 @@ typedef struct {
     ngx_str_t                     created_at;
     ngx_str_t                     updated_at;
     time_t                        age;           /* seconds since update */
+    int64_t                       payment_amount;
 } ngx_http_paygw_refund_t;
 
 
@@ -158,6 +159,10 @@ struct ngx_http_paygw_ctx_s {
     ngx_http_paygw_mysql_op_t    *candidates;    /* resolve: stale payments */
     ngx_uint_t                    candidate;
     ngx_uint_t                    settled;
+    ngx_uint_t                    examined;
+
+    unsigned                      refunds_phase:1; /* resolve: refunds */
+    unsigned                      resent:1;      /* refund sent again */
 
     unsigned                      side_effect:1; /* keep the answer */
     unsigned                      reread:1;
