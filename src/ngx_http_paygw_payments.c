@@ -91,6 +91,10 @@ static ngx_int_t ngx_http_paygw_resolve_listed(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_resolve_next(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_resolve_refunds_listed(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_resolve_refund_next(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 
 static ngx_int_t ngx_http_paygw_settle(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_step_pt next);
@@ -981,6 +985,26 @@ ngx_http_paygw_resolve(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return ngx_http_paygw_steps(r, ctx, ngx_http_paygw_resolve_start);
     }
 
+    if (ctx->refunds_phase) {
+
+        /* the refunds' list is awaited, or a refund's GET steps go on */
+
+        if (ctx->next == ngx_http_paygw_resolve_refunds_listed) {
+            return ngx_http_paygw_resolve_refunds_listed(r, ctx);
+        }
+
+        rc = ngx_http_paygw_get_refund(r, ctx);
+        if (rc == NGX_AGAIN) {
+            return NGX_AGAIN;
+        }
+
+        if (ctx->outcome.definitive) {
+            ctx->settled++;
+        }
+
+        return ngx_http_paygw_resolve_refund_next(r, ctx);
+    }
+
     /* a candidate's GET steps go on */
 
     rc = ngx_http_paygw_get(r, ctx);
@@ -1064,12 +1088,96 @@ ngx_http_paygw_resolve_next(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         }
     }
 
+    /* then the refunds still open */
+
+    ctx->examined = stmt->nrows;
+    ctx->refunds_phase = 1;
+    ctx->status = 0;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw resolve: step \"refunds\"");
+
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_select_stale_refunds(ctx->mysql, 100)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ctx->mysql->read_only = 1;
+
+    return ngx_http_paygw_mysql_wait(r, ctx,
+                                     ngx_http_paygw_resolve_refunds_listed);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_resolve_refunds_listed(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw resolve: step \"refunds listed\"");
+
+    ctx->next = NULL;
+
+    if (!ctx->mysql->call.ok) {
+        return ngx_http_paygw_mysql_down(r, ctx);
+    }
+
+    ctx->candidates = ctx->mysql;
+    ctx->candidate = 0;
+
+    return ngx_http_paygw_resolve_refund_next(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_resolve_refund_next(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t                   rc;
+    ngx_str_t                  *v;
+    ngx_http_paygw_sql_stmt_t  *stmt;
+
+    stmt = ctx->candidates->stmts.elts;
+
+    while (ctx->candidate < stmt->nrows) {
+
+        v = ngx_http_paygw_sql_value(stmt, ctx->candidate++, 0);
+
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "paygw resolve: step \"next\" refund %V (%ui of %ui)",
+                       v, ctx->candidate, stmt->nrows);
+
+        /* each refund runs the GET steps afresh, merchant-blind */
+
+        ngx_memzero(&ctx->payment, sizeof(ngx_http_paygw_payment_t));
+        ngx_memzero(&ctx->refund, sizeof(ngx_http_paygw_refund_t));
+        ngx_memzero(&ctx->outcome, sizeof(ngx_http_paygw_outcome_t));
+        ngx_str_null(&ctx->response);
+        ngx_str_set(&ctx->merchant_id, "*");
+        ctx->object_no = *v;
+        ctx->status = 0;
+        ctx->next = NULL;
+        ctx->resent = 0;
+
+        rc = ngx_http_paygw_get_refund(r, ctx);
+        if (rc == NGX_AGAIN) {
+            return NGX_AGAIN;
+        }
+
+        if (ctx->outcome.definitive) {
+            ctx->settled++;
+        }
+    }
+
     ctx->status = 0;
 
     return ngx_http_paygw_respond(r, ctx, NGX_HTTP_OK,
                                   json_pack("{s:I, s:I}",
                                             "examined",
-                                            (json_int_t) stmt->nrows,
+                                            (json_int_t) (ctx->examined
+                                                          + stmt->nrows),
                                             "settled",
                                             (json_int_t) ctx->settled));
 }
