@@ -297,6 +297,7 @@ ngx_http_paygw_get_refund_start(ngx_http_request_t *r,
     /* the settler names refunds by out_refund_no, unique everywhere */
 
     if ((ctx->api == NGX_HTTP_PAYGW_API_RESOLVE
+         || ctx->api == NGX_HTTP_PAYGW_API_NOTIFY
          ? ngx_http_paygw_store_select_refund_out(ctx->mysql, &ctx->object_no)
          : ngx_http_paygw_store_select_refund(ctx->mysql, &ctx->merchant_id,
                                               &ctx->object_no))

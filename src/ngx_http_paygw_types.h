@@ -121,6 +121,7 @@ typedef struct {
     ngx_str_t                     provider_no;
     ngx_str_t                     currency;
     int64_t                       amount;
+    ngx_str_t                     out_refund_no; /* a refund's callback */
 } ngx_http_paygw_notice_t;
 
 
@@ -161,6 +162,7 @@ struct ngx_http_paygw_ctx_s {
     ngx_uint_t                    settled;
     ngx_uint_t                    examined;
 
+    void                         *notify_channel;
     unsigned                      refunds_phase:1; /* resolve: refunds */
     unsigned                      resent:1;      /* refund sent again */
 

@@ -91,6 +91,29 @@ is_deeply($res, {examined => 1, settled => 1}, 'the settler settled it');
 is(rstatus("R69w-$$"), 'succeeded', '... succeeded');
 is($gw->payment($w->{payment_no})->{status}, 'refunded', '... the payment is refunded');
 
+
+# ---- WeChat Pay REFUND.SUCCESS callback: accepted, settles the refund ----
+
+my $w2 = $gw->create(channel => 'wechat', amount => 800)->{json} // {};
+$sim->wechat_notify(out_trade_no => $w2->{payment_no});
+$sim->mode('refund_processing', times => 1, path_prefix => '/v3/refund/');
+$r = refund($w2->{payment_no}, "R69c-$$", 300);
+is($r->{json}{status}, 'pending', 'another PROCESSING WeChat refund: pending');
+my $accepted = $gw->callbacks('wechat', 'accepted');
+my ($out) = map { $_->{out_refund_no} }
+            grep { $_->{out_trade_no} eq $w2->{payment_no} } @{ $sim->charges->{refunds} // [] };
+$out //= $gw->sql1("SELECT out_refund_no FROM refunds WHERE refund_no = "
+                   . sql_quote("R69c-$$"));
+my $cb2 = $sim->wechat_refund_notify(out_refund_no => $out);
+is($cb2->{status}, 204, 'its verified REFUND.SUCCESS callback: 204 (not "not a transaction")')
+    or diag(explain($cb2));
+is(rstatus("R69c-$$"), 'succeeded', '... the refund is settled (by a query)');
+is($gw->callbacks('wechat', 'accepted'), $accepted + 1, '... counted accepted');
+is($gw->event_count("R69c-$$", 'refund.succeeded'), 1, '... one refund.succeeded event');
+is($sim->wechat_refund_notify(out_refund_no => $out)->{status}, 204,
+   'the same callback again: 204');
+is($gw->event_count("R69c-$$", 'refund.succeeded'), 1, '... still one event');
+
 is_deeply(resolve(), {examined => 0, settled => 0}, 'nothing left open');
 is($gw->sql1("SELECT COUNT(*) FROM refunds WHERE status IN ('pending', 'unknown')"), 0,
    'no refund stays open');
