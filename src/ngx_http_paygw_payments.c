@@ -93,6 +93,8 @@ static ngx_int_t ngx_http_paygw_resolve_next(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_resolve_refunds_listed(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_resolve_claim(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_resolve_refund_next(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 
@@ -698,6 +700,14 @@ ngx_http_paygw_needs_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NGX_DECLINED;
     }
 
+    /* the settler leaves a provider alone while its breaker is open */
+
+    if (ctx->api == NGX_HTTP_PAYGW_API_RESOLVE
+        && ngx_http_paygw_breaker_allow(r, ctx->channel) != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
     /* "unknown" now; "processing" only once its creator must be gone */
 
     if (p->status == NGX_HTTP_PAYGW_STATUS_UNKNOWN
@@ -1026,13 +1036,14 @@ ngx_http_paygw_resolve_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw resolve: step \"start\"");
 
-    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
-        || ngx_http_paygw_store_select_stale(ctx->mysql, 0, 100) != NGX_OK)
+    if (ngx_http_paygw_resolve_claim(r, ctx) != NGX_OK
+        || ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_claim_stale(ctx->mysql, 0, &ctx->claim,
+                                            ctx->due, 100)
+           != NGX_OK)
     {
         return NGX_ERROR;
     }
-
-    ctx->mysql->read_only = 1;
 
     return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_resolve_listed);
 }
@@ -1061,7 +1072,10 @@ ngx_http_paygw_resolve_next(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     ngx_str_t                  *v;
     ngx_http_paygw_sql_stmt_t  *stmt;
 
+    /* the claim's SELECT, after its UPDATE */
+
     stmt = ctx->candidates->stmts.elts;
+    stmt += ctx->candidates->stmts.nelts - 1;
 
     while (ctx->candidate < stmt->nrows) {
 
@@ -1098,16 +1112,52 @@ ngx_http_paygw_resolve_next(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                    "paygw resolve: step \"refunds\"");
 
     if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
-        || ngx_http_paygw_store_select_stale_refunds(ctx->mysql, 100)
+        || ngx_http_paygw_store_claim_stale(ctx->mysql, 1, &ctx->claim,
+                                            ctx->due, 100)
            != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    ctx->mysql->read_only = 1;
-
     return ngx_http_paygw_mysql_wait(r, ctx,
                                      ngx_http_paygw_resolve_refunds_listed);
+}
+
+
+/*
+ * This run's claim token; "X-Paygw-Settle: due" (the periodic settler)
+ * claims only the rows whose next try has come.
+ */
+
+static ngx_int_t
+ngx_http_paygw_resolve_claim(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_uint_t        n;
+    ngx_table_elt_t  *h;
+    u_char            rnd[16];
+
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        return NGX_ERROR;
+    }
+
+    ctx->claim.data = ngx_pnalloc(r->pool, 2 * sizeof(rnd));
+    if (ctx->claim.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->claim.len = ngx_hex_dump(ctx->claim.data, rnd, sizeof(rnd))
+                     - ctx->claim.data;
+
+    h = ngx_http_paygw_header(&r->headers_in.headers, "X-Paygw-Settle", &n);
+
+    ctx->due = (h && n == 1 && h->value.len == 3
+                && ngx_strncmp(h->value.data, "due", 3) == 0);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw resolve: claim %V%s", &ctx->claim,
+                   ctx->due ? ", due only" : "");
+
+    return NGX_OK;
 }
 
 
@@ -1140,6 +1190,7 @@ ngx_http_paygw_resolve_refund_next(ngx_http_request_t *r,
     ngx_http_paygw_sql_stmt_t  *stmt;
 
     stmt = ctx->candidates->stmts.elts;
+    stmt += ctx->candidates->stmts.nelts - 1;
 
     while (ctx->candidate < stmt->nrows) {
 

@@ -356,7 +356,9 @@ ngx_http_paygw_get_refund_selected(ngx_http_request_t *r,
 
     if (!ngx_http_paygw_refund_transition_ok(rf->status,
                                              NGX_HTTP_PAYGW_STATUS_SUCCEEDED)
-        || ctx->channel == NULL)
+        || ctx->channel == NULL
+        || (ctx->api == NGX_HTTP_PAYGW_API_RESOLVE
+            && ngx_http_paygw_breaker_allow(r, ctx->channel) != NGX_OK))
     {
         return ngx_http_paygw_refund_answer(r, ctx);
     }

@@ -13,7 +13,11 @@
  * worker asks the gateway itself to do so: every interval it sends a
  * signed POST /v1/admin/resolve over loopback, so the work runs as an
  * ordinary authenticated request with all of nginx's machinery, and any
- * node of a cluster may do it (settling is a conditional update).
+ * node of a cluster may do it (settling is a conditional update).  With
+ * "X-Paygw-Settle: due" it claims only rows whose next try has come, each claim
+ * moving the next try further away (backoff), so no two runs take the
+ * same row and rows nobody can decide yet never starve newer ones; a
+ * provider whose circuit is open is not asked (the row waits).
  */
 
 
@@ -272,6 +276,7 @@ ngx_http_paygw_settler_request(ngx_http_paygw_settler_t *rs)
     rs->out->last = ngx_sprintf(rs->out->pos,
         "POST /v1/admin/resolve HTTP/1.0\r\n"
         "Host: paygw-resolver\r\n"
+        "X-Paygw-Settle: due\r\n"
         "Authorization: PAYGW-HMAC-SHA256 key=%V,ts=%T,nonce=%V,sig=%*s\r\n"
         "Idempotency-Key: resolve-%*s\r\n"
         "Content-Type: application/json\r\n"

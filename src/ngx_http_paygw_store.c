@@ -487,6 +487,67 @@ ngx_http_paygw_store_select_refund(ngx_http_paygw_mysql_op_t *op,
 }
 
 
+/*
+ * The settler's claim (sql/005_settler.sql): the open payments (or
+ * refunds) it settles now, each moved to its next try (1 s, 2 s, 4 s ...
+ * at most 10 min later) in one UPDATE, then read back by the claim.
+ * "due": only rows whose next try has come (the periodic settler), so
+ * undecidable rows never starve newer ones and two runs never take the
+ * same row; otherwise every open row (an operator asking now).  A claim
+ * is no change of the row: updated_at (ON UPDATE) is kept.
+ */
+
+ngx_int_t
+ngx_http_paygw_store_claim_stale(ngx_http_paygw_mysql_op_t *op,
+    ngx_uint_t refunds, ngx_str_t *claim, ngx_uint_t due, ngx_uint_t limit)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+#define NGX_HTTP_PAYGW_CLAIM_SET                                              \
+    "SET settle_next_at = UTC_TIMESTAMP(3) + INTERVAL "                      \
+    "LEAST(POW(2, LEAST(settle_attempts, 10)), 600) SECOND, "                \
+    "settle_attempts = settle_attempts + 1, settle_claim = ?, "              \
+    "updated_at = updated_at "
+
+#define NGX_HTTP_PAYGW_CLAIM_DUE                                              \
+    "AND (? = 0 OR settle_next_at IS NULL "                                  \
+    "OR settle_next_at <= UTC_TIMESTAMP(3)) "                                \
+    "ORDER BY COALESCE(settle_next_at, updated_at) LIMIT ?"
+
+    s = ngx_http_paygw_mysql_add(op, refunds
+        ? "UPDATE refunds " NGX_HTTP_PAYGW_CLAIM_SET
+          "WHERE status IN ('pending', 'unknown') "
+          NGX_HTTP_PAYGW_CLAIM_DUE
+        : "UPDATE payments " NGX_HTTP_PAYGW_CLAIM_SET
+          "WHERE (status IN ('unknown', 'processing') "
+          "OR (status = 'pending' AND expire_at < UTC_TIMESTAMP(3))) "
+          NGX_HTTP_PAYGW_CLAIM_DUE);
+
+#undef NGX_HTTP_PAYGW_CLAIM_SET
+#undef NGX_HTTP_PAYGW_CLAIM_DUE
+
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, claim) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, (int64_t) due) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, (int64_t) limit) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op, refunds
+        ? "SELECT out_refund_no FROM refunds WHERE settle_claim = ? "
+          "ORDER BY updated_at"
+        : "SELECT payment_no, merchant_id FROM payments "
+          "WHERE settle_claim = ? ORDER BY updated_at");
+
+    if (s == NULL || ngx_http_paygw_store_str(op, s, claim) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 /* the settler's view: a refund by our number at the provider */
 
 ngx_int_t

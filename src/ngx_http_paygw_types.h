@@ -163,6 +163,8 @@ struct ngx_http_paygw_ctx_s {
     ngx_uint_t                    examined;
 
     void                         *notify_channel;
+    ngx_str_t                     claim;         /* resolve: this run's */
+    unsigned                      due:1;         /* resolve: due rows only */
     unsigned                      refunds_phase:1; /* resolve: refunds */
     unsigned                      resent:1;      /* refund sent again */
 
