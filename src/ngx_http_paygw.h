@@ -94,6 +94,7 @@ typedef struct {
     size_t                        max_body;
     ngx_msec_t                    idem_retention;
     ngx_msec_t                    idem_lock;
+    ngx_flag_t                    notify_http;   /* http:// notify_url */
 } ngx_http_paygw_loc_conf_t;
 
 

@@ -506,9 +506,13 @@ ngx_http_paygw_access_redis(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     if (!ctx->redis->call.ok) {
         if (ctx->status == 0) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "paygw: redis unavailable: %V",
+                          &ctx->redis->call.error);
+
             (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
                                        "backend_unavailable",
-                                       "redis: %V", &ctx->redis->call.error);
+                                       "redis is unavailable; retry");
         }
 
         return;

@@ -1279,13 +1279,18 @@ ngx_http_paygw_mysql_wait(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 ngx_int_t
 ngx_http_paygw_mysql_down(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
+    /* the driver's words go to the log, never to the client */
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "paygw: mysql unavailable: %V", &ctx->mysql->call.error);
+
     return ngx_http_paygw_fail(r, ctx,
                                ctx->mysql->call.status
                                == NGX_HTTP_GATEWAY_TIME_OUT
                                ? NGX_HTTP_GATEWAY_TIME_OUT
                                : NGX_HTTP_SERVICE_UNAVAILABLE,
-                               "backend_unavailable", "mysql: %V",
-                               &ctx->mysql->call.error);
+                               "backend_unavailable",
+                               "the database is unavailable; retry");
 }
 
 

@@ -309,23 +309,32 @@ static ngx_int_t
 ngx_http_paygw_parse_options(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     json_t *doc)
 {
-    char                      *meta;
-    json_t                    *v;
-    ngx_http_paygw_payment_t  *pay;
+    char                       *meta;
+    json_t                     *v;
+    ngx_http_paygw_payment_t   *pay;
+    ngx_http_paygw_loc_conf_t  *plcf;
 
     pay = &ctx->payment;
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_paygw_module);
+
+    /*
+     * The gateway will POST to it: https:// only, unless the operator
+     * allows http:// (paygw_notify_http on; for local stacks and tests).
+     */
 
     if (pay->notify_url.data
         && (pay->notify_url.len > 1024
             || !((pay->notify_url.len > 8
                   && ngx_strncmp(pay->notify_url.data, "https://", 8) == 0)
-                 || (pay->notify_url.len > 7
+                 || (plcf->notify_http && pay->notify_url.len > 7
                      && ngx_strncmp(pay->notify_url.data, "http://", 7)
                         == 0))))
     {
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
-                   "invalid_request", "notify_url must be an http(s) URL "
-                   "of at most 1024 bytes");
+                   "invalid_request", plcf->notify_http
+                   ? "notify_url must be an http(s) URL of at most 1024 "
+                     "bytes"
+                   : "notify_url must be an https URL of at most 1024 bytes");
     }
 
     v = json_object_get(doc, "expire_seconds");

@@ -370,4 +370,19 @@ for my $m (['DELETE', '/v1/payments'], ['PUT', "/v1/payments/$own_no"],
     unlike($logs, qr/4242424242424242/, 'no card number in the nginx logs');
 }
 
+# SPEC 2: string_to_sign holds ts as sent.  A ts with a leading zero is the
+# same second; it is signed (and verified) as its bytes, not re-printed.
+{
+    my $ts = '0' . int(time);
+    my $nonce = 'rawts' . int(rand(1e9)) . 'abcdefgh';
+    my $sts = join "\n", 'GET', '/v1/payments/PNOSUCH0000000000001', $ts, $nonce,
+                         sha256_hex('');
+    my $auth = "PAYGW-HMAC-SHA256 key=demo,ts=$ts,nonce=$nonce,sig="
+               . hmac_sha256_hex($sts, 'demo-secret');
+    my $r = http(GET => $gw->url('/v1/payments/PNOSUCH0000000000001'),
+                 headers => {Authorization => $auth});
+    is($r->{status}, 404, 'ts "0<seconds>" signed as sent: authenticated (404 not_found)')
+        or diag($r->{body});
+}
+
 done_testing;
