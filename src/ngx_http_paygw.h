@@ -74,6 +74,7 @@ typedef struct {
     ngx_int_t                     request_id_index;
     ngx_int_t                     trace_id_index;
     ngx_array_t                   logs;          /* ngx_log_t *, to redact */
+    ngx_msec_t                    create_budget; /* longest create, ms */
 } ngx_http_paygw_main_conf_t;
 
 

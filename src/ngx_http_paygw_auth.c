@@ -18,6 +18,7 @@
 
 
 #include "ngx_http_paygw_auth.h"
+#include "ngx_http_paygw_crypto.h"
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -387,7 +388,8 @@ ngx_http_paygw_auth_sign(ngx_str_t *secret, ngx_str_t *method,
         return NGX_ERROR;
     }
 
-    SHA256(body->data, body->len, digest);
+    (void) EVP_Digest(body->data, body->len, digest, NULL,
+                      ngx_http_paygw_sha256(), NULL);
 
     p = ngx_cpymem(sts, method->data, method->len);
     *p++ = '\n';
@@ -395,7 +397,8 @@ ngx_http_paygw_auth_sign(ngx_str_t *secret, ngx_str_t *method,
     p = ngx_sprintf(p, "\n%V\n%V\n", ts, nonce);
     p = ngx_hex_dump(p, digest, sizeof(digest));
 
-    if (HMAC(EVP_sha256(), secret->data, secret->len, sts, p - sts, mac, &len)
+    if (HMAC(ngx_http_paygw_sha256(), secret->data, secret->len, sts,
+             p - sts, mac, &len)
         == NULL || len != SHA256_DIGEST_LENGTH)
     {
         return NGX_ERROR;

@@ -16,6 +16,7 @@
 
 
 #include "ngx_http_paygw_channel.h"
+#include "ngx_http_paygw_crypto.h"
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -305,13 +306,12 @@ ngx_http_paygw_bank_sign(ngx_http_paygw_channel_t *ch, ngx_str_t *parts,
     u_char         md[EVP_MAX_MD_SIZE];
     size_t         mdlen;
 
-    mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    mac = ngx_http_paygw_hmac();
     if (mac == NULL) {
         return 0;
     }
 
     mctx = EVP_MAC_CTX_new(mac);
-    EVP_MAC_free(mac);
 
     if (mctx == NULL) {
         return 0;

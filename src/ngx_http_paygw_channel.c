@@ -272,6 +272,10 @@ ngx_http_paygw_channels_budget(ngx_conf_t *cf)
 
         budget = db + ch[i].attempts * try;
 
+        /* the idempotency lock must outlive the longest create */
+
+        pmcf->create_budget = ngx_max(pmcf->create_budget, 2 * db + budget);
+
         if ((ngx_msec_t) ch[i].unknown_grace * 1000 >= budget) {
             continue;
         }

@@ -1337,6 +1337,14 @@ ngx_http_paygw_selected(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                    "no payment %V", &ctx->object_no);
     }
 
+    if (stmt->nrows > 1) {
+        /* an admin's lookup by business_no that merchants share */
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "ambiguous",
+                                   "business_no %V is used by several "
+                                   "merchants: add merchant_id=",
+                                   &ctx->object_no);
+    }
+
     return NGX_OK;
 }
 

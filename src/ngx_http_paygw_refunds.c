@@ -341,6 +341,14 @@ ngx_http_paygw_get_refund_selected(ngx_http_request_t *r,
                                    &ctx->object_no);
     }
 
+    if (stmt->nrows > 1) {
+        /* an admin's lookup by a refund_no that merchants share */
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "ambiguous",
+                                   "refund_no %V is used by several "
+                                   "merchants: add merchant_id=",
+                                   &ctx->object_no);
+    }
+
     ctx->channel = ngx_http_paygw_channel_find(r, &channel);
 
     /* what a refund sent again needs of its payment */

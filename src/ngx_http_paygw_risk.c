@@ -20,6 +20,7 @@
 
 
 #include "ngx_http_paygw_risk.h"
+#include "ngx_http_paygw_crypto.h"
 #include "ngx_http_paygw_api.h"
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -387,7 +388,8 @@ ngx_http_paygw_risk_payer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     /* the card's fingerprint: keyed, so it cannot be reversed to a PAN */
 
     if (ctx->payment.card_number.len && risk->card_key.len) {
-        if (HMAC(EVP_sha256(), risk->card_key.data, risk->card_key.len,
+        if (HMAC(ngx_http_paygw_sha256(), risk->card_key.data,
+                 risk->card_key.len,
                  ctx->payment.card_number.data, ctx->payment.card_number.len,
                  mac, &len) == NULL)
         {

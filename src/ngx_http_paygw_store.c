@@ -116,7 +116,7 @@ ngx_http_paygw_store_select_payment(ngx_http_paygw_mysql_op_t *op,
     } else {
         s = ngx_http_paygw_mysql_add(op, any
             ? "SELECT " NGX_HTTP_PAYGW_PAYMENT_COLUMNS " FROM payments "
-              "WHERE business_no = ? ORDER BY id LIMIT 1"
+              "WHERE business_no = ? ORDER BY id LIMIT 2"
             : "SELECT " NGX_HTTP_PAYGW_PAYMENT_COLUMNS " FROM payments "
               "WHERE business_no = ? AND merchant_id = ?");
         if (s == NULL
@@ -471,7 +471,7 @@ ngx_http_paygw_store_select_refund(ngx_http_paygw_mysql_op_t *op,
     s = ngx_http_paygw_mysql_add(op, any
         ? "SELECT " NGX_HTTP_PAYGW_REFUND_COLUMNS " FROM refunds r "
           "JOIN payments p ON p.payment_no = r.payment_no "
-          "WHERE r.refund_no = ? ORDER BY r.id LIMIT 1"
+          "WHERE r.refund_no = ? ORDER BY r.id LIMIT 2"
         : "SELECT " NGX_HTTP_PAYGW_REFUND_COLUMNS " FROM refunds r "
           "JOIN payments p ON p.payment_no = r.payment_no "
           "WHERE r.refund_no = ? AND r.merchant_id = ?");
