@@ -52,6 +52,7 @@ static ngx_int_t ngx_http_paygw_bank_sign(ngx_http_paygw_channel_t *ch,
 static json_t *ngx_http_paygw_bank_verified(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static void ngx_http_paygw_bank_cleanse(void *data);
+static void ngx_http_paygw_bank_wipe(json_t *card);
 
 
 ngx_http_paygw_provider_t  ngx_http_paygw_bank_provider = {
@@ -225,6 +226,10 @@ ngx_http_paygw_bank_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 
     if (doc) {
         dump = json_dumps(doc, JSON_COMPACT);
+
+        /* the card's strings inside the document, before it is freed */
+
+        ngx_http_paygw_bank_wipe(json_object_get(doc, "card"));
         json_decref(doc);
 
         if (dump == NULL) {
@@ -602,6 +607,21 @@ ngx_http_paygw_bank_refund_outcome(ngx_http_request_t *r,
     }
 
     json_decref(doc);
+}
+
+
+static void
+ngx_http_paygw_bank_wipe(json_t *card)
+{
+    json_t      *v;
+    const char  *name;
+
+    json_object_foreach(card, name, v) {
+        if (json_is_string(v)) {
+            OPENSSL_cleanse((void *) json_string_value(v),
+                            json_string_length(v));
+        }
+    }
 }
 
 

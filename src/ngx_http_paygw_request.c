@@ -41,6 +41,13 @@ static ngx_int_t ngx_http_paygw_currency(ngx_str_t *c);
 static void ngx_http_paygw_json_error(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, json_error_t *err);
 static void ngx_http_paygw_json_cleanup(void *data);
+static void ngx_http_paygw_card_wipe(void *data);
+
+
+typedef struct {
+    ngx_http_request_t           *request;
+    ngx_http_paygw_ctx_t         *ctx;
+} ngx_http_paygw_card_wipe_t;
 static ngx_str_t *ngx_http_paygw_quote(ngx_http_request_t *r, ngx_str_t *s);
 
 
@@ -439,10 +446,28 @@ static ngx_int_t
 ngx_http_paygw_parse_card(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     json_t *card)
 {
-    u_char                    *p;
-    ngx_http_paygw_payment_t  *pay;
+    u_char                      *p;
+    ngx_pool_cleanup_t          *cln;
+    ngx_http_paygw_payment_t    *pay;
+    ngx_http_paygw_card_wipe_t  *w;
 
     pay = &ctx->payment;
+
+    /*
+     * The card is wiped where it lies when the request ends, whatever
+     * its outcome: this cleanup runs before the document's own (pool
+     * cleanups run newest first), so the parsed strings are still there.
+     */
+
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_paygw_card_wipe_t));
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    w = cln->data;
+    w->request = r;
+    w->ctx = ctx;
+    cln->handler = ngx_http_paygw_card_wipe;
 
     if (ngx_http_paygw_check_fields(r, ctx, card, ngx_http_paygw_card_fields,
                                     "card.")
@@ -678,6 +703,54 @@ ngx_http_paygw_str(json_t *doc, const char *name, ngx_str_t *out)
     out->len = json_string_length(v);
 
     return NGX_OK;
+}
+
+
+/*
+ * PAN and CVC out of memory at the request's end: the parsed JSON strings,
+ * our copy of the body and nginx's request body buffers (only the body's
+ * own bytes: a pipelined request after it stays as it is).
+ */
+
+static void
+ngx_http_paygw_card_wipe(void *data)
+{
+    ngx_http_paygw_card_wipe_t *w = data;
+
+    ngx_buf_t                 *b;
+    ngx_chain_t               *cl;
+    ngx_http_request_t        *r;
+    ngx_http_paygw_payment_t  *pay;
+
+    r = w->request;
+    pay = &w->ctx->payment;
+
+    if (pay->card_number.data) {
+        OPENSSL_cleanse(pay->card_number.data, pay->card_number.len);
+    }
+
+    if (pay->card_cvc.data) {
+        OPENSSL_cleanse(pay->card_cvc.data, pay->card_cvc.len);
+    }
+
+    if (w->ctx->body.len) {
+        OPENSSL_cleanse(w->ctx->body.data, w->ctx->body.len);
+    }
+
+    if (r->request_body == NULL) {
+        return;
+    }
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (!b->in_file && b->pos && b->last > b->pos) {
+            OPENSSL_cleanse(b->pos, b->last - b->pos);
+        }
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw: card data wiped");
 }
 
 
