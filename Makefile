@@ -9,6 +9,8 @@
 #   make test       build-test, then run the whole suite with prove, then
 #                   scan every log the suite wrote for secrets (t/post)
 #   make test-asan  the same against ASan/UBSan builds of both modules
+#   make fuzz       libFuzzer harnesses of t/fuzz/ under ASan/UBSan,
+#                   FUZZ_SECONDS (30) each; prints executions and coverage
 #   make bench      throughput/latency on loopback (bench/README.md)
 #   make image      build the container image paygw:dev (docker/) and run it
 #                   once against the `make run` backends (scripts/image.sh)
@@ -26,7 +28,7 @@ PROVE       ?= prove
 PROVE_FLAGS ?=
 
 .PHONY: all deps build build-test build-asan test test-asan run stop status \
-        clean bench image k8s-check
+        clean bench image k8s-check fuzz
 
 all: deps build
 
@@ -65,6 +67,9 @@ status:
 clean:
 	-@[ ! -d run ] || bash scripts/stack.sh stop
 	rm -rf build run
+
+fuzz:
+	bash scripts/fuzz.sh
 
 bench: build
 	bash bench/run.sh
