@@ -11,6 +11,9 @@
 #   make test-asan  the same against ASan/UBSan builds of both modules
 #   make fuzz       libFuzzer harnesses of t/fuzz/ under ASan/UBSan,
 #                   FUZZ_SECONDS (30) each; prints executions and coverage
+#   make drill      fault drill under load (t/drill/drill.pl, DRILL_SECONDS
+#                   180): kills, freezes, provider faults, reloads, then
+#                   checks the invariants against the simulator's ledger
 #   make bench      throughput/latency on loopback (bench/README.md)
 #   make image      build the container image paygw:dev (docker/) and run it
 #                   once against the `make run` backends (scripts/image.sh)
@@ -28,7 +31,7 @@ PROVE       ?= prove
 PROVE_FLAGS ?=
 
 .PHONY: all deps build build-test build-asan test test-asan run stop status \
-        clean bench image k8s-check fuzz
+        clean bench image k8s-check fuzz drill
 
 all: deps build
 
@@ -70,6 +73,9 @@ clean:
 
 fuzz:
 	bash scripts/fuzz.sh
+
+drill: build-test
+	perl -I t/lib t/drill/drill.pl
 
 bench: build
 	bash bench/run.sh
