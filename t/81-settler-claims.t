@@ -24,7 +24,8 @@ my $gw = PayGW::Gateway->start(http => <<'EOF');
 
     paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
                   secret_file=%%REPO%%/conf/demo/acquirer.secret
-                  attempts=1 unknown_grace=60s breaker_failures=0;
+                  attempts=1 unknown_grace=60s breaker_failures=2
+                  breaker_timeout=60s;
     upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
 
     server {
@@ -119,5 +120,24 @@ my $now = $gw->api(POST => '/v1/admin/resolve', json => {}, key => 'ops',
                    idempotency_key => $gw->fresh_key('k81'));
 is($now->{json}{examined}, 100, 'an operator\'s resolve (no header) examines every open row');
 
+# a provider whose circuit is open is left alone by the settler
+$gw->sql1("UPDATE payments SET status = 'failed' WHERE payment_no LIKE 'PSTUCK%'");
+$gw->sim->mode('error500', path_prefix => '/acquirer/v1/charges');
+my @down = map { $gw->create()->{json}{payment_no} // '' } 1 .. 2;
 $gw->sim->mode('normal');
+my $third = $gw->create();
+is_deeply([$third->{status}, err_code($third)], [503, 'channel_unavailable'],
+          'two failed charges: the bank_card circuit is open');
+my $queries = sub {
+    scalar grep { $_->{method} eq 'GET' && $_->{path} =~ m{^/acquirer/v1/charges/} }
+        @{ $gw->sim->requests };
+};
+my $before = $queries->();
+my $open = due_resolve();
+is($open->{settled}, 0, 'the settler, circuit open: nothing settled');
+is($queries->(), $before, '... and the acquirer was not queried');
+is($gw->sql1("SELECT COUNT(*) FROM payments WHERE status = 'unknown' AND payment_no IN ("
+             . join(', ', map { sql_quote($_) } @down) . ")"), 2,
+   '... the payments wait, unknown, for their next try');
+
 done_testing;
