@@ -9,6 +9,11 @@
 #   make test       build-test, then run the whole suite with prove, then
 #                   scan every log the suite wrote for secrets (t/post)
 #   make test-asan  the same against ASan/UBSan builds of both modules
+#   make fuzz       libFuzzer harnesses of t/fuzz/ under ASan/UBSan,
+#                   FUZZ_SECONDS (30) each; prints executions and coverage
+#   make drill      fault drill under load (t/drill/drill.pl, DRILL_SECONDS
+#                   180): kills, freezes, provider faults, reloads, then
+#                   checks the invariants against the simulator's ledger
 #   make bench      throughput/latency on loopback (bench/README.md)
 #   make image      build the container image paygw:dev (docker/) and run it
 #                   once against the `make run` backends (scripts/image.sh)
@@ -47,7 +52,7 @@ ASAN_NGX_ENV = PAYGW_NGINX="$(NGX_BASE)/sbin/nginx"
 endif
 
 .PHONY: all deps build build-test build-asan test test-asan run stop status \
-        clean bench image k8s-check matrix
+        clean bench image k8s-check matrix fuzz drill
 
 all: deps build
 
@@ -91,6 +96,12 @@ status:
 clean:
 	-@[ ! -d run ] || bash scripts/stack.sh stop
 	rm -rf build run
+
+fuzz:
+	bash scripts/fuzz.sh
+
+drill: build-test
+	perl -I t/lib t/drill/drill.pl
 
 bench: build
 	bash bench/run.sh

@@ -164,6 +164,13 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
       offsetof(ngx_http_paygw_loc_conf_t, max_body),
       NULL },
 
+    { ngx_string("paygw_notify_http"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_paygw_loc_conf_t, notify_http),
+      NULL },
+
     { ngx_string("paygw_idempotency_retention"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -262,7 +269,8 @@ ngx_http_paygw_postconfiguration(ngx_conf_t *cf)
 {
     if (ngx_http_paygw_access_init(cf) != NGX_OK
         || ngx_http_paygw_metrics_init(cf) != NGX_OK
-        || ngx_http_paygw_recon_init(cf) != NGX_OK)
+        || ngx_http_paygw_recon_init(cf) != NGX_OK
+        || ngx_http_paygw_channels_budget(cf) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -310,6 +318,7 @@ ngx_http_paygw_create_loc_conf(ngx_conf_t *cf)
     conf->max_body = NGX_CONF_UNSET_SIZE;
     conf->idem_retention = NGX_CONF_UNSET_MSEC;
     conf->idem_lock = NGX_CONF_UNSET_MSEC;
+    conf->notify_http = NGX_CONF_UNSET;
 
     return conf;
 }
@@ -341,6 +350,7 @@ ngx_http_paygw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->idem_retention, prev->idem_retention,
                               24 * 60 * 60 * 1000);
     ngx_conf_merge_msec_value(conf->idem_lock, prev->idem_lock, 60 * 1000);
+    ngx_conf_merge_value(conf->notify_http, prev->notify_http, 0);
 
     ngx_conf_merge_str_value(conf->redis_uri, prev->redis_uri,
                              "/_paygw/redis");

@@ -77,6 +77,7 @@ typedef struct {
     ngx_int_t                     request_id_index;
     ngx_int_t                     trace_id_index;
     ngx_array_t                   logs;          /* ngx_log_t *, to redact */
+    ngx_msec_t                    create_budget; /* longest create, ms */
 } ngx_http_paygw_main_conf_t;
 
 
@@ -97,6 +98,7 @@ typedef struct {
     size_t                        max_body;
     ngx_msec_t                    idem_retention;
     ngx_msec_t                    idem_lock;
+    ngx_flag_t                    notify_http;   /* http:// notify_url */
 } ngx_http_paygw_loc_conf_t;
 
 
@@ -156,6 +158,7 @@ char *ngx_http_paygw_read_secret(ngx_conf_t *cf, ngx_str_t *path,
 ngx_int_t ngx_http_paygw_random_no(ngx_pool_t *pool, char prefix,
     ngx_str_t *no);
 void ngx_http_paygw_now(ngx_pool_t *pool, ngx_str_t *iso);
+time_t ngx_http_paygw_iso_time(ngx_str_t *iso);
 
 /* ngx_http_paygw_utf8.c: text a client sent */
 ngx_int_t ngx_http_paygw_utf8_valid(u_char *p, size_t len);

@@ -310,9 +310,20 @@ ngx_http_paygw_access_guards(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 static ngx_int_t
 ngx_http_paygw_access_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_http_paygw_loc_conf_t  *plcf;
+    ngx_msec_t                   lock;
+    ngx_http_paygw_loc_conf_t   *plcf;
+    ngx_http_paygw_main_conf_t  *pmcf;
 
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_paygw_module);
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_paygw_module);
+
+    /*
+     * The lock must not expire while the request still runs: no shorter
+     * than the longest create (its MySQL writes and every provider try,
+     * see ngx_http_paygw_channels_budget()).
+     */
+
+    lock = ngx_max(plcf->idem_lock, pmcf->create_budget);
 
     ctx->redis = ngx_http_paygw_redis_create(r);
 
@@ -320,8 +331,8 @@ ngx_http_paygw_access_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         || ngx_http_paygw_idem_prepare(r, &ctx->idem, &ctx->auth,
                                        &ctx->merchant_id, &ctx->body)
            != NGX_OK
-        || ngx_http_paygw_idem_begin(r, &ctx->idem, ctx->redis,
-                                     plcf->idem_lock) != NGX_OK
+        || ngx_http_paygw_idem_begin(r, &ctx->idem, ctx->redis, lock)
+           != NGX_OK
         || ngx_http_paygw_redis_send(r, ctx->redis) != NGX_OK)
     {
         /* a refusal already decided stands; otherwise nothing is safe */
@@ -408,6 +419,7 @@ ngx_http_paygw_access_collect(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_paygw_access_role(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
+    ngx_str_t              merchant;
     ngx_http_paygw_key_t  *key;
 
     key = ctx->auth.key;
@@ -435,6 +447,29 @@ ngx_http_paygw_access_role(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                    "key \"%V\" belongs to no merchant and "
                                    "cannot create payments", &key->key_id);
         return NGX_DECLINED;
+    }
+
+    /*
+     * A key of every merchant ("*") reading by a merchant's own number
+     * (business_no, refund_no) names the merchant with merchant_id=;
+     * without it a number that several merchants use is ambiguous (409).
+     */
+
+    if ((ctx->api == NGX_HTTP_PAYGW_API_FIND
+         || ctx->api == NGX_HTTP_PAYGW_API_GET_REFUND)
+        && ctx->merchant_id.len == 1 && ctx->merchant_id.data[0] == '*'
+        && ngx_http_arg(r, (u_char *) "merchant_id", 11, &merchant)
+           == NGX_OK)
+    {
+        if (ngx_http_paygw_identifier(&merchant) != NGX_OK) {
+            (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
+                                       "invalid_request",
+                                       "merchant_id must be 1-64 "
+                                       "characters of [A-Za-z0-9_.:-]");
+            return NGX_DECLINED;
+        }
+
+        ctx->merchant_id = merchant;
     }
 
     return NGX_OK;
@@ -506,9 +541,13 @@ ngx_http_paygw_access_redis(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     if (!ctx->redis->call.ok) {
         if (ctx->status == 0) {
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "paygw: redis unavailable: %V",
+                          &ctx->redis->call.error);
+
             (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_SERVICE_UNAVAILABLE,
                                        "backend_unavailable",
-                                       "redis: %V", &ctx->redis->call.error);
+                                       "redis is unavailable; retry");
         }
 
         return;

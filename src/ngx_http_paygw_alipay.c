@@ -581,7 +581,7 @@ ngx_http_paygw_alipay_refund_outcome(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx)
 {
     json_t                          *doc;
-    ngx_str_t                        code, sub, status;
+    ngx_str_t                        code, sub, status, fund;
     ngx_http_paygw_outcome_t        *out;
     ngx_http_paygw_provider_call_t  *pc;
 
@@ -629,10 +629,24 @@ ngx_http_paygw_alipay_refund_outcome(ngx_http_request_t *r,
             ngx_http_paygw_outcome_unknown(out, "Alipay answered for "
                                            "another trade");
         } else {
-            /* fund_change "N" is a repeat of a refund already made */
-            ngx_http_paygw_outcome_set(out, NGX_HTTP_PAYGW_STATUS_SUCCEEDED);
-            ngx_http_paygw_json_str(r->pool, doc, "trade_no",
-                                    &out->provider_no);
+            /*
+             * fund_change "Y": the money moved now.  "N" after a try of
+             * ours went unanswered is that try's refund repeated; "N"
+             * otherwise says nothing for sure: the refund query settles
+             * it (as Alipay asks), never a guess.
+             */
+            ngx_http_paygw_json_str(r->pool, doc, "fund_change", &fund);
+
+            if (ngx_http_paygw_is(&fund, "Y") || ctx->attempt > 1) {
+                ngx_http_paygw_outcome_set(out,
+                                           NGX_HTTP_PAYGW_STATUS_SUCCEEDED);
+                ngx_http_paygw_json_str(r->pool, doc, "trade_no",
+                                        &out->provider_no);
+
+            } else {
+                ngx_http_paygw_outcome_unknown(out, "Alipay moved no money "
+                                               "for it now (fund_change)");
+            }
         }
 
     } else if (ngx_http_paygw_is(&code, "40004")

@@ -18,6 +18,7 @@
 
 
 #include "ngx_http_paygw_auth.h"
+#include "ngx_http_paygw_crypto.h"
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -345,7 +346,8 @@ ngx_http_paygw_authenticate(ngx_http_request_t *r, ngx_str_t *body,
     }
 
     if (ngx_http_paygw_auth_sign(&auth->key->secret, &r->method_name,
-                                 &r->unparsed_uri, auth->ts, &auth->nonce,
+                                 &r->unparsed_uri, &auth->ts_raw,
+                                 &auth->nonce,
                                  body, hex)
         != NGX_OK)
     {
@@ -368,7 +370,7 @@ ngx_http_paygw_authenticate(ngx_http_request_t *r, ngx_str_t *body,
 
 ngx_int_t
 ngx_http_paygw_auth_sign(ngx_str_t *secret, ngx_str_t *method,
-    ngx_str_t *uri, time_t ts, ngx_str_t *nonce, ngx_str_t *body,
+    ngx_str_t *uri, ngx_str_t *ts, ngx_str_t *nonce, ngx_str_t *body,
     u_char *hex)
 {
     u_char        *p;
@@ -377,21 +379,26 @@ ngx_http_paygw_auth_sign(ngx_str_t *secret, ngx_str_t *method,
     u_char         mac[EVP_MAX_MD_SIZE];
     u_char         sts[NGX_HTTP_PAYGW_KEYS_MAX_LINE * 4];
 
-    /* METHOD \n PATH?QUERY \n ts \n nonce \n hex(sha256(body)) */
+    /*
+     * METHOD \n PATH?QUERY \n ts \n nonce \n hex(sha256(body)), ts as
+     * its bytes were sent (SPEC 2), never as we would print the number
+     */
 
-    if (uri->len + method->len + nonce->len + 128 > sizeof(sts)) {
+    if (uri->len + method->len + nonce->len + ts->len + 128 > sizeof(sts)) {
         return NGX_ERROR;
     }
 
-    SHA256(body->data, body->len, digest);
+    (void) EVP_Digest(body->data, body->len, digest, NULL,
+                      ngx_http_paygw_sha256(), NULL);
 
     p = ngx_cpymem(sts, method->data, method->len);
     *p++ = '\n';
     p = ngx_cpymem(p, uri->data, uri->len);
-    p = ngx_sprintf(p, "\n%T\n%V\n", ts, nonce);
+    p = ngx_sprintf(p, "\n%V\n%V\n", ts, nonce);
     p = ngx_hex_dump(p, digest, sizeof(digest));
 
-    if (HMAC(EVP_sha256(), secret->data, secret->len, sts, p - sts, mac, &len)
+    if (HMAC(ngx_http_paygw_sha256(), secret->data, secret->len, sts,
+             p - sts, mac, &len)
         == NULL || len != SHA256_DIGEST_LENGTH)
     {
         return NGX_ERROR;
@@ -466,6 +473,7 @@ ngx_http_paygw_auth_parse(ngx_str_t *value, ngx_http_paygw_auth_t *auth,
 
         } else {
             ts = ngx_atoi(v.data, v.len);
+            auth->ts_raw = v;
         }
 
         if (comma == last) {

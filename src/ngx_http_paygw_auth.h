@@ -32,6 +32,7 @@ typedef struct {
     ngx_str_t                     nonce;
     ngx_str_t                     sig;
     time_t                        ts;
+    ngx_str_t                     ts_raw;        /* signed as sent */
     ngx_http_paygw_key_t         *key;
 } ngx_http_paygw_auth_t;
 
@@ -41,7 +42,7 @@ ngx_int_t ngx_http_paygw_authenticate(ngx_http_request_t *r,
     ngx_str_t *body, ngx_http_paygw_auth_t *auth, const char **why);
 ngx_int_t ngx_http_paygw_auth_key_id(ngx_http_request_t *r, ngx_str_t *id);
 ngx_int_t ngx_http_paygw_auth_sign(ngx_str_t *secret, ngx_str_t *method,
-    ngx_str_t *uri, time_t ts, ngx_str_t *nonce, ngx_str_t *body,
+    ngx_str_t *uri, ngx_str_t *ts, ngx_str_t *nonce, ngx_str_t *body,
     u_char *hex);
 ngx_http_paygw_key_t *ngx_http_paygw_key_by_id(ngx_array_t *keys,
     ngx_str_t *key_id);

@@ -16,6 +16,7 @@
 
 
 #include "ngx_http_paygw_channel.h"
+#include "ngx_http_paygw_crypto.h"
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -51,6 +52,7 @@ static ngx_int_t ngx_http_paygw_bank_sign(ngx_http_paygw_channel_t *ch,
 static json_t *ngx_http_paygw_bank_verified(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static void ngx_http_paygw_bank_cleanse(void *data);
+static void ngx_http_paygw_bank_wipe(json_t *card);
 
 
 ngx_http_paygw_provider_t  ngx_http_paygw_bank_provider = {
@@ -224,6 +226,10 @@ ngx_http_paygw_bank_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 
     if (doc) {
         dump = json_dumps(doc, JSON_COMPACT);
+
+        /* the card's strings inside the document, before it is freed */
+
+        ngx_http_paygw_bank_wipe(json_object_get(doc, "card"));
         json_decref(doc);
 
         if (dump == NULL) {
@@ -305,13 +311,12 @@ ngx_http_paygw_bank_sign(ngx_http_paygw_channel_t *ch, ngx_str_t *parts,
     u_char         md[EVP_MAX_MD_SIZE];
     size_t         mdlen;
 
-    mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    mac = ngx_http_paygw_hmac();
     if (mac == NULL) {
         return 0;
     }
 
     mctx = EVP_MAC_CTX_new(mac);
-    EVP_MAC_free(mac);
 
     if (mctx == NULL) {
         return 0;
@@ -450,6 +455,19 @@ ngx_http_paygw_bank_outcome(ngx_http_request_t *r,
         return;
     }
 
+    if (pc->status != NGX_HTTP_OK && query) {
+        /*
+         * A refused query (401 on clock skew, 429, 4xx) says nothing of
+         * the charge asked about: it stays as it was, never a guess.
+         */
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "paygw bank_card: the acquirer refused the query of "
+                      "%V with %ui", &p->payment_no, pc->status);
+        ngx_http_paygw_outcome_unknown(out, "the acquirer refused the query");
+        json_decref(doc);
+        return;
+    }
+
     if (pc->status != NGX_HTTP_OK) {
         /* the acquirer refused the request itself: nothing was charged */
         out->definitive = 1;
@@ -533,6 +551,18 @@ ngx_http_paygw_bank_refund_outcome(ngx_http_request_t *r,
         return;
     }
 
+    if (pc->status != NGX_HTTP_OK
+        && pc->method.len == 3 && ngx_strncmp(pc->method.data, "GET", 3) == 0)
+    {
+        /* a refused query says nothing: the amount stays reserved */
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "paygw bank_card: the acquirer refused the query of "
+                      "refund %V with %ui", &rf->refund_no, pc->status);
+        ngx_http_paygw_outcome_unknown(out, "the acquirer refused the query");
+        json_decref(doc);
+        return;
+    }
+
     if (pc->status != NGX_HTTP_OK) {
         out->definitive = 1;
         out->status = NGX_HTTP_PAYGW_STATUS_FAILED;
@@ -577,6 +607,21 @@ ngx_http_paygw_bank_refund_outcome(ngx_http_request_t *r,
     }
 
     json_decref(doc);
+}
+
+
+static void
+ngx_http_paygw_bank_wipe(json_t *card)
+{
+    json_t      *v;
+    const char  *name;
+
+    json_object_foreach(card, name, v) {
+        if (json_is_string(v)) {
+            OPENSSL_cleanse((void *) json_string_value(v),
+                            json_string_length(v));
+        }
+    }
 }
 
 

@@ -76,6 +76,7 @@ void
 ngx_http_paygw_breaker_record(ngx_http_request_t *r,
     ngx_http_paygw_channel_t *ch, ngx_uint_t failed)
 {
+    ngx_uint_t                 opened, failures;
     ngx_slab_pool_t           *shpool;
     ngx_http_paygw_breaker_t  *b;
 
@@ -84,6 +85,9 @@ ngx_http_paygw_breaker_record(ngx_http_request_t *r,
         return;
     }
 
+    opened = 0;
+    failures = 0;
+
     if (!failed) {
         b->failures = 0;
         b->state = NGX_HTTP_PAYGW_CLOSED;
@@ -91,17 +95,22 @@ ngx_http_paygw_breaker_record(ngx_http_request_t *r,
     } else if (b->state == NGX_HTTP_PAYGW_HALF_OPEN
                || ++b->failures >= ch->breaker_failures)
     {
-        if (b->state != NGX_HTTP_PAYGW_OPEN) {
-            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                          "paygw: channel \"%V\" circuit opened after %ui "
-                          "failed calls", &ch->name, b->failures);
-        }
+        opened = (b->state != NGX_HTTP_PAYGW_OPEN);
+        failures = b->failures;
 
         b->state = NGX_HTTP_PAYGW_OPEN;
         b->opened_at = ngx_current_msec;
     }
 
     ngx_shmtx_unlock(&shpool->mutex);
+
+    /* logged after the unlock: a log write never holds other workers up */
+
+    if (opened) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "paygw: channel \"%V\" circuit opened after %ui "
+                      "failed calls", &ch->name, failures);
+    }
 }
 
 

@@ -26,6 +26,11 @@
 #include "ngx_http_paygw_metrics.h"
 #include "ngx_http_paygw_crypto.h"
 #include "ngx_http_paygw_trace.h"
+#include "ngx_http_paygw_mysql.h"
+
+
+/* its loc conf begins with ngx_http_upstream_conf_t, in every version */
+extern ngx_module_t  ngx_http_proxy_module;
 
 
 static ngx_http_paygw_channel_t *ngx_http_paygw_channel_add(ngx_conf_t *cf,
@@ -39,6 +44,9 @@ static char *ngx_http_paygw_channel_fallback(ngx_conf_t *cf,
 static char *ngx_http_paygw_channel_secret(ngx_conf_t *cf,
     ngx_http_paygw_channel_t *ch, ngx_str_t *file);
 static void ngx_http_paygw_pem_free(void *data);
+static ngx_http_core_loc_conf_t *ngx_http_paygw_channel_loc(
+    ngx_http_location_tree_node_t *node, ngx_str_t *uri,
+    ngx_http_core_loc_conf_t *best);
 static ngx_int_t ngx_http_paygw_provider_done(ngx_http_request_t *r,
     void *data, ngx_int_t rc);
 static ngx_int_t ngx_http_paygw_provider_headers(ngx_http_request_t *sr,
@@ -192,6 +200,138 @@ ngx_http_paygw_channel_add(ngx_conf_t *cf, ngx_http_paygw_main_conf_t *pmcf,
 }
 
 
+/*
+ * unknown_grace against the retry budget, once the locations are merged
+ * (postconfiguration).  A provider that has no trace of a charge counts
+ * it as never made only when the request that made it must be over: its
+ * insert (MySQL connect + query timeouts) and every try (the channel
+ * location's proxy_connect_timeout + proxy_read_timeout).  A grace given
+ * shorter than that fails "nginx -t"; the default grows to it.
+ */
+
+ngx_int_t
+ngx_http_paygw_channels_budget(ngx_conf_t *cf)
+{
+    u_char                       *p;
+    ngx_str_t                     uri;
+    ngx_msec_t                    db, try, budget;
+    ngx_uint_t                    i, s;
+    ngx_http_upstream_conf_t     *ucf;
+    ngx_http_core_srv_conf_t    **cscfp;
+    ngx_http_core_loc_conf_t     *clcf, *found;
+    ngx_http_core_main_conf_t    *cmcf;
+    ngx_http_paygw_channel_t     *ch;
+    ngx_http_paygw_mysql_srv_t  **srv;
+    ngx_http_paygw_main_conf_t   *pmcf;
+
+    pmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_paygw_module);
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    db = 0;
+    srv = pmcf->mysql_servers.elts;
+
+    for (i = 0; i < pmcf->mysql_servers.nelts; i++) {
+        db = ngx_max(db, srv[i]->connect_timeout + srv[i]->query_timeout);
+    }
+
+    ch = pmcf->channels.elts;
+    cscfp = cmcf->servers.elts;
+
+    for (i = 0; i < pmcf->channels.nelts; i++) {
+
+        /* the provider's paths are appended to the location URI */
+
+        uri.len = ch[i].location.len + 1;
+        uri.data = ngx_pnalloc(cf->temp_pool, uri.len);
+        if (uri.data == NULL) {
+            return NGX_ERROR;
+        }
+
+        p = ngx_cpymem(uri.data, ch[i].location.data, ch[i].location.len);
+        *p = '/';
+
+        try = 0;
+
+        for (s = 0; s < cmcf->servers.nelts; s++) {
+            clcf = cscfp[s]->ctx->loc_conf[ngx_http_core_module.ctx_index];
+
+            found = ngx_http_paygw_channel_loc(clcf->static_locations, &uri,
+                                               NULL);
+            if (found == NULL) {
+                continue;
+            }
+
+            ucf = found->loc_conf[ngx_http_proxy_module.ctx_index];
+
+            try = ngx_max(try, ucf->connect_timeout + ucf->read_timeout);
+        }
+
+        if (try == 0) {
+            continue;
+        }
+
+        budget = db + ch[i].attempts * try;
+
+        /* the idempotency lock must outlive the longest create */
+
+        pmcf->create_budget = ngx_max(pmcf->create_budget, 2 * db + budget);
+
+        if ((ngx_msec_t) ch[i].unknown_grace * 1000 >= budget) {
+            continue;
+        }
+
+        if (ch[i].grace_set) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "paygw_channel \"%V\": unknown_grace=%Ts is "
+                          "shorter than the time its create may still run "
+                          "(%M ms: MySQL connect + query timeouts, and "
+                          "attempts=%ui x (proxy_connect_timeout + "
+                          "proxy_read_timeout) of %V)",
+                          &ch[i].name, ch[i].unknown_grace, budget,
+                          ch[i].attempts, &ch[i].location);
+            return NGX_ERROR;
+        }
+
+        ch[i].unknown_grace = (time_t) ((budget + 999) / 1000);
+
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "paygw_channel \"%V\": unknown_grace raised to %Ts, "
+                      "the time its create may still run",
+                      &ch[i].name, ch[i].unknown_grace);
+    }
+
+    return NGX_OK;
+}
+
+
+/* the longest prefix location that a URI under the channel's reaches */
+
+static ngx_http_core_loc_conf_t *
+ngx_http_paygw_channel_loc(ngx_http_location_tree_node_t *node,
+    ngx_str_t *uri, ngx_http_core_loc_conf_t *best)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (node == NULL) {
+        return best;
+    }
+
+    clcf = node->inclusive;
+
+    if (clcf && clcf->name.len <= uri->len
+        && ngx_strncmp(clcf->name.data, uri->data, clcf->name.len) == 0
+        && (best == NULL || clcf->name.len > best->name.len))
+    {
+        best = clcf;
+    }
+
+    best = ngx_http_paygw_channel_loc(node->left, uri, best);
+    best = ngx_http_paygw_channel_loc(node->right, uri, best);
+
+    return ngx_http_paygw_channel_loc(node->tree, uri, best);
+}
+
+
 /* provider=PROVIDER among the parameters, or else the channel's name */
 
 static ngx_http_paygw_provider_t *
@@ -319,6 +459,8 @@ ngx_http_paygw_channel_param(ngx_conf_t *cf, ngx_http_paygw_channel_t *ch,
         if (ch->unknown_grace == (time_t) NGX_ERROR) {
             goto invalid;
         }
+
+        ch->grace_set = 1;
 
         return NGX_CONF_OK;
     }

@@ -81,6 +81,7 @@ struct ngx_http_paygw_channel_s {
     ngx_str_t                     secret;        /* HMAC; WeChat APIv3 key */
     ngx_uint_t                    attempts;
     time_t                        unknown_grace;
+    unsigned                      grace_set:1;   /* unknown_grace= given */
     ngx_uint_t                    breaker_failures;   /* 0: no breaker */
     ngx_msec_t                    breaker_timeout;
     ngx_str_t                     fallback_name;
@@ -147,6 +148,7 @@ ngx_str_t *ngx_http_paygw_provider_response_header(
 ngx_int_t ngx_http_paygw_provider_retryable(ngx_http_paygw_ctx_t *ctx);
 char *ngx_http_paygw_conf_pem(ngx_conf_t *cf, ngx_str_t *path,
     ngx_uint_t private_key, EVP_PKEY **key);
+ngx_int_t ngx_http_paygw_channels_budget(ngx_conf_t *cf);
 char *ngx_http_paygw_channels_init(ngx_conf_t *cf,
     ngx_http_paygw_main_conf_t *pmcf);
 ngx_int_t ngx_http_paygw_yuan(ngx_str_t *s, int64_t *fen);

@@ -60,7 +60,8 @@ ngx_http_paygw_rsa_sign(ngx_pool_t *pool, EVP_PKEY *key, ngx_str_t *data,
     raw.data = NULL;
     len = 0;
 
-    if (EVP_DigestSignInit(md, NULL, EVP_sha256(), NULL, key) != 1
+    if (EVP_DigestSignInit(md, NULL, ngx_http_paygw_sha256(), NULL, key)
+        != 1
         || EVP_DigestSign(md, NULL, &len, data->data, data->len) != 1
         || (raw.data = ngx_pnalloc(pool, len)) == NULL
         || EVP_DigestSign(md, raw.data, &len, data->data, data->len) != 1)
@@ -106,7 +107,8 @@ ngx_http_paygw_rsa_verify(ngx_pool_t *pool, EVP_PKEY *key, ngx_str_t *data,
         return NGX_ERROR;
     }
 
-    rc = EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, key);
+    rc = EVP_DigestVerifyInit(md, NULL, ngx_http_paygw_sha256(), NULL,
+                              key);
 
     if (rc == 1) {
         rc = EVP_DigestVerify(md, raw.data, raw.len, data->data, data->len);
@@ -201,8 +203,8 @@ ngx_http_paygw_hmac_sha256(ngx_str_t *key, ngx_str_t *data, u_char *mac)
 {
     unsigned int  len;
 
-    if (HMAC(EVP_sha256(), key->data, (int) key->len, data->data, data->len,
-             mac, &len)
+    if (HMAC(ngx_http_paygw_sha256(), key->data, (int) key->len,
+             data->data, data->len, mac, &len)
         == NULL || len != 32)
     {
         return NGX_ERROR;
@@ -336,4 +338,40 @@ ngx_http_paygw_kv_cmp(const void *one, const void *two)
 
     return (int) ngx_memn2cmp(a->key.data, b->key.data, a->key.len,
                               b->key.len);
+}
+
+
+/*
+ * SHA-256 and HMAC, fetched from the provider once per process and kept
+ * (EVP_sha256() and a MAC fetch per call each look the algorithm up
+ * again); the legacy EVP_sha256() only if the fetch fails.
+ */
+
+const EVP_MD *
+ngx_http_paygw_sha256(void)
+{
+    static EVP_MD  *md;
+
+    if (md == NULL) {
+        md = EVP_MD_fetch(NULL, "SHA256", NULL);
+
+        if (md == NULL) {
+            return EVP_sha256();
+        }
+    }
+
+    return md;
+}
+
+
+EVP_MAC *
+ngx_http_paygw_hmac(void)
+{
+    static EVP_MAC  *mac;
+
+    if (mac == NULL) {
+        mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    }
+
+    return mac;
 }

@@ -15,6 +15,8 @@
 
 
 EVP_PKEY *ngx_http_paygw_pem_key(ngx_str_t *pem, ngx_uint_t private_key);
+const EVP_MD *ngx_http_paygw_sha256(void);
+EVP_MAC *ngx_http_paygw_hmac(void);
 ngx_int_t ngx_http_paygw_rsa_sign(ngx_pool_t *pool, EVP_PKEY *key,
     ngx_str_t *data, ngx_str_t *sig_b64);
 ngx_int_t ngx_http_paygw_rsa_verify(ngx_pool_t *pool, EVP_PKEY *key,

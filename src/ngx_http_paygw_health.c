@@ -191,9 +191,24 @@ ngx_http_paygw_ready_respond(ngx_http_request_t *r,
 
     ready = (redis == NULL && mysql == NULL);
 
-    checks = json_pack("{s:s%, s:s%}",
-                       "redis", redis_why.data, redis_why.len,
-                       "mysql", mysql_why.data, mysql_why.len);
+    /*
+     * A backend's own words (addresses, user names, its error text) go
+     * to the error log; the answer names only what failed.
+     */
+
+    if (redis) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw readyz: %s: %V", redis, &redis_why);
+    }
+
+    if (mysql) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw readyz: %s: %V", mysql, &mysql_why);
+    }
+
+    checks = json_pack("{s:s, s:s}",
+                       "redis", redis ? "unavailable" : "ok",
+                       "mysql", mysql ? "unavailable" : "ok");
     if (checks == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }

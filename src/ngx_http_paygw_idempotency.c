@@ -16,6 +16,7 @@
 
 
 #include "ngx_http_paygw_idempotency.h"
+#include "ngx_http_paygw_crypto.h"
 #include <msgpack.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
@@ -134,14 +135,15 @@ ngx_http_paygw_idem_prepare(ngx_http_request_t *r,
 
     /* fingerprint: method, path (with query), body */
 
-    SHA256(body->data, body->len, digest);
+    (void) EVP_Digest(body->data, body->len, digest, NULL,
+                      ngx_http_paygw_sha256(), NULL);
 
     md = EVP_MD_CTX_new();
     if (md == NULL) {
         return NGX_ERROR;
     }
 
-    if (EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1
+    if (EVP_DigestInit_ex(md, ngx_http_paygw_sha256(), NULL) != 1
         || EVP_DigestUpdate(md, r->method_name.data, r->method_name.len) != 1
         || EVP_DigestUpdate(md, "\n", 1) != 1
         || EVP_DigestUpdate(md, r->unparsed_uri.data, r->unparsed_uri.len)
@@ -158,7 +160,8 @@ ngx_http_paygw_idem_prepare(ngx_http_request_t *r,
 
     /* keys are hashed: any visible ASCII is safe in a Redis key */
 
-    SHA256(idem->key.data, idem->key.len, digest);
+    (void) EVP_Digest(idem->key.data, idem->key.len, digest, NULL,
+                      ngx_http_paygw_sha256(), NULL);
 
     idem->redis_key.data = ngx_pnalloc(r->pool, merchant->len
                                        + 2 * sizeof(digest)

@@ -53,3 +53,58 @@ ngx_http_paygw_now(ngx_pool_t *pool, ngx_str_t *iso)
                            tm.ngx_tm_hour, tm.ngx_tm_min, tm.ngx_tm_sec)
                - iso->data;
 }
+
+
+/*
+ * "YYYY-MM-DDTHH:MM:SSZ" as written by ngx_http_paygw_now(): seconds
+ * since the epoch, NGX_ERROR if it is not that.  Ages are measured with
+ * the clock that wrote the time (nginx's), never mixed with MySQL's.
+ */
+
+time_t
+ngx_http_paygw_iso_time(ngx_str_t *iso)
+{
+    u_char      *p;
+    ngx_int_t    v[6], days, y, m;
+    ngx_uint_t   i;
+    static const u_char  width[6] = { 4, 2, 2, 2, 2, 2 };
+
+    if (iso->data == NULL || iso->len < sizeof("2006-01-02T15:04:05") - 1) {
+        return NGX_ERROR;
+    }
+
+    p = iso->data;
+
+    for (i = 0; i < 6; i++) {
+        v[i] = ngx_atoi(p, width[i]);
+        if (v[i] == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        p += width[i] + 1;
+    }
+
+    if (v[1] < 1 || v[1] > 12 || v[2] < 1 || v[2] > 31 || v[0] < 1970
+        || v[3] > 23 || v[4] > 59 || v[5] > 60)
+    {
+        return NGX_ERROR;
+    }
+
+    /* days from the civil date, counted from March (0) of year y */
+
+    y = v[0];
+    m = v[1];
+
+    if (m <= 2) {
+        y -= 1;
+        m += 9;
+
+    } else {
+        m -= 3;
+    }
+
+    days = 365 * y + y / 4 - y / 100 + y / 400 + (153 * m + 2) / 5
+           + v[2] - 1 - 719468;
+
+    return (time_t) days * 86400 + v[3] * 3600 + v[4] * 60 + v[5];
+}

@@ -970,15 +970,14 @@ ngx_http_paygw_mysql_close(ngx_http_paygw_mysql_conn_t *mc)
         c->fd = (ngx_socket_t) -1;
 
         /*
-         * Interrupted mid-operation: shut the socket down so that
-         * mysql_close() cannot wait on it while saying goodbye.
+         * mysql_close() is a blocking call: it writes COM_QUIT and may
+         * wait on the socket.  Shut the socket down first, whatever the
+         * state, so that it cannot wait in a worker (the server sees the
+         * connection end without COM_QUIT: "Aborted connection" in its
+         * log, nothing more).
          */
 
-        if (mc->state != NGX_HTTP_PAYGW_MYSQL_IDLE
-            && mc->state != NGX_HTTP_PAYGW_MYSQL_FREE)
-        {
-            (void) shutdown(fd, SHUT_RDWR);
-        }
+        (void) shutdown(fd, SHUT_RDWR);
     }
 
     mysql_close(mc->mysql);

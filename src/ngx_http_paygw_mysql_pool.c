@@ -204,6 +204,7 @@ ngx_http_paygw_mysql_alive(ngx_connection_t *c)
 static void
 ngx_http_paygw_mysql_wake(ngx_event_t *ev)
 {
+    ngx_uint_t                   queued;
     ngx_queue_t                 *q;
     ngx_connection_t            *c;
     ngx_http_paygw_mysql_op_t   *op;
@@ -224,9 +225,17 @@ ngx_http_paygw_mysql_wake(ngx_event_t *ev)
 
         ngx_http_paygw_mysql_dispatch(op);
 
+        /*
+         * op lives in its request's pool: the posted requests run below
+         * may finish that request and free it, so op is not touched
+         * after them.
+         */
+
+        queued = op->queued;
+
         ngx_http_run_posted_requests(c);
 
-        if (op->queued) {
+        if (queued) {
             /* every idle connection proved dead: try again later */
             break;
         }

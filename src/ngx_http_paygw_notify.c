@@ -15,6 +15,11 @@
  * nothing.  Either way it is counted in paygw_callbacks_total.
  *
  *   notify:  start -> selected -> settled [-> selected -> settled]
+ *   refund:  start -> the GET steps of the refund it names (a query)
+ *
+ * A refund's callback (WeChat Pay REFUND.*) is a verified hint: the
+ * refund is settled by what the provider answers to a query, as the
+ * settler would, and the callback acknowledged.
  */
 
 
@@ -24,6 +29,8 @@
 
 
 static ngx_int_t ngx_http_paygw_notify_start(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_notify_refund(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_notify_selected(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
@@ -47,7 +54,48 @@ static ngx_str_t  ngx_http_paygw_text_type = ngx_string("text/plain");
 ngx_int_t
 ngx_http_paygw_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
+    if (ctx->notice.out_refund_no.len) {
+        return ngx_http_paygw_notify_refund(r, ctx);
+    }
+
     return ngx_http_paygw_steps(r, ctx, ngx_http_paygw_notify_start);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_notify_refund(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t                  rc;
+    ngx_http_paygw_channel_t  *ch;
+
+    ch = ctx->notify_channel;
+
+    rc = ngx_http_paygw_get_refund(r, ctx);
+    if (rc == NGX_AGAIN || rc == NGX_ERROR) {
+        return rc;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw notify: refund %V queried: %ui",
+                   &ctx->notice.out_refund_no, ctx->status);
+
+    /* the answers below are the callback's, not the refund's */
+
+    ctx->content_type = NULL;
+    ctx->channel = ch;
+
+    if (ctx->status == NGX_HTTP_NOT_FOUND) {
+        return ngx_http_paygw_notify_refuse(r, ctx, NGX_HTTP_NOT_FOUND,
+                                            "no such out_refund_no");
+    }
+
+    if (ctx->status != NGX_HTTP_OK) {
+        return ngx_http_paygw_notify_refuse(r, ctx,
+                                            NGX_HTTP_SERVICE_UNAVAILABLE,
+                                            "storage unavailable; retry");
+    }
+
+    return ngx_http_paygw_notify_ack(r, ctx, "refund");
 }
 
 
@@ -69,6 +117,13 @@ ngx_http_paygw_notify_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     if (ctx->channel->provider->notify(r, ctx) != NGX_OK) {
         return ngx_http_paygw_notify_refuse(r, ctx, NGX_HTTP_UNAUTHORIZED,
                                             ctx->notice_error);
+    }
+
+    if (ctx->notice.out_refund_no.len) {
+        ctx->notify_channel = ctx->channel;
+        ctx->object_no = ctx->notice.out_refund_no;
+        ctx->next = NULL;
+        return ngx_http_paygw_notify_refund(r, ctx);
     }
 
     return ngx_http_paygw_notify_select(r, ctx);

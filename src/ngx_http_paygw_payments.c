@@ -91,6 +91,12 @@ static ngx_int_t ngx_http_paygw_resolve_listed(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_resolve_next(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_resolve_refunds_listed(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_resolve_claim(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_resolve_refund_next(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 
 static ngx_int_t ngx_http_paygw_settle(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, ngx_http_paygw_step_pt next);
@@ -694,6 +700,14 @@ ngx_http_paygw_needs_query(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NGX_DECLINED;
     }
 
+    /* the settler leaves a provider alone while its breaker is open */
+
+    if (ctx->api == NGX_HTTP_PAYGW_API_RESOLVE
+        && ngx_http_paygw_breaker_allow(r, ctx->channel) != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
     /* "unknown" now; "processing" only once its creator must be gone */
 
     if (p->status == NGX_HTTP_PAYGW_STATUS_UNKNOWN
@@ -981,6 +995,26 @@ ngx_http_paygw_resolve(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return ngx_http_paygw_steps(r, ctx, ngx_http_paygw_resolve_start);
     }
 
+    if (ctx->refunds_phase) {
+
+        /* the refunds' list is awaited, or a refund's GET steps go on */
+
+        if (ctx->next == ngx_http_paygw_resolve_refunds_listed) {
+            return ngx_http_paygw_resolve_refunds_listed(r, ctx);
+        }
+
+        rc = ngx_http_paygw_get_refund(r, ctx);
+        if (rc == NGX_AGAIN) {
+            return NGX_AGAIN;
+        }
+
+        if (ctx->outcome.definitive) {
+            ctx->settled++;
+        }
+
+        return ngx_http_paygw_resolve_refund_next(r, ctx);
+    }
+
     /* a candidate's GET steps go on */
 
     rc = ngx_http_paygw_get(r, ctx);
@@ -1002,13 +1036,14 @@ ngx_http_paygw_resolve_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw resolve: step \"start\"");
 
-    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
-        || ngx_http_paygw_store_select_stale(ctx->mysql, 0, 100) != NGX_OK)
+    if (ngx_http_paygw_resolve_claim(r, ctx) != NGX_OK
+        || ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_claim_stale(ctx->mysql, 0, &ctx->claim,
+                                            ctx->due, 100)
+           != NGX_OK)
     {
         return NGX_ERROR;
     }
-
-    ctx->mysql->read_only = 1;
 
     return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_resolve_listed);
 }
@@ -1037,7 +1072,10 @@ ngx_http_paygw_resolve_next(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     ngx_str_t                  *v;
     ngx_http_paygw_sql_stmt_t  *stmt;
 
+    /* the claim's SELECT, after its UPDATE */
+
     stmt = ctx->candidates->stmts.elts;
+    stmt += ctx->candidates->stmts.nelts - 1;
 
     while (ctx->candidate < stmt->nrows) {
 
@@ -1064,12 +1102,133 @@ ngx_http_paygw_resolve_next(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         }
     }
 
+    /* then the refunds still open */
+
+    ctx->examined = stmt->nrows;
+    ctx->refunds_phase = 1;
+    ctx->status = 0;
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw resolve: step \"refunds\"");
+
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_claim_stale(ctx->mysql, 1, &ctx->claim,
+                                            ctx->due, 100)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_paygw_mysql_wait(r, ctx,
+                                     ngx_http_paygw_resolve_refunds_listed);
+}
+
+
+/*
+ * This run's claim token; "X-Paygw-Settle: due" (the periodic settler)
+ * claims only the rows whose next try has come.
+ */
+
+static ngx_int_t
+ngx_http_paygw_resolve_claim(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_uint_t        n;
+    ngx_table_elt_t  *h;
+    u_char            rnd[16];
+
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        return NGX_ERROR;
+    }
+
+    ctx->claim.data = ngx_pnalloc(r->pool, 2 * sizeof(rnd));
+    if (ctx->claim.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->claim.len = ngx_hex_dump(ctx->claim.data, rnd, sizeof(rnd))
+                     - ctx->claim.data;
+
+    h = ngx_http_paygw_header(&r->headers_in.headers, "X-Paygw-Settle", &n);
+
+    ctx->due = (h && n == 1 && h->value.len == 3
+                && ngx_strncmp(h->value.data, "due", 3) == 0);
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw resolve: claim %V%s", &ctx->claim,
+                   ctx->due ? ", due only" : "");
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_resolve_refunds_listed(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw resolve: step \"refunds listed\"");
+
+    ctx->next = NULL;
+
+    if (!ctx->mysql->call.ok) {
+        return ngx_http_paygw_mysql_down(r, ctx);
+    }
+
+    ctx->candidates = ctx->mysql;
+    ctx->candidate = 0;
+
+    return ngx_http_paygw_resolve_refund_next(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_resolve_refund_next(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t                   rc;
+    ngx_str_t                  *v;
+    ngx_http_paygw_sql_stmt_t  *stmt;
+
+    stmt = ctx->candidates->stmts.elts;
+    stmt += ctx->candidates->stmts.nelts - 1;
+
+    while (ctx->candidate < stmt->nrows) {
+
+        v = ngx_http_paygw_sql_value(stmt, ctx->candidate++, 0);
+
+        ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "paygw resolve: step \"next\" refund %V (%ui of %ui)",
+                       v, ctx->candidate, stmt->nrows);
+
+        /* each refund runs the GET steps afresh, merchant-blind */
+
+        ngx_memzero(&ctx->payment, sizeof(ngx_http_paygw_payment_t));
+        ngx_memzero(&ctx->refund, sizeof(ngx_http_paygw_refund_t));
+        ngx_memzero(&ctx->outcome, sizeof(ngx_http_paygw_outcome_t));
+        ngx_str_null(&ctx->response);
+        ngx_str_set(&ctx->merchant_id, "*");
+        ctx->object_no = *v;
+        ctx->status = 0;
+        ctx->next = NULL;
+        ctx->resent = 0;
+
+        rc = ngx_http_paygw_get_refund(r, ctx);
+        if (rc == NGX_AGAIN) {
+            return NGX_AGAIN;
+        }
+
+        if (ctx->outcome.definitive) {
+            ctx->settled++;
+        }
+    }
+
     ctx->status = 0;
 
     return ngx_http_paygw_respond(r, ctx, NGX_HTTP_OK,
                                   json_pack("{s:I, s:I}",
                                             "examined",
-                                            (json_int_t) stmt->nrows,
+                                            (json_int_t) (ctx->examined
+                                                          + stmt->nrows),
                                             "settled",
                                             (json_int_t) ctx->settled));
 }
@@ -1120,13 +1279,18 @@ ngx_http_paygw_mysql_wait(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 ngx_int_t
 ngx_http_paygw_mysql_down(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
+    /* the driver's words go to the log, never to the client */
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "paygw: mysql unavailable: %V", &ctx->mysql->call.error);
+
     return ngx_http_paygw_fail(r, ctx,
                                ctx->mysql->call.status
                                == NGX_HTTP_GATEWAY_TIME_OUT
                                ? NGX_HTTP_GATEWAY_TIME_OUT
                                : NGX_HTTP_SERVICE_UNAVAILABLE,
-                               "backend_unavailable", "mysql: %V",
-                               &ctx->mysql->call.error);
+                               "backend_unavailable",
+                               "the database is unavailable; retry");
 }
 
 
@@ -1171,6 +1335,14 @@ ngx_http_paygw_selected(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     {
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_FOUND, "not_found",
                                    "no payment %V", &ctx->object_no);
+    }
+
+    if (stmt->nrows > 1) {
+        /* an admin's lookup by business_no that merchants share */
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "ambiguous",
+                                   "business_no %V is used by several "
+                                   "merchants: add merchant_id=",
+                                   &ctx->object_no);
     }
 
     return NGX_OK;

@@ -261,9 +261,9 @@ ngx_http_paygw_reconciler_request(ngx_http_paygw_reconciler_t *rs)
 {
     time_t      ts;
     u_char     *p;
-    ngx_str_t   method, uri, nonce, body;
+    ngx_str_t   method, uri, nonce, body, ts_str;
     u_char      rnd[16], nonce_hex[32];
-    u_char      sig[64], text[64];
+    u_char      sig[64], text[64], ts_buf[NGX_TIME_T_LEN];
 
     if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
         return NGX_ERROR;
@@ -282,8 +282,11 @@ ngx_http_paygw_reconciler_request(ngx_http_paygw_reconciler_t *rs)
     nonce.data = nonce_hex;
     nonce.len = sizeof(nonce_hex);
 
-    if (ngx_http_paygw_auth_sign(&rs->key->secret, &method, &uri, ts, &nonce,
-                                 &body, sig)
+    ts_str.data = ts_buf;
+    ts_str.len = ngx_sprintf(ts_buf, "%T", ts) - ts_buf;
+
+    if (ngx_http_paygw_auth_sign(&rs->key->secret, &method, &uri, &ts_str,
+                                 &nonce, &body, sig)
         != NGX_OK)
     {
         return NGX_ERROR;

@@ -12,7 +12,12 @@
  *
  *   refund:      start -> selected -> reserved -> sent -> settled; or
  *                reserved -> raced (lost to a concurrent change)
- *   get_refund:  start -> selected [-> queried -> settled]
+ *   get_refund:  start -> selected [-> queried -> settled]; or
+ *                queried -> sent -> settled (the provider had no trace
+ *                of it: sent again, idempotent by out_refund_no)
+ *
+ * A refund is never settled "failed" on absence alone: its reservation
+ * is released only by the provider's own answer.
  */
 
 
@@ -285,9 +290,18 @@ ngx_http_paygw_get_refund_start(ngx_http_request_t *r,
                    "paygw get_refund: step \"start\" refund %V",
                    &ctx->object_no);
 
-    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
-        || ngx_http_paygw_store_select_refund(ctx->mysql, &ctx->merchant_id,
-                                              &ctx->object_no) != NGX_OK)
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /* the settler names refunds by out_refund_no, unique everywhere */
+
+    if ((ctx->api == NGX_HTTP_PAYGW_API_RESOLVE
+         || ctx->api == NGX_HTTP_PAYGW_API_NOTIFY
+         ? ngx_http_paygw_store_select_refund_out(ctx->mysql, &ctx->object_no)
+         : ngx_http_paygw_store_select_refund(ctx->mysql, &ctx->merchant_id,
+                                              &ctx->object_no))
+        != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -327,7 +341,21 @@ ngx_http_paygw_get_refund_selected(ngx_http_request_t *r,
                                    &ctx->object_no);
     }
 
+    if (stmt->nrows > 1) {
+        /* an admin's lookup by a refund_no that merchants share */
+        return ngx_http_paygw_fail(r, ctx, NGX_HTTP_CONFLICT, "ambiguous",
+                                   "refund_no %V is used by several "
+                                   "merchants: add merchant_id=",
+                                   &ctx->object_no);
+    }
+
     ctx->channel = ngx_http_paygw_channel_find(r, &channel);
+
+    /* what a refund sent again needs of its payment */
+
+    ctx->payment.payment_no = rf->payment_no;
+    ctx->payment.amount = rf->payment_amount;
+    ctx->payment.currency = rf->currency;
 
     /*
      * Still open ("pending": in flight here, or still processing there;
@@ -336,7 +364,9 @@ ngx_http_paygw_get_refund_selected(ngx_http_request_t *r,
 
     if (!ngx_http_paygw_refund_transition_ok(rf->status,
                                              NGX_HTTP_PAYGW_STATUS_SUCCEEDED)
-        || ctx->channel == NULL)
+        || ctx->channel == NULL
+        || (ctx->api == NGX_HTTP_PAYGW_API_RESOLVE
+            && ngx_http_paygw_breaker_allow(r, ctx->channel) != NGX_OK))
     {
         return ngx_http_paygw_refund_answer(r, ctx);
     }
@@ -363,12 +393,26 @@ ngx_http_paygw_get_refund_queried(ngx_http_request_t *r,
                    &rf->refund_no,
                    ngx_http_paygw_status_name(ctx->outcome.status));
 
-    /* never received, long enough ago: release the reserved amount */
+    /*
+     * The provider has no trace of it: its request never arrived, or is
+     * still on its way.  Absence says nothing, so the reservation stays;
+     * the refund is sent again instead (idempotent by out_refund_no: a
+     * request still on its way refunds nothing twice), and settled by
+     * the provider's answer to that.
+     */
 
-    if (ctx->outcome.not_found && rf->age >= ctx->channel->unknown_grace) {
-        ctx->outcome.definitive = 1;
-        ctx->outcome.status = NGX_HTTP_PAYGW_STATUS_FAILED;
-        ngx_str_set(&ctx->outcome.failure_code, "refund_not_received");
+    if (ctx->outcome.not_found && !ctx->resent
+        && ngx_http_paygw_breaker_allow(r, ctx->channel) == NGX_OK)
+    {
+        ctx->resent = 1;
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "paygw: %V has no trace of refund %V: sending it "
+                      "again", &ctx->channel->name, &rf->out_refund_no);
+
+        return ngx_http_paygw_provider_step(r, ctx,
+                                            ngx_http_paygw_refund_sent,
+                                            ctx->channel->provider->refund);
     }
 
     if (!ctx->outcome.definitive) {

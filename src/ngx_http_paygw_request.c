@@ -41,6 +41,13 @@ static ngx_int_t ngx_http_paygw_currency(ngx_str_t *c);
 static void ngx_http_paygw_json_error(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, json_error_t *err);
 static void ngx_http_paygw_json_cleanup(void *data);
+static void ngx_http_paygw_card_wipe(void *data);
+
+
+typedef struct {
+    ngx_http_request_t           *request;
+    ngx_http_paygw_ctx_t         *ctx;
+} ngx_http_paygw_card_wipe_t;
 static ngx_str_t *ngx_http_paygw_quote(ngx_http_request_t *r, ngx_str_t *s);
 
 
@@ -341,23 +348,32 @@ static ngx_int_t
 ngx_http_paygw_parse_options(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     json_t *doc)
 {
-    char                      *meta;
-    json_t                    *v;
-    ngx_http_paygw_payment_t  *pay;
+    char                       *meta;
+    json_t                     *v;
+    ngx_http_paygw_payment_t   *pay;
+    ngx_http_paygw_loc_conf_t  *plcf;
 
     pay = &ctx->payment;
+    plcf = ngx_http_get_module_loc_conf(r, ngx_http_paygw_module);
+
+    /*
+     * The gateway will POST to it: https:// only, unless the operator
+     * allows http:// (paygw_notify_http on; for local stacks and tests).
+     */
 
     if (pay->notify_url.data
         && (pay->notify_url.len > 1024
             || !((pay->notify_url.len > 8
                   && ngx_strncmp(pay->notify_url.data, "https://", 8) == 0)
-                 || (pay->notify_url.len > 7
+                 || (plcf->notify_http && pay->notify_url.len > 7
                      && ngx_strncmp(pay->notify_url.data, "http://", 7)
                         == 0))))
     {
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
-                   "invalid_request", "notify_url must be an http(s) URL "
-                   "of at most 1024 bytes");
+                   "invalid_request", plcf->notify_http
+                   ? "notify_url must be an http(s) URL of at most 1024 "
+                     "bytes"
+                   : "notify_url must be an https URL of at most 1024 bytes");
     }
 
     v = json_object_get(doc, "expire_seconds");
@@ -462,10 +478,28 @@ static ngx_int_t
 ngx_http_paygw_parse_card(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     json_t *card)
 {
-    u_char                    *p;
-    ngx_http_paygw_payment_t  *pay;
+    u_char                      *p;
+    ngx_pool_cleanup_t          *cln;
+    ngx_http_paygw_payment_t    *pay;
+    ngx_http_paygw_card_wipe_t  *w;
 
     pay = &ctx->payment;
+
+    /*
+     * The card is wiped where it lies when the request ends, whatever
+     * its outcome: this cleanup runs before the document's own (pool
+     * cleanups run newest first), so the parsed strings are still there.
+     */
+
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_paygw_card_wipe_t));
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    w = cln->data;
+    w->request = r;
+    w->ctx = ctx;
+    cln->handler = ngx_http_paygw_card_wipe;
 
     if (ngx_http_paygw_check_fields(r, ctx, card, ngx_http_paygw_card_fields,
                                     "card.")
@@ -701,6 +735,54 @@ ngx_http_paygw_str(json_t *doc, const char *name, ngx_str_t *out)
     out->len = json_string_length(v);
 
     return NGX_OK;
+}
+
+
+/*
+ * PAN and CVC out of memory at the request's end: the parsed JSON strings,
+ * our copy of the body and nginx's request body buffers (only the body's
+ * own bytes: a pipelined request after it stays as it is).
+ */
+
+static void
+ngx_http_paygw_card_wipe(void *data)
+{
+    ngx_http_paygw_card_wipe_t *w = data;
+
+    ngx_buf_t                 *b;
+    ngx_chain_t               *cl;
+    ngx_http_request_t        *r;
+    ngx_http_paygw_payment_t  *pay;
+
+    r = w->request;
+    pay = &w->ctx->payment;
+
+    if (pay->card_number.data) {
+        OPENSSL_cleanse(pay->card_number.data, pay->card_number.len);
+    }
+
+    if (pay->card_cvc.data) {
+        OPENSSL_cleanse(pay->card_cvc.data, pay->card_cvc.len);
+    }
+
+    if (w->ctx->body.len) {
+        OPENSSL_cleanse(w->ctx->body.data, w->ctx->body.len);
+    }
+
+    if (r->request_body == NULL) {
+        return;
+    }
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (!b->in_file && b->pos && b->last > b->pos) {
+            OPENSSL_cleanse(b->pos, b->last - b->pos);
+        }
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw: card data wiped");
 }
 
 

@@ -8,11 +8,13 @@
  *                [payer_velocity=COUNT/WINDOW]
  *                [card_key_file=PATH] [blocklists=on|off];
  *
- * Block lists are Redis sets, changed at any time without a reload:
- * pg:risk:block:ip (client addresses), pg:risk:block:card (card
- * fingerprints: hex HMAC-SHA256 of the number under the risk key) and
- * pg:risk:block:payer (metadata.payer_id).  Velocity windows and the
- * daily total are Redis counters.  One atomic Lua round trip decides; a
+ * Block lists are Redis sets, one set of each kind per merchant, changed
+ * at any time without a reload: pg:{M}:risk:block:ip (client addresses),
+ * pg:{M}:risk:block:card (card fingerprints: hex HMAC-SHA256 of the
+ * number under the risk key) and pg:{M}:risk:block:payer
+ * (metadata.payer_id).  Velocity windows and the daily total are Redis
+ * counters.  Every key the script names carries the merchant as its hash
+ * tag, so all are in one slot: the script runs on a Redis Cluster too.  One atomic Lua round trip decides; a
  * denial is 403 risk_denied with its reason code, a risk.block outbox
  * event and a count in paygw_risk_decisions_total.  A payment that is
  * denied does not count against the windows.
@@ -20,6 +22,7 @@
 
 
 #include "ngx_http_paygw_risk.h"
+#include "ngx_http_paygw_crypto.h"
 #include "ngx_http_paygw_api.h"
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -263,8 +266,8 @@ ngx_http_paygw_risk_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NGX_ERROR;
     }
 
-    p = ngx_pnalloc(r->pool, 3 * ctx->merchant_id.len + payer.len
-                             + 6 * NGX_INT64_LEN + 128);
+    p = ngx_pnalloc(r->pool, 6 * ctx->merchant_id.len + payer.len
+                             + 6 * NGX_INT64_LEN + 192);
     if (p == NULL) {
         return NGX_ERROR;
     }
@@ -278,14 +281,16 @@ ngx_http_paygw_risk_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     /* KEYS */
 
-    ngx_str_set(&argv[3], "pg:risk:block:ip");
-    ngx_str_set(&argv[4], "pg:risk:block:card");
-    ngx_str_set(&argv[5], "pg:risk:block:payer");
-
 #define ngx_paygw_arg(i, fmt, ...)                                           \
     argv[i].data = p;                                                        \
     p = ngx_sprintf(p, fmt, __VA_ARGS__);                                    \
     argv[i].len = p - argv[i].data
+
+    /* all in the merchant's slot ({M}), block lists included */
+
+    ngx_paygw_arg(3, "pg:{%V}:risk:block:ip", &ctx->merchant_id);
+    ngx_paygw_arg(4, "pg:{%V}:risk:block:card", &ctx->merchant_id);
+    ngx_paygw_arg(5, "pg:{%V}:risk:block:payer", &ctx->merchant_id);
 
     ngx_paygw_arg(6, "pg:{%V}:risk:m", &ctx->merchant_id);
     ngx_paygw_arg(7, "pg:{%V}:risk:p:%V", &ctx->merchant_id, &payer);
@@ -387,7 +392,8 @@ ngx_http_paygw_risk_payer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     /* the card's fingerprint: keyed, so it cannot be reversed to a PAN */
 
     if (ctx->payment.card_number.len && risk->card_key.len) {
-        if (HMAC(EVP_sha256(), risk->card_key.data, risk->card_key.len,
+        if (HMAC(ngx_http_paygw_sha256(), risk->card_key.data,
+                 risk->card_key.len,
                  ctx->payment.card_number.data, ctx->payment.card_number.len,
                  mac, &len) == NULL)
         {

@@ -13,7 +13,11 @@
  * worker asks the gateway itself to do so: every interval it sends a
  * signed POST /v1/admin/resolve over loopback, so the work runs as an
  * ordinary authenticated request with all of nginx's machinery, and any
- * node of a cluster may do it (settling is a conditional update).
+ * node of a cluster may do it (settling is a conditional update).  With
+ * "X-Paygw-Settle: due" it claims only rows whose next try has come, each claim
+ * moving the next try further away (backoff), so no two runs take the
+ * same row and rows nobody can decide yet never starve newer ones; a
+ * provider whose circuit is open is not asked (the row waits).
  */
 
 
@@ -242,9 +246,10 @@ static ngx_int_t
 ngx_http_paygw_settler_request(ngx_http_paygw_settler_t *rs)
 {
     time_t      ts;
-    ngx_str_t   method, uri, nonce, body;
+    ngx_str_t   method, uri, nonce, body, ts_str;
     u_char      rnd[16], nonce_hex[32], idem[32];
     u_char      sig[64];
+    u_char      ts_buf[NGX_TIME_T_LEN];
 
     if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
         return NGX_ERROR;
@@ -260,8 +265,11 @@ ngx_http_paygw_settler_request(ngx_http_paygw_settler_t *rs)
     nonce.data = nonce_hex;
     nonce.len = sizeof(nonce_hex);
 
-    if (ngx_http_paygw_auth_sign(&rs->key->secret, &method, &uri, ts, &nonce,
-                                 &body, sig)
+    ts_str.data = ts_buf;
+    ts_str.len = ngx_sprintf(ts_buf, "%T", ts) - ts_buf;
+
+    if (ngx_http_paygw_auth_sign(&rs->key->secret, &method, &uri, &ts_str,
+                                 &nonce, &body, sig)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -272,6 +280,7 @@ ngx_http_paygw_settler_request(ngx_http_paygw_settler_t *rs)
     rs->out->last = ngx_sprintf(rs->out->pos,
         "POST /v1/admin/resolve HTTP/1.0\r\n"
         "Host: paygw-resolver\r\n"
+        "X-Paygw-Settle: due\r\n"
         "Authorization: PAYGW-HMAC-SHA256 key=%V,ts=%T,nonce=%V,sig=%*s\r\n"
         "Idempotency-Key: resolve-%*s\r\n"
         "Content-Type: application/json\r\n"

@@ -34,7 +34,7 @@
     "r.currency, r.status, r.reason, r.channel_refund_no, r.failure_code, "  \
     NGX_HTTP_PAYGW_ISO("r.created_at") ", "                                  \
     NGX_HTTP_PAYGW_ISO("r.updated_at") ", p.channel, "                      \
-    "TIMESTAMPDIFF(SECOND, r.updated_at, UTC_TIMESTAMP(3))"
+    "TIMESTAMPDIFF(SECOND, r.updated_at, UTC_TIMESTAMP(3)), p.amount"
 
 
 static ngx_int_t ngx_http_paygw_store_str(ngx_http_paygw_mysql_op_t *op,
@@ -43,6 +43,8 @@ static ngx_int_t ngx_http_paygw_store_event(ngx_http_request_t *r,
     ngx_http_paygw_mysql_op_t *op, ngx_str_t *merchant_id, const char *type,
     ngx_str_t *object_no, ngx_str_t *notify_url, json_t *data);
 static int64_t ngx_http_paygw_store_int(ngx_str_t *v);
+static time_t ngx_http_paygw_store_age(ngx_str_t *updated_at,
+    ngx_str_t *db_age);
 static ngx_int_t ngx_http_paygw_store_refund_payment(
     ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_refund_t *rf,
     ngx_uint_t succeeded);
@@ -121,7 +123,7 @@ ngx_http_paygw_store_select_payment(ngx_http_paygw_mysql_op_t *op,
     } else {
         s = ngx_http_paygw_mysql_add(op, any
             ? "SELECT " NGX_HTTP_PAYGW_PAYMENT_COLUMNS " FROM payments "
-              "WHERE business_no = ? ORDER BY id LIMIT 1"
+              "WHERE business_no = ? ORDER BY id LIMIT 2"
             : "SELECT " NGX_HTTP_PAYGW_PAYMENT_COLUMNS " FROM payments "
               "WHERE business_no = ? AND merchant_id = ?");
         if (s == NULL
@@ -173,7 +175,7 @@ ngx_http_paygw_store_row_payment(ngx_http_paygw_sql_stmt_t *stmt,
     p->failure_message = v[19];
     p->created_at = v[20];
     p->updated_at = v[21];
-    p->age = (time_t) ngx_http_paygw_store_int(&v[22]);
+    p->age = ngx_http_paygw_store_age(&v[21], &v[22]);
     p->overdue = (time_t) ngx_http_paygw_store_int(&v[23]);
 
     if (v[24].data) {
@@ -494,7 +496,7 @@ ngx_http_paygw_store_select_refund(ngx_http_paygw_mysql_op_t *op,
     s = ngx_http_paygw_mysql_add(op, any
         ? "SELECT " NGX_HTTP_PAYGW_REFUND_COLUMNS " FROM refunds r "
           "JOIN payments p ON p.payment_no = r.payment_no "
-          "WHERE r.refund_no = ? ORDER BY r.id LIMIT 1"
+          "WHERE r.refund_no = ? ORDER BY r.id LIMIT 2"
         : "SELECT " NGX_HTTP_PAYGW_REFUND_COLUMNS " FROM refunds r "
           "JOIN payments p ON p.payment_no = r.payment_no "
           "WHERE r.refund_no = ? AND r.merchant_id = ?");
@@ -503,6 +505,111 @@ ngx_http_paygw_store_select_refund(ngx_http_paygw_mysql_op_t *op,
     }
 
     if (!any && ngx_http_paygw_store_str(op, s, merchant_id) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The settler's claim (sql/005_settler.sql): the open payments (or
+ * refunds) it settles now, each moved to its next try (1 s, 2 s, 4 s ...
+ * at most 10 min later) in one UPDATE, then read back by the claim.
+ * "due": only rows whose next try has come (the periodic settler), so
+ * undecidable rows never starve newer ones and two runs never take the
+ * same row; otherwise every open row (an operator asking now).  A claim
+ * is no change of the row: updated_at (ON UPDATE) is kept.
+ */
+
+ngx_int_t
+ngx_http_paygw_store_claim_stale(ngx_http_paygw_mysql_op_t *op,
+    ngx_uint_t refunds, ngx_str_t *claim, ngx_uint_t due, ngx_uint_t limit)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+#define NGX_HTTP_PAYGW_CLAIM_SET                                              \
+    "SET settle_next_at = UTC_TIMESTAMP(3) + INTERVAL "                      \
+    "LEAST(POW(2, LEAST(settle_attempts, 10)), 600) SECOND, "                \
+    "settle_attempts = settle_attempts + 1, settle_claim = ?, "              \
+    "updated_at = updated_at "
+
+#define NGX_HTTP_PAYGW_CLAIM_DUE                                              \
+    "AND (? = 0 OR settle_next_at IS NULL "                                  \
+    "OR settle_next_at <= UTC_TIMESTAMP(3)) "                                \
+    "ORDER BY COALESCE(settle_next_at, updated_at) LIMIT ?"
+
+    s = ngx_http_paygw_mysql_add(op, refunds
+        ? "UPDATE refunds " NGX_HTTP_PAYGW_CLAIM_SET
+          "WHERE status IN ('pending', 'unknown') "
+          NGX_HTTP_PAYGW_CLAIM_DUE
+        : "UPDATE payments " NGX_HTTP_PAYGW_CLAIM_SET
+          "WHERE (status IN ('unknown', 'processing') "
+          "OR (status = 'pending' AND expire_at < UTC_TIMESTAMP(3))) "
+          NGX_HTTP_PAYGW_CLAIM_DUE);
+
+#undef NGX_HTTP_PAYGW_CLAIM_SET
+#undef NGX_HTTP_PAYGW_CLAIM_DUE
+
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, claim) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, (int64_t) due) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, (int64_t) limit) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op, refunds
+        ? "SELECT out_refund_no FROM refunds WHERE settle_claim = ? "
+          "ORDER BY updated_at"
+        : "SELECT payment_no, merchant_id FROM payments "
+          "WHERE settle_claim = ? ORDER BY updated_at");
+
+    if (s == NULL || ngx_http_paygw_store_str(op, s, claim) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the settler's view: a refund by our number at the provider */
+
+ngx_int_t
+ngx_http_paygw_store_select_refund_out(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *out_refund_no)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "SELECT " NGX_HTTP_PAYGW_REFUND_COLUMNS " FROM refunds r "
+            "JOIN payments p ON p.payment_no = r.payment_no "
+            "WHERE r.out_refund_no = ?");
+    if (s == NULL
+        || ngx_http_paygw_store_str(op, s, out_refund_no) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* refunds still open ("pending" or "unknown"), the oldest first */
+
+ngx_int_t
+ngx_http_paygw_store_select_stale_refunds(ngx_http_paygw_mysql_op_t *op,
+    ngx_uint_t limit)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "SELECT out_refund_no FROM refunds "
+            "WHERE status IN ('pending', 'unknown') "
+            "ORDER BY updated_at LIMIT ?");
+    if (s == NULL
+        || ngx_http_paygw_sql_int(op, s, (int64_t) limit) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -535,7 +642,8 @@ ngx_http_paygw_store_row_refund(ngx_http_paygw_sql_stmt_t *stmt,
     rf->created_at = v[10];
     rf->updated_at = v[11];
     *channel = v[12];
-    rf->age = (time_t) ngx_http_paygw_store_int(&v[13]);
+    rf->age = ngx_http_paygw_store_age(&v[11], &v[13]);
+    rf->payment_amount = ngx_http_paygw_store_int(&v[14]);
 
     return NGX_OK;
 }
@@ -996,4 +1104,24 @@ ngx_http_paygw_store_recon_event(ngx_http_request_t *r,
     return ngx_http_paygw_store_event(r, op, &all,
                                       "reconciliation.differences", id, NULL,
                                       data);
+}
+
+
+/*
+ * The age of a row by nginx's clock, the clock that wrote its updated_at;
+ * MySQL's own difference only if updated_at cannot be read.
+ */
+
+static time_t
+ngx_http_paygw_store_age(ngx_str_t *updated_at, ngx_str_t *db_age)
+{
+    time_t  t;
+
+    t = ngx_http_paygw_iso_time(updated_at);
+
+    if (t == NGX_ERROR) {
+        return (time_t) ngx_http_paygw_store_int(db_age);
+    }
+
+    return ngx_time() - t;
 }

@@ -35,6 +35,12 @@ ngx_int_t ngx_http_paygw_store_row_refund(ngx_http_paygw_sql_stmt_t *stmt,
 ngx_int_t ngx_http_paygw_store_risk_event(ngx_http_request_t *r,
     ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_payment_t *p,
     const char *reason);
+ngx_int_t ngx_http_paygw_store_select_refund_out(
+    ngx_http_paygw_mysql_op_t *op, ngx_str_t *out_refund_no);
+ngx_int_t ngx_http_paygw_store_select_stale_refunds(
+    ngx_http_paygw_mysql_op_t *op, ngx_uint_t limit);
+ngx_int_t ngx_http_paygw_store_claim_stale(ngx_http_paygw_mysql_op_t *op,
+    ngx_uint_t refunds, ngx_str_t *claim, ngx_uint_t due, ngx_uint_t limit);
 ngx_int_t ngx_http_paygw_store_select_stale(ngx_http_paygw_mysql_op_t *op,
     time_t older_than, ngx_uint_t limit);
 

@@ -100,6 +100,7 @@ typedef struct {
     ngx_str_t                     created_at;
     ngx_str_t                     updated_at;
     time_t                        age;           /* seconds since update */
+    int64_t                       payment_amount;
 } ngx_http_paygw_refund_t;
 
 
@@ -131,6 +132,7 @@ typedef struct {
     ngx_str_t                     provider_no;
     ngx_str_t                     currency;
     int64_t                       amount;
+    ngx_str_t                     out_refund_no; /* a refund's callback */
 } ngx_http_paygw_notice_t;
 
 
@@ -169,6 +171,13 @@ struct ngx_http_paygw_ctx_s {
     ngx_http_paygw_mysql_op_t    *candidates;    /* resolve: stale payments */
     ngx_uint_t                    candidate;
     ngx_uint_t                    settled;
+    ngx_uint_t                    examined;
+
+    void                         *notify_channel;
+    ngx_str_t                     claim;         /* resolve: this run's */
+    unsigned                      due:1;         /* resolve: due rows only */
+    unsigned                      refunds_phase:1; /* resolve: refunds */
+    unsigned                      resent:1;      /* refund sent again */
 
     void                         *recon;         /* SPEC §7 reconciliation */
 

@@ -824,6 +824,32 @@ ngx_http_paygw_wechat_notify(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                      &err);
     amount = json_object_get(doc, "amount");
 
+    /*
+     * REFUND.*: a verified refund callback is a hint only: the refund it
+     * names is settled by querying WeChat Pay (ngx_http_paygw_notify.c).
+     */
+
+    if (event.len > 7 && ngx_strncmp(event.data, "REFUND.", 7) == 0) {
+
+        ngx_http_paygw_json_str(r->pool, doc, "out_trade_no",
+                                &n->out_trade_no);
+        ngx_http_paygw_json_str(r->pool, doc, "out_refund_no",
+                                &n->out_refund_no);
+
+        if (n->out_trade_no.data == NULL || n->out_refund_no.data == NULL
+            || ngx_http_paygw_json_is(doc, "mchid", &ch->merchant) != NGX_OK)
+        {
+            json_decref(doc);
+            ctx->notice_error = "the resource is not a refund of ours";
+            return NGX_DECLINED;
+        }
+
+        json_decref(doc);
+        n->status = NGX_HTTP_PAYGW_STATUS_NONE;
+
+        return NGX_OK;
+    }
+
     ngx_http_paygw_json_str(r->pool, doc, "out_trade_no", &n->out_trade_no);
     ngx_http_paygw_json_str(r->pool, doc, "transaction_id", &n->provider_no);
     ngx_http_paygw_json_str(r->pool, doc, "trade_state", &state);

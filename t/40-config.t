@@ -169,6 +169,40 @@ bad_config('paygw_redis_timeout soon', qr/invalid timeout "soon"/,
            'paygw_redis_timeout soon;',
            extra => 'location /x { paygw_redis_timeout soon; }');
 
+# ---- unknown_grace against the retry budget (issue 10, item 2) -----------
+
+# A payment the acquirer has no trace of counts as never charged after
+# unknown_grace: never while its create may still be running -- its insert
+# (MySQL connect 3 s + query 10 s) and attempts x (proxy connect + read).
+sub grace_conf {
+    my ($grace, $read) = @_;
+    my $g = defined $grace ? "unknown_grace=$grace" : '';
+    return conf(
+        before => "paygw_channel bank_card location=/_paygw/bank "
+                  . "merchant_id=ACQ-M100 "
+                  . "secret_file=" . PayGW::Test::repo_root() . "/conf/demo/acquirer.secret attempts=2 $g;",
+        extra => "location /_paygw/bank/ { internal; proxy_pass http://127.0.0.1:9/; "
+                 . "proxy_connect_timeout 1s; proxy_read_timeout $read; }");
+}
+
+{
+    my ($rc, $out) = $ngx->test_config(http => grace_conf('18s', '2s'));
+    $all_output .= $out;
+    isnt($rc, 0, 'unknown_grace=18s shorter than 13 s + 2 x (1 s + 2 s): nginx -t fails');
+    like($out, qr/unknown_grace=18s is shorter than the time its create may still run \(19000 ms/,
+         '... saying why, with the budget') or diag($out);
+
+    ($rc, $out) = $ngx->test_config(http => grace_conf('19s', '2s'));
+    $all_output .= $out;
+    is($rc, 0, 'unknown_grace=19s, the budget exactly: passes') or diag($out);
+
+    ($rc, $out) = $ngx->test_config(http => grace_conf(undef, '60s'));
+    $all_output .= $out;
+    is($rc, 0, 'unknown_grace not given, budget 135 s: passes') or diag($out);
+    like($out, qr/unknown_grace raised to 135s/, '... the default grows to the budget')
+        or diag($out);
+}
+
 # ---- test code never ships ---------------------------------------------------
 
 # paygw_test_backend runs caller-supplied commands and SQL: it lives in the
@@ -226,8 +260,9 @@ for my $kind ('nl', 'crlf') {
     $run->reload(http => with_password_file($pw_file{wrong}));
     my $r = http(GET => $run->url('/readyz'));
     is($r->{status}, 503, 'wrong password: /readyz 503');
-    like($r->{json} && $r->{json}{checks}{mysql} // '', qr/denied/i,
-         '... checks.mysql says access denied');
+    is($r->{json} && $r->{json}{checks}{mysql} // '', 'unavailable',
+       '... checks.mysql says unavailable, not the server\'s words');
+    unlike($r->{body}, qr/denied|paygw\@/i, '... no backend error text in the body');
     like($run->error_log, qr/denied/i, '... so does the error log');
     $all_output .= $r->{body} . $run->error_log;
 }

@@ -337,6 +337,22 @@ $gw->db->sql("INSERT INTO payments (payment_no, merchant_id, business_no, amount
     $r = $gw->api(GET => "/v1/payments/$own_no", key => 'ops');
     is($r->{status}, 200, 'admin reads M100\'s payment');
     is($r->{json}{merchant_id}, 'M100', 'admin: merchant M100');
+
+    # a business_no two merchants use: the admin names the merchant
+    $gw->db->sql("INSERT INTO payments (payment_no, merchant_id, business_no, amount, "
+                 . "currency, channel, status) VALUES ('POTHERMERCHANT000002', 'M200', "
+                 . "'AUTH-OWN', 700, 'CNY', 'bank_card', 'succeeded')");
+    is_error($gw->api(GET => '/v1/payments?business_no=AUTH-OWN', key => 'ops'),
+             409, 'ambiguous', qr/merchant_id=/,
+             'admin lookup of a business_no two merchants use: 409, not an arbitrary row');
+    $r = $gw->api(GET => '/v1/payments?business_no=AUTH-OWN&merchant_id=M200', key => 'ops');
+    is_deeply([$r->{status}, $r->{json}{payment_no}], [200, 'POTHERMERCHANT000002'],
+              '... with merchant_id=M200: M200\'s payment');
+    $r = $gw->api(GET => '/v1/payments?business_no=AUTH-OWN&merchant_id=M100', key => 'ops');
+    is_deeply([$r->{status}, $r->{json}{payment_no}], [200, $own_no],
+              '... with merchant_id=M100: M100\'s payment');
+    $r = $gw->api(GET => '/v1/payments?business_no=AUTH-OWN&merchant_id=M200');
+    is($r->{json}{payment_no}, $own_no, 'a merchant key ignores merchant_id=: its own');
 }
 
 # ---- routing -------------------------------------------------------------------------
@@ -368,6 +384,21 @@ for my $m (['DELETE', '/v1/payments'], ['PUT', "/v1/payments/$own_no"],
     my $logs = $gw->ngx->error_log . $gw->ngx->access_log;
     unlike($logs, qr/(?:demo|viewer|ops)-secret/, 'no secret in the nginx logs');
     unlike($logs, qr/4242424242424242/, 'no card number in the nginx logs');
+}
+
+# SPEC 2: string_to_sign holds ts as sent.  A ts with a leading zero is the
+# same second; it is signed (and verified) as its bytes, not re-printed.
+{
+    my $ts = '0' . int(time);
+    my $nonce = 'rawts' . int(rand(1e9)) . 'abcdefgh';
+    my $sts = join "\n", 'GET', '/v1/payments/PNOSUCH0000000000001', $ts, $nonce,
+                         sha256_hex('');
+    my $auth = "PAYGW-HMAC-SHA256 key=demo,ts=$ts,nonce=$nonce,sig="
+               . hmac_sha256_hex($sts, 'demo-secret');
+    my $r = http(GET => $gw->url('/v1/payments/PNOSUCH0000000000001'),
+                 headers => {Authorization => $auth});
+    is($r->{status}, 404, 'ts "0<seconds>" signed as sent: authenticated (404 not_found)')
+        or diag($r->{body});
 }
 
 done_testing;

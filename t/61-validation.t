@@ -226,6 +226,8 @@ invalid('subject a number', pb(subject => 5), qr/subject/);
 invalid('subject over 256 bytes', pb(subject => 's' x 300), qr/subject/);
 invalid('notify_url not a URL', pb(notify_url => 'not a url'), qr/notify_url/);
 invalid('notify_url ftp://', pb(notify_url => 'ftp://merchant.example/x'), qr/notify_url/);
+invalid('notify_url http:// (https only without paygw_notify_http on)',
+        pb(notify_url => 'http://10.0.0.1/hook'), qr/notify_url must be an https URL/);
 invalid('notify_url a number', pb(notify_url => 7), qr/notify_url/);
 invalid('expire_seconds 0', pb(expire_seconds => 0), qr/expire_seconds/);
 invalid('expire_seconds -900', pb(expire_seconds => -900), qr/expire_seconds/);

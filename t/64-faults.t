@@ -19,18 +19,21 @@ use PayGW::Test qw(wait_until);
 
 # Two tries per provider call, each bounded by a 1 s read timeout (the
 # "slow" acquirer answers after 3 s); a payment the acquirer never saw
-# counts as not charged once it is 2 s old (unknown_grace).
+# counts as not charged once it is 7 s old (unknown_grace: no less than
+# the time its create may still run, MySQL 1 s + 2 s and 2 x (1 s + 1 s),
+# or nginx -t refuses it).
 my $gw = PayGW::Gateway->start(http => <<'EOF');
     paygw_zone  paygw:1m;
     upstream paygw_redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 16; }
     paygw_mysql main host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
                 password_file=%%MYSQL_PASSWORD_FILE%%
-                database=paygw max_conns=8 query_timeout=10s;
+                database=paygw max_conns=8 connect_timeout=1s
+                query_timeout=2s;
     paygw_keys  %%REPO%%/conf/demo/keys.conf;
 
     paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
                   secret_file=%%REPO%%/conf/demo/acquirer.secret
-                  attempts=2 unknown_grace=2s breaker_failures=0;
+                  attempts=2 unknown_grace=7s breaker_failures=0;
     upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
 
     server {
@@ -97,7 +100,7 @@ for my $m (@modes) {
 
     unknown_ok($r, "create, acquirer $mode");
 
-    # Within unknown_grace (2 s) for the never-charged case: GET at once,
+    # Within unknown_grace (7 s) for the never-charged case: GET at once,
     # before anything slower, so the age cannot pass the grace meanwhile.
     my $g = $processed ? undef : $gw->get_payment($no);
     is(db_status($no), 'unknown', "$mode: stored as unknown");
@@ -143,7 +146,7 @@ for my $no (sort keys %unprocessed) {
     my $mode = $unprocessed{$no};
     my $last;
     wait_until(sub { $last = $gw->get_payment($no); ($last->{json}{status} // '') ne 'unknown' },
-               timeout => 8, interval => 0.5);
+               timeout => 15, interval => 0.5);
     is($last->{status}, 200, "$mode: GET after unknown_grace: 200");
     is($last->{json}{status}, 'failed', "$mode: settled failed");
     is($last->{json}{failure_code}, 'charge_not_received',
@@ -246,7 +249,7 @@ for my $no (sort keys %unprocessed) {
     is(db_status($lost), 'unknown', 'never charged, within unknown_grace: still unknown');
     is(scalar($gw->events($lost)), 0, '... no event');
 
-    ok($gw->wait_unknown_grace($lost, 2), 'the never-charged one is past unknown_grace (2 s)');
+    ok($gw->wait_unknown_grace($lost, 7), 'the never-charged one is past unknown_grace (7 s)');
     my $res2 = $gw->api(POST => '/v1/admin/resolve', json => {}, key => 'ops',
                         idempotency_key => $gw->fresh_key('k64'));
     is_deeply([$res2->{status}, $res2->{json}], [200, {examined => 1, settled => 1}],

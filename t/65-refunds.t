@@ -18,18 +18,20 @@ use PayGW::Test qw(http_parallel sign_request wait_until);
 # Four workers share the refunds below.  Two tries per provider call; a
 # generous per-try timeout, so that 20 refunds at once on a loaded machine
 # do not time out into "unknown" (the faults below are 500s, not
-# timeouts); a refund the acquirer never saw is settled after 2 s.
+# timeouts); unknown_grace no less than the time a create may still run
+# (MySQL 1 s + 2 s, 2 x (1 s + 10 s)), or nginx -t refuses it.
 my $gw = PayGW::Gateway->start(workers => 4, http => <<'EOF');
     paygw_zone  paygw:1m;
     upstream paygw_redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 16; }
     paygw_mysql main host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
                 password_file=%%MYSQL_PASSWORD_FILE%%
-                database=paygw max_conns=8 query_timeout=10s;
+                database=paygw max_conns=8 connect_timeout=1s
+                query_timeout=2s;
     paygw_keys  %%REPO%%/conf/demo/keys.conf;
 
     paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
                   secret_file=%%REPO%%/conf/demo/acquirer.secret
-                  attempts=2 unknown_grace=2s breaker_failures=0;
+                  attempts=2 unknown_grace=25s breaker_failures=0;
     upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
 
     server {

@@ -134,15 +134,15 @@ denied(create(metadata => { payer_id => 'mv9' }), 'merchant_velocity',
 reset_windows();
 
 # block lists, changed live in Redis
-$gw->redis->cli(qw(SADD pg:risk:block:payer mallory));
+$gw->redis->cli(qw(SADD pg:{M100}:risk:block:payer mallory));
 denied(create(metadata => { payer_id => 'mallory' }), 'blocked_payer',
        'a blocked payer');
-$gw->redis->cli(qw(SREM pg:risk:block:payer mallory));
+$gw->redis->cli(qw(SREM pg:{M100}:risk:block:payer mallory));
 is(create(metadata => { payer_id => 'mallory' })->{status}, 201,
    'unblocked without a restart');
 
 my $fp = hmac_sha256_hex('4000000000000077', $card_key);
-$gw->redis->cli('SADD', 'pg:risk:block:card', $fp);
+$gw->redis->cli('SADD', 'pg:{M100}:risk:block:card', $fp);
 denied(create(metadata => { payer_id => 'c1' },
               card => { number => '4000000000000077', exp_month => 12,
                         exp_year => 2030, cvc => '123' }),
@@ -150,10 +150,19 @@ denied(create(metadata => { payer_id => 'c1' },
 is(create(metadata => { payer_id => 'c2' })->{status}, 201,
    'another card passes');
 
-$gw->redis->cli(qw(SADD pg:risk:block:ip 127.0.0.1));
+$gw->redis->cli(qw(SADD pg:{M100}:risk:block:ip 127.0.0.1));
 denied(create(metadata => { payer_id => 'ip1' }), 'blocked_ip',
        'a blocked client address');
-$gw->redis->cli(qw(SREM pg:risk:block:ip 127.0.0.1));
+$gw->redis->cli(qw(SREM pg:{M100}:risk:block:ip 127.0.0.1));
+
+# every key the script names carries the merchant's hash tag: one slot,
+# so it runs on a Redis Cluster (issue 10); block lists are per merchant
+$gw->redis->cli(qw(SADD pg:{M200}:risk:block:payer eve));
+is(create(metadata => { payer_id => 'eve' })->{status}, 201,
+   "another merchant's block list does not apply to M100");
+my @risk_keys = grep { /risk/ } split /\n/, $gw->redis->cli('--scan', '--pattern', 'pg:*');
+ok(@risk_keys && !grep({ !/^pg:\{M\d+\}:risk:/ } @risk_keys),
+   'every risk key carries a merchant hash tag') or diag("@risk_keys");
 
 unlike($gw->redis->cli('--scan', '--pattern', '*'), qr/4000000000000077/,
        'no card number in Redis');

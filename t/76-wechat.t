@@ -14,8 +14,9 @@ use Test::More;
 use PayGW::Test qw(http wait_until);
 use PayGW::Gateway;
 
-# Two tries per call of at most 2 s each; a payment WeChat Pay never saw
-# is created there again once it is 1 s old (unknown_grace).  conf(1) or
+# Two tries per call of at most 1 s + 2 s each; unknown_grace no less than
+# the time a create may still run (MySQL 1 s + 2 s, 2 x 3 s), or nginx -t
+# refuses it; a payment WeChat Pay never saw is created again.  conf(1) or
 # conf(1, 2): the WeChat Pay platform keys the gateway trusts -- key 1
 # only, at first (rotation below).
 sub conf {
@@ -28,17 +29,18 @@ sub conf {
     upstream paygw_redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 16; }
     paygw_mysql main host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
                 password_file=%%MYSQL_PASSWORD_FILE%%
-                database=paygw max_conns=8 query_timeout=10s;
+                database=paygw max_conns=8 connect_timeout=1s
+                query_timeout=2s;
     paygw_keys  %%REPO%%/conf/demo/keys.conf;
 
     paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
                   secret_file=%%REPO%%/conf/demo/acquirer.secret
-                  attempts=2 unknown_grace=1s breaker_failures=0;
+                  attempts=2 unknown_grace=9s breaker_failures=0;
     paygw_channel alipay location=/_paygw/alipay app_id=%%ALIPAY_APP_ID%%
                   private_key=%%SIM_KEYS%%/alipay_app_private.pem
                   alipay_public_key=%%SIM_KEYS%%/alipay_public.pem
                   notify_url=http://127.0.0.1:%%PORT%%/v1/notify/alipay
-                  attempts=2 unknown_grace=1s breaker_failures=0;
+                  attempts=2 unknown_grace=9s breaker_failures=0;
     paygw_channel wechat location=/_paygw/wechat
                   merchant_id=%%WECHAT_MCHID%% app_id=%%WECHAT_APPID%%
                   private_key=%%SIM_KEYS%%/wechat_merchant_private.pem
@@ -46,7 +48,7 @@ sub conf {
                   apiv3_key_file=%%SIM_KEYS%%/wechat_apiv3.key
                   $platform_keys
                   notify_url=http://127.0.0.1:%%PORT%%/v1/notify/wechat
-                  attempts=2 unknown_grace=1s breaker_failures=0;
+                  attempts=2 unknown_grace=9s breaker_failures=0;
 
     upstream paygw_acquirer { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }
     upstream paygw_alipay   { server 127.0.0.1:%%SIM_PORT%%; keepalive 16; }

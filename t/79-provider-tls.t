@@ -86,11 +86,12 @@ sub conf {
     paygw_zone  paygw:1m;
     upstream paygw_redis { server 127.0.0.1:$rp; keepalive 16; }
     paygw_mysql main host=127.0.0.1 port=$mp user=paygw password_file=$pw
-                database=paygw max_conns=8 query_timeout=10s;
+                database=paygw max_conns=8 connect_timeout=1s
+                query_timeout=2s;
     paygw_keys  $repo/conf/demo/keys.conf;
     paygw_channel bank_card location=/_paygw/bank merchant_id=ACQ-M100
                   secret_file=$repo/conf/demo/acquirer.secret
-                  attempts=2 unknown_grace=1s breaker_failures=0;
+                  attempts=2 unknown_grace=9s breaker_failures=0;
     upstream paygw_acquirer { server 127.0.0.1:$o{port}; keepalive 16; }
 
     server {
@@ -106,9 +107,9 @@ sub conf {
             proxy_pass https://paygw_acquirer/;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_connect_timeout 2s;
-            proxy_send_timeout 5s;
-            proxy_read_timeout 5s;
+            proxy_connect_timeout 1s;
+            proxy_send_timeout 2s;
+            proxy_read_timeout 2s;
             subrequest_output_buffer_size 64k;
 
             proxy_ssl_verify on;
@@ -206,7 +207,9 @@ is($wrong_name->{status}, $other_ca->{status},
    'both answered alike') or diag($wrong_name->{body});
 
 # TLS fixed: a GET asks the acquirer, which never got the charge, so the
-# payment is settled failed once unknown_grace (1 s here) has passed
+# payment is settled failed once unknown_grace has passed (9 s here: no
+# less than the create's own budget, 1 + 2 s of MySQL and 2 x (1 + 2) s
+# of acquirer tries, which nginx -t checks)
 $ngx->reload(http => conf(port => $tls_port, ssl => <<"SSL"));
             proxy_ssl_trusted_certificate $pki/ca1.pem;
             proxy_ssl_name acquirer.test;
@@ -221,7 +224,7 @@ for my $case ([$other_ca, 'another CA'], [$wrong_name, 'another name']) {
             $got = signed_http(GET => $ngx->url("/v1/payments/$no"),
                                key_id => 'demo', secret => 'demo-secret');
             return ($got->{json}{status} // '') eq 'failed';
-        }, timeout => 15, interval => 0.5);
+        }, timeout => 30, interval => 0.5);
         is($got->{json}{status}, 'failed', "$name, TLS fixed: settled failed")
             or diag($got->{body});
         is($got->{json}{failure_code}, 'charge_not_received',

@@ -72,6 +72,9 @@
 //   decline         acquirer: card_declined; Alipay precreate: 40004
 //                   ACQ.TOTAL_FEE_EXCEED; WeChat native: 403 TRADE_ERROR
 //                   (new charges/trades only)
+//   refuse401, refuse429  acquirer: answer 401 unauthorized / 429
+//                   rate_limited (signed) without processing: a refusal
+//                   that says nothing of the charge or refund asked about
 //   refund_processing  WeChat: new refunds answer status PROCESSING; such a
 //                   refund is SUCCESS from its next GET on
 // Use path_prefix "/gateway.do" (Alipay) or "/v3/" (WeChat) to aim a mode.
@@ -205,7 +208,7 @@ const createWechat = require('./wechat');
 
 const MODES = ['normal', 'error500', 'error500_after', 'slow', 'slow_before',
                'reset', 'reset_after', 'bad_signature', 'amount_mismatch',
-               'decline', 'refund_processing'];
+               'decline', 'refund_processing', 'refuse401', 'refuse429'];
 const DEFAULT_DELAY_MS = 15000;
 const MAX_BODY = 1024 * 1024;
 const MAX_RECORDED = 1000;
@@ -961,6 +964,8 @@ const acquirer = {
     reply: acquirerReply,
     notFound: () => acqError(404, 'not_found'),
     internalError: () => acqError(500, 'internal'),
+    refused: (status) => acqError(status, status === 401 ? 'unauthorized'
+                                                         : 'rate_limited'),
     tooLarge: () => acqError(413, 'invalid_request', 'body too large'),
 };
 
@@ -1125,6 +1130,12 @@ function dispatchProvider(ctx, provider) {
     switch (ctx.mode) {
     case 'error500':
         return reply(provider.internalError());
+    case 'refuse401':
+    case 'refuse429':
+        if (provider.refused) {
+            return reply(provider.refused(ctx.mode === 'refuse401' ? 401 : 429));
+        }
+        break;
     case 'reset':
         return dropConnection(ctx);
     case 'slow_before':

@@ -593,6 +593,64 @@ module.exports = function createWechat(env) {
         }
     }
 
+    // POST /_sim/wechat/refund_notify {out_refund_no, url?}: a signed,
+    // encrypted REFUND.SUCCESS callback for that refund (a PROCESSING
+    // refund completes first, as it would at WeChat Pay).
+    async function refundNotify(ctx) {
+        if (!keys) {
+            return env.json(503, {error: 'not configured'});
+        }
+        const req = env.parseJson(ctx.body);
+        const r = req && refunds.get(req.out_refund_no);
+        if (!r) {
+            return env.json(400, {error: 'out_refund_no: no such refund'});
+        }
+        const order = orders.get(r.out_trade_no);
+        const url = req.url || (order && order.notify_url);
+        if (!url) {
+            return env.json(400, {error: 'url required'});
+        }
+        if (r.status === 'PROCESSING') {
+            r.status = 'SUCCESS';
+            r.successAt = Date.now();
+        }
+        const plain = {mchid: (order && order.mchid) || opts.wechatMchid, out_trade_no: r.out_trade_no,
+                       transaction_id: r.transaction_id, out_refund_no: r.out_refund_no,
+                       refund_id: r.refund_id, refund_status: r.status,
+                       success_time: c.rfc3339Cst(r.successAt || Date.now()),
+                       user_received_account: '支付用户零钱',
+                       amount: {total: r.total, refund: r.refund,
+                                payer_total: r.total, payer_refund: r.refund}};
+        const nonce = c.randomAlnum(12);
+        const envelope = {
+            id: crypto.randomUUID(), create_time: c.rfc3339Cst(Date.now()),
+            resource_type: 'encrypt-resource', event_type: `REFUND.${r.status}`,
+            summary: '退款成功',
+            resource: {original_type: 'refund', algorithm: 'AEAD_AES_256_GCM',
+                       ciphertext: c.aesGcmEncrypt(keys.apiv3Key, nonce, 'refund',
+                                                   JSON.stringify(plain)),
+                       associated_data: 'refund', nonce},
+        };
+        const body = JSON.stringify(envelope);
+        const ts = String(env.nowSec());
+        const hdrNonce = c.randomAlnum(32);
+        const headers = {
+            'Content-Type': 'application/json',
+            'Wechatpay-Nonce': hdrNonce,
+            'Wechatpay-Serial': platform.serial,
+            'Wechatpay-Signature': c.rsaSign(platform.privateKey, `${ts}\n${hdrNonce}\n${body}\n`),
+            'Wechatpay-Signature-Type': AUTH_SCHEME,
+            'Wechatpay-Timestamp': ts,
+        };
+        try {
+            const answer = await env.postCallback(url, headers, body);
+            return env.json(200, {status: answer.status, body: answer.body,
+                                  sent: {headers, body}});
+        } catch (e) {
+            return env.json(502, {error: `callback failed: ${e.message}`});
+        }
+    }
+
     function list() {
         return [...orders.values()].map((o) => Object.assign({
             out_trade_no: o.out_trade_no, transaction_id: o.transaction_id,
@@ -641,6 +699,7 @@ module.exports = function createWechat(env) {
         provider, list, reset,
         control: {
             'POST /_sim/wechat/notify': notify,
+            'POST /_sim/wechat/refund_notify': refundNotify,
             'GET /_sim/wechat/platform': getPlatform,
             'POST /_sim/wechat/platform': setPlatform,
         },

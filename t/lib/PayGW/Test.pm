@@ -1030,6 +1030,13 @@ sub alipay_notify { my $self = shift; $self->_notify('/_sim/alipay/notify', @_) 
 # the same for an encrypted WeChat Pay callback.
 sub wechat_notify { my $self = shift; $self->_notify('/_sim/wechat/notify', @_) }
 
+# wechat_refund_notify(out_refund_no => R, url => U): a signed, encrypted
+# REFUND.SUCCESS callback for that refund.
+sub wechat_refund_notify {
+    my $self = shift;
+    $self->_notify('/_sim/wechat/refund_notify', @_);
+}
+
 # wechat_platform(SERIAL): sign with that platform key from now on;
 # wechat_platform(): {serial, serials}.
 sub wechat_platform {

@@ -1,0 +1,121 @@
+#!/usr/bin/perl
+# Refunds settle by themselves (issue 10, item 3): the settler (POST
+# /v1/admin/resolve, which paygw_resolver sends on a timer) settles open
+# refunds as it settles payments -- a refund whose answer was lost, a
+# WeChat Pay refund left PROCESSING -- without anyone GETting them.  A
+# refund the provider has no trace of is never "failed" on absence alone
+# (its reservation would be released while the money may still move): it
+# is sent again under the same out_refund_no and settled by the answer.
+use strict;
+use warnings;
+
+use Test::More;
+
+use PayGW::Gateway qw(err_code sql_quote);
+
+# the default template: bank_card, alipay, wechat; unknown_grace=60s
+my $gw = PayGW::Gateway->start();
+my $sim = $gw->sim;
+
+sub refund {
+    my ($pno, $rno, $amount) = @_;
+    return $gw->api(POST => "/v1/payments/$pno/refunds",
+                    json => {refund_no => $rno, amount => $amount},
+                    idempotency_key => $gw->fresh_key('k69'));
+}
+sub rstatus {
+    $gw->sql1("SELECT status FROM refunds WHERE refund_no = " . sql_quote($_[0]))
+}
+sub reserved {
+    $gw->sql1("SELECT CONCAT(refunded_amount, '/', refund_reserved) FROM payments "
+              . "WHERE payment_no = " . sql_quote($_[0]))
+}
+sub resolve {
+    my $r = $gw->api(POST => '/v1/admin/resolve', json => {}, key => 'ops',
+                     idempotency_key => $gw->fresh_key('k69'));
+    is($r->{status}, 200, 'admin resolve: 200') or diag($r->{body});
+    return $r->{json} // {};
+}
+sub acq_refunds {
+    my ($rno_out) = @_;
+    return grep { $_->{out_trade_no} eq $_[0] } @{ $sim->charges->{refunds} };
+}
+
+# ---- a lost answer: the settler settles it ------------------------------
+
+my $p = $gw->create(amount => 1000)->{json} // {};
+my $pno = $p->{payment_no} // '';
+$sim->mode('error500_after', path_prefix => '/acquirer/v1/refunds');
+my $r = refund($pno, "R69a-$$", 300);
+$sim->mode('normal');
+is($r->{status}, 202, 'refund answer lost: 202') or diag($r->{body});
+is(rstatus("R69a-$$"), 'unknown', '... stored unknown');
+is(reserved($pno), '0/300', '... 300 reserved');
+
+my $res = resolve();
+is_deeply($res, {examined => 1, settled => 1},
+          'the settler examined the open refund and settled it (nobody GET it)');
+is(rstatus("R69a-$$"), 'succeeded', '... succeeded');
+is(reserved($pno), '300/0', '... refunded 300, nothing reserved');
+is($gw->event_count("R69a-$$", 'refund.succeeded'), 1, '... one refund.succeeded event');
+
+# ---- never received: sent again, never failed on absence ----------------
+
+$sim->mode('error500', path_prefix => '/acquirer/v1/refunds');
+$r = refund($pno, "R69b-$$", 200);
+$sim->mode('normal');
+is($r->{status}, 202, 'the acquirer never got the refund: 202');
+is(scalar(acq_refunds($pno)), 1, '... it has only the first refund');
+
+$res = resolve();
+is_deeply($res, {examined => 1, settled => 1}, 'the settler settled it');
+is(rstatus("R69b-$$"), 'succeeded',
+   '... by sending it again (same out_refund_no), not by guessing failed');
+is(reserved($pno), '500/0', '... refunded 500 in all');
+my $sum = 0;
+$sum += $_->{amount} for acq_refunds($pno);
+is($sum, 500, '... and the acquirer refunded exactly 500');
+is($gw->event_count("R69b-$$", 'refund.failed'), 0, '... no refund.failed event');
+
+# ---- WeChat Pay PROCESSING: the settler settles it ----------------------
+
+my $w = $gw->create(channel => 'wechat', amount => 500)->{json} // {};
+my $cb = $sim->wechat_notify(out_trade_no => $w->{payment_no});
+is($gw->payment($w->{payment_no})->{status}, 'succeeded', 'a paid WeChat payment');
+$sim->mode('refund_processing', times => 1, path_prefix => '/v3/refund/');
+$r = refund($w->{payment_no}, "R69w-$$", 500);
+is($r->{json}{status}, 'pending', 'a PROCESSING WeChat refund: pending') or diag($r->{body});
+
+$res = resolve();
+is_deeply($res, {examined => 1, settled => 1}, 'the settler settled it');
+is(rstatus("R69w-$$"), 'succeeded', '... succeeded');
+is($gw->payment($w->{payment_no})->{status}, 'refunded', '... the payment is refunded');
+
+
+# ---- WeChat Pay REFUND.SUCCESS callback: accepted, settles the refund ----
+
+my $w2 = $gw->create(channel => 'wechat', amount => 800)->{json} // {};
+$sim->wechat_notify(out_trade_no => $w2->{payment_no});
+$sim->mode('refund_processing', times => 1, path_prefix => '/v3/refund/');
+$r = refund($w2->{payment_no}, "R69c-$$", 300);
+is($r->{json}{status}, 'pending', 'another PROCESSING WeChat refund: pending');
+my $accepted = $gw->callbacks('wechat', 'accepted');
+my ($out) = map { $_->{out_refund_no} }
+            grep { $_->{out_trade_no} eq $w2->{payment_no} } @{ $sim->charges->{refunds} // [] };
+$out //= $gw->sql1("SELECT out_refund_no FROM refunds WHERE refund_no = "
+                   . sql_quote("R69c-$$"));
+my $cb2 = $sim->wechat_refund_notify(out_refund_no => $out);
+is($cb2->{status}, 204, 'its verified REFUND.SUCCESS callback: 204 (not "not a transaction")')
+    or diag(explain($cb2));
+is(rstatus("R69c-$$"), 'succeeded', '... the refund is settled (by a query)');
+is($gw->callbacks('wechat', 'accepted'), $accepted + 1, '... counted accepted');
+is($gw->event_count("R69c-$$", 'refund.succeeded'), 1, '... one refund.succeeded event');
+is($sim->wechat_refund_notify(out_refund_no => $out)->{status}, 204,
+   'the same callback again: 204');
+is($gw->event_count("R69c-$$", 'refund.succeeded'), 1, '... still one event');
+
+is_deeply(resolve(), {examined => 0, settled => 0}, 'nothing left open');
+is($gw->sql1("SELECT COUNT(*) FROM refunds WHERE status IN ('pending', 'unknown')"), 0,
+   'no refund stays open');
+
+done_testing;
