@@ -23,6 +23,7 @@
 
 #define NGX_HTTP_PAYGW_CALL_REDIS   1
 #define NGX_HTTP_PAYGW_CALL_MYSQL   2
+#define NGX_HTTP_PAYGW_CALL_WEBHOOK 3
 
 
 /*
@@ -71,6 +72,7 @@ typedef struct {
     void                         *settler;
     void                         *policy;
     void                         *risk;
+    void                         *webhook;   /* ngx_http_paygw_webhook.h */
     ngx_int_t                     request_id_index;
     ngx_int_t                     trace_id_index;
     ngx_array_t                   logs;          /* ngx_log_t *, to redact */

@@ -159,6 +159,8 @@ struct ngx_http_paygw_ctx_s {
     ngx_uint_t                    candidate;
     ngx_uint_t                    settled;
 
+    void                         *events;        /* webhooks, events API */
+
     unsigned                      side_effect:1; /* keep the answer */
     unsigned                      reread:1;
     unsigned                      body_read:1;
