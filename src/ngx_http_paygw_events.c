@@ -39,6 +39,8 @@ typedef struct {
     ngx_http_paygw_redis_op_t    *redis;
     ngx_uint_t                    limit;     /* events API */
     ngx_str_t                     after;
+    unsigned                      sending:1;
+    unsigned                      cleanup:1;
 } ngx_http_paygw_wh_round_t;
 
 
@@ -56,6 +58,10 @@ static ngx_int_t ngx_http_paygw_deliver_recorded(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_deliver_stream(ngx_http_request_t *r,
     ngx_http_paygw_wh_round_t *rd);
+static ngx_int_t ngx_http_paygw_deliver_resolve(ngx_http_request_t *r,
+    ngx_http_paygw_wh_round_t *rd, ngx_http_paygw_wh_event_t *ev);
+static void ngx_http_paygw_deliver_resolved(ngx_resolver_ctx_t *rctx);
+static void ngx_http_paygw_deliver_cleanup(void *data);
 static ngx_int_t ngx_http_paygw_deliver_post(ngx_http_request_t *r,
     ngx_http_paygw_webhook_conf_t *wc, ngx_http_paygw_wh_round_t *rd,
     ngx_http_paygw_wh_event_t *ev);
@@ -310,6 +316,7 @@ ngx_http_paygw_deliver_streamed(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_paygw_deliver_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
+    ngx_int_t                       rc;
     ngx_uint_t                      i;
     ngx_http_paygw_wh_round_t      *rd;
     ngx_http_paygw_wh_event_t      *ev;
@@ -337,15 +344,22 @@ ngx_http_paygw_deliver_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
             continue;
         }
 
-        ev->error = ngx_http_paygw_webhook_destination(wc, &ev->url);
+        rc = ngx_http_paygw_webhook_destination(wc, ev);
 
-        if (ev->error) {
+        if (rc == NGX_DECLINED) {
             ev->refused = 1;
             ngx_http_paygw_m_webhook(r, NGX_HTTP_PAYGW_M_WH_REFUSED, 0);
             continue;
         }
 
-        if (ngx_http_paygw_deliver_post(r, wc, rd, ev) != NGX_OK) {
+        rd->sending = 1;
+
+        rc = (rc == NGX_AGAIN) ? ngx_http_paygw_deliver_resolve(r, rd, ev)
+                               : ngx_http_paygw_deliver_post(r, wc, rd, ev);
+
+        rd->sending = 0;
+
+        if (rc != NGX_OK) {
             return NGX_ERROR;
         }
     }
@@ -361,6 +375,147 @@ ngx_http_paygw_deliver_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     ctx->next = ngx_http_paygw_deliver_record;
 
     return NGX_AGAIN;
+}
+
+
+/* a host name: nginx's resolver, then every address it gave is checked */
+
+static ngx_int_t
+ngx_http_paygw_deliver_resolve(ngx_http_request_t *r,
+    ngx_http_paygw_wh_round_t *rd, ngx_http_paygw_wh_event_t *ev)
+{
+    ngx_pool_cleanup_t        *cln;
+    ngx_resolver_ctx_t        *rctx, temp;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    temp.name = ev->host;
+
+    rctx = ngx_resolve_start(clcf->resolver, &temp);
+    if (rctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (rctx == NGX_NO_RESOLVER) {
+        ev->error = "no resolver is configured for host names";
+        ev->refused = 1;
+        ngx_http_paygw_m_webhook(r, NGX_HTTP_PAYGW_M_WH_REFUSED, 0);
+        return NGX_OK;
+    }
+
+    if (!rd->cleanup) {
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL) {
+            ngx_resolve_name_done(rctx);
+            return NGX_ERROR;
+        }
+
+        cln->handler = ngx_http_paygw_deliver_cleanup;
+        cln->data = rd;
+        rd->cleanup = 1;
+    }
+
+    rctx->name = ev->host;
+    rctx->handler = ngx_http_paygw_deliver_resolved;
+    rctx->data = ev;
+    rctx->timeout = clcf->resolver_timeout;
+
+    ev->request = r;
+    ev->rctx = rctx;
+    rd->running++;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw deliver: resolving \"%V\"", &ev->host);
+
+    if (ngx_resolve_name(rctx) != NGX_OK) {
+        ev->rctx = NULL;
+        rd->running--;
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_paygw_deliver_resolved(ngx_resolver_ctx_t *rctx)
+{
+    ngx_http_paygw_wh_event_t *ev = rctx->data;
+
+    ngx_uint_t                      i;
+    ngx_connection_t               *c;
+    ngx_http_request_t             *r;
+    ngx_http_paygw_wh_round_t      *rd;
+    ngx_http_paygw_webhook_conf_t  *wc;
+
+    r = ev->request;
+    c = r->connection;
+    rd = ev->round;
+    wc = ngx_http_paygw_webhook_conf(r);
+
+    ev->error = NULL;
+
+    if (rctx->state || rctx->naddrs == 0) {
+        ev->error = "the host name does not resolve";
+    }
+
+    for (i = 0; ev->error == NULL && i < rctx->naddrs; i++) {
+        ev->error = ngx_http_paygw_webhook_address(wc,
+                                                   rctx->addrs[i].sockaddr);
+    }
+
+    if (ev->error == NULL
+        && ngx_http_paygw_webhook_pin(r->pool, ev, rctx->addrs[0].sockaddr,
+                                      rctx->addrs[0].socklen)
+           != NGX_OK)
+    {
+        ev->error = "the request could not be made";
+    }
+
+    ngx_resolve_name_done(rctx);
+    ev->rctx = NULL;
+    rd->running--;
+
+    if (ev->error) {
+        ev->refused = 1;
+        ngx_http_paygw_m_webhook(r, NGX_HTTP_PAYGW_M_WH_REFUSED, 0);
+
+    } else if (ngx_http_paygw_deliver_post(r, wc, rd, ev) != NGX_OK) {
+        /* retried on the schedule */
+        ev->error = "the request could not be made";
+        ev->send = 1;
+        ev->status = 0;
+    }
+
+    if (rd->sending) {
+        return;
+    }
+
+    if (rd->running == 0) {
+        rd->group.done = 1;
+        (void) ngx_http_post_request(r, NULL);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+ngx_http_paygw_deliver_cleanup(void *data)
+{
+    ngx_http_paygw_wh_round_t *rd = data;
+
+    ngx_uint_t  i;
+
+    /* the round ended early: no resolver answer may come back to it */
+
+    for (i = 0; i < rd->nevents; i++) {
+        if (rd->events[i].rctx) {
+            ngx_resolve_name_done(rd->events[i].rctx);
+            rd->events[i].rctx = NULL;
+        }
+    }
 }
 
 

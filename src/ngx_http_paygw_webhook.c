@@ -42,8 +42,6 @@ static void ngx_http_paygw_webhook_done(ngx_http_paygw_webhook_conf_t *wc,
     const char *why);
 static ngx_int_t ngx_http_paygw_webhook_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
-static ngx_int_t ngx_http_paygw_webhook_ipv4(u_char *p, size_t len,
-    in_addr_t *addr);
 
 
 static ngx_msec_t  ngx_http_paygw_webhook_default_retry[] = {
@@ -51,7 +49,11 @@ static ngx_msec_t  ngx_http_paygw_webhook_default_retry[] = {
 };
 
 
-static ngx_str_t  ngx_http_paygw_webhook_var = ngx_string("paygw_webhook_url");
+static ngx_str_t  ngx_http_paygw_webhook_vars[] = {
+    ngx_string("paygw_webhook_url"),
+    ngx_string("paygw_webhook_host"),
+    ngx_string("paygw_webhook_authority")
+};
 
 
 static ngx_http_paygw_webhook_conf_t *
@@ -546,43 +548,54 @@ ngx_http_paygw_webhook_delay(ngx_http_paygw_webhook_conf_t *wc,
 /*
  * Where an event may go: https:// (http:// only with allow_loopback)
  * to a host that is not a private, loopback, link-local or otherwise
- * special address.  An address literal is checked here; a host name is
- * resolved by nginx (the location's resolver) and must not be one of
- * the names that stand for this machine or a private network.
+ * special address.  An address literal is checked here (NGX_OK); a host
+ * name (NGX_AGAIN) is resolved by the round with nginx's resolver, every
+ * address it gives is checked, and the request goes to the checked
+ * address (ngx_http_paygw_webhook_pin), so a second lookup cannot point
+ * it elsewhere.  NGX_DECLINED: refused, ev->error says why.
  */
 
-const char *
+ngx_int_t
 ngx_http_paygw_webhook_destination(ngx_http_paygw_webhook_conf_t *wc,
-    ngx_str_t *url)
+    ngx_http_paygw_wh_event_t *ev)
 {
-    u_char     *p, *last, *host, *end;
-    size_t      len;
-    in_addr_t   a;
+    u_char              *p, *last, *host, *end;
+    size_t               len;
+    in_addr_t            a;
+    struct sockaddr_in   sin;
 
-    p = url->data;
-    last = p + url->len;
+    p = ev->url.data;
+    last = p + ev->url.len;
 
-    if (url->len > 8 && ngx_strncasecmp(p, (u_char *) "https://", 8) == 0) {
+    if (ev->url.len > 8
+        && ngx_strncasecmp(p, (u_char *) "https://", 8) == 0)
+    {
         p += 8;
 
-    } else if (url->len > 7
+    } else if (ev->url.len > 7
                && ngx_strncasecmp(p, (u_char *) "http://", 7) == 0)
     {
         if (!wc->allow_loopback) {
-            return "only https:// destinations are allowed";
+            ev->error = "only https:// destinations are allowed";
+            return NGX_DECLINED;
         }
 
         p += 7;
 
     } else {
-        return "not an http(s) URL";
+        ev->error = "not an http(s) URL";
+        return NGX_DECLINED;
     }
 
     host = p;
 
     while (p < last && *p != '/' && *p != '?' && *p != '#') {
-        if (*p == '@' || *p == '\\' || *p <= ' ' || *p >= 0x7f) {
-            return "user info and odd characters are not allowed";
+        if (*p == '@' || *p == '\\' || *p <= ' ' || *p >= 0x7f
+            || *p == '[')
+        {
+            ev->error = "user info, IPv6 literals and odd characters are "
+                        "not allowed";
+            return NGX_DECLINED;
         }
 
         p++;
@@ -590,38 +603,30 @@ ngx_http_paygw_webhook_destination(ngx_http_paygw_webhook_conf_t *wc,
 
     end = p;
 
-    if (host == end) {
-        return "no host";
-    }
-
-    if (*host == '[') {
-        return "IPv6 literals are not allowed";
-    }
-
     p = ngx_strlchr(host, end, ':');
     len = (p ? p : end) - host;
 
-    if (ngx_http_paygw_webhook_ipv4(host, len, &a) == NGX_OK) {
-        a = ntohl(a);
+    if (len == 0) {
+        ev->error = "no host";
+        return NGX_DECLINED;
+    }
 
-        if ((a >> 24) == 127) {
-            return wc->allow_loopback ? NULL
-                                      : "a loopback address is not allowed";
-        }
+    ev->authority.data = host;
+    ev->authority.len = end - host;
+    ev->host.data = host;
+    ev->host.len = len;
 
-        if ((a >> 24) == 0 || (a >> 24) == 10
-            || (a & 0xffc00000) == 0x64400000          /* 100.64/10 */
-            || (a & 0xffff0000) == 0xa9fe0000          /* 169.254/16 */
-            || (a & 0xfff00000) == 0xac100000          /* 172.16/12 */
-            || (a & 0xffff0000) == 0xc0a80000          /* 192.168/16 */
-            || (a & 0xffffff00) == 0xc0000000          /* 192.0.0/24 */
-            || (a & 0xfffe0000) == 0xc6120000          /* 198.18/15 */
-            || (a >> 28) >= 0xe)                       /* multicast, 240/4 */
-        {
-            return "a private or special address is not allowed";
-        }
+    a = ngx_inet_addr(host, len);
 
-        return NULL;
+    if (a != INADDR_NONE) {
+        ngx_memzero(&sin, sizeof(struct sockaddr_in));
+        sin.sin_family = AF_INET;
+        sin.sin_addr.s_addr = a;
+
+        ev->error = ngx_http_paygw_webhook_address(wc,
+                                                   (struct sockaddr *) &sin);
+
+        return ev->error ? NGX_DECLINED : NGX_OK;
     }
 
     if ((len == 9 && ngx_strncasecmp(host, (u_char *) "localhost", 9) == 0)
@@ -635,27 +640,135 @@ ngx_http_paygw_webhook_destination(ngx_http_paygw_webhook_conf_t *wc,
                == 0)
         || ngx_strlchr(host, host + len, '.') == NULL)
     {
-        return "a local host name is not allowed";
+        ev->error = "a local host name is not allowed";
+        return NGX_DECLINED;
     }
 
     /* a name made only of digits and dots is an odd IPv4 form */
 
     for (p = host; p < host + len; p++) {
         if (!(*p >= '0' && *p <= '9') && *p != '.') {
-            return NULL;
+            return NGX_AGAIN;
         }
     }
 
-    return "not a valid host";
+    ev->error = "not a valid host";
+
+    return NGX_DECLINED;
 }
 
 
-static ngx_int_t
-ngx_http_paygw_webhook_ipv4(u_char *p, size_t len, in_addr_t *addr)
-{
-    *addr = ngx_inet_addr(p, len);
+/* NULL: a public address; else why it is not allowed */
 
-    return (*addr == INADDR_NONE) ? NGX_DECLINED : NGX_OK;
+const char *
+ngx_http_paygw_webhook_address(ngx_http_paygw_webhook_conf_t *wc,
+    struct sockaddr *sa)
+{
+    in_addr_t             a;
+#if (NGX_HAVE_INET6)
+    u_char               *b;
+    struct sockaddr_in6  *sin6;
+#endif
+
+    switch (sa->sa_family) {
+
+#if (NGX_HAVE_INET6)
+    case AF_INET6:
+        sin6 = (struct sockaddr_in6 *) sa;
+        b = sin6->sin6_addr.s6_addr;
+
+        if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)) {
+            a = (b[12] << 24) | (b[13] << 16) | (b[14] << 8) | b[15];
+            goto ipv4;
+        }
+
+        if (IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr)) {
+            return wc->allow_loopback ? NULL
+                                      : "a loopback address is not allowed";
+        }
+
+        /* global unicast 2000::/3, but not documentation 2001:db8::/32 */
+
+        if ((b[0] & 0xe0) != 0x20
+            || (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x0d && b[3] == 0xb8))
+        {
+            return "a private or special address is not allowed";
+        }
+
+        return NULL;
+#endif
+
+    case AF_INET:
+        a = ntohl(((struct sockaddr_in *) sa)->sin_addr.s_addr);
+        goto ipv4;
+
+    default:
+        return "not an IP address";
+    }
+
+ipv4:
+
+    if ((a >> 24) == 127) {
+        return wc->allow_loopback ? NULL : "a loopback address is not allowed";
+    }
+
+    if ((a >> 24) == 0 || (a >> 24) == 10
+        || (a & 0xffc00000) == 0x64400000              /* 100.64/10 */
+        || (a & 0xffff0000) == 0xa9fe0000              /* 169.254/16 */
+        || (a & 0xfff00000) == 0xac100000              /* 172.16/12 */
+        || (a & 0xffff0000) == 0xc0a80000              /* 192.168/16 */
+        || (a & 0xffffff00) == 0xc0000000              /* 192.0.0/24 */
+        || (a & 0xffffff00) == 0xc0000200              /* 192.0.2/24 */
+        || (a & 0xfffe0000) == 0xc6120000              /* 198.18/15 */
+        || (a & 0xffffff00) == 0xc6336400              /* 198.51.100/24 */
+        || (a & 0xffffff00) == 0xcb007100              /* 203.0.113/24 */
+        || (a >> 28) >= 0xe)                           /* multicast, 240/4 */
+    {
+        return "a private or special address is not allowed";
+    }
+
+    return NULL;
+}
+
+
+/* the URL with the checked address in place of the host name */
+
+ngx_int_t
+ngx_http_paygw_webhook_pin(ngx_pool_t *pool, ngx_http_paygw_wh_event_t *ev,
+    struct sockaddr *sa, socklen_t len)
+{
+    u_char  *p, *rest;
+    size_t   n, scheme;
+    u_char   text[NGX_SOCKADDR_STRLEN];
+
+    n = ngx_sock_ntop(sa, len, text, NGX_SOCKADDR_STRLEN, 0);
+
+    scheme = ev->host.data - ev->url.data;
+    rest = ev->host.data + ev->host.len;
+
+    p = ngx_pnalloc(pool, ev->url.len + n + 2);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ev->url.data = ngx_cpymem(p, ev->url.data, scheme);
+
+    if (sa->sa_family == AF_INET6) {
+        *ev->url.data++ = '[';
+    }
+
+    ev->url.data = ngx_cpymem(ev->url.data, text, n);
+
+    if (sa->sa_family == AF_INET6) {
+        *ev->url.data++ = ']';
+    }
+
+    ev->url.data = ngx_cpymem(ev->url.data, rest,
+                              ev->url.len - (rest - (ev->host.data - scheme)));
+    ev->url.len = ev->url.data - p;
+    ev->url.data = p;
+
+    return NGX_OK;
 }
 
 
@@ -664,24 +777,35 @@ ngx_http_paygw_webhook_ipv4(u_char *p, size_t len, in_addr_t *addr)
 ngx_int_t
 ngx_http_paygw_webhook_add_variables(ngx_conf_t *cf)
 {
+    ngx_uint_t            i;
     ngx_http_variable_t  *var;
 
-    var = ngx_http_add_variable(cf, &ngx_http_paygw_webhook_var,
-                                NGX_HTTP_VAR_NOCACHEABLE);
-    if (var == NULL) {
-        return NGX_ERROR;
-    }
+    for (i = 0; i < 3; i++) {
+        var = ngx_http_add_variable(cf, &ngx_http_paygw_webhook_vars[i],
+                                    NGX_HTTP_VAR_NOCACHEABLE);
+        if (var == NULL) {
+            return NGX_ERROR;
+        }
 
-    var->get_handler = ngx_http_paygw_webhook_variable;
+        var->get_handler = ngx_http_paygw_webhook_variable;
+        var->data = i;
+    }
 
     return NGX_OK;
 }
 
 
+/*
+ * $paygw_webhook_url (with the checked address in place of a name),
+ * $paygw_webhook_host (the name: proxy_ssl_name), and
+ * $paygw_webhook_authority (host[:port]: the Host header)
+ */
+
 static ngx_int_t
 ngx_http_paygw_webhook_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data)
 {
+    ngx_str_t                  *s;
     ngx_http_paygw_wh_event_t  *ev;
 
     ev = ngx_http_paygw_call_ctx(r, NGX_HTTP_PAYGW_CALL_WEBHOOK);
@@ -691,8 +815,10 @@ ngx_http_paygw_webhook_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    v->data = ev->url.data;
-    v->len = ev->url.len;
+    s = (data == 0) ? &ev->url : (data == 1) ? &ev->host : &ev->authority;
+
+    v->data = s->data;
+    v->len = s->len;
     v->valid = 1;
     v->no_cacheable = 1;
     v->not_found = 0;

@@ -78,9 +78,13 @@ typedef struct {
     ngx_uint_t                    disabled;      /* its endpoint is */
     ngx_str_t                     timestamp;
     ngx_str_t                     signature;
+    ngx_str_t                     host;          /* name, for SNI */
+    ngx_str_t                     authority;     /* Host: header */
     ngx_uint_t                    status;        /* the receiver's */
     const char                   *error;         /* why not 2xx */
     ngx_msec_t                    start;
+    void                         *request;       /* the round's */
+    ngx_resolver_ctx_t           *rctx;          /* while resolving */
     unsigned                      send:1;
     unsigned                      refused:1;
 } ngx_http_paygw_wh_event_t;
@@ -103,8 +107,12 @@ ngx_http_paygw_webhook_conf_t *ngx_http_paygw_webhook_conf(
     ngx_http_request_t *r);
 ngx_http_paygw_wh_secret_t *ngx_http_paygw_webhook_secret(
     ngx_http_paygw_webhook_conf_t *wc, ngx_str_t *merchant_id);
-const char *ngx_http_paygw_webhook_destination(
-    ngx_http_paygw_webhook_conf_t *wc, ngx_str_t *url);
+ngx_int_t ngx_http_paygw_webhook_destination(
+    ngx_http_paygw_webhook_conf_t *wc, ngx_http_paygw_wh_event_t *ev);
+const char *ngx_http_paygw_webhook_address(
+    ngx_http_paygw_webhook_conf_t *wc, struct sockaddr *sa);
+ngx_int_t ngx_http_paygw_webhook_pin(ngx_pool_t *pool,
+    ngx_http_paygw_wh_event_t *ev, struct sockaddr *sa, socklen_t len);
 ngx_msec_t ngx_http_paygw_webhook_delay(ngx_http_paygw_webhook_conf_t *wc,
     ngx_uint_t attempts);
 

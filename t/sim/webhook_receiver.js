@@ -75,7 +75,8 @@ const server = http.createServer((req, res) => {
         const rec = {id, path: url.pathname, sig_ok: verify(id, ts, sig, body),
                      type, at: Date.now(), parallel: false, status: 0,
                      ts_ok: Math.abs(Date.now() / 1000 - +ts) < 300,
-                     content_type: req.headers['content-type'] || null};
+                     content_type: req.headers['content-type'] || null,
+                     host: req.headers.host || null};
         requests.push(rec);
         counts[id] = (counts[id] || 0) + 1;
         if (inflight[id]) { rec.parallel = true; parallel++; }

@@ -27,6 +27,7 @@ our $HTTP_ADD = <<'CONF';
     paygw_webhook_secrets %%REPO%%/conf/demo/webhook_secrets.conf;
     paygw_webhook_retry %%RETRY%%;
     paygw_webhook_allow_loopback %%LOOPBACK%%;
+%%RESOLVER%%
 CONF
 
 our $LOCATION = <<'CONF';
@@ -35,6 +36,8 @@ our $LOCATION = <<'CONF';
             proxy_pass $paygw_webhook_url;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header Host $paygw_webhook_authority;
+            proxy_ssl_name $paygw_webhook_host;
             proxy_connect_timeout 2s;
             proxy_send_timeout 3s;
             proxy_read_timeout 3s;
@@ -47,7 +50,7 @@ our $LOCATION = <<'CONF';
 CONF
 
 # webhook_http(retry => '1s 1s 1s', lease => '10s', loopback => 'on',
-#              batch => 100): the http{} text.
+#              batch => 100, resolver => '127.0.0.1:PORT'): the http{} text.
 sub webhook_http {
     my (%o) = @_;
     my $http = $PayGW::Gateway::DEFAULT_HTTP;
@@ -56,6 +59,7 @@ sub webhook_http {
     $add =~ s/%%LEASE%%/$o{lease} \/\/ '10s'/e;
     $add =~ s/%%LOOPBACK%%/$o{loopback} \/\/ 'on'/e;
     $add =~ s/%%BATCH%%/$o{batch} \/\/ 100/e;
+    $add =~ s/%%RESOLVER%%/$o{resolver} ? "    resolver $o{resolver} ipv6=off valid=1s;" : ''/e;
     $http =~ s/(    paygw_keys[^\n]*\n)/$1$add/ or die 'no paygw_keys';
     $http =~ s/(        location \/v1\/ )/$LOCATION$1/ or die 'no /v1/';
     return $http;
