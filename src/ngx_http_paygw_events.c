@@ -71,6 +71,8 @@ static ngx_int_t ngx_http_paygw_deliver_request(ngx_http_request_t *sr,
     ngx_http_paygw_wh_event_t *ev);
 static ngx_int_t ngx_http_paygw_deliver_done(ngx_http_request_t *r,
     void *data, ngx_int_t rc);
+static ngx_int_t ngx_http_paygw_deliver_batch(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 static const char *ngx_http_paygw_deliver_outcome(
     ngx_http_paygw_webhook_conf_t *wc, ngx_http_paygw_wh_event_t *ev,
     ngx_msec_t *delay);
@@ -130,6 +132,9 @@ ngx_http_paygw_deliver_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     {
         return NGX_ERROR;
     }
+
+    /* a deadlock with another round is retried by the driver */
+    ctx->mysql->transaction = 1;
 
     return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_deliver_claimed);
 }
@@ -797,12 +802,18 @@ ngx_http_paygw_deliver_record(ngx_http_request_t *r,
                    "paygw deliver: step \"record\" %ui delivered, "
                    "%ui failed", rd->delivered, rd->failed);
 
-    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK) {
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_deliver_batch(r, ctx) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
     for (i = 0; i < rd->nevents; i++) {
         ev = &rd->events[i];
+
+        if (ev->recorded) {
+            continue;
+        }
 
         status = ngx_http_paygw_deliver_outcome(wc, ev, &delay);
 
@@ -823,11 +834,69 @@ ngx_http_paygw_deliver_record(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    if (ctx->mysql->stmts.nelts == 0) {
-        return ngx_http_paygw_deliver_recorded(r, ctx);
-    }
+    /*
+     * One transaction: one commit for the round, and the driver retries
+     * it whole after a deadlock with another round's claim.
+     */
+
+    ctx->mysql->transaction = 1;
 
     return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_deliver_recorded);
+}
+
+
+/* the delivered events, a statement per status (200 mostly) */
+
+static ngx_int_t
+ngx_http_paygw_deliver_batch(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_uint_t                   i, j, n;
+    ngx_http_paygw_wh_round_t   *rd;
+    ngx_http_paygw_wh_event_t   *ev, *e, **evs;
+
+    rd = ctx->events;
+
+    if (rd->nevents == 0) {
+        return NGX_OK;
+    }
+
+    evs = ngx_palloc(r->pool, rd->nevents * sizeof(void *));
+    if (evs == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < rd->nevents; i++) {
+        ev = &rd->events[i];
+
+        if (ev->recorded || !ev->send || ev->status < 200
+            || ev->status >= 300)
+        {
+            continue;
+        }
+
+        n = 0;
+
+        for (j = i; j < rd->nevents; j++) {
+            e = &rd->events[j];
+
+            if (!e->recorded && e->send && e->status == ev->status
+                && e->streamed == ev->streamed)
+            {
+                e->recorded = 1;
+                evs[n++] = e;
+            }
+        }
+
+        if (ngx_http_paygw_store_events_delivered(ctx->mysql, &rd->owner,
+                                                  evs, n)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
 }
 
 
@@ -875,15 +944,22 @@ ngx_http_paygw_deliver_recorded(ngx_http_request_t *r,
 
     rd = ctx->events;
 
-    if (ctx->mysql->stmts.nelts && !ctx->mysql->call.ok) {
-        /* the leases run out and the events are sent again */
+    if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
+
+        /* not recorded: the leases run out and the events are sent again */
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw deliver: the outcomes of %ui events could not "
+                      "be recorded (mysql error %ud)", rd->nevents,
+                      ctx->mysql->err_no);
+
         return ngx_http_paygw_mysql_down(r, ctx);
     }
 
     s = ctx->mysql->stmts.elts;
-    s = &s[ctx->mysql->stmts.nelts ? ctx->mysql->stmts.nelts - 1 : 0];
+    s = &s[ctx->mysql->stmts.nelts - 1];
 
-    if (ctx->mysql->stmts.nelts && s->nfields == 2 && s->nrows == 1) {
+    if (s->nfields == 2 && s->nrows == 1) {
         v = ngx_http_paygw_sql_value(s, 0, 0);
         ngx_http_paygw_m_backlog(r, ngx_http_paygw_ev_uint(&v[0]),
                                  ngx_http_paygw_ev_uint(&v[1]));

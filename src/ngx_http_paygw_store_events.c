@@ -4,9 +4,12 @@
  * (outbox_events, webhook_disabled: sql/003_webhooks.sql).
  *
  * A delivery round claims due rows by writing its own lease on them:
- * an UPDATE ... ORDER BY ... LIMIT takes the row locks, and a locking
- * read sees the latest committed lease, so a row claimed by one worker
- * (or another nginx) is skipped by every other until the lease ends.
+ * an UPDATE ... LIMIT takes the row locks, and a locking read sees the
+ * latest committed lease, so a row claimed by one worker (or another
+ * nginx) is skipped by every other until the lease ends.  It has no
+ * ORDER BY: MariaDB would sort every due row (a filesort, and a lock on
+ * each) for each claim; the range scan of idx_due (status,
+ * next_attempt_at) meets the rows oldest first anyway.
  * Results are written back only under the same lease.
  */
 
@@ -29,7 +32,7 @@ ngx_http_paygw_store_claim_events(ngx_http_paygw_mysql_op_t *op,
             "lease_until = NOW(3) + INTERVAL ? MICROSECOND "
             "WHERE status = 'pending' AND next_attempt_at <= NOW(3) "
             "AND (lease_until IS NULL OR lease_until < NOW(3)) "
-            "ORDER BY next_attempt_at LIMIT ?");
+            "LIMIT ?");
     if (s == NULL
         || ngx_http_paygw_sql_str(op, s, owner) != NGX_OK
         || ngx_http_paygw_sql_int(op, s, (int64_t) lease * 1000) != NGX_OK
@@ -123,6 +126,64 @@ ngx_http_paygw_store_event_result(ngx_http_paygw_mysql_op_t *op,
         || ngx_http_paygw_sql_str(op, s, &ev->event_id) != NGX_OK)
     {
         return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Events delivered with the same status (and stream flag): one
+ * statement for all of them, the common case of a round.  The text is
+ * ours: only the number of placeholders depends on the round.
+ */
+
+ngx_int_t
+ngx_http_paygw_store_events_delivered(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *owner, ngx_http_paygw_wh_event_t **evs, ngx_uint_t n)
+{
+    u_char                     *sql, *p;
+    size_t                      len;
+    ngx_uint_t                  i;
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    static const char  head[] =
+        "UPDATE outbox_events SET status = 'delivered', "
+        "attempts = attempts + 1, last_status = ?, last_error = NULL, "
+        "last_attempt_at = NOW(3), delivered_at = NOW(3), "
+        "streamed = GREATEST(streamed, ?), "
+        "lease_owner = NULL, lease_until = NULL "
+        "WHERE lease_owner = ? AND id IN (?";
+
+    len = sizeof(head) - 1 + 3 * n + 2;
+
+    sql = ngx_pnalloc(op->pool, len);
+    if (sql == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(sql, head, sizeof(head) - 1);
+
+    for (i = 1; i < n; i++) {
+        p = ngx_cpymem(p, ", ?", 3);
+    }
+
+    *p++ = ')';
+    *p = '\0';
+
+    s = ngx_http_paygw_mysql_add(op, (const char *) sql);
+    if (s == NULL
+        || ngx_http_paygw_sql_int(op, s, evs[0]->status) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, evs[0]->streamed) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, owner) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (ngx_http_paygw_sql_str(op, s, &evs[i]->id) != NGX_OK) {
+            return NGX_ERROR;
+        }
     }
 
     return NGX_OK;

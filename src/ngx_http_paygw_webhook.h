@@ -87,6 +87,7 @@ typedef struct {
     ngx_resolver_ctx_t           *rctx;          /* while resolving */
     unsigned                      send:1;
     unsigned                      refused:1;
+    unsigned                      recorded:1;
 } ngx_http_paygw_wh_event_t;
 
 
@@ -130,6 +131,9 @@ ngx_int_t ngx_http_paygw_store_claim_events(ngx_http_paygw_mysql_op_t *op,
 ngx_int_t ngx_http_paygw_store_event_result(ngx_http_paygw_mysql_op_t *op,
     ngx_str_t *owner, ngx_http_paygw_wh_event_t *ev, const char *status,
     ngx_msec_t delay);
+ngx_int_t ngx_http_paygw_store_events_delivered(
+    ngx_http_paygw_mysql_op_t *op, ngx_str_t *owner,
+    ngx_http_paygw_wh_event_t **evs, ngx_uint_t n);
 ngx_int_t ngx_http_paygw_store_housekeeping(ngx_http_paygw_mysql_op_t *op,
     time_t retention);
 ngx_int_t ngx_http_paygw_store_list_events(ngx_http_paygw_mysql_op_t *op,
