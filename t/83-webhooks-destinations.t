@@ -76,4 +76,26 @@ ok($last->{sig_ok}, '... signed');
 like(outcome("https://private.test/hook"), qr/^failed: a private/,
      '... private addresses stay refused');
 
+# ---- nginx -t refuses a bad webhook configuration -----------------------------
+
+{
+    my $dir = $gw->ngx->dir;
+    my $bad = "$dir/bad_secrets.conf";
+    open my $fh, '>', $bad or die $!;
+    print $fh "# comment\nM100 whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\nM200 whsec_c2hvcnQ=\n";
+    close $fh;
+    (my $http = webhook_http()) =~ s{\S+/conf/demo/webhook_secrets\.conf}{$bad};
+    my ($rc, $out) = $gw->test_config($http);
+    isnt($rc, 0, 'nginx -t: a secret under 16 bytes is refused');
+    like($out, qr/line 3/, '... naming the line');
+    unlike($out, qr/c2hvcnQ|MfKQ9r8G/, '... and no secret');
+    ($http = webhook_http()) =~ s/key=ops/key=demo/;
+    ($rc, $out) = $gw->test_config($http);
+    like($out, qr/not an admin key/, 'nginx -t: paygw_webhook needs an admin key');
+    ($rc, $out) = $gw->test_config(webhook_http(retry => '5s soon'));
+    like($out, qr/invalid retry delay "soon"/, 'nginx -t: a bad retry delay');
+    ($rc, $out) = $gw->test_config(webhook_http(loopback => 'maybe'));
+    like($out, qr/invalid value "maybe"/, 'nginx -t: allow_loopback on|off');
+}
+
 done_testing;
