@@ -47,7 +47,7 @@ typedef struct {
     ngx_uint_t                    stream_maxlen;
 
     ngx_str_t                     location;      /* the proxy_pass one */
-    ngx_array_t                   secrets;       /* ngx_http_paygw_wh_secret_t */
+    ngx_array_t                   secrets;       /* wh_secret_t */
     ngx_uint_t                    nretries;
     ngx_msec_t                    retry[NGX_HTTP_PAYGW_WH_MAX_RETRIES];
     ngx_flag_t                    allow_loopback;

@@ -207,6 +207,24 @@ ok(defined $gw->metric('paygw_webhook_backlog'), 'paygw_webhook_backlog shown');
 ok(($gw->metric('paygw_webhook_duration_seconds_count{endpoint="merchant"}') // 0) > 0,
    'paygw_webhook_duration_seconds counts');
 
+# ---- housekeeping: delivered events past the retention (7d) are purged -----------
+
+for my $st (qw(delivered failed)) {
+    $gw->db->sql("INSERT INTO outbox_events (event_id, merchant_id, type, object_no, "
+                 . "payload, status, created_at) VALUES ('Eold$st$$', 'M100', "
+                 . "'payment.succeeded', 'Pold', '{}', '$st', NOW(3) - INTERVAL 8 DAY)");
+}
+ok(wait_until(sub { $gw->sql1("SELECT COUNT(*) FROM outbox_events "
+                              . "WHERE event_id = 'Eolddelivered$$'") == 0 }),
+   'a delivered event 8 days old is purged');
+is($gw->sql1("SELECT COUNT(*) FROM outbox_events WHERE event_id = 'Eoldfailed$$'"), 1,
+   '... a failed one is kept');
+ok(wait_until(sub { ($gw->metric('paygw_webhook_backlog') // -1) == 0 }, timeout => 30),
+   'paygw_webhook_backlog: 0 once everything is settled')
+    or diag $gw->db->sql("SELECT event_id, status, attempts, next_attempt_at, "
+                         . "lease_until, NOW(3) FROM outbox_events WHERE status = 'pending'")
+       . "metric: " . ($gw->metric('paygw_webhook_backlog') // 'none');
+
 unlike($gw->ngx->error_log, qr/MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw/, 'no secret in the error log');
 
 done_testing;
