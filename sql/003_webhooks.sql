@@ -13,7 +13,8 @@ ALTER TABLE outbox_events
     ADD COLUMN IF NOT EXISTS last_attempt_at DATETIME(3)  NULL,
     ADD COLUMN IF NOT EXISTS streamed        TINYINT UNSIGNED NOT NULL DEFAULT 0,
     ADD INDEX IF NOT EXISTS idx_lease (lease_owner),
-    ADD INDEX IF NOT EXISTS idx_merchant (merchant_id, id);
+    ADD INDEX IF NOT EXISTS idx_merchant (merchant_id, id),
+    ADD INDEX IF NOT EXISTS idx_created (created_at);
 
 -- Endpoints that answered 410 Gone: nothing more is sent to them for
 -- that merchant until an event of theirs is redelivered.

@@ -56,6 +56,10 @@ static ngx_int_t ngx_http_paygw_deliver_record(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_deliver_recorded(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_deliver_kept(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_deliver_answer(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_deliver_stream(ngx_http_request_t *r,
     ngx_http_paygw_wh_round_t *rd);
 static ngx_int_t ngx_http_paygw_deliver_resolve(ngx_http_request_t *r,
@@ -133,9 +137,6 @@ ngx_http_paygw_deliver_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NGX_ERROR;
     }
 
-    /* a deadlock with another round is retried by the driver */
-    ctx->mysql->transaction = 1;
-
     return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_deliver_claimed);
 }
 
@@ -158,7 +159,7 @@ ngx_http_paygw_deliver_claimed(ngx_http_request_t *r,
     }
 
     s = ctx->mysql->stmts.elts;
-    s = &s[1];
+    s = &s[2];
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw deliver: step \"claimed\" %ui events", s->nrows);
@@ -825,13 +826,8 @@ ngx_http_paygw_deliver_record(ngx_http_request_t *r,
         }
     }
 
-    /* the housekeeping when there is time for it */
-
-    if (rd->nevents < wc->batch
-        && ngx_http_paygw_store_housekeeping(ctx->mysql, wc->retention)
-           != NGX_OK)
-    {
-        return NGX_ERROR;
+    if (rd->nevents == 0) {
+        return ngx_http_paygw_deliver_recorded(r, ctx);
     }
 
     /*
@@ -938,14 +934,15 @@ static ngx_int_t
 ngx_http_paygw_deliver_recorded(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_str_t                  *v;
-    ngx_http_paygw_sql_stmt_t  *s;
-    ngx_http_paygw_wh_round_t  *rd;
+    ngx_http_paygw_wh_round_t      *rd;
+    ngx_http_paygw_webhook_conf_t  *wc;
 
     rd = ctx->events;
+    wc = ngx_http_paygw_webhook_conf(r);
 
-    if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
-
+    if (rd->nevents
+        && (!ctx->mysql->call.ok || ctx->mysql->err_no))
+    {
         /* not recorded: the leases run out and the events are sent again */
 
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
@@ -956,14 +953,56 @@ ngx_http_paygw_deliver_recorded(ngx_http_request_t *r,
         return ngx_http_paygw_mysql_down(r, ctx);
     }
 
+    if (rd->nevents >= wc->batch) {
+        return ngx_http_paygw_deliver_answer(r, ctx);
+    }
+
+    /* an idle round: the housekeeping, which no answer waits for */
+
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_housekeeping(ctx->mysql, wc->retention)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_deliver_kept);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_deliver_kept(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_str_t                  *v;
+    ngx_http_paygw_sql_stmt_t  *s;
+
     s = ctx->mysql->stmts.elts;
     s = &s[ctx->mysql->stmts.nelts - 1];
 
-    if (s->nfields == 2 && s->nrows == 1) {
+    if (ctx->mysql->call.ok && !ctx->mysql->err_no && s->nfields == 2
+        && s->nrows == 1)
+    {
         v = ngx_http_paygw_sql_value(s, 0, 0);
         ngx_http_paygw_m_backlog(r, ngx_http_paygw_ev_uint(&v[0]),
                                  ngx_http_paygw_ev_uint(&v[1]));
+
+    } else {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "paygw deliver: the outbox housekeeping failed "
+                      "(mysql error %ud)", ctx->mysql->err_no);
     }
+
+    return ngx_http_paygw_deliver_answer(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_deliver_answer(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_wh_round_t  *rd;
+
+    rd = ctx->events;
 
     return ngx_http_paygw_respond(r, ctx, NGX_HTTP_OK,
                                   json_pack("{s:I, s:I, s:I}",

@@ -3,6 +3,11 @@
  * paygw: the SQL of webhook delivery and of the events API
  * (outbox_events, webhook_disabled: sql/003_webhooks.sql).
  *
+ * The claim and the purge run READ COMMITTED (SET TRANSACTION: for the
+ * next statement only), so they take no gap locks: a payment's outbox
+ * INSERT never waits for a delivery round.  Outcomes are written by
+ * primary key only (FORCE INDEX), which locks those rows and no gap.
+ *
  * A delivery round claims due rows by writing its own lease on them:
  * an UPDATE ... LIMIT takes the row locks, and a locking read sees the
  * latest committed lease, so a row claimed by one worker (or another
@@ -26,6 +31,13 @@ ngx_http_paygw_store_claim_events(ngx_http_paygw_mysql_op_t *op,
     ngx_str_t *owner, ngx_msec_t lease, ngx_uint_t batch)
 {
     ngx_http_paygw_sql_stmt_t  *s;
+
+    if (ngx_http_paygw_mysql_add(op, "SET TRANSACTION ISOLATION LEVEL "
+                                     "READ COMMITTED")
+        == NULL)
+    {
+        return NGX_ERROR;
+    }
 
     s = ngx_http_paygw_mysql_add(op,
             "UPDATE outbox_events SET lease_owner = ?, "
@@ -74,7 +86,7 @@ ngx_http_paygw_store_event_result(ngx_http_paygw_mysql_op_t *op,
     st.len = ngx_strlen(status);
 
     s = ngx_http_paygw_mysql_add(op,
-            "UPDATE outbox_events SET status = ?, "
+            "UPDATE outbox_events FORCE INDEX (PRIMARY) SET status = ?, "
             "attempts = attempts + ?, "
             "last_status = IF(? > 0, ?, last_status), "
             "last_error = ?, "
@@ -148,8 +160,9 @@ ngx_http_paygw_store_events_delivered(ngx_http_paygw_mysql_op_t *op,
     ngx_http_paygw_sql_stmt_t  *s;
 
     static const char  head[] =
-        "UPDATE outbox_events SET status = 'delivered', "
-        "attempts = attempts + 1, last_status = ?, last_error = NULL, "
+        "UPDATE outbox_events FORCE INDEX (PRIMARY) "
+        "SET status = 'delivered', attempts = attempts + 1, "
+        "last_status = ?, last_error = NULL, "
         "last_attempt_at = NOW(3), delivered_at = NOW(3), "
         "streamed = GREATEST(streamed, ?), "
         "lease_owner = NULL, lease_until = NULL "
@@ -192,7 +205,8 @@ ngx_http_paygw_store_events_delivered(ngx_http_paygw_mysql_op_t *op,
 
 /*
  * Purge a small batch of settled events past the retention (a short
- * statement: no long lock), and measure the backlog.
+ * statement through idx_created: no long lock, no scan of the recent
+ * rows), and measure the backlog.
  */
 
 ngx_int_t
@@ -201,10 +215,17 @@ ngx_http_paygw_store_housekeeping(ngx_http_paygw_mysql_op_t *op,
 {
     ngx_http_paygw_sql_stmt_t  *s;
 
+    if (ngx_http_paygw_mysql_add(op, "SET TRANSACTION ISOLATION LEVEL "
+                                     "READ COMMITTED")
+        == NULL)
+    {
+        return NGX_ERROR;
+    }
+
     s = ngx_http_paygw_mysql_add(op,
             "DELETE FROM outbox_events "
-            "WHERE status IN ('delivered', 'skipped') "
-            "AND created_at < NOW(3) - INTERVAL ? SECOND LIMIT 500");
+            "WHERE created_at < NOW(3) - INTERVAL ? SECOND "
+            "AND status IN ('delivered', 'skipped') LIMIT 500");
     if (s == NULL || ngx_http_paygw_sql_int(op, s, retention) != NGX_OK) {
         return NGX_ERROR;
     }
