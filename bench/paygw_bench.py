@@ -663,16 +663,18 @@ class Bench:
                       "create  + notify_url, delivery off", a.port, 201,
                       make=make_hook, warm_rate=12000)
         backlog = self.pending()
-        self.nginx_conf("hooks-on")
+        # timed from the reload (its 3 s included: a lower bound)
         t0 = time.monotonic()
+        self.nginx_conf("hooks-on")
         left = backlog
         while left > 0 and time.monotonic() - t0 < 600:
             time.sleep(0.2)
             left = self.pending()
         secs = time.monotonic() - t0
         note = (f"webhooks: a backlog of {backlog} events drained in "
-                f"{secs:.1f}s = {backlog / secs:.0f} events/s "
-                f"(delivered to a local receiver; {left} left)")
+                f"{secs:.1f}s from the reload = {backlog / secs:.0f} "
+                f"events/s at least (delivered to a local receiver; "
+                f"{left} left)")
         log(note)
         self.notes.append(note)
         self.scenario("create_hook_on",
