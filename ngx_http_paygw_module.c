@@ -15,6 +15,7 @@
 #include "ngx_http_paygw_metrics.h"
 #include "ngx_http_paygw_trace.h"
 #include "ngx_http_paygw_fees.h"
+#include "ngx_http_paygw_webhook.h"
 
 
 static void *ngx_http_paygw_create_main_conf(ngx_conf_t *cf);
@@ -27,6 +28,7 @@ static char *ngx_http_paygw_merge_loc_conf(ngx_conf_t *cf, void *parent,
 static char *ngx_http_paygw_redis_timeout(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static void ngx_http_paygw_exit_process(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_paygw_preconfiguration(ngx_conf_t *cf);
 
 
 static ngx_command_t  ngx_http_paygw_commands[] = {
@@ -136,6 +138,36 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
       0,
       NULL },
 
+    /* merchant webhooks: ngx_http_paygw_webhook.c */
+
+    { ngx_string("paygw_webhook"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      ngx_http_paygw_webhook,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_webhook_secrets"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_paygw_webhook_secrets,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_webhook_retry"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_paygw_webhook_retry,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("paygw_webhook_allow_loopback"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_paygw_webhook_flag,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("paygw_policy"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_http_paygw_policy,
@@ -211,7 +243,7 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_paygw_module_ctx = {
-    ngx_http_paygw_add_variables,          /* preconfiguration */
+    ngx_http_paygw_preconfiguration,       /* preconfiguration */
     ngx_http_paygw_postconfiguration,      /* postconfiguration */
 
     ngx_http_paygw_create_main_conf,       /* create main configuration */
@@ -239,6 +271,19 @@ ngx_module_t  ngx_http_paygw_module = {
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
+
+
+static ngx_int_t
+ngx_http_paygw_preconfiguration(ngx_conf_t *cf)
+{
+    if (ngx_http_paygw_add_variables(cf) != NGX_OK
+        || ngx_http_paygw_webhook_add_variables(cf) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
 
 
 static void *
@@ -284,7 +329,9 @@ ngx_http_paygw_init_main_conf(ngx_conf_t *cf, void *conf)
 {
     ngx_http_paygw_main_conf_t *pmcf = conf;
 
-    if (ngx_http_paygw_settler_check(cf, pmcf) != NGX_OK) {
+    if (ngx_http_paygw_settler_check(cf, pmcf) != NGX_OK
+        || ngx_http_paygw_webhook_check(cf, pmcf) != NGX_OK)
+    {
         return NGX_CONF_ERROR;
     }
 
@@ -396,7 +443,9 @@ ngx_http_paygw_init_process(ngx_cycle_t *cycle)
 {
     ngx_http_paygw_redact_init_process(cycle);
 
-    if (ngx_http_paygw_reconciler_init_process(cycle) != NGX_OK) {
+    if (ngx_http_paygw_reconciler_init_process(cycle) != NGX_OK
+        || ngx_http_paygw_webhook_init_process(cycle) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -79,9 +80,11 @@ class BusinessNos:
         return f"{self.prefix}{self.n}"
 
 
-def create_body(business_no, channel="bank_card"):
+def create_body(business_no, channel="bank_card", notify_url=None):
     doc = {"business_no": business_no, "amount": 1999, "currency": "CNY",
            "channel": channel}
+    if notify_url:
+        doc["notify_url"] = notify_url
     if channel == "bank_card":
         doc["card"] = CARD
     return json.dumps(doc, separators=(",", ":")).encode()
@@ -95,9 +98,9 @@ def raw_request(host, method, path, headers, body=b""):
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def signed_create(host, nonces, bnos, channel="bank_card"):
+def signed_create(host, nonces, bnos, channel="bank_card", notify_url=None):
     bno = bnos.next()
-    body = create_body(bno, channel)
+    body = create_body(bno, channel, notify_url)
     ts = int(time.time())
     hdrs = [("Authorization", authorization("POST", "/v1/payments", body, ts,
                                             nonces.next())),
@@ -588,6 +591,9 @@ class Bench:
                       make=make_create, warm_rate=12000,
                       target=TARGET_CREATE_RPS)
 
+        if a.webhook_port:
+            self.webhooks()
+
         # a QR create: precreate signed with RSA2 (2048-bit private key
         # operation per payment), the answer verified
         def make_alipay(_):
@@ -623,6 +629,68 @@ class Bench:
                           a.baseline_port, 200,
                           repeat=raw_request(bhost, "GET", "/static", []))
         self.rss["end"] = {w: vm_rss_kb(w) for w in self.procs.workers()}
+
+    # ---- webhooks: create with delivery off vs on, and the drain rate -----
+
+    def sql1(self, query):
+        out = subprocess.run(["mariadb", f"--defaults-file={self.a.mysql_defaults}",
+                              "-N", "-B", "paygw", "-e", query],
+                             capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    def nginx_conf(self, which):
+        """nginx.conf with webhook delivery on or off, then a reload."""
+        a = self.a
+        shutil.copyfile(a.nginx_conf + "." + which, a.nginx_conf)
+        os.kill(a.nginx_pid, signal.SIGHUP)
+        time.sleep(3)
+
+    def pending(self):
+        return int(self.sql1("SELECT COUNT(*) FROM outbox_events "
+                             "WHERE status = 'pending'"))
+
+    def webhooks(self):
+        a = self.a
+        host = self.host
+        url = f"http://127.0.0.1:{a.webhook_port}/hook/ok"
+
+        def make_hook(_):
+            return signed_create(host, self.nonces, self.bnos,
+                                 notify_url=url)
+
+        self.nginx_conf("hooks-off")
+        self.scenario("create_hook_off",
+                      "create  + notify_url, delivery off", a.port, 201,
+                      make=make_hook, warm_rate=12000)
+        backlog = self.pending()
+        # timed from the reload (its 3 s included: a lower bound)
+        t0 = time.monotonic()
+        self.nginx_conf("hooks-on")
+        left = backlog
+        while left > 0 and time.monotonic() - t0 < 600:
+            time.sleep(0.2)
+            left = self.pending()
+        secs = time.monotonic() - t0
+        note = (f"webhooks: a backlog of {backlog} events drained in "
+                f"{secs:.1f}s from the reload = {backlog / secs:.0f} "
+                f"events/s at least (delivered to a local receiver; "
+                f"{left} left)")
+        log(note)
+        self.notes.append(note)
+        self.scenario("create_hook_on",
+                      "create  + notify_url, delivery on", a.port, 201,
+                      make=make_hook, warm_rate=12000)
+        off = [r for r in self.results if r["name"] == "create_hook_off"
+               and r["conns"] == a.conns]
+        on = [r for r in self.results if r["name"] == "create_hook_on"
+              and r["conns"] == a.conns]
+        if off and on and off[0]["rps"]:
+            note = (f"webhooks: create with delivery on {on[0]['rps']:.0f} "
+                    f"req/s vs off {off[0]['rps']:.0f} req/s at "
+                    f"-c{a.conns}: {100 * (1 - on[0]['rps'] / off[0]['rps']):.1f}"
+                    f" % lower")
+            log(note)
+            self.notes.append(note)
 
     # ---- the report --------------------------------------------------------
 
@@ -758,6 +826,8 @@ def main():
     p.add_argument("--perf", type=int, default=0)
     p.add_argument("--quiet-wait", type=float, default=60)
     p.add_argument("--quiet-max", type=float, default=25)
+    p.add_argument("--webhook-port", type=int, default=0)
+    p.add_argument("--nginx-conf", default="")
     p.add_argument("--header", default="")
     p.add_argument("--out", required=True)
     a = p.parse_args()

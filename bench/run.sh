@@ -22,6 +22,9 @@
 #   BENCH_QUIET_MAX (25)  seconds until processes other than the stack use
 #                        at most this % of one core (e.g. a concurrent
 #                        make test); a run started anyway is noted
+#   BENCH_WEBHOOKS (1)   also measure creates with a notify_url to a local
+#                        webhook receiver, delivery off (then the backlog's
+#                        drain rate) and on (nginx reloaded in between)
 #   BENCH_CONF_SED       a sed script applied to the rendered nginx.conf, for
 #                        experiments, e.g. 's/max_conns=16/max_conns=4/'
 #                        (it is named in the report)
@@ -49,6 +52,7 @@ STATIC=${BENCH_STATIC:-1}
 PERF=${BENCH_PERF:-0}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-60}
 QUIET_MAX=${BENCH_QUIET_MAX:-25}
+WEBHOOKS=${BENCH_WEBHOOKS:-1}
 
 die() { echo "bench: $*" >&2; exit 1; }
 say() { echo "bench: $*"; }
@@ -80,7 +84,7 @@ done
 
 # pid files under run/ name the processes this script started, so that a
 # bench killed with SIGKILL can be cleaned up by the next one.
-declare -A expect_name=([nginx]=nginx [sim]=node [mysql]=mariadbd [redis]=redis-server [driver]=python)
+declare -A expect_name=([nginx]=nginx [sim]=node [mysql]=mariadbd [redis]=redis-server [driver]=python [receiver]=node)
 
 pid_alive() {   # pid_alive NAME: prints the pid if run/NAME.pid is ours and alive
     local f="$run/$1.pid" pid cmd
@@ -121,6 +125,7 @@ cleanup() {
     stop_one driver 15
     stop_one nginx 10
     stop_one sim 5
+    stop_one receiver 5
     stop_one mysql 60
     stop_one redis 10
     # keep the logs and configuration for inspection; drop the bulk
@@ -130,7 +135,7 @@ cleanup() {
 
 # leftovers of a bench that was killed outright
 if [ -d "$run" ]; then
-    for c in driver nginx sim mysql redis; do stop_one "$c" 30; done
+    for c in driver nginx sim receiver mysql redis; do stop_one "$c" 30; done
 fi
 rm -rf "$run"
 mkdir -p "$logs" "$run/tmp" "$run/req" "$run/redis" "$run/mysql/data" "$run/mysql/tmp" "$bench/results"
@@ -209,6 +214,18 @@ echo $! > "$run/sim.pid"
 wait_port sim "$SIM_PORT" "$logs/sim.err"
 say "simulator up on 127.0.0.1:$SIM_PORT"
 
+# ---- a merchant's webhook receiver (answers 200, checks signatures) ----------
+HOOK_PORT=0
+if [ "$WEBHOOKS" = 1 ]; then
+    HOOK_PORT=$(free_port)
+    node "$repo/t/sim/webhook_receiver.js" --port "$HOOK_PORT" \
+        --secret whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw \
+        < /dev/null > /dev/null 2>> "$logs/receiver.err" &
+    echo $! > "$run/receiver.pid"
+    wait_port receiver "$HOOK_PORT" "$logs/receiver.err"
+    say "webhook receiver up on 127.0.0.1:$HOOK_PORT"
+fi
+
 # ---- nginx: nginx.conf.example, rendered like scripts/stack.sh does, with ----
 # error_log at warn, access_log off, worker_processes $WORKERS, and one more
 # server (the baseline) on its own port.
@@ -221,6 +238,7 @@ sed -e "s|@PAYGW_PORT@|$PORT|g" \
     -e "s|@ALIPAY_URL@|$sim_url|g" \
     -e "s|@WECHAT_URL@|$sim_url|g" \
     -e "s|@BANK_URL@|$sim_url|g" \
+    -e "s|@WEBHOOK_RETRY@|5s 5m 30m 2h 5h 10h 24h|g" \
     -e "s|@BANK_SERVER@|127.0.0.1:$SIM_PORT|g" \
     -e "s|@ALIPAY_SERVER@|127.0.0.1:$SIM_PORT|g" \
     -e "s|@WECHAT_SERVER@|127.0.0.1:$SIM_PORT|g" \
@@ -285,6 +303,9 @@ CONF
     tail -n +"$last" "$run/nginx.conf.tmp"
 } > "$run/nginx.conf"
 rm -f "$run/nginx.conf.tmp"
+# the same with webhook delivery off (for the webhook scenarios)
+cp "$run/nginx.conf" "$run/nginx.conf.hooks-on"
+sed -e '/^\s*paygw_webhook\s/,/;/s/^/#/' "$run/nginx.conf" > "$run/nginx.conf.hooks-off"
 
 nginx -t -q -p "$run/" -c "$run/nginx.conf" -e "$logs/error.log" \
     || die "nginx -t failed on bench/run/nginx.conf"
@@ -322,6 +343,7 @@ python3 "$bench/paygw_bench.py" \
     --conns "$CONNS" --lat-conns "$LAT_CONNS" --duration "$DURATION" \
     --warmup "$WARMUP" --seed "$SEED" --static "$STATIC" --perf "$PERF" \
     --quiet-wait "$QUIET_WAIT" --quiet-max "$QUIET_MAX" \
+    --webhook-port "$HOOK_PORT" --nginx-conf "$run/nginx.conf" \
     --header "$header" --out "$out" &
 echo $! > "$run/driver.pid"
 wait "$(cat "$run/driver.pid")" || die "the benchmark driver failed"

@@ -12,6 +12,7 @@
 #   PAYGW_ALIPAY_URL, PAYGW_WECHAT_URL, PAYGW_BANK_URL (the simulator)
 # Another nginx: PAYGW_NGINX (the binary; default: nginx in PATH) and
 # PAYGW_MODULE (the module built for it; default build/objs/...).
+#   PAYGW_WEBHOOK_RETRY ("5s 5m 30m 2h 5h 10h 24h")
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"     # nginx, mariadbd
 
@@ -27,6 +28,8 @@ sim_url="http://127.0.0.1:$PAYGW_SIM_PORT"
 PAYGW_ALIPAY_URL=${PAYGW_ALIPAY_URL:-$sim_url}
 PAYGW_WECHAT_URL=${PAYGW_WECHAT_URL:-$sim_url}
 PAYGW_BANK_URL=${PAYGW_BANK_URL:-$sim_url}
+# the webhook retry schedule: space-separated nginx times
+PAYGW_WEBHOOK_RETRY=${PAYGW_WEBHOOK_RETRY:-5s 5m 30m 2h 5h 10h 24h}
 
 nginx_bin=${PAYGW_NGINX:-nginx}
 module=${PAYGW_MODULE:-$repo/build/objs/ngx_http_paygw_module.so}
@@ -219,6 +222,7 @@ render_nginx_conf() {
         -e "s|@ALIPAY_URL@|$PAYGW_ALIPAY_URL|g" \
         -e "s|@WECHAT_URL@|$PAYGW_WECHAT_URL|g" \
         -e "s|@BANK_URL@|$PAYGW_BANK_URL|g" \
+        -e "s|@WEBHOOK_RETRY@|$PAYGW_WEBHOOK_RETRY|g" \
         -e "s|@BANK_SERVER@|$(url_server "$PAYGW_BANK_URL")|g" \
         -e "s|@ALIPAY_SERVER@|$(url_server "$PAYGW_ALIPAY_URL")|g" \
         -e "s|@WECHAT_SERVER@|$(url_server "$PAYGW_WECHAT_URL")|g" \

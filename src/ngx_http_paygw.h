@@ -23,6 +23,7 @@
 
 #define NGX_HTTP_PAYGW_CALL_REDIS   1
 #define NGX_HTTP_PAYGW_CALL_MYSQL   2
+#define NGX_HTTP_PAYGW_CALL_WEBHOOK 3
 
 
 /*
@@ -74,6 +75,7 @@ typedef struct {
     void                         *fees;          /* paygw_fees */
     ngx_array_t                  *statement_hosts;   /* ngx_keyval_t */
     void                         *reconciler;    /* the schedule */
+    void                         *webhook;   /* ngx_http_paygw_webhook.h */
     ngx_int_t                     request_id_index;
     ngx_int_t                     trace_id_index;
     ngx_array_t                   logs;          /* ngx_log_t *, to redact */

@@ -17,6 +17,7 @@
 #include "ngx_http_paygw_api.h"
 #include "ngx_http_paygw_channel.h"
 #include "ngx_http_paygw_metrics.h"
+#include "ngx_http_paygw_webhook.h"
 
 
 #define NGX_HTTP_PAYGW_ACCESS_ROUTE    0
@@ -440,6 +441,16 @@ ngx_http_paygw_access_role(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NGX_DECLINED;
     }
 
+    /* webhooks: only an admin key runs a delivery round */
+
+    if (ctx->api == NGX_HTTP_PAYGW_API_DELIVER
+        && key->role != NGX_HTTP_PAYGW_ROLE_ADMIN)
+    {
+        (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_FORBIDDEN, "forbidden",
+                                   "only admin keys may deliver webhooks");
+        return NGX_DECLINED;
+    }
+
     if (ctx->api == NGX_HTTP_PAYGW_API_CREATE
         && ctx->merchant_id.len == 1 && ctx->merchant_id.data[0] == '*')
     {
@@ -506,6 +517,8 @@ ngx_http_paygw_access_validate(ngx_http_request_t *r,
 
     case NGX_HTTP_PAYGW_API_CLOSE:
     case NGX_HTTP_PAYGW_API_RESOLVE:
+    case NGX_HTTP_PAYGW_API_DELIVER:
+    case NGX_HTTP_PAYGW_API_REDELIVER:
         return ngx_http_paygw_parse_empty(r, ctx);
 
     case NGX_HTTP_PAYGW_API_FIND:

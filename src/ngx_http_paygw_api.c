@@ -14,6 +14,7 @@
 
 #include "ngx_http_paygw_api.h"
 #include "ngx_http_paygw_fees.h"
+#include "ngx_http_paygw_webhook.h"
 
 
 #define NGX_HTTP_PAYGW_PHASE_WORK   0
@@ -190,6 +191,20 @@ ngx_http_paygw_api_endpoint(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     case NGX_HTTP_PAYGW_API_RECON_RUN:
         ctx->step = ngx_http_paygw_recon_run;
+        break;
+
+    /* webhooks and events: ngx_http_paygw_events.c */
+
+    case NGX_HTTP_PAYGW_API_DELIVER:
+        ctx->step = ngx_http_paygw_deliver;
+        break;
+
+    case NGX_HTTP_PAYGW_API_EVENTS:
+        ctx->step = ngx_http_paygw_events;
+        break;
+
+    case NGX_HTTP_PAYGW_API_REDELIVER:
+        ctx->step = ngx_http_paygw_redeliver;
         break;
 
     default:

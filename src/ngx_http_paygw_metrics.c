@@ -172,6 +172,43 @@ ngx_http_paygw_m_request(ngx_http_request_t *r, ngx_uint_t api)
 }
 
 
+/* webhooks: ngx_http_paygw_events.c */
+
+void
+ngx_http_paygw_m_webhook(ngx_http_request_t *r, ngx_uint_t result,
+    ngx_msec_t ms)
+{
+    ngx_http_paygw_metrics_t  *m;
+
+    m = ngx_http_paygw_m(r);
+    if (m == NULL || result > 3) {
+        return;
+    }
+
+    (void) ngx_atomic_fetch_add(&m->webhook_deliveries[result], 1);
+
+    if (result != 3) {
+        ngx_http_paygw_m_observe(&m->webhook_duration, ms);
+    }
+}
+
+
+void
+ngx_http_paygw_m_backlog(ngx_http_request_t *r, ngx_uint_t count,
+    ngx_uint_t oldest)
+{
+    ngx_http_paygw_metrics_t  *m;
+
+    m = ngx_http_paygw_m(r);
+    if (m == NULL) {
+        return;
+    }
+
+    m->webhook_backlog = count;
+    m->webhook_oldest = oldest;
+}
+
+
 void
 ngx_http_paygw_m_payment(ngx_http_request_t *r, ngx_str_t *channel,
     ngx_http_paygw_status_e status)
@@ -603,8 +640,26 @@ ngx_http_paygw_m_render_gateway(u_char *p, u_char *last,
                      "%uA\n"
                      "paygw_webhook_deliveries_total{result=\"failed\"} %uA\n"
                      "paygw_webhook_deliveries_total{result=\"disabled\"} "
+                     "%uA\n"
+                     "paygw_webhook_deliveries_total{result=\"refused\"} "
                      "%uA\n", m->webhook_deliveries[0],
-                     m->webhook_deliveries[1], m->webhook_deliveries[2]);
+                     m->webhook_deliveries[1], m->webhook_deliveries[2],
+                     m->webhook_deliveries[3]);
+
+    ngx_paygw_head("paygw_webhook_duration_seconds", "histogram",
+                   "Time merchant endpoints took to answer a webhook.");
+    p = ngx_http_paygw_m_hist(p, last, "paygw_webhook_duration_seconds",
+                              "endpoint", "merchant", &m->webhook_duration);
+
+    ngx_paygw_head("paygw_webhook_backlog", "gauge",
+                   "Outbox events not yet delivered (last measured).");
+    p = ngx_slprintf(p, last, "paygw_webhook_backlog %uA\n",
+                     m->webhook_backlog);
+
+    ngx_paygw_head("paygw_webhook_backlog_oldest_seconds", "gauge",
+                   "Age of the oldest undelivered event (last measured).");
+    p = ngx_slprintf(p, last, "paygw_webhook_backlog_oldest_seconds %uA\n",
+                     m->webhook_oldest);
 
     ngx_paygw_head("paygw_zone_reloads_total", "counter",
                    "Reloads that kept paygw_zone.");

@@ -10,6 +10,7 @@
 #include "ngx_http_paygw_request.h"
 #include "ngx_http_paygw_api.h"
 #include "ngx_http_paygw_channel.h"
+#include "ngx_http_paygw_webhook.h"
 
 
 typedef struct {
@@ -20,6 +21,8 @@ typedef struct {
 
 
 static ngx_int_t ngx_http_paygw_route_payment(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, u_char *p, u_char *last);
+static ngx_int_t ngx_http_paygw_route_events(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, u_char *p, u_char *last);
 static ngx_int_t ngx_http_paygw_method(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, ngx_uint_t method, ngx_uint_t api);
@@ -176,6 +179,20 @@ ngx_http_paygw_route(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return ngx_http_paygw_method(r, ctx, NGX_HTTP_POST,
                                      NGX_HTTP_PAYGW_API_RECON_RUN);
 
+    /* webhooks and events: ngx_http_paygw_events.c */
+
+    } else if (ngx_paygw_prefix("/v1/events")) {
+        return ngx_http_paygw_route_events(r, ctx,
+                                           p + sizeof("/v1/events") - 1,
+                                           last);
+
+    } else if (ngx_paygw_prefix("/v1/admin/webhooks/deliver")
+               && (size_t) (last - p)
+                  == sizeof("/v1/admin/webhooks/deliver") - 1)
+    {
+        return ngx_http_paygw_method(r, ctx, NGX_HTTP_POST,
+                                     NGX_HTTP_PAYGW_API_DELIVER);
+
     } else if (ngx_paygw_prefix("/v1/admin/resolve")
                && (size_t) (last - p) == sizeof("/v1/admin/resolve") - 1)
     {
@@ -225,6 +242,41 @@ ngx_http_paygw_route_payment(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     if (action.len == 5 && ngx_strncmp(action.data, "close", 5) == 0) {
         return ngx_http_paygw_method(r, ctx, NGX_HTTP_POST,
                                      NGX_HTTP_PAYGW_API_CLOSE);
+    }
+
+    return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_FOUND, "not_found",
+                               "no such endpoint: %V",
+                               ngx_http_paygw_quote(r, &r->uri));
+}
+
+
+/* /v1/events, /v1/events/{id}/redeliver */
+
+static ngx_int_t
+ngx_http_paygw_route_events(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    u_char *p, u_char *last)
+{
+    u_char  *slash;
+
+    if (p == last) {
+        return ngx_http_paygw_method(r, ctx, NGX_HTTP_GET,
+                                     NGX_HTTP_PAYGW_API_EVENTS);
+    }
+
+    if (*p++ == '/') {
+        slash = ngx_strlchr(p, last, '/');
+
+        ctx->object_no.data = p;
+        ctx->object_no.len = (slash ? slash : last) - p;
+
+        if (slash && ngx_http_paygw_identifier(&ctx->object_no) == NGX_OK
+            && (size_t) (last - slash) == sizeof("/redeliver") - 1
+            && ngx_strncmp(slash, "/redeliver", sizeof("/redeliver") - 1)
+               == 0)
+        {
+            return ngx_http_paygw_method(r, ctx, NGX_HTTP_POST,
+                                         NGX_HTTP_PAYGW_API_REDELIVER);
+        }
     }
 
     return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_FOUND, "not_found",

@@ -181,6 +181,8 @@ struct ngx_http_paygw_ctx_s {
 
     void                         *recon;         /* SPEC §7 reconciliation */
 
+    void                         *events;        /* webhooks, events API */
+
     unsigned                      side_effect:1; /* keep the answer */
     unsigned                      reread:1;
     unsigned                      body_read:1;

@@ -21,7 +21,7 @@
 #define NGX_HTTP_PAYGW_M_RESULTS       5
 #define NGX_HTTP_PAYGW_M_BUCKETS       14
 
-#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670005
+#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670006
 
 
 typedef struct {
@@ -46,7 +46,10 @@ typedef struct {
     ngx_atomic_t                  reconciliation_diffs
                                       [NGX_HTTP_PAYGW_M_CHANNELS];
     ngx_atomic_t                  risk_decisions[2];
-    ngx_atomic_t                  webhook_deliveries[3];
+    ngx_atomic_t                  webhook_deliveries[4];
+    ngx_http_paygw_hist_t         webhook_duration;
+    ngx_atomic_t                  webhook_backlog;
+    ngx_atomic_t                  webhook_oldest;    /* seconds */
 } ngx_http_paygw_metrics_t;
 
 

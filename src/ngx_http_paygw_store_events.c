@@ -1,0 +1,332 @@
+
+/*
+ * paygw: the SQL of webhook delivery and of the events API
+ * (outbox_events, webhook_disabled: sql/003_webhooks.sql).
+ *
+ * The claim and the purge run READ COMMITTED (SET TRANSACTION: for the
+ * next statement only), so they take no gap locks: a payment's outbox
+ * INSERT never waits for a delivery round.  Outcomes are written by
+ * primary key only (FORCE INDEX), which locks those rows and no gap.
+ *
+ * A delivery round claims due rows by writing its own lease on them:
+ * an UPDATE ... LIMIT takes the row locks, and a locking read sees the
+ * latest committed lease, so a row claimed by one worker (or another
+ * nginx) is skipped by every other until the lease ends.  It has no
+ * ORDER BY: MariaDB would sort every due row (a filesort, and a lock on
+ * each) for each claim; the range scan of idx_due (status,
+ * next_attempt_at) meets the rows oldest first anyway.
+ * Results are written back only under the same lease.
+ */
+
+
+#include "ngx_http_paygw_webhook.h"
+
+
+#define ngx_paygw_iso(col)                                                   \
+    "DATE_FORMAT(" col ", '%Y-%m-%dT%H:%i:%sZ')"
+
+
+ngx_int_t
+ngx_http_paygw_store_claim_events(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *owner, ngx_msec_t lease, ngx_uint_t batch)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    if (ngx_http_paygw_mysql_add(op, "SET TRANSACTION ISOLATION LEVEL "
+                                     "READ COMMITTED")
+        == NULL)
+    {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op,
+            "UPDATE outbox_events SET lease_owner = ?, "
+            "lease_until = NOW(3) + INTERVAL ? MICROSECOND "
+            "WHERE status = 'pending' AND next_attempt_at <= NOW(3) "
+            "AND (lease_until IS NULL OR lease_until < NOW(3)) "
+            "LIMIT ?");
+    if (s == NULL
+        || ngx_http_paygw_sql_str(op, s, owner) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, (int64_t) lease * 1000) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, batch) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op,
+            "SELECT o.id, o.event_id, o.merchant_id, o.type, o.notify_url, "
+            "o.payload, o.attempts, o.streamed, "
+            "(SELECT COUNT(*) FROM webhook_disabled d "
+            "WHERE d.merchant_id = o.merchant_id "
+            "AND d.url_hash = UNHEX(SHA2(o.notify_url, 256))) "
+            "FROM outbox_events o WHERE o.lease_owner = ? ORDER BY o.id");
+    if (s == NULL || ngx_http_paygw_sql_str(op, s, owner) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * status: "delivered", "pending" (retry after delay), "failed" (no
+ * more retries), "disabled" (410, or its endpoint was), "skipped" (no
+ * destination: the stream only).
+ */
+
+ngx_int_t
+ngx_http_paygw_store_event_result(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *owner, ngx_http_paygw_wh_event_t *ev, const char *status,
+    ngx_msec_t delay)
+{
+    ngx_str_t                   st, err;
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    st.data = (u_char *) status;
+    st.len = ngx_strlen(status);
+
+    s = ngx_http_paygw_mysql_add(op,
+            "UPDATE outbox_events FORCE INDEX (PRIMARY) SET status = ?, "
+            "attempts = attempts + ?, "
+            "last_status = IF(? > 0, ?, last_status), "
+            "last_error = ?, "
+            "last_attempt_at = IF(? > 0, NOW(3), last_attempt_at), "
+            "delivered_at = IF(? = 'delivered', NOW(3), delivered_at), "
+            "next_attempt_at = NOW(3) + INTERVAL ? MICROSECOND, "
+            "streamed = GREATEST(streamed, ?), "
+            "lease_owner = NULL, lease_until = NULL "
+            "WHERE id = ? AND lease_owner = ?");
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ev->error) {
+        err.data = (u_char *) ev->error;
+        err.len = ngx_min(ngx_strlen(ev->error), 256);
+    }
+
+    if (ngx_http_paygw_sql_str(op, s, &st) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, ev->send) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, ev->status) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, ev->status) != NGX_OK
+        || (ev->error ? ngx_http_paygw_sql_str(op, s, &err)
+                      : ngx_http_paygw_sql_null(op, s)) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, ev->send) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, &st) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, (int64_t) delay * 1000) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, ev->streamed) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, &ev->id) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, owner) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (!(ev->send && ev->status == NGX_HTTP_PAYGW_GONE)) {
+        return NGX_OK;
+    }
+
+    /* 410: the endpoint is disabled for its merchant until redelivered */
+
+    s = ngx_http_paygw_mysql_add(op,
+            "INSERT IGNORE INTO webhook_disabled "
+            "(merchant_id, url_hash, notify_url, event_id) "
+            "VALUES (?, UNHEX(SHA2(?, 256)), ?, ?)");
+    if (s == NULL
+        || ngx_http_paygw_sql_str(op, s, &ev->merchant_id) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, &ev->url) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, &ev->url) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, &ev->event_id) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Events delivered with the same status (and stream flag): one
+ * statement for all of them, the common case of a round.  The text is
+ * ours: only the number of placeholders depends on the round.
+ */
+
+ngx_int_t
+ngx_http_paygw_store_events_delivered(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *owner, ngx_http_paygw_wh_event_t **evs, ngx_uint_t n)
+{
+    u_char                     *sql, *p;
+    size_t                      len;
+    ngx_uint_t                  i;
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    static const char  head[] =
+        "UPDATE outbox_events FORCE INDEX (PRIMARY) "
+        "SET status = 'delivered', attempts = attempts + 1, "
+        "last_status = ?, last_error = NULL, "
+        "last_attempt_at = NOW(3), delivered_at = NOW(3), "
+        "streamed = GREATEST(streamed, ?), "
+        "lease_owner = NULL, lease_until = NULL "
+        "WHERE lease_owner = ? AND id IN (?";
+
+    len = sizeof(head) - 1 + 3 * n + 2;
+
+    sql = ngx_pnalloc(op->pool, len);
+    if (sql == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(sql, head, sizeof(head) - 1);
+
+    for (i = 1; i < n; i++) {
+        p = ngx_cpymem(p, ", ?", 3);
+    }
+
+    *p++ = ')';
+    *p = '\0';
+
+    s = ngx_http_paygw_mysql_add(op, (const char *) sql);
+    if (s == NULL
+        || ngx_http_paygw_sql_int(op, s, evs[0]->status) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, evs[0]->streamed) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, owner) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (ngx_http_paygw_sql_str(op, s, &evs[i]->id) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Purge a small batch of settled events past the retention (a short
+ * statement through idx_created: no long lock, no scan of the recent
+ * rows), and measure the backlog.
+ */
+
+ngx_int_t
+ngx_http_paygw_store_housekeeping(ngx_http_paygw_mysql_op_t *op,
+    time_t retention)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    if (ngx_http_paygw_mysql_add(op, "SET TRANSACTION ISOLATION LEVEL "
+                                     "READ COMMITTED")
+        == NULL)
+    {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op,
+            "DELETE FROM outbox_events "
+            "WHERE created_at < NOW(3) - INTERVAL ? SECOND "
+            "AND status IN ('delivered', 'skipped') LIMIT 500");
+    if (s == NULL || ngx_http_paygw_sql_int(op, s, retention) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op,
+            "SELECT COUNT(*), COALESCE(TIMESTAMPDIFF(SECOND, "
+            "MIN(created_at), NOW(3)), 0) FROM outbox_events "
+            "WHERE status = 'pending'");
+
+    return s ? NGX_OK : NGX_ERROR;
+}
+
+
+ngx_int_t
+ngx_http_paygw_store_list_events(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *merchant_id, ngx_str_t *after, ngx_uint_t limit)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    /* an unknown cursor lists nothing rather than everything again */
+
+    s = ngx_http_paygw_mysql_add(op,
+            "SELECT o.event_id, o.payload, o.status, o.attempts, "
+            "o.last_status, o.last_error, "
+            ngx_paygw_iso("o.next_attempt_at") ", "
+            ngx_paygw_iso("o.delivered_at") ", "
+            ngx_paygw_iso("o.last_attempt_at") ", "
+            "(o.notify_url IS NOT NULL AND EXISTS (SELECT 1 FROM "
+            "webhook_disabled d WHERE d.merchant_id = o.merchant_id "
+            "AND d.url_hash = UNHEX(SHA2(o.notify_url, 256)))) "
+            "FROM outbox_events o "
+            "WHERE (? = '*' OR o.merchant_id = ?) "
+            "AND o.id > IF(? IS NULL, 0, COALESCE((SELECT a.id FROM "
+            "outbox_events a WHERE a.event_id = ? "
+            "AND (? = '*' OR a.merchant_id = ?)), "
+            "18446744073709551615)) "
+            "ORDER BY o.id LIMIT ?");
+    if (s == NULL
+        || ngx_http_paygw_sql_str(op, s, merchant_id) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, merchant_id) != NGX_OK
+        || (after->data ? ngx_http_paygw_sql_str(op, s, after)
+                        : ngx_http_paygw_sql_null(op, s)) != NGX_OK
+        || (after->data ? ngx_http_paygw_sql_str(op, s, after)
+                        : ngx_http_paygw_sql_null(op, s)) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, merchant_id) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, merchant_id) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, limit + 1) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * One more attempt now; the endpoint it names is enabled again.  A row
+ * in flight keeps its lease: the round sending it finishes first.
+ */
+
+ngx_int_t
+ngx_http_paygw_store_redeliver(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *merchant_id, ngx_str_t *event_id)
+{
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    s = ngx_http_paygw_mysql_add(op,
+            "DELETE d FROM webhook_disabled d JOIN outbox_events o "
+            "ON d.merchant_id = o.merchant_id "
+            "AND d.url_hash = UNHEX(SHA2(o.notify_url, 256)) "
+            "WHERE o.event_id = ? AND (? = '*' OR o.merchant_id = ?)");
+    if (s == NULL
+        || ngx_http_paygw_sql_str(op, s, event_id) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, merchant_id) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, merchant_id) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op,
+            "UPDATE outbox_events SET status = 'pending', "
+            "next_attempt_at = NOW(3) "
+            "WHERE event_id = ? AND (? = '*' OR merchant_id = ?)");
+    if (s == NULL
+        || ngx_http_paygw_sql_str(op, s, event_id) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, merchant_id) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, merchant_id) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    s = ngx_http_paygw_mysql_add(op,
+            "SELECT event_id, status, attempts FROM outbox_events "
+            "WHERE event_id = ? AND (? = '*' OR merchant_id = ?)");
+    if (s == NULL
+        || ngx_http_paygw_sql_str(op, s, event_id) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, merchant_id) != NGX_OK
+        || ngx_http_paygw_sql_str(op, s, merchant_id) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}

@@ -1,0 +1,71 @@
+package PayGW::Webhooks;
+
+# The http{} configuration of the webhook tests: the harness's default
+# one ($PayGW::Gateway::DEFAULT_HTTP) with the sender added.  What is
+# added is written out here, as a test would show it:
+#
+#   paygw_webhook 127.0.0.1:%%PORT%% key=ops interval=200ms lease=%%LEASE%%;
+#   paygw_webhook_secrets %%REPO%%/conf/demo/webhook_secrets.conf;
+#   paygw_webhook_retry %%RETRY%%;
+#   paygw_webhook_allow_loopback %%LOOPBACK%%;
+#   ...
+#   location = /_paygw/webhook { internal; proxy_pass $paygw_webhook_url; ... }
+
+use strict;
+use warnings;
+
+use Exporter qw(import);
+use PayGW::Gateway ();
+
+our @EXPORT_OK = qw(webhook_http $WHSEC);
+
+our $WHSEC = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
+
+our $HTTP_ADD = <<'CONF';
+    paygw_webhook 127.0.0.1:%%PORT%% key=ops interval=200ms lease=%%LEASE%%
+                  batch=%%BATCH%%;
+    paygw_webhook_secrets %%REPO%%/conf/demo/webhook_secrets.conf;
+    paygw_webhook_retry %%RETRY%%;
+    paygw_webhook_allow_loopback %%LOOPBACK%%;
+    # the receivers speak plain http: creates may name http:// URLs, and
+    # delivery's own checks (allow_loopback) decide where they may go
+    paygw_notify_http on;
+%%RESOLVER%%
+CONF
+
+our $LOCATION = <<'CONF';
+        location = /_paygw/webhook {
+            internal;
+            proxy_pass $paygw_webhook_url;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $paygw_webhook_authority;
+            proxy_ssl_name $paygw_webhook_host;
+            proxy_connect_timeout 2s;
+            proxy_send_timeout 3s;
+            proxy_read_timeout 3s;
+            proxy_ssl_server_name on;
+            proxy_ssl_verify on;
+            proxy_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;
+            subrequest_output_buffer_size 4k;
+        }
+
+CONF
+
+# webhook_http(retry => '1s 1s 1s', lease => '10s', loopback => 'on',
+#              batch => 100, resolver => '127.0.0.1:PORT'): the http{} text.
+sub webhook_http {
+    my (%o) = @_;
+    my $http = $PayGW::Gateway::DEFAULT_HTTP;
+    my $add = $HTTP_ADD;
+    $add =~ s/%%RETRY%%/$o{retry} \/\/ '1s 1s 1s'/e;
+    $add =~ s/%%LEASE%%/$o{lease} \/\/ '10s'/e;
+    $add =~ s/%%LOOPBACK%%/$o{loopback} \/\/ 'on'/e;
+    $add =~ s/%%BATCH%%/$o{batch} \/\/ 100/e;
+    $add =~ s/%%RESOLVER%%/$o{resolver} ? "    resolver $o{resolver} ipv6=off valid=1s;" : ''/e;
+    $http =~ s/(    paygw_keys[^\n]*\n)/$1$add/ or die 'no paygw_keys';
+    $http =~ s/(        location \/v1\/ )/$LOCATION$1/ or die 'no /v1/';
+    return $http;
+}
+
+1;
