@@ -20,6 +20,17 @@ typedef struct {
 } ngx_http_paygw_field_t;
 
 
+/* endpoints at one exact path */
+
+typedef struct {
+    ngx_str_t                     path;
+    ngx_uint_t                    method;
+    ngx_uint_t                    api;
+} ngx_http_paygw_exact_t;
+
+
+static ngx_int_t ngx_http_paygw_route_recon(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, u_char *p, u_char *last);
 static ngx_int_t ngx_http_paygw_route_payment(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, u_char *p, u_char *last);
 static ngx_int_t ngx_http_paygw_route_events(ngx_http_request_t *r,
@@ -47,11 +58,35 @@ static void ngx_http_paygw_json_cleanup(void *data);
 static void ngx_http_paygw_card_wipe(void *data);
 
 
+static ngx_str_t *ngx_http_paygw_quote(ngx_http_request_t *r, ngx_str_t *s);
+
+
 typedef struct {
     ngx_http_request_t           *request;
     ngx_http_paygw_ctx_t         *ctx;
 } ngx_http_paygw_card_wipe_t;
-static ngx_str_t *ngx_http_paygw_quote(ngx_http_request_t *r, ngx_str_t *s);
+
+
+static ngx_http_paygw_exact_t  ngx_http_paygw_exact_routes[] = {
+
+    /* SPEC §7 */
+    { ngx_string("/v1/settlements"), NGX_HTTP_GET,
+      NGX_HTTP_PAYGW_API_SETTLEMENTS },
+
+    /* the scheduled reconciliation run (ngx_http_paygw_reconciler.c) */
+    { ngx_string("/v1/admin/reconcile"), NGX_HTTP_POST,
+      NGX_HTTP_PAYGW_API_RECON_RUN },
+
+    /* a webhook delivery round (ngx_http_paygw_webhook.c) */
+    { ngx_string("/v1/admin/webhooks/deliver"), NGX_HTTP_POST,
+      NGX_HTTP_PAYGW_API_DELIVER },
+
+    /* the settler (ngx_http_paygw_settler.c) */
+    { ngx_string("/v1/admin/resolve"), NGX_HTTP_POST,
+      NGX_HTTP_PAYGW_API_RESOLVE },
+
+    { ngx_null_string, 0, 0 }
+};
 
 
 static ngx_http_paygw_field_t  ngx_http_paygw_create_fields[] = {
@@ -102,10 +137,19 @@ static const char  ngx_http_paygw_iso4217[] =
 ngx_int_t
 ngx_http_paygw_route(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    u_char  *p, *last;
+    u_char                  *p, *last;
+    ngx_http_paygw_exact_t  *e;
 
     p = r->uri.data;
     last = p + r->uri.len;
+
+    for (e = ngx_http_paygw_exact_routes; e->path.len; e++) {
+        if (r->uri.len == e->path.len
+            && ngx_strncmp(p, e->path.data, e->path.len) == 0)
+        {
+            return ngx_http_paygw_method(r, ctx, e->method, e->api);
+        }
+    }
 
 #define ngx_paygw_prefix(s)                                                  \
     ((size_t) (last - p) >= sizeof(s) - 1                                    \
@@ -147,60 +191,43 @@ ngx_http_paygw_route(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                          NGX_HTTP_PAYGW_API_NOTIFY);
         }
 
-    } else if (ngx_paygw_prefix("/v1/settlements")
-               && (size_t) (last - p) == sizeof("/v1/settlements") - 1)
-    {
-        /* SPEC §7 */
-        return ngx_http_paygw_method(r, ctx, NGX_HTTP_GET,
-                                     NGX_HTTP_PAYGW_API_SETTLEMENTS);
-
     } else if (ngx_paygw_prefix("/v1/reconciliations")) {
         /* SPEC §7 */
-        p += sizeof("/v1/reconciliations") - 1;
-
-        if (p == last) {
-            return ngx_http_paygw_method(r, ctx, NGX_HTTP_POST,
-                                         NGX_HTTP_PAYGW_API_RECONCILE);
-        }
-
-        ctx->object_no.data = p + 1;
-        ctx->object_no.len = last - ctx->object_no.data;
-
-        if (*p == '/' && ngx_http_paygw_identifier(&ctx->object_no) == NGX_OK)
-        {
-            return ngx_http_paygw_method(r, ctx, NGX_HTTP_GET,
-                                         NGX_HTTP_PAYGW_API_GET_RECON);
-        }
-
-    } else if (ngx_paygw_prefix("/v1/admin/reconcile")
-               && (size_t) (last - p) == sizeof("/v1/admin/reconcile") - 1)
-    {
-        /* SPEC §7: the scheduled run */
-        return ngx_http_paygw_method(r, ctx, NGX_HTTP_POST,
-                                     NGX_HTTP_PAYGW_API_RECON_RUN);
-
-    /* webhooks and events: ngx_http_paygw_events.c */
+        return ngx_http_paygw_route_recon(r, ctx,
+                                          p + sizeof("/v1/reconciliations")
+                                          - 1, last);
 
     } else if (ngx_paygw_prefix("/v1/events")) {
+        /* webhooks and events: ngx_http_paygw_events.c */
         return ngx_http_paygw_route_events(r, ctx,
                                            p + sizeof("/v1/events") - 1,
                                            last);
-
-    } else if (ngx_paygw_prefix("/v1/admin/webhooks/deliver")
-               && (size_t) (last - p)
-                  == sizeof("/v1/admin/webhooks/deliver") - 1)
-    {
-        return ngx_http_paygw_method(r, ctx, NGX_HTTP_POST,
-                                     NGX_HTTP_PAYGW_API_DELIVER);
-
-    } else if (ngx_paygw_prefix("/v1/admin/resolve")
-               && (size_t) (last - p) == sizeof("/v1/admin/resolve") - 1)
-    {
-        return ngx_http_paygw_method(r, ctx, NGX_HTTP_POST,
-                                     NGX_HTTP_PAYGW_API_RESOLVE);
     }
 
 #undef ngx_paygw_prefix
+
+    return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_FOUND, "not_found",
+                               "no such endpoint: %V",
+                               ngx_http_paygw_quote(r, &r->uri));
+}
+
+
+static ngx_int_t
+ngx_http_paygw_route_recon(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    u_char *p, u_char *last)
+{
+    if (p == last) {
+        return ngx_http_paygw_method(r, ctx, NGX_HTTP_POST,
+                                     NGX_HTTP_PAYGW_API_RECONCILE);
+    }
+
+    ctx->object_no.data = p + 1;
+    ctx->object_no.len = last - ctx->object_no.data;
+
+    if (*p == '/' && ngx_http_paygw_identifier(&ctx->object_no) == NGX_OK) {
+        return ngx_http_paygw_method(r, ctx, NGX_HTTP_GET,
+                                     NGX_HTTP_PAYGW_API_GET_RECON);
+    }
 
     return ngx_http_paygw_fail(r, ctx, NGX_HTTP_NOT_FOUND, "not_found",
                                "no such endpoint: %V",
