@@ -37,6 +37,14 @@ typedef struct {
 
 static char *ngx_http_paygw_fees_line(ngx_conf_t *cf, ngx_array_t *fees,
     u_char *p, u_char *last, ngx_str_t *file, ngx_uint_t line);
+static ngx_uint_t ngx_http_paygw_fees_words(u_char *p, u_char *last,
+    ngx_str_t *word);
+static char *ngx_http_paygw_fees_values(ngx_conf_t *cf,
+    ngx_http_paygw_fee_t *fee, ngx_str_t *word, ngx_str_t *file,
+    ngx_uint_t line);
+static char *ngx_http_paygw_fees_duplicate(ngx_conf_t *cf,
+    ngx_array_t *fees, ngx_http_paygw_fee_t *fee, ngx_str_t *file,
+    ngx_uint_t line);
 static ngx_int_t ngx_http_paygw_fees_int(ngx_str_t *word, int64_t max,
     ngx_uint_t dash, int64_t *n);
 static ngx_http_paygw_fee_t *ngx_http_paygw_fees_find(ngx_array_t *fees,
@@ -98,37 +106,11 @@ static char *
 ngx_http_paygw_fees_line(ngx_conf_t *cf, ngx_array_t *fees, u_char *p,
     u_char *last, ngx_str_t *file, ngx_uint_t line)
 {
-    u_char                *start;
     ngx_str_t              word[7];
     ngx_uint_t             n, i;
-    ngx_http_paygw_fee_t  *fee, *dup;
+    ngx_http_paygw_fee_t  *fee;
 
-    n = 0;
-
-    while (p < last) {
-
-        while (p < last && (*p == ' ' || *p == '\t' || *p == '\r')) {
-            p++;
-        }
-
-        if (p == last || *p == '#') {
-            break;
-        }
-
-        start = p;
-
-        while (p < last && *p != ' ' && *p != '\t' && *p != '\r') {
-            p++;
-        }
-
-        if (n == 7) {
-            break;
-        }
-
-        word[n].data = start;
-        word[n].len = p - start;
-        n++;
-    }
+    n = ngx_http_paygw_fees_words(p, last, word);
 
     if (n == 0) {
         return NGX_CONF_OK;
@@ -166,6 +148,61 @@ ngx_http_paygw_fees_line(ngx_conf_t *cf, ngx_array_t *fees, u_char *p,
         return NGX_CONF_ERROR;
     }
 
+    if (ngx_http_paygw_fees_values(cf, fee, word, file, line)
+        != NGX_CONF_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
+    return ngx_http_paygw_fees_duplicate(cf, fees, fee, file, line);
+}
+
+
+/* up to 7 words before a "#": 7 says there are too many */
+
+static ngx_uint_t
+ngx_http_paygw_fees_words(u_char *p, u_char *last, ngx_str_t *word)
+{
+    u_char      *start;
+    ngx_uint_t   n;
+
+    n = 0;
+
+    while (p < last) {
+
+        while (p < last && (*p == ' ' || *p == '\t' || *p == '\r')) {
+            p++;
+        }
+
+        if (p == last || *p == '#') {
+            break;
+        }
+
+        start = p;
+
+        while (p < last && *p != ' ' && *p != '\t' && *p != '\r') {
+            p++;
+        }
+
+        if (n == 7) {
+            break;
+        }
+
+        word[n].data = start;
+        word[n].len = p - start;
+        n++;
+    }
+
+    return n;
+}
+
+
+/* bps, fixed, min and max: words 2 to 5 */
+
+static char *
+ngx_http_paygw_fees_values(ngx_conf_t *cf, ngx_http_paygw_fee_t *fee,
+    ngx_str_t *word, ngx_str_t *file, ngx_uint_t line)
+{
     if (ngx_http_paygw_fees_int(&word[2], 10000, 0, &fee->bps) != NGX_OK) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid rate \"%V\" in %V:%ui: basis points, "
@@ -199,6 +236,19 @@ ngx_http_paygw_fees_line(ngx_conf_t *cf, ngx_array_t *fees, u_char *p,
                            file, line);
         return NGX_CONF_ERROR;
     }
+
+    return NGX_CONF_OK;
+}
+
+
+/* the schedule just pushed (the last one) against those before it */
+
+static char *
+ngx_http_paygw_fees_duplicate(ngx_conf_t *cf, ngx_array_t *fees,
+    ngx_http_paygw_fee_t *fee, ngx_str_t *file, ngx_uint_t line)
+{
+    ngx_uint_t             i;
+    ngx_http_paygw_fee_t  *dup;
 
     dup = fees->elts;
 

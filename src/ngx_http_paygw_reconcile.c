@@ -161,6 +161,13 @@ static ngx_int_t ngx_http_paygw_recon_selected(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_recon_fetched(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static void ngx_http_paygw_recon_check_complete(ngx_http_paygw_recon_t *rc,
+    ngx_http_paygw_provider_call_t *pc);
+static void ngx_http_paygw_recon_check_signed(ngx_http_paygw_recon_t *rc,
+    ngx_http_paygw_provider_call_t *pc);
+static void ngx_http_paygw_recon_missing_remote(ngx_http_paygw_recon_t *rc);
+static ngx_int_t ngx_http_paygw_recon_save(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx, ngx_str_t *text);
 static ngx_int_t ngx_http_paygw_recon_stored(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_recon_bank_fetch(ngx_http_request_t *r,
@@ -169,6 +176,12 @@ static ngx_int_t ngx_http_paygw_recon_alipay_url(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static void ngx_http_paygw_recon_zip(ngx_http_paygw_recon_t *rc, u_char *p,
     size_t n);
+static ngx_int_t ngx_http_paygw_recon_zip_header(ngx_http_paygw_recon_t *rc,
+    u_char **pp, size_t *np);
+static ngx_int_t ngx_http_paygw_recon_zip_name(ngx_http_paygw_recon_t *rc,
+    u_char **pp, size_t *np);
+static void ngx_http_paygw_recon_zip_inflate(ngx_http_paygw_recon_t *rc,
+    u_char *p, size_t n);
 static void ngx_http_paygw_recon_gbk(ngx_http_paygw_recon_t *rc, u_char *p,
     size_t n);
 static ngx_int_t ngx_http_paygw_recon_alipay_line(ngx_http_paygw_recon_t *rc,
@@ -627,149 +640,28 @@ ngx_http_paygw_recon_alipay_url(ngx_http_request_t *r,
 static void
 ngx_http_paygw_recon_zip(ngx_http_paygw_recon_t *rc, u_char *p, size_t n)
 {
-    int       zrc;
-    size_t    k, produced;
-    u_char   *h;
-    u_char    out[NGX_HTTP_PAYGW_RECON_ZBUF];
+    size_t  k;
 
     while (n && !rc->failed) {
 
         switch (rc->zip_state) {
 
         case 0:
-            k = ngx_min(n, 30 - rc->zip_have);
-            ngx_memcpy(rc->zip_hdr + rc->zip_have, p, k);
-            rc->zip_have += k;
-            p += k;
-            n -= k;
-
-            if (rc->zip_have < 30) {
+            if (ngx_http_paygw_recon_zip_header(rc, &p, &n) != NGX_OK) {
                 return;
             }
-
-            h = rc->zip_hdr;
-
-            if (h[0] != 'P' || h[1] != 'K' || h[2] != 3 || h[3] != 4) {
-                ngx_http_paygw_recon_fail(rc, "the bill is not a zip");
-                return;
-            }
-
-            if ((h[6] & 1) || h[8] != 8 || h[9] != 0) {
-                ngx_http_paygw_recon_fail(rc, "the bill's zip entry is "
-                                          "encrypted or not deflated");
-                return;
-            }
-
-            rc->zip_crc = h[14] | (h[15] << 8) | (h[16] << 16)
-                          | ((uint32_t) h[17] << 24);
-            rc->zip_csize = h[18] | (h[19] << 8) | (h[20] << 16)
-                            | ((uint32_t) h[21] << 24);
-            rc->zip_name_len = h[26] | (h[27] << 8);
-            rc->zip_name_have = 0;
-            rc->zip_skip = h[28] | (h[29] << 8);
-            rc->zip_state = 1;
 
             /* fall through */
 
         case 1:
-
-            /* the entry's name (its first 64 bytes), then its extra */
-
-            while (n && rc->zip_name_have < rc->zip_name_len) {
-                if (rc->zip_name_have < sizeof(rc->zip_name)) {
-                    rc->zip_name[rc->zip_name_have] = *p;
-                }
-
-                rc->zip_name_have++;
-                p++;
-                n--;
-            }
-
-            k = ngx_min(n, rc->zip_skip);
-            rc->zip_skip -= k;
-            p += k;
-            n -= k;
-
-            if (rc->zip_skip || rc->zip_name_have < rc->zip_name_len) {
+            if (ngx_http_paygw_recon_zip_name(rc, &p, &n) != NGX_OK) {
                 return;
             }
 
-            /*
-             * A real bill has the details and a summary ("汇总": GBK
-             * bb e3 d7 dc, or UTF-8): the summary entry is skipped.
-             */
-
-            if (ngx_strnstr(rc->zip_name, "\xbb\xe3\xd7\xdc",
-                            ngx_min(rc->zip_name_len, sizeof(rc->zip_name)))
-                || ngx_strnstr(rc->zip_name, "\xe6\xb1\x87\xe6\x80\xbb",
-                               ngx_min(rc->zip_name_len,
-                                       sizeof(rc->zip_name))))
-            {
-                if (rc->zip_hdr[6] & 8) {
-                    ngx_http_paygw_recon_fail(rc, "the bill's summary entry "
-                                              "has no size to skip");
-                    return;
-                }
-
-                rc->zip_skip = rc->zip_csize;
-                rc->zip_state = 4;
-                break;
-            }
-
-            if (inflateInit2(&rc->zs, -MAX_WBITS) != Z_OK) {
-                ngx_http_paygw_recon_fail(rc, "cannot inflate");
-                return;
-            }
-
-            rc->zs_init = 1;
-            rc->crc = crc32(0L, Z_NULL, 0);
-            rc->zip_state = 2;
             break;
 
         case 2:
-            rc->zs.next_in = p;
-            rc->zs.avail_in = n;
-
-            do {
-                rc->zs.next_out = out;
-                rc->zs.avail_out = sizeof(out);
-
-                zrc = inflate(&rc->zs, Z_NO_FLUSH);
-
-                if (zrc != Z_OK && zrc != Z_STREAM_END
-                    && !(zrc == Z_BUF_ERROR && rc->zs.avail_in == 0))
-                {
-                    ngx_http_paygw_recon_fail(rc, "the bill's %s is "
-                                              "corrupt (inflate: %d)",
-                                              rc->gz ? "gzip" : "zip", zrc);
-                    return;
-                }
-
-                produced = sizeof(out) - rc->zs.avail_out;
-
-                if (rc->gz) {
-                    /* gzip checks its own CRC-32 */
-                    ngx_http_paygw_recon_lines(rc, out, produced);
-
-                } else {
-                    rc->crc = crc32(rc->crc, out, produced);
-                    ngx_http_paygw_recon_gbk(rc, out, produced);
-                }
-
-                if (zrc == Z_STREAM_END) {
-                    if (!rc->gz && rc->crc != rc->zip_crc) {
-                        ngx_http_paygw_recon_fail(rc, "the bill's zip entry "
-                                                  "fails its CRC-32");
-                        return;
-                    }
-
-                    rc->zip_state = 3;
-                    return;
-                }
-
-            } while (!rc->failed
-                     && (rc->zs.avail_in > 0 || rc->zs.avail_out == 0));
-
+            ngx_http_paygw_recon_zip_inflate(rc, p, n);
             return;
 
         case 4:
@@ -792,6 +684,177 @@ ngx_http_paygw_recon_zip(ngx_http_paygw_recon_t *rc, u_char *p, size_t n)
             return;
         }
     }
+}
+
+
+/*
+ * State 0: the 30 bytes of a local file header.  NGX_OK: complete and
+ * valid, now in state 1; NGX_AGAIN: more bytes needed; NGX_ERROR: failed.
+ */
+
+static ngx_int_t
+ngx_http_paygw_recon_zip_header(ngx_http_paygw_recon_t *rc, u_char **pp,
+    size_t *np)
+{
+    size_t   k;
+    u_char  *h;
+
+    k = ngx_min(*np, 30 - rc->zip_have);
+    ngx_memcpy(rc->zip_hdr + rc->zip_have, *pp, k);
+    rc->zip_have += k;
+    *pp += k;
+    *np -= k;
+
+    if (rc->zip_have < 30) {
+        return NGX_AGAIN;
+    }
+
+    h = rc->zip_hdr;
+
+    if (h[0] != 'P' || h[1] != 'K' || h[2] != 3 || h[3] != 4) {
+        ngx_http_paygw_recon_fail(rc, "the bill is not a zip");
+        return NGX_ERROR;
+    }
+
+    if ((h[6] & 1) || h[8] != 8 || h[9] != 0) {
+        ngx_http_paygw_recon_fail(rc, "the bill's zip entry is "
+                                  "encrypted or not deflated");
+        return NGX_ERROR;
+    }
+
+    rc->zip_crc = h[14] | (h[15] << 8) | (h[16] << 16)
+                  | ((uint32_t) h[17] << 24);
+    rc->zip_csize = h[18] | (h[19] << 8) | (h[20] << 16)
+                    | ((uint32_t) h[21] << 24);
+    rc->zip_name_len = h[26] | (h[27] << 8);
+    rc->zip_name_have = 0;
+    rc->zip_skip = h[28] | (h[29] << 8);
+    rc->zip_state = 1;
+
+    return NGX_OK;
+}
+
+
+/*
+ * State 1: the entry's name (its first 64 bytes), then its extra field.
+ * NGX_OK: done, now in state 4 (a summary entry to skip) or 2 (the
+ * details to inflate); NGX_AGAIN: more bytes needed; NGX_ERROR: failed.
+ */
+
+static ngx_int_t
+ngx_http_paygw_recon_zip_name(ngx_http_paygw_recon_t *rc, u_char **pp,
+    size_t *np)
+{
+    size_t  k;
+
+    while (*np && rc->zip_name_have < rc->zip_name_len) {
+        if (rc->zip_name_have < sizeof(rc->zip_name)) {
+            rc->zip_name[rc->zip_name_have] = **pp;
+        }
+
+        rc->zip_name_have++;
+        (*pp)++;
+        (*np)--;
+    }
+
+    k = ngx_min(*np, rc->zip_skip);
+    rc->zip_skip -= k;
+    *pp += k;
+    *np -= k;
+
+    if (rc->zip_skip || rc->zip_name_have < rc->zip_name_len) {
+        return NGX_AGAIN;
+    }
+
+    /*
+     * A real bill has the details and a summary ("汇总": GBK
+     * bb e3 d7 dc, or UTF-8): the summary entry is skipped.
+     */
+
+    if (ngx_strnstr(rc->zip_name, "\xbb\xe3\xd7\xdc",
+                    ngx_min(rc->zip_name_len, sizeof(rc->zip_name)))
+        || ngx_strnstr(rc->zip_name, "\xe6\xb1\x87\xe6\x80\xbb",
+                       ngx_min(rc->zip_name_len, sizeof(rc->zip_name))))
+    {
+        if (rc->zip_hdr[6] & 8) {
+            ngx_http_paygw_recon_fail(rc, "the bill's summary entry "
+                                      "has no size to skip");
+            return NGX_ERROR;
+        }
+
+        rc->zip_skip = rc->zip_csize;
+        rc->zip_state = 4;
+        return NGX_OK;
+    }
+
+    if (inflateInit2(&rc->zs, -MAX_WBITS) != Z_OK) {
+        ngx_http_paygw_recon_fail(rc, "cannot inflate");
+        return NGX_ERROR;
+    }
+
+    rc->zs_init = 1;
+    rc->crc = crc32(0L, Z_NULL, 0);
+    rc->zip_state = 2;
+
+    return NGX_OK;
+}
+
+
+/*
+ * State 2: the deflate stream (a zip entry's, or a gzip's), all of the
+ * buffer; state 3 at its end.
+ */
+
+static void
+ngx_http_paygw_recon_zip_inflate(ngx_http_paygw_recon_t *rc, u_char *p,
+    size_t n)
+{
+    int     zrc;
+    size_t  produced;
+    u_char  out[NGX_HTTP_PAYGW_RECON_ZBUF];
+
+    rc->zs.next_in = p;
+    rc->zs.avail_in = n;
+
+    do {
+        rc->zs.next_out = out;
+        rc->zs.avail_out = sizeof(out);
+
+        zrc = inflate(&rc->zs, Z_NO_FLUSH);
+
+        if (zrc != Z_OK && zrc != Z_STREAM_END
+            && !(zrc == Z_BUF_ERROR && rc->zs.avail_in == 0))
+        {
+            ngx_http_paygw_recon_fail(rc, "the bill's %s is "
+                                      "corrupt (inflate: %d)",
+                                      rc->gz ? "gzip" : "zip", zrc);
+            return;
+        }
+
+        produced = sizeof(out) - rc->zs.avail_out;
+
+        if (rc->gz) {
+            /* gzip checks its own CRC-32 */
+            ngx_http_paygw_recon_lines(rc, out, produced);
+
+        } else {
+            rc->crc = crc32(rc->crc, out, produced);
+            ngx_http_paygw_recon_gbk(rc, out, produced);
+        }
+
+        if (zrc == Z_STREAM_END) {
+            if (!rc->gz && rc->crc != rc->zip_crc) {
+                ngx_http_paygw_recon_fail(rc, "the bill's zip entry "
+                                          "fails its CRC-32");
+                return;
+            }
+
+            rc->zip_state = 3;
+            return;
+        }
+
+    } while (!rc->failed
+             && (rc->zs.avail_in > 0 || rc->zs.avail_out == 0));
 }
 
 
@@ -1688,14 +1751,9 @@ static ngx_int_t
 ngx_http_paygw_recon_fetched(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     json_t                          *report;
-    size_t                           mdlen;
-    ngx_str_t                       *h_ts, *h_sig, text;
-    ngx_uint_t                       i, n;
+    ngx_str_t                        text;
     ngx_http_paygw_recon_t          *rc;
-    ngx_http_paygw_recon_local_t    *l;
     ngx_http_paygw_provider_call_t  *pc;
-    u_char                           md[EVP_MAX_MD_SIZE];
-    u_char                           hex[2 * EVP_MAX_MD_SIZE];
 
     rc = ctx->recon;
     pc = ctx->provider;
@@ -1705,6 +1763,43 @@ ngx_http_paygw_recon_fetched(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                    "lines:%ui bytes:%O", &rc->id, pc->status, rc->lines,
                    rc->bytes);
 
+    ngx_http_paygw_recon_check_complete(rc, pc);
+    ngx_http_paygw_recon_check_signed(rc, pc);
+    ngx_http_paygw_recon_missing_remote(rc);
+
+    report = ngx_http_paygw_recon_report(rc);
+    if (report == NULL
+        || ngx_http_paygw_json_dump(r->pool, report, &text) != NGX_OK)
+    {
+        json_decref(report);
+        return NGX_ERROR;
+    }
+
+    json_decref(report);
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "paygw reconcile %V: %V %V %s, %ui lines, %ui differences",
+                  &rc->id, &rc->ch->name, &rc->date,
+                  rc->failed ? "failed" : "completed", rc->lines,
+                  rc->missing_local + rc->missing_remote
+                  + rc->amount_mismatch + rc->status_mismatch);
+
+    ctx->response = text;
+
+    if (ngx_http_paygw_recon_save(r, ctx, &text) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_recon_stored);
+}
+
+
+/* the statement was read whole: else the report fails with the reason */
+
+static void
+ngx_http_paygw_recon_check_complete(ngx_http_paygw_recon_t *rc,
+    ngx_http_paygw_provider_call_t *pc)
+{
     if (!pc->call.ok) {
         ngx_http_paygw_recon_fail(rc, "the statement could not be fetched: "
                                   "%V", &pc->call.error);
@@ -1732,6 +1827,19 @@ ngx_http_paygw_recon_fetched(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     } else if (!rc->header_seen) {
         ngx_http_paygw_recon_fail(rc, "the statement is empty");
     }
+}
+
+
+/* the acquirer's signature or WeChat Pay's hash of the whole statement */
+
+static void
+ngx_http_paygw_recon_check_signed(ngx_http_paygw_recon_t *rc,
+    ngx_http_paygw_provider_call_t *pc)
+{
+    size_t      mdlen;
+    ngx_str_t  *h_ts, *h_sig;
+    u_char      md[EVP_MAX_MD_SIZE];
+    u_char      hex[2 * EVP_MAX_MD_SIZE];
 
     /* the acquirer signs the whole file: HMAC(ts "\n" body) */
 
@@ -1769,40 +1877,51 @@ ngx_http_paygw_recon_fetched(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                       "hash_value WeChat Pay announced");
         }
     }
+}
 
-    if (!rc->failed) {
-        for (i = 0; i < rc->nlocal; i++) {
-            l = &rc->local[i];
 
-            if (l->seen || l->status != NGX_HTTP_PAYGW_RS_SUCCEEDED) {
-                continue;
-            }
+/* a statement read whole: the succeeded local rows no line named */
 
-            rc->missing_remote++;
-            ngx_http_paygw_recon_diff(rc, "missing_remote", l, &l->key,
-                                      l->refund, &l->payment_no,
-                                      &l->trade_no, 0, NULL);
+static void
+ngx_http_paygw_recon_missing_remote(ngx_http_paygw_recon_t *rc)
+{
+    ngx_uint_t                     i;
+    ngx_http_paygw_recon_local_t  *l;
+
+    if (rc->failed) {
+        return;
+    }
+
+    for (i = 0; i < rc->nlocal; i++) {
+        l = &rc->local[i];
+
+        if (l->seen || l->status != NGX_HTTP_PAYGW_RS_SUCCEEDED) {
+            continue;
         }
+
+        rc->missing_remote++;
+        ngx_http_paygw_recon_diff(rc, "missing_remote", l, &l->key,
+                                  l->refund, &l->payment_no,
+                                  &l->trade_no, 0, NULL);
     }
+}
 
-    report = ngx_http_paygw_recon_report(rc);
-    if (report == NULL
-        || ngx_http_paygw_json_dump(r->pool, report, &text) != NGX_OK)
-    {
-        json_decref(report);
-        return NGX_ERROR;
-    }
 
-    json_decref(report);
+/*
+ * The report into MySQL; differences: an event, in the transaction of
+ * the report.
+ */
 
-    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                  "paygw reconcile %V: %V %V %s, %ui lines, %ui differences",
-                  &rc->id, &rc->ch->name, &rc->date,
-                  rc->failed ? "failed" : "completed", rc->lines,
-                  rc->missing_local + rc->missing_remote
-                  + rc->amount_mismatch + rc->status_mismatch);
+static ngx_int_t
+ngx_http_paygw_recon_save(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
+    ngx_str_t *text)
+{
+    json_t                  *event;
+    ngx_uint_t               n;
+    ngx_http_paygw_recon_t  *rc;
 
-    ctx->response = text;
+    rc = ctx->recon;
+
     n = rc->missing_local + rc->missing_remote + rc->amount_mismatch
         + rc->status_mismatch;
 
@@ -1812,33 +1931,31 @@ ngx_http_paygw_recon_fetched(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                              rc->failed, n,
                                              rc->run ? &rc->run->holder
                                                      : NULL,
-                                             &text)
+                                             text)
            != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    /* differences: an event, in the transaction of the report */
-
     if (!rc->failed && n) {
         ctx->mysql->transaction = 1;
 
-        report = json_pack("{s:s%, s:s%, s:s%, s:I}",
-                           "id", rc->id.data, rc->id.len,
-                           "channel", rc->ch->name.data, rc->ch->name.len,
-                           "date", rc->date.data, rc->date.len,
-                           "differences", (json_int_t) n);
+        event = json_pack("{s:s%, s:s%, s:s%, s:I}",
+                          "id", rc->id.data, rc->id.len,
+                          "channel", rc->ch->name.data, rc->ch->name.len,
+                          "date", rc->date.data, rc->date.len,
+                          "differences", (json_int_t) n);
 
-        if (report == NULL
+        if (event == NULL
             || ngx_http_paygw_store_recon_event(r, ctx->mysql, &rc->id,
-                                                report)
+                                                event)
                != NGX_OK)
         {
             return NGX_ERROR;
         }
     }
 
-    return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_recon_stored);
+    return NGX_OK;
 }
 
 
@@ -2277,22 +2394,22 @@ ngx_http_paygw_recon_find(ngx_http_paygw_recon_t *rc, ngx_str_t *key)
 static ngx_uint_t
 ngx_http_paygw_recon_local_status(ngx_str_t *s, ngx_uint_t refund)
 {
-    if (ngx_http_paygw_is(s, "succeeded")
-        || ngx_http_paygw_is(s, "partially_refunded")
-        || ngx_http_paygw_is(s, "refunded"))
-    {
+    switch (ngx_http_paygw_status_parse(s)) {
+
+    case NGX_HTTP_PAYGW_STATUS_SUCCEEDED:
+    case NGX_HTTP_PAYGW_STATUS_PARTIALLY_REFUNDED:
+    case NGX_HTTP_PAYGW_STATUS_REFUNDED:
         return NGX_HTTP_PAYGW_RS_SUCCEEDED;
-    }
 
-    if (ngx_http_paygw_is(s, "failed")) {
+    case NGX_HTTP_PAYGW_STATUS_FAILED:
         return NGX_HTTP_PAYGW_RS_FAILED;
-    }
 
-    if (ngx_http_paygw_is(s, "closed")) {
+    case NGX_HTTP_PAYGW_STATUS_CLOSED:
         return NGX_HTTP_PAYGW_RS_CLOSED;
-    }
 
-    return NGX_HTTP_PAYGW_RS_PENDING;
+    default:
+        return NGX_HTTP_PAYGW_RS_PENDING;
+    }
 }
 
 

@@ -40,6 +40,8 @@ typedef struct {
 } ngx_http_paygw_reconciler_t;
 
 
+static char *ngx_http_paygw_reconciler_params(ngx_conf_t *cf,
+    ngx_http_paygw_reconciler_t *rs, ngx_str_t *value);
 static void ngx_http_paygw_reconciler_tick(ngx_event_t *ev);
 static ngx_int_t ngx_http_paygw_reconciler_request(
     ngx_http_paygw_reconciler_t *rs);
@@ -54,10 +56,8 @@ char *
 ngx_http_paygw_reconcile_schedule(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf)
 {
-    ngx_str_t                    *value, v;
+    ngx_str_t                    *value;
     ngx_url_t                     u;
-    ngx_int_t                     n;
-    ngx_uint_t                    i;
     ngx_http_paygw_reconciler_t  *rs;
 
     if (((ngx_http_paygw_main_conf_t *) conf)->reconciler) {
@@ -88,6 +88,46 @@ ngx_http_paygw_reconcile_schedule(ngx_conf_t *cf, ngx_command_t *cmd,
     rs->interval = 30 * 60000;
     rs->days = 7;
     rs->lease = 600;
+
+    if (ngx_http_paygw_reconciler_params(cf, rs, value) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (rs->key_id.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "paygw_reconcile_schedule needs key=<admin key "
+                           "id>");
+        return NGX_CONF_ERROR;
+    }
+
+    /* the key: paygw_keys comes before, as for paygw_api */
+
+    rs->key = ngx_http_paygw_key_by_id(
+                  &((ngx_http_paygw_main_conf_t *) conf)->keys, &rs->key_id);
+
+    if (rs->key == NULL || rs->key->role != NGX_HTTP_PAYGW_ROLE_ADMIN) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "paygw_reconcile_schedule key \"%V\" is not an "
+                           "admin key of paygw_keys (which must come "
+                           "before it)", &rs->key_id);
+        return NGX_CONF_ERROR;
+    }
+
+    ((ngx_http_paygw_main_conf_t *) conf)->reconciler = rs;
+
+    return NGX_CONF_OK;
+}
+
+
+/* key=, interval=, lease= and days=, after the address */
+
+static char *
+ngx_http_paygw_reconciler_params(ngx_conf_t *cf,
+    ngx_http_paygw_reconciler_t *rs, ngx_str_t *value)
+{
+    ngx_str_t   v;
+    ngx_int_t   n;
+    ngx_uint_t  i;
 
     for (i = 2; i < cf->args->nelts; i++) {
 
@@ -133,28 +173,6 @@ ngx_http_paygw_reconcile_schedule(ngx_conf_t *cf, ngx_command_t *cmd,
 
         goto invalid;
     }
-
-    if (rs->key_id.len == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "paygw_reconcile_schedule needs key=<admin key "
-                           "id>");
-        return NGX_CONF_ERROR;
-    }
-
-    /* the key: paygw_keys comes before, as for paygw_api */
-
-    rs->key = ngx_http_paygw_key_by_id(
-                  &((ngx_http_paygw_main_conf_t *) conf)->keys, &rs->key_id);
-
-    if (rs->key == NULL || rs->key->role != NGX_HTTP_PAYGW_ROLE_ADMIN) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "paygw_reconcile_schedule key \"%V\" is not an "
-                           "admin key of paygw_keys (which must come "
-                           "before it)", &rs->key_id);
-        return NGX_CONF_ERROR;
-    }
-
-    ((ngx_http_paygw_main_conf_t *) conf)->reconciler = rs;
 
     return NGX_CONF_OK;
 
