@@ -159,6 +159,7 @@ char *ngx_http_paygw_read_secret(ngx_conf_t *cf, ngx_str_t *path,
 /* ngx_http_paygw_ids.c: payment, refund and event numbers; time stamps */
 ngx_int_t ngx_http_paygw_random_no(ngx_pool_t *pool, char prefix,
     ngx_str_t *no);
+ngx_int_t ngx_http_paygw_event_id(ngx_pool_t *pool, ngx_str_t *id);
 void ngx_http_paygw_now(ngx_pool_t *pool, ngx_str_t *iso);
 time_t ngx_http_paygw_iso_time(ngx_str_t *iso);
 

@@ -35,6 +35,29 @@ ngx_http_paygw_random_no(ngx_pool_t *pool, char prefix, ngx_str_t *no)
 }
 
 
+ngx_int_t
+ngx_http_paygw_event_id(ngx_pool_t *pool, ngx_str_t *id)
+{
+    ngx_str_t  no;
+
+    /* "evt_" and 80 random bits (SPEC §5: the receiver's dedupe key) */
+
+    if (ngx_http_paygw_random_no(pool, '_', &no) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    id->data = ngx_pnalloc(pool, sizeof("evt") - 1 + no.len);
+    if (id->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    id->len = ngx_cpymem(ngx_cpymem(id->data, "evt", 3), no.data, no.len)
+              - id->data;
+
+    return NGX_OK;
+}
+
+
 void
 ngx_http_paygw_now(ngx_pool_t *pool, ngx_str_t *iso)
 {

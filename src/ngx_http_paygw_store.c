@@ -705,7 +705,7 @@ ngx_http_paygw_store_event(ngx_http_request_t *r,
     ngx_http_paygw_sql_stmt_t  *s;
 
     if (data == NULL
-        || ngx_http_paygw_random_no(r->pool, 'E', &event_id) != NGX_OK)
+        || ngx_http_paygw_event_id(r->pool, &event_id) != NGX_OK)
     {
         json_decref(data);
         return NGX_ERROR;

@@ -176,6 +176,7 @@ for (1 .. 50) {
     last unless $p->{json}{has_more};
 }
 is_deeply(\@pages, [map { $_->{id} } @evs], 'pages of 3 walk the same list, in order');
+is(scalar(grep { !/^evt_[0-9a-f]{20}$/ } @pages), 0, 'event ids are evt_... (SPEC §5)');
 is($gw->api(GET => '/v1/events?limit=0')->{status}, 400, 'limit=0: 400');
 is(scalar @{ $gw->api(GET => '/v1/events?after=Enosuchevent')->{json}{data} }, 0,
    'an unknown cursor lists nothing');
