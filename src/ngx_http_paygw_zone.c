@@ -193,15 +193,21 @@ ngx_http_paygw_zone_slots(ngx_http_paygw_zone_ctx_t *ctx)
     for (i = 0; i < NGX_HTTP_PAYGW_SLOT_OTHER; i++) {
         name = &ctx->slot_names[i];
 
+        /* an unused slot has no name: data is NULL, len 0 */
+
         if (ngx_strlen(sh->slot_name[i]) == name->len
-            && ngx_strncmp(sh->slot_name[i], name->data, name->len) == 0)
+            && (name->len == 0
+                || ngx_strncmp(sh->slot_name[i], name->data, name->len) == 0))
         {
             continue;
         }
 
         ngx_http_paygw_zone_clear(sh, i);
 
-        ngx_memcpy(sh->slot_name[i], name->data, name->len);
+        if (name->len) {
+            ngx_memcpy(sh->slot_name[i], name->data, name->len);
+        }
+
         sh->slot_name[i][name->len] = '\0';
     }
 
