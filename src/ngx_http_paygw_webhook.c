@@ -20,7 +20,6 @@
 
 
 #include "ngx_http_paygw_webhook.h"
-#include <openssl/rand.h>
 
 
 #define NGX_HTTP_PAYGW_WH_TIMEOUT   120000
@@ -33,13 +32,10 @@ static char *ngx_http_paygw_webhook_param(ngx_conf_t *cf,
 static char *ngx_http_paygw_webhook_secrets_line(ngx_conf_t *cf,
     ngx_http_paygw_webhook_conf_t *wc, u_char *p, u_char *last,
     ngx_uint_t line);
-static void ngx_http_paygw_webhook_tick(ngx_event_t *ev);
-static ngx_int_t ngx_http_paygw_webhook_request(
-    ngx_http_paygw_webhook_conf_t *wc);
-static void ngx_http_paygw_webhook_write(ngx_event_t *wev);
-static void ngx_http_paygw_webhook_read(ngx_event_t *rev);
-static void ngx_http_paygw_webhook_done(ngx_http_paygw_webhook_conf_t *wc,
-    const char *why);
+static void ngx_http_paygw_webhook_answer(ngx_http_paygw_self_t *self,
+    u_char *text);
+static ngx_msec_t ngx_http_paygw_webhook_next(ngx_http_paygw_self_t *self,
+    ngx_uint_t failed);
 static ngx_int_t ngx_http_paygw_webhook_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 
@@ -77,7 +73,7 @@ ngx_http_paygw_webhook_get(ngx_conf_t *cf, ngx_http_paygw_main_conf_t *pmcf)
         return NULL;
     }
 
-    wc->interval = 1000;
+    wc->self.interval = 1000;
     wc->batch = 100;
     wc->lease = 60000;
     wc->retention = 7 * 86400;
@@ -98,7 +94,6 @@ ngx_http_paygw_webhook(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     char                           *rv;
     ngx_str_t                      *value;
-    ngx_url_t                       u;
     ngx_uint_t                      i;
     ngx_http_paygw_webhook_conf_t  *wc;
 
@@ -107,26 +102,17 @@ ngx_http_paygw_webhook(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (wc->addr) {
+    if (wc->self.addr) {
         return "is duplicate";
     }
 
     value = cf->args->elts;
 
-    ngx_memzero(&u, sizeof(ngx_url_t));
-    u.url = value[1];
-    u.no_resolve = 1;
-
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0
-        || u.no_port)
+    if (ngx_http_paygw_self_addr(cf, &wc->self, &value[1], "paygw_webhook")
+        != NGX_CONF_OK)
     {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "paygw_webhook needs the gateway's own "
-                           "IP:port, not \"%V\"", &value[1]);
         return NGX_CONF_ERROR;
     }
-
-    wc->addr = &u.addrs[0];
 
     for (i = 2; i < cf->args->nelts; i++) {
         rv = ngx_http_paygw_webhook_param(cf, wc, &value[i]);
@@ -176,7 +162,7 @@ ngx_http_paygw_webhook_param(ngx_conf_t *cf,
         }
 
         if (v->data[0] == 'i') {
-            wc->interval = ms;
+            wc->self.interval = ms;
         } else {
             wc->lease = ms;
         }
@@ -472,14 +458,16 @@ ngx_http_paygw_webhook_check(ngx_conf_t *cf, ngx_http_paygw_main_conf_t *pmcf)
                    sizeof(ngx_http_paygw_webhook_default_retry));
     }
 
-    if (wc->addr == NULL) {
+    if (wc->self.addr == NULL) {
         /* secrets without a sender: the events API still works */
         return NGX_OK;
     }
 
-    wc->key = ngx_http_paygw_key_by_id(&pmcf->keys, &wc->key_id);
+    wc->self.key = ngx_http_paygw_key_by_id(&pmcf->keys, &wc->key_id);
 
-    if (wc->key == NULL || wc->key->role != NGX_HTTP_PAYGW_ROLE_ADMIN) {
+    if (wc->self.key == NULL
+        || wc->self.key->role != NGX_HTTP_PAYGW_ROLE_ADMIN)
+    {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
                       "paygw_webhook key \"%V\" is not an admin key of "
                       "paygw_keys", &wc->key_id);
@@ -832,6 +820,7 @@ ngx_http_paygw_webhook_variable(ngx_http_request_t *r,
 ngx_int_t
 ngx_http_paygw_webhook_init_process(ngx_cycle_t *cycle)
 {
+    ngx_msec_t                      first;
     ngx_http_paygw_main_conf_t     *pmcf;
     ngx_http_paygw_webhook_conf_t  *wc;
 
@@ -841,256 +830,69 @@ ngx_http_paygw_webhook_init_process(ngx_cycle_t *cycle)
 
     /* every worker: the leases keep them from sending the same event */
 
-    if (wc == NULL || wc->addr == NULL || ngx_process != NGX_PROCESS_WORKER)
+    if (wc == NULL || wc->self.addr == NULL
+        || ngx_process != NGX_PROCESS_WORKER)
     {
         return NGX_OK;
     }
 
-    wc->out = ngx_create_temp_buf(cycle->pool, 1024);
-    if (wc->out == NULL) {
-        return NGX_ERROR;
-    }
-
-    wc->log = cycle->log;
-    wc->timer.handler = ngx_http_paygw_webhook_tick;
-    wc->timer.data = wc;
-    wc->timer.log = cycle->log;
-    wc->timer.cancelable = 1;
+    wc->self.name = "paygw webhook";
+    wc->self.timeout = NGX_HTTP_PAYGW_WH_TIMEOUT;
+    ngx_str_set(&wc->self.uri, "/v1/admin/webhooks/deliver");
+    ngx_str_set(&wc->self.headers, "Host: paygw-webhooks\r\n");
+    ngx_str_set(&wc->self.idem_prefix, "deliver");
+    ngx_str_set(&wc->self.body, "{}");
+    wc->self.answer = ngx_http_paygw_webhook_answer;
+    wc->self.next = ngx_http_paygw_webhook_next;
+    wc->self.data = wc;
 
     /* spread the workers' first rounds */
 
-    ngx_add_timer(&wc->timer, wc->interval / 2 + ngx_random() % wc->interval);
+    first = wc->self.interval / 2 + ngx_random() % wc->self.interval;
 
-    return NGX_OK;
+    return ngx_http_paygw_self_start(&wc->self, cycle, first);
 }
 
+
+/* {"claimed":N,...}: a full batch means more is waiting */
 
 static void
-ngx_http_paygw_webhook_tick(ngx_event_t *ev)
-{
-    ngx_int_t                       rc;
-    ngx_connection_t               *c;
-    ngx_http_paygw_webhook_conf_t  *wc;
-
-    wc = ev->data;
-
-    if (ngx_exiting || ngx_terminate || ngx_quit) {
-        return;
-    }
-
-    if (wc->peer.connection) {
-        ngx_add_timer(&wc->timer, wc->interval);
-        return;
-    }
-
-    if (ngx_http_paygw_webhook_request(wc) != NGX_OK) {
-        ngx_add_timer(&wc->timer, wc->interval);
-        return;
-    }
-
-    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, wc->log, 0,
-                   "paygw webhook: a delivery round starts");
-
-    ngx_memzero(&wc->peer, sizeof(ngx_peer_connection_t));
-
-    wc->peer.sockaddr = wc->addr->sockaddr;
-    wc->peer.socklen = wc->addr->socklen;
-    wc->peer.name = &wc->addr->name;
-    wc->peer.get = ngx_event_get_peer;
-    wc->peer.log = wc->log;
-    wc->peer.log_error = NGX_ERROR_ERR;
-
-    rc = ngx_event_connect_peer(&wc->peer);
-
-    if (rc == NGX_ERROR || rc == NGX_BUSY || rc == NGX_DECLINED) {
-        ngx_http_paygw_webhook_done(wc, "cannot connect");
-        return;
-    }
-
-    c = wc->peer.connection;
-    c->data = wc;
-    c->write->handler = ngx_http_paygw_webhook_write;
-    c->read->handler = ngx_http_paygw_webhook_read;
-
-    ngx_add_timer(c->read, NGX_HTTP_PAYGW_WH_TIMEOUT);
-
-    if (rc == NGX_OK) {
-        ngx_http_paygw_webhook_write(c->write);
-    }
-}
-
-
-static ngx_int_t
-ngx_http_paygw_webhook_request(ngx_http_paygw_webhook_conf_t *wc)
-{
-    time_t      ts;
-    ngx_str_t   method, uri, nonce, body, ts_str;
-    u_char      rnd[16], nonce_hex[32];
-    u_char      sig[64], ts_buf[NGX_TIME_T_LEN];
-
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
-        return NGX_ERROR;
-    }
-
-    ngx_hex_dump(nonce_hex, rnd, sizeof(rnd));
-
-    ts = ngx_time();
-    ngx_str_set(&method, "POST");
-    ngx_str_set(&uri, "/v1/admin/webhooks/deliver");
-    ngx_str_set(&body, "{}");
-    nonce.data = nonce_hex;
-    nonce.len = sizeof(nonce_hex);
-
-    ts_str.data = ts_buf;
-    ts_str.len = ngx_sprintf(ts_buf, "%T", ts) - ts_buf;
-
-    if (ngx_http_paygw_auth_sign(&wc->key->secret, &method, &uri, &ts_str,
-                                 &nonce, &body, sig)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    wc->answered = 0;
-    wc->claimed = 0;
-    wc->out->pos = wc->out->start;
-    wc->out->last = ngx_sprintf(wc->out->pos,
-        "POST /v1/admin/webhooks/deliver HTTP/1.0\r\n"
-        "Host: paygw-webhooks\r\n"
-        "Authorization: PAYGW-HMAC-SHA256 key=%V,ts=%T,nonce=%V,sig=%*s\r\n"
-        "Idempotency-Key: deliver-%V\r\n"
-        "Content-Type: application/json\r\n"
-        "Content-Length: 2\r\n\r\n{}",
-        &wc->key->key_id, ts, &nonce, (size_t) 64, sig, &nonce);
-
-    return NGX_OK;
-}
-
-
-static void
-ngx_http_paygw_webhook_write(ngx_event_t *wev)
-{
-    ssize_t                         n;
-    ngx_connection_t               *c;
-    ngx_http_paygw_webhook_conf_t  *wc;
-
-    c = wev->data;
-    wc = c->data;
-
-    while (wc->out->pos < wc->out->last) {
-        n = c->send(c, wc->out->pos, wc->out->last - wc->out->pos);
-
-        if (n == NGX_AGAIN) {
-            if (ngx_handle_write_event(wev, 0) != NGX_OK) {
-                ngx_http_paygw_webhook_done(wc, "write event");
-            }
-
-            return;
-        }
-
-        if (n <= 0) {
-            ngx_http_paygw_webhook_done(wc, "cannot send");
-            return;
-        }
-
-        wc->out->pos += n;
-    }
-
-    if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
-        ngx_http_paygw_webhook_done(wc, "read event");
-    }
-}
-
-
-static void
-ngx_http_paygw_webhook_read(ngx_event_t *rev)
+ngx_http_paygw_webhook_answer(ngx_http_paygw_self_t *self, u_char *text)
 {
     u_char                         *p;
-    ssize_t                         n;
-    ngx_int_t                       k;
-    ngx_connection_t               *c;
+    ngx_uint_t                      k;
     ngx_http_paygw_webhook_conf_t  *wc;
-    u_char                          buf[1024];
 
-    c = rev->data;
-    wc = c->data;
+    wc = self->data;
 
-    if (rev->timedout) {
-        ngx_http_paygw_webhook_done(wc, "timed out");
+    p = (u_char *) ngx_strstr(text, "\"claimed\":");
+    if (p == NULL) {
         return;
     }
 
-    /* HTTP/1.0: the gateway closes the connection when it is done */
+    p += sizeof("\"claimed\":") - 1;
 
-    for ( ;; ) {
-        n = c->recv(c, buf, sizeof(buf) - 1);
-
-        if (n == NGX_AGAIN) {
-            if (ngx_handle_read_event(rev, 0) != NGX_OK) {
-                ngx_http_paygw_webhook_done(wc, "read event");
-            }
-
-            return;
-        }
-
-        if (n == 0) {
-            ngx_http_paygw_webhook_done(wc, NULL);
-            return;
-        }
-
-        if (n == NGX_ERROR) {
-            ngx_http_paygw_webhook_done(wc, "cannot read");
-            return;
-        }
-
-        buf[n] = '\0';
-
-        if (!wc->answered && n > 12 && ngx_strncmp(buf, "HTTP/1.", 7) == 0
-            && buf[9] != '2')
-        {
-            ngx_log_error(NGX_LOG_ERR, wc->log, 0,
-                          "paygw webhook: the gateway answered %*s",
-                          (size_t) 3, buf + 9);
-        }
-
-        wc->answered = 1;
-
-        /* {"claimed":N,...}: a full batch means more is waiting */
-
-        p = (u_char *) ngx_strstr(buf, "\"claimed\":");
-        if (p) {
-            p += sizeof("\"claimed\":") - 1;
-            for (k = 0; *p >= '0' && *p <= '9'; p++) {
-                k = k * 10 + (*p - '0');
-            }
-
-            wc->claimed = k;
-        }
+    for (k = 0; *p >= '0' && *p <= '9'; p++) {
+        k = k * 10 + (*p - '0');
     }
+
+    wc->claimed = k;
 }
 
 
-static void
-ngx_http_paygw_webhook_done(ngx_http_paygw_webhook_conf_t *wc,
-    const char *why)
+static ngx_msec_t
+ngx_http_paygw_webhook_next(ngx_http_paygw_self_t *self, ngx_uint_t failed)
 {
-    if (why) {
-        ngx_log_error(NGX_LOG_ERR, wc->log, 0, "paygw webhook: %s", why);
-    }
+    ngx_uint_t                      claimed;
+    ngx_http_paygw_webhook_conf_t  *wc;
 
-    if (wc->peer.connection) {
-        ngx_close_connection(wc->peer.connection);
-        wc->peer.connection = NULL;
-    }
+    wc = self->data;
 
-    if (ngx_exiting || ngx_terminate || ngx_quit) {
-        return;
-    }
+    claimed = wc->claimed;
+    wc->claimed = 0;
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, wc->log, 0,
-                   "paygw webhook: the round claimed %ui", wc->claimed);
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, self->log, 0,
+                   "paygw webhook: the round claimed %ui", claimed);
 
-    ngx_add_timer(&wc->timer,
-                  (why == NULL && wc->claimed >= wc->batch) ? 1
-                                                            : wc->interval);
+    return (!failed && claimed >= wc->batch) ? 1 : self->interval;
 }

@@ -11,6 +11,7 @@
 
 
 #include "ngx_http_paygw_types.h"
+#include "ngx_http_paygw_self.h"
 
 
 #define NGX_HTTP_PAYGW_API_DELIVER      30  /* one delivery round */
@@ -36,11 +37,9 @@ typedef struct {
 
 
 typedef struct {
-    /* the ticker: the gateway's own listener and an admin key */
-    ngx_addr_t                   *addr;
+    /* the ticker: rounds sent to the gateway's own listener */
+    ngx_http_paygw_self_t         self;
     ngx_str_t                     key_id;
-    ngx_http_paygw_key_t         *key;
-    ngx_msec_t                    interval;
     ngx_uint_t                    batch;
     ngx_msec_t                    lease;
     time_t                        retention;
@@ -53,12 +52,7 @@ typedef struct {
     ngx_flag_t                    allow_loopback;
 
     /* per worker */
-    ngx_event_t                   timer;
-    ngx_peer_connection_t         peer;
-    ngx_buf_t                    *out;
-    ngx_log_t                    *log;
     ngx_uint_t                    claimed;       /* by the last round */
-    unsigned                      answered:1;
 } ngx_http_paygw_webhook_conf_t;
 
 
