@@ -139,6 +139,8 @@ if [ -d "$run" ]; then
 fi
 rm -rf "$run"
 mkdir -p "$logs" "$run/tmp" "$run/req" "$run/redis" "$run/mysql/data" "$run/mysql/tmp" "$bench/results"
+# a worker that crashes leaves its core here (nginx's working_directory)
+rm -rf "$run/cores" && mkdir -m 1777 "$run/cores"
 
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -248,7 +250,7 @@ sed -e "s|@PAYGW_PORT@|$PORT|g" \
     -e "s|@MODULE_PATH@|$module|g" \
     -e "s|@RUN_DIR@|$run|g" \
     -e "s|@REPO@|$repo|g" \
-    -e "s|^\(\s*worker_processes\s\+\)[^;]*;|\1$WORKERS;|" \
+    -e "s|^\(\s*worker_processes\s\+\)[^;]*;|\1$WORKERS; worker_rlimit_core 2g; working_directory $run/cores;|" \
     -e "s|^\(\s*error_log\s\+[^ ;]\+\)\(\s\+[a-z]\+\)\?\s*;|\1 warn;|" \
     -e "s|^\(\s*access_log\s\+\)[^;]*;|\1off;|" \
     "$repo/nginx.conf.example" > "$run/nginx.conf.tmp"
@@ -356,6 +358,8 @@ nwarn=$(grep -c '\[\(warn\|error\|crit\|alert\|emerg\)\]' "$logs/error.log" || t
     grep '\[\(warn\|error\|crit\|alert\|emerg\)\]' "$logs/error.log" \
         | sed -e 's/^[0-9\/]* [0-9:]* //' -e 's/, client: .*//' \
         | sort | uniq -c | sort -rn | head -n 5 | sed 's/^/  /' || true
+    ncores=$(find "$run/cores" -name 'core*' -type f | wc -l)
+    [ "$ncores" = 0 ] || echo "worker core dumps: $ncores in $run/cores (gdb $(command -v nginx) <core>)"
     echo "wall time: $(( $(date +%s) - started ))s (stack start to report)"
 } | tee -a "$out"
 say "saved $out"

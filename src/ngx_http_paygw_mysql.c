@@ -596,12 +596,13 @@ ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc)
 
     /*
      * A deadlock victim's transaction was rolled back whole by the
-     * server: running it again from the start is what InnoDB expects.
+     * server: running it again from the start is what InnoDB expects
+     * (and what a restartable op without a transaction allows).
      */
 
     if ((err == NGX_HTTP_PAYGW_ER_LOCK_DEADLOCK
          || err == NGX_HTTP_PAYGW_ER_LOCK_WAIT_TIMEOUT)
-        && tx && op->deadlocks < 3)
+        && (tx || op->restartable) && op->deadlocks < 3)
     {
         ngx_log_error(NGX_LOG_INFO, op->request->connection->log, 0,
                       "paygw mysql: %s, running the transaction again",

@@ -60,6 +60,10 @@ typedef struct ngx_http_paygw_mysql_conn_s  ngx_http_paygw_mysql_conn_t;
  * accepted (0) or which error it gave for statement "failed".
  * "conflict" is set when a statement did not affect the rows expected
  * (a conditional update that lost), which also rolls back.
+ * "restartable" says that statements without a transaction may all run
+ * again from the first after a deadlock (a claim, a purge): the server
+ * rolled back the victim statement only, and running the earlier ones
+ * twice changes nothing.
  */
 
 typedef struct {
@@ -70,6 +74,7 @@ typedef struct {
     unsigned                      transaction:1;
     unsigned                      read_only:1;
     unsigned                      conflict:1;
+    unsigned                      restartable:1;  /* may run again whole */
 
     ngx_uint_t                    failed;
     unsigned int                  err_no;

@@ -1281,8 +1281,15 @@ ngx_http_paygw_mysql_down(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     /* the driver's words go to the log, never to the client */
 
-    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                  "paygw: mysql unavailable: %V", &ctx->mysql->call.error);
+    if (ctx->mysql->call.ok && ctx->mysql->err_no) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw: mysql refused a statement: error %ud: %V",
+                      ctx->mysql->err_no, &ctx->mysql->err_msg);
+
+    } else {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw: mysql unavailable: %V", &ctx->mysql->call.error);
+    }
 
     return ngx_http_paygw_fail(r, ctx,
                                ctx->mysql->call.status

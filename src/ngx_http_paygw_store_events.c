@@ -32,6 +32,10 @@ ngx_http_paygw_store_claim_events(ngx_http_paygw_mysql_op_t *op,
 {
     ngx_http_paygw_sql_stmt_t  *s;
 
+    /* two rounds' claims (or purges) may deadlock: run again */
+
+    op->restartable = 1;
+
     if (ngx_http_paygw_mysql_add(op, "SET TRANSACTION ISOLATION LEVEL "
                                      "READ COMMITTED")
         == NULL)
@@ -214,6 +218,10 @@ ngx_http_paygw_store_housekeeping(ngx_http_paygw_mysql_op_t *op,
     time_t retention)
 {
     ngx_http_paygw_sql_stmt_t  *s;
+
+    /* two rounds' claims (or purges) may deadlock: run again */
+
+    op->restartable = 1;
 
     if (ngx_http_paygw_mysql_add(op, "SET TRANSACTION ISOLATION LEVEL "
                                      "READ COMMITTED")
