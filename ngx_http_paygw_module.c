@@ -16,6 +16,7 @@
 #include "ngx_http_paygw_trace.h"
 #include "ngx_http_paygw_fees.h"
 #include "ngx_http_paygw_webhook.h"
+#include "ngx_http_paygw_request.h"
 
 
 static void *ngx_http_paygw_create_main_conf(ngx_conf_t *cf);
@@ -441,6 +442,7 @@ ngx_http_paygw_redis_timeout(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static ngx_int_t
 ngx_http_paygw_init_process(ngx_cycle_t *cycle)
 {
+    ngx_http_paygw_json_init();
     ngx_http_paygw_redact_init_process(cycle);
 
     if (ngx_http_paygw_reconciler_init_process(cycle) != NGX_OK
