@@ -8,8 +8,8 @@
 # that request's pool) afterwards: under `make test-asan` a read of it is a
 # heap-use-after-free report, which fails this file.  (Here MariaDB
 # Connector/C reports the refused connect on the next event, not inside
-# the wake-up, so this drives the queue and the wake-up under ASan without
-# reaching the synchronous finish; the fix was made by reading the code.)
+# the wake-up; the second part below reaches the synchronous finish, and
+# ASan reported the read of op->queued after the posted requests there.)
 use strict;
 use warnings;
 
