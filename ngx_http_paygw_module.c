@@ -16,6 +16,7 @@
 #include "ngx_http_paygw_trace.h"
 #include "ngx_http_paygw_fees.h"
 #include "ngx_http_paygw_webhook.h"
+#include "ngx_http_paygw_request.h"
 
 
 static void *ngx_http_paygw_create_main_conf(ngx_conf_t *cf);
@@ -23,6 +24,8 @@ static ngx_int_t ngx_http_paygw_postconfiguration(ngx_conf_t *cf);
 static char *ngx_http_paygw_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_paygw_create_loc_conf(ngx_conf_t *cf);
 static ngx_int_t ngx_http_paygw_init_process(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_paygw_body_conf(ngx_conf_t *cf,
+    ngx_http_paygw_loc_conf_t *conf);
 static char *ngx_http_paygw_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
 static char *ngx_http_paygw_redis_timeout(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -394,6 +397,10 @@ ngx_http_paygw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     ngx_conf_merge_value(conf->api, prev->api, 0);
     ngx_conf_merge_size_value(conf->max_body, prev->max_body, 16 * 1024);
+
+    if (conf->api && ngx_http_paygw_body_conf(cf, conf) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
     ngx_conf_merge_msec_value(conf->idem_retention, prev->idem_retention,
                               24 * 60 * 60 * 1000);
     ngx_conf_merge_msec_value(conf->idem_lock, prev->idem_lock, 60 * 1000);
@@ -405,6 +412,39 @@ ngx_http_paygw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                              "/_paygw/mysql");
 
     return ngx_http_paygw_mysql_merge_conf(cf, prev, conf);
+}
+
+
+/*
+ * An API request's body carries card data: it must stay in memory, where
+ * the module wipes it (nginx merges its own module's settings first).
+ */
+
+static ngx_int_t
+ngx_http_paygw_body_conf(ngx_conf_t *cf, ngx_http_paygw_loc_conf_t *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->client_body_in_file_only) {           /* "on" or "clean" */
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "paygw_api: client_body_in_file_only would write "
+                           "card data to disk");
+        return NGX_ERROR;
+    }
+
+    if ((size_t) clcf->client_body_buffer_size < conf->max_body) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "paygw_api: client_body_buffer_size %uz is "
+                           "smaller than paygw_max_body_size %uz: larger "
+                           "bodies go to a temporary file (refused, but "
+                           "written to disk)",
+                           (size_t) clcf->client_body_buffer_size,
+                           conf->max_body);
+    }
+
+    return NGX_OK;
 }
 
 
@@ -441,6 +481,7 @@ ngx_http_paygw_redis_timeout(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 static ngx_int_t
 ngx_http_paygw_init_process(ngx_cycle_t *cycle)
 {
+    ngx_http_paygw_json_init();
     ngx_http_paygw_redact_init_process(cycle);
 
     if (ngx_http_paygw_reconciler_init_process(cycle) != NGX_OK

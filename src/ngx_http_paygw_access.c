@@ -373,6 +373,10 @@ ngx_http_paygw_access_collect(ngx_http_request_t *r,
         return NGX_OK;
     }
 
+    if (ngx_http_paygw_body_wipe_add(r, ctx) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     /* a body nginx had to write to disk would need a blocking read */
 
     if (r->request_body->temp_file) {

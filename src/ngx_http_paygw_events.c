@@ -947,8 +947,7 @@ ngx_http_paygw_deliver_recorded(ngx_http_request_t *r,
 
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                       "paygw deliver: the outcomes of %ui events could not "
-                      "be recorded (mysql error %ud)", rd->nevents,
-                      ctx->mysql->err_no);
+                      "be recorded", rd->nevents);
 
         return ngx_http_paygw_mysql_down(r, ctx);
     }
@@ -973,7 +972,7 @@ ngx_http_paygw_deliver_recorded(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_paygw_deliver_kept(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_str_t                  *v;
+    ngx_str_t                  *v, reason;
     ngx_http_paygw_sql_stmt_t  *s;
 
     s = ctx->mysql->stmts.elts;
@@ -987,9 +986,10 @@ ngx_http_paygw_deliver_kept(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                                  ngx_http_paygw_ev_uint(&v[1]));
 
     } else {
+        ngx_http_paygw_mysql_reason(ctx->mysql, &reason);
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "paygw deliver: the outbox housekeeping failed "
-                      "(mysql error %ud)", ctx->mysql->err_no);
+                      "paygw deliver: the outbox housekeeping failed: %V",
+                      &reason);
     }
 
     return ngx_http_paygw_deliver_answer(r, ctx);

@@ -44,6 +44,7 @@ static void ngx_http_paygw_mysql_resume(ngx_http_paygw_mysql_conn_t *mc,
 static void ngx_http_paygw_mysql_op_timeout(ngx_event_t *ev);
 static void ngx_http_paygw_mysql_cleanup(void *data);
 static void ngx_http_paygw_mysql_finish(ngx_http_paygw_mysql_op_t *op);
+static ngx_uint_t ngx_http_paygw_word(u_char c);
 
 
 /* the caller's side */
@@ -181,6 +182,80 @@ ngx_http_paygw_mysql_send(ngx_http_request_t *r, ngx_http_paygw_mysql_op_t *op)
     op->retried = 0;
 
     return ngx_http_paygw_call_start(r, &plcf->mysql_uri, &op->call);
+}
+
+
+/*
+ * Why an op failed, for the log: the call's own error (connection, timeout)
+ * or the server's errno and message.  The message quotes values ("Duplicate
+ * entry 'B-1' for key ..."): every quoted run is blanked, so that no value
+ * of a statement reaches the log.
+ */
+
+void
+ngx_http_paygw_mysql_reason(ngx_http_paygw_mysql_op_t *op, ngx_str_t *reason)
+{
+    u_char      *p, *last, *end;
+    ngx_uint_t   quoted;
+
+    if (!op->call.ok) {
+        if (op->call.error.len) {
+            *reason = op->call.error;
+        } else {
+            ngx_str_set(reason, "no answer");
+        }
+        return;
+    }
+
+    if (op->err_no == 0) {
+        ngx_str_set(reason, "no error");
+        return;
+    }
+
+    reason->len = NGX_INT_T_LEN + sizeof("error : ") - 1 + op->err_msg.len;
+    reason->data = ngx_pnalloc(op->pool, reason->len);
+    if (reason->data == NULL) {
+        ngx_str_set(reason, "server error");
+        return;
+    }
+
+    p = ngx_sprintf(reason->data, "error %ud: ", op->err_no);
+    end = op->err_msg.data + op->err_msg.len;
+    quoted = 0;
+
+    /* a quote opens after a non-word byte and closes before one */
+
+    for (last = op->err_msg.data; last < end; last++) {
+
+        if (*last == '\'' && !quoted
+            && (last == op->err_msg.data || !ngx_http_paygw_word(last[-1])))
+        {
+            p = ngx_cpymem(p, "'?", 2);
+            quoted = 1;
+            continue;
+        }
+
+        if (*last == '\'' && quoted
+            && (last + 1 == end || !ngx_http_paygw_word(last[1])))
+        {
+            *p++ = '\'';
+            quoted = 0;
+            continue;
+        }
+
+        if (!quoted) {
+            *p++ = *last;
+        }
+    }
+
+    reason->len = p - reason->data;
+}
+
+
+static ngx_uint_t
+ngx_http_paygw_word(u_char c)
+{
+    return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z');
 }
 
 

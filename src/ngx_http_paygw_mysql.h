@@ -128,6 +128,8 @@ ngx_int_t ngx_http_paygw_sql_null(ngx_http_paygw_mysql_op_t *op,
     ngx_http_paygw_sql_stmt_t *stmt);
 ngx_str_t *ngx_http_paygw_sql_value(ngx_http_paygw_sql_stmt_t *stmt,
     ngx_uint_t row, ngx_uint_t col);
+void ngx_http_paygw_mysql_reason(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *reason);
 ngx_int_t ngx_http_paygw_mysql_send(ngx_http_request_t *r,
     ngx_http_paygw_mysql_op_t *op);
 

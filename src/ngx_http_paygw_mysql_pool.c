@@ -223,6 +223,9 @@ ngx_http_paygw_mysql_wake(ngx_event_t *ev)
 
         c = op->request->connection;
 
+        ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ev->log, 0,
+                       "paygw mysql: wake-up dispatches a waiting op");
+
         ngx_http_paygw_mysql_dispatch(op);
 
         /*
@@ -234,6 +237,10 @@ ngx_http_paygw_mysql_wake(ngx_event_t *ev)
         queued = op->queued;
 
         ngx_http_run_posted_requests(c);
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, 0,
+                       "paygw mysql: wake-up ran the posted requests, "
+                       "queued:%ui", queued);
 
         if (queued) {
             /* every idle connection proved dead: try again later */

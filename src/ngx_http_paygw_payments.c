@@ -226,9 +226,13 @@ ngx_http_paygw_create_denied(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                    "paygw create: step \"denied\" payment %V",
                    &ctx->payment.payment_no);
 
+    ngx_str_t  reason;
+
     if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
+        ngx_http_paygw_mysql_reason(ctx->mysql, &reason);
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "paygw: cannot record the risk.block event");
+                      "paygw: cannot record the risk.block event: %V",
+                      &reason);
     }
 
     return ngx_http_paygw_fail_with(r, ctx, NGX_HTTP_FORBIDDEN,
@@ -259,6 +263,8 @@ static ngx_int_t
 ngx_http_paygw_create_inserted(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx)
 {
+    ngx_str_t  reason;
+
     ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw create: step \"inserted\" payment %V, mysql %ud",
                    &ctx->payment.payment_no, ctx->mysql->err_no);
@@ -274,9 +280,9 @@ ngx_http_paygw_create_inserted(ngx_http_request_t *r,
     }
 
     if (ctx->mysql->err_no) {
+        ngx_http_paygw_mysql_reason(ctx->mysql, &reason);
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "paygw: cannot insert payment: %V",
-                      &ctx->mysql->err_msg);
+                      "paygw: cannot insert payment: %V", &reason);
         return NGX_ERROR;
     }
 
@@ -1279,17 +1285,14 @@ ngx_http_paygw_mysql_wait(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 ngx_int_t
 ngx_http_paygw_mysql_down(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
+    ngx_str_t  reason;
+
     /* the driver's words go to the log, never to the client */
 
-    if (ctx->mysql->call.ok && ctx->mysql->err_no) {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "paygw: mysql refused a statement: error %ud: %V",
-                      ctx->mysql->err_no, &ctx->mysql->err_msg);
+    ngx_http_paygw_mysql_reason(ctx->mysql, &reason);
 
-    } else {
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "paygw: mysql unavailable: %V", &ctx->mysql->call.error);
-    }
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "paygw: mysql unavailable: %V", &reason);
 
     return ngx_http_paygw_fail(r, ctx,
                                ctx->mysql->call.status

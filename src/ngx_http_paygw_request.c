@@ -7,6 +7,8 @@
  */
 
 
+#include <malloc.h>
+
 #include "ngx_http_paygw_request.h"
 #include "ngx_http_paygw_api.h"
 #include "ngx_http_paygw_channel.h"
@@ -56,6 +58,8 @@ static void ngx_http_paygw_json_error(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx, json_error_t *err);
 static void ngx_http_paygw_json_cleanup(void *data);
 static void ngx_http_paygw_card_wipe(void *data);
+static void ngx_http_paygw_body_wipe(void *data);
+static void ngx_http_paygw_json_free(void *p);
 
 
 static ngx_str_t *ngx_http_paygw_quote(ngx_http_request_t *r, ngx_str_t *s);
@@ -565,9 +569,9 @@ ngx_http_paygw_parse_card(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     pay = &ctx->payment;
 
     /*
-     * The card is wiped where it lies when the request ends, whatever
-     * its outcome: this cleanup runs before the document's own (pool
-     * cleanups run newest first), so the parsed strings are still there.
+     * The card's strings are wiped where they lie when the request ends,
+     * whatever its outcome: this cleanup runs before the document's own
+     * (pool cleanups run newest first), so the strings are still there.
      */
 
     cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_paygw_card_wipe_t));
@@ -817,23 +821,15 @@ ngx_http_paygw_str(json_t *doc, const char *name, ngx_str_t *out)
 }
 
 
-/*
- * PAN and CVC out of memory at the request's end: the parsed JSON strings,
- * our copy of the body and nginx's request body buffers (only the body's
- * own bytes: a pipelined request after it stays as it is).
- */
+/* PAN and CVC out of the parsed JSON strings at the request's end */
 
 static void
 ngx_http_paygw_card_wipe(void *data)
 {
     ngx_http_paygw_card_wipe_t *w = data;
 
-    ngx_buf_t                 *b;
-    ngx_chain_t               *cl;
-    ngx_http_request_t        *r;
     ngx_http_paygw_payment_t  *pay;
 
-    r = w->request;
     pay = &w->ctx->payment;
 
     if (pay->card_number.data) {
@@ -843,6 +839,50 @@ ngx_http_paygw_card_wipe(void *data)
     if (pay->card_cvc.data) {
         OPENSSL_cleanse(pay->card_cvc.data, pay->card_cvc.len);
     }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, w->request->connection->log, 0,
+                   "paygw: card strings wiped");
+}
+
+
+/*
+ * Whatever body a request had -- a card in it or not, valid JSON or not
+ * -- is wiped at its end: our copy of it and nginx's request body buffers
+ * (only the body's own bytes: a pipelined request after it stays as it
+ * is; the buffers may be the connection's header buffer, which outlives
+ * the request).
+ */
+
+ngx_int_t
+ngx_http_paygw_body_wipe_add(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_pool_cleanup_t          *cln;
+    ngx_http_paygw_card_wipe_t  *w;
+
+    cln = ngx_pool_cleanup_add(r->pool, sizeof(ngx_http_paygw_card_wipe_t));
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    w = cln->data;
+    w->request = r;
+    w->ctx = ctx;
+    cln->handler = ngx_http_paygw_body_wipe;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_paygw_body_wipe(void *data)
+{
+    ngx_http_paygw_card_wipe_t *w = data;
+
+    ngx_buf_t           *b;
+    ngx_chain_t         *cl;
+    ngx_http_request_t  *r;
+
+    r = w->request;
 
     if (w->ctx->body.len) {
         OPENSSL_cleanse(w->ctx->body.data, w->ctx->body.len);
@@ -861,7 +901,30 @@ ngx_http_paygw_card_wipe(void *data)
     }
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "paygw: card data wiped");
+                   "paygw: request body wiped");
+}
+
+
+/*
+ * Every block jansson frees is wiped first: the documents parsed from
+ * request bodies and built for providers, and the scratch buffers of its
+ * lexer and of json_dumps(), which held card numbers on their way.
+ */
+
+static void
+ngx_http_paygw_json_free(void *p)
+{
+    if (p) {
+        OPENSSL_cleanse(p, malloc_usable_size(p));
+        free(p);
+    }
+}
+
+
+void
+ngx_http_paygw_json_init(void)
+{
+    json_set_alloc_funcs(malloc, ngx_http_paygw_json_free);
 }
 
 

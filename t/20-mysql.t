@@ -44,8 +44,8 @@ my $ngx;
         return <<"EOF";
     server {
         listen 127.0.0.1:$listen;
-        client_body_buffer_size 4m;
-        client_max_body_size 8m;
+        client_body_buffer_size 16m;
+        client_max_body_size 16m;
         paygw_redis_timeout 10s;
         location = /_paygw/redis { internal; paygw_redis_pass redis; }
         location = /_paygw/mysql { internal; paygw_mysql_pass $pool; }
@@ -586,6 +586,24 @@ sub in_background {
        '... code backend_timeout');
     ok($r->{elapsed} > 0.8 && $r->{elapsed} < 3,
        sprintf('... after connect_timeout 1 s (%.2fs)', $r->{elapsed}));
+
+    # Closing a connection must not wait on the frozen server.  A 12 MB
+    # statement fills the socket's buffers (the server reads nothing), so
+    # a COM_QUIT written by a blocking mysql_close() would wait for room
+    # for ever, and the worker with it: no answer, not even to /healthz.
+    # (The module shuts the socket down before mysql_close(); Connector/C
+    # 3.3 did not wait here even without that, so this guards the
+    # behaviour rather than having caught a stall.)
+    $db->thaw;
+    is_deeply(mysql_req($fast, [{sql => 'SELECT 1', params => []}])
+                  ->{json}{results}[0]{rows}, [['1']], 'pool warm again');
+    $db->freeze;
+    $r = mysql_req($fast, [{sql => 'SELECT LENGTH(?)',
+                            params => ['x' x (12 << 20)]}], timeout => 15);
+    is($r->{status}, 504, 'frozen: a 12 MB statement times out (504), its '
+                          . 'connection closed without waiting');
+    is(http(GET => $fast->url('/healthz'), timeout => 5)->{status}, 200,
+       '... and the worker goes on (/healthz)');
     $db->thaw;
     $r = mysql_req($fast, [{sql => 'SELECT ?', params => ['thawed']}]);
     is_deeply($r->{json} && $r->{json}{results}[0]{rows}, [['thawed']],

@@ -8,14 +8,15 @@
 # that request's pool) afterwards: under `make test-asan` a read of it is a
 # heap-use-after-free report, which fails this file.  (Here MariaDB
 # Connector/C reports the refused connect on the next event, not inside
-# the wake-up, so this drives the queue and the wake-up under ASan without
-# reaching the synchronous finish; the fix was made by reading the code.)
+# the wake-up; the second part below reaches the synchronous finish, and
+# ASan reported the read of op->queued after the posted requests there.)
 use strict;
 use warnings;
 
 use Test::More;
 use POSIX ();
 
+use JSON::PP ();
 use PayGW::Test qw(backend_vars http http_parallel wait_until);
 
 my $redis = PayGW::Test::Redis->start(no_wait => 1);
@@ -65,5 +66,70 @@ for my $round (1 .. 3) {
 
 ok(kill(0, $ngx->{pid} // 0) || 1, 'nginx still runs');
 is(http(GET => $ngx->url('/readyz'))->{status}, 200, 'and answers');
+
+# ---- the waiting request is finished and freed inside the wake-up ----------
+# A holds the one connection with SELECT SLEEP(1); B waits in the queue
+# with a statement whose parameters do not match it.  When A's connection
+# comes back, the wake-up dispatches B: its op fails before any round trip,
+# finalizes B's subrequest, and the wake-up's ngx_http_run_posted_requests()
+# answers B and frees B's request -- op's pool -- before the wake-up goes
+# on.  That the free happens in there is read from the debug log; that the
+# wake-up does not touch op afterwards is what ASan checks (make test-asan).
+{
+    my $ngx2 = PayGW::Test::Nginx->new(
+        vars => backend_vars(redis => $redis, db => $db), workers => 1,
+        test_module => 1, error_log_level => 'debug', http => <<'EOF')->start;
+    paygw_zone paygw:1m;
+    upstream redis { server 127.0.0.1:%%REDIS_PORT%%; keepalive 8; }
+    paygw_mysql db host=127.0.0.1 port=%%MYSQL_PORT%% user=paygw
+                password_file=%%MYSQL_PASSWORD_FILE%%
+                database=paygw max_conns=1 idle_timeout=60s
+                connect_timeout=10s query_timeout=10s;
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        lingering_close off;    # an answered request is freed at once
+        paygw_redis_timeout 10s;
+        location = /_paygw/redis { internal; paygw_redis_pass redis; }
+        location = /_paygw/mysql { internal; paygw_mysql_pass db; }
+        location = /_test/backend { paygw_test_backend; }
+    }
+EOF
+    my $sql = sub {
+        my ($text, @params) = @_;
+        return [POST => $ngx2->url('/_test/backend'), timeout => 20,
+                json => {mysql => {transaction => JSON::PP::false(),
+                                   statements => [{sql => $text,
+                                                   params => \@params}]}}];
+    };
+    for my $round (1 .. 3) {
+        pipe(my $rd, my $wr) or die "pipe: $!\n";
+        my $a = fork // die "fork: $!\n";
+        if ($a == 0) {
+            close $rd;
+            print {$wr} http(@{ $sql->('SELECT SLEEP(1) AS s') })->{status};
+            close $wr;
+            POSIX::_exit(0);
+        }
+        close $wr;
+        ok(wait_until(sub {
+            $db->sql("SELECT COUNT(*) FROM information_schema.PROCESSLIST "
+                     . "WHERE INFO LIKE 'SELECT SLEEP(1)%'") > 0
+        }, timeout => 10), "round $round: A holds the connection (SLEEP)");
+        is(http(@{ $sql->('SELECT ?, ?', 'only one') })->{status}, 500,
+           "round $round: B (parameters that do not match) answered 500");
+        waitpid $a, 0;
+        is(scalar(<$rd>), 200, "round $round: A answered 200");
+    }
+    my $log = $ngx2->error_log;
+    my @wakes = $log =~ /wake-up dispatches a waiting op\n(.*?)wake-up ran the posted requests/sg;
+    my @freed = grep { /does not match its parameters/
+                       && /http close request|set http keepalive handler/ } @wakes;
+    ok(@freed >= 1, sprintf('B was answered and its request freed inside the '
+                            . 'wake-up (%d of %d wake-ups)', scalar @freed,
+                            scalar @wakes));
+    is(http(@{ $sql->('SELECT ?', 'after') })->{status}, 200,
+       'the pool still serves');
+    $ngx2->stop;
+}
 
 done_testing;

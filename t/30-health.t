@@ -129,7 +129,7 @@ ready_ok('all up');
     $redis->kill;
     live_ok('Redis down');
     my $r = not_ready('Redis down', 'redis');
-    cmp_ok($r->{elapsed}, '<', 2, '... promptly');
+    cmp_ok($r->{elapsed}, '<', 5, '... promptly (not after the 10 s timeouts)');
     $redis->start_again;
     ready_ok('Redis back');
 }
@@ -138,7 +138,7 @@ ready_ok('all up');
     $db->kill;
     live_ok('MySQL down');
     my $r = not_ready('MySQL down', 'mysql');
-    cmp_ok($r->{elapsed}, '<', 2, '... promptly');
+    cmp_ok($r->{elapsed}, '<', 5, '... promptly (not after the 10 s timeouts)');
     $db->start_again;
     ready_ok('MySQL back');
 }
@@ -155,6 +155,10 @@ ready_ok('all up');
 }
 
 # ---- hung backends: readiness still answers, bounded by the timeouts --------
+# The bounds tell the 1 s timeouts from the 10 s ones they replace, with
+# room for a loaded machine.  (An earlier "MySQL frozen" flake did not
+# come back in 10 runs; 1 s + "a bit" under 3 s was the one bound here a
+# busy box can break, issue 10 item 9.)
 
 $ngx->reload(http => conf('1s'));
 ready_ok('reloaded with 1 s timeouts');
@@ -162,8 +166,8 @@ ready_ok('reloaded with 1 s timeouts');
 {
     $redis->freeze;
     my $r = not_ready('Redis frozen', 'redis');
-    ok($r->{elapsed} < 3, sprintf('... within paygw_redis_timeout 1s + a '
-                                  . 'bit (%.2fs)', $r->{elapsed}));
+    ok($r->{elapsed} < 5, sprintf('... bounded by paygw_redis_timeout 1s, '
+                                  . 'not 10s (%.2fs)', $r->{elapsed}));
     live_ok('Redis frozen');
     $redis->thaw;
     ready_ok('Redis thawed');
@@ -172,8 +176,8 @@ ready_ok('reloaded with 1 s timeouts');
 {
     $db->freeze;
     my $r = not_ready('MySQL frozen', 'mysql');
-    ok($r->{elapsed} < 3, sprintf('... within query_timeout 1s + a bit '
-                                  . '(%.2fs)', $r->{elapsed}));
+    ok($r->{elapsed} < 5, sprintf('... bounded by query_timeout 1s, not '
+                                  . '10s (%.2fs)', $r->{elapsed}));
     live_ok('MySQL frozen');
     $db->thaw;
     ready_ok('MySQL thawed');

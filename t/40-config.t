@@ -203,6 +203,29 @@ sub grace_conf {
         or diag($out);
 }
 
+# ---- card bodies stay in memory ----------------------------------------------
+
+# The module wipes an API body where nginx read it; a body written to a
+# temporary file would leave card data on disk.
+{
+    my $api = 'paygw_keys ' . PayGW::Test::repo_root() . '/conf/demo/keys.conf;';
+    my $loc = 'location /v1/ { paygw_api; %s }';
+    my ($rc, $out) = $ngx->test_config(http => conf(
+        before => $api, extra => sprintf($loc, 'client_body_in_file_only on;')));
+    $all_output .= $out;
+    isnt($rc, 0, 'paygw_api with client_body_in_file_only: nginx -t fails');
+    like($out, qr/client_body_in_file_only would write card data to disk/,
+         '... saying why') or diag($out);
+
+    ($rc, $out) = $ngx->test_config(http => conf(
+        before => $api, extra => sprintf($loc, 'client_body_buffer_size 8k;')));
+    $all_output .= $out;
+    is($rc, 0, 'paygw_api with a body buffer under paygw_max_body_size: passes')
+        or diag($out);
+    like($out, qr/client_body_buffer_size 8192 is smaller than paygw_max_body_size 16384/,
+         '... with a warning') or diag($out);
+}
+
 # ---- test code never ships ---------------------------------------------------
 
 # paygw_test_backend runs caller-supplied commands and SQL: it lives in the

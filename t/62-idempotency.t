@@ -299,6 +299,13 @@ sub api_in_background {
     # the first request holds the key once its record is in Redis
     ok(wait_until(sub { $gw->redis->cli('EXISTS', redis_key('M100', $key)) eq '1' },
                   timeout => 2.5), 'the first request took the key');
+    # ... for as long as its create may run (nginx -t sums it up): here
+    # 2 x (3 s MySQL connect + 10 s query) + 13 s + attempts=3 x (1 s
+    # proxy connect + 10 s read) = 72 s, longer than the 60 s default
+    my $pttl = $gw->redis->cli('PTTL', redis_key('M100', $key));
+    ok($pttl =~ /^\d+$/ && $pttl > 60_000 && $pttl <= 72_000,
+       'the lock outlives the longest create (72 s, not 60 s)')
+        or diag("PTTL $pttl");
     # ... and is waiting for the acquirer once its payment row is written
     ok(wait_until(sub { $gw->sql1("SELECT COUNT(*) FROM payments WHERE business_no = "
                                   . sql_quote($body->{business_no})) == 1 },

@@ -196,6 +196,8 @@ for my $no (sort keys %unprocessed) {
     is(err_code($r), 'backend_unavailable', '... backend_unavailable');
     is(scalar @{ $gw->sim->requests }, 0, '... and the acquirer received no request');
     is(scalar @{ $gw->sim->charges->{charges} }, 0, '... so nothing was charged');
+    like($gw->ngx->error_log, qr/mysql unavailable: \S/,
+         '... and the error log says why (the driver\'s reason)');
 
     $gw->db->start_again;
     my $r2 = $gw->api(POST => '/v1/payments', json => $body, idempotency_key => $k);
@@ -206,6 +208,34 @@ for my $no (sort keys %unprocessed) {
     is(scalar @{ $gw->sim->charges->{charges} }, 1, '... one charge at the acquirer');
     is($gw->sql1("SELECT COUNT(*) FROM payments WHERE business_no = "
             . sql_quote($body->{business_no})), 1, '... one payment row');
+}
+
+# ---- MySQL refuses a statement: its errno and message in the log --------
+
+{
+    $gw->sim->reset;
+    $gw->db->sql('RENAME TABLE payments TO payments_away');
+    my $bno = 'B64-' . $gw->fresh_key('gone');
+    my $r = $gw->api(POST => '/v1/payments',
+                     json => PayGW::Gateway->payment_body(business_no => $bno),
+                     idempotency_key => $gw->fresh_key('k64'));
+    $gw->db->sql('RENAME TABLE payments_away TO payments');
+    is($r->{status}, 500, 'payments table gone: create answers 500');
+    is(scalar @{ $gw->sim->requests }, 0, '... and the acquirer received no request');
+    my $log = $gw->ngx->error_log;
+    like($log, qr/cannot insert payment: error 1146: Table '\?' doesn't exist/,
+         '... the log has the MySQL errno and message');
+    unlike($log, qr/\Q$bno\E/, '... never a value of the statement');
+
+    # a read the server refuses: "unavailable" to the client, why in the log
+    $gw->db->sql('RENAME TABLE payments TO payments_away');
+    $r = $gw->api(GET => '/v1/settlements?date=2026-01-02');
+    $gw->db->sql('RENAME TABLE payments_away TO payments');
+    is(err_code($r), 'backend_unavailable',
+       'payments table gone: settlements answer backend_unavailable');
+    like($gw->ngx->error_log,
+         qr/mysql unavailable: error 1146: Table '\?' doesn't exist/,
+         '... the log says why, not an empty reason');
 }
 
 # ---- admin resolve settles every unknown payment at once ----------------
