@@ -6,7 +6,8 @@
 # the same payments run at the same time; the cache keeps merchant
 # scoping (another merchant's payment stays 404, an admin key sees it);
 # a cache entry Redis cannot read sends the GET to MySQL, never to an
-# error; payments that are not final are never cached.
+# error; a refund settlement that cannot mark the cache writes nothing and
+# is settled later; payments that are not final are never cached.
 use strict;
 use warnings;
 
@@ -109,6 +110,32 @@ is $g->{status}, 200, 'a cache key of the wrong type: GET still 200';
 is $g->{json}{payment_no}, $broken, '... from MySQL';
 is $gw->redis->cli('GET', key_of($broken)), 'not a hash',
     '... and the gateway did not touch the key';
+
+# ---- a refund whose cache mark fails is not recorded -------------------------
+#
+# The mark is what makes the cache safe: a settlement that cannot make it
+# writes nothing and waits (here: the key is of a type the mark script
+# cannot change; Redis itself answers).
+
+my $unmarkable = paid(amount => 900);
+$gw->redis->cli('SET', key_of($unmarkable), 'not a hash');
+my $rno = 'R-' . PayGW::Test::random_token(10);
+my $pending = $gw->api(POST => "/v1/payments/$unmarkable/refunds",
+                       json => {refund_no => $rno, amount => 400,
+                                reason => 'test'},
+                       idempotency_key => $gw->fresh_key('k88'));
+is $pending->{status}, 202, 'refund approved at the acquirer, mark failed: 202';
+is $pending->{json}{status}, 'pending', '... the refund stays pending';
+is $gw->sql1("SELECT refunded_amount FROM payments WHERE payment_no = "
+             . sql_quote($unmarkable)), 0, '... the payment is unchanged';
+like $gw->ngx->error_log, qr/payment cache could not be marked/,
+    '... and the log says why';
+$gw->redis->cli('DEL', key_of($unmarkable));
+my $settled = $gw->api(GET => "/v1/refunds/$rno");
+is $settled->{json}{status}, 'succeeded',
+    'once Redis can be marked, a read of the refund settles it';
+is $gw->payment($unmarkable)->{refunded_amount}, 400,
+    '... and the payment shows it';
 
 # ---- what is not final is not cached ----------------------------------------
 
