@@ -3,20 +3,28 @@
  * benchmark only (never built into the module or shipped).
  *
  * It speaks the acquirer protocol of src/ngx_http_paygw_bank.c and
- * t/sim/sim.js, and costs the gateway's host as little CPU as a remote
- * acquirer would cost it: one epoll thread, keep-alive HTTP/1.1, no state.
+ * t/sim/sim.js at as little CPU as it can (a remote acquirer costs the
+ * gateway's host none): one epoll thread, keep-alive HTTP/1.1.
  *
- *   POST /acquirer/v1/charges   the request's X-Acquirer-Signature
- *       (hex HMAC-SHA256(secret, ts "\n" METHOD "\n" path "\n" body)) and
- *       X-Acquirer-Merchant are checked (401 otherwise); the answer is
+ *   Every request's X-Acquirer-Signature (hex HMAC-SHA256(secret,
+ *   ts "\n" METHOD "\n" path "\n" body)) and X-Acquirer-Merchant are
+ *   checked (401 otherwise).
+ *
+ *   POST /acquirer/v1/charges   the answer is
  *       {"charge_id","out_trade_no","status":"approved","amount",
  *       "currency","card_brand","card_last4"}, signed like the real one:
  *       X-Acquirer-Timestamp, X-Acquirer-Signature = hex HMAC-SHA256(
  *       secret, ts "\n" body), per request (the body names the order).
- *   anything else (queries, refunds) a signed 503 {"error":"unavailable"}:
- *       it keeps no state, so it cannot say what became of a charge, and
- *       a 404 would let the gateway conclude "never charged"; a 5xx keeps
- *       such a payment "unknown" (the bench's creates never query)
+ *       A repeated charge (a retry) gets the first answer again, or 409
+ *       if its amount or currency differ, as at the real acquirer.
+ *   GET /acquirer/v1/charges/<out_trade_no>   the charge's answer, or a
+ *       signed 404 {"error":"not_found"} if it never came (the settler
+ *       queries payments whose create lost its MySQL write)
+ *   anything else (refunds)     a signed 400 {"error":"unsupported"}: the
+ *       bench refunds nothing; a refusal, so nothing is refunded
+ *
+ * The charges it approved are kept in memory (one jansson object, the
+ * answer's text by out_trade_no: ~200 bytes a charge).
  *
  *   acquirer_standin PORT SECRET_FILE MERCHANT
  *
@@ -57,6 +65,7 @@ static char        secret[256];
 static size_t      secret_len;
 static const char *merchant;
 static conn_t     *conns[MAX_CONNS];
+static json_t     *charges;          /* out_trade_no -> answer text */
 
 
 static void
@@ -125,7 +134,8 @@ reply(conn_t *c, int status, const char *body, size_t blen)
                     "X-Acquirer-Signature: %s\r\n\r\n",
                     status, status == 200 ? "OK" : status == 400
                     ? "Bad Request" : status == 401 ? "Unauthorized"
-                    : "Service Unavailable", blen, ts, sig);
+                    : status == 409 ? "Conflict" : "Not Found", blen, ts,
+                    sig);
 
     /* small answers: one writev-sized copy, sent at once */
     {
@@ -146,12 +156,12 @@ reply(conn_t *c, int status, const char *body, size_t blen)
 static int
 charge(conn_t *c, const char *body, size_t blen)
 {
-    json_t        *req, *ans, *card;
+    json_t        *req, *ans, *card, *prev, *old;
     const char    *no, *cur, *num;
     json_int_t     amount;
     char          *out, id[28];
     unsigned char  rnd[12];
-    int            i, rc;
+    int            i, rc, same;
     size_t         nlen;
 
     req = json_loadb(body, blen, 0, NULL);
@@ -168,6 +178,21 @@ charge(conn_t *c, const char *body, size_t blen)
         return REPLY(c, 400, "{\"error\":\"invalid_request\"}");
     }
 
+    prev = json_object_get(charges, no);
+
+    if (prev) {
+        /* a retry: the first answer, unless it asks for another charge */
+        old = json_loads(json_string_value(prev), 0, NULL);
+        same = json_integer_value(json_object_get(old, "amount")) == amount
+               && strcmp(json_string_value(json_object_get(old, "currency")),
+                         cur) == 0;
+        json_decref(old);
+        json_decref(req);
+        return same ? reply(c, 200, json_string_value(prev),
+                            json_string_length(prev))
+                    : REPLY(c, 409, "{\"error\":\"conflicting_request\"}");
+    }
+
     RAND_bytes(rnd, sizeof(rnd));
     memcpy(id, "ch_", 3);
     for (i = 0; i < 12; i++) {
@@ -181,6 +206,8 @@ charge(conn_t *c, const char *body, size_t blen)
                     "card_last4", num + nlen - 4);
     out = json_dumps(ans, JSON_COMPACT);
 
+    json_object_set_new(charges, no, json_string(out));
+
     rc = reply(c, 200, out, strlen(out));
 
     free(out);
@@ -191,6 +218,28 @@ charge(conn_t *c, const char *body, size_t blen)
 }
 
 
+/* a query: the charge's answer as it was given (signed anew) */
+static int
+query(conn_t *c, const char *no, size_t len)
+{
+    char     key[128];
+    json_t  *prev;
+
+    if (len >= sizeof(key)) {
+        return REPLY(c, 404, "{\"error\":\"not_found\"}");
+    }
+
+    memcpy(key, no, len);
+    key[len] = '\0';
+
+    prev = json_object_get(charges, key);
+
+    return prev ? reply(c, 200, json_string_value(prev),
+                        json_string_length(prev))
+                : REPLY(c, 404, "{\"error\":\"not_found\"}");
+}
+
+
 /* one request in c->in: 1 handled (consumed), 0 incomplete, -1 close */
 static int
 handle(conn_t *c)
@@ -198,7 +247,7 @@ handle(conn_t *c)
     char        *end, *line_end, *sp1, *sp2, pre[600], sig[65];
     const char  *v, *body;
     size_t       vlen, blen = 0, hlen, total;
-    int          plen, ok;
+    int          plen, ok, rc;
 
     end = memmem(c->in, c->in_len, "\r\n\r\n", 4);
     if (end == NULL) {
@@ -228,34 +277,42 @@ handle(conn_t *c)
         return -1;
     }
 
-    if (sp1 - c->in == 4 && memcmp(c->in, "POST", 4) == 0
-        && sp2 - sp1 - 1 == 20 && memcmp(sp1 + 1, "/acquirer/v1/charges", 20)
-           == 0)
+    /* every request must be the gateway's: merchant and signature */
+
+    ok = 0;
+    v = header(line_end + 2, end + 2, "X-Acquirer-Merchant", &vlen);
+    if (v && vlen == strlen(merchant) && memcmp(v, merchant, vlen) == 0) {
+        v = header(line_end + 2, end + 2, "X-Acquirer-Timestamp", &vlen);
+        if (v && vlen < 20 && sp2 - c->in < 500) {
+            plen = snprintf(pre, sizeof(pre), "%.*s\n%.*s\n%.*s\n",
+                            (int) vlen, v, (int) (sp1 - c->in), c->in,
+                            (int) (sp2 - sp1 - 1), sp1 + 1);
+            hmac_hex(pre, plen, body, blen, sig);
+            v = header(line_end + 2, end + 2, "X-Acquirer-Signature", &vlen);
+            ok = v && vlen == 64 && CRYPTO_memcmp(v, sig, 64) == 0;
+        }
+    }
+
+    if (!ok) {
+        rc = REPLY(c, 401, "{\"error\":\"bad_signature\"}");
+
+    } else if (sp1 - c->in == 4 && memcmp(c->in, "POST", 4) == 0
+               && sp2 - sp1 - 1 == 20
+               && memcmp(sp1 + 1, "/acquirer/v1/charges", 20) == 0)
     {
-        /* the request must be the gateway's: merchant and signature */
+        rc = charge(c, body, blen);
 
-        ok = 0;
-        v = header(line_end + 2, end + 2, "X-Acquirer-Merchant", &vlen);
-        if (v && vlen == strlen(merchant) && memcmp(v, merchant, vlen) == 0)
-        {
-            v = header(line_end + 2, end + 2, "X-Acquirer-Timestamp", &vlen);
-            if (v && vlen < 20) {
-                plen = snprintf(pre, sizeof(pre), "%.*s\nPOST\n"
-                                "/acquirer/v1/charges\n", (int) vlen, v);
-                hmac_hex(pre, plen, body, blen, sig);
-                v = header(line_end + 2, end + 2, "X-Acquirer-Signature",
-                           &vlen);
-                ok = v && vlen == 64 && CRYPTO_memcmp(v, sig, 64) == 0;
-            }
-        }
+    } else if (sp1 - c->in == 3 && memcmp(c->in, "GET", 3) == 0
+               && sp2 - sp1 - 1 > 21
+               && memcmp(sp1 + 1, "/acquirer/v1/charges/", 21) == 0)
+    {
+        rc = query(c, sp1 + 22, sp2 - sp1 - 22);
 
-        if ((ok ? charge(c, body, blen)
-                : REPLY(c, 401, "{\"error\":\"bad_signature\"}")) != 0)
-        {
-            return -1;
-        }
+    } else {
+        rc = REPLY(c, 400, "{\"error\":\"unsupported\"}");
+    }
 
-    } else if (REPLY(c, 503, "{\"error\":\"unavailable\"}") != 0) {
+    if (rc != 0) {
         return -1;
     }
 
@@ -305,6 +362,7 @@ main(int argc, char **argv)
         secret_len--;
     }
     merchant = argv[3];
+    charges = json_object();
 
     signal(SIGPIPE, SIG_IGN);
 

@@ -35,7 +35,7 @@
 #   PAYGW_MODULE         the module .so (default build/objs/...)
 #   BENCH_ACQUIRER (standin) the bank-card acquirer the creates reach:
 #                        "standin" = bench/acquirer_standin.c (C, epoll,
-#                        signs its answers like the real one; built here),
+#                        checks and signs like the real one; built here),
 #                        "sim" = the Node simulator t/sim/sim.js (as before);
 #                        Alipay/WeChat always go to the simulator
 set -euo pipefail
