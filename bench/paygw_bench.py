@@ -301,6 +301,8 @@ class Procs:
         self.master = a.nginx_pid
         self.fixed = {"mariadbd": a.mysql_pid, "redis": a.redis_pid,
                       "sim(node)": a.sim_pid}
+        if a.acquirer_pid:
+            self.fixed["acquirer"] = a.acquirer_pid
 
     def workers(self):
         return sorted(children(self.master))
@@ -737,6 +739,8 @@ class Bench:
         # CPU: where the 2 cores went, measured runs at the throughput conns
         names = ["nginx w1", "nginx w2", "mariadbd", "redis", "sim(node)",
                  "wrk", "other", "idle"]
+        if a.acquirer_pid:
+            names.insert(5, "acquirer")
         extra_workers = sorted({k for r in self.results
                                 for k in r["sampled"]["cpu"]
                                 if k.startswith("nginx w")} - set(names))
@@ -823,6 +827,8 @@ def main():
     p.add_argument("--mysql-pid", type=int, required=True)
     p.add_argument("--redis-pid", type=int, required=True)
     p.add_argument("--sim-pid", type=int, required=True)
+    p.add_argument("--acquirer-pid", type=int, default=0,
+                   help="the C stand-in acquirer (bank_card), 0: none")
     p.add_argument("--lua", required=True)
     p.add_argument("--req-dir", required=True)
     p.add_argument("--log-dir", required=True)

@@ -18,6 +18,7 @@
 #include "ngx_http_paygw_channel.h"
 #include "ngx_http_paygw_metrics.h"
 #include "ngx_http_paygw_webhook.h"
+#include "ngx_http_paygw_cache.h"
 
 
 #define NGX_HTTP_PAYGW_ACCESS_ROUTE    0
@@ -334,6 +335,7 @@ ngx_http_paygw_access_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
            != NGX_OK
         || ngx_http_paygw_idem_begin(r, &ctx->idem, ctx->redis, lock)
            != NGX_OK
+        || ngx_http_paygw_cache_read(r, ctx, ctx->redis) != NGX_OK
         || ngx_http_paygw_redis_send(r, ctx->redis) != NGX_OK)
     {
         /* a refusal already decided stands; otherwise nothing is safe */

@@ -14,7 +14,8 @@
  *   create:   start [-> risked] -> inserted -> charged -> settled
  *             [-> reread]; or start/risked -> denied (risk refused it),
  *             inserted -> duplicate (the order has a payment already)
- *   get:      start -> selected [-> queried [-> recharged | expired]
+ *   get:      start (a hit in the payment cache answers here) -> selected
+ *             [-> filled] or [-> queried [-> recharged | expired]
  *             -> settled [-> selected]]
  *   close:    start -> selected [-> at_provider] -> recorded; or
  *             at_provider -> queried -> settled (paid meanwhile)
@@ -25,6 +26,7 @@
 #include "ngx_http_paygw_payments.h"
 #include "ngx_http_paygw_store.h"
 #include "ngx_http_paygw_metrics.h"
+#include "ngx_http_paygw_cache.h"
 
 
 static ngx_int_t ngx_http_paygw_create_start(ngx_http_request_t *r,
@@ -484,6 +486,12 @@ ngx_http_paygw_get_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw get: step \"start\" payment %V", &ctx->object_no);
 
+    /* read with the nonce: a final state needs no MySQL */
+
+    if (ngx_http_paygw_cache_hit(r, ctx) == NGX_OK) {
+        return NGX_OK;
+    }
+
     return ngx_http_paygw_select(r, ctx,
                                  ctx->api == NGX_HTTP_PAYGW_API_FIND,
                                  ngx_http_paygw_get_selected);
@@ -508,7 +516,15 @@ ngx_http_paygw_get_selected(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     }
 
     if (ngx_http_paygw_needs_query(r, ctx) != NGX_OK) {
-        return ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+        rc = ngx_http_paygw_payment_answer(r, ctx, NGX_HTTP_OK);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        /* kept for the next GET if final and no writer came meanwhile */
+
+        return ngx_http_paygw_cache_fill(r, ctx) == NGX_AGAIN ? NGX_AGAIN
+                                                               : NGX_OK;
     }
 
     return ngx_http_paygw_provider_step(r, ctx, ngx_http_paygw_get_queried,

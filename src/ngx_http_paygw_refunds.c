@@ -10,11 +10,14 @@
  *
  * The steps, in the order they may run (each named in a debug line):
  *
- *   refund:      start -> selected -> reserved -> sent -> settled; or
- *                reserved -> raced (lost to a concurrent change)
- *   get_refund:  start -> selected [-> queried -> settled]; or
- *                queried -> sent -> settled (the provider had no trace
- *                of it: sent again, idempotent by out_refund_no)
+ *   refund:      start -> selected -> reserved -> sent -> settlement;
+ *                or reserved -> raced (lost to a concurrent change)
+ *   get_refund:  start -> selected [-> queried -> settlement]; or
+ *                queried -> sent -> settlement (the provider had no
+ *                trace of it: sent again, idempotent by out_refund_no)
+ *   settlement:  [marked ->] settled [-> answered]: a definitive answer
+ *                marks the payment cache before MySQL and unmarks it
+ *                after (ngx_http_paygw_cache.c)
  *
  * A refund is never settled "failed" on absence alone: its reservation
  * is released only by the provider's own answer.
@@ -23,6 +26,7 @@
 
 #include "ngx_http_paygw_payments.h"
 #include "ngx_http_paygw_store.h"
+#include "ngx_http_paygw_cache.h"
 
 
 static ngx_int_t ngx_http_paygw_refund_start(ngx_http_request_t *r,
@@ -49,7 +53,13 @@ static ngx_int_t ngx_http_paygw_get_refund_queried(ngx_http_request_t *r,
 
 static ngx_int_t ngx_http_paygw_refund_settle(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_refund_marked(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_refund_unmarked(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_refund_settled(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_refund_answered(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_refund_answer(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
@@ -426,12 +436,47 @@ ngx_http_paygw_get_refund_queried(ngx_http_request_t *r,
 /* the steps' shared moves */
 
 
+/*
+ * A settlement changes the payment (refunded_amount, status, updated_at)
+ * while a GET may have it cached: the payment cache is marked first, and
+ * without that mark nothing is written; the refund stays open and is
+ * settled later, like one whose answer could not be recorded.
+ */
+
 static ngx_int_t
 ngx_http_paygw_refund_settle(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    /* an answer that decides nothing changes only the refund's row */
+
+    if (!ctx->outcome.definitive) {
+        return ngx_http_paygw_refund_marked(r, ctx);
+    }
+
+    ctx->cache_marked = 1;
+
+    if (ngx_http_paygw_cache_mark(r, ctx, &ctx->refund.payment_no, 1)
+        != NGX_OK)
+    {
+        return ngx_http_paygw_refund_unmarked(r, ctx);
+    }
+
+    ctx->next = ngx_http_paygw_refund_marked;
+
+    return NGX_AGAIN;
+}
+
+
+static ngx_int_t
+ngx_http_paygw_refund_marked(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     ngx_http_paygw_refund_t  *rf;
 
     rf = &ctx->refund;
+
+    if (ctx->cache_marked && ngx_http_paygw_cache_marked(r, ctx) != NGX_OK)
+    {
+        return ngx_http_paygw_refund_unmarked(r, ctx);
+    }
 
     ngx_http_paygw_now(r->pool, &rf->updated_at);
 
@@ -456,6 +501,37 @@ ngx_http_paygw_refund_settled(ngx_http_request_t *r,
 
     rf = &ctx->refund;
 
+    /* unmarked whatever became of the transaction; the answer waits */
+
+    ctx->next = ngx_http_paygw_refund_answered;
+
+    if (ctx->cache_marked) {
+        ctx->cache_marked = 0;
+
+        if (ngx_http_paygw_cache_mark(r, ctx, &rf->payment_no, -1)
+            == NGX_OK)
+        {
+            return NGX_AGAIN;
+        }
+    }
+
+    return ngx_http_paygw_refund_answered(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_refund_answered(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_refund_t  *rf;
+
+    rf = &ctx->refund;
+
+    /*
+     * An unmark that failed leaves the key marked until its fence
+     * expires: GETs of the payment go to MySQL meanwhile.
+     */
+
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw refund: step \"settled\" refund %V: %V, mysql %ud",
                    &rf->refund_no,
@@ -468,6 +544,26 @@ ngx_http_paygw_refund_settled(ngx_http_request_t *r,
         rf->channel_refund_no = ctx->outcome.provider_no;
         rf->failure_code = ctx->outcome.failure_code;
     }
+
+    return ngx_http_paygw_refund_answer(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_refund_unmarked(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ctx->cache_marked = 0;
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "paygw: refund %V is %V at the provider but the payment "
+                  "cache could not be marked; it will be settled later",
+                  &ctx->refund.refund_no,
+                  ngx_http_paygw_status_name(ctx->outcome.status));
+
+    /* nothing recorded: the resolver does not count it as settled */
+
+    ctx->outcome.definitive = 0;
 
     return ngx_http_paygw_refund_answer(r, ctx);
 }

@@ -168,6 +168,13 @@ struct ngx_http_paygw_ctx_s {
     ngx_http_paygw_mysql_op_t    *mysql;
     void                         *provider;      /* channel call */
 
+    ngx_http_paygw_redis_op_t    *cache;         /* payment cache */
+    ngx_str_t                     cache_gen;     /* generation a miss saw */
+    ngx_msec_t                    cache_at;      /* when it was read */
+    ngx_uint_t                    cache_reply;   /* its reply in ->redis */
+    unsigned                      cache_read:1;
+    unsigned                      cache_marked:1; /* a writer's mark */
+
     ngx_http_paygw_mysql_op_t    *candidates;    /* resolve: stale payments */
     ngx_uint_t                    candidate;
     ngx_uint_t                    settled;
