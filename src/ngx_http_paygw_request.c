@@ -929,7 +929,8 @@ ngx_http_paygw_json_error(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     if (json_error_code(err) == json_error_numeric_overflow
         && err->position > 0 && (size_t) err->position <= ctx->body.len)
     {
-        p = ctx->body.data + err->position;
+        /* the position counts the bytes read: the last one is before it */
+        p = ctx->body.data + err->position - 1;
 
         while (p > ctx->body.data && *p != ':') {
             p--;
