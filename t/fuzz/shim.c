@@ -13,6 +13,7 @@
 #include <ngx_http.h>
 #include <openssl/evp.h>
 #include "ngx_http_paygw.h"
+#include "ngx_http_paygw_channel.h"
 #include "shim.h"
 
 
@@ -267,6 +268,24 @@ ngx_array_push(ngx_array_t *a)
     }
 
     return (u_char *) a->elts + a->size * a->nelts++;
+}
+
+
+ngx_list_t *
+ngx_list_create(ngx_pool_t *pool, ngx_uint_t n, size_t size)
+{
+    ngx_list_t  *list;
+
+    list = ngx_palloc(pool, sizeof(ngx_list_t));
+    if (list == NULL) {
+        return NULL;
+    }
+
+    if (ngx_list_init(list, pool, n, size) != NGX_OK) {
+        return NULL;
+    }
+
+    return list;
 }
 
 
@@ -854,4 +873,133 @@ ngx_conf_log_error(ngx_uint_t level, ngx_conf_t *cf, ngx_err_t err,
     va_end(args);
 
     *p = '\0';
+}
+
+
+/* ---- providers: the harness is the provider, with keys of its own ---- */
+
+
+/* one RSA key for the run (1024 bits: the fuzzer signs every input) */
+
+EVP_PKEY *
+fz_rsa_key(void)
+{
+    static EVP_PKEY  *key;
+
+    if (key == NULL) {
+        key = EVP_RSA_gen(1024);
+        if (key == NULL) {
+            abort();
+        }
+    }
+
+    return key;
+}
+
+
+/*
+ * A request context after a call to a provider: the payment and refund
+ * it was about, and the provider's answer (status, headers, body).
+ */
+
+ngx_http_paygw_ctx_t *
+fz_provider_ctx(ngx_http_request_t *r, ngx_http_paygw_channel_t *ch,
+    const char *what, ngx_uint_t status, u_char *body, size_t len)
+{
+    ngx_http_paygw_ctx_t            *ctx;
+    ngx_http_paygw_provider_call_t  *pc;
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_paygw_ctx_t));
+    pc = ngx_pcalloc(r->pool, sizeof(ngx_http_paygw_provider_call_t));
+    if (ctx == NULL || pc == NULL) {
+        abort();
+    }
+
+    ctx->channel = ch;
+    ctx->provider = pc;
+
+    ngx_str_set(&ctx->payment.payment_no, "pay_0123456789abcdef");
+    ngx_str_set(&ctx->payment.currency, "CNY");
+    ngx_str_set(&ctx->payment.channel, "fuzz");
+    ctx->payment.amount = 1999;
+    ctx->payment.status = NGX_HTTP_PAYGW_STATUS_PENDING;
+
+    ngx_str_set(&ctx->refund.refund_no, "rf-1");
+    ngx_str_set(&ctx->refund.out_refund_no, "ref_0123456789abcdef");
+    ngx_str_set(&ctx->refund.payment_no, "pay_0123456789abcdef");
+    ngx_str_set(&ctx->refund.currency, "CNY");
+    ctx->refund.amount = 500;
+    ctx->refund.payment_amount = 1999;
+    ctx->refund.status = NGX_HTTP_PAYGW_STATUS_PENDING;
+
+    pc->call.ok = (status != 0);
+    pc->status = status;
+    pc->what = (u_char *) what;
+    pc->ch = ch;
+    pc->response.data = body;
+    pc->response.len = len;
+
+    pc->response_headers = ngx_list_create(r->pool, 4,
+                                           sizeof(ngx_table_elt_t));
+    if (pc->response_headers == NULL) {
+        abort();
+    }
+
+    return ctx;
+}
+
+
+/* a copy of LEN bytes in a block of its own: ASan sees a read past it */
+
+u_char *
+fz_copy(const u_char *data, size_t len)
+{
+    u_char  *p;
+
+    p = ngx_pnalloc(fz_pool(), len ? len : 1);
+    if (p == NULL) {
+        abort();
+    }
+
+    ngx_memcpy(p, data, len);
+
+    return p;
+}
+
+
+/*
+ * What any answer may lead to: a definitive outcome only from a verified
+ * answer, and only to a final or pending status.
+ */
+
+static ngx_uint_t  fz_definitive, fz_outcomes;
+
+
+static void
+fz_outcome_stats(void)
+{
+    /* that the signed inputs reach past the verification */
+    fprintf(stderr, "fuzz: %lu outcomes, %lu definitive\n",
+            (unsigned long) fz_outcomes, (unsigned long) fz_definitive);
+}
+
+
+void
+fz_check_outcome(ngx_http_paygw_outcome_t *out, ngx_uint_t verified)
+{
+    if (fz_outcomes++ == 0) {
+        atexit(fz_outcome_stats);
+    }
+
+    fz_definitive += out->definitive;
+
+    if (out->definitive && !verified) {
+        fprintf(stderr, "fuzz: a definitive outcome from an unverified "
+                "answer\n");
+        abort();
+    }
+
+    if (out->failure_message.len > 4096 || out->provider_no.len > 256) {
+        abort();
+    }
 }

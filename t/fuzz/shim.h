@@ -11,6 +11,13 @@ ngx_http_request_t *fz_request(void *main_conf, void *loc_conf);
 void fz_header(ngx_list_t *list, const char *name, u_char *value,
     size_t len);
 
+EVP_PKEY *fz_rsa_key(void);
+ngx_http_paygw_ctx_t *fz_provider_ctx(ngx_http_request_t *r,
+    ngx_http_paygw_channel_t *ch, const char *what, ngx_uint_t status,
+    u_char *body, size_t len);
+u_char *fz_copy(const u_char *data, size_t len);
+void fz_check_outcome(ngx_http_paygw_outcome_t *out, ngx_uint_t verified);
+
 extern u_char  fz_conf_error[];
 
 
