@@ -107,6 +107,7 @@ fz_notify(ngx_http_request_t *r, ngx_http_paygw_channel_t *ch,
     ctx->body.len = body->len;
 
     rc = ngx_http_paygw_alipay_provider.notify(r, ctx);
+    fz_count_notice(rc);
 
     if (rc == NGX_OK) {
         if (ctx->notice.out_trade_no.data == NULL

@@ -972,25 +972,48 @@ fz_copy(const u_char *data, size_t len)
  * answer, and only to a final or pending status.
  */
 
-static ngx_uint_t  fz_definitive, fz_outcomes;
+static ngx_uint_t  fz_definitive, fz_outcomes, fz_notices, fz_accepted;
 
 
 static void
 fz_outcome_stats(void)
 {
     /* that the signed inputs reach past the verification */
-    fprintf(stderr, "fuzz: %lu outcomes, %lu definitive\n",
-            (unsigned long) fz_outcomes, (unsigned long) fz_definitive);
+    fprintf(stderr, "fuzz: %lu outcomes, %lu definitive; %lu callbacks, "
+            "%lu accepted\n", (unsigned long) fz_outcomes,
+            (unsigned long) fz_definitive, (unsigned long) fz_notices,
+            (unsigned long) fz_accepted);
+}
+
+
+static void
+fz_stats_at_exit(void)
+{
+    static ngx_uint_t  registered;
+
+    if (!registered) {
+        registered = 1;
+        atexit(fz_outcome_stats);
+    }
+}
+
+
+void
+fz_count_notice(ngx_int_t rc)
+{
+    fz_stats_at_exit();
+
+    fz_notices++;
+    fz_accepted += (rc == NGX_OK);
 }
 
 
 void
 fz_check_outcome(ngx_http_paygw_outcome_t *out, ngx_uint_t verified)
 {
-    if (fz_outcomes++ == 0) {
-        atexit(fz_outcome_stats);
-    }
+    fz_stats_at_exit();
 
+    fz_outcomes++;
     fz_definitive += out->definitive;
 
     if (out->definitive && !verified) {

@@ -16,6 +16,7 @@ ngx_http_paygw_ctx_t *fz_provider_ctx(ngx_http_request_t *r,
     ngx_http_paygw_channel_t *ch, const char *what, ngx_uint_t status,
     u_char *body, size_t len);
 u_char *fz_copy(const u_char *data, size_t len);
+void fz_count_notice(ngx_int_t rc);
 void fz_check_outcome(ngx_http_paygw_outcome_t *out, ngx_uint_t verified);
 
 extern u_char  fz_conf_error[];
