@@ -46,10 +46,7 @@ declare -A INCLUDES=(
     [wechat]=""
     [bank]=""
     [resp]="redis"
-    [keys]=""
-    [policy]=""
-    [fees]=""
-    [secrets]=""
+    [conf]=""
 )
 
 mkdir -p "$OUT/objs"

@@ -271,6 +271,32 @@ ngx_array_push(ngx_array_t *a)
 }
 
 
+void *
+ngx_array_push_n(ngx_array_t *a, ngx_uint_t n)
+{
+    void        *new;
+    ngx_uint_t   nalloc;
+
+    if (a->nelts + n > a->nalloc) {
+        nalloc = 2 * ngx_max(n, a->nalloc);
+
+        new = ngx_palloc(a->pool, nalloc * a->size);
+        if (new == NULL) {
+            return NULL;
+        }
+
+        memcpy(new, a->elts, a->nelts * a->size);
+        a->elts = new;
+        a->nalloc = nalloc;
+    }
+
+    new = (u_char *) a->elts + a->size * a->nelts;
+    a->nelts += n;
+
+    return new;
+}
+
+
 ngx_list_t *
 ngx_list_create(ngx_pool_t *pool, ngx_uint_t n, size_t size)
 {
