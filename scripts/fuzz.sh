@@ -89,6 +89,10 @@ for name in $harnesses; do
     if ! $CC $FLAGS -fsanitize=fuzzer $INC -o "$dir/fuzz_$name" $srcs $objs \
            "$dir/stubs.c" $LINK 2> "$dir/link.log"
     then
+        if grep -Eq "\.[ch]:[0-9]+:[0-9]+: error:" "$dir/link.log"; then
+            cat "$dir/link.log" >&2
+            exit 1
+        fi
         grep -o "undefined reference to \`[A-Za-z_0-9]*'" "$dir/link.log" \
             | sed "s/.*\`\(.*\)'/\1/" | sort -u \
             | sed 's/.*/char & [512] __attribute__((aligned(64)));/' \

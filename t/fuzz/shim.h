@@ -2,6 +2,13 @@
 #define _PAYGW_FUZZ_SHIM_H_INCLUDED_
 
 
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include "ngx_http_paygw.h"
+#include "ngx_http_paygw_channel.h"
+
+
 /* t/fuzz/shim.c: the nginx runtime of the harnesses */
 
 ngx_pool_t *fz_pool(void);
