@@ -108,7 +108,13 @@ for name in $harnesses; do
     else
         run="-max_total_time=$SECONDS_EACH"
     fi
-    if ! (cd "$dir" && ./"fuzz_$name" $run -print_final_stats=1 \
+    # tokens of the format, where there is a dictionary
+    dict=
+    if [ -f "$REPO/t/fuzz/$name.dict" ]; then
+        dict="-dict=$REPO/t/fuzz/$name.dict"
+    fi
+    # shellcheck disable=SC2086
+    if ! (cd "$dir" && ./"fuzz_$name" $run $dict -print_final_stats=1 \
             -timeout=10 -rss_limit_mb=2048 corpus > run.log 2>&1); then
         status=1
         echo "fuzz: $name FOUND A CRASH (build/fuzz/$name/run.log)"

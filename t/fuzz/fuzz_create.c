@@ -3,7 +3,8 @@
  * libFuzzer: the create-payment and refund JSON bodies, through the
  * module's own validation (ngx_http_paygw_parse_create/_refund of
  * ngx_http_paygw_request.c, with the real channel lookup and error
- * writer).  The first byte picks the endpoint and paygw_notify_http.
+ * writer), and the close body (parse_empty).  The first byte picks the
+ * endpoint (bits 0-1) and paygw_notify_http (bit 2).
  * Properties: an accepted body gives what the API promises (SPEC §3:
  * identifiers, amounts, currency, card checks); a refused one always
  * has a 400 answer with a JSON error body.
@@ -72,7 +73,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     u_char                *body;
     json_t                *doc;
     ngx_int_t              rc;
-    ngx_uint_t             refund;
+    ngx_uint_t             endpoint;
     json_error_t           err;
     ngx_http_request_t    *r;
     ngx_http_paygw_ctx_t  *ctx;
@@ -82,8 +83,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     fz_channels();
-    refund = data[0] & 1;
-    plcf.notify_http = (data[0] >> 1) & 1;
+    endpoint = data[0] & 3;
+    plcf.notify_http = (data[0] >> 2) & 1;
 
     r = fz_request(&pmcf, &plcf);
     ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_paygw_ctx_t));
@@ -95,15 +96,19 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ctx->body.data = body;
     ctx->body.len = size - 1;
 
-    rc = refund ? ngx_http_paygw_parse_refund(r, ctx)
-                : ngx_http_paygw_parse_create(r, ctx);
+    rc = (endpoint == 0) ? ngx_http_paygw_parse_create(r, ctx)
+         : (endpoint == 1) ? ngx_http_paygw_parse_refund(r, ctx)
+         : ngx_http_paygw_parse_empty(r, ctx);
 
     if (rc == NGX_OK) {
         if (ctx->status != 0) {
             abort();
         }
 
-        if (refund) {
+        if (endpoint > 1) {
+            /* close: nothing, or an empty object */
+
+        } else if (endpoint == 1) {
             if (ngx_http_paygw_identifier(&ctx->refund.refund_no) != NGX_OK
                 || ctx->refund.amount < 1 || ctx->refund.reason.len > 256)
             {
