@@ -429,8 +429,8 @@ done:
 
 
 /*
- * Only the shape idem_pack() writes: a map of at most 4 pairs of a short
- * string and a string, bin or unsigned integer that fits in what is
+ * Only the shape idem_pack() writes: a map of at most 4 pairs, each key
+ * and value a string, a bin or an unsigned integer that fits in what is
  * left.  msgpack-c allocates an array or map for the count it declares
  * before reading it: a few bytes in Redis could ask for gigabytes.
  */

@@ -26,6 +26,7 @@ extern ngx_http_paygw_provider_t  ngx_http_paygw_wechat_provider;
 
 
 #define FZ_APIV3_KEY  "fuzzApiV3Key0123456789abcdefghij"
+#define FZ_IV         "n0nce1234567"
 
 
 static ngx_str_t  fz_nonce = ngx_string("5K8264ILTKCH16CQ2502SI8ZNMTM67VS");
@@ -77,8 +78,7 @@ fz_envelope(ngx_pool_t *pool, ngx_str_t *plain, const char *event)
 
     if (c == NULL
         || EVP_EncryptInit_ex(c, EVP_aes_256_gcm(), NULL,
-                              (u_char *) FZ_APIV3_KEY, (u_char *) "n0nce1234567")
-           != 1
+                              (u_char *) FZ_APIV3_KEY, (u_char *) FZ_IV) != 1
         || EVP_EncryptUpdate(c, NULL, &len, (u_char *) "transaction", 11)
            != 1
         || EVP_EncryptUpdate(c, ct, &len, plain->data, (int) plain->len) != 1
@@ -98,12 +98,13 @@ fz_envelope(ngx_pool_t *pool, ngx_str_t *plain, const char *event)
 
     body.data = ngx_pnalloc(pool, b64.len + 512);
     body.len = ngx_sprintf(body.data,
-                   "{\"id\":\"EV-1\",\"create_time\":\"2024-01-01T00:00:00+08:00\","
-                   "\"resource_type\":\"encrypt-resource\",\"event_type\":\"%s\","
+                   "{\"id\":\"EV-1\",\"create_time\":"
+                   "\"2024-01-01T00:00:00+08:00\",\"resource_type\":"
+                   "\"encrypt-resource\",\"event_type\":\"%s\","
                    "\"summary\":\"ok\",\"resource\":{\"original_type\":"
                    "\"transaction\",\"algorithm\":\"AEAD_AES_256_GCM\","
                    "\"ciphertext\":\"%V\",\"associated_data\":\"transaction\","
-                   "\"nonce\":\"n0nce1234567\"}}", event, &b64)
+                   "\"nonce\":\"" FZ_IV "\"}}", event, &b64)
                - body.data;
 
     return body;
