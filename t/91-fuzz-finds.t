@@ -52,6 +52,21 @@ sub redis_set {
              'an overlong amount is still named');
 }
 
+# ---- create: an overflow the field scan cannot name (fuzz_create) ----------
+# It used to quote whatever lay between two quotes, a NUL byte included:
+# ":2\u0000, is out of range".
+
+{
+    my $body = qq({"bamo":2\0,"cu]rrency*:"9999999999999999999Cno"2d});
+    my $before = $gw->snapshot;
+    my $r = $gw->api(POST => '/v1/payments', body => $body,
+                     idempotency_key => $gw->fresh_key('overflow'));
+    error_is($r, 400, 'invalid_request', qr/^malformed JSON body: /,
+             'no field named from stray bytes');
+    unlike($r->{json}{error}{message} // '', qr/\x00/, 'no NUL in the message');
+    $gw->nothing_written($before, 'stray bytes');
+}
+
 # ---- idempotency: a record declaring a 2^31-element array (fuzz_resp) ------
 
 {

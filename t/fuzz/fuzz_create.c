@@ -127,6 +127,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             || !json_is_string(json_object_get(json_object_get(doc, "error"),
                                                "message")))
         {
+            fprintf(stderr, "fuzz: refused with %lu \"%.*s\"\n",
+                    (unsigned long) ctx->status, (int) ctx->response.len,
+                    ctx->response.data);
             abort();
         }
 
