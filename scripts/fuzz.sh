@@ -127,7 +127,7 @@ for name in $harnesses; do
     ft=$(grep -o 'ft: [0-9]*' "$dir/run.log" | tail -1 || echo 'ft: ?')
     printf 'fuzz: %-8s %ss executions %s, cov %s edges, ft %s features, corpus %s\n' \
            "$name" "$SECONDS_EACH" "$execs" "${cov#cov: }" "${ft#ft: }" \
-           "$(ls "$dir/corpus" | wc -l)"
+           "$(find "$dir/corpus" -type f | wc -l)"
 done
 
 exit $status
