@@ -10,7 +10,9 @@
 #                   scan every log the suite wrote for secrets (t/post)
 #   make test-asan  the same against ASan/UBSan builds of both modules
 #   make fuzz       libFuzzer harnesses of t/fuzz/ under ASan/UBSan,
-#                   FUZZ_SECONDS (30) each; prints executions and coverage
+#                   FUZZ_SECONDS (30) each (0: replay the corpora only),
+#                   FUZZ_ONLY="names" for some; prints executions and
+#                   coverage (docs/operations.md, "Fuzzing")
 #   make drill      fault drill under load (t/drill/drill.pl, DRILL_SECONDS
 #                   180): kills, freezes, provider faults, reloads, then
 #                   checks the invariants against the simulator's ledger

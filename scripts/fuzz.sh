@@ -2,8 +2,13 @@
 # make fuzz: build each libFuzzer harness of t/fuzz/ (test-only: the
 # module's own .c files with nginx's headers and t/fuzz/shim.c, under
 # ASan/UBSan) and run it FUZZ_SECONDS (default 30) on its seed corpus
-# t/fuzz/corpus/<name>/, printing executions and coverage.  A crash stops
-# the run (its input is left in build/fuzz/<name>/crash-*) and fails make.
+# t/fuzz/corpus/<name>/ (libFuzzer replays the whole corpus first),
+# printing executions and coverage.  A crash fails make; its input is
+# left in build/fuzz/<name>/crash-* (copy it to the corpus once fixed).
+#
+#   FUZZ_SECONDS=60 make fuzz        longer runs
+#   FUZZ_ONLY="alipay wechat" make fuzz
+#   FUZZ_SECONDS=0 make fuzz         replay the corpora only
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,58 +31,103 @@ INC="-I $NGX/core -I $NGX/event -I $NGX/event/modules -I $NGX/os/unix
      -I $REPO/build/objs -I $NGX/http -I $NGX/http/modules -I $NGX/http/v2
      -I $REPO/src -I $REPO/t/fuzz -I /usr/include/hiredis
      -I /usr/include/mariadb"
-FLAGS="-g -O1 -fsanitize=fuzzer,address,undefined
-       -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-LINK="-lcrypto -ljansson"
+SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
+FLAGS="-g -O1 -fno-omit-frame-pointer $SAN"
+LINK="-lcrypto -lssl -ljansson -lhiredis -lmariadb -lmsgpackc -lz -lm"
 
-# harness name => the module sources it exercises
-declare -A UNITS=(
-    [utf8]="src/ngx_http_paygw_utf8.c"
-    [auth]=""
-    [form]="src/ngx_http_paygw_form.c"
+# harness name => the module sources it #includes for their static
+# parsers (not linked a second time); every other source is linked whole
+declare -A INCLUDES=(
+    [utf8]=""
+    [auth]="auth"
+    [form]=""
+    [create]=""
+    [alipay]=""
+    [wechat]=""
+    [bank]=""
+    [resp]="redis"
+    [conf]=""
 )
 
-mkdir -p "$OUT"
+mkdir -p "$OUT/objs"
 status=0
 
-for name in $(printf '%s\n' "${!UNITS[@]}" | sort); do
+# the module, once: instrumented for coverage, ASan and UBSan
+for src in "$REPO"/src/*.c "$REPO"/ngx_http_paygw_module.c; do
+    obj=$OUT/objs/$(basename "${src%.c}").o
+    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] \
+       || [ -n "$(find "$REPO/src" -name '*.h' -newer "$obj")" ]
+    then
+        # shellcheck disable=SC2086
+        $CC $FLAGS -fsanitize=fuzzer-no-link $INC -c "$src" -o "$obj"
+    fi
+done
+
+harnesses=${FUZZ_ONLY:-$(printf '%s\n' "${!INCLUDES[@]}" | sort)}
+
+for name in $harnesses; do
     dir=$OUT/$name
     mkdir -p "$dir/corpus"
     cp -n "$REPO/t/fuzz/corpus/$name/"* "$dir/corpus/" 2>/dev/null || true
 
-    srcs="$REPO/t/fuzz/fuzz_$name.c $REPO/t/fuzz/shim.c"
-    for u in ${UNITS[$name]}; do srcs="$srcs $REPO/$u"; done
+    objs=
+    for obj in "$OUT"/objs/*.o; do
+        unit=$(basename "$obj" .o)
+        unit=${unit#ngx_http_paygw_}
+        case " ${INCLUDES[$name]} " in *" $unit "*) continue ;; esac
+        objs="$objs $obj"
+    done
 
-    # A harness that includes a module source for its static parser
-    # leaves the rest of nginx unresolved; the fuzzed paths never call
-    # it, so each such symbol gets an inert stand-in (build/fuzz/*/stubs.c).
+    srcs="$REPO/t/fuzz/fuzz_$name.c $REPO/t/fuzz/shim.c"
+
+    # nginx itself is not linked (Debian ships its headers only): what the
+    # fuzzed paths call of it is in shim.c; any other symbol (the event
+    # loop, upstreams, the conf parser) gets an inert stand-in in
+    # build/fuzz/*/stubs.c, which faults if it is ever reached.
     : > "$dir/stubs.c"
     # shellcheck disable=SC2086
-    if ! $CC $FLAGS $INC -o "$dir/fuzz_$name" $srcs "$dir/stubs.c" $LINK \
-           2> "$dir/link.log"
+    if ! $CC $FLAGS -fsanitize=fuzzer $INC -o "$dir/fuzz_$name" $srcs $objs \
+           "$dir/stubs.c" $LINK 2> "$dir/link.log"
     then
+        if grep -Eq "\.[ch]:[0-9]+:[0-9]+: error:" "$dir/link.log"; then
+            cat "$dir/link.log" >&2
+            exit 1
+        fi
         grep -o "undefined reference to \`[A-Za-z_0-9]*'" "$dir/link.log" \
             | sed "s/.*\`\(.*\)'/\1/" | sort -u \
-            | sed 's/.*/char & [64] __attribute__((aligned(64)));/' \
+            | sed 's/.*/char & [512] __attribute__((aligned(64)));/' \
             > "$dir/stubs.c"
         # shellcheck disable=SC2086
-        $CC $FLAGS $INC -o "$dir/fuzz_$name" $srcs "$dir/stubs.c" $LINK
+        $CC $FLAGS -fsanitize=fuzzer $INC -o "$dir/fuzz_$name" $srcs $objs \
+            "$dir/stubs.c" $LINK
     fi
 
     echo "fuzz: $name for ${SECONDS_EACH}s"
-    if ! (cd "$dir" && ./"fuzz_$name" -max_total_time="$SECONDS_EACH" \
-            -print_final_stats=1 corpus > run.log 2>&1); then
+    if [ "$SECONDS_EACH" = 0 ]; then
+        run="-runs=0"
+    else
+        run="-max_total_time=$SECONDS_EACH"
+    fi
+    # tokens of the format, where there is a dictionary
+    dict=
+    if [ -f "$REPO/t/fuzz/$name.dict" ]; then
+        dict="-dict=$REPO/t/fuzz/$name.dict"
+    fi
+    # shellcheck disable=SC2086
+    if ! (cd "$dir" && ./"fuzz_$name" $run $dict -print_final_stats=1 \
+            -timeout=10 -rss_limit_mb=2048 corpus > run.log 2>&1); then
         status=1
         echo "fuzz: $name FOUND A CRASH (build/fuzz/$name/run.log)"
+        grep -m3 "ERROR: \|runtime error\|SUMMARY" "$dir/run.log" || true
     fi
 
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$dir/run.log" \
             | grep -o '[0-9]*$' || echo '?')
     cov=$(grep -o 'cov: [0-9]*' "$dir/run.log" | tail -1 || echo 'cov: ?')
     ft=$(grep -o 'ft: [0-9]*' "$dir/run.log" | tail -1 || echo 'ft: ?')
-    printf 'fuzz: %-6s executions %s, %s edges, %s features, corpus %s\n' \
-           "$name" "$execs" "${cov#cov: }" "${ft#ft: }" \
-           "$(ls "$dir/corpus" | wc -l)"
+    printf 'fuzz: %-8s %ss executions %s, cov %s edges, ft %s features, corpus %s\n' \
+           "$name" "$SECONDS_EACH" "$execs" "${cov#cov: }" "${ft#ft: }" \
+           "$(find "$dir/corpus" -type f | wc -l)"
 done
 
 exit $status

@@ -28,6 +28,7 @@ static ngx_int_t ngx_http_paygw_idem_pack(ngx_http_request_t *r,
     ngx_str_t *body, ngx_str_t *out);
 static ngx_int_t ngx_http_paygw_idem_unpack(ngx_http_request_t *r,
     ngx_http_paygw_idem_t *idem, char *data, size_t len);
+static ngx_int_t ngx_http_paygw_idem_shape(u_char *p, size_t len);
 static ngx_int_t ngx_http_paygw_idem_key_is(msgpack_object *k,
     const char *name);
 
@@ -352,7 +353,9 @@ ngx_http_paygw_idem_unpack(ngx_http_request_t *r, ngx_http_paygw_idem_t *idem,
     status = 0;
     ngx_str_null(&body);
 
-    if (msgpack_unpack_next(&msg, data, len, NULL) != MSGPACK_UNPACK_SUCCESS
+    if (ngx_http_paygw_idem_shape((u_char *) data, len) != NGX_OK
+        || msgpack_unpack_next(&msg, data, len, NULL)
+           != MSGPACK_UNPACK_SUCCESS
         || msg.data.type != MSGPACK_OBJECT_MAP)
     {
         goto done;
@@ -422,6 +425,63 @@ done:
     msgpack_unpacked_destroy(&msg);
 
     return rc;
+}
+
+
+/*
+ * Only the shape idem_pack() writes: a map of at most 4 pairs, each key
+ * and value a string, a bin or an unsigned integer that fits in what is
+ * left.  msgpack-c allocates an array or map for the count it declares
+ * before reading it: a few bytes in Redis could ask for gigabytes.
+ */
+
+static ngx_int_t
+ngx_http_paygw_idem_shape(u_char *p, size_t len)
+{
+    u_char  *last;
+    size_t   n, head;
+
+    last = p + len;
+
+    if (len == 0 || *p < 0x80 || *p > 0x84) {
+        return NGX_DECLINED;
+    }
+
+    for (n = 2 * (*p++ & 0x0f); n; n--) {
+
+        if (p == last) {
+            return NGX_DECLINED;
+        }
+
+        if (*p < 0x80 || (*p >= 0xa0 && *p <= 0xbf)) {
+            head = 1;
+            len = (*p < 0x80) ? 0 : (size_t) (*p & 0x1f);
+
+        } else if ((*p == 0xc4 || *p == 0xd9 || *p == 0xcc) && last - p > 1) {
+            head = 2;
+            len = (*p == 0xcc) ? 0 : p[1];
+
+        } else if ((*p == 0xc5 || *p == 0xcd) && last - p > 2) {
+            head = 3;
+            len = (*p == 0xcd) ? 0 : (size_t) (p[1] << 8 | p[2]);
+
+        } else if ((*p == 0xc6 || *p == 0xce) && last - p > 4) {
+            head = 5;
+            len = (*p == 0xce) ? 0
+                  : ((size_t) p[1] << 24 | p[2] << 16 | p[3] << 8 | p[4]);
+
+        } else {
+            return NGX_DECLINED;
+        }
+
+        if ((size_t) (last - p) < head + len) {
+            return NGX_DECLINED;
+        }
+
+        p += head + len;
+    }
+
+    return NGX_OK;
 }
 
 

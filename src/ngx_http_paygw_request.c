@@ -982,17 +982,21 @@ static void
 ngx_http_paygw_json_error(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     json_error_t *err)
 {
-    u_char  *p, *start, *end;
+    u_char     *p, *start, *end;
+    ngx_str_t   name;
 
     /*
      * jansson reports an integer beyond int64 as a syntax error; it is a
-     * range error of whichever field it belongs to: name that field.
+     * range error of whichever field it belongs to: name that field (if
+     * what the scan found looks like one: the client's bytes, a NUL too,
+     * never go into the message).
      */
 
     if (json_error_code(err) == json_error_numeric_overflow
         && err->position > 0 && (size_t) err->position <= ctx->body.len)
     {
-        p = ctx->body.data + err->position;
+        /* the position counts the bytes read: the last one is before it */
+        p = ctx->body.data + err->position - 1;
 
         while (p > ctx->body.data && *p != ':') {
             p--;
@@ -1010,11 +1014,13 @@ ngx_http_paygw_json_error(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
             start--;
         }
 
-        if (end > start + 1 && end - start <= 64) {
+        name.data = start;
+        name.len = (end > start) ? (size_t) (end - 1 - start) : 0;
+
+        if (ngx_http_paygw_identifier(&name) == NGX_OK) {
             (void) ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
                                        "invalid_request",
-                                       "%*s is out of range",
-                                       (size_t) (end - 1 - start), start);
+                                       "%V is out of range", &name);
             return;
         }
     }
