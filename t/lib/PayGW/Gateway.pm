@@ -42,6 +42,7 @@ use Exporter qw(import);
 use JSON::PP ();
 use Test::More ();
 use PayGW::Test qw(http sign_request repo_root wait_until);
+use PayGW::Cluster;
 
 our @EXPORT_OK = qw(err_code sql_quote);
 
@@ -159,7 +160,9 @@ sub start {
     } else {
         # all three at once, then wait for each: MariaDB and node take
         # their time to come up
-        $self->{redis} = PayGW::Test::Redis->start(no_wait => 1);
+        $self->{redis} = $o{redis_cluster} // $ENV{PAYGW_HA}
+            ? PayGW::Test::RedisCluster->start(no_wait => 1)
+            : PayGW::Test::Redis->start(no_wait => 1);
         $self->{db} = PayGW::Test::MySQL->start(no_wait => 1);
         $self->{sim} = PayGW::Test::Sim->start(no_wait => 1);
         $self->{$_}->ready for qw(redis db sim);
@@ -169,6 +172,7 @@ sub start {
         $http = (grep { exists $o{$_} } @CONF_OPTIONS) ? $self->_http_conf(%o)
                                                        : $DEFAULT_HTTP;
     }
+    $http = cluster_conf($http) if $self->{redis}->isa('PayGW::Test::RedisCluster');
     $self->{ngx} = PayGW::Test::Nginx->new(
         workers => $o{workers} // 1,
         error_log_level => $o{error_log_level} // 'info',
@@ -178,6 +182,14 @@ sub start {
     $self->{ngx}->start;
 
     return $self;
+}
+
+# cluster_conf(TEXT): the http{} text with paygw_redis_cluster on in every
+# location that passes to Redis (for the Redis Cluster backends).
+sub cluster_conf {
+    my ($http) = @_;
+    $http =~ s/(paygw_redis_pass\s+[^;]+;)(?!\s*paygw_redis_cluster)/$1 paygw_redis_cluster on;/g;
+    return $http;
 }
 
 sub redis { $_[0]{redis} }
@@ -210,6 +222,8 @@ sub http_conf { $_[0]{ngx}{http} }
 # filled); dies when nginx refuses it.
 sub reload {
     my ($self, $http) = @_;
+    $http = cluster_conf($http)
+        if defined $http && $self->{redis}->isa('PayGW::Test::RedisCluster');
     $self->{ngx}->reload(defined $http ? (http => $http) : ());
     return $self;
 }
@@ -217,6 +231,8 @@ sub reload {
 # test_config(TEXT) -> (exit code, output of nginx -t) for this http{} text.
 sub test_config {
     my ($self, $http) = @_;
+    $http = cluster_conf($http)
+        if defined $http && $self->{redis}->isa('PayGW::Test::RedisCluster');
     return $self->{ngx}->test_config(http => $http);
 }
 
