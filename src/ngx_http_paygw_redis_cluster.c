@@ -30,9 +30,9 @@
 #define NGX_HTTP_PAYGW_RC_REFRESHING  2000    /* ms one may stay in flight */
 #define NGX_HTTP_PAYGW_RC_AVOID       1000    /* ms a failed node is skipped */
 #define NGX_HTTP_PAYGW_RC_KEEPALIVE   32      /* idle connections per node */
-#define NGX_HTTP_PAYGW_RC_TRIES       8       /* rounds per call */
+#define NGX_HTTP_PAYGW_RC_TRIES       64      /* rounds per call, at most */
 #define NGX_HTTP_PAYGW_RC_BACKOFF     10      /* ms, doubled each round */
-#define NGX_HTTP_PAYGW_RC_BACKOFF_MAX 500
+#define NGX_HTTP_PAYGW_RC_BACKOFF_MAX 200
 
 #define NGX_HTTP_PAYGW_RC_W_SLOTS     ((ngx_uint_t) -1)
 #define NGX_HTTP_PAYGW_RC_W_ASKING    ((ngx_uint_t) -2)
@@ -81,6 +81,7 @@ struct ngx_http_paygw_rc_op_s {
     ngx_http_paygw_rc_node_t     *node;      /* this round's */
     ngx_http_paygw_rc_node_t     *ask;       /* next round's ASK target */
     ngx_uint_t                    tries;
+    ngx_msec_t                    start;
     ngx_http_upstream_t          *u;
     ngx_http_request_t           *parent;
     ngx_event_t                   retry;
@@ -103,6 +104,8 @@ static ngx_uint_t ngx_http_paygw_rc_classify(ngx_http_request_t *r,
     ngx_http_paygw_redis_op_t *op, ngx_uint_t *delay);
 static ngx_http_paygw_rc_node_t *ngx_http_paygw_rc_redirect(
     ngx_http_paygw_rc_t *rc, redisReply *reply, ngx_uint_t move);
+static ngx_msec_t ngx_http_paygw_rc_backoff(ngx_http_paygw_rc_op_t *rop,
+    ngx_uint_t delay);
 static void ngx_http_paygw_rc_schedule(ngx_http_request_t *r,
     ngx_http_paygw_redis_op_t *op, ngx_uint_t delay);
 static void ngx_http_paygw_rc_retry(ngx_event_t *ev);
@@ -410,6 +413,7 @@ ngx_http_paygw_rc_op_init(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op,
 
     rop->rc = rc;
     rop->slot = slot;
+    rop->start = ngx_current_msec;
     rop->retry.handler = ngx_http_paygw_rc_retry;
     rop->retry.data = op;
     rop->retry.log = r->connection->log;
@@ -762,7 +766,7 @@ ngx_http_paygw_rc_done(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
         /* nothing was sent: no command can have run, another node may */
 
         if (rop->u == NULL || rop->u->request_sent
-            || rop->tries + 1 >= NGX_HTTP_PAYGW_RC_TRIES)
+            || ngx_http_paygw_rc_backoff(rop, 1) == NGX_MAX_INT32_VALUE)
         {
             return NGX_OK;
         }
@@ -786,11 +790,14 @@ ngx_http_paygw_rc_done(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
         return NGX_OK;
     }
 
-    if (rop->tries + 1 >= NGX_HTTP_PAYGW_RC_TRIES) {
+    if (ngx_http_paygw_rc_backoff(rop, delay) == NGX_MAX_INT32_VALUE) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "paygw redis cluster: slot %i: no answer after %ui "
+                      "rounds", rop->slot, rop->tries + 1);
         ngx_http_paygw_call_fail(&op->call, r->pool,
                                  NGX_HTTP_SERVICE_UNAVAILABLE,
                                  "redis cluster: no answer after %ui "
-                                 "redirections", rop->tries + 1);
+                                 "rounds", rop->tries + 1);
         return NGX_OK;
     }
 
@@ -839,6 +846,15 @@ ngx_http_paygw_rc_classify(ngx_http_request_t *r,
             }
 
             rop->rc->stale = 1;
+
+            /* to a master that just failed: the others have not seen it */
+
+            if (node->failed
+                && ngx_current_msec - node->failed
+                   <= NGX_HTTP_PAYGW_RC_AVOID)
+            {
+                *delay = 1;
+            }
 
         } else if (ngx_strncmp(reply->str, "ASK ", 4) == 0) {
             node = ngx_http_paygw_rc_redirect(rop->rc, reply, 0);
@@ -927,6 +943,37 @@ ngx_http_paygw_rc_redirect(ngx_http_paygw_rc_t *rc, redisReply *reply,
 }
 
 
+/*
+ * The wait before the next round, or NGX_MAX_INT32_VALUE when the call
+ * gives up: after NGX_HTTP_PAYGW_RC_TRIES rounds or once it would outlast
+ * paygw_redis_timeout since its first round.  A slot that migrates keeps
+ * multi-key scripts at TRYAGAIN until its last key moved; a master that
+ * died is replaced by its replica after cluster-node-timeout: both are
+ * waited out within that bound.
+ */
+
+static ngx_msec_t
+ngx_http_paygw_rc_backoff(ngx_http_paygw_rc_op_t *rop, ngx_uint_t delay)
+{
+    ngx_msec_t  ms;
+
+    /* redirections that go round in circles slow down too */
+
+    ms = (delay || rop->tries >= 3) ? ngx_min((ngx_msec_t) NGX_HTTP_PAYGW_RC_BACKOFF
+                         << ngx_min(rop->tries, 8),
+                         (ngx_msec_t) NGX_HTTP_PAYGW_RC_BACKOFF_MAX)
+               : 0;
+
+    if (rop->tries + 1 >= NGX_HTTP_PAYGW_RC_TRIES
+        || ngx_current_msec + ms - rop->start > rop->rc->conf.read_timeout)
+    {
+        return NGX_MAX_INT32_VALUE;
+    }
+
+    return ms;
+}
+
+
 static void
 ngx_http_paygw_rc_schedule(ngx_http_request_t *r,
     ngx_http_paygw_redis_op_t *op, ngx_uint_t delay)
@@ -935,6 +982,7 @@ ngx_http_paygw_rc_schedule(ngx_http_request_t *r,
     ngx_http_paygw_rc_op_t  *rop;
 
     rop = op->cluster;
+    ms = ngx_http_paygw_rc_backoff(rop, delay);
 
     /* a second call for this subrequest (nginx may make one) is ignored */
 
@@ -944,9 +992,7 @@ ngx_http_paygw_rc_schedule(ngx_http_request_t *r,
 
     /* the next round starts once this subrequest is gone */
 
-    if (delay) {
-        ms = ngx_min((ngx_msec_t) NGX_HTTP_PAYGW_RC_BACKOFF << rop->tries,
-                     (ngx_msec_t) NGX_HTTP_PAYGW_RC_BACKOFF_MAX);
+    if (ms) {
         ngx_add_timer(&rop->retry, ms);
 
     } else {

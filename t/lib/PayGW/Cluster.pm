@@ -169,9 +169,9 @@ sub wait_ok {
     return $self;
 }
 
-# migrate_slot(SLOT, TO_NODE): moves a slot and its keys the way
-# redis-cli --cluster reshard does, one key batch at a time; between
-# the steps $o{between}->() runs (requests in flight).
+# migrate_slot(SLOT, TO_NODE, batch => 10, between => CODE): moves a slot
+# and its keys the way redis-cli --cluster reshard does, a batch of keys
+# at a time; between the steps $o{between}->() runs (requests in flight).
 sub migrate_slot {
     my ($self, $slot, $to, %o) = @_;
     my $from = $self->master_of($slot) or die "no master for slot $slot\n";
@@ -184,7 +184,7 @@ sub migrate_slot {
     while (1) {
         my @keys = grep { length }
             split /\n/, $self->node_cli($from, 'CLUSTER', 'GETKEYSINSLOT',
-                                        $slot, 2);
+                                        $slot, $o{batch} // 10);
         last unless @keys;
         my $out = $self->node_cli($from, 'MIGRATE', '127.0.0.1', $to->port,
                                   '', 0, 5000, 'KEYS', @keys);
