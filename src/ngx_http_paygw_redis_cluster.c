@@ -34,6 +34,9 @@
 #define NGX_HTTP_PAYGW_RC_BACKOFF     10      /* ms, doubled each round */
 #define NGX_HTTP_PAYGW_RC_BACKOFF_MAX 200
 
+#define NGX_HTTP_PAYGW_RC_NOKEY       -1      /* a command without keys */
+#define NGX_HTTP_PAYGW_RC_CROSSSLOT   -2      /* keys in several slots */
+
 #define NGX_HTTP_PAYGW_RC_W_SLOTS     ((ngx_uint_t) -1)
 #define NGX_HTTP_PAYGW_RC_W_ASKING    ((ngx_uint_t) -2)
 
@@ -392,7 +395,7 @@ ngx_http_paygw_rc_op_init(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op,
     for (i = 0; i < op->cmds.nelts; i++) {
         s = ngx_http_paygw_rc_cmd_slot(&cmd[i]);
 
-        if (s == NGX_ERROR) {
+        if (s == NGX_HTTP_PAYGW_RC_CROSSSLOT) {
             ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
                           "paygw redis cluster: the keys of a pipeline "
                           "hash to several slots");
@@ -425,8 +428,8 @@ ngx_http_paygw_rc_op_init(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op,
 
 
 /*
- * The slot of a formatted command's keys: -1 without keys, NGX_ERROR
- * when they hash to several slots.  Keys are where our commands keep
+ * The slot of a formatted command's keys: NGX_HTTP_PAYGW_RC_NOKEY without
+ * keys, NGX_HTTP_PAYGW_RC_CROSSSLOT when they hash to several slots.  Keys are where our commands keep
  * them: after the numkeys of EVAL/EVALSHA, every argument of DEL,
  * UNLINK, EXISTS and MGET, the first argument of the others.
  */
@@ -443,12 +446,12 @@ ngx_http_paygw_rc_cmd_slot(ngx_str_t *cmd)
     last = cmd->data + cmd->len;
 
     if (p == last || *p++ != '*') {
-        return -1;
+        return NGX_HTTP_PAYGW_RC_NOKEY;
     }
 
     argc = ngx_atoi(p, ngx_strlchr(p, last, '\r') - p);
     if (argc <= 0) {
-        return -1;
+        return NGX_HTTP_PAYGW_RC_NOKEY;
     }
 
     first = 1;
@@ -459,14 +462,14 @@ ngx_http_paygw_rc_cmd_slot(ngx_str_t *cmd)
     for (n = 0; n < argc; n++) {
         p = ngx_strlchr(p, last, '$');
         if (p == NULL) {
-            return -1;
+            return NGX_HTTP_PAYGW_RC_NOKEY;
         }
 
         len = ngx_atoi(p + 1, ngx_strlchr(p, last, '\r') - p - 1);
         p = ngx_strlchr(p, last, '\n') + 1;
 
         if ((ngx_int_t) len < 0 || p + len > last) {
-            return -1;
+            return NGX_HTTP_PAYGW_RC_NOKEY;
         }
 
         if (n == 0) {
@@ -500,20 +503,20 @@ ngx_http_paygw_rc_cmd_slot(ngx_str_t *cmd)
                            && ngx_strncasecmp(p, (u_char *) "CLUSTER", 7)
                               == 0))
             {
-                return -1;
+                return NGX_HTTP_PAYGW_RC_NOKEY;
             }
 
         } else if (n == 2 && first == 3) {
             nkeys = ngx_atoi(p, len);
             if (nkeys == NGX_ERROR) {
-                return -1;
+                return NGX_HTTP_PAYGW_RC_NOKEY;
             }
 
         } else if (n >= first && n < first + nkeys) {
             s = ngx_http_paygw_rc_key_slot(p, len);
 
             if (slot >= 0 && s != slot) {
-                return NGX_ERROR;
+                return NGX_HTTP_PAYGW_RC_CROSSSLOT;
             }
 
             slot = s;

@@ -39,6 +39,11 @@ sub create_ok {
 
 # ---- payments, GETs, refunds, replays ---------------------------------------
 
+{
+    my $r = PayGW::Test::http(GET => $gw->url('/readyz'));
+    is($r->{status}, 200, '/readyz: PING through the cluster') or diag($r->{body});
+}
+
 my %made;      # business_no => payment_no
 {
     my $body = PayGW::Gateway->payment_body(amount => 2500);
