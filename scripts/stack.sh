@@ -140,7 +140,7 @@ mysql_root() { mariadb --defaults-file="$mycnf" --batch --skip-column-names "$@"
 # which (and their sha256) so a second start does not re-run them.
 apply_schema() {
     local applied f name sum old
-    applied="$(dirname "$mycnf")/applied"
+    applied=${applied_file:-$run/mysql/applied}
     touch "$applied"
     shopt -s nullglob
     local files=("$repo"/sql/*.sql)
@@ -335,6 +335,7 @@ start_galera() {
     done
     # the database, user and schema through one node: Galera replicates them
     mycnf="$run/mysql-${running[0]}/my.cnf"
+    applied_file="$run/galera-applied"
     setup_paygw_db
 }
 
@@ -382,11 +383,16 @@ render_nginx_conf() {
 }
 
 # PAYGW_HA=1: every Redis node a seed, the Redis location in cluster mode
-# (with time to wait out a failover); MySQL on the first Galera node
+# (with time to wait out a failover); MySQL writes to the first Galera
+# node, then to the next when it fails
 ha_nginx_conf() {
-    local seeds="" p
+    local seeds="" failover="" p
     for p in $(redis_ports); do seeds="$seeds        server     127.0.0.1:$p;\n"; done
+    for p in $(mysql_ports); do
+        [ "$p" = "$PAYGW_MYSQL_PORT" ] || failover="$failover failover=127.0.0.1:$p"
+    done
     sed -i -e "s|^ *server     127.0.0.1:$PAYGW_REDIS_PORT;|$seeds|" \
+        -e "s|\(paygw_mysql .* port=$PAYGW_MYSQL_PORT\) |\1$failover |" \
         -e 's|^\( *\)paygw_redis_pass     paygw_redis;|&\n\1paygw_redis_cluster  on;|' \
         -e 's|^\( *paygw_redis_timeout  \)1s;|\13s;|' "$1"
 }
