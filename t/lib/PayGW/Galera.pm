@@ -52,6 +52,9 @@ sub start_again {
     return $self->SUPER::start_again;
 }
 
+# the sql client kept open by PayGW::Test::MySQL goes to this node
+sub stop  { $_[0]->_client_close; $_[0]->PayGW::Test::Proc::stop }
+
 package PayGW::Test::Galera;
 
 use strict;
@@ -148,8 +151,27 @@ sub failover_params {
     return join ' ', map { 'failover=127.0.0.1:' . $_->port } @rest;
 }
 
+# the whole cluster at once, as a single MariaDB in the other tests: stop,
+# kill, start_again (a new cluster from the first node if none runs, the
+# others join it), freeze, thaw
 sub stop { $_->_term for $_[0]->nodes; $_->stop for $_[0]->nodes }
 sub kill { $_->kill for $_[0]->nodes }
+sub freeze { $_->freeze for $_[0]->nodes }
+sub thaw { $_->thaw for $_[0]->nodes }
 sub _alive { scalar $_[0]->live }
+sub start_again {
+    my ($self) = @_;
+    my @down = grep { !$_->_alive } $self->nodes;
+    if (!$self->live) {
+        my $first = shift @down;
+        my $state = PayGW::Test::_slurp("$first->{dir}/data/grastate.dat");
+        $state =~ s/^safe_to_bootstrap: 0/safe_to_bootstrap: 1/m;
+        PayGW::Test::_spew("$first->{dir}/data/grastate.dat", $state);
+        $first->{bootstrap} = 1;
+        $first->_spawn;
+    }
+    $_->start_again for @down;
+    return $self;
+}
 
 1;
