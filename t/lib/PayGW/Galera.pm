@@ -52,9 +52,6 @@ sub start_again {
     return $self->SUPER::start_again;
 }
 
-# the sql client kept open by PayGW::Test::MySQL goes to this node
-sub stop  { $_[0]->_client_close; $_[0]->PayGW::Test::Proc::stop }
-
 package PayGW::Test::Galera;
 
 use strict;
