@@ -112,15 +112,16 @@ sub ready {
     my ($first, @rest) = @{$self->{nodes}};
     $first->ready;
     # the others hold the same data: they join at the first one's state
-    my $uuid = $first->status('wsrep_cluster_state_uuid');
-    my $seqno = $first->status('wsrep_last_committed');
+    # one at a time: two joining at once may form a component first that
+    # has no node with the state, and then they ask for a full transfer
     for my $n (@rest) {
+        my $uuid = $first->status('wsrep_cluster_state_uuid');
+        my $seqno = $first->status('wsrep_last_committed');
         PayGW::Test::_spew("$n->{dir}/data/grastate.dat",
             "# GALERA saved state\nversion: 2.1\nuuid:    $uuid\n"
             . "seqno:   $seqno\nsafe_to_bootstrap: 0\n");
-        $n->_spawn(no_wait => 1);
+        $n->_spawn;
     }
-    $_->ready for @rest;
     $self->{joined} = 1;
     return $self;
 }
