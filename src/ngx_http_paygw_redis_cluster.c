@@ -429,9 +429,10 @@ ngx_http_paygw_rc_op_init(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op,
 
 /*
  * The slot of a formatted command's keys: NGX_HTTP_PAYGW_RC_NOKEY without
- * keys, NGX_HTTP_PAYGW_RC_CROSSSLOT when they hash to several slots.  Keys are where our commands keep
- * them: after the numkeys of EVAL/EVALSHA, every argument of DEL,
- * UNLINK, EXISTS and MGET, the first argument of the others.
+ * keys, NGX_HTTP_PAYGW_RC_CROSSSLOT when they hash to several slots.
+ * Keys are where our commands keep them: after the numkeys of
+ * EVAL/EVALSHA, every argument of DEL, UNLINK, EXISTS and MGET, the first
+ * argument of the others.
  */
 
 static ngx_int_t
@@ -962,10 +963,13 @@ ngx_http_paygw_rc_backoff(ngx_http_paygw_rc_op_t *rop, ngx_uint_t delay)
 
     /* redirections that go round in circles slow down too */
 
-    ms = (delay || rop->tries >= 3) ? ngx_min((ngx_msec_t) NGX_HTTP_PAYGW_RC_BACKOFF
-                         << ngx_min(rop->tries, 8),
-                         (ngx_msec_t) NGX_HTTP_PAYGW_RC_BACKOFF_MAX)
-               : 0;
+    ms = 0;
+
+    if (delay || rop->tries >= 3) {
+        ms = ngx_min((ngx_msec_t) NGX_HTTP_PAYGW_RC_BACKOFF
+                     << ngx_min(rop->tries, 8),
+                     (ngx_msec_t) NGX_HTTP_PAYGW_RC_BACKOFF_MAX);
+    }
 
     if (rop->tries + 1 >= NGX_HTTP_PAYGW_RC_TRIES
         || ngx_current_msec + ms - rop->start > rop->rc->conf.read_timeout)
