@@ -8,7 +8,7 @@
 
 
 #include "ngx_http_paygw.h"
-#include "ngx_http_paygw_redis.h"
+#include "ngx_http_paygw_redis_cluster.h"
 #include "ngx_http_paygw_mysql.h"
 #include "ngx_http_paygw_api.h"
 #include "ngx_http_paygw_channel.h"
@@ -48,6 +48,13 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
       ngx_http_paygw_redis_pass,
       NGX_HTTP_LOC_CONF_OFFSET,
       0,
+      NULL },
+
+    { ngx_string("paygw_redis_cluster"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_paygw_loc_conf_t, redis_cluster),
       NULL },
 
     { ngx_string("paygw_redis_connect_timeout"),
@@ -364,6 +371,7 @@ ngx_http_paygw_create_loc_conf(ngx_conf_t *cf)
     ngx_http_paygw_redis_init_conf(conf);
 
     conf->redis_max_reply = NGX_CONF_UNSET_SIZE;
+    conf->redis_cluster = NGX_CONF_UNSET;
     conf->api = NGX_CONF_UNSET;
     conf->max_body = NGX_CONF_UNSET_SIZE;
     conf->idem_retention = NGX_CONF_UNSET_MSEC;
@@ -389,6 +397,10 @@ ngx_http_paygw_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     if (ngx_http_paygw_redis_merge_conf(cf, prev, conf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_paygw_rc_merge_conf(cf, prev, conf) != NGX_CONF_OK) {
         return NGX_CONF_ERROR;
     }
 

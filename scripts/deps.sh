@@ -8,7 +8,8 @@ set -euo pipefail
 pkgs=(build-essential nginx nginx-dev libhiredis-dev libmariadb-dev
       libmsgpack-dev libjansson-dev libssl-dev libpcre2-dev zlib1g-dev
       redis-server mariadb-server mariadb-client wrk curl perl procps
-      python3 python3-prometheus-client gdb)
+      python3 python3-prometheus-client gdb
+      galera-4 mariadb-backup socat)   # PAYGW_HA=1: Galera, its SST
 # Node may come from elsewhere (e.g. nodesource); only Debian's if absent.
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 

@@ -13,6 +13,12 @@
 # Another nginx: PAYGW_NGINX (the binary; default: nginx in PATH) and
 # PAYGW_MODULE (the module built for it; default build/objs/...).
 #   PAYGW_WEBHOOK_RETRY ("5s 5m 30m 2h 5h 10h 24h")
+# PAYGW_HA=1: clustered backends (SPEC §1): a Redis Cluster of 3 masters
+# and 3 replicas on PAYGW_REDIS_PORT..+5 (run/redis-<port>.pid, cluster bus
+# on port+10000) and a 3-node MariaDB Galera cluster on PAYGW_MYSQL_PORT..+2
+# (run/mysql-<port>.pid; group communication on PAYGW_GALERA_PORT..+2,
+# default 4567, IST on +10, SST (mariabackup) on +20).  start brings back any
+# node that is not running; stop stops them all.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"     # nginx, mariadbd
 
@@ -24,6 +30,9 @@ PAYGW_PORT=${PAYGW_PORT:-8080}
 PAYGW_REDIS_PORT=${PAYGW_REDIS_PORT:-6390}
 PAYGW_MYSQL_PORT=${PAYGW_MYSQL_PORT:-3316}
 PAYGW_SIM_PORT=${PAYGW_SIM_PORT:-8091}
+PAYGW_GALERA_PORT=${PAYGW_GALERA_PORT:-4567}
+PAYGW_HA=${PAYGW_HA:-0}
+[ "$PAYGW_HA" = 1 ] || PAYGW_HA=0
 sim_url="http://127.0.0.1:$PAYGW_SIM_PORT"
 PAYGW_ALIPAY_URL=${PAYGW_ALIPAY_URL:-$sim_url}
 PAYGW_WECHAT_URL=${PAYGW_WECHAT_URL:-$sim_url}
@@ -44,10 +53,10 @@ say() { echo "stack: $*"; }
 # was reused by something else is never signalled.
 proc_name() {
     case "$1" in
-        nginx) echo nginx ;;
-        redis) echo redis-server ;;
-        mysql) echo mariadbd ;;
-        sim)   echo node ;;
+        nginx)  echo nginx ;;
+        redis*) echo redis-server ;;
+        mysql*) echo mariadbd ;;
+        sim)    echo node ;;
     esac
 }
 
@@ -110,15 +119,19 @@ start_redis() {
     say "redis up on 127.0.0.1:$PAYGW_REDIS_PORT (pid $(pid_of redis))"
 }
 
+# write_mycnf [DIR PORT NAME]: the my.cnf of the single server, or of one
+# Galera node (then with its wsrep settings)
 write_mycnf() {
-    mkdir -p "$run/mysql/data" "$run/mysql/tmp"
-    sed -e "s|@DATADIR@|$run/mysql/data|" \
-        -e "s|@PORT@|$PAYGW_MYSQL_PORT|g" \
-        -e "s|@SOCKET@|$run/mysql.sock|g" \
-        -e "s|@PIDFILE@|$run/mysql.pid|" \
-        -e "s|@LOGERR@|$logs/mysql.err|" \
-        -e "s|@TMPDIR@|$run/mysql/tmp|" \
-        "$repo/scripts/mysql.cnf.in" > "$mycnf"
+    local dir=${1:-$run/mysql} port=${2:-$PAYGW_MYSQL_PORT} name=${3:-mysql}
+    mkdir -p "$dir/data" "$dir/tmp"
+    sed -e "s|@DATADIR@|$dir/data|" \
+        -e "s|@PORT@|$port|g" \
+        -e "s|@SOCKET@|$run/$name.sock|g" \
+        -e "s|@PIDFILE@|$run/$name.pid|" \
+        -e "s|@LOGERR@|$logs/$name.err|" \
+        -e "s|@TMPDIR@|$dir/tmp|" \
+        "$repo/scripts/mysql.cnf.in" > "$dir/my.cnf"
+    [ "$name" = mysql ] || galera_cnf "$port" >> "$dir/my.cnf"
 }
 
 mysql_root() { mariadb --defaults-file="$mycnf" --batch --skip-column-names "$@"; }
@@ -126,7 +139,8 @@ mysql_root() { mariadb --defaults-file="$mycnf" --batch --skip-column-names "$@"
 # Applies each sql/*.sql once, in name order; run/mysql/applied remembers
 # which (and their sha256) so a second start does not re-run them.
 apply_schema() {
-    local applied="$run/mysql/applied" f name sum old
+    local applied f name sum old
+    applied=${applied_file:-$run/mysql/applied}
     touch "$applied"
     shopt -s nullglob
     local files=("$repo"/sql/*.sql)
@@ -147,7 +161,7 @@ apply_schema() {
 }
 
 start_mysql() {
-    local pid pw
+    local pid
     if pid=$(pid_of mysql); then say "mariadb already running (pid $pid)"; return; fi
     fail_if_port_taken mariadb "$PAYGW_MYSQL_PORT" PAYGW_MYSQL_PORT
     write_mycnf
@@ -178,7 +192,13 @@ start_mysql() {
         exit 1
     }
     wait_ready mysql "$PAYGW_MYSQL_PORT" "$logs/mysql.err"
+    setup_paygw_db
+    say "mariadb up on 127.0.0.1:$PAYGW_MYSQL_PORT (pid $(pid_of mysql))"
+}
 
+# the database, its user and the schema (through mycnf's server)
+setup_paygw_db() {
+    local pw
     if [ ! -s "$mypass" ]; then
         (umask 077; head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' \
             | head -c 24 > "$mypass")
@@ -193,7 +213,130 @@ ALTER USER 'paygw'@'127.0.0.1' IDENTIFIED BY '$pw';
 GRANT ALL PRIVILEGES ON paygw.* TO 'paygw'@'127.0.0.1';
 SQL
     apply_schema
-    say "mariadb up on 127.0.0.1:$PAYGW_MYSQL_PORT (pid $(pid_of mysql))"
+}
+
+# ---- PAYGW_HA=1: Redis Cluster ----------------------------------------------
+
+redis_ports() { local i; for i in 0 1 2 3 4 5; do echo $((PAYGW_REDIS_PORT + i)); done; }
+
+start_redis_cluster() {
+    local p pid all=() started=0 i
+    for p in $(redis_ports); do
+        all+=("127.0.0.1:$p")
+        if pid=$(pid_of "redis-$p"); then continue; fi
+        fail_if_port_taken "redis $p" "$p" PAYGW_REDIS_PORT
+        mkdir -p "$run/redis-$p"
+        redis-server --bind 127.0.0.1 --port "$p" \
+            --save "" --appendonly no --daemonize yes \
+            --cluster-enabled yes --cluster-config-file nodes.conf \
+            --cluster-node-timeout 2000 --cluster-replica-validity-factor 0 \
+            --pidfile "$run/redis-$p.pid" --logfile "$logs/redis-$p.log" \
+            --dir "$run/redis-$p" \
+            || die "redis-server failed to start; see $logs/redis-$p.log"
+        wait_ready "redis-$p" "$p" "$logs/redis-$p.log"
+        started=$((started + 1))
+    done
+    # a node that comes back finds the others through its nodes.conf
+    if ! redis-cli -p "$PAYGW_REDIS_PORT" cluster info 2>/dev/null \
+            | grep -q 'cluster_known_nodes:6'; then
+        redis-cli --cluster create "${all[@]}" --cluster-replicas 1 \
+            --cluster-yes > "$logs/redis-cluster-create.log" 2>&1 || {
+            tail -n 30 "$logs/redis-cluster-create.log" >&2
+            die "redis-cli --cluster create failed"
+        }
+    fi
+    for ((i = 0; i < wait_secs * 10; i++)); do
+        redis-cli -p "$PAYGW_REDIS_PORT" cluster info 2>/dev/null \
+            | grep -q 'cluster_state:ok' && break
+        sleep 0.1
+    done
+    say "redis cluster up on 127.0.0.1:$PAYGW_REDIS_PORT..$((PAYGW_REDIS_PORT + 5))" \
+        "($started node(s) started)"
+}
+
+# ---- PAYGW_HA=1: MariaDB Galera ---------------------------------------------
+
+mysql_ports() { local i; for i in 0 1 2; do echo $((PAYGW_MYSQL_PORT + i)); done; }
+
+galera_cnf() {
+    local i=$(($1 - PAYGW_MYSQL_PORT)) g=$PAYGW_GALERA_PORT
+    cat <<EOF
+
+[mysqld]
+# Galera (PAYGW_HA=1): node $i of 3
+binlog_format                  = ROW
+default_storage_engine         = InnoDB
+innodb_autoinc_lock_mode       = 2
+wsrep_on                       = ON
+wsrep_provider                 = /usr/lib/galera/libgalera_smm.so
+wsrep_cluster_name             = paygw
+wsrep_cluster_address          = gcomm://127.0.0.1:$g,127.0.0.1:$((g + 1)),127.0.0.1:$((g + 2))
+wsrep_node_name                = node$i
+wsrep_node_address             = 127.0.0.1:$((g + i))
+wsrep_provider_options         = "gmcast.listen_addr=tcp://127.0.0.1:$((g + i));ist.recv_addr=127.0.0.1:$((g + 10 + i));evs.suspect_timeout=PT3S;evs.inactive_timeout=PT6S"
+wsrep_sst_receive_address      = 127.0.0.1:$((g + 20 + i))
+wsrep_sst_method               = mariabackup
+wsrep_sst_auth                 = root:
+EOF
+}
+
+# start_galera_node PORT [--wsrep-new-cluster]: starts one node and waits
+# until it is Synced
+start_galera_node() {
+    local p=$1 dir="$run/mysql-$1" i bg
+    shift
+    fail_if_port_taken "mariadb $p" "$p" PAYGW_MYSQL_PORT
+    write_mycnf "$dir" "$p" "mysql-$p"
+    if [ ! -d "$dir/data/mysql" ]; then
+        mariadb-install-db --defaults-file="$dir/my.cnf" \
+            --auth-root-authentication-method=normal --skip-test-db \
+            > "$logs/mysql-$p-install.log" 2>&1 \
+            || die "mariadb-install-db failed; see $logs/mysql-$p-install.log"
+    fi
+    rm -f "$run/mysql-$p.pid"
+    nohup mariadbd --defaults-file="$dir/my.cnf" "$@" \
+        < /dev/null >> "$logs/mysql-$p.out" 2>&1 &
+    bg=$!
+    for ((i = 0; i < wait_secs * 20; i++)); do
+        [ "$(mariadb --defaults-file="$dir/my.cnf" --batch --skip-column-names \
+              -e "SHOW STATUS LIKE 'wsrep_local_state_comment'" 2>/dev/null \
+              | cut -f2)" = Synced ] && break
+        kill -0 "$bg" 2>/dev/null || break
+        sleep 0.1
+    done
+    wait_ready "mysql-$p" "$p" "$logs/mysql-$p.err"
+    say "galera node 127.0.0.1:$p up (pid $(pid_of "mysql-$p"))"
+}
+
+start_galera() {
+    local p running=() first="" boot
+    for p in $(mysql_ports); do
+        if pid_of "mysql-$p" > /dev/null; then running+=("$p"); fi
+    done
+    if [ ${#running[@]} -eq 0 ]; then
+        # a new cluster, from the node that may bootstrap it (grastate.dat)
+        # or the first one
+        for p in $(mysql_ports); do
+            if grep -qs '^safe_to_bootstrap: 1' "$run/mysql-$p/data/grastate.dat"; then
+                first=$p
+                break
+            fi
+        done
+        first=${first:-$PAYGW_MYSQL_PORT}
+        boot="$run/mysql-$first/data/grastate.dat"
+        if [ -f "$boot" ]; then
+            sed -i 's/^safe_to_bootstrap: 0/safe_to_bootstrap: 1/' "$boot"
+        fi
+        start_galera_node "$first" --wsrep-new-cluster
+        running+=("$first")
+    fi
+    for p in $(mysql_ports); do
+        pid_of "mysql-$p" > /dev/null || start_galera_node "$p"
+    done
+    # the database, user and schema through one node: Galera replicates them
+    mycnf="$run/mysql-${running[0]}/my.cnf"
+    applied_file="$run/galera-applied"
+    setup_paygw_db
 }
 
 start_sim() {
@@ -235,7 +378,23 @@ render_nginx_conf() {
         "$src" > "$run/nginx.conf.tmp"
     left=$(grep -o '@[A-Z_]*@' "$run/nginx.conf.tmp" | sort -u | tr '\n' ' ' || true)
     [ -z "$left" ] || die "nginx.conf.example has unknown placeholders: $left"
+    [ "$PAYGW_HA" = 0 ] || ha_nginx_conf "$run/nginx.conf.tmp"
     mv -f "$run/nginx.conf.tmp" "$run/nginx.conf"
+}
+
+# PAYGW_HA=1: every Redis node a seed, the Redis location in cluster mode
+# (with time to wait out a failover); MySQL writes to the first Galera
+# node, then to the next when it fails
+ha_nginx_conf() {
+    local seeds="" failover="" p
+    for p in $(redis_ports); do seeds="$seeds        server     127.0.0.1:$p;\n"; done
+    for p in $(mysql_ports); do
+        [ "$p" = "$PAYGW_MYSQL_PORT" ] || failover="$failover failover=127.0.0.1:$p"
+    done
+    sed -i -e "s|^ *server     127.0.0.1:$PAYGW_REDIS_PORT;|$seeds|" \
+        -e "s|\(paygw_mysql .* port=$PAYGW_MYSQL_PORT\) |\1$failover |" \
+        -e 's|^\( *\)paygw_redis_pass     paygw_redis;|&\n\1paygw_redis_cluster  on;|' \
+        -e 's|^\( *paygw_redis_timeout  \)1s;|\13s;|' "$1"
 }
 
 start_nginx() {
@@ -306,9 +465,20 @@ paygw is running at $url
 EOF
 }
 
+# the backends' pid file names: the single servers, or every node
+backends() {
+    local p
+    if [ "$PAYGW_HA" = 1 ]; then
+        for p in $(mysql_ports); do echo "mysql-$p"; done
+        for p in $(redis_ports); do echo "redis-$p"; done
+    else
+        echo mysql redis
+    fi
+}
+
 status() {
     local name pid rc=0
-    for name in nginx sim mysql redis; do
+    for name in nginx sim $(backends); do
         if pid=$(pid_of "$name"); then
             printf '%-6s running (pid %s)\n' "$name" "$pid"
         else
@@ -322,14 +492,19 @@ status() {
 case "${1:-}" in
     start)
         mkdir -p "$run" "$logs" "$run/tmp"   # run/tmp: nginx temp paths
-        start_redis
-        start_mysql
+        if [ "$PAYGW_HA" = 1 ]; then
+            start_redis_cluster
+            start_galera
+        else
+            start_redis
+            start_mysql
+        fi
         start_sim
         start_nginx
         banner
         ;;
     stop)
-        for c in nginx sim mysql redis; do stop_one "$c"; done
+        for c in nginx sim $(backends); do stop_one "$c"; done
         ;;
     status)
         status

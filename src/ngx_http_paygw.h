@@ -86,6 +86,8 @@ typedef struct {
 typedef struct {
     ngx_http_upstream_conf_t      redis;
     size_t                        redis_max_reply;
+    ngx_flag_t                    redis_cluster;
+    void                         *redis_rc;  /* redis_cluster.c's */
 
     ngx_http_paygw_mysql_srv_t   *mysql;
     ngx_str_t                     mysql_name;

@@ -10,6 +10,7 @@
 
 
 #include "ngx_http_paygw_metrics.h"
+#include "ngx_http_paygw_redis.h"
 
 
 static ngx_int_t ngx_http_paygw_call_done(ngx_http_request_t *r, void *data,
@@ -108,7 +109,13 @@ ngx_http_paygw_call_done(ngx_http_request_t *r, void *data, ngx_int_t rc)
 
     /* nginx may call this twice for a waited subrequest */
 
-    if (call->done) {
+    if (call->done || call->sr != r) {
+        return rc;
+    }
+
+    if (call->kind == NGX_HTTP_PAYGW_CALL_REDIS
+        && ngx_http_paygw_redis_done(r, call) == NGX_AGAIN)
+    {
         return rc;
     }
 

@@ -39,6 +39,7 @@ static void ngx_http_paygw_mysql_read_handler(ngx_event_t *rev);
 static void ngx_http_paygw_mysql_write_handler(ngx_event_t *wev);
 static void ngx_http_paygw_mysql_lib_timeout(ngx_event_t *ev);
 static void ngx_http_paygw_mysql_connect_timeout(ngx_event_t *ev);
+static void ngx_http_paygw_mysql_failover(ngx_http_paygw_mysql_conn_t *mc);
 static void ngx_http_paygw_mysql_resume(ngx_http_paygw_mysql_conn_t *mc,
     int events);
 static void ngx_http_paygw_mysql_op_timeout(ngx_event_t *ev);
@@ -351,6 +352,7 @@ ngx_http_paygw_mysql_connect(ngx_http_paygw_mysql_op_t *op)
     }
 
     mc->srv = srv;
+    mc->node = srv->current;
     srv->nconns++;
 
     mc->connect_timer.handler = ngx_http_paygw_mysql_connect_timeout;
@@ -473,6 +475,7 @@ ngx_http_paygw_mysql_connected(ngx_http_paygw_mysql_conn_t *mc)
     }
 
     if (mc->ret_mysql == NULL) {
+        ngx_http_paygw_mysql_failover(mc);
         return ngx_http_paygw_mysql_broken(mc, NGX_HTTP_SERVICE_UNAVAILABLE,
                                            "connect");
     }
@@ -657,6 +660,28 @@ ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc)
                           "paygw mysql: pooled connection was lost (%s), "
                           "retrying once", mysql_error(mc->mysql));
 
+            op->retried = 1;
+            mc->op = NULL;
+            op->conn = NULL;
+            ngx_http_paygw_mysql_close(mc);
+            ngx_http_paygw_mysql_dispatch(op);
+            return NGX_HTTP_PAYGW_MYSQL_STOP;
+        }
+
+        return ngx_http_paygw_mysql_broken(mc, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                           "query");
+    }
+
+    /*
+     * A Galera node out of the primary component (or not yet synced)
+     * refuses every statement: the next node takes the writes.  An op
+     * refused on its first statement changed nothing and runs there.
+     */
+
+    if (err == NGX_HTTP_PAYGW_ER_WSREP_NOT_READY) {
+        ngx_http_paygw_mysql_failover(mc);
+
+        if (op->step == 0 && !op->retried) {
             op->retried = 1;
             mc->op = NULL;
             op->conn = NULL;
@@ -920,6 +945,45 @@ ngx_http_paygw_mysql_lib_timeout(ngx_event_t *ev)
 }
 
 
+/*
+ * Single writer: every connection of a worker goes to srv->current, so
+ * that Galera never certifies one worker's writes against another's.
+ * When the writer cannot be connected to or leaves the cluster, the
+ * next node of the list takes over (once per failure: connections
+ * opened before to an older writer change nothing).  Connections left
+ * to the old writer fail on their next statement and are replaced; a
+ * transaction that broke is never assumed committed: the op fails and
+ * the durable unique keys decide when it is sent again.
+ */
+
+static void
+ngx_http_paygw_mysql_failover(ngx_http_paygw_mysql_conn_t *mc)
+{
+    ngx_http_paygw_mysql_srv_t   *srv;
+    ngx_http_paygw_mysql_node_t  *nodes;
+
+    srv = mc->srv;
+
+    if (srv->nodes == NULL || srv->nodes->nelts < 2
+        || mc->node != srv->current)
+    {
+        return;
+    }
+
+    nodes = srv->nodes->elts;
+
+    srv->current = (srv->current + 1) % srv->nodes->nelts;
+
+    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                  "paygw mysql \"%V\": %V:%ui failed, writes go to %V:%ui",
+                  &srv->name, &srv->host, srv->port,
+                  &nodes[srv->current].host, nodes[srv->current].port);
+
+    srv->host = nodes[srv->current].host;
+    srv->port = nodes[srv->current].port;
+}
+
+
 static void
 ngx_http_paygw_mysql_connect_timeout(ngx_event_t *ev)
 {
@@ -933,6 +997,8 @@ ngx_http_paygw_mysql_connect_timeout(ngx_event_t *ev)
     }
 
     c = mc->op->request->connection;
+
+    ngx_http_paygw_mysql_failover(mc);
 
     (void) ngx_http_paygw_mysql_broken(mc, NGX_HTTP_GATEWAY_TIME_OUT,
                                        "connect (timed out)");

@@ -21,6 +21,7 @@
 
 #define NGX_HTTP_PAYGW_ER_LOCK_WAIT_TIMEOUT  1205
 #define NGX_HTTP_PAYGW_ER_LOCK_DEADLOCK      1213
+#define NGX_HTTP_PAYGW_ER_WSREP_NOT_READY    1047  /* ER_UNKNOWN_COM_ERROR */
 
 
 typedef struct {
@@ -96,10 +97,19 @@ typedef struct {
 } ngx_http_paygw_mysql_op_t;
 
 
-struct ngx_http_paygw_mysql_srv_s {
-    ngx_str_t                     name;
+typedef struct {
     ngx_str_t                     host;      /* an IP address, NUL-ended */
     ngx_uint_t                    port;
+} ngx_http_paygw_mysql_node_t;
+
+
+struct ngx_http_paygw_mysql_srv_s {
+    ngx_str_t                     name;
+    ngx_str_t                     host;      /* the writer: an IP address, */
+    ngx_uint_t                    port;      /* NUL-ended */
+    ngx_array_t                  *nodes;     /* mysql_node_t: host=, then
+                                                every failover= */
+    ngx_uint_t                    current;   /* per worker: the writer */
     ngx_str_t                     user;
     ngx_str_t                     password;
     ngx_str_t                     database;

@@ -2,7 +2,7 @@
 /*
  * paygw: the paygw_mysql and paygw_mysql_pass directives.
  *
- *     paygw_mysql NAME host=IP [port=3306] user=USER
+ *     paygw_mysql NAME host=IP [port=3306] [failover=IP:PORT ...] user=USER
  *                 password_file=PATH database=DB [max_conns=16]
  *                 [idle_timeout=60s] [connect_timeout=3s]
  *                 [query_timeout=10s];
@@ -17,6 +17,10 @@ static char *ngx_http_paygw_mysql_param(ngx_conf_t *cf,
 static char *ngx_http_paygw_mysql_msec(ngx_conf_t *cf, ngx_str_t *param,
     size_t skip, ngx_msec_t *msec);
 static ngx_int_t ngx_http_paygw_mysql_is_ip(ngx_str_t *host);
+static char *ngx_http_paygw_mysql_failover_param(ngx_conf_t *cf,
+    ngx_http_paygw_mysql_srv_t *srv, ngx_str_t *param);
+static char *ngx_http_paygw_mysql_nodes(ngx_conf_t *cf,
+    ngx_http_paygw_mysql_srv_t *srv);
 
 
 char *
@@ -61,6 +65,10 @@ ngx_http_paygw_mysql_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         if (rv != NGX_CONF_OK) {
             return rv;
         }
+    }
+
+    if (ngx_http_paygw_mysql_nodes(cf, srv) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
     }
 
     if (srv->host.data == NULL || srv->user.data == NULL
@@ -109,6 +117,10 @@ ngx_http_paygw_mysql_param(ngx_conf_t *cf, ngx_http_paygw_mysql_srv_t *srv,
         }
 
         return NGX_CONF_OK;
+    }
+
+    if (ngx_paygw_is("failover=")) {
+        return ngx_http_paygw_mysql_failover_param(cf, srv, param);
     }
 
     if (ngx_paygw_is("port=")) {
@@ -274,4 +286,86 @@ ngx_http_paygw_mysql_merge_conf(ngx_conf_t *cf,
                   &conf->mysql_name, conf->mysql_file, conf->mysql_line);
 
     return NGX_CONF_ERROR;
+}
+
+
+/* failover=IP:PORT: another node of the cluster, in the order given */
+
+static char *
+ngx_http_paygw_mysql_failover_param(ngx_conf_t *cf,
+    ngx_http_paygw_mysql_srv_t *srv, ngx_str_t *param)
+{
+    u_char                       *colon;
+    ngx_int_t                     port;
+    ngx_str_t                     v;
+    ngx_http_paygw_mysql_node_t  *node;
+
+    v.data = param->data + sizeof("failover=") - 1;
+    v.len = param->len - (sizeof("failover=") - 1);
+
+    for (colon = v.data + v.len - 1; colon > v.data && *colon != ':'; colon--)
+    {
+        /* void */
+    }
+
+    port = ngx_atoi(colon + 1, v.data + v.len - colon - 1);
+
+    if (srv->nodes == NULL) {
+        srv->nodes = ngx_array_create(cf->pool, 3,
+                                      sizeof(ngx_http_paygw_mysql_node_t));
+        if (srv->nodes == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        /* host= comes first: filled in once every parameter was read */
+
+        if (ngx_array_push(srv->nodes) == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    node = ngx_array_push(srv->nodes);
+    if (node == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    node->host.len = colon - v.data;
+    node->host.data = ngx_pnalloc(cf->pool, node->host.len + 1);
+    if (node->host.data == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(node->host.data, v.data, node->host.len);
+    node->host.data[node->host.len] = '\0';
+    node->port = port;
+
+    if (colon == v.data || port < 1 || port > 65535
+        || ngx_http_paygw_mysql_is_ip(&node->host) != NGX_OK)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid paygw_mysql \"%V\": IP:PORT expected "
+                           "(IP addresses only: resolving a name would "
+                           "block the worker)", param);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_paygw_mysql_nodes(ngx_conf_t *cf, ngx_http_paygw_mysql_srv_t *srv)
+{
+    ngx_http_paygw_mysql_node_t  *nodes;
+
+    if (srv->nodes == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    nodes = srv->nodes->elts;
+    nodes[0].host = srv->host;
+    nodes[0].port = srv->port;
+    srv->current = 0;
+
+    return NGX_CONF_OK;
 }

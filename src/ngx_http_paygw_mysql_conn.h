@@ -40,6 +40,7 @@ struct ngx_http_paygw_mysql_conn_s {
     MYSQL_RES                    *ret_res;
 
     ngx_msec_t                    idle_since;
+    ngx_uint_t                    node;      /* srv->current when opened */
 
     unsigned                      reused:1;
 };

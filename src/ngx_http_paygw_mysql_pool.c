@@ -108,9 +108,12 @@ ngx_http_paygw_mysql_get_idle(ngx_http_paygw_mysql_srv_t *srv)
          * still meets a lost connection is retried once.
          */
 
-        if (ngx_current_msec - mc->idle_since > 1000
-            && ngx_http_paygw_mysql_alive(mc->c) != NGX_OK)
+        if ((ngx_current_msec - mc->idle_since > 1000
+             && ngx_http_paygw_mysql_alive(mc->c) != NGX_OK)
+            || mc->node != srv->current)
         {
+            /* a connection to a writer that failed over is not reused */
+
             ngx_http_paygw_mysql_close(mc);
             continue;
         }

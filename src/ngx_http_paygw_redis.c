@@ -9,11 +9,12 @@
  */
 
 
-#include "ngx_http_paygw_redis.h"
+#include "ngx_http_paygw_redis_cluster.h"
 
 
 static void ngx_http_paygw_redis_cleanup(void *data);
 static void ngx_http_paygw_redis_free_replies(ngx_http_paygw_redis_op_t *op);
+static void ngx_http_paygw_redis_free_wire(ngx_http_paygw_redis_op_t *op);
 static ngx_int_t ngx_http_paygw_redis_add(ngx_http_request_t *r,
     ngx_http_paygw_redis_op_t *op, char *cmd, int len);
 static ngx_int_t ngx_http_paygw_redis_handler(ngx_http_request_t *r);
@@ -153,6 +154,13 @@ ngx_http_paygw_redis_send(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
         return NGX_ERROR;
     }
 
+    /* a cluster location makes its own rounds of these (a new call) */
+
+    op->out = op->cmds.elts;
+    op->nout = op->cmds.nelts;
+    op->in = op->replies;
+    op->cluster = NULL;
+
     return ngx_http_paygw_call_start(r, &plcf->redis_uri, &op->call);
 }
 
@@ -162,6 +170,8 @@ ngx_http_paygw_redis_cleanup(void *data)
 {
     ngx_http_paygw_redis_op_t *op = data;
 
+    ngx_http_paygw_rc_cleanup(op);
+    ngx_http_paygw_redis_free_wire(op);
     ngx_http_paygw_redis_free_replies(op);
 
     if (op->reader) {
@@ -188,6 +198,35 @@ ngx_http_paygw_redis_free_replies(ngx_http_paygw_redis_op_t *op)
     }
 
     op->got = 0;
+}
+
+
+static void
+ngx_http_paygw_redis_free_wire(ngx_http_paygw_redis_op_t *op)
+{
+    ngx_uint_t  i;
+
+    if (op->in == NULL || op->in == op->replies) {
+        return;
+    }
+
+    for (i = 0; i < op->nout; i++) {
+        if (op->in[i]) {
+            freeReplyObject(op->in[i]);
+            op->in[i] = NULL;
+        }
+    }
+
+    op->got = 0;
+}
+
+
+/* the call's subrequest is over: NGX_AGAIN when the cluster resends */
+
+ngx_int_t
+ngx_http_paygw_redis_done(ngx_http_request_t *r, ngx_http_paygw_call_t *call)
+{
+    return ngx_http_paygw_rc_done(r, (ngx_http_paygw_redis_op_t *) call);
 }
 
 
@@ -327,6 +366,13 @@ ngx_http_paygw_redis_handler(ngx_http_request_t *r)
 
     u->conf = &plcf->redis;
 
+    if (plcf->redis_rc && ngx_http_paygw_rc_start(r, op) != NGX_OK) {
+        ngx_http_paygw_call_fail(&op->call, r->pool,
+                                 NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                 "redis cluster: cannot route the call");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
     u->create_request = ngx_http_paygw_redis_create_request;
     u->reinit_request = ngx_http_paygw_redis_reinit_request;
     u->process_header = ngx_http_paygw_redis_process_header;
@@ -368,9 +414,9 @@ ngx_http_paygw_redis_create_request(ngx_http_request_t *r)
     op = ngx_http_get_module_ctx(r, ngx_http_paygw_module);
 
     ll = &r->upstream->request_bufs;
-    cmd = op->cmds.elts;
+    cmd = op->out;
 
-    for (i = 0; i < op->cmds.nelts; i++) {
+    for (i = 0; i < op->nout; i++) {
         b = ngx_calloc_buf(r->pool);
         if (b == NULL) {
             return NGX_ERROR;
@@ -407,7 +453,12 @@ ngx_http_paygw_redis_reinit_request(ngx_http_request_t *r)
 
     /* a retry on another connection starts the replies afresh */
 
-    ngx_http_paygw_redis_free_replies(op);
+    if (op->in == op->replies) {
+        ngx_http_paygw_redis_free_replies(op);
+
+    } else {
+        ngx_http_paygw_redis_free_wire(op);
+    }
 
     if (op->reader) {
         redisReaderFree(op->reader);
@@ -459,7 +510,7 @@ ngx_http_paygw_redis_process_header(ngx_http_request_t *r)
         b->last = b->start;
     }
 
-    while (op->got < op->cmds.nelts) {
+    while (op->got < op->nout) {
 
         if (redisReaderGetReply(op->reader, &reply) != REDIS_OK) {
             ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
@@ -472,7 +523,7 @@ ngx_http_paygw_redis_process_header(ngx_http_request_t *r)
             return NGX_AGAIN;
         }
 
-        op->replies[op->got++] = reply;
+        op->in[op->got++] = reply;
     }
 
     if (op->reader->pos < op->reader->len) {
@@ -487,6 +538,10 @@ ngx_http_paygw_redis_process_header(ngx_http_request_t *r)
 
     u->keepalive = 1;
     op->call.ok = 1;
+
+    if (op->cluster) {
+        ngx_http_paygw_rc_replies(r, op);
+    }
 
     return NGX_OK;
 }

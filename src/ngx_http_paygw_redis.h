@@ -25,6 +25,12 @@ typedef struct {
     ngx_array_t                   cmds;      /* ngx_str_t, formatted RESP */
     redisReply                  **replies;   /* cmds.nelts once ok */
 
+    /* what goes on the wire: cmds, or a round of the cluster client */
+    ngx_str_t                    *out;
+    ngx_uint_t                    nout;
+    redisReply                  **in;       /* nout */
+    struct ngx_http_paygw_rc_op_s  *cluster;
+
     /* upstream side */
     redisReader                  *reader;
     size_t                        received;
@@ -40,6 +46,8 @@ ngx_int_t ngx_http_paygw_redis_command_argv(ngx_http_request_t *r,
     ngx_http_paygw_redis_op_t *op, ngx_uint_t argc, ngx_str_t *argv);
 ngx_int_t ngx_http_paygw_redis_send(ngx_http_request_t *r,
     ngx_http_paygw_redis_op_t *op);
+ngx_int_t ngx_http_paygw_redis_done(ngx_http_request_t *r,
+    ngx_http_paygw_call_t *call);
 
 char *ngx_http_paygw_redis_pass(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);

@@ -42,6 +42,8 @@ use Exporter qw(import);
 use JSON::PP ();
 use Test::More ();
 use PayGW::Test qw(http sign_request repo_root wait_until);
+use PayGW::Cluster;
+use PayGW::Galera;
 
 our @EXPORT_OK = qw(err_code sql_quote);
 
@@ -159,8 +161,12 @@ sub start {
     } else {
         # all three at once, then wait for each: MariaDB and node take
         # their time to come up
-        $self->{redis} = PayGW::Test::Redis->start(no_wait => 1);
-        $self->{db} = PayGW::Test::MySQL->start(no_wait => 1);
+        $self->{redis} = $o{redis_cluster} // $ENV{PAYGW_HA}
+            ? PayGW::Test::RedisCluster->start(no_wait => 1)
+            : PayGW::Test::Redis->start(no_wait => 1);
+        $self->{db} = $o{galera} // $ENV{PAYGW_HA}
+            ? PayGW::Test::Galera->start(no_wait => 1)
+            : PayGW::Test::MySQL->start(no_wait => 1);
         $self->{sim} = PayGW::Test::Sim->start(no_wait => 1);
         $self->{$_}->ready for qw(redis db sim);
     }
@@ -169,6 +175,7 @@ sub start {
         $http = (grep { exists $o{$_} } @CONF_OPTIONS) ? $self->_http_conf(%o)
                                                        : $DEFAULT_HTTP;
     }
+    $http = $self->cluster_conf($http);
     $self->{ngx} = PayGW::Test::Nginx->new(
         workers => $o{workers} // 1,
         error_log_level => $o{error_log_level} // 'info',
@@ -178,6 +185,20 @@ sub start {
     $self->{ngx}->start;
 
     return $self;
+}
+
+# cluster_conf(TEXT): the http{} text for clustered backends: with a
+# Redis Cluster, paygw_redis_cluster on in every location that passes to
+# Redis; with Galera, the other nodes as failover= of paygw_mysql.
+sub cluster_conf {
+    my ($self, $http) = @_;
+    $http =~ s/(paygw_redis_pass\s+[^;]+;)(?!\s*paygw_redis_cluster)/$1 paygw_redis_cluster on;/g
+        if $self->{redis}->isa('PayGW::Test::RedisCluster');
+    if ($self->{db}->isa('PayGW::Test::Galera')) {
+        my $f = $self->{db}->failover_params;
+        $http =~ s/(paygw_mysql\s+\S+\s+host=\S+\s+port=%%MYSQL_PORT%%)(?!\s+failover=)/$1 $f/g;
+    }
+    return $http;
 }
 
 sub redis { $_[0]{redis} }
@@ -210,6 +231,7 @@ sub http_conf { $_[0]{ngx}{http} }
 # filled); dies when nginx refuses it.
 sub reload {
     my ($self, $http) = @_;
+    $http = $self->cluster_conf($http) if defined $http;
     $self->{ngx}->reload(defined $http ? (http => $http) : ());
     return $self;
 }
@@ -217,6 +239,7 @@ sub reload {
 # test_config(TEXT) -> (exit code, output of nginx -t) for this http{} text.
 sub test_config {
     my ($self, $http) = @_;
+    $http = $self->cluster_conf($http) if defined $http;
     return $self->{ngx}->test_config(http => $http);
 }
 

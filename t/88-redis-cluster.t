@@ -1,0 +1,256 @@
+#!/usr/bin/perl
+# The gateway on a Redis Cluster (issue 14): 3 masters and 3 replicas on
+# loopback, paygw_redis_cluster on.  Payments, GETs, refunds and
+# idempotent replays through it; a merchant's slot migrated to another
+# master (SETSLOT IMPORTING/MIGRATING, MIGRATE ... KEYS, SETSLOT NODE)
+# while requests run: no error reaches a client; the master of that slot
+# SIGKILLed under load: its replica takes over, the gateway follows within
+# 10 s, 503s meanwhile and never a wrong answer, and replays of every
+# create -- whose idempotency record the failover may have lost, since
+# replication is asynchronous -- never make a second payment or charge
+# (MySQL's unique business_no; docs/operations.md).
+# The cluster starts in about 3 s, so this runs in every `make test`.
+use strict;
+use warnings;
+
+use Test::More;
+use JSON::PP ();
+use Digest::SHA ();
+use POSIX ();
+use Time::HiRes qw(time sleep);
+
+use PayGW::Gateway qw(err_code);
+use PayGW::Test qw(wait_until);
+
+my $gw = PayGW::Gateway->start(workers => 2, redis_cluster => 1);
+my $rc = $gw->redis;
+isa_ok($rc, 'PayGW::Test::RedisCluster');
+like($gw->http_conf, qr/paygw_redis_cluster on/, 'nginx runs in cluster mode');
+
+my $TAG = 'pg:{M100}:x';     # hashes to the slot of every M100 key
+
+sub create_ok {
+    my ($r, $body) = @_;
+    return $r->{status} == 201
+        && ($r->{json}{business_no} // '') eq $body->{business_no}
+        && ($r->{json}{amount} // -1) == $body->{amount}
+        && ($r->{json}{payment_no} // '') ne '';
+}
+
+# ---- payments, GETs, refunds, replays ---------------------------------------
+
+{
+    my $r = PayGW::Test::http(GET => $gw->url('/readyz'));
+    is($r->{status}, 200, '/readyz: PING through the cluster') or diag($r->{body});
+}
+
+my %made;      # business_no => payment_no
+{
+    my $body = PayGW::Gateway->payment_body(amount => 2500);
+    my $key = $gw->fresh_key('k88');
+    my $r = $gw->create($body, idempotency_key => $key);
+    ok(create_ok($r, $body), 'created through the cluster') or diag($r->{body});
+    my $no = $r->{json}{payment_no};
+    $made{$body->{business_no}} = $no;
+
+    my $again = $gw->create($body, idempotency_key => $key);
+    is($again->{body}, $r->{body}, 'the same key replays the answer');
+    is($again->{headers}{'idempotent-replayed'}, 'true', '... marked a replay');
+
+    my $get = $gw->get_payment($no);
+    is($get->{status}, 200, 'GET through the cluster');
+    is($get->{json}{amount}, 2500, '... the payment');
+
+    my $ref = $gw->api(POST => "/v1/payments/$no/refunds",
+                       json => {refund_no => "R-$no", amount => 1000,
+                                reason => 'customer request'},
+                       idempotency_key => $gw->fresh_key('k88r'));
+    like($ref->{status}, qr/^20[12]$/, 'a refund through the cluster')
+        or diag($ref->{body});
+
+    my $master = $rc->master_of($TAG);
+    my @keys = grep { length }
+        split /\n/, $rc->node_cli($master, 'KEYS', 'pg:{M100}:i:*');
+    ok(@keys >= 2, "the merchant's idempotency records are on its slot's "
+       . 'master (' . $master->port . ')');
+    my @nonces = grep { length }
+        split /\n/, $rc->node_cli($master, 'KEYS', 'pg:{M100}:n:*');
+    ok(@nonces >= 4, '... and so are its nonces');
+}
+
+# ---- load: a child process makes creates, GETs and refunds ------------------
+
+# start_load(NAME): forks the load; stop_load(LOAD) -> [results]
+sub start_load {
+    my ($name) = @_;
+    my $file = PayGW::Test::_mkdir("load-$name") . '/results';
+    my $stop = "$file.stop";
+    my $pid = fork // die "fork: $!\n";
+    if (!$pid) {
+        my $json = JSON::PP->new->canonical;
+        open my $out, '>>', $file or POSIX::_exit(1);
+        $out->autoflush(1);
+        my $n = 0;
+        until (-e $stop) {
+            my $body = PayGW::Gateway->payment_body(amount => 100 + $n++);
+            my $key = $gw->fresh_key("load-$name");
+            my $t = time;
+            my $r = $gw->create($body, idempotency_key => $key, timeout => 20);
+            my %rec = (op => 'create', t => $t, status => $r->{status},
+                       key => $key, body => $body,
+                       ok => create_ok($r, $body) ? 1 : 0,
+                       answer => $r->{body});
+            print {$out} $json->encode(\%rec), "\n";
+            next unless $r->{status} == 201;
+            my $no = $r->{json}{payment_no};
+            $r = $gw->get_payment($no);
+            print {$out} $json->encode({op => 'get', t => time,
+                status => $r->{status}, answer => $r->{body},
+                ok => ($r->{status} == 200
+                       && ($r->{json}{payment_no} // '') eq $no
+                       && ($r->{json}{amount} // -1) == $body->{amount})
+                      ? 1 : 0}), "\n";
+            next if $n % 3;
+            $r = $gw->api(POST => "/v1/payments/$no/refunds",
+                          json => {refund_no => "R-$no", amount => $body->{amount},
+                                   reason => 'customer request'},
+                          idempotency_key => $gw->fresh_key("load-r-$name"),
+                          timeout => 20);
+            print {$out} $json->encode({op => 'refund', t => time,
+                status => $r->{status}, answer => $r->{body},
+                ok => ($r->{status} =~ /^20[12]$/
+                       && ($r->{json}{amount} // -1) == $body->{amount})
+                      ? 1 : 0}), "\n";
+        }
+        close $out;
+        POSIX::_exit(0);
+    }
+    return {pid => $pid, file => $file, stop => $stop};
+}
+
+sub stop_load {
+    my ($load) = @_;
+    open my $fh, '>', $load->{stop} or die;
+    close $fh;
+    waitpid $load->{pid}, 0;
+    my @res;
+    open $fh, '<', $load->{file} or return [];
+    push @res, JSON::PP->new->decode($_) while <$fh>;
+    return \@res;
+}
+
+sub count_results {
+    my ($res) = @_;
+    my %by;
+    $by{"$_->{op} $_->{status}"}++ for @$res;
+    return join ', ', map { "$_: $by{$_}" } sort keys %by;
+}
+
+# ---- a slot migration while requests run ------------------------------------
+
+{
+    my $slot = $rc->slot_of($TAG);
+    my $from = $rc->master_of($slot);
+    my ($to) = grep { $_ != $from && $rc->node_cli($_, 'ROLE') =~ /^master/ }
+               $rc->live;
+    my $load = start_load('migrate');
+    ok(wait_until(sub { -s $load->{file} }, timeout => 20), 'load running');
+    # keys move a few at a time with requests in between
+    $rc->migrate_slot($slot, $to, batch => 5, between => sub { sleep 0.05 });
+    sleep 1;
+    my $back = $rc->migrate_slot($slot, $from, between => sub { sleep 0.05 });
+    sleep 1;
+    my $res = stop_load($load);
+    note('migration: ' . count_results($res));
+    ok(scalar(grep { $_->{op} eq 'create' } @$res) >= 5,
+       'requests ran during the migrations');
+    my @bad = grep { !$_->{ok} } @$res;
+    is(scalar @bad, 0, 'no error and no wrong answer reached a client')
+        or diag(join "\n", map { "$_->{op} $_->{status} $_->{answer}" }
+                               @bad[0 .. ($#bad < 4 ? $#bad : 4)]);
+    is($rc->master_of($slot)->port, $from->port, 'the slot is back');
+
+    # every answer is still there for its key, wherever it moved
+    my @creates = grep { $_->{op} eq 'create' } @$res;
+    my $replayed = grep {
+        my $r = $gw->create($_->{body}, idempotency_key => $_->{key});
+        $r->{body} eq $_->{answer}
+    } @creates;
+    is($replayed, scalar @creates, 'every create replays its answer after '
+       . 'the migrations');
+}
+
+# ---- a master SIGKILLed under load ------------------------------------------
+
+{
+    my $master = $rc->master_of($TAG);
+    my $load = start_load('kill');
+    ok(wait_until(sub { -s $load->{file} }, timeout => 20), 'load running');
+    sleep 1;
+    my $killed = time;
+    $master->kill;
+    note('killed the master on ' . $master->port);
+    my $back = wait_until(sub {
+        my $new = eval { $rc->master_of($TAG) };
+        $new && $new != $master && $gw->create(amount => 777)->{status} == 201;
+    }, timeout => 10, interval => 0.1);
+    ok($back, 'the gateway answers again within 10 s of the kill')
+        or diag(sprintf '%.1f s', time - $killed);
+    note(sprintf 'failover seen after %.1f s', time - $killed);
+    sleep 1;
+    my $res = stop_load($load);
+    note('kill: ' . count_results($res));
+
+    my @wrong = grep { !$_->{ok} && $_->{status} != 503 } @$res;
+    is(scalar @wrong, 0, 'no wrong answer: 503 or the right one')
+        or diag(join "\n", map { "$_->{op} $_->{status} $_->{answer}" }
+                               @wrong[0 .. ($#wrong < 4 ? $#wrong : 4)]);
+    my @late = grep { !$_->{ok} && $_->{t} > $killed + 10 } @$res;
+    is(scalar @late, 0, 'no error once 10 s passed');
+
+    # replays: the record may be gone (asynchronous replication), the
+    # payment never doubles
+    # (or only its lock survived: in use until the lock expires)
+    my ($same, $dup, $inuse, $new, $other) = (0, 0, 0, 0, 0);
+    for my $c (grep { $_->{op} eq 'create' } @$res) {
+        my $r = $gw->create($c->{body}, idempotency_key => $c->{key});
+        if ($c->{status} == 201 && $r->{body} eq $c->{answer}) { $same++ }
+        elsif ($r->{status} == 409 && err_code($r) eq 'duplicate_business_no') { $dup++ }
+        elsif ($r->{status} == 409 && err_code($r) eq 'idempotency_key_in_use') { $inuse++ }
+        elsif ($c->{status} == 503 && create_ok($r, $c->{body})) { $new++ }
+        else { $other++; diag("replay: was $c->{status}, now $r->{status} $r->{body}") }
+    }
+    note("replays: $same replayed, $dup refused as duplicate_business_no, "
+         . "$inuse idempotency_key_in_use, $new made at last");
+    is($other, 0, 'every replay: the same answer, or the existing payment');
+    my $dups = $gw->sql1("SELECT COUNT(*) FROM (SELECT business_no FROM payments "
+                         . "GROUP BY merchant_id, business_no HAVING COUNT(*) > 1) d");
+    is($dups, 0, 'no business_no has two payments');
+    my %charges;
+    $charges{$_->{out_trade_no}}++ for @{ $gw->sim->charges->{charges} };
+    is(scalar(grep { $_ > 1 } values %charges), 0,
+       'the acquirer never charged a payment twice');
+    my $rows = $gw->count_rows('payments');
+    is($rows, scalar keys %charges, 'one charge per payment row');
+
+    # what a lost record (the last writes before the kill, not yet on the
+    # replica) does, made certain: the record deleted, the replay finds
+    # the payment through MySQL and charges nothing
+    my ($c) = grep { $_->{op} eq 'create' && $_->{status} == 201 } @$res;
+    my $rkey = 'pg:{M100}:i:' . Digest::SHA::sha256_hex($c->{key});
+    is($rc->cli('DEL', $rkey), 1, 'an idempotency record lost');
+    my $before = $gw->snapshot;
+    my $r = $gw->create($c->{body}, idempotency_key => $c->{key});
+    is($r->{status}, 409, 'its replay: 409') or diag($r->{body});
+    is(err_code($r), 'duplicate_business_no', '... duplicate_business_no');
+    $gw->nothing_written($before, 'the replay of a lost record');
+
+    $master->start_again;
+    $rc->wait_ok;
+    is($rc->node_cli($master, 'ROLE') =~ /^slave/ ? 1 : 0, 1,
+       'the old master came back as a replica');
+    $r = $gw->create(amount => 778);
+    is($r->{status}, 201, 'and the gateway still works') or diag($r->{body});
+}
+
+done_testing;
