@@ -25,6 +25,10 @@ typedef struct {
     ngx_array_t                   cmds;      /* ngx_str_t, formatted RESP */
     redisReply                  **replies;   /* cmds.nelts once ok */
 
+    /* EVALs sent as EVALSHA (ngx_http_paygw_redis_script.c) */
+    ngx_array_t                   evals;     /* ngx_str_t, EVAL form */
+    unsigned                      eval_sent:1;
+
     /* upstream side */
     redisReader                  *reader;
     size_t                        received;
@@ -39,6 +43,16 @@ ngx_int_t ngx_http_paygw_redis_command(ngx_http_request_t *r,
 ngx_int_t ngx_http_paygw_redis_command_argv(ngx_http_request_t *r,
     ngx_http_paygw_redis_op_t *op, ngx_uint_t argc, ngx_str_t *argv);
 ngx_int_t ngx_http_paygw_redis_send(ngx_http_request_t *r,
+    ngx_http_paygw_redis_op_t *op);
+
+/*
+ * ngx_http_paygw_redis_script.c: argv is EVAL, a static script, ...; it
+ * goes as EVALSHA, sent again as EVAL on NOSCRIPT
+ */
+#define NGX_HTTP_PAYGW_REDIS_EVAL_ARGS  32
+ngx_int_t ngx_http_paygw_redis_evalsha(ngx_http_request_t *r,
+    ngx_http_paygw_redis_op_t *op, ngx_uint_t argc, ngx_str_t *argv);
+ngx_int_t ngx_http_paygw_redis_noscript(ngx_http_request_t *r,
     ngx_http_paygw_redis_op_t *op);
 
 char *ngx_http_paygw_redis_pass(ngx_conf_t *cf, ngx_command_t *cmd,
