@@ -15,6 +15,7 @@
 
 
 #include "ngx_http_paygw_mysql_conn.h"
+#include "ngx_http_paygw_metrics.h"
 #include <errmsg.h>
 
 
@@ -29,6 +30,8 @@ static int ngx_http_paygw_mysql_start_batch(ngx_http_paygw_mysql_conn_t *mc);
 static ngx_uint_t ngx_http_paygw_mysql_batchable(
     ngx_http_paygw_mysql_op_t *op);
 static int ngx_http_paygw_mysql_advanced(ngx_http_paygw_mysql_conn_t *mc);
+static int ngx_http_paygw_mysql_query(ngx_http_paygw_mysql_conn_t *mc,
+    int *ret, MYSQL *mysql, const char *q, unsigned long len);
 static int ngx_http_paygw_mysql_queried(ngx_http_paygw_mysql_conn_t *mc);
 static int ngx_http_paygw_mysql_stored(ngx_http_paygw_mysql_conn_t *mc);
 static int ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc);
@@ -516,7 +519,7 @@ ngx_http_paygw_mysql_start_step(ngx_http_paygw_mysql_conn_t *mc)
 
     mc->state = NGX_HTTP_PAYGW_MYSQL_QUERY;
 
-    return mysql_real_query_start(&mc->ret_int, mc->mysql,
+    return ngx_http_paygw_mysql_query(mc, &mc->ret_int, mc->mysql,
                                   (char *) sql.data, sql.len);
 }
 
@@ -565,7 +568,7 @@ ngx_http_paygw_mysql_start_batch(ngx_http_paygw_mysql_conn_t *mc)
 
     mc->state = NGX_HTTP_PAYGW_MYSQL_QUERY;
 
-    return mysql_real_query_start(&mc->ret_int, mc->mysql,
+    return ngx_http_paygw_mysql_query(mc, &mc->ret_int, mc->mysql,
                                   (char *) sql.data, sql.len);
 }
 
@@ -773,7 +776,7 @@ ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc)
             op->in_transaction = 0;
             mc->state = NGX_HTTP_PAYGW_MYSQL_ROLLBACK;
             op->rerun = 1;
-            return mysql_real_query_start(&mc->ret_int, mc->mysql,
+            return ngx_http_paygw_mysql_query(mc, &mc->ret_int, mc->mysql,
                                           "ROLLBACK", sizeof("ROLLBACK") - 1);
         }
 
@@ -813,7 +816,7 @@ ngx_http_paygw_mysql_abort(ngx_http_paygw_mysql_conn_t *mc)
     if (op->in_transaction) {
         op->in_transaction = 0;
         mc->state = NGX_HTTP_PAYGW_MYSQL_ROLLBACK;
-        return mysql_real_query_start(&mc->ret_int, mc->mysql,
+        return ngx_http_paygw_mysql_query(mc, &mc->ret_int, mc->mysql,
                                       "ROLLBACK", sizeof("ROLLBACK") - 1);
     }
 
@@ -876,6 +879,19 @@ ngx_http_paygw_mysql_broken(ngx_http_paygw_mysql_conn_t *mc,
     ngx_http_paygw_mysql_finish(op);
 
     return NGX_HTTP_PAYGW_MYSQL_STOP;
+}
+
+
+static int
+ngx_http_paygw_mysql_query(ngx_http_paygw_mysql_conn_t *mc, int *ret,
+    MYSQL *mysql, const char *q, unsigned long len)
+{
+    /* every query (or batch) sent is one round trip to count */
+
+    ngx_http_paygw_m_round_trip(mc->op->request,
+                                NGX_HTTP_PAYGW_M_BACKEND_MYSQL);
+
+    return mysql_real_query_start(ret, mysql, q, len);
 }
 
 
