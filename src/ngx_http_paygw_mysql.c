@@ -31,7 +31,7 @@ static ngx_uint_t ngx_http_paygw_mysql_batchable(
     ngx_http_paygw_mysql_op_t *op);
 static int ngx_http_paygw_mysql_advanced(ngx_http_paygw_mysql_conn_t *mc);
 static int ngx_http_paygw_mysql_query(ngx_http_paygw_mysql_conn_t *mc,
-    int *ret, MYSQL *mysql, const char *q, unsigned long len);
+    const char *q, unsigned long len);
 static int ngx_http_paygw_mysql_queried(ngx_http_paygw_mysql_conn_t *mc);
 static int ngx_http_paygw_mysql_stored(ngx_http_paygw_mysql_conn_t *mc);
 static int ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc);
@@ -519,8 +519,7 @@ ngx_http_paygw_mysql_start_step(ngx_http_paygw_mysql_conn_t *mc)
 
     mc->state = NGX_HTTP_PAYGW_MYSQL_QUERY;
 
-    return ngx_http_paygw_mysql_query(mc, &mc->ret_int, mc->mysql,
-                                  (char *) sql.data, sql.len);
+    return ngx_http_paygw_mysql_query(mc, (char *) sql.data, sql.len);
 }
 
 
@@ -534,7 +533,13 @@ ngx_http_paygw_mysql_start_batch(ngx_http_paygw_mysql_conn_t *mc)
 
     op = mc->op;
 
-    /* the batch was sent: its next result (a statement's or a guard's) */
+    /*
+     * The batch was sent: its next result (a statement's or a guard's).
+     * The server runs all of it whether or not we read: a failure of
+     * ours midway (out of memory for a result) is reported as a failure
+     * though the batch may have committed; callers treat a failed write
+     * as unknown (a payment stays "processing" until resolved).
+     */
 
     if (op->step > 0 || op->guard) {
         mc->state = NGX_HTTP_PAYGW_MYSQL_NEXT;
@@ -568,8 +573,7 @@ ngx_http_paygw_mysql_start_batch(ngx_http_paygw_mysql_conn_t *mc)
 
     mc->state = NGX_HTTP_PAYGW_MYSQL_QUERY;
 
-    return ngx_http_paygw_mysql_query(mc, &mc->ret_int, mc->mysql,
-                                  (char *) sql.data, sql.len);
+    return ngx_http_paygw_mysql_query(mc, (char *) sql.data, sql.len);
 }
 
 
@@ -776,8 +780,8 @@ ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc)
             op->in_transaction = 0;
             mc->state = NGX_HTTP_PAYGW_MYSQL_ROLLBACK;
             op->rerun = 1;
-            return ngx_http_paygw_mysql_query(mc, &mc->ret_int, mc->mysql,
-                                          "ROLLBACK", sizeof("ROLLBACK") - 1);
+            return ngx_http_paygw_mysql_query(mc, "ROLLBACK",
+                                              sizeof("ROLLBACK") - 1);
         }
 
         op->in_transaction = 0;
@@ -816,8 +820,8 @@ ngx_http_paygw_mysql_abort(ngx_http_paygw_mysql_conn_t *mc)
     if (op->in_transaction) {
         op->in_transaction = 0;
         mc->state = NGX_HTTP_PAYGW_MYSQL_ROLLBACK;
-        return ngx_http_paygw_mysql_query(mc, &mc->ret_int, mc->mysql,
-                                      "ROLLBACK", sizeof("ROLLBACK") - 1);
+        return ngx_http_paygw_mysql_query(mc, "ROLLBACK",
+                                          sizeof("ROLLBACK") - 1);
     }
 
     ngx_http_paygw_mysql_release(mc);
@@ -883,15 +887,15 @@ ngx_http_paygw_mysql_broken(ngx_http_paygw_mysql_conn_t *mc,
 
 
 static int
-ngx_http_paygw_mysql_query(ngx_http_paygw_mysql_conn_t *mc, int *ret,
-    MYSQL *mysql, const char *q, unsigned long len)
+ngx_http_paygw_mysql_query(ngx_http_paygw_mysql_conn_t *mc, const char *q,
+    unsigned long len)
 {
     /* every query (or batch) sent is one round trip to count */
 
     ngx_http_paygw_m_round_trip(mc->op->request,
                                 NGX_HTTP_PAYGW_M_BACKEND_MYSQL);
 
-    return mysql_real_query_start(ret, mysql, q, len);
+    return mysql_real_query_start(&mc->ret_int, mc->mysql, q, len);
 }
 
 

@@ -313,6 +313,27 @@ sub api_in_background {
        '... the acquirer was asked once');
 }
 
+# ---- the client goes away once it has the answer: the answer is still kept ----------------
+
+{
+    # the record is written right after the answer; a client that closes
+    # its connection at once must not cut that write short
+    for my $i (1 .. 3) {
+        my $key = fresh();
+        my $body = $JS->encode(pb());
+        my $first = raw_create($key, $body);
+        is($first->{status}, 201, "close after the answer $i: created")
+            or diag($first->{body});
+        my $again;
+        ok(wait_until(sub {
+               $again = raw_create($key, $body);
+               $again->{status} != 409;
+           }, timeout => 5),
+           "... the key does not stay locked");
+        is($again->{body}, $first->{body}, '... the replay is the answer, byte for byte');
+    }
+}
+
 # ---- a request still running: 409 idempotency_key_in_use ----------------------------------
 
 {
