@@ -248,6 +248,25 @@ def redis_info(port):
     return info
 
 
+def paygw_round_trips(port):
+    """paygw_backend_round_trips_total by backend from paygw's /metrics
+    (requests the gateway wrote: a Redis pipeline, a MySQL query or
+    multi-statement batch); {} when the module does not count them."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    except OSError:
+        return {}
+    finally:
+        conn.close()
+    rt = {}
+    for m in re.finditer(r'^paygw_backend_round_trips_total'
+                         r'\{backend="(\w+)"\} (\d+)$', text, re.M):
+        rt[m.group(1)] = int(m.group(2))
+    return rt
+
+
 # ---- processes: CPU and RSS -----------------------------------------------
 
 def children(pid):
@@ -415,6 +434,7 @@ class Bench:
             extra = {"wrk": proc.pid}
             n0 = nginx_requests(a.baseline_port)
             my0, rd0 = self.mysql_status(), redis_info(a.redis_port)
+            rt0 = paygw_round_trips(a.port)
             s0 = self.procs.snapshot(extra)
             window = max(1.0, a.duration - warm - 1.0)
             perf = None
@@ -433,12 +453,14 @@ class Bench:
             time.sleep(window / 2)
             if perf:
                 perf.wait()
+            rt1 = paygw_round_trips(a.port)
             n1 = nginx_requests(a.baseline_port)
             my1, rd1 = self.mysql_status(), redis_info(a.redis_port)
             s1 = self.procs.snapshot(extra)
             return {"cpu": cpu_delta(s0, s1), "my": (my0, my1),
-                    "redis": (rd0, rd1), "secs": s1["_t"] - s0["_t"],
-                    "requests": n1 - n0 - 1}
+                    "redis": (rd0, rd1), "rt": (rt0, rt1),
+                    "secs": s1["_t"] - s0["_t"],
+                    "requests": n1 - n0 - 3}
         return run
 
     @staticmethod
@@ -794,6 +816,15 @@ class Bench:
                        f"{d(rd0, rd1, 'total_commands_processed'):.2f} "
                        f"({rds}); new conns "
                        f"{d(rd0, rd1, 'total_connections_received'):.4f}")
+            rt0, rt1 = s.get("rt", ({}, {}))
+            if rt1:
+                out.append(f"  {'':<7} round trips (paygw_backend_round_"
+                           f"trips_total): redis {d(rt0, rt1, 'redis'):.2f} "
+                           f"mysql {d(rt0, rt1, 'mysql'):.2f}")
+            else:
+                out.append(f"  {'':<7} round trips: this module does not "
+                           f"count them (no paygw_backend_round_trips_total)"
+                           f"; MySQL: one per statement (queries above)")
 
         # RSS
         out.append("")

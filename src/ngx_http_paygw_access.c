@@ -158,6 +158,12 @@ ngx_http_paygw_access_handler(ngx_http_request_t *r)
             return NGX_AGAIN;
         }
 
+        /* a Redis that lost its script cache: once more, as EVAL */
+
+        if (ngx_http_paygw_redis_noscript(r, ctx->redis) == NGX_OK) {
+            return NGX_AGAIN;
+        }
+
         ngx_http_paygw_access_redis(r, ctx);
 
         ctx->access = NGX_HTTP_PAYGW_ACCESS_DONE;

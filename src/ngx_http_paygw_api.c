@@ -20,6 +20,7 @@
 #define NGX_HTTP_PAYGW_PHASE_WORK   0
 #define NGX_HTTP_PAYGW_PHASE_STORE  1
 #define NGX_HTTP_PAYGW_PHASE_SEND   2
+#define NGX_HTTP_PAYGW_PHASE_KEPT   3
 
 
 static ngx_int_t ngx_http_paygw_api_handler(ngx_http_request_t *r);
@@ -267,14 +268,38 @@ ngx_http_paygw_api_run(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         case NGX_HTTP_PAYGW_PHASE_STORE:
             ctx->phase = NGX_HTTP_PAYGW_PHASE_SEND;
 
+            /* an answer to keep is kept once it is on its way: below */
+
+            if (!ctx->side_effect
+                && ngx_http_paygw_api_store(r, ctx) == NGX_AGAIN)
+            {
+                return;
+            }
+
+            break;
+
+        case NGX_HTTP_PAYGW_PHASE_SEND:
+            ctx->sent = ngx_http_paygw_api_send(r, ctx);
+
+            /*
+             * The answer's record goes to Redis right after the answer
+             * (the request waits for one round trip less): a replay
+             * that comes before it lands finds the key locked, 409
+             * idempotency_key_in_use as for a request still running,
+             * and MySQL's unique order guards against a second charge
+             * whatever Redis keeps.  The request ends once it is kept.
+             */
+
+            ctx->phase = NGX_HTTP_PAYGW_PHASE_KEPT;
+
             if (ngx_http_paygw_api_store(r, ctx) == NGX_AGAIN) {
                 return;
             }
 
             break;
 
-        default: /* NGX_HTTP_PAYGW_PHASE_SEND */
-            ngx_http_finalize_request(r, ngx_http_paygw_api_send(r, ctx));
+        default: /* NGX_HTTP_PAYGW_PHASE_KEPT */
+            ngx_http_finalize_request(r, ctx->sent);
             return;
         }
     }

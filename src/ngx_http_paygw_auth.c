@@ -345,10 +345,15 @@ ngx_http_paygw_authenticate(ngx_http_request_t *r, ngx_str_t *body,
         return NGX_DECLINED;
     }
 
+    /* the body's hash is kept: the idempotency fingerprint uses it too */
+
+    (void) EVP_Digest(body->data, body->len, auth->body_sha256, NULL,
+                      ngx_http_paygw_sha256(), NULL);
+    auth->body_hashed = 1;
+
     if (ngx_http_paygw_auth_sign(&auth->key->secret, &r->method_name,
                                  &r->unparsed_uri, &auth->ts_raw,
-                                 &auth->nonce,
-                                 body, hex)
+                                 &auth->nonce, auth->body_sha256, hex)
         != NGX_OK)
     {
         *why = "request URI too long to sign";
@@ -370,12 +375,11 @@ ngx_http_paygw_authenticate(ngx_http_request_t *r, ngx_str_t *body,
 
 ngx_int_t
 ngx_http_paygw_auth_sign(ngx_str_t *secret, ngx_str_t *method,
-    ngx_str_t *uri, ngx_str_t *ts, ngx_str_t *nonce, ngx_str_t *body,
+    ngx_str_t *uri, ngx_str_t *ts, ngx_str_t *nonce, u_char *body_sha256,
     u_char *hex)
 {
     u_char        *p;
     unsigned int   len;
-    u_char         digest[SHA256_DIGEST_LENGTH];
     u_char         mac[EVP_MAX_MD_SIZE];
     u_char         sts[NGX_HTTP_PAYGW_KEYS_MAX_LINE * 4];
 
@@ -388,14 +392,11 @@ ngx_http_paygw_auth_sign(ngx_str_t *secret, ngx_str_t *method,
         return NGX_ERROR;
     }
 
-    (void) EVP_Digest(body->data, body->len, digest, NULL,
-                      ngx_http_paygw_sha256(), NULL);
-
     p = ngx_cpymem(sts, method->data, method->len);
     *p++ = '\n';
     p = ngx_cpymem(p, uri->data, uri->len);
     p = ngx_sprintf(p, "\n%V\n%V\n", ts, nonce);
-    p = ngx_hex_dump(p, digest, sizeof(digest));
+    p = ngx_hex_dump(p, body_sha256, SHA256_DIGEST_LENGTH);
 
     if (HMAC(ngx_http_paygw_sha256(), secret->data, secret->len, sts,
              p - sts, mac, &len)

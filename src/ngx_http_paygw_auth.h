@@ -34,6 +34,8 @@ typedef struct {
     time_t                        ts;
     ngx_str_t                     ts_raw;        /* signed as sent */
     ngx_http_paygw_key_t         *key;
+    u_char                        body_sha256[32];
+    unsigned                      body_hashed:1; /* body_sha256 is set */
 } ngx_http_paygw_auth_t;
 
 
@@ -42,7 +44,7 @@ ngx_int_t ngx_http_paygw_authenticate(ngx_http_request_t *r,
     ngx_str_t *body, ngx_http_paygw_auth_t *auth, const char **why);
 ngx_int_t ngx_http_paygw_auth_key_id(ngx_http_request_t *r, ngx_str_t *id);
 ngx_int_t ngx_http_paygw_auth_sign(ngx_str_t *secret, ngx_str_t *method,
-    ngx_str_t *uri, ngx_str_t *ts, ngx_str_t *nonce, ngx_str_t *body,
+    ngx_str_t *uri, ngx_str_t *ts, ngx_str_t *nonce, u_char *body_sha256,
     u_char *hex);
 ngx_http_paygw_key_t *ngx_http_paygw_key_by_id(ngx_array_t *keys,
     ngx_str_t *key_id);

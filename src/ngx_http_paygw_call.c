@@ -51,6 +51,11 @@ ngx_http_paygw_call_start(ngx_http_request_t *r, ngx_str_t *uri,
 
     call->sr = sr;
 
+    if (call->kind == NGX_HTTP_PAYGW_CALL_REDIS) {
+        /* one op, one pipeline; MySQL counts its queries as it sends */
+        ngx_http_paygw_m_round_trip(r, NGX_HTTP_PAYGW_M_BACKEND_REDIS);
+    }
+
     return NGX_OK;
 }
 

@@ -136,8 +136,14 @@ ngx_http_paygw_idem_prepare(ngx_http_request_t *r,
 
     /* fingerprint: method, path (with query), body */
 
-    (void) EVP_Digest(body->data, body->len, digest, NULL,
-                      ngx_http_paygw_sha256(), NULL);
+    if (auth->body_hashed) {
+        /* one body hash per request: the signature's */
+        ngx_memcpy(digest, auth->body_sha256, sizeof(digest));
+
+    } else {
+        (void) EVP_Digest(body->data, body->len, digest, NULL,
+                          ngx_http_paygw_sha256(), NULL);
+    }
 
     md = EVP_MD_CTX_new();
     if (md == NULL) {
@@ -199,7 +205,7 @@ ngx_http_paygw_idem_begin(ngx_http_request_t *r, ngx_http_paygw_idem_t *idem,
     if (idem->key.len == 0) {
         ngx_str_set(&argv[2], "1");
         argv[4] = argv[5];
-        return ngx_http_paygw_redis_command_argv(r, op, 5, &argv[0]);
+        return ngx_http_paygw_redis_evalsha(r, op, 5, &argv[0]);
     }
 
     if (ngx_http_paygw_idem_pack(r, idem, 0, 0, NULL, &record) != NGX_OK) {
@@ -212,7 +218,7 @@ ngx_http_paygw_idem_begin(ngx_http_request_t *r, ngx_http_paygw_idem_t *idem,
     argv[7].data = lock;
     argv[7].len = ngx_sprintf(lock, "%M", lock_ttl) - lock;
 
-    return ngx_http_paygw_redis_command_argv(r, op, 8, &argv[0]);
+    return ngx_http_paygw_redis_evalsha(r, op, 8, &argv[0]);
 }
 
 

@@ -311,6 +311,21 @@ ngx_http_paygw_m_backend_error(ngx_http_request_t *r, ngx_uint_t backend)
 }
 
 
+/* a request written to Redis (a pipeline) or MySQL (a query or batch) */
+
+void
+ngx_http_paygw_m_round_trip(ngx_http_request_t *r, ngx_uint_t backend)
+{
+    ngx_http_paygw_metrics_t  *m;
+
+    m = ngx_http_paygw_m(r);
+
+    if (m && backend < 2) {
+        (void) ngx_atomic_fetch_add(&m->backend_round_trips[backend], 1);
+    }
+}
+
+
 static ngx_uint_t
 ngx_http_paygw_m_code(ngx_uint_t status)
 {
@@ -595,6 +610,17 @@ ngx_http_paygw_m_render_counts(u_char *p, u_char *last,
                      "paygw_backend_errors_total{backend=\"redis\"} %uA\n"
                      "paygw_backend_errors_total{backend=\"mysql\"} %uA\n",
                      m->backend_errors[0], m->backend_errors[1]);
+
+    ngx_paygw_head("paygw_backend_round_trips_total", "counter",
+                   "Requests written to Redis (a pipeline of commands) and "
+                   "MySQL (a query or a batch of statements).");
+
+    p = ngx_slprintf(p, last,
+                     "paygw_backend_round_trips_total{backend=\"redis\"} "
+                     "%uA\n"
+                     "paygw_backend_round_trips_total{backend=\"mysql\"} "
+                     "%uA\n",
+                     m->backend_round_trips[0], m->backend_round_trips[1]);
 
     ngx_paygw_head("paygw_reconciliation_differences", "gauge",
                    "Differences found by the last reconciliation.");

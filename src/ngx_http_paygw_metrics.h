@@ -44,6 +44,7 @@ void ngx_http_paygw_m_callback(ngx_http_request_t *r, ngx_str_t *channel,
     ngx_uint_t accepted);
 void ngx_http_paygw_m_backend_error(ngx_http_request_t *r,
     ngx_uint_t backend);
+void ngx_http_paygw_m_round_trip(ngx_http_request_t *r, ngx_uint_t backend);
 ngx_int_t ngx_http_paygw_metrics_init(ngx_conf_t *cf);
 
 

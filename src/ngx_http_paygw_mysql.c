@@ -15,6 +15,7 @@
 
 
 #include "ngx_http_paygw_mysql_conn.h"
+#include "ngx_http_paygw_metrics.h"
 #include <errmsg.h>
 
 
@@ -25,6 +26,12 @@ static void ngx_http_paygw_mysql_progress(ngx_http_paygw_mysql_conn_t *mc,
 static int ngx_http_paygw_mysql_next(ngx_http_paygw_mysql_conn_t *mc);
 static int ngx_http_paygw_mysql_connected(ngx_http_paygw_mysql_conn_t *mc);
 static int ngx_http_paygw_mysql_start_step(ngx_http_paygw_mysql_conn_t *mc);
+static int ngx_http_paygw_mysql_start_batch(ngx_http_paygw_mysql_conn_t *mc);
+static ngx_uint_t ngx_http_paygw_mysql_batchable(
+    ngx_http_paygw_mysql_op_t *op);
+static int ngx_http_paygw_mysql_advanced(ngx_http_paygw_mysql_conn_t *mc);
+static int ngx_http_paygw_mysql_query(ngx_http_paygw_mysql_conn_t *mc,
+    const char *q, unsigned long len);
 static int ngx_http_paygw_mysql_queried(ngx_http_paygw_mysql_conn_t *mc);
 static int ngx_http_paygw_mysql_stored(ngx_http_paygw_mysql_conn_t *mc);
 static int ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc);
@@ -182,6 +189,9 @@ ngx_http_paygw_mysql_send(ngx_http_request_t *r, ngx_http_paygw_mysql_op_t *op)
     op->err_no = 0;
     op->retried = 0;
 
+    /* more than one statement: one round trip (mysql_start_batch()) */
+    op->batch = ngx_http_paygw_mysql_batchable(op);
+
     return ngx_http_paygw_call_start(r, &plcf->mysql_uri, &op->call);
 }
 
@@ -257,6 +267,41 @@ static ngx_uint_t
 ngx_http_paygw_word(u_char c)
 {
     return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z');
+}
+
+
+static ngx_uint_t
+ngx_http_paygw_mysql_batchable(ngx_http_paygw_mysql_op_t *op)
+{
+    ngx_uint_t                  i;
+    ngx_http_paygw_sql_stmt_t  *stmt;
+
+    if (!op->transaction && op->stmts.nelts < 2) {
+        return 0;
+    }
+
+    /*
+     * A batch is escaped before any of it runs, in the connection's
+     * sql_mode as it was: a statement that may change it (SET SESSION
+     * sql_mode = ...) must run before the next one is escaped.  SET
+     * TRANSACTION changes no escaping.
+     */
+
+    stmt = op->stmts.elts;
+
+    for (i = 0; i < op->stmts.nelts; i++) {
+        if (stmt[i].sql.len >= 4
+            && ngx_strncasecmp(stmt[i].sql.data, (u_char *) "SET ", 4) == 0
+            && (stmt[i].sql.len < 16
+                || ngx_strncasecmp(stmt[i].sql.data + 4,
+                                   (u_char *) "TRANSACTION ", 12)
+                   != 0))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 
@@ -367,6 +412,7 @@ ngx_http_paygw_mysql_connect(ngx_http_paygw_mysql_op_t *op)
 
     op->step = 0;
     op->in_transaction = 0;
+    op->guard = 0;
 
     mc->state = NGX_HTTP_PAYGW_MYSQL_CONNECT;
     ngx_add_timer(&mc->connect_timer, srv->connect_timeout);
@@ -375,7 +421,11 @@ ngx_http_paygw_mysql_connect(ngx_http_paygw_mysql_op_t *op)
                    "paygw mysql: connecting to %V:%ui",
                    &srv->host, srv->port);
 
-    /* CLIENT_FOUND_ROWS: affected rows count the rows a WHERE matched */
+    /*
+     * CLIENT_FOUND_ROWS: affected rows count the rows a WHERE matched;
+     * CLIENT_MULTI_STATEMENTS: an op's statements go in one round trip
+     * (values are always escaped: ngx_http_paygw_sql_render())
+     */
 
     status = mysql_real_connect_start(&mc->ret_mysql, mc->mysql,
                                       (char *) srv->host.data,
@@ -383,7 +433,8 @@ ngx_http_paygw_mysql_connect(ngx_http_paygw_mysql_op_t *op)
                                       (char *) srv->password.data,
                                       (char *) srv->database.data,
                                       (unsigned int) srv->port, NULL,
-                                      CLIENT_FOUND_ROWS);
+                                      CLIENT_FOUND_ROWS
+                                      |CLIENT_MULTI_STATEMENTS);
 
     ngx_http_paygw_mysql_progress(mc, status);
     return;
@@ -417,6 +468,7 @@ ngx_http_paygw_mysql_run(ngx_http_paygw_mysql_conn_t *mc,
 
     op->step = 0;
     op->in_transaction = 0;
+    op->guard = 0;
 
     ngx_http_paygw_mysql_progress(mc, ngx_http_paygw_mysql_start_step(mc));
 }
@@ -455,6 +507,9 @@ ngx_http_paygw_mysql_next(ngx_http_paygw_mysql_conn_t *mc)
 
     case NGX_HTTP_PAYGW_MYSQL_QUERY:
         return ngx_http_paygw_mysql_queried(mc);
+
+    case NGX_HTTP_PAYGW_MYSQL_NEXT:
+        return ngx_http_paygw_mysql_advanced(mc);
 
     case NGX_HTTP_PAYGW_MYSQL_STORE:
         return ngx_http_paygw_mysql_stored(mc);
@@ -501,7 +556,7 @@ ngx_http_paygw_mysql_start_step(ngx_http_paygw_mysql_conn_t *mc)
     tx = op->transaction ? 1 : 0;
     n = op->stmts.nelts;
 
-    /* steps: [START TRANSACTION] statements... [COMMIT] */
+    /* steps (results): [START TRANSACTION] statements... [COMMIT] */
 
     if (op->step == n + 2 * tx) {
         op->call.ok = 1;
@@ -509,6 +564,12 @@ ngx_http_paygw_mysql_start_step(ngx_http_paygw_mysql_conn_t *mc)
         ngx_http_paygw_mysql_finish(op);
         return NGX_HTTP_PAYGW_MYSQL_STOP;
     }
+
+    if (op->batch) {
+        return ngx_http_paygw_mysql_start_batch(mc);
+    }
+
+    /* one statement per round trip */
 
     if (tx && op->step == 0) {
         ngx_str_set(&sql, "START TRANSACTION");
@@ -536,8 +597,75 @@ ngx_http_paygw_mysql_start_step(ngx_http_paygw_mysql_conn_t *mc)
 
     mc->state = NGX_HTTP_PAYGW_MYSQL_QUERY;
 
-    return mysql_real_query_start(&mc->ret_int, mc->mysql,
-                                  (char *) sql.data, sql.len);
+    return ngx_http_paygw_mysql_query(mc, (char *) sql.data, sql.len);
+}
+
+
+static int
+ngx_http_paygw_mysql_start_batch(ngx_http_paygw_mysql_conn_t *mc)
+{
+    ngx_int_t                   rc;
+    ngx_str_t                   sql;
+    ngx_uint_t                  failed;
+    ngx_http_paygw_mysql_op_t  *op;
+
+    op = mc->op;
+
+    /*
+     * The batch was sent: its next result (a statement's or a guard's).
+     * The server runs all of it whether or not we read: a failure of
+     * ours midway (out of memory for a result) is reported as a failure
+     * though the batch may have committed; callers treat a failed write
+     * as unknown (a payment stays "processing" until resolved).
+     */
+
+    if (op->step > 0 || op->guard) {
+        mc->state = NGX_HTTP_PAYGW_MYSQL_NEXT;
+        return mysql_next_result_start(&mc->ret_int, mc->mysql);
+    }
+
+    failed = 0;
+
+    rc = ngx_http_paygw_sql_render_batch(mc->mysql, op->pool, &op->stmts,
+                                         op->transaction, &failed, &sql);
+
+    if (rc != NGX_OK) {
+        if (rc == NGX_DECLINED) {
+            ngx_log_error(NGX_LOG_ALERT, op->request->connection->log, 0,
+                          "paygw mysql: statement %ui does not match its "
+                          "parameters", failed);
+        }
+
+        op->failed = failed;
+        ngx_http_paygw_call_fail(&op->call, op->pool,
+                                 NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                 rc == NGX_DECLINED
+                                 ? "statement does not match its parameters"
+                                 : "out of memory for a statement");
+        return ngx_http_paygw_mysql_abort(mc);
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, op->request->connection->log, 0,
+                   "paygw mysql: %ui statements in one batch%s",
+                   op->stmts.nelts, op->transaction ? ", a transaction" : "");
+
+    mc->state = NGX_HTTP_PAYGW_MYSQL_QUERY;
+
+    return ngx_http_paygw_mysql_query(mc, (char *) sql.data, sql.len);
+}
+
+
+static int
+ngx_http_paygw_mysql_advanced(ngx_http_paygw_mysql_conn_t *mc)
+{
+    /* mysql_next_result(): 0 the next result is there, -1 none is left */
+
+    if (mc->ret_int == -1) {
+        return ngx_http_paygw_mysql_broken(mc, NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                           "batch (it ended early)");
+    }
+
+    return ngx_http_paygw_mysql_queried(mc);
 }
 
 
@@ -553,6 +681,23 @@ ngx_http_paygw_mysql_queried(ngx_http_paygw_mysql_conn_t *mc)
 
     if (mc->ret_int != 0) {
         return ngx_http_paygw_mysql_failed(mc);
+    }
+
+    if (op->guard) {
+        op->guard = 0;
+
+        if (op->conflict) {
+            /* cannot happen: the guard let the rest of the batch run */
+            ngx_log_error(NGX_LOG_ALERT, op->request->connection->log, 0,
+                          "paygw mysql: statement %ui affected other rows "
+                          "than expected but its guard passed", op->failed);
+            return ngx_http_paygw_mysql_broken(mc,
+                                               NGX_HTTP_INTERNAL_SERVER_ERROR,
+                                               "guard");
+        }
+
+        op->step++;
+        return ngx_http_paygw_mysql_start_step(mc);
     }
 
     if (tx && op->step == 0) {
@@ -585,7 +730,19 @@ ngx_http_paygw_mysql_queried(ngx_http_paygw_mysql_conn_t *mc)
         op->conflict = 1;
         op->failed = op->step - tx;
         op->call.ok = 1;
+
+        if (op->batch) {
+            /* its guard's error comes next; then nothing more runs */
+            op->guard = 1;
+            return ngx_http_paygw_mysql_start_step(mc);
+        }
+
         return ngx_http_paygw_mysql_abort(mc);
+    }
+
+    if (op->batch && stmt->expect_affected != NGX_HTTP_PAYGW_ANY_ROWS) {
+        op->guard = 1;
+        return ngx_http_paygw_mysql_start_step(mc);
     }
 
     op->step++;
@@ -642,6 +799,13 @@ ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc)
     op = mc->op;
     tx = op->transaction ? 1 : 0;
     err = mysql_errno(mc->mysql);
+
+    op->guard = 0;
+
+    if (op->conflict && err < CR_MIN_ERROR) {
+        /* the guard of a write that lost stopped the batch: roll back */
+        return ngx_http_paygw_mysql_abort(mc);
+    }
 
     if (err >= CR_MIN_ERROR) {
 
@@ -717,8 +881,8 @@ ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc)
             op->in_transaction = 0;
             mc->state = NGX_HTTP_PAYGW_MYSQL_ROLLBACK;
             op->rerun = 1;
-            return mysql_real_query_start(&mc->ret_int, mc->mysql,
-                                          "ROLLBACK", sizeof("ROLLBACK") - 1);
+            return ngx_http_paygw_mysql_query(mc, "ROLLBACK",
+                                              sizeof("ROLLBACK") - 1);
         }
 
         op->in_transaction = 0;
@@ -757,8 +921,8 @@ ngx_http_paygw_mysql_abort(ngx_http_paygw_mysql_conn_t *mc)
     if (op->in_transaction) {
         op->in_transaction = 0;
         mc->state = NGX_HTTP_PAYGW_MYSQL_ROLLBACK;
-        return mysql_real_query_start(&mc->ret_int, mc->mysql,
-                                      "ROLLBACK", sizeof("ROLLBACK") - 1);
+        return ngx_http_paygw_mysql_query(mc, "ROLLBACK",
+                                          sizeof("ROLLBACK") - 1);
     }
 
     ngx_http_paygw_mysql_release(mc);
@@ -820,6 +984,19 @@ ngx_http_paygw_mysql_broken(ngx_http_paygw_mysql_conn_t *mc,
     ngx_http_paygw_mysql_finish(op);
 
     return NGX_HTTP_PAYGW_MYSQL_STOP;
+}
+
+
+static int
+ngx_http_paygw_mysql_query(ngx_http_paygw_mysql_conn_t *mc, const char *q,
+    unsigned long len)
+{
+    /* every query (or batch) sent is one round trip to count */
+
+    ngx_http_paygw_m_round_trip(mc->op->request,
+                                NGX_HTTP_PAYGW_M_BACKEND_MYSQL);
+
+    return mysql_real_query_start(&mc->ret_int, mc->mysql, q, len);
 }
 
 
@@ -1036,6 +1213,10 @@ ngx_http_paygw_mysql_resume(ngx_http_paygw_mysql_conn_t *mc, int events)
 
     case NGX_HTTP_PAYGW_MYSQL_STORE:
         result = mysql_store_result_cont(&mc->ret_res, mc->mysql, events);
+        break;
+
+    case NGX_HTTP_PAYGW_MYSQL_NEXT:
+        result = mysql_next_result_cont(&mc->ret_int, mc->mysql, events);
         break;
 
     default:

@@ -93,6 +93,8 @@ typedef struct {
     unsigned                      retried:1;
     unsigned                      in_transaction:1;
     unsigned                      rerun:1;
+    unsigned                      batch:1;   /* one multi-statement text */
+    unsigned                      guard:1;   /* next result: a guard's */
     ngx_uint_t                    deadlocks;
 } ngx_http_paygw_mysql_op_t;
 
@@ -146,6 +148,9 @@ ngx_int_t ngx_http_paygw_mysql_send(ngx_http_request_t *r,
 /* ngx_http_paygw_sql.c: the text sent to the server */
 ngx_int_t ngx_http_paygw_sql_render(MYSQL *mysql, ngx_pool_t *pool,
     ngx_http_paygw_sql_stmt_t *stmt, ngx_str_t *out);
+ngx_int_t ngx_http_paygw_sql_render_batch(MYSQL *mysql, ngx_pool_t *pool,
+    ngx_array_t *stmts, ngx_uint_t transaction, ngx_uint_t *failed,
+    ngx_str_t *out);
 ngx_int_t ngx_http_paygw_sql_store_result(MYSQL_RES *res, ngx_pool_t *pool,
     ngx_http_paygw_sql_stmt_t *stmt);
 

@@ -19,6 +19,7 @@
 #define NGX_HTTP_PAYGW_MYSQL_STORE     3
 #define NGX_HTTP_PAYGW_MYSQL_ROLLBACK  4
 #define NGX_HTTP_PAYGW_MYSQL_IDLE      5
+#define NGX_HTTP_PAYGW_MYSQL_NEXT      6
 
 /* "nothing to wait for": the op finished or moved elsewhere */
 #define NGX_HTTP_PAYGW_MYSQL_STOP      -1

@@ -173,6 +173,11 @@ ngx_http_paygw_create_risked(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
     ngx_http_paygw_verdict_e  verdict;
 
+    if (ngx_http_paygw_redis_noscript(r, ctx->redis) == NGX_OK) {
+        ctx->waiting = &ctx->redis->call;
+        return NGX_AGAIN;     /* the script again, as EVAL */
+    }
+
     verdict = ngx_http_paygw_risk_result(r, ctx);
 
     ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,

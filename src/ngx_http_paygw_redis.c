@@ -286,10 +286,15 @@ ngx_http_paygw_redis_init_conf(ngx_http_paygw_loc_conf_t *conf)
     conf->redis.next_upstream_timeout = NGX_CONF_UNSET_MSEC;
     conf->redis.buffer_size = NGX_CONF_UNSET_SIZE;
 
-    /* the hardcoded values: replies never reach the client */
+    /*
+     * The hardcoded values: replies never reach the client.  A command
+     * sent completes even if the client went away: the idempotent
+     * answer's record is written after the answer (the client may have
+     * closed the connection by then) and must not be cut short.
+     */
 
     conf->redis.buffering = 0;
-    conf->redis.ignore_client_abort = 0;
+    conf->redis.ignore_client_abort = 1;
     conf->redis.intercept_errors = 1;
     conf->redis.pass_request_headers = 0;
     conf->redis.pass_request_body = 0;

@@ -30,6 +30,9 @@ typedef struct {
     ngx_uint_t                    nout;
     redisReply                  **in;       /* nout */
     struct ngx_http_paygw_rc_op_s  *cluster;
+    /* EVALs sent as EVALSHA (ngx_http_paygw_redis_script.c) */
+    ngx_array_t                   evals;     /* ngx_str_t, EVAL form */
+    unsigned                      eval_sent:1;
 
     /* upstream side */
     redisReader                  *reader;
@@ -48,6 +51,16 @@ ngx_int_t ngx_http_paygw_redis_send(ngx_http_request_t *r,
     ngx_http_paygw_redis_op_t *op);
 ngx_int_t ngx_http_paygw_redis_done(ngx_http_request_t *r,
     ngx_http_paygw_call_t *call);
+
+/*
+ * ngx_http_paygw_redis_script.c: argv is EVAL, a static script, ...; it
+ * goes as EVALSHA, sent again as EVAL on NOSCRIPT
+ */
+#define NGX_HTTP_PAYGW_REDIS_EVAL_ARGS  32
+ngx_int_t ngx_http_paygw_redis_evalsha(ngx_http_request_t *r,
+    ngx_http_paygw_redis_op_t *op, ngx_uint_t argc, ngx_str_t *argv);
+ngx_int_t ngx_http_paygw_redis_noscript(ngx_http_request_t *r,
+    ngx_http_paygw_redis_op_t *op);
 
 char *ngx_http_paygw_redis_pass(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);

@@ -320,7 +320,7 @@ ngx_http_paygw_risk_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
 #undef ngx_paygw_arg
 
-    if (ngx_http_paygw_redis_command_argv(r, ctx->redis, 19, argv) != NGX_OK)
+    if (ngx_http_paygw_redis_evalsha(r, ctx->redis, 19, argv) != NGX_OK)
     {
         return NGX_ERROR;
     }

@@ -12,6 +12,7 @@
 
 
 #include "ngx_http_paygw_self.h"
+#include "ngx_http_paygw_crypto.h"
 #include <openssl/rand.h>
 
 
@@ -138,7 +139,7 @@ ngx_http_paygw_self_request(ngx_http_paygw_self_t *self)
     time_t      ts;
     ngx_str_t   method, nonce, ts_str;
     u_char      rnd[16], nonce_hex[32];
-    u_char      sig[64], ts_buf[NGX_TIME_T_LEN];
+    u_char      sig[64], ts_buf[NGX_TIME_T_LEN], body_sha256[32];
 
     if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
         return NGX_ERROR;
@@ -155,8 +156,11 @@ ngx_http_paygw_self_request(ngx_http_paygw_self_t *self)
 
     ngx_str_set(&method, "POST");
 
+    (void) EVP_Digest(self->body.data, self->body.len, body_sha256, NULL,
+                      ngx_http_paygw_sha256(), NULL);
+
     if (ngx_http_paygw_auth_sign(&self->key->secret, &method, &self->uri,
-                                 &ts_str, &nonce, &self->body, sig)
+                                 &ts_str, &nonce, body_sha256, sig)
         != NGX_OK)
     {
         return NGX_ERROR;

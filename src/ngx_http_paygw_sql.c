@@ -65,6 +65,11 @@ ngx_http_paygw_sql_render(MYSQL *mysql, ngx_pool_t *pool,
             continue;
         }
 
+        if (*s == ';') {
+            /* one statement per text: a batch is built by the driver */
+            return NGX_ERROR;
+        }
+
         if (*s != '?') {
             *p++ = *s;
             continue;
@@ -164,6 +169,91 @@ ngx_http_paygw_sql_store_result(MYSQL_RES *res, ngx_pool_t *pool,
             v->data[v->len] = '\0';
         }
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * An op's statements as one multi-statement text, one round trip:
+ * [START TRANSACTION;] s1; [guard;] s2; ... [; COMMIT].  The server runs
+ * them in order and stops at the first error, so a statement that must
+ * affect N rows is followed by a guard that fails when it did not: what
+ * follows it, COMMIT included, never runs and the driver rolls back.
+ * The guard's error is "Subquery returns more than 1 row" (1242),
+ * raised only by the branch IF() picks (SET evaluates it, DO does not);
+ * ROW_COUNT() counts found rows like the affected rows the driver checks
+ * (CLIENT_FOUND_ROWS).  Each statement ends with a newline before its
+ * ";", so that no trailing comment in our text can hide the next one.
+ */
+
+#define NGX_HTTP_PAYGW_SQL_GUARD                                              \
+    "SET @paygw_guard = IF(ROW_COUNT() = %L, 0, (SELECT 1 UNION ALL SELECT 2))"
+
+
+ngx_int_t
+ngx_http_paygw_sql_render_batch(MYSQL *mysql, ngx_pool_t *pool,
+    ngx_array_t *stmts, ngx_uint_t transaction, ngx_uint_t *failed,
+    ngx_str_t *out)
+{
+    u_char                     *p;
+    size_t                      len;
+    ngx_str_t                  *text;
+    ngx_uint_t                  i;
+    ngx_http_paygw_sql_stmt_t  *stmt;
+
+    text = ngx_palloc(pool, stmts->nelts * sizeof(ngx_str_t));
+    if (text == NULL) {
+        return NGX_ERROR;
+    }
+
+    stmt = stmts->elts;
+    len = sizeof("START TRANSACTION;COMMIT");
+
+    for (i = 0; i < stmts->nelts; i++) {
+        if (ngx_http_paygw_sql_render(mysql, pool, &stmt[i], &text[i])
+            != NGX_OK)
+        {
+            *failed = i;
+            return NGX_DECLINED;
+        }
+
+        len += text[i].len + 2
+               + sizeof(NGX_HTTP_PAYGW_SQL_GUARD) + NGX_INT64_LEN + 2;
+    }
+
+    out->data = ngx_pnalloc(pool, len);
+    if (out->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = out->data;
+
+    if (transaction) {
+        p = ngx_cpymem(p, "START TRANSACTION;", sizeof("START TRANSACTION;")
+                                                - 1);
+    }
+
+    for (i = 0; i < stmts->nelts; i++) {
+        p = ngx_cpymem(p, text[i].data, text[i].len);
+        *p++ = '\n';
+        *p++ = ';';
+
+        if (stmt[i].expect_affected != NGX_HTTP_PAYGW_ANY_ROWS) {
+            p = ngx_sprintf(p, NGX_HTTP_PAYGW_SQL_GUARD ";",
+                            (int64_t) stmt[i].expect_affected);
+        }
+    }
+
+    if (transaction) {
+        p = ngx_cpymem(p, "COMMIT", sizeof("COMMIT") - 1);
+
+    } else {
+        p--;    /* the last ";" */
+    }
+
+    *p = '\0';
+    out->len = p - out->data;
 
     return NGX_OK;
 }

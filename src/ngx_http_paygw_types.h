@@ -160,6 +160,7 @@ struct ngx_http_paygw_ctx_s {
 
     ngx_uint_t                    access;        /* ACCESS phase stage */
     ngx_uint_t                    phase;         /* CONTENT phase stage */
+    ngx_int_t                     sent;          /* the answer's send rc */
     ngx_http_paygw_step_pt        next;          /* its step that runs next */
     ngx_uint_t                    attempt;
     ngx_http_paygw_step_pt        step;          /* the API handler */

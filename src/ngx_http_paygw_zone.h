@@ -43,6 +43,7 @@ typedef struct {
     ngx_atomic_t                  idempotency[4];
     ngx_atomic_t                  callbacks[NGX_HTTP_PAYGW_M_CHANNELS][2];
     ngx_atomic_t                  backend_errors[2];
+    ngx_atomic_t                  backend_round_trips[2];
     ngx_atomic_t                  reconciliation_diffs
                                       [NGX_HTTP_PAYGW_M_CHANNELS];
     ngx_atomic_t                  risk_decisions[2];

@@ -325,6 +325,37 @@ my @texts = (
     is($db->sql('SELECT bal FROM acct ORDER BY id'), "90\n15\n",
        '... both UPDATEs visible to another client');
 
+    # the statements of a transaction go as one batch; a write that
+    # matches its row without changing it still counts (found rows)
+    $r = mysql_req($ngx, [
+        {sql => 'UPDATE acct SET bal = ? WHERE name = ?',
+         params => [90, 'alice'], expect_affected => 1},
+        {sql => 'UPDATE acct SET bal = bal + 1 WHERE name = ?',
+         params => ['carol'], expect_affected => 1},
+    ], transaction => JSON::PP::true());
+    is_deeply($r->{json} && [@{$r->{json}}{qw(ok conflict)}],
+              [JSON::PP::true(), JSON::PP::false()],
+              'an UPDATE that finds its row but changes nothing meets '
+              . 'expect_affected');
+    is($db->sql('SELECT bal FROM acct ORDER BY id'), "90\n16\n",
+       '... and what follows it is committed');
+
+    # a conflict in the middle stops the rest: nothing after it runs
+    $r = mysql_req($ngx, [
+        {sql => 'UPDATE acct SET bal = bal + 1 WHERE name = ?',
+         params => ['alice'], expect_affected => 1},
+        {sql => 'UPDATE acct SET bal = bal + 1 WHERE name = ?',
+         params => ['nobody'], expect_affected => 1},
+        {sql => 'UPDATE acct SET bal = bal + 1 WHERE name = ?',
+         params => ['carol'], expect_affected => 1},
+    ]);
+    is_deeply($r->{json} && [@{$r->{json}}{qw(ok conflict failed)}],
+              [JSON::PP::false(), JSON::PP::true(), 1],
+              'without a transaction, a lost write stops the statements '
+              . 'after it');
+    is($db->sql('SELECT bal FROM acct ORDER BY id'), "91\n16\n",
+       '... the one before it stays, the one after it never ran');
+
     $r = mysql_req($ngx, [{sql => 'SELECT COUNT(*) FROM acct', params => []}],
                    transaction => JSON::PP::true(),
                    read_only => JSON::PP::true());

@@ -287,6 +287,53 @@ sub api_in_background {
     is(charge_for($no)->{requests}, 1, 'after FLUSHALL: the acquirer was asked once');
 }
 
+# ---- Redis forgets its scripts: the next request sends the script again -----------------
+
+{
+    # the gateway names its script by SHA1 (EVALSHA); after SCRIPT FLUSH
+    # (a restart, a failover) Redis answers NOSCRIPT and the gateway
+    # sends the script itself once, transparently
+    my $evalsha = sub {
+        my ($calls) = $gw->redis->cli('INFO', 'commandstats')
+                      =~ /^cmdstat_evalsha:calls=(\d+)/m;
+        return $calls // 0;
+    };
+    my $before = $evalsha->();
+    $gw->redis->cli('SCRIPT', 'FLUSH');
+    my $body = pb();
+    my $key = fresh();
+    my $first = create($body, idempotency_key => $key);
+    is($first->{status}, 201, 'after SCRIPT FLUSH: created') or diag($first->{body});
+    my $again = create($body, idempotency_key => $key);
+    is($again->{status}, 201, '... its replay: 201') or diag($again->{body});
+    is($again->{body}, $first->{body}, '... byte for byte');
+    is($again->{headers}{'idempotent-replayed'}, 'true', '... marked as a replay');
+    cmp_ok($evalsha->(), '>=', $before + 2, '... scripts are called by SHA1 (EVALSHA)');
+    is(charge_for($first->{json}{payment_no})->{requests}, 1,
+       '... the acquirer was asked once');
+}
+
+# ---- the client goes away once it has the answer: the answer is still kept ----------------
+
+{
+    # the record is written right after the answer; a client that closes
+    # its connection at once must not cut that write short
+    for my $i (1 .. 3) {
+        my $key = fresh();
+        my $body = $JS->encode(pb());
+        my $first = raw_create($key, $body);
+        is($first->{status}, 201, "close after the answer $i: created")
+            or diag($first->{body});
+        my $again;
+        ok(wait_until(sub {
+               $again = raw_create($key, $body);
+               $again->{status} != 409;
+           }, timeout => 5),
+           "... the key does not stay locked");
+        is($again->{body}, $first->{body}, '... the replay is the answer, byte for byte');
+    }
+}
+
 # ---- a request still running: 409 idempotency_key_in_use ----------------------------------
 
 {
