@@ -4,7 +4,9 @@
  *
  * A payment whose answer no longer depends on time or a provider
  * (succeeded, failed, closed, partially or fully refunded) is kept
- * rendered in one Redis hash per payment, pg:{<payment_no>}:pay:
+ * rendered in one Redis hash per payment, pg:{<merchant>}:pay:<payment_no>
+ * (the merchant's hash tag, as its nonces carry: on a Redis Cluster the
+ * read rides in the nonce's pipeline, which must stay in one slot):
  *
  *     b  the answer's body        m  its merchant     c  its channel
  *     g  a generation, bumped by every writer's mark and unmark
@@ -28,7 +30,7 @@
 
 
 static ngx_int_t ngx_http_paygw_cache_key(ngx_http_request_t *r,
-    ngx_str_t *payment_no, ngx_str_t *key);
+    ngx_str_t *merchant_id, ngx_str_t *payment_no, ngx_str_t *key);
 static ngx_int_t ngx_http_paygw_cache_filled(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_uint_t ngx_http_paygw_cache_final(ngx_http_paygw_status_e s);
@@ -57,17 +59,20 @@ static const char  ngx_http_paygw_cache_mark_script[] =
 
 
 static ngx_int_t
-ngx_http_paygw_cache_key(ngx_http_request_t *r, ngx_str_t *payment_no,
-    ngx_str_t *key)
+ngx_http_paygw_cache_key(ngx_http_request_t *r, ngx_str_t *merchant_id,
+    ngx_str_t *payment_no, ngx_str_t *key)
 {
-    /* the payment number is its own hash tag: one key, one slot */
+    /* the merchant is the hash tag: the slot of its nonces and records */
 
-    key->data = ngx_pnalloc(r->pool, payment_no->len + sizeof("pg:{}:pay"));
+    key->data = ngx_pnalloc(r->pool, merchant_id->len + payment_no->len
+                                     + sizeof("pg:{}:pay:"));
     if (key->data == NULL) {
         return NGX_ERROR;
     }
 
-    key->len = ngx_sprintf(key->data, "pg:{%V}:pay", payment_no) - key->data;
+    key->len = ngx_sprintf(key->data, "pg:{%V}:pay:%V", merchant_id,
+                           payment_no)
+               - key->data;
 
     return NGX_OK;
 }
@@ -84,13 +89,24 @@ ngx_http_paygw_cache_read(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 {
     ngx_str_t  argv[6];
 
-    if (ctx->api != NGX_HTTP_PAYGW_API_GET || ctx->object_no.len == 0) {
+    /*
+     * An admin key's GET names no merchant, so not the key either: it
+     * reads MySQL.
+     */
+
+    if (ctx->api != NGX_HTTP_PAYGW_API_GET || ctx->object_no.len == 0
+        || ctx->merchant_id.len == 0
+        || (ctx->merchant_id.len == 1 && ctx->merchant_id.data[0] == '*'))
+    {
         return NGX_OK;
     }
 
     ngx_str_set(&argv[0], "HMGET");
 
-    if (ngx_http_paygw_cache_key(r, &ctx->object_no, &argv[1]) != NGX_OK) {
+    if (ngx_http_paygw_cache_key(r, &ctx->merchant_id, &ctx->object_no,
+                                 &argv[1])
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -222,7 +238,10 @@ ngx_http_paygw_cache_fill(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     argv[1].len = sizeof(ngx_http_paygw_cache_fill_script) - 1;
     ngx_str_set(&argv[2], "1");
 
-    if (ngx_http_paygw_cache_key(r, &p->payment_no, &argv[3]) != NGX_OK) {
+    if (ngx_http_paygw_cache_key(r, &p->merchant_id, &p->payment_no,
+                                 &argv[3])
+        != NGX_OK)
+    {
         return NGX_DECLINED;
     }
 
@@ -273,7 +292,7 @@ ngx_http_paygw_cache_filled(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
 ngx_int_t
 ngx_http_paygw_cache_mark(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
-    ngx_str_t *payment_no, ngx_int_t delta)
+    ngx_str_t *merchant_id, ngx_str_t *payment_no, ngx_int_t delta)
 {
     ngx_str_t                   argv[6];
     ngx_http_paygw_redis_op_t  *op;
@@ -293,7 +312,9 @@ ngx_http_paygw_cache_mark(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     argv[1].len = sizeof(ngx_http_paygw_cache_mark_script) - 1;
     ngx_str_set(&argv[2], "1");
 
-    if (ngx_http_paygw_cache_key(r, payment_no, &argv[3]) != NGX_OK) {
+    if (ngx_http_paygw_cache_key(r, merchant_id, payment_no, &argv[3])
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 

@@ -30,7 +30,8 @@ ngx_int_t ngx_http_paygw_cache_hit(ngx_http_request_t *r,
 ngx_int_t ngx_http_paygw_cache_fill(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 ngx_int_t ngx_http_paygw_cache_mark(ngx_http_request_t *r,
-    ngx_http_paygw_ctx_t *ctx, ngx_str_t *payment_no, ngx_int_t delta);
+    ngx_http_paygw_ctx_t *ctx, ngx_str_t *merchant_id, ngx_str_t *payment_no,
+    ngx_int_t delta);
 ngx_int_t ngx_http_paygw_cache_marked(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 

@@ -6,7 +6,9 @@
  * form is kept, and a Redis that does not know the script yet (a
  * restart, SCRIPT FLUSH, a failover) answers NOSCRIPT, having run
  * nothing: the op is sent again once as EVAL, which also caches the
- * script for the next calls.
+ * script for the next calls.  Reads in the same op (a GET's cache read
+ * beside its nonce script) are sent again with it; any other command
+ * beside a refused script makes the op fail as it stands.
  */
 
 
@@ -33,6 +35,7 @@ static ngx_uint_t                  ngx_http_paygw_redis_nshas;
 static ngx_int_t ngx_http_paygw_redis_sha(ngx_str_t *script, ngx_str_t *sha);
 static ngx_int_t ngx_http_paygw_redis_format(ngx_http_request_t *r,
     ngx_uint_t argc, ngx_str_t *argv, ngx_str_t *out);
+static ngx_uint_t ngx_http_paygw_redis_read_only(ngx_str_t *cmd);
 
 
 ngx_int_t
@@ -99,39 +102,59 @@ ngx_http_paygw_redis_noscript(ngx_http_request_t *r,
     ngx_http_paygw_redis_op_t *op)
 {
     ngx_str_t   *cmd, *ev;
-    ngx_uint_t   i;
+    ngx_uint_t   i, refused;
     redisReply  *reply;
 
-    /* only an op of scripts only, every one refused: nothing ran */
+    /*
+     * Every script refused (nothing of them ran), and beside them only
+     * reads, which run again harmlessly (the payment cache's HMGET in a
+     * GET's nonce round trip).
+     */
 
-    if (!op->call.ok || op->eval_sent || op->evals.nelts != op->cmds.nelts
-        || op->cmds.nelts == 0)
+    if (!op->call.ok || op->eval_sent || op->evals.nelts == 0
+        || op->evals.nelts > op->cmds.nelts)
     {
         return NGX_DECLINED;
     }
 
+    cmd = op->cmds.elts;
     ev = op->evals.elts;
+    refused = 0;
 
     for (i = 0; i < op->cmds.nelts; i++) {
+
+        if (i >= op->evals.nelts || ev[i].len == 0) {
+            if (!ngx_http_paygw_redis_read_only(&cmd[i])) {
+                return NGX_DECLINED;
+            }
+
+            continue;
+        }
+
         reply = op->replies[i];
 
-        if (ev[i].len == 0 || reply == NULL
-            || reply->type != REDIS_REPLY_ERROR
+        if (reply == NULL || reply->type != REDIS_REPLY_ERROR
             || reply->len < sizeof("NOSCRIPT") - 1
             || ngx_strncmp(reply->str, "NOSCRIPT", sizeof("NOSCRIPT") - 1)
                != 0)
         {
             return NGX_DECLINED;
         }
+
+        refused++;
+    }
+
+    if (refused == 0) {
+        return NGX_DECLINED;
     }
 
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                   "paygw redis: script not cached (NOSCRIPT), sending it");
 
-    cmd = op->cmds.elts;
-
-    for (i = 0; i < op->cmds.nelts; i++) {
-        cmd[i] = ev[i];
+    for (i = 0; i < op->evals.nelts; i++) {
+        if (ev[i].len) {
+            cmd[i] = ev[i];
+        }
     }
 
     op->eval_sent = 1;
@@ -213,4 +236,54 @@ ngx_http_paygw_redis_format(ngx_http_request_t *r, ngx_uint_t argc,
     redisFreeCommand(cmd);
 
     return NGX_OK;
+}
+
+
+/* a command that changes nothing: "*N\r\n$L\r\nNAME\r\n..." */
+
+static ngx_uint_t
+ngx_http_paygw_redis_read_only(ngx_str_t *cmd)
+{
+    u_char      *p, *last;
+    size_t       len;
+    ngx_uint_t   i;
+
+    static ngx_str_t  reads[] = {
+        ngx_string("GET"), ngx_string("HGET"), ngx_string("HMGET"),
+        ngx_string("EXISTS"), ngx_string("PTTL")
+    };
+
+    p = cmd->data;
+    last = cmd->data + cmd->len;
+
+    /* skip "*N\r\n", read "$L\r\n" */
+
+    p = ngx_strlchr(p, last, '\n');
+    if (p == NULL || ++p >= last || *p++ != '$') {
+        return 0;
+    }
+
+    for (len = 0; p < last && *p >= '0' && *p <= '9'; p++) {
+        len = len * 10 + (*p - '0');
+    }
+
+    if (last - p < 2 || p[0] != '\r' || p[1] != '\n') {
+        return 0;
+    }
+
+    p += 2;
+
+    if ((size_t) (last - p) < len) {
+        return 0;
+    }
+
+    for (i = 0; i < sizeof(reads) / sizeof(reads[0]); i++) {
+        if (len == reads[i].len
+            && ngx_strncasecmp(p, reads[i].data, len) == 0)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
 }

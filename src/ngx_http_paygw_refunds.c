@@ -454,7 +454,8 @@ ngx_http_paygw_refund_settle(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     ctx->cache_marked = 1;
 
-    if (ngx_http_paygw_cache_mark(r, ctx, &ctx->refund.payment_no, 1)
+    if (ngx_http_paygw_cache_mark(r, ctx, &ctx->refund.merchant_id,
+                                  &ctx->refund.payment_no, 1)
         != NGX_OK)
     {
         return ngx_http_paygw_refund_unmarked(r, ctx);
@@ -508,7 +509,8 @@ ngx_http_paygw_refund_settled(ngx_http_request_t *r,
     if (ctx->cache_marked) {
         ctx->cache_marked = 0;
 
-        if (ngx_http_paygw_cache_mark(r, ctx, &rf->payment_no, -1)
+        if (ngx_http_paygw_cache_mark(r, ctx, &rf->merchant_id,
+                                      &rf->payment_no, -1)
             == NGX_OK)
         {
             return NGX_AGAIN;
