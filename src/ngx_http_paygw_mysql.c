@@ -35,6 +35,7 @@ static int ngx_http_paygw_mysql_query(ngx_http_paygw_mysql_conn_t *mc,
 static int ngx_http_paygw_mysql_queried(ngx_http_paygw_mysql_conn_t *mc);
 static int ngx_http_paygw_mysql_stored(ngx_http_paygw_mysql_conn_t *mc);
 static int ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc);
+static int ngx_http_paygw_mysql_run_again(ngx_http_paygw_mysql_conn_t *mc);
 static int ngx_http_paygw_mysql_abort(ngx_http_paygw_mysql_conn_t *mc);
 static int ngx_http_paygw_mysql_rolled_back(ngx_http_paygw_mysql_conn_t *mc);
 static int ngx_http_paygw_mysql_broken(ngx_http_paygw_mysql_conn_t *mc,
@@ -824,12 +825,7 @@ ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc)
                           "paygw mysql: pooled connection was lost (%s), "
                           "retrying once", mysql_error(mc->mysql));
 
-            op->retried = 1;
-            mc->op = NULL;
-            op->conn = NULL;
-            ngx_http_paygw_mysql_close(mc);
-            ngx_http_paygw_mysql_dispatch(op);
-            return NGX_HTTP_PAYGW_MYSQL_STOP;
+            return ngx_http_paygw_mysql_run_again(mc);
         }
 
         return ngx_http_paygw_mysql_broken(mc, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -846,12 +842,7 @@ ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc)
         ngx_http_paygw_mysql_failover(mc);
 
         if (op->step == 0 && !op->retried) {
-            op->retried = 1;
-            mc->op = NULL;
-            op->conn = NULL;
-            ngx_http_paygw_mysql_close(mc);
-            ngx_http_paygw_mysql_dispatch(op);
-            return NGX_HTTP_PAYGW_MYSQL_STOP;
+            return ngx_http_paygw_mysql_run_again(mc);
         }
 
         return ngx_http_paygw_mysql_broken(mc, NGX_HTTP_SERVICE_UNAVAILABLE,
@@ -908,6 +899,28 @@ ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc)
                    "paygw mysql: error %ud: %V", err, &op->err_msg);
 
     return ngx_http_paygw_mysql_abort(mc);
+}
+
+
+/*
+ * The op changed nothing on this connection: it runs once more on
+ * another (a pooled connection that was lost, a Galera node that left).
+ */
+
+static int
+ngx_http_paygw_mysql_run_again(ngx_http_paygw_mysql_conn_t *mc)
+{
+    ngx_http_paygw_mysql_op_t  *op;
+
+    op = mc->op;
+
+    op->retried = 1;
+    mc->op = NULL;
+    op->conn = NULL;
+    ngx_http_paygw_mysql_close(mc);
+    ngx_http_paygw_mysql_dispatch(op);
+
+    return NGX_HTTP_PAYGW_MYSQL_STOP;
 }
 
 

@@ -14,7 +14,8 @@
  * number under the risk key) and pg:{M}:risk:block:payer
  * (metadata.payer_id).  Velocity windows and the daily total are Redis
  * counters.  Every key the script names carries the merchant as its hash
- * tag, so all are in one slot: the script runs on a Redis Cluster too.  One atomic Lua round trip decides; a
+ * tag, so all are in one slot: the script runs on a Redis Cluster too.
+ * One atomic Lua round trip decides; a
  * denial is 403 risk_denied with its reason code, a risk.block outbox
  * event and a count in paygw_risk_decisions_total.  A payment that is
  * denied does not count against the windows.
