@@ -7,12 +7,13 @@
  */
 
 
-#include <malloc.h>
-
 #include "ngx_http_paygw_request.h"
 #include "ngx_http_paygw_api.h"
 #include "ngx_http_paygw_channel.h"
 #include "ngx_http_paygw_webhook.h"
+
+/* after nginx's headers, which define _GNU_SOURCE before any libc one */
+#include <malloc.h>
 
 
 typedef struct {
