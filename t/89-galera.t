@@ -95,9 +95,13 @@ my %by;
 $by{"$_->{op} $_->{status}"}++ for @res;
 note('load: ' . join ', ', map { "$_: $by{$_}" } sort keys %by);
 ok(scalar(grep { $_->{op} eq 'create' } @res) >= 5, 'requests ran');
+# unavailable is 503, or 504 when a statement timed out on the dying
+# node (query_timeout): both say "backend_unavailable, retry"
 my @wrong = grep { !$_->{ok} && $_->{status} != 503
+                   && !($_->{status} == 504
+                        && ($_->{answer} // '') =~ /"code":"backend_unavailable"/)
                    && !($_->{op} eq 'create' && $_->{status} == 202) } @res;
-is(scalar @wrong, 0, 'no wrong answer: 503, 202 or the right one')
+is(scalar @wrong, 0, 'no wrong answer: 503/504 unavailable, 202 or the right one')
     or diag(join "\n", map { "$_->{op} $_->{status} $_->{answer}" }
                            @wrong[0 .. ($#wrong < 4 ? $#wrong : 4)]);
 
