@@ -163,6 +163,7 @@ ngx_int_t ngx_http_paygw_random_no(ngx_pool_t *pool, char prefix,
     ngx_str_t *no);
 ngx_int_t ngx_http_paygw_event_id(ngx_pool_t *pool, ngx_str_t *id);
 void ngx_http_paygw_now(ngx_pool_t *pool, ngx_str_t *iso);
+ngx_int_t ngx_http_paygw_valid_date(ngx_str_t *date);
 time_t ngx_http_paygw_iso_time(ngx_str_t *iso);
 
 /* ngx_http_paygw_utf8.c: text a client sent */

@@ -131,3 +131,46 @@ ngx_http_paygw_iso_time(ngx_str_t *iso)
 
     return (time_t) days * 86400 + v[3] * 3600 + v[4] * 60 + v[5];
 }
+
+
+/* YYYY-MM-DD, a day that exists (statements, settlements) */
+
+ngx_int_t
+ngx_http_paygw_valid_date(ngx_str_t *date)
+{
+    u_char      *p;
+    ngx_uint_t   i, year, month, day, mdays;
+
+    static ngx_uint_t  days[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31,
+                                  30, 31 };
+
+    p = date->data;
+
+    if (date->len != 10 || p[4] != '-' || p[7] != '-') {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < 10; i++) {
+        if (i != 4 && i != 7 && (p[i] < '0' || p[i] > '9')) {
+            return NGX_ERROR;
+        }
+    }
+
+    year = ngx_atoi(p, 4);
+    month = ngx_atoi(p + 5, 2);
+    day = ngx_atoi(p + 8, 2);
+
+    if (year < 1970 || month < 1 || month > 12 || day < 1) {
+        return NGX_ERROR;
+    }
+
+    mdays = days[month - 1];
+
+    if (month == 2
+        && !(year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)))
+    {
+        mdays = 28;
+    }
+
+    return (day <= mdays) ? NGX_OK : NGX_ERROR;
+}

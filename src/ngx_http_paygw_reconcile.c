@@ -230,7 +230,6 @@ static ngx_uint_t ngx_http_paygw_recon_local_status(ngx_str_t *s,
 static ngx_int_t ngx_http_paygw_recon_amount(ngx_str_t *s, int64_t *n);
 static ngx_uint_t ngx_http_paygw_recon_csv(u_char *p, u_char *last,
     ngx_str_t *col, ngx_uint_t max);
-static ngx_int_t ngx_http_paygw_recon_date(ngx_str_t *date);
 static void ngx_http_paygw_recon_cleanup(void *data);
 static ngx_uint_t ngx_http_paygw_recon_admin(ngx_http_paygw_ctx_t *ctx);
 
@@ -342,7 +341,7 @@ ngx_http_paygw_recon_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     json_decref(doc);
 
-    if (ngx_http_paygw_recon_date(&rc->date) != NGX_OK) {
+    if (ngx_http_paygw_valid_date(&rc->date) != NGX_OK) {
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
                                    "invalid_request",
                                    "date must be a day, YYYY-MM-DD");
@@ -2494,45 +2493,4 @@ ngx_http_paygw_recon_csv(u_char *p, u_char *last, ngx_str_t *col,
 
         p++;
     }
-}
-
-
-static ngx_int_t
-ngx_http_paygw_recon_date(ngx_str_t *date)
-{
-    u_char      *p;
-    ngx_uint_t   i, year, month, day, mdays;
-
-    static ngx_uint_t  days[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31,
-                                  30, 31 };
-
-    p = date->data;
-
-    if (date->len != 10 || p[4] != '-' || p[7] != '-') {
-        return NGX_ERROR;
-    }
-
-    for (i = 0; i < 10; i++) {
-        if (i != 4 && i != 7 && (p[i] < '0' || p[i] > '9')) {
-            return NGX_ERROR;
-        }
-    }
-
-    year = ngx_atoi(p, 4);
-    month = ngx_atoi(p + 5, 2);
-    day = ngx_atoi(p + 8, 2);
-
-    if (year < 1970 || month < 1 || month > 12 || day < 1) {
-        return NGX_ERROR;
-    }
-
-    mdays = days[month - 1];
-
-    if (month == 2
-        && !(year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)))
-    {
-        mdays = 28;
-    }
-
-    return (day <= mdays) ? NGX_OK : NGX_ERROR;
 }

@@ -28,7 +28,6 @@ static ngx_int_t ngx_http_paygw_settlements_start(ngx_http_request_t *r,
 static ngx_int_t ngx_http_paygw_settlements_selected(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static json_t *ngx_http_paygw_settlements_row(json_t *list, ngx_str_t *v);
-static ngx_int_t ngx_http_paygw_settlements_date(ngx_str_t *date);
 static json_int_t ngx_http_paygw_settlements_int(ngx_str_t *v);
 static void ngx_http_paygw_settlements_add(json_t *row, const char *name,
     json_int_t n);
@@ -48,7 +47,7 @@ ngx_http_paygw_settlements_start(ngx_http_request_t *r,
     ngx_str_t  date, merchant;
 
     if (ngx_http_arg(r, (u_char *) "date", 4, &date) != NGX_OK
-        || ngx_http_paygw_settlements_date(&date) != NGX_OK)
+        || ngx_http_paygw_valid_date(&date) != NGX_OK)
     {
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
                                    "invalid_request",
@@ -233,50 +232,6 @@ ngx_http_paygw_settlements_add(json_t *row, const char *name, json_int_t n)
                         json_integer(json_integer_value(
                                          json_object_get(row, name)) + n));
 }
-
-
-/* YYYY-MM-DD, a day that exists */
-
-static ngx_int_t
-ngx_http_paygw_settlements_date(ngx_str_t *date)
-{
-    u_char      *p;
-    ngx_uint_t   i, year, month, day, mdays;
-
-    static ngx_uint_t  days[] = { 31, 29, 31, 30, 31, 30, 31, 31, 30, 31,
-                                  30, 31 };
-
-    p = date->data;
-
-    if (date->len != 10 || p[4] != '-' || p[7] != '-') {
-        return NGX_ERROR;
-    }
-
-    for (i = 0; i < 10; i++) {
-        if (i != 4 && i != 7 && (p[i] < '0' || p[i] > '9')) {
-            return NGX_ERROR;
-        }
-    }
-
-    year = ngx_atoi(p, 4);
-    month = ngx_atoi(p + 5, 2);
-    day = ngx_atoi(p + 8, 2);
-
-    if (year < 1970 || month < 1 || month > 12 || day < 1) {
-        return NGX_ERROR;
-    }
-
-    mdays = days[month - 1];
-
-    if (month == 2
-        && !(year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)))
-    {
-        mdays = 28;
-    }
-
-    return (day <= mdays) ? NGX_OK : NGX_ERROR;
-}
-
 
 static json_int_t
 ngx_http_paygw_settlements_int(ngx_str_t *v)
