@@ -16,7 +16,13 @@
 #   make drill      fault drill under load (t/drill/drill.pl, DRILL_SECONDS
 #                   180): kills, freezes, provider faults, reloads, then
 #                   checks the invariants against the simulator's ledger
+#   make drill-ha   the same on a Redis Cluster and a Galera cluster
+#                   (t/drill/drill_ha.pl, also PAYGW_HA=1 make drill):
+#                   a Redis master and the Galera writer SIGKILLed under
+#                   load and restarted; a table per phase, the invariants
 #   make bench      throughput/latency on loopback (bench/README.md)
+#   make bench-ha   creates/s and GETs/s on the clusters vs single servers,
+#                   back to back (BENCH_HA=1 bash bench/run.sh)
 #   make image      build the container image paygw:dev (docker/) and run it
 #                   once against the `make run` backends (scripts/image.sh)
 #   make k8s-check  offline checks of k8s-ingress/: render every overlay,
@@ -54,7 +60,7 @@ ASAN_NGX_ENV = PAYGW_NGINX="$(NGX_BASE)/sbin/nginx"
 endif
 
 .PHONY: all deps build build-test build-asan test test-asan run stop status \
-        clean bench image k8s-check matrix fuzz drill
+        clean bench image k8s-check matrix fuzz drill drill-ha bench-ha
 
 all: deps build
 
@@ -102,11 +108,18 @@ clean:
 fuzz:
 	bash scripts/fuzz.sh
 
+# PAYGW_HA=1 make drill is make drill-ha
 drill: build-test
-	perl -I t/lib t/drill/drill.pl
+	perl -I t/lib t/drill/$(if $(filter 1,$(PAYGW_HA)),drill_ha.pl,drill.pl)
+
+drill-ha: build-test
+	perl -I t/lib t/drill/drill_ha.pl
 
 bench: build
 	bash bench/run.sh
+
+bench-ha: build
+	BENCH_HA=1 bash bench/run.sh
 
 image:
 	bash scripts/image.sh

@@ -8,28 +8,22 @@
 # (401, as a skewed clock gets), a worker SIGKILLed mid-request, Redis and
 # MariaDB frozen and killed, nginx reloaded.  Then the faults stop, the
 # settler runs until nothing is open, and the invariants are checked
-# against the simulator's own ledger:
-#   - every charge the acquirer made belongs to exactly one payment;
-#   - no payment was charged twice, and none the acquirer charged is
-#     recorded failed or closed;
-#   - a payment's refunds at the acquirer never exceed it, and equal what
-#     the gateway recorded as refunded;
-#   - nothing stays unknown/processing (payments) or pending/unknown
-#     (refunds) once the faults stopped and the settler ran;
-#   - every payment in a final state has its one outbox event.
+# against the simulator's own ledger (t/drill/lib/PayGW/Drill.pm): no charge
+# without its one payment, none twice, refunds never above the payment,
+# none lost, nothing left open, one outbox event per final payment.
 # It prints the counts it checked and exits 1 on any violation.
 use strict;
 use warnings;
 
 use FindBin;
-use lib "$FindBin::Bin/../lib";
+use lib "$FindBin::Bin/../lib", "$FindBin::Bin/lib";
 use JSON::PP ();
 use POSIX ();
 use File::Temp ();
 use Time::HiRes qw(time sleep);
 
-use PayGW::Gateway qw(sql_quote);
-use PayGW::Test qw(wait_until);
+use PayGW::Gateway;
+use PayGW::Drill;
 
 my $SECONDS = $ENV{DRILL_SECONDS} // 180;
 my $CLIENTS = $ENV{DRILL_CLIENTS} // 4;
@@ -59,7 +53,7 @@ for my $n (1 .. $CLIENTS) {
 sub client {
     my ($n, $until) = @_;
     srand($$);
-    my (%count, @paid);
+    my (%count, @paid, @made, @refunds);
     open my $out, '>', "$dir/client-$n.json" or die "$!";
     while (time < $until) {
         my $op = rand;
@@ -67,23 +61,28 @@ sub client {
         if ($op < 0.55 || !@paid) {
             $r = $gw->create(amount => 100 + int rand 10000);
             $count{"create $r->{status}"}++;
-            push @paid, [$r->{json}{payment_no}, $r->{json}{amount} // 0]
-                if ($r->{status} == 201 || $r->{status} == 202)
-                   && $r->{json}{payment_no};
+            if (($r->{status} == 201 || $r->{status} == 202)
+                && $r->{json}{payment_no}) {
+                push @paid, [$r->{json}{payment_no}, $r->{json}{amount} // 0];
+                push @made, $r->{json}{payment_no};
+            }
         } elsif ($op < 0.8) {
             my ($no, $amount) = @{ $paid[rand @paid] };
+            my $rno = "DR-$n-" . int(rand 1e9);
             $r = $gw->api(POST => "/v1/payments/$no/refunds",
-                          json => {refund_no => "DR-$n-" . int(rand 1e9),
+                          json => {refund_no => $rno,
                                    amount => 1 + int rand($amount / 2 + 1)},
                           idempotency_key => $gw->fresh_key("dr$n"), timeout => 30);
             $count{"refund $r->{status}"}++;
+            push @refunds, $rno if $r->{status} == 201 || $r->{status} == 202;
         } else {
             my ($no) = @{ $paid[rand @paid] };
             $r = $gw->get_payment($no);
             $count{"get $r->{status}"}++;
         }
     }
-    print $out JSON::PP->new->encode(\%count);
+    print $out JSON::PP->new->encode({count => \%count, made => \@made,
+                                      refunds => \@refunds});
     close $out;
 }
 
@@ -124,91 +123,25 @@ while (time < $end - 5) {
 waitpid $_, 0 for @clients;
 eval { $gw->redis->thaw; $gw->db->thaw; $sim->mode('normal') };
 
-my %load;
+my (%load, @made, @refunds);
 for my $f (glob "$dir/client-*.json") {
     my $c = eval { JSON::PP->new->decode(PayGW::Test::_slurp($f)) } // {};
-    $load{$_} += $c->{$_} for keys %$c;
+    $load{$_} += $c->{count}{$_} for keys %{ $c->{count} // {} };
+    push @made, @{ $c->{made} // [] };
+    push @refunds, @{ $c->{refunds} // [] };
 }
 
-# ---- settle ---------------------------------------------------------------
+# ---- settle, then the invariants -------------------------------------------
 
-sub open_rows {
-    $gw->sql1("SELECT (SELECT COUNT(*) FROM payments WHERE status IN "
-              . "('unknown', 'processing')) + (SELECT COUNT(*) FROM refunds "
-              . "WHERE status IN ('pending', 'unknown'))");
-}
-
-print "drill: faults stopped; settling (", open_rows(), " open)\n";
-my $t0 = time;
-wait_until(sub {
-    $gw->api(POST => '/v1/admin/resolve', json => {}, key => 'ops',
-             idempotency_key => $gw->fresh_key('drill'), timeout => 60);
-    open_rows() == 0;
-}, timeout => 240, interval => 2);
-printf "drill: settled in %.0f s\n", time - $t0;
-
-# ---- invariants -----------------------------------------------------------
-
-my $ledger = $sim->charges;
-my (%pay, @violations);
-for (split /\n/, $gw->db->sql("SELECT payment_no, status, amount, refunded_amount, "
-                              . "refund_reserved FROM paygw.payments")) {
-    my ($no, $st, $amount, $ref, $res) = split /\t/;
-    $pay{$no} = {status => $st, amount => $amount, refunded => $ref, reserved => $res};
-}
-
-my %charges;
-$charges{ $_->{out_trade_no} }++ for @{ $ledger->{charges} };
-my $charged = 0;
-for my $c (@{ $ledger->{charges} }) {
-    my $p = $pay{ $c->{out_trade_no} };
-    if (!$p) {
-        push @violations, "charge $c->{charge_id} ($c->{out_trade_no}) belongs to no payment";
-        next;
-    }
-    next unless ($c->{status} // '') eq 'approved';
-    $charged++;
-    push @violations, "payment $c->{out_trade_no} charged but recorded $p->{status}"
-        unless $p->{status} =~ /^(succeeded|partially_refunded|refunded)$/;
-}
-for my $no (grep { $charges{$_} > 1 } keys %charges) {
-    push @violations, "payment $no charged $charges{$no} times";
-}
-
-my %refunded;
-for my $r (@{ $ledger->{refunds} }) {
-    $refunded{ $r->{out_trade_no} } += $r->{amount}
-        if ($r->{status} // '') eq 'succeeded';
-}
-for my $no (keys %refunded) {
-    my $p = $pay{$no} // {amount => 0, refunded => 0};
-    push @violations, "payment $no refunded $refunded{$no} > amount $p->{amount}"
-        if $refunded{$no} > $p->{amount};
-    push @violations, "payment $no refunded $refunded{$no} at the acquirer, "
-                      . "$p->{refunded} here"
-        if $refunded{$no} != $p->{refunded};
-}
-
-my $open = open_rows();
-push @violations, "$open payments or refunds still open after the settler ran"
-    if $open;
-
-my $missing = $gw->sql1(
-    "SELECT COUNT(*) FROM payments p WHERE p.status IN ('succeeded', "
-    . "'partially_refunded', 'refunded', 'failed', 'closed') AND (SELECT COUNT(*) "
-    . "FROM outbox_events e WHERE e.object_no = p.payment_no AND e.type IN "
-    . "('payment.succeeded', 'payment.failed', 'payment.closed')) <> 1");
-push @violations, "$missing final payments without exactly one payment event"
-    if $missing;
-
-my $final = grep { $_->{status} ne 'unknown' && $_->{status} ne 'processing' } values %pay;
+print "drill: faults stopped; settling (", PayGW::Drill::open_rows($gw), " open)\n";
+printf "drill: settled in %.0f s\n", PayGW::Drill::settle($gw);
+my ($violations, $summary) = PayGW::Drill::check($gw, payments => \@made,
+                                                 refunds => \@refunds);
+my @violations = @$violations;
 
 print "drill: load: ", join(', ', map { "$_ $load{$_}" } sort keys %load), "\n";
 print "drill: faults: ", join(', ', map { "$_ x$fault_count{$_}" } sort keys %fault_count), "\n";
-printf "drill: checked %d payments (%d final), %d acquirer charges (%d approved), "
-       . "%d acquirer refunds over %d payments, outbox of %d final payments\n",
-       scalar(keys %pay), $final, scalar(@{ $ledger->{charges} }), $charged,
-       scalar(@{ $ledger->{refunds} }), scalar(keys %refunded), $final;
+print "drill: $summary\n";
 print "drill: violation: $_\n" for @violations;
 printf "drill: %d violations\n", scalar @violations;
 
