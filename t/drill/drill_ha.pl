@@ -328,6 +328,9 @@ push @report, "stall: the longest time in the phase without a successful "
     . "from the Redis cache while MySQL fails over); kill->ok: from the "
     . "kill to the answer of the first successful create sent after it";
 
+push @violations, map { "$_->{name}: $_->{what}" }
+    grep { ($_->{what} // '') =~ /^FAILED/ } @phases;
+
 # wrong answers never; unavailable only for requests sent in a failover
 # window [kill, kill + 10 s] (or in flight at the kill)
 my @kills = map { $_->{kill} } grep { $_->{kill} } @phases;
