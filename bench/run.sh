@@ -6,6 +6,9 @@
 # started.  Measurement only: no timing is asserted.  See bench/README.md.
 #
 #   bash bench/run.sh            (or: make bench)
+#   BENCH_HA=1 bash bench/run.sh (or: make bench-ha) creates and GETs on
+#                        single servers vs a Redis Cluster + Galera, back
+#                        to back (bench/ha_bench.py; bench/README.md)
 #
 # Environment (all optional):
 #   BENCH_DURATION (10)  seconds per measured wrk run
@@ -60,6 +63,11 @@ QUIET_WAIT=${BENCH_QUIET_WAIT:-60}
 QUIET_MAX=${BENCH_QUIET_MAX:-25}
 WEBHOOKS=${BENCH_WEBHOOKS:-1}
 ACQUIRER=${BENCH_ACQUIRER:-standin}
+HA=${BENCH_HA:-0}
+[ "$HA" = 1 ] || HA=0
+ROUNDS=${BENCH_ROUNDS:-2}
+# HA: quiet waits are shorter (eight measured runs; the order alternates)
+[ "$HA" = 0 ] || QUIET_WAIT=${BENCH_QUIET_WAIT:-15}
 case "$ACQUIRER" in standin|sim) ;; *) echo "bench: BENCH_ACQUIRER is standin or sim" >&2; exit 1 ;; esac
 
 die() { echo "bench: $*" >&2; exit 1; }
@@ -93,7 +101,7 @@ done
 
 # pid files under run/ name the processes this script started, so that a
 # bench killed with SIGKILL can be cleaned up by the next one.
-declare -A expect_name=([nginx]=nginx [sim]=node [mysql]=mariadbd [redis]=redis-server [driver]=python [receiver]=node [acquirer]=acquirer_standin)
+declare -A expect_name=([nginx]=nginx [sim]=node [mysql]=mariadbd [redis]=redis-server [driver]=python [receiver]=node [acquirer]=acquirer_standin [nginx_ha]=nginx [ha]=ha_backends)
 
 pid_alive() {   # pid_alive NAME: prints the pid if run/NAME.pid is ours and alive
     local f="$run/$1.pid" pid cmd
@@ -133,19 +141,21 @@ cleanup() {
     trap - EXIT INT TERM
     stop_one driver 15
     stop_one nginx 10
+    stop_one nginx_ha 10
+    stop_one ha 90
     stop_one sim 5
     stop_one acquirer 5
     stop_one receiver 5
     stop_one mysql 60
     stop_one redis 10
     # keep the logs and configuration for inspection; drop the bulk
-    rm -rf "$run/mysql/data" "$run/mysql/tmp" "$run/redis" "$run/req" "$run/tmp"
+    rm -rf "$run/mysql/data" "$run/mysql/tmp" "$run/redis" "$run/req" "$run/tmp" "$run/ha-tmp"
     exit "$rc"
 }
 
 # leftovers of a bench that was killed outright
 if [ -d "$run" ]; then
-    for c in driver nginx sim acquirer receiver mysql redis; do stop_one "$c" 30; done
+    for c in driver nginx nginx_ha ha sim acquirer receiver mysql redis; do stop_one "$c" 30; done
 fi
 rm -rf "$run"
 mkdir -p "$logs" "$run/tmp" "$run/req" "$run/redis" "$run/mysql/data" "$run/mysql/tmp" "$bench/results"
@@ -177,6 +187,16 @@ redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
 echo $! > "$run/redis.pid"
 wait_port redis "$REDIS_PORT" "$logs/redis.log"
 say "redis up on 127.0.0.1:$REDIS_PORT"
+
+# ---- BENCH_HA=1: the clusters, started meanwhile (bench/ha_backends.pl) -----
+if [ "$HA" = 1 ]; then
+    WEBHOOKS=0
+    # their data directories under run/ (the harness's default is $TMPDIR)
+    mkdir -p -m 755 "$run/ha-tmp"
+    TMPDIR="$run/ha-tmp" perl "$bench/ha_backends.pl" "$run/ha.json" \
+        < /dev/null > "$logs/ha-backends.log" 2>&1 &
+    echo $! > "$run/ha.pid"
+fi
 
 # ---- MariaDB (same settings as make run: scripts/mysql.cnf.in) ----------------
 mycnf="$run/mysql/my.cnf"
@@ -357,9 +377,59 @@ done
 curl -fsS "http://127.0.0.1:$PORT/readyz" > /dev/null || die "paygw /readyz is not 200: $(curl -sS "http://127.0.0.1:$PORT/readyz")"
 say "nginx up: paygw on 127.0.0.1:$PORT, baseline on 127.0.0.1:$BASE_PORT (workers $WORKERS)"
 
+# ---- BENCH_HA=1: a second nginx, the same configuration on the clusters -------
+# as scripts/stack.sh's PAYGW_HA=1: every Redis node a seed,
+# paygw_redis_cluster on, paygw_redis_timeout 3s, writes to the first
+# Galera node with the other two as failover=
+if [ "$HA" = 1 ]; then
+    for ((i = 0; i < 1800; i++)); do
+        [ -s "$run/ha.json" ] && break
+        pid_alive ha > /dev/null || break
+        sleep 0.1
+    done
+    [ -s "$run/ha.json" ] || { tail -n 30 "$logs/ha-backends.log" >&2; die "the clusters did not come up"; }
+    ha() { python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); v = d[sys.argv[2]]; print(" ".join(map(str, v)) if isinstance(v, list) else v)' "$run/ha.json" "$1"; }
+    read -r -a ha_redis <<< "$(ha redis_ports)"
+    read -r -a ha_mysql <<< "$(ha mysql_ports)"
+    HA_PORT=${PAYGW_HA_PORT:-$(free_port)}
+    HA_BASE_PORT=${PAYGW_HA_BASELINE_PORT:-$(free_port)}
+    seeds=""
+    for p in "${ha_redis[@]}"; do seeds="$seeds        server     127.0.0.1:$p;\n"; done
+    mkdir -p "$run/ha/logs" "$run/ha/tmp"
+    sed -e "s|$run/nginx.pid|$run/ha/nginx.pid|" \
+        -e "s|$run/logs/|$run/ha/logs/|g" \
+        -e "s|$run/tmp/|$run/ha/tmp/|g" \
+        -e "s|127\.0\.0\.1:$PORT\([^0-9]\)|127.0.0.1:$HA_PORT\1|g" \
+        -e "s|127\.0\.0\.1:$BASE_PORT\([^0-9]\)|127.0.0.1:$HA_BASE_PORT\1|g" \
+        -e "s|^ *server  *127\.0\.0\.1:$REDIS_PORT;|$seeds|" \
+        -e "s|port=$MYSQL_PORT |port=${ha_mysql[0]} failover=127.0.0.1:${ha_mysql[1]} failover=127.0.0.1:${ha_mysql[2]} |" \
+        -e "s|password_file=$run/mysql.pass|password_file=$(ha password_file)|" \
+        -e 's|^\( *\)paygw_redis_pass  *paygw_redis;|&\n\1paygw_redis_cluster  on;|' \
+        -e 's|^\( *paygw_redis_timeout  *\)1s;|\13s;|' \
+        "$run/nginx.conf" > "$run/nginx-ha.conf"
+    grep -q 'paygw_redis_cluster  on;' "$run/nginx-ha.conf" || die "could not turn paygw_redis_cluster on in nginx-ha.conf"
+    grep -q "failover=127.0.0.1:${ha_mysql[2]}" "$run/nginx-ha.conf" || die "could not add failover= to nginx-ha.conf"
+    [ "$(grep -c 'server     127.0.0.1:' "$run/nginx-ha.conf")" -ge 6 ] || die "could not list the Redis seeds in nginx-ha.conf"
+    nginx -t -q -p "$run/ha/" -c "$run/nginx-ha.conf" -e "$run/ha/logs/error.log" \
+        || die "nginx -t failed on bench/run/nginx-ha.conf"
+    nginx -p "$run/ha/" -c "$run/nginx-ha.conf" -e "$run/ha/logs/error.log" -g 'daemon off;' \
+        < /dev/null >> "$logs/nginx-ha.out" 2>&1 &
+    nginx_ha_pid=$!
+    echo "$nginx_ha_pid" > "$run/nginx_ha.pid"
+    wait_port nginx_ha "$HA_PORT" "$run/ha/logs/error.log"
+    wait_port nginx_ha "$HA_BASE_PORT" "$run/ha/logs/error.log"
+    for ((i = 0; i < 50; i++)); do
+        curl -fsS "http://127.0.0.1:$HA_PORT/readyz" > /dev/null 2>&1 && break
+        sleep 0.2
+    done
+    curl -fsS "http://127.0.0.1:$HA_PORT/readyz" > /dev/null || die "paygw (ha) /readyz is not 200: $(curl -sS "http://127.0.0.1:$HA_PORT/readyz")"
+    say "nginx (ha) up: paygw on 127.0.0.1:$HA_PORT on Redis Cluster ${ha_redis[*]} and Galera ${ha_mysql[*]}"
+fi
+
 # ---- the measurements ---------------------------------------------------------
 stamp=$(date -u +%Y-%m-%dT%H%MZ)
 out="$bench/results/$stamp.txt"
+[ "$HA" = 0 ] || out="$bench/results/$stamp-ha.txt"
 rev=$(cd "$repo" && git rev-parse --short HEAD 2> /dev/null || echo '?')
 dirty=$(cd "$repo" && git status --porcelain -- ngx_http_paygw_module.c src config 2> /dev/null | grep -q . && echo '+uncommitted C changes' || true)
 built=$(date -u -r "$module" +%Y-%m-%dT%H:%MZ)
@@ -369,6 +439,32 @@ wrk -t$THREADS -d${DURATION}s (after ${WARMUP}s warm-up), throughput at -c$CONNS
 load average at start: $(cut -d' ' -f1-3 /proc/loadavg)${BENCH_CONF_SED:+
 nginx.conf changed by BENCH_CONF_SED='$BENCH_CONF_SED'}"
 
+if [ "$HA" = 1 ]; then
+    python3 - "$run/ha.json" > "$run/stacks.json" <<PY
+import json, sys
+ha = json.load(open(sys.argv[1]))
+print(json.dumps({
+    "single": {"port": $PORT, "baseline_port": $BASE_PORT, "nginx_pid": $nginx_pid,
+               "redis_ports": [$REDIS_PORT], "redis_pids": [$(cat "$run/redis.pid")],
+               "mysql_defaults": ["$mycnf"], "mysql_pids": [$(cat "$run/mysql.pid")]},
+    "ha": {"port": $HA_PORT, "baseline_port": $HA_BASE_PORT, "nginx_pid": $nginx_ha_pid,
+           "redis_ports": ha["redis_ports"], "redis_pids": ha["redis_pids"],
+           "mysql_defaults": ha["mysql_defaults"], "mysql_pids": ha["mysql_pids"]},
+    "shared": {"sim(node)": $(cat "$run/sim.pid"),
+               "acquirer": $(cat "$run/acquirer.pid" 2> /dev/null || echo 0)}}))
+PY
+    header="paygw bench-ha $stamp  rev $rev$dirty (module built $built)  $(nginx -v 2>&1 | sed 's/.*: //')  workers=$WORKERS  $(nproc) cores
+single: one Redis, one MariaDB; ha: Redis Cluster 3 masters + 3 replicas (paygw_redis_cluster on, 6 seeds), Galera 3 nodes (writes to one, failover= the others)
+bank_card acquirer: $([ "$ACQUIRER" = standin ] && echo "C stand-in (bench/acquirer_standin.c)" || echo "Node simulator"); both stacks' backends run during every run
+wrk -t$THREADS -c$CONNS -d${DURATION}s (after ${WARMUP}s warm-up), $ROUNDS rounds alternating the order; error_log warn, access_log off
+load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    python3 "$bench/ha_bench.py" --stacks "$run/stacks.json" \
+        --lua "$bench/paygw.lua" --req-dir "$run/req" --log-dir "$logs" \
+        --threads "$THREADS" --conns "$CONNS" --duration "$DURATION" \
+        --warmup "$WARMUP" --seed "$SEED" --rounds "$ROUNDS" \
+        --quiet-wait "$QUIET_WAIT" --quiet-max "$QUIET_MAX" \
+        --header "$header" --out "$out" &
+else
 python3 "$bench/paygw_bench.py" \
     --port "$PORT" --baseline-port "$BASE_PORT" --redis-port "$REDIS_PORT" \
     --mysql-defaults "$mycnf" --nginx-pid "$nginx_pid" \
@@ -381,17 +477,20 @@ python3 "$bench/paygw_bench.py" \
     --quiet-wait "$QUIET_WAIT" --quiet-max "$QUIET_MAX" \
     --webhook-port "$HOOK_PORT" --nginx-conf "$run/nginx.conf" \
     --header "$header" --out "$out" &
+fi
 echo $! > "$run/driver.pid"
 wait "$(cat "$run/driver.pid")" || die "the benchmark driver failed"
 rm -f "$run/driver.pid"
 
 # anything nginx logged at warn or above during the runs
-nwarn=$(grep -c '\[\(warn\|error\|crit\|alert\|emerg\)\]' "$logs/error.log" || true)
 {
-    echo "nginx error.log lines at warn or above: $nwarn"
-    grep '\[\(warn\|error\|crit\|alert\|emerg\)\]' "$logs/error.log" \
+for elog in "$logs/error.log" ${nginx_ha_pid:+"$run/ha/logs/error.log"}; do
+    nwarn=$(grep -c '\[\(warn\|error\|crit\|alert\|emerg\)\]' "$elog" || true)
+    echo "nginx ${elog#"$run"/} lines at warn or above: $nwarn"
+    grep '\[\(warn\|error\|crit\|alert\|emerg\)\]' "$elog" \
         | sed -e 's/^[0-9\/]* [0-9:]* //' -e 's/, client: .*//' \
         | sort | uniq -c | sort -rn | head -n 5 | sed 's/^/  /' || true
+done
     ncores=$(find "$run/cores" -name 'core*' -type f | wc -l)
     [ "$ncores" = 0 ] || echo "worker core dumps: $ncores in $run/cores (gdb $(command -v nginx) <core>)"
     echo "wall time: $(( $(date +%s) - started ))s (stack start to report)"
