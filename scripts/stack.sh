@@ -131,6 +131,7 @@ write_mycnf() {
         -e "s|@LOGERR@|$logs/$name.err|" \
         -e "s|@TMPDIR@|$dir/tmp|" \
         "$repo/scripts/mysql.cnf.in" > "$dir/my.cnf"
+    cat "$repo/scripts/mysql-sized.cnf" >> "$dir/my.cnf"
     [ "$name" = mysql ] || galera_cnf "$port" >> "$dir/my.cnf"
 }
 

@@ -159,7 +159,7 @@ ngx_http_paygw_deliver_claimed(ngx_http_request_t *r,
     }
 
     s = ctx->mysql->stmts.elts;
-    s = &s[2];
+    s = &s[3];   /* SET, SET TRANSACTION, UPDATE, SELECT */
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw deliver: step \"claimed\" %ui events", s->nrows);

@@ -285,7 +285,7 @@ ngx_http_paygw_mysql_batchable(ngx_http_paygw_mysql_op_t *op)
      * A batch is escaped before any of it runs, in the connection's
      * sql_mode as it was: a statement that may change it (SET SESSION
      * sql_mode = ...) must run before the next one is escaped.  SET
-     * TRANSACTION changes no escaping.
+     * TRANSACTION and SET @user_variable change no escaping.
      */
 
     stmt = op->stmts.elts;
@@ -293,6 +293,7 @@ ngx_http_paygw_mysql_batchable(ngx_http_paygw_mysql_op_t *op)
     for (i = 0; i < op->stmts.nelts; i++) {
         if (stmt[i].sql.len >= 4
             && ngx_strncasecmp(stmt[i].sql.data, (u_char *) "SET ", 4) == 0
+            && stmt[i].sql.data[4] != '@'
             && (stmt[i].sql.len < 16
                 || ngx_strncasecmp(stmt[i].sql.data + 4,
                                    (u_char *) "TRANSACTION ", 12)

@@ -11,10 +11,16 @@
  * A delivery round claims due rows by writing its own lease on them:
  * an UPDATE ... LIMIT takes the row locks, and a locking read sees the
  * latest committed lease, so a row claimed by one worker (or another
- * nginx) is skipped by every other until the lease ends.  It has no
- * ORDER BY: MariaDB would sort every due row (a filesort, and a lock on
- * each) for each claim; the range scan of idx_due (status,
- * next_attempt_at) meets the rows oldest first anyway.
+ * nginx) is skipped by every other until the lease ends.  The claim
+ * also moves next_attempt_at to the lease's end: claimed rows leave the
+ * due range of idx_due (status, next_attempt_at), so the next claim does
+ * not walk over rows in flight, and a round that died leaves its rows
+ * due again exactly when its lease ends.  The round reads its rows back
+ * through the same index (next_attempt_at = the lease's end, which
+ * @paygw_lease holds on this connection for the next statement).  The
+ * UPDATE has no ORDER BY: MariaDB would sort every due row (a filesort,
+ * and a lock on each) for each claim; the range scan of idx_due meets
+ * the rows oldest first anyway.
  * Results are written back only under the same lease.
  */
 
@@ -36,22 +42,25 @@ ngx_http_paygw_store_claim_events(ngx_http_paygw_mysql_op_t *op,
 
     op->restartable = 1;
 
-    if (ngx_http_paygw_mysql_add(op, "SET TRANSACTION ISOLATION LEVEL "
-                                     "READ COMMITTED")
-        == NULL)
+    s = ngx_http_paygw_mysql_add(op,
+            "SET @paygw_lease = NOW(3) + INTERVAL ? MICROSECOND");
+    if (s == NULL
+        || ngx_http_paygw_sql_int(op, s, (int64_t) lease * 1000) != NGX_OK
+        || ngx_http_paygw_mysql_add(op, "SET TRANSACTION ISOLATION LEVEL "
+                                        "READ COMMITTED")
+           == NULL)
     {
         return NGX_ERROR;
     }
 
     s = ngx_http_paygw_mysql_add(op,
             "UPDATE outbox_events SET lease_owner = ?, "
-            "lease_until = NOW(3) + INTERVAL ? MICROSECOND "
+            "lease_until = @paygw_lease, next_attempt_at = @paygw_lease "
             "WHERE status = 'pending' AND next_attempt_at <= NOW(3) "
             "AND (lease_until IS NULL OR lease_until < NOW(3)) "
             "LIMIT ?");
     if (s == NULL
         || ngx_http_paygw_sql_str(op, s, owner) != NGX_OK
-        || ngx_http_paygw_sql_int(op, s, (int64_t) lease * 1000) != NGX_OK
         || ngx_http_paygw_sql_int(op, s, batch) != NGX_OK)
     {
         return NGX_ERROR;
@@ -63,7 +72,10 @@ ngx_http_paygw_store_claim_events(ngx_http_paygw_mysql_op_t *op,
             "(SELECT COUNT(*) FROM webhook_disabled d "
             "WHERE d.merchant_id = o.merchant_id "
             "AND d.url_hash = UNHEX(SHA2(o.notify_url, 256))) "
-            "FROM outbox_events o WHERE o.lease_owner = ? ORDER BY o.id");
+            "FROM outbox_events o FORCE INDEX (idx_due) "
+            "WHERE o.status = 'pending' "
+            "AND o.next_attempt_at = @paygw_lease AND o.lease_owner = ? "
+            "ORDER BY o.id");
     if (s == NULL || ngx_http_paygw_sql_str(op, s, owner) != NGX_OK) {
         return NGX_ERROR;
     }
