@@ -187,6 +187,9 @@ const char *ngx_http_paygw_mysql_state_name(ngx_uint_t state);
 u_char *ngx_http_paygw_mysql_metrics(ngx_http_request_t *r, u_char *p,
     u_char *last);
 
+/* ngx_http_paygw_mysql_pool.c */
+void ngx_http_paygw_mysql_retire_idle(ngx_http_paygw_mysql_srv_t *srv);
+
 /* ngx_http_paygw_mysql_check.c: the active health check */
 void ngx_http_paygw_mysql_check_start(ngx_http_paygw_mysql_srv_t *srv,
     ngx_cycle_t *cycle);

@@ -17,7 +17,9 @@
  * "unreachable" when it cannot be connected to or does not answer in
  * time.  After each probe the writer is elected again
  * (ngx_http_paygw_mysql_ha.c).  Both SHOWs are allowed on a node out of
- * the primary component, which refuses other statements.
+ * the primary component, which refuses other statements.  A probe
+ * selects no database: a server's process list tells it from the
+ * pool's connections.
  */
 
 
@@ -127,6 +129,8 @@ ngx_http_paygw_mysql_check_tick(ngx_event_t *ev)
         return;
     }
 
+    ngx_http_paygw_mysql_retire_idle(srv);
+
     /* wall clock: the due time is compared across processes */
 
     tp = ngx_timeofday();
@@ -208,8 +212,8 @@ ngx_http_paygw_mysql_probe_start(ngx_http_paygw_mysql_checker_t *checker,
                                       (char *) node->host.data,
                                       (char *) srv->user.data,
                                       (char *) srv->password.data,
-                                      (char *) srv->database.data,
-                                      (unsigned int) node->port, NULL, 0);
+                                      NULL, (unsigned int) node->port, NULL,
+                                      0);
 
     ngx_http_paygw_mysql_probe_progress(pr, status);
 }

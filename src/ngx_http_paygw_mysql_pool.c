@@ -126,6 +126,36 @@ ngx_http_paygw_mysql_get_idle(ngx_http_paygw_mysql_srv_t *srv)
 }
 
 
+/*
+ * After the writer changed, every idle connection to the old one goes,
+ * not only the ones the next ops pick up: called by each worker's check
+ * timer, so a worker with no traffic keeps nothing open there either.
+ */
+
+void
+ngx_http_paygw_mysql_retire_idle(ngx_http_paygw_mysql_srv_t *srv)
+{
+    ngx_queue_t                  *q, *next;
+    ngx_http_paygw_mysql_conn_t  *mc;
+
+    if (!srv->initialized) {
+        return;
+    }
+
+    for (q = ngx_queue_head(&srv->idle);
+         q != ngx_queue_sentinel(&srv->idle);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        mc = ngx_queue_data(q, ngx_http_paygw_mysql_conn_t, queue);
+
+        if (ngx_http_paygw_mysql_retired(mc)) {
+            ngx_http_paygw_mysql_close(mc);
+        }
+    }
+}
+
+
 void
 ngx_http_paygw_mysql_release(ngx_http_paygw_mysql_conn_t *mc)
 {
