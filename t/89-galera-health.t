@@ -105,6 +105,21 @@ is(metric_nodes('paygw_mysql_node_writer'), '1,0,0',
    'metrics: paygw_mysql_node_writer names host=');
 agree('all synced', 1);
 
+# reads wait for the cluster (wsrep_sync_wait on every Galera connection):
+# the writer counts them as causal reads (0 without it)
+{
+    my $before = $g->node(0)->status('wsrep_causal_reads');
+    my $ok = 0;
+    for (1 .. 3) {
+        my $made = $gw->create(amount => 4300 + $_);
+        $ok++ if $made->{status} == 201
+            && $gw->get_payment($made->{json}{payment_no})->{status} == 200;
+    }
+    is($ok, 3, 'three payments made and read back');
+    cmp_ok($g->node(0)->status('wsrep_causal_reads'), '>=', $before + 3,
+           '... their reads were causal reads on the writer (wsrep_sync_wait)');
+}
+
 # ---- load from two clients, spread over the three workers --------------------
 
 my $file = PayGW::Test::_mkdir('load') . '/results';
