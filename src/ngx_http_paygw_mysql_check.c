@@ -137,7 +137,11 @@ ngx_http_paygw_mysql_check_tick(ngx_event_t *ev)
     now = (ngx_msec_t) tp->sec * 1000 + tp->msec;
     due = srv->ha->next_check;
 
-    if (checker->running == 0 && now >= (ngx_msec_t) due
+    /* a due time further than an interval ahead: the clock went back */
+
+    if (checker->running == 0
+        && (now >= (ngx_msec_t) due
+            || (ngx_msec_t) due - now > srv->check_interval)
         && ngx_atomic_cmp_set(&srv->ha->next_check, due,
                               now + srv->check_interval))
     {

@@ -2,8 +2,9 @@
 /*
  * paygw: what the paygw_zone shared memory holds: the metrics counters,
  * the circuit breakers and the MySQL writers, as fixed arrays (every
- * label takes its value from a closed set, so the zone never grows).  A module built with
- * another layout starts the counters afresh on reload.
+ * label takes its value from a closed set, so the zone never grows).
+ * A module built with another layout starts the counters afresh on
+ * reload.
  */
 
 
