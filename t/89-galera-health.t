@@ -178,6 +178,32 @@ sleep 2.5;    # two more rounds of the 1 s check
 is(cluster()->{writer}, 2, '... and the writes stay on node 2 (sticky)');
 is(pool_nodes(), '2', "... so do every worker's connections");
 
+# no node synced: nothing better to write to, the writer stays, not ready
+$g->node($_)->sql('SET GLOBAL wsrep_desync = ON') for 0 .. 2;
+ok(wait_until(sub { states() eq 'not_synced,not_synced,not_synced' },
+              timeout => 10), 'all three desynced: shown not_synced')
+    or diag(readyz()->{body});
+{
+    my $r = readyz();
+    my $c = $r->{json}{backends}{mysql}{main} // {};
+    is($r->{status}, 503, '... /readyz 503');
+    is_deeply([$r->{json}{checks}{mysql}, $r->{json}{error}{message},
+               $c->{writer}, $c->{writer_available}],
+              ['unavailable', 'mysql cluster has no healthy writer', 2,
+               JSON::PP::false],
+              '... mysql unavailable: no healthy writer; node 2 stays the writer')
+        or diag($r->{body});
+}
+# the writer first: were another synced before it, the writes would move
+$g->node(1)->sql('SET GLOBAL wsrep_desync = OFF');
+ok(wait_until(sub { readyz()->{status} == 200 }, timeout => 10),
+   'node 2 synced again: /readyz 200');
+is(cluster()->{writer}, 2, '... node 2 still the writer');
+$g->node($_)->sql('SET GLOBAL wsrep_desync = OFF') for 0, 2;
+ok(wait_until(sub { states() eq 'synced,synced,synced' }, timeout => 10),
+   'all synced again') or diag(readyz()->{body});
+is(cluster()->{writer}, 2, '... node 2 still the writer');
+
 # ---- the writer SIGKILLed under load -------------------------------------------
 
 my $killed = time;
