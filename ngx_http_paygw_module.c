@@ -496,7 +496,8 @@ ngx_http_paygw_init_process(ngx_cycle_t *cycle)
     ngx_http_paygw_json_init();
     ngx_http_paygw_redact_init_process(cycle);
 
-    if (ngx_http_paygw_reconciler_init_process(cycle) != NGX_OK
+    if (ngx_http_paygw_mysql_init_process(cycle) != NGX_OK
+        || ngx_http_paygw_reconciler_init_process(cycle) != NGX_OK
         || ngx_http_paygw_webhook_init_process(cycle) != NGX_OK)
     {
         return NGX_ERROR;

@@ -7,7 +7,12 @@
  *
  * "live" answers 200 while the worker runs.  "ready" answers 200 only
  * when a Redis PING and a MySQL SELECT 1 both succeed through the very
- * backends payments use, else 503 naming what failed.
+ * backends payments use, a Redis Cluster says cluster_state:ok and every
+ * MySQL cluster has a writer that its health check did not find
+ * unhealthy; else 503 naming what failed.  "backends" tells each side's
+ * state: Redis single or cluster, each MySQL node as the shared health
+ * check last found it and which one takes the writes (by position in
+ * paygw_mysql: 1 is host=, then each failover=; no addresses).
  */
 
 
@@ -34,6 +39,12 @@ static const char *ngx_http_paygw_redis_check(ngx_http_paygw_redis_op_t *op,
     ngx_str_t *why);
 static const char *ngx_http_paygw_mysql_check(ngx_http_paygw_mysql_op_t *op,
     ngx_str_t *why);
+static json_t *ngx_http_paygw_ready_redis(ngx_http_paygw_redis_op_t *op,
+    const char *failed);
+static json_t *ngx_http_paygw_ready_clusters(ngx_http_request_t *r,
+    ngx_uint_t select_ok, const char **failed);
+static json_t *ngx_http_paygw_ready_cluster(ngx_http_paygw_mysql_srv_t *srv,
+    ngx_uint_t select_ok, const char **failed);
 
 
 char *
@@ -114,9 +125,13 @@ ngx_http_paygw_ready_handler(ngx_http_request_t *r)
 
     ngx_http_set_ctx(r, ctx, ngx_http_paygw_module);
 
+    /* a single server refuses CLUSTER INFO: that is how it is told */
+
     ctx->redis = ngx_http_paygw_redis_create(r);
     if (ctx->redis == NULL
         || ngx_http_paygw_redis_command(r, ctx->redis, "PING") != NGX_OK
+        || ngx_http_paygw_redis_command(r, ctx->redis, "CLUSTER INFO")
+           != NGX_OK
         || ngx_http_paygw_redis_send(r, ctx->redis) != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -179,15 +194,31 @@ static ngx_int_t
 ngx_http_paygw_ready_respond(ngx_http_request_t *r,
     ngx_http_paygw_ready_ctx_t *ctx)
 {
-    json_t                  *doc, *checks;
+    json_t                  *doc, *checks, *backends;
     ngx_int_t                rc;
     ngx_str_t                id, redis_why, mysql_why;
     ngx_uint_t               ready;
-    const char              *redis, *mysql;
+    const char              *redis, *mysql, *writer;
     ngx_http_paygw_shctx_t  *sh;
 
     redis = ngx_http_paygw_redis_check(ctx->redis, &redis_why);
     mysql = ngx_http_paygw_mysql_check(ctx->mysql, &mysql_why);
+    writer = NULL;
+
+    backends = json_pack("{s:o?, s:o?}",
+                         "redis", ngx_http_paygw_ready_redis(ctx->redis,
+                                                             redis),
+                         "mysql", ngx_http_paygw_ready_clusters(r,
+                                                         mysql == NULL,
+                                                         &writer));
+    if (backends == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (mysql == NULL && writer) {
+        mysql = writer;
+        ngx_str_set(&mysql_why, "see the health check's log lines");
+    }
 
     ready = (redis == NULL && mysql == NULL);
 
@@ -210,17 +241,20 @@ ngx_http_paygw_ready_respond(ngx_http_request_t *r,
                        "redis", redis ? "unavailable" : "ok",
                        "mysql", mysql ? "unavailable" : "ok");
     if (checks == NULL) {
+        json_decref(backends);
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     if (ready) {
-        doc = json_pack("{s:s, s:o}", "status", "ready", "checks", checks);
+        doc = json_pack("{s:s, s:o, s:o}", "status", "ready",
+                        "checks", checks, "backends", backends);
 
     } else {
         ngx_http_paygw_request_id(r, &id);
 
-        doc = json_pack("{s:s, s:o, s:{s:s, s:s, s:s%}}",
+        doc = json_pack("{s:s, s:o, s:o, s:{s:s, s:s, s:s%}}",
                         "status", "unavailable", "checks", checks,
+                        "backends", backends,
                         "error", "code", "not_ready",
                         "message", redis ? redis : mysql,
                         "request_id", id.data, id.len);
@@ -272,8 +306,167 @@ ngx_http_paygw_redis_check(ngx_http_paygw_redis_op_t *op, ngx_str_t *why)
         return "redis answered PING wrongly";
     }
 
+    reply = op->replies[1];
+
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* a single server */
+        ngx_str_set(why, "ok");
+        return NULL;
+    }
+
+    if (reply->type != REDIS_REPLY_STRING
+        || ngx_strstrn((u_char *) reply->str, "cluster_state:ok", 16 - 1)
+           == NULL)
+    {
+        ngx_str_set(why, "CLUSTER INFO: cluster_state is not ok");
+        return "redis cluster is down";
+    }
+
     ngx_str_set(why, "ok");
     return NULL;
+}
+
+
+/*
+ * {"mode": "single"|"cluster", "reachable": bool, "cluster_state": ...}
+ * (cluster_state in cluster mode only, as the node asked said it).
+ */
+
+static json_t *
+ngx_http_paygw_ready_redis(ngx_http_paygw_redis_op_t *op, const char *failed)
+{
+    u_char      *p, *end;
+    redisReply  *reply;
+
+    if (!op->call.ok) {
+        return json_pack("{s:s, s:b}", "mode", "unknown", "reachable", 0);
+    }
+
+    reply = op->replies[1];
+
+    if (reply->type != REDIS_REPLY_STRING) {
+        return json_pack("{s:s, s:b}", "mode", "single",
+                         "reachable", failed == NULL);
+    }
+
+    p = (u_char *) ngx_strstrn((u_char *) reply->str, "cluster_state:",
+                               14 - 1);
+
+    if (p == NULL) {
+        return json_pack("{s:s, s:b, s:s}", "mode", "cluster",
+                         "reachable", 1, "cluster_state", "unknown");
+    }
+
+    p += 14;
+
+    for (end = p; *end && *end != '\r' && *end != '\n'; end++) {
+        /* void */
+    }
+
+    return json_pack("{s:s, s:b, s:s%}", "mode", "cluster", "reachable", 1,
+                     "cluster_state", p, (size_t) (end - p));
+}
+
+
+/* {"NAME": {...}} for every paygw_mysql; failed: a cluster's writer */
+
+static json_t *
+ngx_http_paygw_ready_clusters(ngx_http_request_t *r, ngx_uint_t select_ok,
+    const char **failed)
+{
+    json_t                       *all, *one;
+    ngx_uint_t                    i;
+    ngx_http_paygw_main_conf_t   *pmcf;
+    ngx_http_paygw_mysql_srv_t  **srvp;
+
+    pmcf = ngx_http_get_module_main_conf(r, ngx_http_paygw_module);
+    srvp = pmcf->mysql_servers.elts;
+
+    all = json_object();
+    if (all == NULL) {
+        return NULL;
+    }
+
+    for (i = 0; i < pmcf->mysql_servers.nelts; i++) {
+        one = ngx_http_paygw_ready_cluster(srvp[i], select_ok, failed);
+
+        if (one == NULL
+            || json_object_setn_new(all, (char *) srvp[i]->name.data,
+                                    srvp[i]->name.len, one)
+               != 0)
+        {
+            json_decref(all);
+            return NULL;
+        }
+    }
+
+    return all;
+}
+
+
+/*
+ * {"writer": 1, "writer_available": true, "writer_changes": 0,
+ *  "nodes": [{"node": 1, "state": "synced", "writer": true}, ...]}
+ * A single server is not checked: its one node is "healthy" when the
+ * SELECT 1 of this request went through, else "unreachable".
+ */
+
+static json_t *
+ngx_http_paygw_ready_cluster(ngx_http_paygw_mysql_srv_t *srv,
+    ngx_uint_t select_ok, const char **failed)
+{
+    json_t       *nodes, *node;
+    ngx_uint_t    i, writer, gen, state, available;
+    const char   *name;
+
+    writer = ngx_http_paygw_mysql_writer(srv, &gen);
+
+    nodes = json_array();
+    if (nodes == NULL) {
+        return NULL;
+    }
+
+    available = select_ok;
+
+    for (i = 0; i < srv->nodes->nelts; i++) {
+
+        if (srv->nodes->nelts == 1) {
+            name = select_ok ? "healthy" : "unreachable";
+
+        } else {
+            state = srv->ha ? srv->ha->node[i].state
+                            : NGX_HTTP_PAYGW_NODE_UNKNOWN;
+
+            if (state == NGX_HTTP_PAYGW_NODE_SYNCED
+                && !ngx_http_paygw_mysql_galera(srv, i))
+            {
+                name = "healthy";
+
+            } else {
+                name = ngx_http_paygw_mysql_state_name(state);
+            }
+
+            if (i == writer
+                && state != NGX_HTTP_PAYGW_NODE_SYNCED
+                && state != NGX_HTTP_PAYGW_NODE_UNKNOWN)
+            {
+                available = 0;
+                *failed = "mysql cluster has no healthy writer";
+            }
+        }
+
+        node = json_pack("{s:i, s:s, s:b}", "node", (json_int_t) i + 1,
+                         "state", name, "writer", i == writer);
+
+        if (node == NULL || json_array_append_new(nodes, node) != 0) {
+            json_decref(nodes);
+            return NULL;
+        }
+    }
+
+    return json_pack("{s:i, s:b, s:i, s:o}", "writer",
+                     (json_int_t) writer + 1, "writer_available", available,
+                     "writer_changes", (json_int_t) gen, "nodes", nodes);
 }
 
 

@@ -14,6 +14,7 @@
 #include "ngx_http_paygw_types.h"
 #include "ngx_http_paygw_metrics.h"
 #include "ngx_http_paygw_fees.h"
+#include "ngx_http_paygw_mysql.h"
 
 
 #define NGX_HTTP_PAYGW_METRICS_MAX  (128 * 1024)
@@ -430,6 +431,7 @@ ngx_http_paygw_metrics_handler(ngx_http_request_t *r)
     p = ngx_http_paygw_m_render_channels(p, last, sh);
     p = ngx_http_paygw_m_render_counts(p, last, sh);
     p = ngx_http_paygw_m_render_gateway(p, last, sh);
+    p = ngx_http_paygw_mysql_metrics(r, p, last);
 
     body.len = p - body.data;
 

@@ -47,7 +47,8 @@ static void ngx_http_paygw_mysql_read_handler(ngx_event_t *rev);
 static void ngx_http_paygw_mysql_write_handler(ngx_event_t *wev);
 static void ngx_http_paygw_mysql_lib_timeout(ngx_event_t *ev);
 static void ngx_http_paygw_mysql_connect_timeout(ngx_event_t *ev);
-static void ngx_http_paygw_mysql_failover(ngx_http_paygw_mysql_conn_t *mc);
+static void ngx_http_paygw_mysql_failover(ngx_http_paygw_mysql_conn_t *mc,
+    ngx_uint_t state);
 static void ngx_http_paygw_mysql_resume(ngx_http_paygw_mysql_conn_t *mc,
     int events);
 static void ngx_http_paygw_mysql_op_timeout(ngx_event_t *ev);
@@ -364,11 +365,15 @@ ngx_http_paygw_mysql_connect(ngx_http_paygw_mysql_op_t *op)
 {
     int                           status;
     my_bool                       off;
+    ngx_uint_t                    n, gen;
     unsigned int                  no_infile;
     ngx_http_paygw_mysql_srv_t   *srv;
     ngx_http_paygw_mysql_conn_t  *mc;
+    ngx_http_paygw_mysql_node_t  *node;
 
     srv = op->srv;
+    n = ngx_http_paygw_mysql_writer(srv, &gen);
+    node = ngx_http_paygw_mysql_node(srv, n);
 
     mc = ngx_calloc(sizeof(ngx_http_paygw_mysql_conn_t),
                     op->request->connection->log);
@@ -398,8 +403,29 @@ ngx_http_paygw_mysql_connect(ngx_http_paygw_mysql_op_t *op)
         goto failed;
     }
 
+    /*
+     * On a Galera node every read waits until the node applied what the
+     * cluster committed before it (wsrep_sync_wait = 1: SELECT, SHOW and
+     * START TRANSACTION): a read after a failover, or after a write that
+     * another nginx sent to another node, sees that write.
+     */
+
+    if (ngx_http_paygw_mysql_galera(srv, n)) {
+        if (mysql_options(mc->mysql, MYSQL_INIT_COMMAND,
+                          "SET SESSION wsrep_sync_wait = 1")
+            != 0)
+        {
+            mysql_close(mc->mysql);
+            ngx_free(mc);
+            goto failed;
+        }
+
+        mc->galera = 1;
+    }
+
     mc->srv = srv;
-    mc->node = srv->current;
+    mc->node = n;
+    mc->gen = gen;
     srv->nconns++;
 
     mc->connect_timer.handler = ngx_http_paygw_mysql_connect_timeout;
@@ -419,9 +445,10 @@ ngx_http_paygw_mysql_connect(ngx_http_paygw_mysql_op_t *op)
     mc->state = NGX_HTTP_PAYGW_MYSQL_CONNECT;
     ngx_add_timer(&mc->connect_timer, srv->connect_timeout);
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, op->request->connection->log, 0,
-                   "paygw mysql: connecting to %V:%ui",
-                   &srv->host, srv->port);
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, op->request->connection->log, 0,
+                   "paygw mysql: connecting to %V:%ui (writer change %ui%s)",
+                   &node->host, node->port, gen,
+                   mc->galera ? ", Galera" : "");
 
     /*
      * CLIENT_FOUND_ROWS: affected rows count the rows a WHERE matched;
@@ -430,11 +457,11 @@ ngx_http_paygw_mysql_connect(ngx_http_paygw_mysql_op_t *op)
      */
 
     status = mysql_real_connect_start(&mc->ret_mysql, mc->mysql,
-                                      (char *) srv->host.data,
+                                      (char *) node->host.data,
                                       (char *) srv->user.data,
                                       (char *) srv->password.data,
                                       (char *) srv->database.data,
-                                      (unsigned int) srv->port, NULL,
+                                      (unsigned int) node->port, NULL,
                                       CLIENT_FOUND_ROWS
                                       |CLIENT_MULTI_STATEMENTS);
 
@@ -532,7 +559,7 @@ ngx_http_paygw_mysql_connected(ngx_http_paygw_mysql_conn_t *mc)
     }
 
     if (mc->ret_mysql == NULL) {
-        ngx_http_paygw_mysql_failover(mc);
+        ngx_http_paygw_mysql_failover(mc, NGX_HTTP_PAYGW_NODE_UNREACHABLE);
         return ngx_http_paygw_mysql_broken(mc, NGX_HTTP_SERVICE_UNAVAILABLE,
                                            "connect");
     }
@@ -840,7 +867,7 @@ ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc)
      */
 
     if (err == NGX_HTTP_PAYGW_ER_WSREP_NOT_READY) {
-        ngx_http_paygw_mysql_failover(mc);
+        ngx_http_paygw_mysql_failover(mc, NGX_HTTP_PAYGW_NODE_NOT_SYNCED);
 
         if (op->step == 0 && !op->retried) {
             return ngx_http_paygw_mysql_run_again(mc);
@@ -978,14 +1005,15 @@ static int
 ngx_http_paygw_mysql_broken(ngx_http_paygw_mysql_conn_t *mc,
     ngx_uint_t status, const char *what)
 {
-    ngx_http_paygw_mysql_op_t  *op;
+    ngx_http_paygw_mysql_op_t    *op;
+    ngx_http_paygw_mysql_node_t  *node;
 
     op = mc->op;
+    node = ngx_http_paygw_mysql_node(mc->srv, mc->node);
 
     ngx_log_error(NGX_LOG_ERR, op->request->connection->log, 0,
                   "paygw mysql %V:%ui %s failed: %s",
-                  &mc->srv->host, mc->srv->port, what,
-                  mysql_error(mc->mysql));
+                  &node->host, node->port, what, mysql_error(mc->mysql));
 
     ngx_http_paygw_call_fail(&op->call, op->pool, status,
                              "mysql %s failed: %s", what,
@@ -1137,41 +1165,30 @@ ngx_http_paygw_mysql_lib_timeout(ngx_event_t *ev)
 
 
 /*
- * Single writer: every connection of a worker goes to srv->current, so
- * that Galera never certifies one worker's writes against another's.
- * When the writer cannot be connected to or leaves the cluster, the
- * next node of the list takes over (once per failure: connections
- * opened before to an older writer change nothing).  Connections left
- * to the old writer fail on their next statement and are replaced; a
- * transaction that broke is never assumed committed: the op fails and
- * the durable unique keys decide when it is sent again.
+ * Single writer: every connection of every worker goes to the node the
+ * shared state names (ngx_http_paygw_mysql_ha.c).  A node that cannot
+ * be connected to, or says it is not part of the cluster (1047), is
+ * marked so at once, without waiting for the next check: if it was the
+ * writer, the first healthy node takes over for every worker.
+ * Connections left to the old writer are not used again; a transaction
+ * that broke is never assumed committed: the op fails and the durable
+ * unique keys decide when it is sent again.
  */
 
 static void
-ngx_http_paygw_mysql_failover(ngx_http_paygw_mysql_conn_t *mc)
+ngx_http_paygw_mysql_failover(ngx_http_paygw_mysql_conn_t *mc,
+    ngx_uint_t state)
 {
-    ngx_http_paygw_mysql_srv_t   *srv;
-    ngx_http_paygw_mysql_node_t  *nodes;
+    ngx_http_paygw_mysql_srv_t  *srv;
 
     srv = mc->srv;
 
-    if (srv->nodes == NULL || srv->nodes->nelts < 2
-        || mc->node != srv->current)
-    {
+    if (srv->nodes->nelts < 2) {
         return;
     }
 
-    nodes = srv->nodes->elts;
-
-    srv->current = (srv->current + 1) % srv->nodes->nelts;
-
-    ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
-                  "paygw mysql \"%V\": %V:%ui failed, writes go to %V:%ui",
-                  &srv->name, &srv->host, srv->port,
-                  &nodes[srv->current].host, nodes[srv->current].port);
-
-    srv->host = nodes[srv->current].host;
-    srv->port = nodes[srv->current].port;
+    ngx_http_paygw_mysql_set_state(srv, mc->node, state, ngx_cycle->log);
+    ngx_http_paygw_mysql_elect(srv, ngx_cycle->log);
 }
 
 
@@ -1189,7 +1206,7 @@ ngx_http_paygw_mysql_connect_timeout(ngx_event_t *ev)
 
     c = mc->op->request->connection;
 
-    ngx_http_paygw_mysql_failover(mc);
+    ngx_http_paygw_mysql_failover(mc, NGX_HTTP_PAYGW_NODE_UNREACHABLE);
 
     (void) ngx_http_paygw_mysql_broken(mc, NGX_HTTP_GATEWAY_TIME_OUT,
                                        "connect (timed out)");
@@ -1334,17 +1351,22 @@ ngx_http_paygw_mysql_close(ngx_http_paygw_mysql_conn_t *mc)
 static void
 ngx_http_paygw_mysql_op_timeout(ngx_event_t *ev)
 {
+    ngx_uint_t                    n, gen;
     ngx_connection_t             *c;
     ngx_http_paygw_mysql_op_t    *op;
     ngx_http_paygw_mysql_conn_t  *mc;
+    ngx_http_paygw_mysql_node_t  *node;
 
     op = ev->data;
     c = op->request->connection;
     mc = op->conn;
 
+    n = mc ? mc->node : ngx_http_paygw_mysql_writer(op->srv, &gen);
+    node = ngx_http_paygw_mysql_node(op->srv, n);
+
     ngx_log_error(NGX_LOG_ERR, c->log, 0,
                   "paygw mysql %V:%ui: timed out after %M ms%s",
-                  &op->srv->host, op->srv->port, op->srv->query_timeout,
+                  &node->host, node->port, op->srv->query_timeout,
                   mc ? "" : " waiting for a free connection");
 
     ngx_http_paygw_call_fail(&op->call, op->pool, NGX_HTTP_GATEWAY_TIME_OUT,

@@ -10,6 +10,7 @@
 
 
 #include "ngx_http_paygw.h"
+#include "ngx_http_paygw_mysql_ha.h"
 #include <mysql.h>
 
 
@@ -107,11 +108,13 @@ typedef struct {
 
 struct ngx_http_paygw_mysql_srv_s {
     ngx_str_t                     name;
-    ngx_str_t                     host;      /* the writer: an IP address, */
+    ngx_str_t                     host;      /* host=: an IP address, */
     ngx_uint_t                    port;      /* NUL-ended */
     ngx_array_t                  *nodes;     /* mysql_node_t: host=, then
                                                 every failover= */
-    ngx_uint_t                    current;   /* per worker: the writer */
+    ngx_uint_t                    index;     /* in mysql_servers */
+    ngx_msec_t                    check_interval;
+    ngx_msec_t                    check_timeout;
     ngx_str_t                     user;
     ngx_str_t                     password;
     ngx_str_t                     database;
@@ -125,6 +128,8 @@ struct ngx_http_paygw_mysql_srv_s {
     ngx_queue_t                   waiting;
     ngx_uint_t                    nconns;
     ngx_event_t                  *wake;      /* hands freed slots on */
+    ngx_http_paygw_mysql_ha_t    *ha;        /* the zone's or our own */
+    void                         *checker;   /* mysql_check.c's */
     unsigned                      initialized:1;
 };
 
@@ -165,6 +170,29 @@ char *ngx_http_paygw_mysql_merge_conf(ngx_conf_t *cf,
 /* ngx_http_paygw_mysql.c: the location handler and worker hooks */
 ngx_int_t ngx_http_paygw_mysql_handler(ngx_http_request_t *r);
 void ngx_http_paygw_mysql_exit_process(ngx_cycle_t *cycle);
+
+/* ngx_http_paygw_mysql_ha.c: the agreed writer and the nodes' health */
+ngx_int_t ngx_http_paygw_mysql_init_process(ngx_cycle_t *cycle);
+ngx_http_paygw_mysql_node_t *ngx_http_paygw_mysql_node(
+    ngx_http_paygw_mysql_srv_t *srv, ngx_uint_t n);
+ngx_uint_t ngx_http_paygw_mysql_writer(ngx_http_paygw_mysql_srv_t *srv,
+    ngx_uint_t *gen);
+ngx_uint_t ngx_http_paygw_mysql_galera(ngx_http_paygw_mysql_srv_t *srv,
+    ngx_uint_t n);
+void ngx_http_paygw_mysql_set_state(ngx_http_paygw_mysql_srv_t *srv,
+    ngx_uint_t n, ngx_uint_t state, ngx_log_t *log);
+void ngx_http_paygw_mysql_elect(ngx_http_paygw_mysql_srv_t *srv,
+    ngx_log_t *log);
+const char *ngx_http_paygw_mysql_state_name(ngx_uint_t state);
+u_char *ngx_http_paygw_mysql_metrics(ngx_http_request_t *r, u_char *p,
+    u_char *last);
+
+/* ngx_http_paygw_mysql_pool.c */
+void ngx_http_paygw_mysql_retire_idle(ngx_http_paygw_mysql_srv_t *srv);
+
+/* ngx_http_paygw_mysql_check.c: the active health check */
+void ngx_http_paygw_mysql_check_start(ngx_http_paygw_mysql_srv_t *srv,
+    ngx_cycle_t *cycle);
 
 
 #endif /* _NGX_HTTP_PAYGW_MYSQL_H_INCLUDED_ */

@@ -5,7 +5,8 @@
  *     paygw_mysql NAME host=IP [port=3306] [failover=IP:PORT ...] user=USER
  *                 password_file=PATH database=DB [max_conns=16]
  *                 [idle_timeout=60s] [connect_timeout=3s]
- *                 [query_timeout=10s];
+ *                 [query_timeout=10s] [check_interval=1s]
+ *                 [check_timeout=2s];
  */
 
 
@@ -59,6 +60,8 @@ ngx_http_paygw_mysql_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     srv->idle_timeout = 60000;
     srv->connect_timeout = 3000;
     srv->query_timeout = 10000;
+    srv->check_interval = 1000;
+    srv->check_timeout = 2000;
 
     for (i = 2; i < cf->args->nelts; i++) {
         rv = ngx_http_paygw_mysql_param(cf, srv, &value[i]);
@@ -79,6 +82,8 @@ ngx_http_paygw_mysql_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                            "password_file= and database=", &srv->name);
         return NGX_CONF_ERROR;
     }
+
+    srv->index = pmcf->mysql_servers.nelts;
 
     srvp = ngx_array_push(&pmcf->mysql_servers);
     if (srvp == NULL) {
@@ -173,6 +178,15 @@ ngx_http_paygw_mysql_param(ngx_conf_t *cf, ngx_http_paygw_mysql_srv_t *srv,
 
     if (ngx_paygw_is("query_timeout=")) {
         return ngx_http_paygw_mysql_msec(cf, param, 14, &srv->query_timeout);
+    }
+
+    if (ngx_paygw_is("check_interval=")) {
+        return ngx_http_paygw_mysql_msec(cf, param, 15,
+                                         &srv->check_interval);
+    }
+
+    if (ngx_paygw_is("check_timeout=")) {
+        return ngx_http_paygw_mysql_msec(cf, param, 14, &srv->check_timeout);
     }
 
 #undef ngx_paygw_is
@@ -358,14 +372,26 @@ ngx_http_paygw_mysql_nodes(ngx_conf_t *cf, ngx_http_paygw_mysql_srv_t *srv)
 {
     ngx_http_paygw_mysql_node_t  *nodes;
 
+    /* a single server is a list of one: the writer is always node 0 */
+
     if (srv->nodes == NULL) {
-        return NGX_CONF_OK;
+        srv->nodes = ngx_array_create(cf->pool, 1,
+                                      sizeof(ngx_http_paygw_mysql_node_t));
+        if (srv->nodes == NULL || ngx_array_push(srv->nodes) == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (srv->nodes->nelts > NGX_HTTP_PAYGW_MYSQL_MAX_NODES) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "paygw_mysql \"%V\" has more than %d nodes",
+                           &srv->name, NGX_HTTP_PAYGW_MYSQL_MAX_NODES);
+        return NGX_CONF_ERROR;
     }
 
     nodes = srv->nodes->elts;
     nodes[0].host = srv->host;
     nodes[0].port = srv->port;
-    srv->current = 0;
 
     return NGX_CONF_OK;
 }

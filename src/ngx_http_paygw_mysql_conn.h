@@ -41,9 +41,11 @@ struct ngx_http_paygw_mysql_conn_s {
     MYSQL_RES                    *ret_res;
 
     ngx_msec_t                    idle_since;
-    ngx_uint_t                    node;      /* srv->current when opened */
+    ngx_uint_t                    node;      /* the writer when opened */
+    ngx_uint_t                    gen;       /* ... and its generation */
 
     unsigned                      reused:1;
+    unsigned                      galera:1;  /* wsrep_sync_wait is set */
 };
 
 

@@ -20,6 +20,8 @@ typedef struct {
 static ngx_http_paygw_mysql_conn_t *ngx_http_paygw_mysql_get_idle(
     ngx_http_paygw_mysql_srv_t *srv);
 static ngx_int_t ngx_http_paygw_mysql_alive(ngx_connection_t *c);
+static ngx_uint_t ngx_http_paygw_mysql_retired(
+    ngx_http_paygw_mysql_conn_t *mc);
 static void ngx_http_paygw_mysql_wake(ngx_event_t *ev);
 
 
@@ -110,9 +112,8 @@ ngx_http_paygw_mysql_get_idle(ngx_http_paygw_mysql_srv_t *srv)
 
         if ((ngx_current_msec - mc->idle_since > 1000
              && ngx_http_paygw_mysql_alive(mc->c) != NGX_OK)
-            || mc->node != srv->current)
+            || ngx_http_paygw_mysql_retired(mc))
         {
-            /* a connection to a writer that failed over is not reused */
 
             ngx_http_paygw_mysql_close(mc);
             continue;
@@ -122,6 +123,36 @@ ngx_http_paygw_mysql_get_idle(ngx_http_paygw_mysql_srv_t *srv)
     }
 
     return NULL;
+}
+
+
+/*
+ * After the writer changed, every idle connection to the old one goes,
+ * not only the ones the next ops pick up: called by each worker's check
+ * timer, so a worker with no traffic keeps nothing open there either.
+ */
+
+void
+ngx_http_paygw_mysql_retire_idle(ngx_http_paygw_mysql_srv_t *srv)
+{
+    ngx_queue_t                  *q, *next;
+    ngx_http_paygw_mysql_conn_t  *mc;
+
+    if (!srv->initialized) {
+        return;
+    }
+
+    for (q = ngx_queue_head(&srv->idle);
+         q != ngx_queue_sentinel(&srv->idle);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        mc = ngx_queue_data(q, ngx_http_paygw_mysql_conn_t, queue);
+
+        if (ngx_http_paygw_mysql_retired(mc)) {
+            ngx_http_paygw_mysql_close(mc);
+        }
+    }
 }
 
 
@@ -137,7 +168,9 @@ ngx_http_paygw_mysql_release(ngx_http_paygw_mysql_conn_t *mc)
         mc->op = NULL;
     }
 
-    if (ngx_exiting || ngx_terminate || mc->c == NULL) {
+    if (ngx_exiting || ngx_terminate || mc->c == NULL
+        || ngx_http_paygw_mysql_retired(mc))
+    {
         ngx_http_paygw_mysql_close(mc);
         return;
     }
@@ -201,6 +234,31 @@ ngx_http_paygw_mysql_alive(ngx_connection_t *c)
     }
 
     return NGX_ERROR;
+}
+
+
+/*
+ * A connection opened before the writer last changed is never used
+ * again, even when its node is the writer once more: the workers follow
+ * the shared writer, not what each of them saw.  One opened before its
+ * node was known to be a Galera node lacks wsrep_sync_wait.
+ */
+
+static ngx_uint_t
+ngx_http_paygw_mysql_retired(ngx_http_paygw_mysql_conn_t *mc)
+{
+    ngx_uint_t  gen;
+
+    (void) ngx_http_paygw_mysql_writer(mc->srv, &gen);
+
+    if (mc->gen != gen) {
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "paygw mysql: retiring a connection of writer "
+                       "change %ui (now %ui)", mc->gen, gen);
+        return 1;
+    }
+
+    return !mc->galera && ngx_http_paygw_mysql_galera(mc->srv, mc->node);
 }
 
 

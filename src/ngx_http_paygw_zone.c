@@ -17,6 +17,7 @@ typedef struct {
     ngx_http_paygw_shctx_t  *sh;
     ngx_slab_pool_t         *shpool;
     ngx_str_t               *slot_names;   /* of the configuration */
+    ngx_array_t             *mysql_servers;
 } ngx_http_paygw_zone_ctx_t;
 
 
@@ -93,6 +94,7 @@ ngx_http_paygw_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     /* filled in after the http block, before the zone is initialized */
     ctx->slot_names = pmcf->slot_names;
+    ctx->mysql_servers = &pmcf->mysql_servers;
 
     pmcf->shm_zone->init = ngx_http_paygw_init_zone;
     pmcf->shm_zone->data = ctx;
@@ -120,6 +122,9 @@ ngx_http_paygw_init_zone(ngx_shm_zone_t *shm_zone, void *data)
         if (ctx->sh->layout == NGX_HTTP_PAYGW_M_LAYOUT) {
             (void) ngx_atomic_fetch_add(&ctx->sh->reloads, 1);
             ngx_http_paygw_zone_slots(ctx);
+            ngx_http_paygw_mysql_ha_adopt(ctx->mysql_servers,
+                                          ctx->sh->mysql_ha,
+                                          NGX_HTTP_PAYGW_MYSQL_HA_SHARED);
             return NGX_OK;
         }
 
@@ -133,6 +138,8 @@ ngx_http_paygw_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     if (shm_zone->shm.exists) {
         ctx->sh = ctx->shpool->data;
         ngx_http_paygw_zone_slots(ctx);
+        ngx_http_paygw_mysql_ha_adopt(ctx->mysql_servers, ctx->sh->mysql_ha,
+                                      NGX_HTTP_PAYGW_MYSQL_HA_SHARED);
         return NGX_OK;
     }
 
@@ -167,6 +174,8 @@ ngx_http_paygw_zone_create(ngx_http_paygw_zone_ctx_t *ctx)
     ctx->sh->created = ngx_time();
 
     ngx_http_paygw_zone_slots(ctx);
+    ngx_http_paygw_mysql_ha_adopt(ctx->mysql_servers, ctx->sh->mysql_ha,
+                                  NGX_HTTP_PAYGW_MYSQL_HA_SHARED);
 
     return NGX_OK;
 }
@@ -265,4 +274,22 @@ ngx_http_paygw_shpool(ngx_http_request_t *r)
     ctx = ngx_http_paygw_zone_ctx(r);
 
     return ctx ? ctx->shpool : NULL;
+}
+
+
+ngx_http_paygw_shctx_t *
+ngx_http_paygw_shctx_cycle(ngx_cycle_t *cycle)
+{
+    ngx_http_paygw_zone_ctx_t   *ctx;
+    ngx_http_paygw_main_conf_t  *pmcf;
+
+    pmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_paygw_module);
+
+    if (pmcf == NULL || pmcf->shm_zone == NULL) {
+        return NULL;
+    }
+
+    ctx = pmcf->shm_zone->data;
+
+    return ctx->sh;
 }

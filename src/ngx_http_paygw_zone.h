@@ -1,9 +1,10 @@
 
 /*
- * paygw: what the paygw_zone shared memory holds: the metrics counters
- * and the circuit breakers, as fixed arrays (every label takes its value
- * from a closed set, so the zone never grows).  A module built with
- * another layout starts the counters afresh on reload.
+ * paygw: what the paygw_zone shared memory holds: the metrics counters,
+ * the circuit breakers and the MySQL writers, as fixed arrays (every
+ * label takes its value from a closed set, so the zone never grows).
+ * A module built with another layout starts the counters afresh on
+ * reload.
  */
 
 
@@ -12,6 +13,7 @@
 
 
 #include "ngx_http_paygw.h"
+#include "ngx_http_paygw_mysql_ha.h"
 
 
 #define NGX_HTTP_PAYGW_M_APIS          12   /* see ngx_http_paygw_m_api */
@@ -21,7 +23,7 @@
 #define NGX_HTTP_PAYGW_M_RESULTS       5
 #define NGX_HTTP_PAYGW_M_BUCKETS       14
 
-#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670006
+#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670007
 
 
 typedef struct {
@@ -72,6 +74,9 @@ struct ngx_http_paygw_shctx_s {
     ngx_http_paygw_metrics_t      m;
     ngx_http_paygw_breaker_t      breaker[NGX_HTTP_PAYGW_M_CHANNELS];
 
+    /* the first paygw_mysql blocks' nodes and writer, in their order */
+    ngx_http_paygw_mysql_ha_t     mysql_ha[NGX_HTTP_PAYGW_MYSQL_HA_SHARED];
+
     /* the channel each slot counts for, as the metrics label it */
     u_char                        slot_name[NGX_HTTP_PAYGW_M_CHANNELS]
                                       [NGX_HTTP_PAYGW_CHANNEL_NAME_LEN + 1];
@@ -80,6 +85,7 @@ struct ngx_http_paygw_shctx_s {
 
 ngx_http_paygw_shctx_t *ngx_http_paygw_shctx(ngx_http_request_t *r);
 ngx_slab_pool_t *ngx_http_paygw_shpool(ngx_http_request_t *r);
+ngx_http_paygw_shctx_t *ngx_http_paygw_shctx_cycle(ngx_cycle_t *cycle);
 
 
 #endif /* _NGX_HTTP_PAYGW_ZONE_H_INCLUDED_ */

@@ -7,6 +7,7 @@ use warnings;
 
 use Test::More;
 use Time::HiRes qw(time);
+use JSON::PP ();
 
 use PayGW::Test qw(backend_vars http http_parallel wait_until);
 
@@ -48,13 +49,28 @@ sub live_ok {
               "$name: /healthz 200 {\"status\":\"ok\"}");
 }
 
+# a single Redis and a single MySQL: one node, the writer, never checked
+# by the cluster health check (its state is this request's SELECT 1)
+sub backends {
+    my ($redis_up, $mysql_up) = @_;
+    return {redis => {mode => ($redis_up ? 'single' : 'unknown'),
+                      reachable => $redis_up ? JSON::PP::true : JSON::PP::false},
+            mysql => {db => {writer => 1, writer_changes => 0,
+                             writer_available => $mysql_up ? JSON::PP::true
+                                                           : JSON::PP::false,
+                             nodes => [{node => 1, writer => JSON::PP::true,
+                                        state => $mysql_up ? 'healthy'
+                                                           : 'unreachable'}]}}};
+}
+
 sub ready_ok {
     my ($name) = @_;
     my $r = get('/readyz');
     is_deeply([$r->{status}, $r->{json}],
               [200, {status => 'ready',
-                     checks => {redis => 'ok', mysql => 'ok'}}],
-              "$name: /readyz 200 ready, both checks ok")
+                     checks => {redis => 'ok', mysql => 'ok'},
+                     backends => backends(1, 1)}],
+              "$name: /readyz 200 ready, both checks ok, backends single")
         or diag($r->{body});
 }
 
@@ -79,6 +95,11 @@ sub not_ready {
     }
     is($j->{error}{request_id}, $r->{headers}{'x-request-id'},
        '... error.request_id is the X-Request-Id header');
+    my $down = $o{both} ? {redis => 1, mysql => 1} : {$who => 1};
+    # a frozen Redis answers nothing (mode unknown), as a killed one
+    is_deeply($j->{backends}, backends(!$down->{redis}, !$down->{mysql}),
+              "... backends: $who " . ($o{both} ? 'and the other ' : '')
+              . 'shown down') or diag($r->{body});
     return $r;
 }
 

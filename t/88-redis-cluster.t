@@ -42,6 +42,10 @@ sub create_ok {
 {
     my $r = PayGW::Test::http(GET => $gw->url('/readyz'));
     is($r->{status}, 200, '/readyz: PING through the cluster') or diag($r->{body});
+    is_deeply($r->{json}{backends}{redis},
+              {mode => 'cluster', reachable => JSON::PP::true, cluster_state => 'ok'},
+              '... its body: Redis in cluster mode, cluster_state ok')
+        or diag($r->{body});
 }
 
 my %made;      # business_no => payment_no
