@@ -878,6 +878,21 @@ ngx_http_paygw_mysql_failed(ngx_http_paygw_mysql_conn_t *mc)
     }
 
     /*
+     * A Galera node that lost the primary component while committing
+     * ("Error while appending streaming replication fragment ... Not
+     * connected to Primary Component") rolled the transaction back; it
+     * is not run again (a commit is never assumed either way): the
+     * request answers 503 and its retry meets the durable unique keys.
+     */
+
+    if (err == NGX_HTTP_PAYGW_ER_DURING_COMMIT) {
+        ngx_http_paygw_mysql_failover(mc, NGX_HTTP_PAYGW_NODE_NOT_SYNCED);
+
+        return ngx_http_paygw_mysql_broken(mc, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                           "query");
+    }
+
+    /*
      * A deadlock victim's transaction was rolled back whole by the
      * server: running it again from the start is what InnoDB expects
      * (and what a restartable op without a transaction allows).
