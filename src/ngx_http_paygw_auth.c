@@ -149,6 +149,8 @@ ngx_http_paygw_keys_line(ngx_conf_t *cf, ngx_array_t *keys, u_char *line,
         return NGX_CONF_ERROR;
     }
 
+    ngx_memzero(key, sizeof(ngx_http_paygw_key_t));
+
     key->key_id.data = ngx_pstrdup(cf->pool, &word[0]);
     key->key_id.len = word[0].len;
     key->secret.data = ngx_pstrdup(cf->pool, &word[1]);
@@ -351,7 +353,7 @@ ngx_http_paygw_authenticate(ngx_http_request_t *r, ngx_str_t *body,
                       ngx_http_paygw_sha256(), NULL);
     auth->body_hashed = 1;
 
-    if (ngx_http_paygw_auth_sign(&auth->key->secret, &r->method_name,
+    if (ngx_http_paygw_auth_sign(auth->key, &r->method_name,
                                  &r->unparsed_uri, &auth->ts_raw,
                                  &auth->nonce, auth->body_sha256, hex)
         != NGX_OK)
@@ -374,14 +376,13 @@ ngx_http_paygw_authenticate(ngx_http_request_t *r, ngx_str_t *body,
 
 
 ngx_int_t
-ngx_http_paygw_auth_sign(ngx_str_t *secret, ngx_str_t *method,
+ngx_http_paygw_auth_sign(ngx_http_paygw_key_t *key, ngx_str_t *method,
     ngx_str_t *uri, ngx_str_t *ts, ngx_str_t *nonce, u_char *body_sha256,
     u_char *hex)
 {
-    u_char        *p;
-    unsigned int   len;
-    u_char         mac[EVP_MAX_MD_SIZE];
-    u_char         sts[NGX_HTTP_PAYGW_KEYS_MAX_LINE * 4];
+    u_char  *p;
+    u_char   mac[SHA256_DIGEST_LENGTH];
+    u_char   sts[NGX_HTTP_PAYGW_KEYS_MAX_LINE * 4];
 
     /*
      * METHOD \n PATH?QUERY \n ts \n nonce \n hex(sha256(body)), ts as
@@ -398,14 +399,22 @@ ngx_http_paygw_auth_sign(ngx_str_t *secret, ngx_str_t *method,
     p = ngx_sprintf(p, "\n%V\n%V\n", ts, nonce);
     p = ngx_hex_dump(p, body_sha256, SHA256_DIGEST_LENGTH);
 
-    if (HMAC(ngx_http_paygw_sha256(), secret->data, secret->len, sts,
-             p - sts, mac, &len)
-        == NULL || len != SHA256_DIGEST_LENGTH)
+    /* the key's HMAC state is made once per process (every request) */
+
+    if (key->hmac == NULL) {
+        key->hmac = ngx_http_paygw_hmac_keyed(&key->secret);
+        if (key->hmac == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (ngx_http_paygw_hmac_keyed_sign(key->hmac, sts, p - sts, mac)
+        != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    ngx_hex_dump(hex, mac, len);
+    ngx_hex_dump(hex, mac, SHA256_DIGEST_LENGTH);
 
     return NGX_OK;
 }

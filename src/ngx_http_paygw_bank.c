@@ -303,33 +303,26 @@ static ngx_int_t
 ngx_http_paygw_bank_sign(ngx_http_paygw_channel_t *ch, ngx_str_t *parts,
     ngx_uint_t n, u_char *hex)
 {
-    ngx_uint_t     i;
-    unsigned int   len;
-    EVP_MAC       *mac;
-    EVP_MAC_CTX   *mctx;
-    OSSL_PARAM     params[2];
-    u_char         md[EVP_MAX_MD_SIZE];
-    size_t         mdlen;
+    size_t        mdlen;
+    ngx_uint_t    i;
+    EVP_MAC_CTX  *mctx;
+    u_char        md[EVP_MAX_MD_SIZE];
 
-    mac = ngx_http_paygw_hmac();
-    if (mac == NULL) {
-        return 0;
+    /* the secret's HMAC state is made once per process, copied per use */
+
+    if (ch->hmac == NULL) {
+        ch->hmac = ngx_http_paygw_hmac_keyed(&ch->secret);
+        if (ch->hmac == NULL) {
+            return 0;
+        }
     }
 
-    mctx = EVP_MAC_CTX_new(mac);
-
+    mctx = EVP_MAC_CTX_dup(ch->hmac);
     if (mctx == NULL) {
         return 0;
     }
 
-    params[0] = OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0);
-    params[1] = OSSL_PARAM_construct_end();
-
     mdlen = 0;
-
-    if (EVP_MAC_init(mctx, ch->secret.data, ch->secret.len, params) != 1) {
-        goto done;
-    }
 
     for (i = 0; i < n; i++) {
         if ((i && EVP_MAC_update(mctx, (u_char *) "\n", 1) != 1)
@@ -347,10 +340,9 @@ done:
 
     EVP_MAC_CTX_free(mctx);
 
-    len = (unsigned int) mdlen;
-    ngx_hex_dump(hex, md, len);
+    ngx_hex_dump(hex, md, mdlen);
 
-    return 2 * len;
+    return 2 * mdlen;
 }
 
 

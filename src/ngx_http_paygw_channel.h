@@ -79,6 +79,7 @@ struct ngx_http_paygw_channel_s {
     ngx_str_t                     location;      /* internal, proxy_pass */
     ngx_str_t                     merchant;      /* our id at the provider */
     ngx_str_t                     secret;        /* HMAC; WeChat APIv3 key */
+    EVP_MAC_CTX                  *hmac;          /* bank: keyed, per process */
     ngx_uint_t                    attempts;
     time_t                        unknown_grace;
     unsigned                      grace_set:1;   /* unknown_grace= given */

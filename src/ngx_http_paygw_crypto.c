@@ -16,6 +16,7 @@
 
 
 #include "ngx_http_paygw_crypto.h"
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/hmac.h>
 #include <openssl/pem.h>
@@ -211,6 +212,64 @@ ngx_http_paygw_hmac_sha256(ngx_str_t *key, ngx_str_t *data, u_char *mac)
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * HMAC-SHA256 under a key that signs many messages (an API key): the
+ * keyed state is made once (the algorithm and the digest looked up, the
+ * key's pads hashed) and copied for each message.  HMAC() would fetch
+ * the MAC and the digest again on every call.
+ */
+
+EVP_MAC_CTX *
+ngx_http_paygw_hmac_keyed(ngx_str_t *key)
+{
+    EVP_MAC_CTX  *ctx;
+    OSSL_PARAM    params[2];
+
+    if (ngx_http_paygw_hmac() == NULL) {
+        return NULL;
+    }
+
+    ctx = EVP_MAC_CTX_new(ngx_http_paygw_hmac());
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                                 (char *) "SHA256", 0);
+    params[1] = OSSL_PARAM_construct_end();
+
+    if (EVP_MAC_init(ctx, key->data, key->len, params) != 1) {
+        EVP_MAC_CTX_free(ctx);
+        return NULL;
+    }
+
+    return ctx;
+}
+
+
+ngx_int_t
+ngx_http_paygw_hmac_keyed_sign(EVP_MAC_CTX *keyed, u_char *data, size_t len,
+    u_char *mac)
+{
+    size_t        n;
+    ngx_int_t     rc;
+    EVP_MAC_CTX  *ctx;
+
+    ctx = EVP_MAC_CTX_dup(keyed);
+    if (ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = (EVP_MAC_update(ctx, data, len) == 1
+          && EVP_MAC_final(ctx, mac, &n, 32) == 1 && n == 32)
+         ? NGX_OK : NGX_ERROR;
+
+    EVP_MAC_CTX_free(ctx);
+
+    return rc;
 }
 
 

@@ -25,6 +25,9 @@ ngx_int_t ngx_http_paygw_aes_gcm_decrypt(ngx_pool_t *pool, ngx_str_t *key,
     ngx_str_t *nonce, ngx_str_t *aad, ngx_str_t *ct_b64, ngx_str_t *plain);
 ngx_int_t ngx_http_paygw_hmac_sha256(ngx_str_t *key, ngx_str_t *data,
     u_char *mac);
+EVP_MAC_CTX *ngx_http_paygw_hmac_keyed(ngx_str_t *key);
+ngx_int_t ngx_http_paygw_hmac_keyed_sign(EVP_MAC_CTX *keyed, u_char *data,
+    size_t len, u_char *mac);
 ngx_int_t ngx_http_paygw_webhook_sign(ngx_pool_t *pool, ngx_str_t *secret,
     ngx_str_t *id, ngx_str_t *ts, ngx_str_t *body, ngx_str_t *sig);
 ngx_int_t ngx_http_paygw_alipay_canonical(ngx_pool_t *pool,

@@ -159,7 +159,7 @@ ngx_http_paygw_self_request(ngx_http_paygw_self_t *self)
     (void) EVP_Digest(self->body.data, self->body.len, body_sha256, NULL,
                       ngx_http_paygw_sha256(), NULL);
 
-    if (ngx_http_paygw_auth_sign(&self->key->secret, &method, &self->uri,
+    if (ngx_http_paygw_auth_sign(self->key, &method, &self->uri,
                                  &ts_str, &nonce, body_sha256, sig)
         != NGX_OK)
     {
