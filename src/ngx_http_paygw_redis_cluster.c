@@ -93,6 +93,7 @@ struct ngx_http_paygw_rc_op_s {
     ngx_uint_t                    again;     /* rounds after a redirection */
     ngx_msec_t                    start;
     ngx_http_upstream_t          *u;
+    ngx_http_upstream_conf_t     *conf;      /* a later round's timeouts */
     ngx_http_request_t           *parent;
     ngx_event_t                   retry;
 };
@@ -101,6 +102,8 @@ struct ngx_http_paygw_rc_op_s {
 static ngx_int_t ngx_http_paygw_rc_init_worker(ngx_http_paygw_rc_t *rc);
 static ngx_http_paygw_rc_node_t *ngx_http_paygw_rc_node(
     ngx_http_paygw_rc_t *rc, u_char *host, size_t hlen, ngx_uint_t port);
+static ngx_http_upstream_conf_t *ngx_http_paygw_rc_conf(
+    ngx_http_request_t *r, ngx_http_paygw_rc_op_t *rop);
 static ngx_int_t ngx_http_paygw_rc_op_init(ngx_http_request_t *r,
     ngx_http_paygw_redis_op_t *op, ngx_http_paygw_rc_t *rc);
 static ngx_int_t ngx_http_paygw_rc_cmd_slot(ngx_str_t *cmd);
@@ -368,10 +371,46 @@ ngx_http_paygw_rc_start(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
         }
     }
 
-    r->upstream->conf = &op->cluster->rc->conf;
+    r->upstream->conf = ngx_http_paygw_rc_conf(r, op->cluster);
     op->cluster->u = r->upstream;
 
     return ngx_http_paygw_rc_round(r, op);
+}
+
+
+/*
+ * A later round (the next node of a split pipeline, a redirection) has
+ * what is left of paygw_redis_timeout since the call's first round.
+ */
+
+static ngx_http_upstream_conf_t *
+ngx_http_paygw_rc_conf(ngx_http_request_t *r, ngx_http_paygw_rc_op_t *rop)
+{
+    ngx_msec_t                 spent, left;
+    ngx_http_upstream_conf_t  *conf;
+
+    conf = &rop->rc->conf;
+
+    if (rop->tries == 0) {
+        return conf;
+    }
+
+    if (rop->conf == NULL) {
+        rop->conf = ngx_palloc(r->pool, sizeof(ngx_http_upstream_conf_t));
+        if (rop->conf == NULL) {
+            return conf;
+        }
+    }
+
+    spent = ngx_current_msec - rop->start;
+    left = (spent < conf->read_timeout) ? conf->read_timeout - spent : 1;
+
+    *rop->conf = *conf;
+    rop->conf->connect_timeout = ngx_min(conf->connect_timeout, left);
+    rop->conf->send_timeout = ngx_min(conf->send_timeout, left);
+    rop->conf->read_timeout = left;
+
+    return rop->conf;
 }
 
 
