@@ -8,13 +8,18 @@
  * pipeline (no extra round trip, no blocking): on the first call, after
  * a MOVED, after a node failed and every NGX_HTTP_PAYGW_RC_REFRESH ms.
  *
- * A pipeline goes to the master of its keys' slot (every key of one
- * pipeline must hash to one slot: ours carry the merchant's hash tag).
- * Connections to each node are kept alive by this file (the upstream's
- * own "keepalive" balancer only knows the seeds).  Redirections are
- * followed per command, so that a command that already ran is never
- * sent again: MOVED updates the map and resends, ASK resends once with
- * ASKING, TRYAGAIN and CLUSTERDOWN resend after a short timer.  A node
+ * A pipeline goes to the master of its keys' slot.  One whose commands'
+ * keys hash to several slots (every key of one command must share a
+ * slot: ours carry the merchant's hash tag) is split by node: each round
+ * sends, in their order, the pending commands of every slot the round's
+ * node serves, and the next round goes to the node of the first command
+ * still pending, until every command has its reply (in the caller's
+ * order, as in single-server mode).  Connections to each node are kept
+ * alive by this file (the upstream's own "keepalive" balancer only knows
+ * the seeds).  Redirections are followed per command, so that a command
+ * that already ran is never sent again: MOVED updates the map and
+ * resends, ASK resends once with ASKING (to that node, in a round of its
+ * own), TRYAGAIN and CLUSTERDOWN resend after a short timer.  A node
  * that cannot be reached before anything was sent to it is left alone
  * for a moment and the slot map is asked of another one, which is how a
  * promoted replica is found.  A call that failed after its commands were
@@ -77,15 +82,18 @@ struct ngx_http_paygw_rc_s {
 
 struct ngx_http_paygw_rc_op_s {
     ngx_http_paygw_rc_t          *rc;
-    ngx_int_t                     slot;      /* -1: no key */
+    ngx_int_t                    *slot;      /* per command, -1: no key */
+    ngx_http_paygw_rc_node_t    **ask;       /* per command: ASK target */
     u_char                       *final;     /* per command: answered */
     ngx_uint_t                   *index;     /* per wire command */
     ngx_array_t                   wire;      /* ngx_str_t */
+    ngx_int_t                     lead;      /* this round's first slot */
     ngx_http_paygw_rc_node_t     *node;      /* this round's */
-    ngx_http_paygw_rc_node_t     *ask;       /* next round's ASK target */
-    ngx_uint_t                    tries;
+    ngx_uint_t                    tries;     /* rounds */
+    ngx_uint_t                    again;     /* rounds after a redirection */
     ngx_msec_t                    start;
     ngx_http_upstream_t          *u;
+    ngx_http_upstream_conf_t     *conf;      /* a later round's timeouts */
     ngx_http_request_t           *parent;
     ngx_event_t                   retry;
 };
@@ -94,17 +102,25 @@ struct ngx_http_paygw_rc_op_s {
 static ngx_int_t ngx_http_paygw_rc_init_worker(ngx_http_paygw_rc_t *rc);
 static ngx_http_paygw_rc_node_t *ngx_http_paygw_rc_node(
     ngx_http_paygw_rc_t *rc, u_char *host, size_t hlen, ngx_uint_t port);
+static ngx_http_upstream_conf_t *ngx_http_paygw_rc_conf(
+    ngx_http_request_t *r, ngx_http_paygw_rc_op_t *rop);
 static ngx_int_t ngx_http_paygw_rc_op_init(ngx_http_request_t *r,
     ngx_http_paygw_redis_op_t *op, ngx_http_paygw_rc_t *rc);
 static ngx_int_t ngx_http_paygw_rc_cmd_slot(ngx_str_t *cmd);
+static ngx_http_paygw_rc_node_t *ngx_http_paygw_rc_owner(
+    ngx_http_paygw_rc_t *rc, ngx_int_t slot);
 static ngx_http_paygw_rc_node_t *ngx_http_paygw_rc_pick(
     ngx_http_paygw_rc_t *rc, ngx_int_t slot);
+static ngx_int_t ngx_http_paygw_rc_lead(ngx_http_paygw_redis_op_t *op,
+    ngx_uint_t *asking);
+static ngx_uint_t ngx_http_paygw_rc_member(ngx_http_paygw_rc_op_t *rop,
+    ngx_uint_t i, ngx_uint_t asking);
 static ngx_int_t ngx_http_paygw_rc_round(ngx_http_request_t *r,
     ngx_http_paygw_redis_op_t *op);
 static void ngx_http_paygw_rc_update(ngx_http_paygw_rc_t *rc,
     ngx_http_paygw_rc_node_t *asked, redisReply *reply, ngx_log_t *log);
 static ngx_uint_t ngx_http_paygw_rc_classify(ngx_http_request_t *r,
-    ngx_http_paygw_redis_op_t *op, ngx_uint_t *delay);
+    ngx_http_paygw_redis_op_t *op, ngx_uint_t *delay, ngx_uint_t *again);
 static ngx_http_paygw_rc_node_t *ngx_http_paygw_rc_redirect(
     ngx_http_paygw_rc_t *rc, redisReply *reply, ngx_uint_t move);
 static ngx_msec_t ngx_http_paygw_rc_backoff(ngx_http_paygw_rc_op_t *rop,
@@ -355,10 +371,46 @@ ngx_http_paygw_rc_start(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
         }
     }
 
-    r->upstream->conf = &op->cluster->rc->conf;
+    r->upstream->conf = ngx_http_paygw_rc_conf(r, op->cluster);
     op->cluster->u = r->upstream;
 
     return ngx_http_paygw_rc_round(r, op);
+}
+
+
+/*
+ * A later round (the next node of a split pipeline, a redirection) has
+ * what is left of paygw_redis_timeout since the call's first round.
+ */
+
+static ngx_http_upstream_conf_t *
+ngx_http_paygw_rc_conf(ngx_http_request_t *r, ngx_http_paygw_rc_op_t *rop)
+{
+    ngx_msec_t                 spent, left;
+    ngx_http_upstream_conf_t  *conf;
+
+    conf = &rop->rc->conf;
+
+    if (rop->tries == 0) {
+        return conf;
+    }
+
+    if (rop->conf == NULL) {
+        rop->conf = ngx_palloc(r->pool, sizeof(ngx_http_upstream_conf_t));
+        if (rop->conf == NULL) {
+            return conf;
+        }
+    }
+
+    spent = ngx_current_msec - rop->start;
+    left = (spent < conf->read_timeout) ? conf->read_timeout - spent : 1;
+
+    *rop->conf = *conf;
+    rop->conf->connect_timeout = ngx_min(conf->connect_timeout, left);
+    rop->conf->send_timeout = ngx_min(conf->send_timeout, left);
+    rop->conf->read_timeout = left;
+
+    return rop->conf;
 }
 
 
@@ -366,56 +418,49 @@ static ngx_int_t
 ngx_http_paygw_rc_op_init(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op,
     ngx_http_paygw_rc_t *rc)
 {
-    ngx_int_t                slot, s;
     ngx_str_t               *cmd;
-    ngx_uint_t               i;
+    ngx_uint_t               i, n;
     ngx_http_paygw_rc_op_t  *rop;
+
+    n = op->cmds.nelts;
 
     rop = ngx_pcalloc(r->pool, sizeof(ngx_http_paygw_rc_op_t));
     if (rop == NULL) {
         return NGX_ERROR;
     }
 
-    rop->final = ngx_pcalloc(r->pool, op->cmds.nelts);
-    rop->index = ngx_palloc(r->pool, (op->cmds.nelts * 2 + 1)
-                                     * sizeof(ngx_uint_t));
-    if (rop->final == NULL || rop->index == NULL
-        || ngx_array_init(&rop->wire, r->pool, op->cmds.nelts * 2 + 1,
-                          sizeof(ngx_str_t))
+    rop->final = ngx_pcalloc(r->pool, n);
+    rop->slot = ngx_palloc(r->pool, n * sizeof(ngx_int_t));
+    rop->ask = ngx_pcalloc(r->pool, n * sizeof(ngx_http_paygw_rc_node_t *));
+    rop->index = ngx_palloc(r->pool, (n * 2 + 1) * sizeof(ngx_uint_t));
+    if (rop->final == NULL || rop->slot == NULL || rop->ask == NULL
+        || rop->index == NULL
+        || ngx_array_init(&rop->wire, r->pool, n * 2 + 1, sizeof(ngx_str_t))
            != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    /* one node answers one pipeline: all its keys in one slot */
+    /*
+     * One node runs one command: its keys in one slot (a script's too);
+     * the commands of a pipeline may each have their own.
+     */
 
-    slot = -1;
     cmd = op->cmds.elts;
 
-    for (i = 0; i < op->cmds.nelts; i++) {
-        s = ngx_http_paygw_rc_cmd_slot(&cmd[i]);
+    for (i = 0; i < n; i++) {
+        rop->slot[i] = ngx_http_paygw_rc_cmd_slot(&cmd[i]);
 
-        if (s == NGX_HTTP_PAYGW_RC_CROSSSLOT) {
+        if (rop->slot[i] == NGX_HTTP_PAYGW_RC_CROSSSLOT) {
             ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                          "paygw redis cluster: the keys of a pipeline "
+                          "paygw redis cluster: the keys of a command "
                           "hash to several slots");
             return NGX_ERROR;
-        }
-
-        if (s >= 0) {
-            if (slot >= 0 && s != slot) {
-                ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                              "paygw redis cluster: the keys of a pipeline "
-                              "hash to several slots (%i, %i)", slot, s);
-                return NGX_ERROR;
-            }
-
-            slot = s;
         }
     }
 
     rop->rc = rc;
-    rop->slot = slot;
+    rop->lead = NGX_HTTP_PAYGW_RC_NOKEY;
     rop->start = ngx_current_msec;
     rop->retry.handler = ngx_http_paygw_rc_retry;
     rop->retry.data = op;
@@ -530,25 +575,44 @@ ngx_http_paygw_rc_cmd_slot(ngx_str_t *cmd)
 }
 
 
+/* the node that serves a slot by the map, unless it failed lately */
+
+static ngx_http_paygw_rc_node_t *
+ngx_http_paygw_rc_owner(ngx_http_paygw_rc_t *rc, ngx_int_t slot)
+{
+    ngx_http_paygw_rc_node_t  **nodes, *node;
+
+    if (slot < 0 || rc->slots[slot] == NGX_HTTP_PAYGW_RC_NONE) {
+        return NULL;
+    }
+
+    nodes = rc->nodes.elts;
+    node = nodes[rc->slots[slot]];
+
+    if (node->failed
+        && ngx_current_msec - node->failed <= NGX_HTTP_PAYGW_RC_AVOID)
+    {
+        return NULL;
+    }
+
+    return node;
+}
+
+
 static ngx_http_paygw_rc_node_t *
 ngx_http_paygw_rc_pick(ngx_http_paygw_rc_t *rc, ngx_int_t slot)
 {
     ngx_uint_t                  i, k;
     ngx_http_paygw_rc_node_t  **nodes, *node;
 
-    nodes = rc->nodes.elts;
-
-    if (slot >= 0 && rc->slots[slot] != NGX_HTTP_PAYGW_RC_NONE) {
-        node = nodes[rc->slots[slot]];
-
-        if (node->failed == 0
-            || ngx_current_msec - node->failed > NGX_HTTP_PAYGW_RC_AVOID)
-        {
-            return node;
-        }
+    node = ngx_http_paygw_rc_owner(rc, slot);
+    if (node) {
+        return node;
     }
 
     /* no owner known or it failed lately: any node redirects us */
+
+    nodes = rc->nodes.elts;
 
     for (i = 0; i < rc->nodes.nelts; i++) {
         k = rc->next++ % rc->nodes.nelts;
@@ -565,6 +629,70 @@ ngx_http_paygw_rc_pick(ngx_http_paygw_rc_t *rc, ngx_int_t slot)
 }
 
 
+/*
+ * The round's node: the ASK target of a pending command if there is one
+ * (a round of its own, each command behind an ASKING), else the node of
+ * the first pending command's slot.  NGX_DECLINED: nothing is pending.
+ */
+
+static ngx_int_t
+ngx_http_paygw_rc_lead(ngx_http_paygw_redis_op_t *op, ngx_uint_t *asking)
+{
+    ngx_uint_t               i, lead;
+    ngx_http_paygw_rc_op_t  *rop;
+
+    rop = op->cluster;
+    lead = op->cmds.nelts;
+
+    for (i = 0; i < op->cmds.nelts; i++) {
+        if (rop->final[i]) {
+            continue;
+        }
+
+        if (rop->ask[i]) {
+            rop->lead = rop->slot[i];
+            rop->node = rop->ask[i];
+            *asking = 1;
+            return NGX_OK;
+        }
+
+        if (lead == op->cmds.nelts) {
+            lead = i;
+        }
+    }
+
+    if (lead == op->cmds.nelts) {
+        return NGX_DECLINED;
+    }
+
+    rop->lead = rop->slot[lead];
+    rop->node = ngx_http_paygw_rc_pick(rop->rc, rop->lead);
+    *asking = 0;
+
+    return NGX_OK;
+}
+
+
+/* whether pending command i goes in this round, to rop->node */
+
+static ngx_uint_t
+ngx_http_paygw_rc_member(ngx_http_paygw_rc_op_t *rop, ngx_uint_t i,
+    ngx_uint_t asking)
+{
+    if (asking) {
+        return rop->ask[i] == rop->node;
+    }
+
+    /* without keys: any node; a slot of the lead's node: in order */
+
+    if (rop->slot[i] < 0 || rop->slot[i] == rop->lead) {
+        return 1;
+    }
+
+    return ngx_http_paygw_rc_owner(rop->rc, rop->slot[i]) == rop->node;
+}
+
+
 static ngx_int_t
 ngx_http_paygw_rc_round(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
 {
@@ -576,9 +704,10 @@ ngx_http_paygw_rc_round(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
     rop = op->cluster;
     rc = rop->rc;
 
-    asking = (rop->ask != NULL);
-    rop->node = asking ? rop->ask : ngx_http_paygw_rc_pick(rc, rop->slot);
-    rop->ask = NULL;
+    if (ngx_http_paygw_rc_lead(op, &asking) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     rop->wire.nelts = 0;
 
     if ((rc->stale
@@ -598,7 +727,7 @@ ngx_http_paygw_rc_round(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
     cmd = op->cmds.elts;
 
     for (i = 0; i < op->cmds.nelts; i++) {
-        if (rop->final[i]) {
+        if (rop->final[i] || !ngx_http_paygw_rc_member(rop, i, asking)) {
             continue;
         }
 
@@ -612,6 +741,7 @@ ngx_http_paygw_rc_round(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
         w = ngx_array_push(&rop->wire);
         *w = cmd[i];
         rop->index[rop->wire.nelts - 1] = i;
+        rop->ask[i] = NULL;
     }
 
     /* the array was sized for the largest round: the pushes never fail */
@@ -626,7 +756,7 @@ ngx_http_paygw_rc_round(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
 
     ngx_log_debug5(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw redis cluster: slot %i to %V, %ui on the wire%s, "
-                   "round %ui", rop->slot, &rop->node->name, op->nout,
+                   "round %ui", rop->lead, &rop->node->name, op->nout,
                    asking ? " asking" : "", rop->tries);
 
     return NGX_OK;
@@ -751,7 +881,7 @@ ngx_http_paygw_rc_update(ngx_http_paygw_rc_t *rc,
 ngx_int_t
 ngx_http_paygw_rc_done(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
 {
-    ngx_uint_t               delay, pending;
+    ngx_uint_t               delay, again, pending;
     ngx_http_paygw_rc_op_t  *rop;
 
     rop = op->cluster;
@@ -767,7 +897,10 @@ ngx_http_paygw_rc_done(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
 
         rop->rc->stale = 1;
 
-        /* nothing was sent: no command can have run, another node may */
+        /*
+         * Nothing of this round was sent: none of its commands can have
+         * run, another node may.  (Earlier rounds' replies stay.)
+         */
 
         if (rop->u == NULL || rop->u->request_sent
             || ngx_http_paygw_rc_backoff(rop, 1) == NGX_MAX_INT32_VALUE)
@@ -780,6 +913,8 @@ ngx_http_paygw_rc_done(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
                       "node", &rop->node->name);
 
         ngx_http_paygw_rc_schedule(r, op, 1);
+        rop->again++;
+
         return NGX_AGAIN;
     }
 
@@ -788,7 +923,8 @@ ngx_http_paygw_rc_done(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
     }
 
     delay = 0;
-    pending = ngx_http_paygw_rc_classify(r, op, &delay);
+    again = 0;
+    pending = ngx_http_paygw_rc_classify(r, op, &delay, &again);
 
     if (pending == 0) {
         return NGX_OK;
@@ -797,7 +933,7 @@ ngx_http_paygw_rc_done(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
     if (ngx_http_paygw_rc_backoff(rop, delay) == NGX_MAX_INT32_VALUE) {
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
                       "paygw redis cluster: slot %i: no answer after %ui "
-                      "rounds", rop->slot, rop->tries + 1);
+                      "rounds", rop->lead, rop->tries + 1);
         ngx_http_paygw_call_fail(&op->call, r->pool,
                                  NGX_HTTP_SERVICE_UNAVAILABLE,
                                  "redis cluster: no answer after %ui "
@@ -805,17 +941,27 @@ ngx_http_paygw_rc_done(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
         return NGX_OK;
     }
 
+    /* commands of other nodes' slots (a split pipeline) go on at once */
+
     ngx_http_paygw_rc_schedule(r, op, delay);
+
+    if (again) {
+        rop->again++;
+    }
 
     return NGX_AGAIN;
 }
 
 
-/* the replies of this round that ask for another: how many */
+/*
+ * The commands without a final reply yet: how many; *again is set when
+ * some of this round's were redirected (rather than left for another
+ * node's round of a split pipeline).
+ */
 
 static ngx_uint_t
 ngx_http_paygw_rc_classify(ngx_http_request_t *r,
-    ngx_http_paygw_redis_op_t *op, ngx_uint_t *delay)
+    ngx_http_paygw_redis_op_t *op, ngx_uint_t *delay, ngx_uint_t *again)
 {
     ngx_uint_t                 i, pending;
     redisReply                *reply;
@@ -867,7 +1013,7 @@ ngx_http_paygw_rc_classify(ngx_http_request_t *r,
                 continue;
             }
 
-            rop->ask = node;
+            rop->ask[i] = node;
 
         } else if (ngx_strncmp(reply->str, "TRYAGAIN", 8) == 0
                    || ngx_strncmp(reply->str, "CLUSTERDOWN", 11) == 0)
@@ -884,6 +1030,7 @@ ngx_http_paygw_rc_classify(ngx_http_request_t *r,
 
         freeReplyObject(reply);
         op->replies[i] = NULL;
+        *again = 1;
         pending++;
     }
 
@@ -965,9 +1112,9 @@ ngx_http_paygw_rc_backoff(ngx_http_paygw_rc_op_t *rop, ngx_uint_t delay)
 
     ms = 0;
 
-    if (delay || rop->tries >= 3) {
+    if (delay || rop->again >= 3) {
         ms = ngx_min((ngx_msec_t) NGX_HTTP_PAYGW_RC_BACKOFF
-                     << ngx_min(rop->tries, 8),
+                     << ngx_min(rop->again, 8),
                      (ngx_msec_t) NGX_HTTP_PAYGW_RC_BACKOFF_MAX);
     }
 

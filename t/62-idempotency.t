@@ -294,9 +294,11 @@ sub api_in_background {
     # (a restart, a failover) Redis answers NOSCRIPT and the gateway
     # sends the script itself once, transparently
     my $evalsha = sub {
-        my ($calls) = $gw->redis->cli('INFO', 'commandstats')
-                      =~ /^cmdstat_evalsha:calls=(\d+)/m;
-        return $calls // 0;
+        # (a Redis Cluster's masters: one line each)
+        my $calls = 0;
+        $calls += $_ for $gw->redis->cli('INFO', 'commandstats')
+                         =~ /^cmdstat_evalsha:calls=(\d+)/mg;
+        return $calls;
     };
     my $before = $evalsha->();
     $gw->redis->cli('SCRIPT', 'FLUSH');

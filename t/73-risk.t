@@ -83,7 +83,7 @@ sub reset_windows {
 sub denied {
     my ($r, $reason, $name) = @_;
     subtest $name => sub {
-        is($r->{status}, 403, '403') or diag $r->{body};
+        is($r->{status}, 403, 'status 403') or diag $r->{body};
         is($r->{json}{error}{code}, 'risk_denied', 'risk_denied');
         is($r->{json}{error}{reason}, $reason, "reason $reason");
         my $bno = "RISK-$n";

@@ -8,7 +8,10 @@
 # 10 s, 503s meanwhile and never a wrong answer, and replays of every
 # create -- whose idempotency record the failover may have lost, since
 # replication is asynchronous -- never make a second payment or charge
-# (MySQL's unique business_no; docs/operations.md).
+# (MySQL's unique business_no; docs/operations.md).  Pipelines whose
+# commands' keys hash to slots of several masters (through the test-only
+# /_test/backend: no production call makes one) are split by node and
+# answered in order, also while one of their slots migrates.
 # The cluster starts in about 3 s, so this runs in every `make test`.
 use strict;
 use warnings;
@@ -22,7 +25,12 @@ use Time::HiRes qw(time sleep);
 use PayGW::Gateway qw(err_code);
 use PayGW::Test qw(wait_until);
 
-my $gw = PayGW::Gateway->start(workers => 2, redis_cluster => 1);
+my $http = $PayGW::Gateway::DEFAULT_HTTP;
+$http =~ s{(\n\s*location = /metrics[^\n]*)}
+          {$1\n        location = /_test/backend { paygw_test_backend; }}
+    or die "no /metrics location in the default configuration\n";
+my $gw = PayGW::Gateway->start(workers => 2, redis_cluster => 1,
+                               test_module => 1, http => $http);
 my $rc = $gw->redis;
 isa_ok($rc, 'PayGW::Test::RedisCluster');
 like($gw->http_conf, qr/paygw_redis_cluster on/, 'nginx runs in cluster mode');
@@ -190,6 +198,153 @@ sub count_results {
     } @creates;
     is($replayed, scalar @creates, 'every create replays its answer after '
        . 'the migrations');
+}
+
+# ---- pipelines across slots (the test-only /_test/backend) ------------------
+
+# the slot of a key as Redis computes it: CRC16 (XMODEM) of its non-empty
+# {hash tag} or else of the whole key
+sub key_slot {
+    my ($k) = @_;
+    $k = $1 if $k =~ /^[^{]*\{([^}]*)\}/ && length $1;
+    my $crc = 0;
+    for my $c (unpack 'C*', $k) {
+        $crc ^= $c << 8;
+        $crc = $crc & 0x8000 ? (($crc << 1) ^ 0x1021) & 0xffff
+                             : ($crc << 1) & 0xffff for 1 .. 8;
+    }
+    return $crc & 16383;
+}
+
+sub pipeline {
+    my (@cmds) = @_;
+    return PayGW::Test::http(POST => $gw->url('/_test/backend'),
+                             json => {redis => \@cmds}, timeout => 20);
+}
+
+# a reply as plain Perl: arrays as array refs, nil as undef
+sub flat {
+    my ($x) = @_;
+    return $x->{type} eq 'array' ? [map { flat($_) } @{$x->{value}}]
+         : $x->{type} eq 'nil' ? undef : $x->{value};
+}
+
+sub replies_of {
+    my ($r) = @_;
+    return undef unless $r->{status} == 200 && ref $r->{json} eq 'HASH';
+    return [map { flat($_) } @{$r->{json}{replies}}];
+}
+
+my %tag_on;     # master port => a hash tag of a slot it serves
+{
+    is(key_slot($TAG), $rc->slot_of($TAG), 'the test hashes keys as Redis');
+    for my $i (0 .. 300) {
+        my $master = $rc->master_of(key_slot("{s$i}")) or next;
+        $tag_on{$master->port} //= "s$i";
+        last if keys %tag_on == 3;
+    }
+    is(scalar keys %tag_on, 3, 'a hash tag served by each of the 3 masters');
+}
+my @tags = map { $tag_on{$_} } sort keys %tag_on;
+
+{
+    my ($ta, $tb, $tc) = @tags;
+    my $r = pipeline(['SET', "x:{$ta}", 'va'], ['SET', "x:{$tb}", 'vb'],
+                     ['RPUSH', "l:{$tc}", 'one'], ['PING'],
+                     ['GET', "x:{$ta}"], ['RPUSH', "l:{$tc}", 'two'],
+                     ['GET', "x:{$tb}"], ['INCR', "n:{$ta}"],
+                     ['RPUSH', "l:{$tc}", 'three'], ['INCR', "n:{$ta}"],
+                     ['LRANGE', "l:{$tc}", '0', '-1'], ['GET', "no:{$tb}"],
+                     ['EVAL', "return redis.call('INCRBY', KEYS[1], ARGV[1])",
+                      '1', "n:{$tb}", '5']);
+    is($r->{status}, 200, 'a pipeline over three masters: answered')
+        or diag($r->{body});
+    is_deeply(replies_of($r),
+              ['OK', 'OK', 1, 'PONG', 'va', 2, 'vb', 1, 3, 2,
+               ['one', 'two', 'three'], undef, 5],
+              '... every reply in the order of its command');
+    my %want = ("x:{$ta}" => 'va', "x:{$tb}" => 'vb');
+    my $placed = grep {
+        $rc->node_cli($rc->master_of(key_slot($_)), 'GET', $_) eq $want{$_}
+    } keys %want;
+    is($placed, 2, "... each key on its slot's master");
+
+    # one command's keys must share a slot, a script's too: refused whole,
+    # before anything is sent
+    for my $bad (['MGET', "x:{$ta}", "x:{$tb}"],
+                 ['EVAL', "return redis.call('GET', KEYS[2])", '2',
+                  "x:{$ta}", "x:{$tb}"])
+    {
+        $r = pipeline(['SET', "z:{$tc}", '1'], $bad);
+        isnt($r->{status}, 200, "$bad->[0] over two slots: refused");
+    }
+    is($rc->cli('EXISTS', "z:{$tc}"), 0, '... and nothing of it ran');
+}
+
+# A load of split pipelines while the slot of one of their tags migrates
+# and comes back: counters and list lengths say that no command ran
+# twice or not at all; a key already moved is written on the importing
+# node (ASK).  (A few keys only: the slot moves in a few batches.)
+{
+    my ($mig, $other) = @tags[0, 1];
+    my $slot = key_slot("{$mig}");
+    my $from = $rc->master_of($slot);
+    my ($to) = grep { $_ != $from && $rc->node_cli($_, 'ROLE') =~ /^master/ }
+               $rc->live;
+    my $before = $rc->node_cli($from, 'CLUSTER', 'COUNTKEYSINSLOT', $slot);
+    my $file = PayGW::Test::_mkdir('load-split') . '/results';
+    my $stop = "$file.stop";
+    my $pid = fork // die "fork: $!\n";
+    if (!$pid) {
+        my $json = JSON::PP->new->canonical;
+        open my $out, '>>', $file or POSIX::_exit(1);
+        $out->autoflush(1);
+        for (my $n = 0; !-e $stop; $n++) {
+            my $t = time;
+            my $r = pipeline(['INCR', "m:{$mig}"],
+                             ['RPUSH', "q:{$other}", "$n"],
+                             ['INCR', "m:{$mig}"],
+                             ['SET', "v:{$mig}:" . $n % 20, "$n"],
+                             ['RPUSH', "q:{$mig}", "$n"]);
+            my $got = replies_of($r);
+            my $ok = $got && "@$got" eq join ' ', 2 * $n + 1, $n + 1,
+                                                  2 * $n + 2, 'OK', $n + 1;
+            print {$out} $json->encode({t => $t, n => $n, ok => $ok ? 1 : 0,
+                                        answer => "$r->{status} $r->{body}"}),
+                         "\n";
+            last unless $ok;
+        }
+        close $out;
+        POSIX::_exit(0);
+    }
+    ok(wait_until(sub { -s $file }, timeout => 20), 'split pipelines running');
+    my $t0 = time;
+    $rc->migrate_slot($slot, $to, batch => 10, between => sub { sleep 0.1 });
+    my $t1 = time;
+    sleep 0.5;
+    $rc->migrate_slot($slot, $from, batch => 10, between => sub { sleep 0.1 });
+    my $t2 = time;
+    sleep 0.5;
+    open my $fh, '>', $stop or die;
+    close $fh;
+    waitpid $pid, 0;
+    open $fh, '<', $file or die;
+    my @res = map { JSON::PP->new->decode($_) } <$fh>;
+    my $during = grep { ($_->{t} > $t0 && $_->{t} < $t1)
+                        || ($_->{t} > $t1 + 0.5 && $_->{t} < $t2) } @res;
+    note(scalar(@res) . " pipelines, $during while the slot moved");
+    ok($during >= 5, 'pipelines ran while the slot migrated');
+    my @bad = grep { !$_->{ok} } @res;
+    is(scalar @bad, 0, 'every reply right, in order, during the migrations')
+        or diag(join "\n", map { "#$_->{n}: $_->{answer}" } @bad);
+    my $n = @res;
+    is($rc->cli('GET', "m:{$mig}"), 2 * $n, 'no INCR ran twice or never');
+    is($rc->cli('LLEN', "q:{$other}"), $n, 'no RPUSH ran twice or never');
+    is($rc->cli('LRANGE', "q:{$mig}", 0, -1), join("\n", 0 .. $n - 1),
+       '... and in the order sent');
+    is($rc->node_cli($from, 'CLUSTER', 'COUNTKEYSINSLOT', $slot),
+       $before + 2 + ($n < 20 ? $n : 20),
+       "every key of the slot is back on its master");
 }
 
 # ---- a master SIGKILLed under load ------------------------------------------

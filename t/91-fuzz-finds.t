@@ -29,7 +29,8 @@ sub error_is {
 sub redis_set {
     my ($key, $value) = @_;
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-                                  PeerPort => $gw->redis->{port}) or die "redis: $!";
+                                  PeerPort => $gw->redis->port_for($key))
+        or die "redis: $!";
     print $s join '', "*3\r\n", map { '$' . length($_) . "\r\n$_\r\n" } 'SET', $key, $value;
     my $ok = <$s>;
     close $s;

@@ -7,10 +7,12 @@ package PayGW::Cluster;
 #   $rc->port;                  # a seed, for %%REDIS_PORT%%
 #   $rc->cli(GET => 'k');       # redis-cli -c (follows redirections)
 #   my $node = $rc->master_of('pg:{M100}:x');    # a PayGW::Test::Redis
+#   $rc->port_for('pg:{M100}:x');    # its port (PayGW::Test::Redis: its own)
 #   $rc->wait_ok;               # every node: cluster_state:ok, one view
 #
-# PAYGW_HA=1 makes PayGW::Gateway start one of these instead of a single
-# Redis and turn paygw_redis_cluster on in the Redis location.
+# PAYGW_TEST_HA=1 (`make test-ha`) makes PayGW::Gateway start one of these
+# instead of a single Redis and turn paygw_redis_cluster on in the Redis
+# location.
 
 use strict;
 use warnings;
@@ -75,11 +77,11 @@ sub node_cli {
 }
 
 # cli(ARGS...): through any live node, following redirections; the
-# commands about the whole keyspace (KEYS, --scan, FLUSHALL, DBSIZE) on
-# every master, their outputs joined.
+# commands about the whole keyspace or each server (KEYS, --scan,
+# FLUSHALL, DBSIZE, SCRIPT, INFO) on every master, their outputs joined.
 sub cli {
     my ($self, @args) = @_;
-    if ($args[0] =~ /^(?:KEYS|--scan|FLUSHALL|FLUSHDB|DBSIZE)$/i) {
+    if ($args[0] =~ /^(?:KEYS|--scan|FLUSHALL|FLUSHDB|DBSIZE|SCRIPT|INFO)$/i) {
         my @out;
         for my $node ($self->live) {
             next unless $self->node_cli($node, 'ROLE') =~ /^master/;
@@ -87,7 +89,7 @@ sub cli {
             push @out, $o if length $o;
         }
         return $args[0] =~ /^DBSIZE$/i ? eval { my $t = 0; $t += $_ for @out; $t }
-             : $args[0] =~ /^FLUSH/i ? 'OK' : join("\n", @out);
+             : "@args" =~ /^(?:FLUSH|SCRIPT FLUSH)/i ? 'OK' : join("\n", @out);
     }
     my ($node) = grep { $_->_alive } @{$self->{nodes}};
     my ($rc, $out, $err) = PayGW::Test::_run(
@@ -144,6 +146,9 @@ sub master_of {
     }
     return undef;
 }
+
+# port_for(KEY): the port of the master that serves KEY now
+sub port_for { $_[0]->master_of($_[1])->port }
 
 sub node_id {
     my ($self, $node) = @_;

@@ -138,10 +138,11 @@ sub password      { $_[0]{nodes}[0]->password }
 sub user          { 'paygw' }
 sub database      { 'paygw' }
 sub dir           { $_[0]{nodes}[0]->dir }
+# (after the writes the gateway made on any node: wsrep_sync_wait)
 sub sql {
-    my ($self, @args) = @_;
+    my ($self, $sql, @args) = @_;
     my ($n) = $self->live or die "no Galera node is running\n";
-    return $n->sql(@args);
+    return $n->sql("SET SESSION wsrep_sync_wait = 15; $sql", @args);
 }
 sub failover_params {
     my ($self) = @_;

@@ -28,7 +28,8 @@ package PayGW::Gateway;
 # the same configuration with those values (_http_conf).
 #
 # Other options: workers => N, error_log_level => LEVEL, vars => {NAME =>
-# VALUE} (more placeholders, for the file's own paths), and
+# VALUE} (more placeholders, for the file's own paths), test_module => 1
+# (load t/module/, for a location with paygw_test_backend), and
 # share => $other_gateway (use its Redis, MariaDB and simulator: a second
 # nginx on the same backends).
 #
@@ -161,10 +162,10 @@ sub start {
     } else {
         # all three at once, then wait for each: MariaDB and node take
         # their time to come up
-        $self->{redis} = $o{redis_cluster} // $ENV{PAYGW_HA}
+        $self->{redis} = $o{redis_cluster} // PayGW::Test::ha_backends()
             ? PayGW::Test::RedisCluster->start(no_wait => 1)
             : PayGW::Test::Redis->start(no_wait => 1);
-        $self->{db} = $o{galera} // $ENV{PAYGW_HA}
+        $self->{db} = $o{galera} // PayGW::Test::ha_backends()
             ? PayGW::Test::Galera->start(no_wait => 1)
             : PayGW::Test::MySQL->start(no_wait => 1);
         $self->{sim} = PayGW::Test::Sim->start(no_wait => 1);
@@ -177,6 +178,7 @@ sub start {
     }
     $http = $self->cluster_conf($http);
     $self->{ngx} = PayGW::Test::Nginx->new(
+        test_module => $o{test_module},
         workers => $o{workers} // 1,
         error_log_level => $o{error_log_level} // 'info',
         vars => {%{ $self->conf_vars }, %{ $o{vars} // {} }},

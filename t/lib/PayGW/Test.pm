@@ -25,7 +25,10 @@ package PayGW::Test;
 # test-only module, t/module/, for configs that use paygw_test_backend;
 # default: beside PAYGW_MODULE's build dir, build/objs-test/ for
 # build/objs/), PAYGW_ASAN=1 (preload the ASan runtime into nginx and fail on
-# sanitizer reports), PAYGW_KEEP=1 (keep the temp dirs).
+# sanitizer reports), PAYGW_KEEP=1 (keep the temp dirs), PAYGW_TEST_HA=1
+# (`make test-ha`: PayGW::Gateway runs on a Redis Cluster and a 3-node
+# Galera cluster, PayGW::Cluster and PayGW::Galera, instead of single
+# servers; ha_backends() says so).
 
 use strict;
 use warnings;
@@ -64,6 +67,9 @@ my $BASE;               # this test file's temp dir
 my %GIVEN_PORTS;
 
 sub repo_root { $REPO }
+
+# PAYGW_TEST_HA=1: the gateway's backends are clusters (`make test-ha`)
+sub ha_backends { ($ENV{PAYGW_TEST_HA} // '') eq '1' }
 
 # ---- temp dirs, cleanup ----------------------------------------------------
 
@@ -719,6 +725,9 @@ sub cli {
     chomp $out;
     return $out;
 }
+
+# port_for(KEY): the port that serves KEY (a Redis Cluster's: its master)
+sub port_for { $_[0]{port} }
 
 # ---- MariaDB ---------------------------------------------------------------
 
