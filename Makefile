@@ -17,6 +17,10 @@
 #                   180): kills, freezes, provider faults, reloads, then
 #                   checks the invariants against the simulator's ledger
 #   make bench      throughput/latency on loopback (bench/README.md)
+#   make bench-soak SOAK_SECONDS=600: a mixed load while the nginx
+#                   processes' RSS is sampled (bench/README.md, "Soak")
+#   make bench-profile  perf record -g of the nginx workers during a create
+#                   and a GET run (bench/README.md, "Profile")
 #   make image      build the container image paygw:dev (docker/) and run it
 #                   once against the `make run` backends (scripts/image.sh)
 #   make k8s-check  offline checks of k8s-ingress/: render every overlay,
@@ -54,7 +58,7 @@ ASAN_NGX_ENV = PAYGW_NGINX="$(NGX_BASE)/sbin/nginx"
 endif
 
 .PHONY: all deps build build-test build-asan test test-asan run stop status \
-        clean bench image k8s-check matrix fuzz drill
+        clean bench bench-soak bench-profile image k8s-check matrix fuzz drill
 
 all: deps build
 
@@ -107,6 +111,12 @@ drill: build-test
 
 bench: build
 	bash bench/run.sh
+
+bench-soak: build
+	bash bench/run.sh --soak
+
+bench-profile: build
+	bash bench/run.sh --profile
 
 image:
 	bash scripts/image.sh
