@@ -15,9 +15,13 @@ so refunds deliver webhooks too and change cached payments under the GETs.
 Every --soak-interval seconds VmRSS, RssAnon and RssShmem of the nginx
 master and of every worker are read from /proc/<pid>/status.  The report
 gives start, after the warm-up, end and max per process, the least-squares
-slope over the last minutes and flags growth beyond --soak-max-growth kB
-(end minus after warm-up) or --soak-max-slope kB/min.  Measurement only:
-a flag is printed, the exit status does not depend on it.
+slope over the last minutes of every sample and of each minute's lowest
+sample (the floor: requests in flight lift single samples, a leak lifts
+the floor), the memory 10 s after the load and after malloc_trim(0) in
+each worker (through gdb, when installed).  A floor rising faster than
+--soak-max-slope kB/min is GROWS; a process that grew more than
+--soak-max-growth kB after the warm-up and then stayed is a plateau.
+Measurement only: the exit status does not depend on the verdict.
 """
 
 import json
@@ -82,6 +86,7 @@ class Soak:
         self.refund_prefix = "R-" + secrets.token_hex(4) + "-"
         self.nrefunds = 0
         self.samples = []       # (t, requests, {pid: mem_kb})
+        self.idle, self.trimmed = {}, {}
         self.segments = []      # wrk results
         self.notes = []
         self.stop = threading.Event()
@@ -191,6 +196,27 @@ class Soak:
             sam.join()
             self.sample(t0)
         self.total_secs = time.monotonic() - t0
+        self.after_load()
+
+    def after_load(self):
+        """idle, then malloc_trim(0) in every worker: memory that malloc
+        keeps on its free lists goes back then, memory in use stays."""
+        a = self.a
+        time.sleep(a.soak_idle)
+        self.idle = {p: mem_kb(p) for p in self.procs.workers()}
+        self.trimmed = {}
+        if not a.soak_trim or not pb.shutil.which("gdb"):
+            return
+        for p in self.idle:
+            try:
+                r = pb.subprocess.run(
+                    ["gdb", "-p", str(p), "-batch", "-nx", "-ex",
+                     "call (int) malloc_trim(0)"],
+                    capture_output=True, text=True, timeout=120)
+                ok = "$1 = " in r.stdout
+            except (OSError, pb.subprocess.TimeoutExpired):
+                ok = False
+            self.trimmed[p] = mem_kb(p) if ok else None
 
     def seed(self, n):
         """pool payments with the notify_url (refunds deliver webhooks)."""
@@ -289,13 +315,18 @@ class Soak:
         warm_t = a.soak_warmup
         tail_s = min(a.soak_tail, max(60.0, self.total_secs / 2))
         end_t = self.samples[-1][0] if self.samples else 0
-        out.append(f"per process (kB; 'after warm-up' = first sample at "
-                   f">= {warm_t:g}s; slope = least squares over the last "
-                   f"{tail_s:.0f}s):")
-        out.append(f"{'':<16} {'field':<8} {'start':>8} {'warm':>8} "
-                   f"{'end':>8} {'max':>8} {'end-warm':>9} {'slope/min':>9}"
-                   f"  verdict")
-        flagged = []
+        out.append(f"per process, kB: start; warm = first sample at >= "
+                   f"{warm_t:g}s; end; max; slope = least squares over the "
+                   f"last {tail_s:.0f}s of every sample, floor = of the "
+                   f"lowest sample of each minute (in-flight requests lift "
+                   f"single samples, a leak lifts the floor); idle = "
+                   f"{a.soak_idle:g}s after the load; trim = after "
+                   f"malloc_trim(0) in the worker (gdb): what malloc kept "
+                   f"on its free lists goes back, memory in use stays")
+        out.append(f"{'':<14} {'field':<8} {'start':>6} {'warm':>6} "
+                   f"{'end':>6} {'max':>6} {'end-warm':>8} {'slope/min':>9} "
+                   f"{'floor/min':>9} {'idle':>6} {'trim':>6}  verdict")
+        flagged, plateau, short = [], [], []
         reqs_per_min = reqs / busy * 60 if busy else 0
         for p in pids:
             series = [(t, mem[p]) for t, _, mem in self.samples
@@ -309,30 +340,54 @@ class Soak:
                 warm = next((v for t, v in vals if t >= warm_t), vals[-1][1])
                 end = vals[-1][1]
                 mx = max(v for _, v in vals)
-                sl = slope_kb_min([(t, v) for t, v in vals
-                                   if t >= end_t - tail_s])
-                verdict = "flat"
-                if end - warm > a.soak_max_growth or sl > a.soak_max_slope:
-                    verdict = (f"GROWS (bound: {a.soak_max_growth} kB after "
-                               f"warm-up, {a.soak_max_slope} kB/min)")
-                    flagged.append(f"{names[p]} {field}")
+                recent = [(t, v) for t, v in vals if t >= end_t - tail_s]
+                sl = slope_kb_min(recent)
+                floors = {}
+                for t, v in recent:
+                    k = int((end_t - t) // 60)
+                    floors[k] = min(floors.get(k, v), v)
+                fl = slope_kb_min([(-60.0 * k, v) for k, v in floors.items()])
+                idle = (self.idle.get(p) or {}).get(field)
+                trim = (self.trimmed.get(p) or {}).get(field)
+                who = f"{names[p]} {p}"
                 if gone:
                     verdict = "EXITED during the run"
-                    flagged.append(f"{names[p]} exited")
-                per_req = (f" ({sl * 1024 / reqs_per_min:+.2f} B/req)"
-                           if reqs_per_min and names[p] != "master" else "")
-                out.append(f"{names[p] + ' ' + str(p):<16} {field:<8} "
-                           f"{start:>8} {warm:>8} {end:>8} {mx:>8} "
-                           f"{end - warm:>+9} {sl:>+9.1f}  {verdict}"
-                           f"{per_req}")
+                    flagged.append(f"{who} exited")
+                elif len(floors) < 3:
+                    verdict = "too short to judge (< 3 minutes of floors)"
+                    short.append(who)
+                elif fl > a.soak_max_slope:
+                    verdict = (f"GROWS: the floor rises (bound "
+                               f"{a.soak_max_slope:g} kB/min)")
+                    flagged.append(f"{who} {field}")
+                elif end - warm > a.soak_max_growth:
+                    verdict = (f"plateau: +{end - warm} kB after the warm-up "
+                               f"(bound {a.soak_max_growth}), floor flat "
+                               f"over the last {tail_s:.0f}s")
+                    plateau.append(f"{who} {field}")
+                else:
+                    verdict = "flat"
+                if reqs_per_min and names[p] != "master":
+                    verdict += f" ({fl * 1024 / reqs_per_min:+.2f} B/req)"
+                out.append(f"{who:<14} {field:<8} {start:>6} {warm:>6} "
+                           f"{end:>6} {mx:>6} {end - warm:>+8} {sl:>+9.1f} "
+                           f"{fl:>+9.1f} {idle if idle else '-':>6} "
+                           f"{trim if trim else '-':>6}  {verdict}")
         out.append("")
         workers = [p for p in pids if p != self.procs.master]
         if flagged:
             out.append("RESULT: memory GROWS: " + ", ".join(flagged))
+        elif short:
+            out.append("RESULT: too short to judge (run >= 5 minutes)")
+        elif plateau:
+            out.append(f"RESULT: no steady growth (every floor within "
+                       f"{a.soak_max_slope:g} kB/min over the last "
+                       f"{tail_s:.0f}s), but a plateau above the warm-up "
+                       f"value: " + ", ".join(plateau))
         else:
             out.append(f"RESULT: flat: {len(workers)} workers and the "
                        f"master within {a.soak_max_growth} kB after the "
-                       f"warm-up and {a.soak_max_slope} kB/min over the "
+                       f"warm-up and {a.soak_max_slope:g} kB/min over the "
                        f"last {tail_s:.0f}s")
         for n in self.notes:
             out.append("note: " + n)
@@ -352,6 +407,8 @@ def main():
     p.add_argument("--soak-tail", type=float, default=300)
     p.add_argument("--soak-max-growth", type=int, default=1024)
     p.add_argument("--soak-max-slope", type=float, default=64)
+    p.add_argument("--soak-idle", type=float, default=10)
+    p.add_argument("--soak-trim", type=int, default=1)
     a = p.parse_args()
     if not a.webhook_port:
         raise SystemExit("the soak needs the webhook receiver "
