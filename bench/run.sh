@@ -44,8 +44,8 @@
 #   SOAK_MIX     (3:6:1) --soak: creates:GETs:refunds, by count
 #   SOAK_INTERVAL  (10)  --soak: seconds between two memory samples
 #   SOAK_MAX_GROWTH (1024) --soak: kB a process may grow after the warm-up
-#   SOAK_MAX_SLOPE (64)  --soak: kB/min over the last 5 minutes
-#                        (beyond either the report says GROWS)
+#   SOAK_MAX_SLOPE (64)  --soak: kB/min the floor may rise over the last 5 min
+#   SOAK_TRIM      (1)   --soak: malloc_trim(0) in each worker after the load (gdb)
 #   PROFILE_TOP    (30)  --profile: symbols per scenario
 #   BENCH_ACQUIRER (standin) the bank-card acquirer the creates reach:
 #                        "standin" = bench/acquirer_standin.c (C, epoll,
@@ -406,7 +406,8 @@ case "$MODE" in
                   --soak-conns "${SOAK_CONNS:-16}" --soak-mix "${SOAK_MIX:-3:6:1}"
                   --soak-interval "${SOAK_INTERVAL:-10}"
                   --soak-max-growth "${SOAK_MAX_GROWTH:-1024}"
-                  --soak-max-slope "${SOAK_MAX_SLOPE:-64}") ;;
+                  --soak-max-slope "${SOAK_MAX_SLOPE:-64}"
+                  --soak-trim "${SOAK_TRIM:-1}") ;;
     profile) driver=("$bench/paygw_profile.py" --top "${PROFILE_TOP:-30}") ;;
 esac
 python3 "${driver[@]}" \
