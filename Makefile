@@ -28,6 +28,10 @@
 #   make bench      throughput/latency on loopback (bench/README.md)
 #   make bench-ha   creates/s and GETs/s on the clusters vs single servers,
 #                   back to back (BENCH_HA=1 bash bench/run.sh)
+#   make bench-soak SOAK_SECONDS=600: a mixed load while the nginx
+#                   processes' RSS is sampled (bench/README.md, "Soak")
+#   make bench-profile  perf record -g of the nginx workers during a create
+#                   and a GET run (bench/README.md, "Profile")
 #   make image      build the container image paygw:dev (docker/) and run it
 #                   once against the `make run` backends (scripts/image.sh)
 #   make k8s-check  offline checks of k8s-ingress/: render every overlay,
@@ -65,7 +69,8 @@ ASAN_NGX_ENV = PAYGW_NGINX="$(NGX_BASE)/sbin/nginx"
 endif
 
 .PHONY: all deps build build-test build-asan test test-asan test-ha run stop \
-        status clean bench image k8s-check matrix fuzz drill drill-ha bench-ha
+        status clean bench image k8s-check matrix fuzz drill drill-ha bench-ha \
+        bench-soak bench-profile
 
 # Left out of `make test-ha`:
 # - no PayGW::Gateway, so nothing the mode changes: they start their own
@@ -150,6 +155,12 @@ bench: build
 
 bench-ha: build
 	BENCH_HA=1 bash bench/run.sh
+
+bench-soak: build
+	bash bench/run.sh --soak
+
+bench-profile: build
+	bash bench/run.sh --profile
 
 image:
 	bash scripts/image.sh

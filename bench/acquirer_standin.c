@@ -20,11 +20,16 @@
  *   GET /acquirer/v1/charges/<out_trade_no>   the charge's answer, or a
  *       signed 404 {"error":"not_found"} if it never came (the settler
  *       queries payments whose create lost its MySQL write)
- *   anything else (refunds)     a signed 400 {"error":"unsupported"}: the
- *       bench refunds nothing; a refusal, so nothing is refunded
+ *   POST /acquirer/v1/refunds   {"refund_id","out_refund_no","out_trade_no",
+ *       "status":"succeeded","amount","currency"}, signed the same way; a
+ *       retry gets the first answer again, or 409 if it differs (the soak
+ *       run refunds; it does not check the amount against the charge,
+ *       the gateway reserves it before it calls)
+ *   GET /acquirer/v1/refunds/<out_refund_no>   the refund's answer, or 404
+ *   anything else               a signed 400 {"error":"unsupported"}
  *
- * The charges it approved are kept in memory (one jansson object, the
- * answer's text by out_trade_no: ~200 bytes a charge).
+ * The charges and refunds it approved are kept in memory (jansson objects,
+ * the answer's text by out_trade_no / out_refund_no: ~200 bytes each).
  *
  *   acquirer_standin PORT SECRET_FILE MERCHANT
  *
@@ -66,6 +71,7 @@ static size_t      secret_len;
 static const char *merchant;
 static conn_t     *conns[MAX_CONNS];
 static json_t     *charges;          /* out_trade_no -> answer text */
+static json_t     *refunds;          /* out_refund_no -> answer text */
 
 
 static void
@@ -218,9 +224,71 @@ charge(conn_t *c, const char *body, size_t blen)
 }
 
 
-/* a query: the charge's answer as it was given (signed anew) */
 static int
-query(conn_t *c, const char *no, size_t len)
+refund(conn_t *c, const char *body, size_t blen)
+{
+    json_t        *req, *ans, *prev, *old;
+    const char    *no, *rno, *cur;
+    json_int_t     amount;
+    char          *out, id[28];
+    unsigned char  rnd[12];
+    int            i, rc, same;
+
+    req = json_loadb(body, blen, 0, NULL);
+    no = json_string_value(json_object_get(req, "out_trade_no"));
+    rno = json_string_value(json_object_get(req, "out_refund_no"));
+    cur = json_string_value(json_object_get(req, "currency"));
+    amount = json_integer_value(json_object_get(req, "amount"));
+
+    if (no == NULL || rno == NULL || cur == NULL || amount <= 0) {
+        json_decref(req);
+        return REPLY(c, 400, "{\"error\":\"invalid_request\"}");
+    }
+
+    prev = json_object_get(refunds, rno);
+
+    if (prev) {
+        old = json_loads(json_string_value(prev), 0, NULL);
+        same = json_integer_value(json_object_get(old, "amount")) == amount
+               && strcmp(json_string_value(json_object_get(old, "currency")),
+                         cur) == 0
+               && strcmp(json_string_value(json_object_get(old,
+                                                           "out_trade_no")),
+                         no) == 0;
+        json_decref(old);
+        json_decref(req);
+        return same ? reply(c, 200, json_string_value(prev),
+                            json_string_length(prev))
+                    : REPLY(c, 409, "{\"error\":\"conflicting_request\"}");
+    }
+
+    RAND_bytes(rnd, sizeof(rnd));
+    memcpy(id, "re_", 3);
+    for (i = 0; i < 12; i++) {
+        sprintf(id + 3 + 2 * i, "%02x", rnd[i]);
+    }
+
+    ans = json_pack("{s:s, s:s, s:s, s:s, s:I, s:s}",
+                    "refund_id", id, "out_refund_no", rno,
+                    "out_trade_no", no, "status", "succeeded",
+                    "amount", amount, "currency", cur);
+    out = json_dumps(ans, JSON_COMPACT);
+
+    json_object_set_new(refunds, rno, json_string(out));
+
+    rc = reply(c, 200, out, strlen(out));
+
+    free(out);
+    json_decref(ans);
+    json_decref(req);
+
+    return rc;
+}
+
+
+/* a query: the charge's or refund's answer as it was given (signed anew) */
+static int
+query(conn_t *c, json_t *answers, const char *no, size_t len)
 {
     char     key[128];
     json_t  *prev;
@@ -232,7 +300,7 @@ query(conn_t *c, const char *no, size_t len)
     memcpy(key, no, len);
     key[len] = '\0';
 
-    prev = json_object_get(charges, key);
+    prev = json_object_get(answers, key);
 
     return prev ? reply(c, 200, json_string_value(prev),
                         json_string_length(prev))
@@ -306,7 +374,19 @@ handle(conn_t *c)
                && sp2 - sp1 - 1 > 21
                && memcmp(sp1 + 1, "/acquirer/v1/charges/", 21) == 0)
     {
-        rc = query(c, sp1 + 22, sp2 - sp1 - 22);
+        rc = query(c, charges, sp1 + 22, sp2 - sp1 - 22);
+
+    } else if (sp1 - c->in == 4 && memcmp(c->in, "POST", 4) == 0
+               && sp2 - sp1 - 1 == 20
+               && memcmp(sp1 + 1, "/acquirer/v1/refunds", 20) == 0)
+    {
+        rc = refund(c, body, blen);
+
+    } else if (sp1 - c->in == 3 && memcmp(c->in, "GET", 3) == 0
+               && sp2 - sp1 - 1 > 21
+               && memcmp(sp1 + 1, "/acquirer/v1/refunds/", 21) == 0)
+    {
+        rc = query(c, refunds, sp1 + 22, sp2 - sp1 - 22);
 
     } else {
         rc = REPLY(c, 400, "{\"error\":\"unsupported\"}");
@@ -363,6 +443,7 @@ main(int argc, char **argv)
     }
     merchant = argv[3];
     charges = json_object();
+    refunds = json_object();
 
     signal(SIGPIPE, SIG_IGN);
 

@@ -9,7 +9,8 @@
 -- instead of wrapping around into replayed nonces (401).
 --
 -- response() counts non-2xx answers and answers other than EXPECT (the
--- status the scenario should produce, e.g. 201 for creates), and keeps the
+-- status the scenario should produce, e.g. 201 for creates; a mixed load
+-- gives several, comma-separated: "201,200"), and keeps the
 -- first few of each for the report.  done() prints one machine-readable
 -- line, "BENCH {json-ish key=value ...}", that the driver parses.
 
@@ -23,7 +24,7 @@ function setup(thread)
 end
 
 local reqs, nreqs, idx = nil, 0, 0
-local expect = 200
+local expect = { [200] = true }
 local repeat_one = false
 local fallback
 -- per-thread results, read by done() through thread:get()
@@ -33,7 +34,10 @@ local nsamples = 0
 
 function init(args)
     local prefix = args[1]
-    expect = tonumber(args[2] or "200")
+    expect = {}
+    for code in string.gmatch(args[2] or "200", "%d+") do
+        expect[tonumber(code)] = true
+    end
     repeat_one = (args[3] == "repeat")
     local f = assert(io.open(prefix .. "." .. tid, "rb"))
     local data = f:read("*a")
@@ -85,7 +89,7 @@ function response(status, headers, body)
     if status < 200 or status > 299 then
         non2xx = non2xx + 1
         sample(status, body)
-    elseif status ~= expect then
+    elseif not expect[status] then
         unexpected = unexpected + 1
         sample(status, body)
     end

@@ -439,8 +439,12 @@ class Bench:
             window = max(1.0, a.duration - warm - 1.0)
             perf = None
             if perf_file:
+                # system-wide, or (profile mode) only the nginx workers
+                who = (["-p", ",".join(str(w) for w in self.procs.workers())]
+                       if getattr(a, "perf_workers", False) else ["-a"])
                 perf = subprocess.Popen(
-                    ["perf", "record", "-q", "-a", "-g", "-F", "499",
+                    ["perf", "record", "-q"] + who + ["-g", "-F",
+                     str(getattr(a, "perf_freq", 499)),
                      "-e", "cpu-clock", "-o", perf_file, "--", "sleep",
                      f"{window:.1f}"], stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL)
@@ -848,7 +852,9 @@ class Bench:
         return "\n".join(out) + "\n"
 
 
-def main():
+def parser():
+    """the arguments run.sh passes (also to paygw_soak.py and
+    paygw_profile.py, which add their own)"""
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--baseline-port", type=int, required=True)
@@ -879,13 +885,18 @@ def main():
     p.add_argument("--nginx-conf", default="")
     p.add_argument("--header", default="")
     p.add_argument("--out", required=True)
-    a = p.parse_args()
-    a.conn_list = [a.conns] + ([a.lat_conns] if a.lat_conns else [])
+    return p
 
-    def on_signal(signum, _frame):
-        if wrk_proc is not None:
-            wrk_proc.terminate()
-        sys.exit(128 + signum)
+
+def on_signal(signum, _frame):
+    if wrk_proc is not None:
+        wrk_proc.terminate()
+    sys.exit(128 + signum)
+
+
+def main():
+    a = parser().parse_args()
+    a.conn_list = [a.conns] + ([a.lat_conns] if a.lat_conns else [])
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -9,6 +9,12 @@
 #   BENCH_HA=1 bash bench/run.sh (or: make bench-ha) creates and GETs on
 #                        single servers vs a Redis Cluster + Galera, back
 #                        to back (bench/ha_bench.py; bench/README.md)
+#   bash bench/run.sh --soak     (make bench-soak) a long mixed load while
+#                                the nginx processes' RSS is sampled:
+#                                bench/results/<date>-soak.txt
+#   bash bench/run.sh --profile  (make bench-profile) perf record -g on the
+#                                nginx workers during a create and a GET
+#                                run: bench/results/<date>-profile.txt
 #
 # Environment (all optional):
 #   BENCH_DURATION (10)  seconds per measured wrk run
@@ -40,6 +46,14 @@
 #                        ports; default: free ports picked at start, so the
 #                        bench never collides with `make run` or the tests
 #   PAYGW_MODULE         the module .so (default build/objs/...)
+#   SOAK_SECONDS   (600) --soak: how long the mixed load runs
+#   SOAK_CONNS     (16)  --soak: wrk connections
+#   SOAK_MIX     (3:6:1) --soak: creates:GETs:refunds, by count
+#   SOAK_INTERVAL  (10)  --soak: seconds between two memory samples
+#   SOAK_MAX_GROWTH (1024) --soak: kB a process may grow after the warm-up
+#   SOAK_MAX_SLOPE (64)  --soak: kB/min the floor may rise over the last 5 min
+#   SOAK_TRIM      (1)   --soak: malloc_trim(0) in each worker after the load (gdb)
+#   PROFILE_TOP    (30)  --profile: symbols per scenario
 #   BENCH_ACQUIRER (standin) the bank-card acquirer the creates reach:
 #                        "standin" = bench/acquirer_standin.c (C, epoll,
 #                        checks and signs like the real one; built here),
@@ -47,6 +61,15 @@
 #                        Alipay/WeChat always go to the simulator
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"     # nginx, mariadbd
+
+MODE=bench
+for arg in "$@"; do
+    case "$arg" in
+        --soak) MODE=soak ;;
+        --profile) MODE=profile ;;
+        *) echo "usage: $0 [--soak | --profile]" >&2; exit 2 ;;
+    esac
+done
 
 bench=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$bench/.." && pwd)
@@ -82,6 +105,8 @@ for tool in wrk python3 nginx redis-server mariadbd mariadb mariadb-install-db n
     command -v "$tool" > /dev/null || die "$tool is not installed (make deps; apt-get install wrk)"
 done
 [ -f "$module" ] || die "$module is missing: run 'make build' first"
+[ "$MODE" != profile ] || command -v perf > /dev/null || die "perf is not installed (apt-get install linux-perf)"
+[ "$MODE" != soak ] || [ "$WEBHOOKS" = 1 ] || die "--soak delivers webhooks: BENCH_WEBHOOKS must be 1"
 
 # One bench at a time: the lock lives as long as this shell.
 exec 9> "$bench/.lock"
@@ -462,12 +487,18 @@ fi
 stamp=$(date -u +%Y-%m-%dT%H%MZ)
 out="$bench/results/$stamp.txt"
 [ "$HA" = 0 ] || out="$bench/results/$stamp-ha.txt"
+[ "$MODE" = bench ] || out="$bench/results/$stamp-$MODE.txt"
 rev=$(cd "$repo" && git rev-parse --short HEAD 2> /dev/null || echo '?')
 dirty=$(cd "$repo" && git status --porcelain -- ngx_http_paygw_module.c src config 2> /dev/null | grep -q . && echo '+uncommitted C changes' || true)
 built=$(date -u -r "$module" +%Y-%m-%dT%H:%MZ)
-header="paygw bench $stamp  rev $rev$dirty (module built $built)  $(nginx -v 2>&1 | sed 's/.*: //')  workers=$WORKERS  $(nproc) cores
+case "$MODE" in
+    bench) wrkline="wrk -t$THREADS -d${DURATION}s (after ${WARMUP}s warm-up), throughput at -c$CONNS$([ "$LAT_CONNS" = 0 ] || echo ", latency at -c$LAT_CONNS")" ;;
+    profile) wrkline="wrk -t$THREADS -d${DURATION}s (after ${WARMUP}s warm-up) at -c$CONNS" ;;
+    soak) wrkline="wrk -t$THREADS -c${SOAK_CONNS:-16} for ${SOAK_SECONDS:-600}s" ;;
+esac
+header="paygw $([ "$MODE" = bench ] && echo bench || echo "bench --$MODE") $stamp  rev $rev$dirty (module built $built)  $(nginx -v 2>&1 | sed 's/.*: //')  workers=$WORKERS  $(nproc) cores
 bank_card acquirer: $([ "$ACQUIRER" = standin ] && echo "C stand-in (bench/acquirer_standin.c)" || echo "Node simulator")
-wrk -t$THREADS -d${DURATION}s (after ${WARMUP}s warm-up), throughput at -c$CONNS$([ "$LAT_CONNS" = 0 ] || echo ", latency at -c$LAT_CONNS"); error_log warn, access_log off
+$wrkline; error_log warn, access_log off
 load average at start: $(cut -d' ' -f1-3 /proc/loadavg)${BENCH_CONF_SED:+
 nginx.conf changed by BENCH_CONF_SED='$BENCH_CONF_SED'}"
 
@@ -497,7 +528,17 @@ load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
         --quiet-wait "$QUIET_WAIT" --quiet-max "$QUIET_MAX" \
         --header "$header" --out "$out" &
 else
-python3 "$bench/paygw_bench.py" \
+driver=("$bench/paygw_bench.py")
+case "$MODE" in
+    soak) driver=("$bench/paygw_soak.py" --soak-seconds "${SOAK_SECONDS:-600}"
+                  --soak-conns "${SOAK_CONNS:-16}" --soak-mix "${SOAK_MIX:-3:6:1}"
+                  --soak-interval "${SOAK_INTERVAL:-10}"
+                  --soak-max-growth "${SOAK_MAX_GROWTH:-1024}"
+                  --soak-max-slope "${SOAK_MAX_SLOPE:-64}"
+                  --soak-trim "${SOAK_TRIM:-1}") ;;
+    profile) driver=("$bench/paygw_profile.py" --top "${PROFILE_TOP:-30}") ;;
+esac
+python3 "${driver[@]}" \
     --port "$PORT" --baseline-port "$BASE_PORT" --redis-port "$REDIS_PORT" \
     --mysql-defaults "$mycnf" --nginx-pid "$nginx_pid" \
     --mysql-pid "$(cat "$run/mysql.pid")" --redis-pid "$(cat "$run/redis.pid")" \

@@ -1,0 +1,430 @@
+#!/usr/bin/env python3
+"""paygw soak: a long mixed load while the nginx processes' memory is
+sampled; started by `bench/run.sh --soak` (make bench-soak) once the stack
+is up.
+
+The load: creates (bank_card, with a notify_url to the bench's local
+webhook receiver; delivery on), GETs of payments and refunds of 1 minor
+unit, interleaved in one stream of pre-signed requests (--soak-mix, by
+count), sent by wrk in segments of --soak-segment seconds.  A signed
+request is valid for +-300 s and only once, so each segment gets fresh
+requests, written while the previous segment runs.  GETs and refunds go to
+a pool of payments created (with the notify_url) before the load starts,
+so refunds deliver webhooks too and change cached payments under the GETs.
+
+Every --soak-interval seconds VmRSS, RssAnon and RssShmem of the nginx
+master and of every worker are read from /proc/<pid>/status.  The report
+gives start, after the warm-up, end and max per process, the least-squares
+slope over the last minutes of every sample and of each minute's lowest
+sample (the floor: requests in flight lift single samples, a leak lifts
+the floor), the memory 10 s after the load and after malloc_trim(0) in
+each worker (through gdb, when installed).  A floor rising faster than
+--soak-max-slope kB/min is GROWS; a process that grew more than
+--soak-max-growth kB after the warm-up and then stayed is a plateau.
+Measurement only: the exit status does not depend on the verdict.
+"""
+
+import json
+import os
+import secrets
+import signal
+import threading
+import time
+
+import paygw_bench as pb
+
+RSS_FIELDS = ("VmRSS", "RssAnon", "RssShmem")
+
+
+def mem_kb(pid):
+    """{VmRSS, RssAnon, RssShmem} in kB, or None (the process is gone)."""
+    got = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in RSS_FIELDS:
+                    got[k] = int(v.split()[0])
+    except OSError:
+        return None
+    return got
+
+
+def signed_refund(host, nonces, payment_no, refund_no):
+    path = f"/v1/payments/{payment_no}/refunds"
+    body = json.dumps({"refund_no": refund_no, "amount": 1,
+                       "reason": "soak"}, separators=(",", ":")).encode()
+    ts = int(time.time())
+    hdrs = [("Authorization", pb.authorization("POST", path, body, ts,
+                                               nonces.next())),
+            ("Idempotency-Key", "idem-" + refund_no),
+            ("Content-Type", "application/json")]
+    return pb.raw_request(host, "POST", path, hdrs, body)
+
+
+def slope_kb_min(points):
+    """least-squares slope of [(seconds, kB)] in kB per minute."""
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mx = sum(t for t, _ in points) / n
+    my = sum(v for _, v in points) / n
+    sxx = sum((t - mx) ** 2 for t, _ in points)
+    if sxx == 0:
+        return 0.0
+    sxy = sum((t - mx) * (v - my) for t, v in points)
+    return 60.0 * sxy / sxx
+
+
+class Soak:
+    def __init__(self, a):
+        self.a = a
+        self.procs = pb.Procs(a)
+        self.nonces = pb.Nonces()
+        self.bnos = pb.BusinessNos()
+        self.host = f"127.0.0.1:{a.port}"
+        self.refund_prefix = "R-" + secrets.token_hex(4) + "-"
+        self.nrefunds = 0
+        self.samples = []       # (t, requests, {pid: mem_kb})
+        self.idle, self.trimmed = {}, {}
+        self.segments = []      # wrk results
+        self.notes = []
+        self.stop = threading.Event()
+        mix = [int(x) for x in a.soak_mix.split(":")]
+        if len(mix) != 3 or min(mix) < 0 or sum(mix) == 0:
+            raise SystemExit("--soak-mix is creates:gets:refunds, e.g. 3:6:1")
+        # one round of the mix, each kind spread evenly over it
+        kinds = [((j + 0.5) / n, kind) for kind, n in
+                 zip(("create", "get", "refund"), mix) for j in range(n)]
+        self.pattern = [kind for _, kind in sorted(kinds)]
+        self.cursor = 0         # next pool payment to GET or refund
+
+    # ---- requests ----------------------------------------------------------
+
+    def make(self, i):
+        kind = self.pattern[i % len(self.pattern)]
+        if kind == "create":
+            return pb.signed_create(self.host, self.nonces, self.bnos,
+                                    notify_url=self.hook_url)
+        no = self.pool[self.cursor % len(self.pool)]
+        self.cursor += 1
+        if kind == "get":
+            return pb.signed_get(self.host, self.nonces, no)
+        self.nrefunds += 1
+        return signed_refund(self.host, self.nonces, no,
+                             f"{self.refund_prefix}{self.nrefunds}")
+
+    def gen(self, k, total):
+        prefix = os.path.join(self.a.req_dir, f"soak{k % 2}")
+        t0 = time.monotonic()
+        n = pb.write_requests(prefix, self.a.threads, total, self.make)
+        return prefix, n, time.monotonic() - t0
+
+    # ---- memory sampling ---------------------------------------------------
+
+    def sample(self, t0):
+        pids = [self.procs.master] + self.procs.workers()
+        try:
+            reqs = pb.nginx_requests(self.a.baseline_port)
+        except OSError:
+            reqs = None
+        self.samples.append((time.monotonic() - t0, reqs,
+                             {p: mem_kb(p) for p in pids}))
+
+    def sampler(self, t0):
+        k = 0
+        while not self.stop.is_set():
+            self.sample(t0)
+            k += 1
+            self.stop.wait(max(0.0, t0 + k * self.a.soak_interval
+                               - time.monotonic()))
+
+    # ---- the run -----------------------------------------------------------
+
+    def run(self):
+        a = self.a
+        self.hook_url = f"http://127.0.0.1:{a.webhook_port}/hook/ok"
+        pb.log(f"soak: creating a pool of {a.seed} payments (notify_url "
+               f"to the local receiver) for GETs and refunds")
+        self.pool, fails = self.seed(a.seed)
+        if fails:
+            self.notes.append(f"pool: {len(fails)} of {a.seed} creates "
+                              f"failed, e.g. {fails[0][0]} {fails[0][1]!r}")
+        if not self.pool:
+            raise RuntimeError("no payment could be created for the pool")
+
+        rate = a.soak_rate
+        seg = a.soak_segment
+        prefix, n, gsecs = self.gen(0, self.size(rate, seg))
+        t0 = time.monotonic()
+        sam = threading.Thread(target=self.sampler, args=(t0,), daemon=True)
+        sam.start()
+        k = 0
+        try:
+            while True:
+                left = a.soak_seconds - (time.monotonic() - t0)
+                if left < 1:
+                    break
+                dur = int(min(seg, max(1, round(left))))
+                nxt = {}
+
+                def ahead(kk=k + 1, r=rate):
+                    nxt["v"] = self.gen(kk, self.size(r, seg))
+                # the next segment's requests, signed while this one runs
+                th = threading.Thread(target=ahead, daemon=True)
+                ts = time.monotonic() - t0
+                th.start()
+                r = pb.run_wrk(a, a.port, a.soak_conns, dur, prefix,
+                               "201,200")
+                th.join()
+                r.update(t=ts, dur=dur, loaded=n, gen_secs=gsecs)
+                self.segments.append(r)
+                pb.log(f"soak t={ts:5.0f}s segment {k}: {r['rps']:.0f} "
+                       f"req/s non-2xx {int(r['non2xx'])} other "
+                       f"{int(r['unexpected'])} sockerr {r['sock_errors']}"
+                       f"{' EXHAUSTED' if r['exhausted'] else ''}; "
+                       + self.rss_line())
+                for s in r.get("samples", []):
+                    pb.log(f"  sample answer: {s}")
+                rate = max(rate, r["rps"])
+                if r["exhausted"]:
+                    rate = max(rate, n / dur) * 2
+                prefix, n, gsecs = nxt["v"]
+                k += 1
+        finally:
+            self.stop.set()
+            sam.join()
+            self.sample(t0)
+        self.total_secs = time.monotonic() - t0
+        self.after_load()
+
+    def after_load(self):
+        """idle, then malloc_trim(0) in every worker: memory that malloc
+        keeps on its free lists goes back then, memory in use stays."""
+        a = self.a
+        time.sleep(a.soak_idle)
+        self.idle = {p: mem_kb(p) for p in self.procs.workers()}
+        self.trimmed = {}
+        if not a.soak_trim or not pb.shutil.which("gdb"):
+            return
+        for p in self.idle:
+            try:
+                r = pb.subprocess.run(
+                    ["gdb", "-p", str(p), "-batch", "-nx", "-ex",
+                     "call (int) malloc_trim(0)"],
+                    capture_output=True, text=True, timeout=120)
+                ok = "$1 = " in r.stdout
+            except (OSError, pb.subprocess.TimeoutExpired):
+                ok = False
+            self.trimmed[p] = mem_kb(p) if ok else None
+
+    def seed(self, n):
+        """pool payments with the notify_url (refunds deliver webhooks)."""
+        nos, fails = [], []
+        for i in range(n):
+            st, body = pb.api_call(self.a.port, "POST", "/v1/payments",
+                                   pb.create_body(self.bnos.next(),
+                                                  notify_url=self.hook_url),
+                                   f"pool-{self.bnos.prefix}{i}",
+                                   self.nonces)
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                doc = {}
+            if st == 201 and doc.get("payment_no"):
+                nos.append(doc["payment_no"])
+            else:
+                fails.append((st, body[:300]))
+        return nos, fails
+
+    def size(self, rate, seg):
+        return int(rate * seg * self.a.headroom) + self.a.soak_conns * 8 + 500
+
+    def rss_line(self):
+        if not self.samples:
+            return ""
+        _, _, mem = self.samples[-1]
+        return "VmRSS kB " + " ".join(
+            f"{p}:{m['VmRSS']}" for p, m in mem.items() if m)
+
+    # ---- the report ----------------------------------------------------------
+
+    def pending(self):
+        try:
+            return pb.subprocess.run(
+                ["mariadb", f"--defaults-file={self.a.mysql_defaults}",
+                 "-N", "-B", "paygw", "-e",
+                 "SELECT status, COUNT(*) FROM outbox_events GROUP BY status"],
+                capture_output=True, text=True, check=True).stdout.split("\n")
+        except (OSError, pb.subprocess.CalledProcessError):
+            return []
+
+    def report(self, header):
+        a = self.a
+        out = [header, ""]
+        segs = self.segments
+        reqs = int(sum(r["requests"] for r in segs))
+        busy = sum(r["duration_us"] for r in segs) / 1e6
+        non2xx = sum(int(r["non2xx"]) for r in segs)
+        other = sum(int(r["unexpected"]) for r in segs)
+        sock = sum(r["sock_errors"] for r in segs)
+        exh = sum(1 for r in segs if r["exhausted"])
+        out.append(f"load: creates (notify_url -> local receiver, delivery "
+                   f"on) : GETs : refunds of 1 = {a.soak_mix} by count, wrk "
+                   f"-t{a.threads} -c{a.soak_conns}, {len(segs)} segments "
+                   f"of <= {a.soak_segment}s with freshly signed requests; "
+                   f"pool of {len(self.pool)} payments")
+        out.append(f"ran {self.total_secs:.0f}s (wrk busy {busy:.0f}s): "
+                   f"{reqs} requests, {reqs / busy if busy else 0:.0f} req/s"
+                   f" while running; non2xx {non2xx}, other {other}, "
+                   f"sockerr {sock}, segments that ran out of requests "
+                   f"{exh}")
+        rates = [r["rps"] for r in segs]
+        if rates:
+            out.append(f"  req/s per segment: min {min(rates):.0f} max "
+                       f"{max(rates):.0f}")
+        ev = [x for x in self.pending() if x]
+        out.append("outbox events by status at the end: "
+                   + (", ".join(x.replace("\t", " ") for x in ev) or "?"))
+        out.append("")
+
+        # who is who: the master, then the workers by first appearance
+        names = {self.procs.master: "master"}
+        for _, _, mem in self.samples:
+            for p in mem:
+                if p not in names:
+                    names[p] = f"w{len(names)}"
+        pids = list(names)
+
+        out.append(f"memory samples every {a.soak_interval:g}s, kB "
+                   f"(VmRSS / RssAnon; VmRSS includes the shared zones a "
+                   f"process touched, RssShmem):")
+        out.append(f"{'t s':>6} {'requests':>9}" + "".join(
+            f" {names[p] + ' ' + str(p):>18}" for p in pids))
+        base = self.samples[0][1] if self.samples else 0
+        for t, n, mem in self.samples:
+            cells = []
+            for p in pids:
+                m = mem.get(p)
+                cells.append(f" {m['VmRSS']:>9}/{m['RssAnon']:<8}" if m
+                             else f" {'-':>18}")
+            done = (n - base) if n is not None and base is not None else 0
+            out.append(f"{t:>6.0f} {done:>9}" + "".join(cells))
+        out.append("")
+
+        warm_t = a.soak_warmup
+        tail_s = min(a.soak_tail, max(60.0, self.total_secs / 2))
+        end_t = self.samples[-1][0] if self.samples else 0
+        out.append(f"per process, kB: start; warm = first sample at >= "
+                   f"{warm_t:g}s; end; max; slope = least squares over the "
+                   f"last {tail_s:.0f}s of every sample, floor = of the "
+                   f"lowest sample of each minute (in-flight requests lift "
+                   f"single samples, a leak lifts the floor); idle = "
+                   f"{a.soak_idle:g}s after the load; trim = after "
+                   f"malloc_trim(0) in the worker (gdb): what malloc kept "
+                   f"on its free lists goes back, memory in use stays")
+        out.append(f"{'':<14} {'field':<8} {'start':>6} {'warm':>6} "
+                   f"{'end':>6} {'max':>6} {'end-warm':>8} {'slope/min':>9} "
+                   f"{'floor/min':>9} {'idle':>6} {'trim':>6}  verdict")
+        flagged, plateau, short = [], [], []
+        reqs_per_min = reqs / busy * 60 if busy else 0
+        for p in pids:
+            series = [(t, mem[p]) for t, _, mem in self.samples
+                      if mem.get(p)]
+            if not series:
+                continue
+            gone = self.samples[-1][2].get(p) is None
+            for field in ("VmRSS", "RssAnon"):
+                vals = [(t, m[field]) for t, m in series]
+                start = vals[0][1]
+                warm = next((v for t, v in vals if t >= warm_t), vals[-1][1])
+                end = vals[-1][1]
+                mx = max(v for _, v in vals)
+                recent = [(t, v) for t, v in vals if t >= end_t - tail_s]
+                sl = slope_kb_min(recent)
+                floors = {}
+                for t, v in recent:
+                    k = int((end_t - t) // 60)
+                    floors[k] = min(floors.get(k, v), v)
+                fl = slope_kb_min([(-60.0 * k, v) for k, v in floors.items()])
+                idle = (self.idle.get(p) or {}).get(field)
+                trim = (self.trimmed.get(p) or {}).get(field)
+                who = f"{names[p]} {p}"
+                if gone:
+                    verdict = "EXITED during the run"
+                    flagged.append(f"{who} exited")
+                elif len(floors) < 3:
+                    verdict = "too short to judge (< 3 minutes of floors)"
+                    short.append(who)
+                elif fl > a.soak_max_slope:
+                    verdict = (f"GROWS: the floor rises (bound "
+                               f"{a.soak_max_slope:g} kB/min)")
+                    flagged.append(f"{who} {field}")
+                elif end - warm > a.soak_max_growth:
+                    verdict = (f"plateau: +{end - warm} kB after the warm-up "
+                               f"(bound {a.soak_max_growth}), floor flat "
+                               f"over the last {tail_s:.0f}s")
+                    plateau.append(f"{who} {field}")
+                else:
+                    verdict = "flat"
+                if reqs_per_min and names[p] != "master":
+                    verdict += f" ({fl * 1024 / reqs_per_min:+.2f} B/req)"
+                out.append(f"{who:<14} {field:<8} {start:>6} {warm:>6} "
+                           f"{end:>6} {mx:>6} {end - warm:>+8} {sl:>+9.1f} "
+                           f"{fl:>+9.1f} {idle if idle else '-':>6} "
+                           f"{trim if trim else '-':>6}  {verdict}")
+        out.append("")
+        workers = [p for p in pids if p != self.procs.master]
+        if flagged:
+            out.append("RESULT: memory GROWS: " + ", ".join(flagged))
+        elif short:
+            out.append("RESULT: too short to judge (run >= 5 minutes)")
+        elif plateau:
+            out.append(f"RESULT: no steady growth (every floor within "
+                       f"{a.soak_max_slope:g} kB/min over the last "
+                       f"{tail_s:.0f}s), but a plateau above the warm-up "
+                       f"value: " + ", ".join(plateau))
+        else:
+            out.append(f"RESULT: flat: {len(workers)} workers and the "
+                       f"master within {a.soak_max_growth} kB after the "
+                       f"warm-up and {a.soak_max_slope:g} kB/min over the "
+                       f"last {tail_s:.0f}s")
+        for n in self.notes:
+            out.append("note: " + n)
+        return "\n".join(out) + "\n"
+
+
+def main():
+    p = pb.parser()
+    p.add_argument("--soak-seconds", type=float, default=600)
+    p.add_argument("--soak-conns", type=int, default=16)
+    p.add_argument("--soak-segment", type=int, default=30)
+    p.add_argument("--soak-interval", type=float, default=10)
+    p.add_argument("--soak-mix", default="3:6:1")
+    p.add_argument("--soak-rate", type=float, default=2500,
+                   help="req/s the first segment's requests are sized for")
+    p.add_argument("--soak-warmup", type=float, default=120)
+    p.add_argument("--soak-tail", type=float, default=300)
+    p.add_argument("--soak-max-growth", type=int, default=1024)
+    p.add_argument("--soak-max-slope", type=float, default=64)
+    p.add_argument("--soak-idle", type=float, default=10)
+    p.add_argument("--soak-trim", type=int, default=1)
+    a = p.parse_args()
+    if not a.webhook_port:
+        raise SystemExit("the soak needs the webhook receiver "
+                         "(BENCH_WEBHOOKS=1)")
+
+    signal.signal(signal.SIGTERM, pb.on_signal)
+    signal.signal(signal.SIGINT, pb.on_signal)
+
+    s = Soak(a)
+    s.run()
+    text = s.report(a.header)
+    with open(a.out, "w") as f:
+        f.write(text)
+    print()
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()
