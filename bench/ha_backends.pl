@@ -24,7 +24,9 @@ use PayGW::Galera;
 my $out = shift or die "usage: $0 OUT.json\n";
 my $parent = getppid;
 my $rc = PayGW::Test::RedisCluster->start(no_wait => 1);
-my $g = PayGW::Test::Galera->start(no_wait => 1);
+# sized like the bench's single server, so that the ratio is the clusters'
+my $g = PayGW::Test::Galera->start(no_wait => 1,
+    extra_cnf => "$FindBin::Bin/../scripts/mysql-sized.cnf");
 $rc->ready;
 $g->ready;
 

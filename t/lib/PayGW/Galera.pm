@@ -58,7 +58,9 @@ use strict;
 use warnings;
 use File::Copy ();
 
-# start(nodes => 3, no_wait => 1): with no_wait, ->ready starts the nodes
+# start(nodes => 3, no_wait => 1, extra_cnf => FILE): with no_wait, ->ready
+# starts the nodes; extra_cnf is appended to each node's my.cnf (the bench:
+# scripts/mysql-sized.cnf, as its single server has)
 sub start {
     my ($class, %o) = @_;
     my $self = bless {n => $o{nodes} // 3, nodes => []}, $class;
@@ -101,6 +103,11 @@ wsrep_sst_receive_address = 127.0.0.1:$n->{sst}
 wsrep_sst_method         = mariabackup
 wsrep_sst_auth           = root:
 CNF
+        if ($o{extra_cnf}) {
+            open my $fh, '>>', "$n->{dir}/my.cnf" or die "$n->{dir}/my.cnf: $!\n";
+            print {$fh} "\n", PayGW::Test::_slurp($o{extra_cnf});
+            close $fh;
+        }
     }
     $self->{nodes}[0]->_spawn(no_wait => 1);
     return $o{no_wait} ? $self : $self->ready;
