@@ -273,34 +273,52 @@ ngx_http_paygw_hmac_keyed_sign(EVP_MAC_CTX *keyed, u_char *data, size_t len,
 }
 
 
-ngx_int_t
-ngx_http_paygw_webhook_sign(ngx_pool_t *pool, ngx_str_t *secret,
-    ngx_str_t *id, ngx_str_t *ts, ngx_str_t *body, ngx_str_t *sig)
-{
-    u_char     *p;
-    ngx_str_t   b64, key, content, mac;
-    u_char      md[32];
+/* a Standard Webhooks secret "whsec_<base64>", keyed once per process */
 
-    /* the key is the base64 after "whsec_" */
+EVP_MAC_CTX *
+ngx_http_paygw_webhook_key(ngx_pool_t *pool, ngx_str_t *secret)
+{
+    ngx_str_t     b64, key;
+    EVP_MAC_CTX  *keyed;
 
     if (secret->len <= 6 || ngx_strncmp(secret->data, "whsec_", 6) != 0) {
-        return NGX_DECLINED;
+        return NULL;
     }
 
     b64.data = secret->data + 6;
     b64.len = secret->len - 6;
 
     key.data = ngx_pnalloc(pool, ngx_base64_decoded_length(b64.len));
+    if (key.data == NULL) {
+        return NULL;
+    }
+
+    if (ngx_decode_base64(&key, &b64) != NGX_OK) {
+        return NULL;
+    }
+
+    keyed = ngx_http_paygw_hmac_keyed(&key);
+
+    OPENSSL_cleanse(key.data, key.len);
+
+    return keyed;
+}
+
+
+ngx_int_t
+ngx_http_paygw_webhook_sign(ngx_pool_t *pool, EVP_MAC_CTX *keyed,
+    ngx_str_t *id, ngx_str_t *ts, ngx_str_t *body, ngx_str_t *sig)
+{
+    u_char     *p;
+    ngx_str_t   b64, content, mac;
+    u_char      md[32];
+
     content.len = id->len + ts->len + body->len + 2;
     content.data = ngx_pnalloc(pool, content.len);
     sig->data = ngx_pnalloc(pool, 3 + ngx_base64_encoded_length(32));
 
-    if (key.data == NULL || content.data == NULL || sig->data == NULL) {
+    if (content.data == NULL || sig->data == NULL) {
         return NGX_ERROR;
-    }
-
-    if (ngx_decode_base64(&key, &b64) != NGX_OK) {
-        return NGX_DECLINED;
     }
 
     p = ngx_cpymem(content.data, id->data, id->len);
@@ -309,7 +327,9 @@ ngx_http_paygw_webhook_sign(ngx_pool_t *pool, ngx_str_t *secret,
     *p++ = '.';
     ngx_memcpy(p, body->data, body->len);
 
-    if (ngx_http_paygw_hmac_sha256(&key, &content, md) != NGX_OK) {
+    if (ngx_http_paygw_hmac_keyed_sign(keyed, content.data, content.len, md)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 

@@ -28,7 +28,8 @@ ngx_int_t ngx_http_paygw_hmac_sha256(ngx_str_t *key, ngx_str_t *data,
 EVP_MAC_CTX *ngx_http_paygw_hmac_keyed(ngx_str_t *key);
 ngx_int_t ngx_http_paygw_hmac_keyed_sign(EVP_MAC_CTX *keyed, u_char *data,
     size_t len, u_char *mac);
-ngx_int_t ngx_http_paygw_webhook_sign(ngx_pool_t *pool, ngx_str_t *secret,
+EVP_MAC_CTX *ngx_http_paygw_webhook_key(ngx_pool_t *pool, ngx_str_t *secret);
+ngx_int_t ngx_http_paygw_webhook_sign(ngx_pool_t *pool, EVP_MAC_CTX *keyed,
     ngx_str_t *id, ngx_str_t *ts, ngx_str_t *body, ngx_str_t *sig);
 ngx_int_t ngx_http_paygw_alipay_canonical(ngx_pool_t *pool,
     ngx_array_t *params, ngx_uint_t keep_sign_type, ngx_str_t *out);

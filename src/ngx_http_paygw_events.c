@@ -609,7 +609,15 @@ ngx_http_paygw_deliver_sign(ngx_http_request_t *r,
     ev->signature.len = 0;
 
     for (i = 0; i < s->nsecrets; i++) {
-        if (ngx_http_paygw_webhook_sign(r->pool, &s->secrets[i],
+        if (s->keyed[i] == NULL) {
+            s->keyed[i] = ngx_http_paygw_webhook_key(r->pool,
+                                                     &s->secrets[i]);
+            if (s->keyed[i] == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
+        if (ngx_http_paygw_webhook_sign(r->pool, s->keyed[i],
                                         &ev->event_id, &ev->timestamp,
                                         &ev->payload, &sig[i])
             != NGX_OK)

@@ -38,6 +38,8 @@ typedef struct {
     ngx_msec_t                    payer_window;
     ngx_flag_t                    blocklists;
     ngx_str_t                     card_key;         /* card fingerprints */
+    EVP_MAC_CTX                  *card_hmac;        /* keyed: per process,
+                                                       on first use */
 } ngx_http_paygw_risk_t;
 
 
@@ -393,10 +395,19 @@ ngx_http_paygw_risk_payer(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
     /* the card's fingerprint: keyed, so it cannot be reversed to a PAN */
 
     if (ctx->payment.card_number.len && risk->card_key.len) {
-        if (HMAC(ngx_http_paygw_sha256(), risk->card_key.data,
-                 risk->card_key.len,
-                 ctx->payment.card_number.data, ctx->payment.card_number.len,
-                 mac, &len) == NULL)
+        if (risk->card_hmac == NULL) {
+            risk->card_hmac = ngx_http_paygw_hmac_keyed(&risk->card_key);
+            if (risk->card_hmac == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
+        len = 32;
+
+        if (ngx_http_paygw_hmac_keyed_sign(risk->card_hmac,
+                                           ctx->payment.card_number.data,
+                                           ctx->payment.card_number.len, mac)
+            != NGX_OK)
         {
             return NGX_ERROR;
         }

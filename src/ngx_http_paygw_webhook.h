@@ -12,6 +12,7 @@
 
 #include "ngx_http_paygw_types.h"
 #include "ngx_http_paygw_self.h"
+#include <openssl/evp.h>
 
 
 #define NGX_HTTP_PAYGW_API_DELIVER      30  /* one delivery round */
@@ -33,6 +34,9 @@ typedef struct {
     ngx_str_t                     merchant_id;
     ngx_uint_t                    nsecrets;
     ngx_str_t                     secrets[NGX_HTTP_PAYGW_WH_MAX_SECRETS];
+    EVP_MAC_CTX                  *keyed[NGX_HTTP_PAYGW_WH_MAX_SECRETS];
+                                                 /* per process, on first
+                                                    use */
 } ngx_http_paygw_wh_secret_t;
 
 

@@ -679,8 +679,9 @@ ngx_http_paygw_test_arg(json_t *spec, const char *name, ngx_str_t *v)
 static json_t *
 ngx_http_paygw_test_crypto_op(ngx_http_request_t *r, json_t *spec)
 {
-    ngx_int_t   rc;
-    ngx_str_t   op, a, b, c, d, out;
+    ngx_int_t     rc;
+    ngx_str_t     op, a, b, c, d, out;
+    EVP_MAC_CTX  *keyed;
 
     ngx_http_paygw_test_arg(spec, "op", &op);
 
@@ -716,11 +717,17 @@ ngx_http_paygw_test_crypto_op(ngx_http_request_t *r, json_t *spec)
         ngx_http_paygw_test_arg(spec, "timestamp", &c);
         ngx_http_paygw_test_arg(spec, "body", &d);
 
-        if (ngx_http_paygw_webhook_sign(r->pool, &a, &b, &c, &d, &out)
-            != NGX_OK)
+        keyed = ngx_http_paygw_webhook_key(r->pool, &a);
+
+        if (keyed == NULL
+            || ngx_http_paygw_webhook_sign(r->pool, keyed, &b, &c, &d, &out)
+               != NGX_OK)
         {
+            EVP_MAC_CTX_free(keyed);
             return json_pack("{s:s}", "error", "secret");
         }
+
+        EVP_MAC_CTX_free(keyed);
 
         return json_pack("{s:s%}", "signature", out.data, out.len);
     }
