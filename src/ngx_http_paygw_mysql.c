@@ -1101,10 +1101,27 @@ ngx_http_paygw_mysql_wait(ngx_http_paygw_mysql_conn_t *mc, int status)
 static ngx_int_t
 ngx_http_paygw_mysql_watch(ngx_http_paygw_mysql_conn_t *mc)
 {
+    return ngx_http_paygw_mysql_socket(mc->mysql, mc, &mc->c,
+                                       ngx_http_paygw_mysql_read_handler,
+                                       ngx_http_paygw_mysql_write_handler);
+}
+
+
+/*
+ * Connector/C's socket as an nginx connection, so that its readiness
+ * comes through nginx's event loop; *cp is set before the connection is
+ * added, so the caller's close finds it even when the add fails.
+ * Shared by the pool's connections and the health check's probes.
+ */
+
+ngx_int_t
+ngx_http_paygw_mysql_socket(MYSQL *mysql, void *data, ngx_connection_t **cp,
+    ngx_event_handler_pt read, ngx_event_handler_pt write)
+{
     ngx_socket_t       fd;
     ngx_connection_t  *c;
 
-    fd = (ngx_socket_t) mysql_get_socket(mc->mysql);
+    fd = (ngx_socket_t) mysql_get_socket(mysql);
 
     if (fd == (ngx_socket_t) -1) {
         return NGX_ERROR;
@@ -1115,21 +1132,76 @@ ngx_http_paygw_mysql_watch(ngx_http_paygw_mysql_conn_t *mc)
         return NGX_ERROR;
     }
 
-    c->data = mc;
+    c->data = data;
     c->log = ngx_cycle->log;
     c->read->log = c->log;
     c->write->log = c->log;
-    c->read->handler = ngx_http_paygw_mysql_read_handler;
-    c->write->handler = ngx_http_paygw_mysql_write_handler;
+    c->read->handler = read;
+    c->write->handler = write;
     c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
 
-    mc->c = c;
+    *cp = c;
 
     if (ngx_add_conn && ngx_add_conn(c) == NGX_ERROR) {
         return NGX_ERROR;
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * Forget the nginx side of Connector/C's socket before mysql_close():
+ * the library closes the socket itself.  mysql_close() is a blocking
+ * call: it writes COM_QUIT and may wait on the socket, so the socket is
+ * shut down first, whatever the state, and it cannot wait in a worker
+ * (the server sees the connection end without COM_QUIT: "Aborted
+ * connection" in its log, nothing more).
+ */
+
+void
+ngx_http_paygw_mysql_unwatch(ngx_connection_t *c)
+{
+    ngx_socket_t  fd;
+
+    fd = c->fd;
+
+    if (c->read->timer_set) {
+        ngx_del_timer(c->read);
+    }
+
+    if (c->write->timer_set) {
+        ngx_del_timer(c->write);
+    }
+
+    if (ngx_del_conn) {
+        ngx_del_conn(c, NGX_CLOSE_EVENT);
+
+    } else {
+        if (c->read->active || c->read->disabled) {
+            ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+        }
+
+        if (c->write->active || c->write->disabled) {
+            ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+        }
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    c->read->closed = 1;
+    c->write->closed = 1;
+
+    ngx_free_connection(c);
+    c->fd = (ngx_socket_t) -1;
+
+    (void) shutdown(fd, SHUT_RDWR);
 }
 
 
@@ -1278,8 +1350,6 @@ ngx_http_paygw_mysql_resume(ngx_http_paygw_mysql_conn_t *mc, int events)
 void
 ngx_http_paygw_mysql_close(ngx_http_paygw_mysql_conn_t *mc)
 {
-    ngx_socket_t                 fd;
-    ngx_connection_t            *c;
     ngx_http_paygw_mysql_srv_t  *srv;
 
     srv = mc->srv;
@@ -1296,57 +1366,8 @@ ngx_http_paygw_mysql_close(ngx_http_paygw_mysql_conn_t *mc)
         ngx_del_timer(&mc->lib_timer);
     }
 
-    c = mc->c;
-
-    if (c) {
-        fd = c->fd;
-
-        if (c->read->timer_set) {
-            ngx_del_timer(c->read);
-        }
-
-        if (c->write->timer_set) {
-            ngx_del_timer(c->write);
-        }
-
-        /* the library closes the socket: only forget it here */
-
-        if (ngx_del_conn) {
-            ngx_del_conn(c, NGX_CLOSE_EVENT);
-
-        } else {
-            if (c->read->active || c->read->disabled) {
-                ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
-            }
-
-            if (c->write->active || c->write->disabled) {
-                ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
-            }
-        }
-
-        if (c->read->posted) {
-            ngx_delete_posted_event(c->read);
-        }
-
-        if (c->write->posted) {
-            ngx_delete_posted_event(c->write);
-        }
-
-        c->read->closed = 1;
-        c->write->closed = 1;
-
-        ngx_free_connection(c);
-        c->fd = (ngx_socket_t) -1;
-
-        /*
-         * mysql_close() is a blocking call: it writes COM_QUIT and may
-         * wait on the socket.  Shut the socket down first, whatever the
-         * state, so that it cannot wait in a worker (the server sees the
-         * connection end without COM_QUIT: "Aborted connection" in its
-         * log, nothing more).
-         */
-
-        (void) shutdown(fd, SHUT_RDWR);
+    if (mc->c) {
+        ngx_http_paygw_mysql_unwatch(mc->c);
     }
 
     mysql_close(mc->mysql);

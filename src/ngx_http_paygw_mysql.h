@@ -150,6 +150,10 @@ void ngx_http_paygw_mysql_reason(ngx_http_paygw_mysql_op_t *op,
     ngx_str_t *reason);
 ngx_int_t ngx_http_paygw_mysql_send(ngx_http_request_t *r,
     ngx_http_paygw_mysql_op_t *op);
+ngx_int_t ngx_http_paygw_mysql_socket(MYSQL *mysql, void *data,
+    ngx_connection_t **cp, ngx_event_handler_pt read,
+    ngx_event_handler_pt write);
+void ngx_http_paygw_mysql_unwatch(ngx_connection_t *c);
 
 /* ngx_http_paygw_sql.c: the text sent to the server */
 ngx_int_t ngx_http_paygw_sql_render(MYSQL *mysql, ngx_pool_t *pool,

@@ -419,35 +419,9 @@ ngx_http_paygw_mysql_probe_rows(ngx_http_paygw_mysql_probe_t *pr)
 static ngx_int_t
 ngx_http_paygw_mysql_probe_watch(ngx_http_paygw_mysql_probe_t *pr)
 {
-    ngx_socket_t       fd;
-    ngx_connection_t  *c;
-
-    fd = (ngx_socket_t) mysql_get_socket(pr->mysql);
-
-    if (fd == (ngx_socket_t) -1) {
-        return NGX_ERROR;
-    }
-
-    c = ngx_get_connection(fd, ngx_cycle->log);
-    if (c == NULL) {
-        return NGX_ERROR;
-    }
-
-    c->data = pr;
-    c->log = ngx_cycle->log;
-    c->read->log = c->log;
-    c->write->log = c->log;
-    c->read->handler = ngx_http_paygw_mysql_probe_event;
-    c->write->handler = ngx_http_paygw_mysql_probe_event;
-    c->number = ngx_atomic_fetch_add(ngx_connection_counter, 1);
-
-    pr->c = c;
-
-    if (ngx_add_conn && ngx_add_conn(c) == NGX_ERROR) {
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
+    return ngx_http_paygw_mysql_socket(pr->mysql, pr, &pr->c,
+                                       ngx_http_paygw_mysql_probe_event,
+                                       ngx_http_paygw_mysql_probe_event);
 }
 
 
@@ -551,9 +525,6 @@ ngx_http_paygw_mysql_probe_done(ngx_http_paygw_mysql_probe_t *pr,
 static void
 ngx_http_paygw_mysql_probe_close(ngx_http_paygw_mysql_probe_t *pr)
 {
-    ngx_socket_t       fd;
-    ngx_connection_t  *c;
-
     if (pr->timer.timer_set) {
         ngx_del_timer(&pr->timer);
     }
@@ -566,40 +537,8 @@ ngx_http_paygw_mysql_probe_close(ngx_http_paygw_mysql_probe_t *pr)
         mysql_free_result(pr->ret_res);
     }
 
-    c = pr->c;
-
-    if (c) {
-        fd = c->fd;
-
-        if (ngx_del_conn) {
-            ngx_del_conn(c, NGX_CLOSE_EVENT);
-
-        } else {
-            if (c->read->active || c->read->disabled) {
-                ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
-            }
-
-            if (c->write->active || c->write->disabled) {
-                ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
-            }
-        }
-
-        if (c->read->posted) {
-            ngx_delete_posted_event(c->read);
-        }
-
-        if (c->write->posted) {
-            ngx_delete_posted_event(c->write);
-        }
-
-        c->read->closed = 1;
-        c->write->closed = 1;
-
-        ngx_free_connection(c);
-        c->fd = (ngx_socket_t) -1;
-
-        /* as the driver does: mysql_close() must not wait on the socket */
-        (void) shutdown(fd, SHUT_RDWR);
+    if (pr->c) {
+        ngx_http_paygw_mysql_unwatch(pr->c);
     }
 
     mysql_close(pr->mysql);
