@@ -77,6 +77,9 @@ static ngx_int_t ngx_http_paygw_deliver_done(ngx_http_request_t *r,
     void *data, ngx_int_t rc);
 static ngx_int_t ngx_http_paygw_deliver_batch(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_uint_t ngx_http_paygw_deliver_ok(ngx_http_paygw_wh_event_t *ev);
+static ngx_uint_t ngx_http_paygw_deliver_skipped(
+    ngx_http_paygw_wh_event_t *ev);
 static const char *ngx_http_paygw_deliver_outcome(
     ngx_http_paygw_webhook_conf_t *wc, ngx_http_paygw_wh_event_t *ev,
     ngx_msec_t *delay);
@@ -849,13 +852,17 @@ ngx_http_paygw_deliver_record(ngx_http_request_t *r,
 }
 
 
-/* the delivered events, a statement per status (200 mostly) */
+/*
+ * The events delivered, a statement per HTTP status (200 mostly), and
+ * the events skipped (no destination: streamed only), a statement per
+ * stream flag; the rest one statement each.
+ */
 
 static ngx_int_t
 ngx_http_paygw_deliver_batch(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_uint_t                   i, j, n;
+    ngx_uint_t                   i, j, n, skipped;
     ngx_http_paygw_wh_round_t   *rd;
     ngx_http_paygw_wh_event_t   *ev, *e, **evs;
 
@@ -872,9 +879,10 @@ ngx_http_paygw_deliver_batch(ngx_http_request_t *r,
 
     for (i = 0; i < rd->nevents; i++) {
         ev = &rd->events[i];
+        skipped = ngx_http_paygw_deliver_skipped(ev);
 
-        if (ev->recorded || !ev->send || ev->status < 200
-            || ev->status >= 300)
+        if (ev->recorded
+            || !(skipped || ngx_http_paygw_deliver_ok(ev)))
         {
             continue;
         }
@@ -884,16 +892,21 @@ ngx_http_paygw_deliver_batch(ngx_http_request_t *r,
         for (j = i; j < rd->nevents; j++) {
             e = &rd->events[j];
 
-            if (!e->recorded && e->send && e->status == ev->status
-                && e->streamed == ev->streamed)
+            if (!e->recorded && e->streamed == ev->streamed
+                && (skipped ? ngx_http_paygw_deliver_skipped(e)
+                            : ngx_http_paygw_deliver_ok(e)
+                              && e->status == ev->status))
             {
                 e->recorded = 1;
                 evs[n++] = e;
             }
         }
 
-        if (ngx_http_paygw_store_events_delivered(ctx->mysql, &rd->owner,
-                                                  evs, n)
+        if ((skipped
+             ? ngx_http_paygw_store_events_skipped(ctx->mysql, &rd->owner,
+                                                   evs, n)
+             : ngx_http_paygw_store_events_delivered(ctx->mysql,
+                                                     &rd->owner, evs, n))
             != NGX_OK)
         {
             return NGX_ERROR;
@@ -901,6 +914,22 @@ ngx_http_paygw_deliver_batch(ngx_http_request_t *r,
     }
 
     return NGX_OK;
+}
+
+
+static ngx_uint_t
+ngx_http_paygw_deliver_ok(ngx_http_paygw_wh_event_t *ev)
+{
+    return ev->send && ev->status >= 200 && ev->status < 300;
+}
+
+
+/* not sent, and nothing to record but that (see deliver_outcome) */
+
+static ngx_uint_t
+ngx_http_paygw_deliver_skipped(ngx_http_paygw_wh_event_t *ev)
+{
+    return !ev->send && !ev->disabled && !ev->refused;
 }
 
 

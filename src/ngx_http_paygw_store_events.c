@@ -28,6 +28,12 @@
 #include "ngx_http_paygw_webhook.h"
 
 
+static ngx_int_t ngx_http_paygw_store_events_in(
+    ngx_http_paygw_mysql_op_t *op, const char *head, size_t len,
+    int64_t status, ngx_str_t *owner, ngx_http_paygw_wh_event_t **evs,
+    ngx_uint_t n);
+
+
 #define ngx_paygw_iso(col)                                                   \
     "DATE_FORMAT(" col ", '%Y-%m-%dT%H:%i:%sZ')"
 
@@ -161,37 +167,66 @@ ngx_http_paygw_store_event_result(ngx_http_paygw_mysql_op_t *op,
 
 
 /*
- * Events delivered with the same status (and stream flag): one
- * statement for all of them, the common case of a round.  The text is
- * ours: only the number of placeholders depends on the round.
+ * Events of a round with one outcome (and stream flag): one statement
+ * for all of them, the common case of a round: delivered with the same
+ * HTTP status, or skipped (no destination: the stream only).  The text
+ * is ours: only the number of placeholders depends on the round.
  */
+
+#define NGX_HTTP_PAYGW_EV_RELEASE                                            \
+    "streamed = GREATEST(streamed, ?), "                                     \
+    "lease_owner = NULL, lease_until = NULL "                                \
+    "WHERE lease_owner = ? AND id IN (?"
+
 
 ngx_int_t
 ngx_http_paygw_store_events_delivered(ngx_http_paygw_mysql_op_t *op,
     ngx_str_t *owner, ngx_http_paygw_wh_event_t **evs, ngx_uint_t n)
 {
-    u_char                     *sql, *p;
-    size_t                      len;
-    ngx_uint_t                  i;
-    ngx_http_paygw_sql_stmt_t  *s;
-
     static const char  head[] =
         "UPDATE outbox_events FORCE INDEX (PRIMARY) "
         "SET status = 'delivered', attempts = attempts + 1, "
         "last_status = ?, last_error = NULL, "
         "last_attempt_at = NOW(3), delivered_at = NOW(3), "
-        "streamed = GREATEST(streamed, ?), "
-        "lease_owner = NULL, lease_until = NULL "
-        "WHERE lease_owner = ? AND id IN (?";
+        NGX_HTTP_PAYGW_EV_RELEASE;
 
-    len = sizeof(head) - 1 + 3 * n + 2;
+    return ngx_http_paygw_store_events_in(op, head, sizeof(head) - 1,
+                                          evs[0]->status, owner, evs, n);
+}
 
-    sql = ngx_pnalloc(op->pool, len);
+
+ngx_int_t
+ngx_http_paygw_store_events_skipped(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *owner, ngx_http_paygw_wh_event_t **evs, ngx_uint_t n)
+{
+    static const char  head[] =
+        "UPDATE outbox_events FORCE INDEX (PRIMARY) "
+        "SET status = 'skipped', last_error = NULL, "
+        "next_attempt_at = NOW(3), "
+        NGX_HTTP_PAYGW_EV_RELEASE;
+
+    return ngx_http_paygw_store_events_in(op, head, sizeof(head) - 1, -1,
+                                          owner, evs, n);
+}
+
+
+/* head ends in "id IN (?": one more ", ?" per event after the first */
+
+static ngx_int_t
+ngx_http_paygw_store_events_in(ngx_http_paygw_mysql_op_t *op,
+    const char *head, size_t len, int64_t status, ngx_str_t *owner,
+    ngx_http_paygw_wh_event_t **evs, ngx_uint_t n)
+{
+    u_char                     *sql, *p;
+    ngx_uint_t                  i;
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    sql = ngx_pnalloc(op->pool, len + 3 * n + 2);
     if (sql == NULL) {
         return NGX_ERROR;
     }
 
-    p = ngx_cpymem(sql, head, sizeof(head) - 1);
+    p = ngx_cpymem(sql, head, len);
 
     for (i = 1; i < n; i++) {
         p = ngx_cpymem(p, ", ?", 3);
@@ -202,7 +237,8 @@ ngx_http_paygw_store_events_delivered(ngx_http_paygw_mysql_op_t *op,
 
     s = ngx_http_paygw_mysql_add(op, (const char *) sql);
     if (s == NULL
-        || ngx_http_paygw_sql_int(op, s, evs[0]->status) != NGX_OK
+        || (status >= 0
+            && ngx_http_paygw_sql_int(op, s, status) != NGX_OK)
         || ngx_http_paygw_sql_int(op, s, evs[0]->streamed) != NGX_OK
         || ngx_http_paygw_sql_str(op, s, owner) != NGX_OK)
     {

@@ -132,6 +132,9 @@ ngx_int_t ngx_http_paygw_store_event_result(ngx_http_paygw_mysql_op_t *op,
 ngx_int_t ngx_http_paygw_store_events_delivered(
     ngx_http_paygw_mysql_op_t *op, ngx_str_t *owner,
     ngx_http_paygw_wh_event_t **evs, ngx_uint_t n);
+ngx_int_t ngx_http_paygw_store_events_skipped(
+    ngx_http_paygw_mysql_op_t *op, ngx_str_t *owner,
+    ngx_http_paygw_wh_event_t **evs, ngx_uint_t n);
 ngx_int_t ngx_http_paygw_store_housekeeping(ngx_http_paygw_mysql_op_t *op,
     time_t retention);
 ngx_int_t ngx_http_paygw_store_list_events(ngx_http_paygw_mysql_op_t *op,

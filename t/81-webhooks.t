@@ -191,6 +191,27 @@ ok(wait_until(sub { scalar requests_for($first) }, timeout => 10),
 is($gw->api(POST => "/v1/events/Enope/redeliver", idempotency_key => "rd2-$$")->{status},
    404, 'redeliver an unknown event: 404');
 
+# ---- no destination: streamed, recorded skipped (one statement per round) ------
+
+{
+    my @nos = map { $_->{json}{payment_no} } map { $gw->create } 1 .. 3;
+    is(scalar(grep { defined } @nos), 3, 'three creates without a notify_url');
+    my $rows = sub {
+        join ',', map { $gw->sql1("SELECT CONCAT(status, ' ', attempts, ' ', "
+                                  . "streamed, ' ', COALESCE(last_error, '-'), ' ', "
+                                  . "ISNULL(lease_owner)) FROM outbox_events "
+                                  . "WHERE object_no = " . sql_quote($_)) } @nos;
+    };
+    ok(wait_until(sub { $rows->() eq join ',', ('skipped 0 1 - 1') x 3 },
+                  timeout => 20),
+       'their events: skipped, no attempt, streamed, no error, lease released')
+        or diag $rows->();
+    my $stream = $gw->redis->cli('XRANGE', 'paygw:events', '-', '+');
+    my $seen = grep { my $id = (event_of($_, 'payment.succeeded') // {})->{event_id};
+                      $id && $stream =~ /^\Q$id\E$/m } @nos;
+    is($seen, 3, '... and each is in paygw:events');
+}
+
 # ---- the stream -----------------------------------------------------------------
 
 my $types = $gw->redis->cli('XRANGE', 'paygw:events', '-', '+');
