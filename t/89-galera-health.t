@@ -178,8 +178,15 @@ sleep 2.5;    # two more rounds of the 1 s check
 is(cluster()->{writer}, 2, '... and the writes stay on node 2 (sticky)');
 is(pool_nodes(), '2', "... so do every worker's connections");
 
-# no node synced: nothing better to write to, the writer stays, not ready
-$g->node($_)->sql('SET GLOBAL wsrep_desync = ON') for 0 .. 2;
+# no node synced: nothing better to write to, the writer stays, not ready.
+# The other two first, seen by the check, then the writer: desynced in
+# another order, a check between two of the statements could rightly move
+# the writes to a node still synced (seen once under ASan).
+$g->node($_)->sql('SET GLOBAL wsrep_desync = ON') for 0, 2;
+ok(wait_until(sub { states() eq 'not_synced,synced,not_synced' },
+              timeout => 10), 'nodes 1 and 3 desynced first: the writer stays')
+    or diag(readyz()->{body});
+$g->node(1)->sql('SET GLOBAL wsrep_desync = ON');
 ok(wait_until(sub { states() eq 'not_synced,not_synced,not_synced' },
               timeout => 10), 'all three desynced: shown not_synced')
     or diag(readyz()->{body});

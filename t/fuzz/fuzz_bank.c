@@ -65,11 +65,15 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     ngx_uint_t                       mode, which, sign;
     ngx_http_request_t              *r;
     ngx_http_paygw_ctx_t            *ctx;
-    ngx_http_paygw_channel_t         ch;
     ngx_http_paygw_outcome_pt        outcome[4];
     ngx_http_paygw_provider_call_t  *pc;
 
-    static ngx_uint_t  statuses[] = { 200, 402, 404, 401 };
+    /*
+     * one channel for the run, as a worker has: it keeps the secret's
+     * keyed HMAC state from the first input on
+     */
+    static ngx_http_paygw_channel_t  ch;
+    static ngx_uint_t                statuses[] = { 200, 402, 404, 401 };
 
     if (size < 1) {
         return 0;
@@ -83,11 +87,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     r = fz_request(NULL, NULL);
 
-    ngx_memzero(&ch, sizeof(ch));
-    ngx_str_set(&ch.name, "bank_card");
-    ngx_str_set(&ch.merchant, "M-1001");
-    ch.secret = fz_secret;
-    ch.provider = &ngx_http_paygw_bank_provider;
+    if (ch.provider == NULL) {
+        ngx_str_set(&ch.name, "bank_card");
+        ngx_str_set(&ch.merchant, "M-1001");
+        ch.secret = fz_secret;
+        ch.provider = &ngx_http_paygw_bank_provider;
+    }
 
     ctx = fz_provider_ctx(r, &ch, "/v1/charges", statuses[(mode >> 4) & 3],
                           fz_copy(in.data, in.len), in.len);
