@@ -505,7 +505,12 @@ case "${1:-}" in
         banner
         ;;
     stop)
-        for c in nginx sim $(backends); do stop_one "$c"; done
+        # whatever was started, single servers or clusters (PAYGW_HA=1
+        # make run, then a plain make stop): every pid file under run/
+        for c in nginx sim $(backends) $(cd "$run" 2>/dev/null \
+                && ls mysql*.pid redis*.pid 2>/dev/null | sed 's/\.pid$//'); do
+            stop_one "$c"
+        done
         ;;
     status)
         status
