@@ -437,19 +437,6 @@ ngx_http_paygw_store_settle_refund(ngx_http_request_t *r,
 }
 
 
-/*
- * The payment's reservation is given back only while the refund is
- * open: when the request and the settler settle one refund at once, the
- * second finds it settled, changes nothing and rolls back as a conflict
- * (before, its payment update ran first and tripped chk_refunds, an
- * error in the log for a race that is expected).
- */
-
-#define NGX_HTTP_PAYGW_REFUND_OPEN                                           \
-    "AND EXISTS (SELECT 1 FROM refunds WHERE out_refund_no = ? "             \
-    "AND status IN ('pending', 'unknown'))"
-
-
 static ngx_int_t
 ngx_http_paygw_store_refund_payment(ngx_http_paygw_mysql_op_t *op,
     ngx_http_paygw_refund_t *rf, ngx_uint_t succeeded)
@@ -465,7 +452,7 @@ ngx_http_paygw_store_refund_payment(ngx_http_paygw_mysql_op_t *op,
                 "status = IF(refunded_amount >= amount, 'refunded', "
                 "'partially_refunded'), version = version + 1, "
                 "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
-                "WHERE payment_no = ? " NGX_HTTP_PAYGW_REFUND_OPEN);
+                "WHERE payment_no = ?");
 
         if (s == NULL
             || ngx_http_paygw_sql_int(op, s, rf->amount) != NGX_OK)
@@ -478,7 +465,7 @@ ngx_http_paygw_store_refund_payment(ngx_http_paygw_mysql_op_t *op,
                 "UPDATE payments SET refund_reserved = refund_reserved - ?, "
                 "version = version + 1, "
                 "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
-                "WHERE payment_no = ? " NGX_HTTP_PAYGW_REFUND_OPEN);
+                "WHERE payment_no = ?");
         if (s == NULL) {
             return NGX_ERROR;
         }
@@ -488,8 +475,7 @@ ngx_http_paygw_store_refund_payment(ngx_http_paygw_mysql_op_t *op,
 
     if (ngx_http_paygw_sql_int(op, s, rf->amount) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &rf->updated_at) != NGX_OK
-        || ngx_http_paygw_store_str(op, s, &rf->payment_no) != NGX_OK
-        || ngx_http_paygw_store_str(op, s, &rf->out_refund_no) != NGX_OK)
+        || ngx_http_paygw_store_str(op, s, &rf->payment_no) != NGX_OK)
     {
         return NGX_ERROR;
     }
