@@ -939,15 +939,17 @@ ngx_http_paygw_deliver_outcome(ngx_http_paygw_webhook_conf_t *wc,
 {
     *delay = 0;
 
-    if (!ev->send) {
-        if (ev->disabled) {
-            return "disabled";
-        }
+    /* the same tests as the round's batches (deliver_batch) */
 
-        return ev->refused ? "failed" : "skipped";
+    if (ngx_http_paygw_deliver_skipped(ev)) {
+        return "skipped";
     }
 
-    if (ev->status >= 200 && ev->status < 300) {
+    if (!ev->send) {
+        return ev->disabled ? "disabled" : "failed";
+    }
+
+    if (ngx_http_paygw_deliver_ok(ev)) {
         return "delivered";
     }
 
