@@ -171,6 +171,13 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
       0,
       NULL },
 
+    { ngx_string("paygw_webhook_peer"),
+      NGX_HTTP_UPS_CONF|NGX_CONF_ANY,
+      ngx_http_paygw_webhook_peer,
+      0,
+      0,
+      NULL },
+
     { ngx_string("paygw_webhook_allow_loopback"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_http_paygw_webhook_flag,

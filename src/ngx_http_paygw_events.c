@@ -353,7 +353,7 @@ ngx_http_paygw_deliver_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
             continue;
         }
 
-        rc = ngx_http_paygw_webhook_destination(wc, ev);
+        rc = ngx_http_paygw_webhook_destination(wc, ev, r->pool);
 
         if (rc == NGX_DECLINED) {
             ev->refused = 1;

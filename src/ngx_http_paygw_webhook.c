@@ -36,6 +36,8 @@ static void ngx_http_paygw_webhook_answer(ngx_http_paygw_self_t *self,
     u_char *text);
 static ngx_msec_t ngx_http_paygw_webhook_next(ngx_http_paygw_self_t *self,
     ngx_uint_t failed);
+static ngx_int_t ngx_http_paygw_webhook_port_uri(ngx_pool_t *pool,
+    ngx_http_paygw_wh_event_t *ev, u_char *colon, u_char *end, u_char *last);
 static ngx_int_t ngx_http_paygw_webhook_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 
@@ -48,7 +50,9 @@ static ngx_msec_t  ngx_http_paygw_webhook_default_retry[] = {
 static ngx_str_t  ngx_http_paygw_webhook_vars[] = {
     ngx_string("paygw_webhook_url"),
     ngx_string("paygw_webhook_host"),
-    ngx_string("paygw_webhook_authority")
+    ngx_string("paygw_webhook_authority"),
+    ngx_string("paygw_webhook_scheme"),
+    ngx_string("paygw_webhook_uri")
 };
 
 
@@ -534,6 +538,59 @@ ngx_http_paygw_webhook_delay(ngx_http_paygw_webhook_conf_t *wc,
 
 
 /*
+ * The port after the host (the scheme's by default), and the path and
+ * query the request goes to ($paygw_webhook_uri): "/" when the URL has
+ * none, the fragment left out.  colon: the host's ':' or NULL.
+ */
+
+static ngx_int_t
+ngx_http_paygw_webhook_port_uri(ngx_pool_t *pool,
+    ngx_http_paygw_wh_event_t *ev, u_char *colon, u_char *end, u_char *last)
+{
+    u_char     *p, *uri;
+    ngx_int_t   port;
+
+    if (colon) {
+        port = ngx_atoi(colon + 1, end - colon - 1);
+
+        if (port < 1 || port > 65535) {
+            ev->error = "not a valid port";
+            return NGX_DECLINED;
+        }
+
+        ev->port = (in_port_t) port;
+    }
+
+    p = ngx_strlchr(end, last, '#');
+    if (p) {
+        last = p;
+    }
+
+    if (end < last && *end == '/') {
+        ev->uri.data = end;
+        ev->uri.len = last - end;
+        return NGX_OK;
+    }
+
+    /* "https://host?q" is "https://host/?q" */
+
+    uri = ngx_pnalloc(pool, last - end + 1);
+    if (uri == NULL) {
+        ev->error = "the request could not be made";
+        return NGX_DECLINED;
+    }
+
+    uri[0] = '/';
+    ngx_memcpy(uri + 1, end, last - end);
+
+    ev->uri.data = uri;
+    ev->uri.len = last - end + 1;
+
+    return NGX_OK;
+}
+
+
+/*
  * Where an event may go: https:// (http:// only with allow_loopback)
  * to a host that is not a private, loopback, link-local or otherwise
  * special address.  An address literal is checked here (NGX_OK); a host
@@ -545,7 +602,7 @@ ngx_http_paygw_webhook_delay(ngx_http_paygw_webhook_conf_t *wc,
 
 ngx_int_t
 ngx_http_paygw_webhook_destination(ngx_http_paygw_webhook_conf_t *wc,
-    ngx_http_paygw_wh_event_t *ev)
+    ngx_http_paygw_wh_event_t *ev, ngx_pool_t *pool)
 {
     u_char              *p, *last, *host, *end;
     size_t               len;
@@ -558,6 +615,8 @@ ngx_http_paygw_webhook_destination(ngx_http_paygw_webhook_conf_t *wc,
     if (ev->url.len > 8
         && ngx_strncasecmp(p, (u_char *) "https://", 8) == 0)
     {
+        ngx_str_set(&ev->scheme, "https");
+        ev->port = 443;
         p += 8;
 
     } else if (ev->url.len > 7
@@ -568,6 +627,8 @@ ngx_http_paygw_webhook_destination(ngx_http_paygw_webhook_conf_t *wc,
             return NGX_DECLINED;
         }
 
+        ngx_str_set(&ev->scheme, "http");
+        ev->port = 80;
         p += 7;
 
     } else {
@@ -604,17 +665,28 @@ ngx_http_paygw_webhook_destination(ngx_http_paygw_webhook_conf_t *wc,
     ev->host.data = host;
     ev->host.len = len;
 
+    if (ngx_http_paygw_webhook_port_uri(pool, ev, p, end, last) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
     a = ngx_inet_addr(host, len);
 
     if (a != INADDR_NONE) {
         ngx_memzero(&sin, sizeof(struct sockaddr_in));
         sin.sin_family = AF_INET;
         sin.sin_addr.s_addr = a;
+        sin.sin_port = htons(ev->port);
 
         ev->error = ngx_http_paygw_webhook_address(wc,
                                                    (struct sockaddr *) &sin);
+        if (ev->error) {
+            return NGX_DECLINED;
+        }
 
-        return ev->error ? NGX_DECLINED : NGX_OK;
+        ngx_memcpy(&ev->sockaddr, &sin, sizeof(struct sockaddr_in));
+        ev->socklen = sizeof(struct sockaddr_in);
+
+        return NGX_OK;
     }
 
     if ((len == 9 && ngx_strncasecmp(host, (u_char *) "localhost", 9) == 0)
@@ -729,6 +801,16 @@ ngx_http_paygw_webhook_pin(ngx_pool_t *pool, ngx_http_paygw_wh_event_t *ev,
     size_t   n, scheme;
     u_char   text[NGX_SOCKADDR_STRLEN];
 
+    if (len > sizeof(ngx_sockaddr_t)) {
+        return NGX_ERROR;
+    }
+
+    /* the balancer's address (ngx_http_paygw_webhook_peer.c) */
+
+    ngx_memcpy(&ev->sockaddr, sa, len);
+    ev->socklen = len;
+    ngx_inet_set_port(&ev->sockaddr.sockaddr, ev->port);
+
     n = ngx_sock_ntop(sa, len, text, NGX_SOCKADDR_STRLEN, 0);
 
     scheme = ev->host.data - ev->url.data;
@@ -768,7 +850,9 @@ ngx_http_paygw_webhook_add_variables(ngx_conf_t *cf)
     ngx_uint_t            i;
     ngx_http_variable_t  *var;
 
-    for (i = 0; i < 3; i++) {
+    for (i = 0; i < sizeof(ngx_http_paygw_webhook_vars) / sizeof(ngx_str_t);
+         i++)
+    {
         var = ngx_http_add_variable(cf, &ngx_http_paygw_webhook_vars[i],
                                     NGX_HTTP_VAR_NOCACHEABLE);
         if (var == NULL) {
@@ -785,8 +869,10 @@ ngx_http_paygw_webhook_add_variables(ngx_conf_t *cf)
 
 /*
  * $paygw_webhook_url (with the checked address in place of a name),
- * $paygw_webhook_host (the name: proxy_ssl_name), and
- * $paygw_webhook_authority (host[:port]: the Host header)
+ * $paygw_webhook_host (the name: proxy_ssl_name),
+ * $paygw_webhook_authority (host[:port]: the Host header), and for the
+ * balancer (proxy_pass $paygw_webhook_scheme://UPSTREAM$paygw_webhook_uri)
+ * $paygw_webhook_scheme and $paygw_webhook_uri (path and query)
  */
 
 static ngx_int_t
@@ -803,7 +889,22 @@ ngx_http_paygw_webhook_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    s = (data == 0) ? &ev->url : (data == 1) ? &ev->host : &ev->authority;
+    switch (data) {
+    case 0:
+        s = &ev->url;
+        break;
+    case 1:
+        s = &ev->host;
+        break;
+    case 2:
+        s = &ev->authority;
+        break;
+    case 3:
+        s = &ev->scheme;
+        break;
+    default:
+        s = &ev->uri;
+    }
 
     v->data = s->data;
     v->len = s->len;

@@ -78,6 +78,11 @@ typedef struct {
     ngx_str_t                     signature;
     ngx_str_t                     host;          /* name, for SNI */
     ngx_str_t                     authority;     /* Host: header */
+    ngx_str_t                     scheme;        /* "http", "https" */
+    ngx_str_t                     uri;           /* path and query */
+    ngx_sockaddr_t                sockaddr;      /* the checked one */
+    socklen_t                     socklen;       /* 0: not yet known */
+    in_port_t                     port;
     ngx_uint_t                    status;        /* the receiver's */
     const char                   *error;         /* why not 2xx */
     ngx_msec_t                    start;
@@ -107,13 +112,18 @@ ngx_http_paygw_webhook_conf_t *ngx_http_paygw_webhook_conf(
 ngx_http_paygw_wh_secret_t *ngx_http_paygw_webhook_secret(
     ngx_http_paygw_webhook_conf_t *wc, ngx_str_t *merchant_id);
 ngx_int_t ngx_http_paygw_webhook_destination(
-    ngx_http_paygw_webhook_conf_t *wc, ngx_http_paygw_wh_event_t *ev);
+    ngx_http_paygw_webhook_conf_t *wc, ngx_http_paygw_wh_event_t *ev,
+    ngx_pool_t *pool);
 const char *ngx_http_paygw_webhook_address(
     ngx_http_paygw_webhook_conf_t *wc, struct sockaddr *sa);
 ngx_int_t ngx_http_paygw_webhook_pin(ngx_pool_t *pool,
     ngx_http_paygw_wh_event_t *ev, struct sockaddr *sa, socklen_t len);
 ngx_msec_t ngx_http_paygw_webhook_delay(ngx_http_paygw_webhook_conf_t *wc,
     ngx_uint_t attempts);
+
+/* ngx_http_paygw_webhook_peer.c: the balancer, kept connections */
+char *ngx_http_paygw_webhook_peer(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 /* ngx_http_paygw_events.c: the endpoints */
 ngx_int_t ngx_http_paygw_deliver(ngx_http_request_t *r,

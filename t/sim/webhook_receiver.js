@@ -2,6 +2,8 @@
 // A merchant's webhook endpoint for the tests (Node, built-in modules only).
 //
 //   node webhook_receiver.js --port P --secret whsec_... [--secret ...]
+//                            [--tls-cert PEM --tls-key PEM --query-port Q]
+// (https on P; /health and /deliveries also in plain http on Q)
 //
 // Every POST is checked per Standard Webhooks: webhook-id, -timestamp and
 // -signature ("v1,<base64 HMAC-SHA256(key, id.ts.body)>", one or more,
@@ -9,6 +11,8 @@
 // the behaviour, so one receiver serves every case of a test:
 //
 //   /hook/ok            200
+//   /hook/one-per-conn  200 to a connection's first request; a second one
+//                       on the same connection is dropped unanswered
 //   /hook/fail/N        500 for the first N attempts of each webhook-id
 //   /hook/status/S      answers S (e.g. 410)
 //   /hook/redirect      302 to /hook/ok (a sender must not follow it)
@@ -18,20 +22,29 @@
 //   /hook/big           200 with a 1 MB body
 //
 // GET /deliveries: {"requests":[{id, path, status, sig_ok, type, at,
-// parallel}], "counts": {webhook-id: attempts}, "parallel": N}
+// parallel, host, conn, sni}], "counts": {webhook-id: attempts}, "parallel": N}
 // (parallel: requests that arrived while another with the same
-// webhook-id was still being answered).  DELETE /deliveries clears it.
+// webhook-id was still being answered; connections: TCP connections
+// accepted, the queries' own included).  DELETE /deliveries clears it.
 'use strict';
 
 const http = require('http');
+const https = require('https');
+const fs = require('fs');
 const crypto = require('crypto');
 
 const args = process.argv.slice(2);
 let port = 0;
+let tlsCert = null;
+let tlsKey = null;
+let queryPort = 0;
 const secrets = [];
 for (let i = 0; i < args.length; i++) {
     if (args[i] === '--port') port = +args[++i];
     else if (args[i] === '--secret') secrets.push(args[++i]);
+    else if (args[i] === '--tls-cert') tlsCert = args[++i];
+    else if (args[i] === '--tls-key') tlsKey = args[++i];
+    else if (args[i] === '--query-port') queryPort = +args[++i];
 }
 const keys = secrets.map((s) => Buffer.from(s.replace(/^whsec_/, ''), 'base64'));
 
@@ -39,6 +52,7 @@ let requests = [];
 let counts = {};
 let inflight = {};
 let parallel = 0;
+let connections = 0;
 
 function verify(id, ts, sigs, body) {
     if (!id || !ts || !sigs) return false;
@@ -52,7 +66,7 @@ function verify(id, ts, sigs, body) {
         s.startsWith('v1,') && expected.includes(s.slice(3)));
 }
 
-const server = http.createServer((req, res) => {
+const handler = (req, res) => {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
     req.on('end', () => {
@@ -60,10 +74,10 @@ const server = http.createServer((req, res) => {
         if (url.pathname === '/health') { res.end('ok'); return; }
         if (url.pathname === '/deliveries') {
             if (req.method === 'DELETE') {
-                requests = []; counts = {}; parallel = 0;
+                requests = []; counts = {}; parallel = 0; connections = 0;
             }
             res.setHeader('Content-Type', 'application/json');
-            res.end(JSON.stringify({requests, counts, parallel}));
+            res.end(JSON.stringify({requests, counts, parallel, connections}));
             return;
         }
         const body = Buffer.concat(chunks);
@@ -76,7 +90,9 @@ const server = http.createServer((req, res) => {
                      type, at: Date.now(), parallel: false, status: 0,
                      ts_ok: Math.abs(Date.now() / 1000 - +ts) < 300,
                      content_type: req.headers['content-type'] || null,
-                     host: req.headers.host || null};
+                     host: req.headers.host || null,
+                     conn: req.socket.paygwConn,
+                     sni: req.socket.servername || null};
         requests.push(rec);
         counts[id] = (counts[id] || 0) + 1;
         if (inflight[id]) { rec.parallel = true; parallel++; }
@@ -96,6 +112,10 @@ const server = http.createServer((req, res) => {
         // p[0] == 'hook'
         switch (p[1]) {
         case 'ok': finish(200); break;
+        case 'one-per-conn':
+            // a server that drops a kept connection it was asked to reuse
+            req.socket.paygwRequests = (req.socket.paygwRequests || 0) + 1;
+            finish(req.socket.paygwRequests > 1 ? 0 : 200); break;
         case 'fail':
             finish(counts[id] <= +p[2] ? 500 : 200); break;
         case 'status': finish(+p[2]); break;
@@ -111,8 +131,18 @@ const server = http.createServer((req, res) => {
         default: finish(404);
         }
     });
-});
+};
 
+const server = tlsCert
+    ? https.createServer({cert: fs.readFileSync(tlsCert),
+                          key: fs.readFileSync(tlsKey)}, handler)
+    : http.createServer(handler);
+
+// TCP connections accepted (the sender's kept connections are reused)
+server.on(tlsCert ? 'secureConnection' : 'connection', (sock) => {
+    sock.paygwConn = ++connections;
+});
 server.keepAliveTimeout = 1000;
 server.listen(port, '127.0.0.1');
+if (tlsCert && queryPort) http.createServer(handler).listen(queryPort, '127.0.0.1');
 process.on('SIGTERM', () => process.exit(0));

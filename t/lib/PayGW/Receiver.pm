@@ -20,30 +20,41 @@ sub start {
     my $dir = PayGW::Test::_mkdir('receiver');
     my $self = bless {dir => $dir, log => "$dir/receiver.log",
                       port => $o{port} // PayGW::Test::free_port(),
-                      secrets => $o{secrets} // []}, $class;
+                      secrets => $o{secrets} // [],
+                      tls => $o{tls}}, $class;
+    $self->{query_port} = $o{tls} ? PayGW::Test::free_port() : $self->{port};
     return $self->_spawn(%o);
 }
 
+# tls => [CERT_PEM, KEY_PEM]: https; /health and /deliveries are then
+# also served in plain http on query_port (the tests' client has no TLS)
 sub _command {
     my ($self) = @_;
     return ('node', "$PayGW::Test::REPO/t/sim/webhook_receiver.js",
             '--port', $self->{port},
-            map { ('--secret', $_) } @{ $self->{secrets} });
+            map({ ('--secret', $_) } @{ $self->{secrets} }),
+            $self->{tls} ? ('--tls-cert', $self->{tls}[0],
+                            '--tls-key', $self->{tls}[1],
+                            '--query-port', $self->{query_port}) : ());
 }
 
 sub _ready {
     my ($self) = @_;
     return PayGW::Test::_port_open($self->{port})
-        && PayGW::Test::http(GET => $self->url('/health'), timeout => 2)
+        && PayGW::Test::http(GET => $self->qurl('/health'), timeout => 2)
                ->{status} == 200;
 }
 
-sub url { "http://127.0.0.1:$_[0]{port}" . ($_[1] // '') }
+sub url {
+    ($_[0]{tls} ? 'https' : 'http') . "://127.0.0.1:$_[0]{port}" . ($_[1] // '')
+}
+
+sub qurl { "http://127.0.0.1:$_[0]{query_port}" . ($_[1] // '') }
 
 # {requests => [{id, path, status, sig_ok, ts_ok, type, parallel}],
 #  counts => {webhook-id => n}, parallel => n}
-sub deliveries { PayGW::Test::http(GET => $_[0]->url('/deliveries'))->{json} }
-sub clear { PayGW::Test::http(DELETE => $_[0]->url('/deliveries')) }
+sub deliveries { PayGW::Test::http(GET => $_[0]->qurl('/deliveries'))->{json} }
+sub clear { PayGW::Test::http(DELETE => $_[0]->qurl('/deliveries')) }
 
 # requests_for(EVENT_ID): the requests that carried that webhook-id.
 sub requests_for {

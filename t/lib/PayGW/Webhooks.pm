@@ -9,7 +9,9 @@ package PayGW::Webhooks;
 #   paygw_webhook_retry %%RETRY%%;
 #   paygw_webhook_allow_loopback %%LOOPBACK%%;
 #   ...
-#   location = /_paygw/webhook { internal; proxy_pass $paygw_webhook_url; ... }
+#   upstream paygw_webhook { paygw_webhook_peer ...; }
+#   location = /_paygw/webhook { internal;
+#       proxy_pass $paygw_webhook_scheme://paygw_webhook$paygw_webhook_uri; ... }
 
 use strict;
 use warnings;
@@ -27,6 +29,9 @@ our $HTTP_ADD = <<'CONF';
     paygw_webhook_secrets %%REPO%%/conf/demo/webhook_secrets.conf;
     paygw_webhook_retry %%RETRY%%;
     paygw_webhook_allow_loopback %%LOOPBACK%%;
+    upstream paygw_webhook {
+        paygw_webhook_peer keepalive=16 timeout=2s;
+    }
     # the receivers speak plain http: creates may name http:// URLs, and
     # delivery's own checks (allow_loopback) decide where they may go
     paygw_notify_http on;
@@ -36,7 +41,8 @@ CONF
 our $LOCATION = <<'CONF';
         location = /_paygw/webhook {
             internal;
-            proxy_pass $paygw_webhook_url;
+            proxy_pass %%PROXY_PASS%%;
+            proxy_next_upstream error non_idempotent;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $paygw_webhook_authority;
@@ -53,7 +59,8 @@ our $LOCATION = <<'CONF';
 CONF
 
 # webhook_http(retry => '1s 1s 1s', lease => '10s', loopback => 'on',
-#              batch => 100, resolver => '127.0.0.1:PORT'): the http{} text.
+#              batch => 100, resolver => '127.0.0.1:PORT', peer => 1): the
+#              http{} text (peer => 0: proxy_pass $paygw_webhook_url).
 sub webhook_http {
     my (%o) = @_;
     my $http = $PayGW::Gateway::DEFAULT_HTTP;
@@ -64,7 +71,13 @@ sub webhook_http {
     $add =~ s/%%BATCH%%/$o{batch} \/\/ 100/e;
     $add =~ s/%%RESOLVER%%/$o{resolver} ? "    resolver $o{resolver} ipv6=off valid=1s;" : ''/e;
     $http =~ s/(    paygw_keys[^\n]*\n)/$1$add/ or die 'no paygw_keys';
-    $http =~ s/(        location \/v1\/ )/$LOCATION$1/ or die 'no /v1/';
+    # peer => 0: the plain variable destination (a connection each)
+    my $location = $LOCATION;
+    my $pass = ($o{peer} // 1)
+        ? '$paygw_webhook_scheme://paygw_webhook$paygw_webhook_uri'
+        : '$paygw_webhook_url';
+    $location =~ s/%%PROXY_PASS%%/$pass/;
+    $http =~ s/(        location \/v1\/ )/$location$1/ or die 'no /v1/';
     return $http;
 }
 
