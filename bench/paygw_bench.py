@@ -190,6 +190,18 @@ def nginx_requests(port):
     return int(text.splitlines()[2].split()[2])
 
 
+def nginx_accepts_requests(port):
+    """stub_status' accepted connections and requests."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/nginx_status")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    accepts, _, requests = text.splitlines()[2].split()
+    return int(accepts), int(requests)
+
+
 class MysqlStatus:
     """SHOW GLOBAL STATUS through one long-lived `mariadb` client, so that
     a sample costs a round trip, not a fork+exec (slow on a busy machine,
@@ -707,6 +719,13 @@ class Bench:
             return signed_create(host, self.nonces, self.bnos,
                                  notify_url=url)
 
+        # the nginx receiver counts its connections (the gateway keeps
+        # them: upstream paygw_webhook); the Node one has no stub_status
+        try:
+            rx0 = nginx_accepts_requests(a.webhook_port)
+        except (OSError, ValueError, IndexError):
+            rx0 = None
+
         for k in (1, 2):
             tag = "" if k == 1 else "2"
             self.nginx_conf("hooks-off")
@@ -722,6 +741,15 @@ class Bench:
             return [r["rps"] for r in self.results
                     if r["name"].rstrip("2") == name
                     and r["conns"] == a.conns]
+
+        if rx0:
+            rx1 = nginx_accepts_requests(a.webhook_port)
+            conns, reqs = rx1[0] - rx0[0], rx1[1] - rx0[1]
+            note = (f"webhooks: the receiver took {reqs} requests over "
+                    f"{conns} connections ({reqs / max(conns, 1):.1f} "
+                    f"requests a connection)")
+            log(note)
+            self.notes.append(note)
 
         off, on = rps("create_hook_off"), rps("create_hook_on")
         if len(off) == 2 and len(on) == 2 and sum(off):

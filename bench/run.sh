@@ -322,6 +322,7 @@ http {
     server {
         listen 127.0.0.1:$HOOK_PORT backlog=4096;
         location / { return 204; }
+        location = /nginx_status { stub_status; }
     }
 }
 CONF

@@ -3,7 +3,7 @@
  * paygw: the webhook balancer, with connections kept alive per worker.
  *
  *     upstream paygw_webhook {
- *         paygw_webhook_peer [keepalive=32] [timeout=2s] [requests=1000];
+ *         paygw_webhook_peer [keepalive=128] [timeout=2s] [requests=1000];
  *     }
  *
  *     location = /_paygw/webhook {
@@ -120,7 +120,7 @@ ngx_http_paygw_webhook_peer(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    pc->max_cached = 32;
+    pc->max_cached = 128;
     pc->timeout = 2000;
     pc->requests = 1000;
 
