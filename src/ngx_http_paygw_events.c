@@ -11,8 +11,8 @@
  * A round claims up to "batch" due events with a lease, appends the new
  * ones to the Redis stream paygw:events (XADD ... MAXLEN ~), POSTs each
  * to its notify_url through a subrequest to the webhook location
- * (proxy_pass $paygw_webhook_url: nginx's TLS, resolver and timeouts),
- * all in parallel, signed per Standard Webhooks, and writes each
+ * (proxy_pass: nginx's TLS, resolver and timeouts), up to "parallel"
+ * at a time, signed per Standard Webhooks, and writes each
  * outcome back under its lease: 2xx delivered; 410 disables the
  * endpoint; anything else retries on the schedule.
  */
@@ -33,7 +33,9 @@ typedef struct {
     ngx_str_t                     owner;     /* the lease's name */
     ngx_http_paygw_wh_event_t    *events;
     ngx_uint_t                    nevents;
+    ngx_uint_t                    next;      /* the next to start */
     ngx_uint_t                    running;
+    ngx_msec_t                    start;     /* when it claimed */
     ngx_uint_t                    delivered;
     ngx_uint_t                    failed;
     ngx_http_paygw_redis_op_t    *redis;
@@ -52,6 +54,11 @@ static ngx_int_t ngx_http_paygw_deliver_streamed(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_deliver_send(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_uint_t ngx_http_paygw_deliver_merchants(
+    ngx_http_paygw_wh_event_t *ev);
+static ngx_int_t ngx_http_paygw_deliver_one(ngx_http_request_t *r,
+    ngx_http_paygw_webhook_conf_t *wc, ngx_http_paygw_wh_round_t *rd,
+    ngx_http_paygw_wh_event_t *ev);
 static ngx_int_t ngx_http_paygw_deliver_record(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_deliver_recorded(ngx_http_request_t *r,
@@ -73,6 +80,7 @@ static ngx_int_t ngx_http_paygw_deliver_sign(ngx_http_request_t *r,
     ngx_http_paygw_webhook_conf_t *wc, ngx_http_paygw_wh_event_t *ev);
 static ngx_int_t ngx_http_paygw_deliver_request(ngx_http_request_t *sr,
     ngx_http_paygw_wh_event_t *ev);
+static ngx_uint_t ngx_http_paygw_deliver_slot(ngx_http_paygw_wh_round_t *rd);
 static ngx_int_t ngx_http_paygw_deliver_done(ngx_http_request_t *r,
     void *data, ngx_int_t rc);
 static ngx_int_t ngx_http_paygw_deliver_batch(ngx_http_request_t *r,
@@ -127,6 +135,7 @@ ngx_http_paygw_deliver_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
     rd->owner.data = p;
     rd->owner.len = ngx_hex_dump(p, rnd, sizeof(rnd)) - p;
+    rd->start = ngx_current_msec;
     ctx->events = rd;
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
@@ -322,11 +331,17 @@ ngx_http_paygw_deliver_streamed(ngx_http_request_t *r,
 }
 
 
+/*
+ * Up to "parallel" POSTs at a time: the step runs again whenever one
+ * ends while events wait, and goes on to "record" when the last one
+ * ended.  Events not started by half the lease are put back, due at
+ * once, for the next round: a round never sends past its lease.
+ */
+
 static ngx_int_t
 ngx_http_paygw_deliver_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_int_t                       rc;
-    ngx_uint_t                      i;
+    ngx_uint_t                      late;
     ngx_http_paygw_wh_round_t      *rd;
     ngx_http_paygw_wh_event_t      *ev;
     ngx_http_paygw_webhook_conf_t  *wc;
@@ -334,56 +349,86 @@ ngx_http_paygw_deliver_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     rd = ctx->events;
     wc = ngx_http_paygw_webhook_conf(r);
 
-    for (i = 0; i < rd->nevents; i++) {
-        ev = &rd->events[i];
+    rd->group.done = 0;
+    late = (ngx_current_msec - rd->start >= wc->lease / 2);
 
-        /* only payment and refund events are the merchant's */
+    for ( /* void */ ; rd->next < rd->nevents; rd->next++) {
+        ev = &rd->events[rd->next];
 
-        if (ev->url.data == NULL || ev->url.len == 0
-            || !((ev->type.len > 8
-                  && ngx_strncmp(ev->type.data, "payment.", 8) == 0)
-                 || (ev->type.len > 7
-                     && ngx_strncmp(ev->type.data, "refund.", 7) == 0)))
-        {
+        if (!ngx_http_paygw_deliver_merchants(ev)) {
             continue;
         }
 
-        if (ev->disabled) {
-            ev->error = "the endpoint is disabled (it answered 410)";
+        if (late) {
+            ev->deferred = 1;
             continue;
         }
 
-        rc = ngx_http_paygw_webhook_destination(wc, ev, r->pool);
-
-        if (rc == NGX_DECLINED) {
-            ev->refused = 1;
-            ngx_http_paygw_m_webhook(r, NGX_HTTP_PAYGW_M_WH_REFUSED, 0);
-            continue;
+        if (rd->running >= wc->parallel) {
+            break;
         }
 
-        rd->sending = 1;
-
-        rc = (rc == NGX_AGAIN) ? ngx_http_paygw_deliver_resolve(r, rd, ev)
-                               : ngx_http_paygw_deliver_post(r, wc, rd, ev);
-
-        rd->sending = 0;
-
-        if (rc != NGX_OK) {
+        if (ngx_http_paygw_deliver_one(r, wc, rd, ev) != NGX_OK) {
             return NGX_ERROR;
         }
     }
 
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
-                   "paygw deliver: step \"send\" %ui posts", rd->running);
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw deliver: step \"send\" %ui running, %ui of %ui "
+                   "started", rd->running, rd->next, rd->nevents);
 
     if (rd->running == 0) {
         return ngx_http_paygw_deliver_record(r, ctx);
     }
 
     ctx->waiting = &rd->group;
-    ctx->next = ngx_http_paygw_deliver_record;
+    ctx->next = ngx_http_paygw_deliver_send;
 
     return NGX_AGAIN;
+}
+
+
+/* only payment and refund events with a notify_url are the merchant's */
+
+static ngx_uint_t
+ngx_http_paygw_deliver_merchants(ngx_http_paygw_wh_event_t *ev)
+{
+    return ev->url.data != NULL && ev->url.len != 0
+           && ((ev->type.len > 8
+                && ngx_strncmp(ev->type.data, "payment.", 8) == 0)
+               || (ev->type.len > 7
+                   && ngx_strncmp(ev->type.data, "refund.", 7) == 0));
+}
+
+
+static ngx_int_t
+ngx_http_paygw_deliver_one(ngx_http_request_t *r,
+    ngx_http_paygw_webhook_conf_t *wc, ngx_http_paygw_wh_round_t *rd,
+    ngx_http_paygw_wh_event_t *ev)
+{
+    ngx_int_t  rc;
+
+    if (ev->disabled) {
+        ev->error = "the endpoint is disabled (it answered 410)";
+        return NGX_OK;
+    }
+
+    rc = ngx_http_paygw_webhook_destination(wc, ev, r->pool);
+
+    if (rc == NGX_DECLINED) {
+        ev->refused = 1;
+        ngx_http_paygw_m_webhook(r, NGX_HTTP_PAYGW_M_WH_REFUSED, 0);
+        return NGX_OK;
+    }
+
+    rd->sending = 1;
+
+    rc = (rc == NGX_AGAIN) ? ngx_http_paygw_deliver_resolve(r, rd, ev)
+                           : ngx_http_paygw_deliver_post(r, wc, rd, ev);
+
+    rd->sending = 0;
+
+    return rc;
 }
 
 
@@ -501,8 +546,7 @@ ngx_http_paygw_deliver_resolved(ngx_resolver_ctx_t *rctx)
         return;
     }
 
-    if (rd->running == 0) {
-        rd->group.done = 1;
+    if (ngx_http_paygw_deliver_slot(rd)) {
         (void) ngx_http_post_request(r, NULL);
     }
 
@@ -788,11 +832,23 @@ ngx_http_paygw_deliver_done(ngx_http_request_t *r, void *data, ngx_int_t rc)
                    "paygw deliver: event %V answered %ui rc:%i",
                    &ev->event_id, ev->status, rc);
 
-    if (--rd->running == 0) {
+    rd->running--;
+    (void) ngx_http_paygw_deliver_slot(rd);
+
+    return rc;
+}
+
+
+/* a POST ended: the round goes on if it was the last or others wait */
+
+static ngx_uint_t
+ngx_http_paygw_deliver_slot(ngx_http_paygw_wh_round_t *rd)
+{
+    if (rd->running == 0 || rd->next < rd->nevents) {
         rd->group.done = 1;
     }
 
-    return rc;
+    return rd->group.done;
 }
 
 
@@ -929,7 +985,7 @@ ngx_http_paygw_deliver_ok(ngx_http_paygw_wh_event_t *ev)
 static ngx_uint_t
 ngx_http_paygw_deliver_skipped(ngx_http_paygw_wh_event_t *ev)
 {
-    return !ev->send && !ev->disabled && !ev->refused;
+    return !ev->send && !ev->disabled && !ev->refused && !ev->deferred;
 }
 
 
@@ -943,6 +999,12 @@ ngx_http_paygw_deliver_outcome(ngx_http_paygw_webhook_conf_t *wc,
 
     if (ngx_http_paygw_deliver_skipped(ev)) {
         return "skipped";
+    }
+
+    /* not started in time: due again at once, no attempt counted */
+
+    if (ev->deferred) {
+        return "pending";
     }
 
     if (!ev->send) {

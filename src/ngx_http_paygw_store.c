@@ -48,8 +48,6 @@ static time_t ngx_http_paygw_store_age(ngx_str_t *updated_at,
 static ngx_int_t ngx_http_paygw_store_refund_payment(
     ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_refund_t *rf,
     ngx_uint_t succeeded);
-static ngx_int_t ngx_http_paygw_store_payment_fee(ngx_http_request_t *r,
-    ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_payment_t *p);
 static ngx_int_t ngx_http_paygw_store_refund_fee(
     ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_refund_t *rf);
 
@@ -188,13 +186,40 @@ ngx_http_paygw_store_row_payment(ngx_http_paygw_sql_stmt_t *stmt,
 }
 
 
+/*
+ * The settle UPDATE: one text per case, so that each stays one prepared
+ * statement.  A payment that succeeds gets its fee in the same UPDATE
+ * (SPEC §7: computed once, in the transaction of that transition; the
+ * status condition lets only the transition that won write it, and
+ * COALESCE never overwrites one).
+ */
+
+#define NGX_HTTP_PAYGW_SETTLE_SET                                            \
+    "UPDATE payments SET status = ?, "                                       \
+    "channel_trade_no = COALESCE(?, channel_trade_no), "                     \
+    "card_brand = COALESCE(?, card_brand), "                                 \
+    "card_last4 = COALESCE(?, card_last4), "                                 \
+    "qr_code = COALESCE(?, qr_code), "                                       \
+    "code_url = COALESCE(?, code_url), "                                     \
+    "failure_code = ?, failure_message = ?, version = version + 1, "        \
+    "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
+
+#define NGX_HTTP_PAYGW_SETTLE_FEE                                            \
+    ", fee = COALESCE(fee, ?), net_amount = COALESCE(net_amount, ?), "      \
+    "succeeded_at = COALESCE(succeeded_at, "                                 \
+    "STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ')) "
+
+#define NGX_HTTP_PAYGW_SETTLE_OPEN                                           \
+    "WHERE payment_no = ? AND status IN ('processing', 'unknown', 'pending')"
+
+
 ngx_int_t
 ngx_http_paygw_store_settle_payment(ngx_http_request_t *r,
     ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_payment_t *p,
     ngx_http_paygw_outcome_t *out)
 {
-    const char                 *event;
-    ngx_uint_t                  pending;
+    const char                 *event, *sql;
+    ngx_uint_t                  pending, succeeded;
     ngx_http_paygw_sql_stmt_t  *s;
 
     op->transaction = 1;
@@ -207,27 +232,22 @@ ngx_http_paygw_store_settle_payment(ngx_http_request_t *r,
 
     pending = !out->definitive
               || out->status == NGX_HTTP_PAYGW_STATUS_PENDING;
+    succeeded = !pending && out->status == NGX_HTTP_PAYGW_STATUS_SUCCEEDED;
 
-    s = ngx_http_paygw_mysql_add(op, pending
-            ? "UPDATE payments SET status = ?, "
-              "channel_trade_no = COALESCE(?, channel_trade_no), "
-              "card_brand = COALESCE(?, card_brand), "
-              "card_last4 = COALESCE(?, card_last4), "
-              "qr_code = COALESCE(?, qr_code), "
-              "code_url = COALESCE(?, code_url), "
-              "failure_code = ?, failure_message = ?, version = version + 1, "
-              "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
-              "WHERE payment_no = ? AND status IN ('processing', 'unknown')"
-            : "UPDATE payments SET status = ?, "
-              "channel_trade_no = COALESCE(?, channel_trade_no), "
-              "card_brand = COALESCE(?, card_brand), "
-              "card_last4 = COALESCE(?, card_last4), "
-              "qr_code = COALESCE(?, qr_code), "
-              "code_url = COALESCE(?, code_url), "
-              "failure_code = ?, failure_message = ?, version = version + 1, "
-              "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
-              "WHERE payment_no = ? "
-              "AND status IN ('processing', 'unknown', 'pending')");
+    if (pending) {
+        sql = NGX_HTTP_PAYGW_SETTLE_SET
+              "WHERE payment_no = ? AND status IN ('processing', 'unknown')";
+
+    } else if (succeeded) {
+        ngx_http_paygw_fees_compute(r, p);
+        sql = NGX_HTTP_PAYGW_SETTLE_SET NGX_HTTP_PAYGW_SETTLE_FEE
+              NGX_HTTP_PAYGW_SETTLE_OPEN;
+
+    } else {
+        sql = NGX_HTTP_PAYGW_SETTLE_SET NGX_HTTP_PAYGW_SETTLE_OPEN;
+    }
+
+    s = ngx_http_paygw_mysql_add(op, sql);
     if (s == NULL) {
         return NGX_ERROR;
     }
@@ -245,22 +265,21 @@ ngx_http_paygw_store_settle_payment(ngx_http_request_t *r,
         || ngx_http_paygw_store_str(op, s, &out->failure_code) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &out->failure_message) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &p->updated_at) != NGX_OK
+        || (succeeded
+            && (ngx_http_paygw_sql_int(op, s, p->fee) != NGX_OK
+                || ngx_http_paygw_sql_int(op, s, p->net_amount) != NGX_OK
+                || ngx_http_paygw_store_str(op, s, &p->updated_at)
+                   != NGX_OK))
         || ngx_http_paygw_store_str(op, s, &p->payment_no) != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    if (!out->definitive || pending) {
+    if (pending) {
         return NGX_OK;
     }
 
-    if (out->status == NGX_HTTP_PAYGW_STATUS_SUCCEEDED
-        && ngx_http_paygw_store_payment_fee(r, op, p) != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    event = (out->status == NGX_HTTP_PAYGW_STATUS_SUCCEEDED)
+    event = succeeded
             ? "payment.succeeded"
             : (out->status == NGX_HTTP_PAYGW_STATUS_CLOSED)
               ? "payment.closed" : "payment.failed";
@@ -797,41 +816,6 @@ ngx_http_paygw_store_int(ngx_str_t *v)
     }
 
     return neg ? -n : n;
-}
-
-
-/*
- * Fees (SPEC §7).  A payment's fee is computed when it succeeds, in the
- * transaction of that transition, and never again ("fee IS NULL"); the
- * status UPDATE before it, which must match one row, makes sure only
- * the transition that won gets here.
- */
-
-static ngx_int_t
-ngx_http_paygw_store_payment_fee(ngx_http_request_t *r,
-    ngx_http_paygw_mysql_op_t *op, ngx_http_paygw_payment_t *p)
-{
-    ngx_http_paygw_sql_stmt_t  *s;
-
-    ngx_http_paygw_fees_compute(r, p);
-
-    s = ngx_http_paygw_mysql_add(op,
-            "UPDATE payments SET fee = ?, net_amount = ?, "
-            "succeeded_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
-            "WHERE payment_no = ? AND fee IS NULL");
-    if (s == NULL) {
-        return NGX_ERROR;
-    }
-
-    if (ngx_http_paygw_sql_int(op, s, p->fee) != NGX_OK
-        || ngx_http_paygw_sql_int(op, s, p->net_amount) != NGX_OK
-        || ngx_http_paygw_store_str(op, s, &p->updated_at) != NGX_OK
-        || ngx_http_paygw_store_str(op, s, &p->payment_no) != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
 }
 
 

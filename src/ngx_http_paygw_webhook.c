@@ -3,7 +3,7 @@
  * paygw: the webhook sender's configuration and its ticker.
  *
  *     paygw_webhook ADDRESS:PORT key=ADMIN_KEY_ID [interval=1s]
- *                   [batch=100] [lease=60s] [retention=7d]
+ *                   [batch=100] [parallel=100] [lease=60s] [retention=7d]
  *                   [stream_maxlen=100000] [location=/_paygw/webhook];
  *     paygw_webhook_secrets FILE;
  *     paygw_webhook_retry 5s 5m 30m 2h 5h 10h 24h;
@@ -79,6 +79,7 @@ ngx_http_paygw_webhook_get(ngx_conf_t *cf, ngx_http_paygw_main_conf_t *pmcf)
 
     wc->self.interval = 1000;
     wc->batch = 100;
+    wc->parallel = 100;
     wc->lease = 60000;
     wc->retention = 7 * 86400;
     wc->stream_maxlen = 100000;
@@ -184,18 +185,24 @@ ngx_http_paygw_webhook_param(ngx_conf_t *cf,
         return NGX_CONF_OK;
     }
 
-    if (ngx_paygw_param("batch=") || ngx_paygw_param("stream_maxlen=")) {
+    if (ngx_paygw_param("batch=") || ngx_paygw_param("parallel=")
+        || ngx_paygw_param("stream_maxlen="))
+    {
         n = ngx_atoi(s.data, s.len);
         if (n == NGX_ERROR || n == 0) {
             goto invalid;
         }
 
-        if (v->data[0] == 'b') {
+        if (v->data[0] == 'b' || v->data[0] == 'p') {
             if (n > 1000) {
                 goto invalid;
             }
 
-            wc->batch = n;
+            if (v->data[0] == 'b') {
+                wc->batch = n;
+            } else {
+                wc->parallel = n;
+            }
 
         } else {
             wc->stream_maxlen = n;

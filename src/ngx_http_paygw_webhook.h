@@ -45,6 +45,7 @@ typedef struct {
     ngx_http_paygw_self_t         self;
     ngx_str_t                     key_id;
     ngx_uint_t                    batch;
+    ngx_uint_t                    parallel;      /* POSTs of a round */
     ngx_msec_t                    lease;
     time_t                        retention;
     ngx_uint_t                    stream_maxlen;
@@ -89,6 +90,7 @@ typedef struct {
     void                         *request;       /* the round's */
     ngx_resolver_ctx_t           *rctx;          /* while resolving */
     unsigned                      send:1;
+    unsigned                      deferred:1;    /* put back, not sent */
     unsigned                      refused:1;
     unsigned                      recorded:1;
 } ngx_http_paygw_wh_event_t;

@@ -25,7 +25,8 @@
 // parallel, host, conn, sni}], "counts": {webhook-id: attempts}, "parallel": N}
 // (parallel: requests that arrived while another with the same
 // webhook-id was still being answered; connections: TCP connections
-// accepted, the queries' own included).  DELETE /deliveries clears it.
+// accepted, the queries' own included; max_inflight: the most webhooks
+// being answered at once).  DELETE /deliveries clears it.
 'use strict';
 
 const http = require('http');
@@ -53,6 +54,8 @@ let counts = {};
 let inflight = {};
 let parallel = 0;
 let connections = 0;
+let inflightAll = 0;
+let maxInflight = 0;
 
 function verify(id, ts, sigs, body) {
     if (!id || !ts || !sigs) return false;
@@ -75,9 +78,11 @@ const handler = (req, res) => {
         if (url.pathname === '/deliveries') {
             if (req.method === 'DELETE') {
                 requests = []; counts = {}; parallel = 0; connections = 0;
+                maxInflight = 0;
             }
             res.setHeader('Content-Type', 'application/json');
-            res.end(JSON.stringify({requests, counts, parallel, connections}));
+            res.end(JSON.stringify({requests, counts, parallel, connections,
+                                    max_inflight: maxInflight}));
             return;
         }
         const body = Buffer.concat(chunks);
@@ -97,17 +102,22 @@ const handler = (req, res) => {
         counts[id] = (counts[id] || 0) + 1;
         if (inflight[id]) { rec.parallel = true; parallel++; }
         inflight[id] = (inflight[id] || 0) + 1;
+        inflightAll++;
+        if (inflightAll > maxInflight) maxInflight = inflightAll;
         let done = false;
         const finish = (status, extra) => {
             if (done) return;
             done = true;
             inflight[id]--;
+            inflightAll--;
             rec.status = status;
             if (status === 0) { req.socket.destroy(); return; }
             res.writeHead(status, extra || {});
             res.end(status === 200 ? '{"ok":true}' : 'no');
         };
-        res.on('close', () => { if (!done) { done = true; inflight[id]--; } });
+        res.on('close', () => {
+            if (!done) { done = true; inflight[id]--; inflightAll--; }
+        });
         const p = url.pathname.split('/').filter((x) => x.length);
         // p[0] == 'hook'
         switch (p[1]) {
@@ -124,7 +134,7 @@ const handler = (req, res) => {
         case 'reset': finish(0); break;
         case 'slow': setTimeout(() => finish(200), +p[2]); break;
         case 'big':
-            done = true; inflight[id]--; rec.status = 200;
+            done = true; inflight[id]--; inflightAll--; rec.status = 200;
             res.writeHead(200, {'Content-Type': 'text/plain'});
             res.end('x'.repeat(1024 * 1024));
             break;

@@ -25,7 +25,7 @@ our $WHSEC = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
 
 our $HTTP_ADD = <<'CONF';
     paygw_webhook 127.0.0.1:%%PORT%% key=ops interval=200ms lease=%%LEASE%%
-                  batch=%%BATCH%%;
+                  batch=%%BATCH%% parallel=%%PARALLEL%%;
     paygw_webhook_secrets %%REPO%%/conf/demo/webhook_secrets.conf;
     paygw_webhook_retry %%RETRY%%;
     paygw_webhook_allow_loopback %%LOOPBACK%%;
@@ -59,7 +59,8 @@ our $LOCATION = <<'CONF';
 CONF
 
 # webhook_http(retry => '1s 1s 1s', lease => '10s', loopback => 'on',
-#              batch => 100, resolver => '127.0.0.1:PORT', peer => 1): the
+#              batch => 100, parallel => 100, resolver => '127.0.0.1:PORT',
+#              peer => 1): the
 #              http{} text (peer => 0: proxy_pass $paygw_webhook_url).
 sub webhook_http {
     my (%o) = @_;
@@ -69,6 +70,7 @@ sub webhook_http {
     $add =~ s/%%LEASE%%/$o{lease} \/\/ '10s'/e;
     $add =~ s/%%LOOPBACK%%/$o{loopback} \/\/ 'on'/e;
     $add =~ s/%%BATCH%%/$o{batch} \/\/ 100/e;
+    $add =~ s/%%PARALLEL%%/$o{parallel} \/\/ 100/e;
     $add =~ s/%%RESOLVER%%/$o{resolver} ? "    resolver $o{resolver} ipv6=off valid=1s;" : ''/e;
     $http =~ s/(    paygw_keys[^\n]*\n)/$1$add/ or die 'no paygw_keys';
     # peer => 0: the plain variable destination (a connection each)
