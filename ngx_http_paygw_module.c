@@ -332,7 +332,8 @@ ngx_http_paygw_postconfiguration(ngx_conf_t *cf)
     if (ngx_http_paygw_access_init(cf) != NGX_OK
         || ngx_http_paygw_metrics_init(cf) != NGX_OK
         || ngx_http_paygw_recon_init(cf) != NGX_OK
-        || ngx_http_paygw_channels_budget(cf) != NGX_OK)
+        || ngx_http_paygw_channels_budget(cf) != NGX_OK
+        || ngx_http_paygw_webhook_peer_postconf(cf) != NGX_OK)
     {
         return NGX_ERROR;
     }

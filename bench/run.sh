@@ -34,6 +34,9 @@
 #   BENCH_WEBHOOKS (1)   also measure creates with a notify_url to a local
 #                        webhook receiver, delivery off (then the backlog's
 #                        drain rate) and on (nginx reloaded in between)
+#   BENCH_HOOK_PAIRS (3) how many (delivery off, delivery on) pairs of
+#                        create runs measure the cost of delivering: one
+#                        pair moves by 5-10 % with the box's drift
 #   BENCH_RECEIVER (nginx) the webhook receiver: "nginx" = a plain nginx
 #                        answering 204 (costs next to nothing, like a remote
 #                        merchant), "node" = t/sim/webhook_receiver.js (also
@@ -90,6 +93,7 @@ PERF=${BENCH_PERF:-0}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-60}
 QUIET_MAX=${BENCH_QUIET_MAX:-25}
 WEBHOOKS=${BENCH_WEBHOOKS:-1}
+HOOK_PAIRS=${BENCH_HOOK_PAIRS:-3}
 ACQUIRER=${BENCH_ACQUIRER:-standin}
 HA=${BENCH_HA:-0}
 [ "$HA" = 1 ] || HA=0
@@ -549,7 +553,8 @@ python3 "${driver[@]}" \
     --conns "$CONNS" --lat-conns "$LAT_CONNS" --duration "$DURATION" \
     --warmup "$WARMUP" --seed "$SEED" --static "$STATIC" --perf "$PERF" \
     --quiet-wait "$QUIET_WAIT" --quiet-max "$QUIET_MAX" \
-    --webhook-port "$HOOK_PORT" --nginx-conf "$run/nginx.conf" \
+    --webhook-port "$HOOK_PORT" --hook-pairs "$HOOK_PAIRS" \
+    --nginx-conf "$run/nginx.conf" \
     --header "$header" --out "$out" &
 fi
 echo $! > "$run/driver.pid"

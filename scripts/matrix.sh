@@ -32,7 +32,7 @@ versions=${MATRIX_VERSIONS:-1.22.1 1.24.0 1.26.3 1.27.1 1.30.4 1.31.4}
 tests=${MATRIX_TESTS:-t/10-redis.t t/20-mysql.t t/30-health.t t/60-auth.t
     t/61-validation.t t/62-idempotency.t t/63-payments.t t/64-faults.t
     t/65-refunds.t t/75-alipay.t t/76-wechat.t t/79-provider-tls.t
-    t/90-hostile.t}
+    t/83-webhooks-keepalive.t t/90-hostile.t}
 jobs=${MATRIX_JOBS:-2}
 src_dir=${NGINX_SRC_DIR:-}
 debian_version=$(nginx -v 2>&1 | sed 's/.*\///')

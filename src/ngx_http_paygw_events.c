@@ -27,6 +27,12 @@
 
 #define NGX_HTTP_PAYGW_EV_LIMIT     100
 
+/* how an outcome is written (deliver_batch) */
+#define NGX_HTTP_PAYGW_EV_ONE        0   /* a statement of its own */
+#define NGX_HTTP_PAYGW_EV_SKIPPED    1   /* no destination: streamed */
+#define NGX_HTTP_PAYGW_EV_DELIVERED  2   /* 2xx, by status */
+#define NGX_HTTP_PAYGW_EV_DEFERRED   3   /* not started: put back */
+
 
 typedef struct {
     ngx_http_paygw_call_t         group;     /* done when all POSTs are */
@@ -54,6 +60,8 @@ static ngx_int_t ngx_http_paygw_deliver_streamed(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_deliver_send(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_uint_t ngx_http_paygw_deliver_late(
+    ngx_http_paygw_webhook_conf_t *wc, ngx_http_paygw_wh_round_t *rd);
 static ngx_uint_t ngx_http_paygw_deliver_merchants(
     ngx_http_paygw_wh_event_t *ev);
 static ngx_int_t ngx_http_paygw_deliver_one(ngx_http_request_t *r,
@@ -85,6 +93,7 @@ static ngx_int_t ngx_http_paygw_deliver_done(ngx_http_request_t *r,
     void *data, ngx_int_t rc);
 static ngx_int_t ngx_http_paygw_deliver_batch(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
+static ngx_uint_t ngx_http_paygw_deliver_kind(ngx_http_paygw_wh_event_t *ev);
 static ngx_uint_t ngx_http_paygw_deliver_ok(ngx_http_paygw_wh_event_t *ev);
 static ngx_uint_t ngx_http_paygw_deliver_skipped(
     ngx_http_paygw_wh_event_t *ev);
@@ -350,7 +359,7 @@ ngx_http_paygw_deliver_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     wc = ngx_http_paygw_webhook_conf(r);
 
     rd->group.done = 0;
-    late = (ngx_current_msec - rd->start >= wc->lease / 2);
+    late = ngx_http_paygw_deliver_late(wc, rd);
 
     for ( /* void */ ; rd->next < rd->nevents; rd->next++) {
         ev = &rd->events[rd->next];
@@ -385,6 +394,20 @@ ngx_http_paygw_deliver_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     ctx->next = ngx_http_paygw_deliver_send;
 
     return NGX_AGAIN;
+}
+
+
+/*
+ * Half the lease gone: a POST started now might still run when the
+ * lease ends (docs/directives.md: lease= at least twice what a POST can
+ * take), and another round may then claim the event.
+ */
+
+static ngx_uint_t
+ngx_http_paygw_deliver_late(ngx_http_paygw_webhook_conf_t *wc,
+    ngx_http_paygw_wh_round_t *rd)
+{
+    return ngx_current_msec - rd->start >= wc->lease / 2;
 }
 
 
@@ -534,6 +557,9 @@ ngx_http_paygw_deliver_resolved(ngx_resolver_ctx_t *rctx)
     if (ev->error) {
         ev->refused = 1;
         ngx_http_paygw_m_webhook(r, NGX_HTTP_PAYGW_M_WH_REFUSED, 0);
+
+    } else if (ngx_http_paygw_deliver_late(wc, rd)) {
+        ev->deferred = 1;
 
     } else if (ngx_http_paygw_deliver_post(r, wc, rd, ev) != NGX_OK) {
         /* retried on the schedule */
@@ -909,16 +935,18 @@ ngx_http_paygw_deliver_record(ngx_http_request_t *r,
 
 
 /*
- * The events delivered, a statement per HTTP status (200 mostly), and
- * the events skipped (no destination: streamed only), a statement per
- * stream flag; the rest one statement each.
+ * The events delivered, a statement per HTTP status (200 mostly), the
+ * events skipped (no destination: streamed only) and those put back
+ * (not started in time), a statement per stream flag; the rest one
+ * statement each.
  */
 
 static ngx_int_t
 ngx_http_paygw_deliver_batch(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_uint_t                   i, j, n, skipped;
+    ngx_int_t                    rc;
+    ngx_uint_t                   i, j, n, kind;
     ngx_http_paygw_wh_round_t   *rd;
     ngx_http_paygw_wh_event_t   *ev, *e, **evs;
 
@@ -935,11 +963,9 @@ ngx_http_paygw_deliver_batch(ngx_http_request_t *r,
 
     for (i = 0; i < rd->nevents; i++) {
         ev = &rd->events[i];
-        skipped = ngx_http_paygw_deliver_skipped(ev);
+        kind = ngx_http_paygw_deliver_kind(ev);
 
-        if (ev->recorded
-            || !(skipped || ngx_http_paygw_deliver_ok(ev)))
-        {
+        if (ev->recorded || kind == NGX_HTTP_PAYGW_EV_ONE) {
             continue;
         }
 
@@ -949,27 +975,59 @@ ngx_http_paygw_deliver_batch(ngx_http_request_t *r,
             e = &rd->events[j];
 
             if (!e->recorded && e->streamed == ev->streamed
-                && (skipped ? ngx_http_paygw_deliver_skipped(e)
-                            : ngx_http_paygw_deliver_ok(e)
-                              && e->status == ev->status))
+                && ngx_http_paygw_deliver_kind(e) == kind
+                && (kind != NGX_HTTP_PAYGW_EV_DELIVERED
+                    || e->status == ev->status))
             {
                 e->recorded = 1;
                 evs[n++] = e;
             }
         }
 
-        if ((skipped
-             ? ngx_http_paygw_store_events_skipped(ctx->mysql, &rd->owner,
-                                                   evs, n)
-             : ngx_http_paygw_store_events_delivered(ctx->mysql,
-                                                     &rd->owner, evs, n))
-            != NGX_OK)
-        {
+        switch (kind) {
+
+        case NGX_HTTP_PAYGW_EV_SKIPPED:
+            rc = ngx_http_paygw_store_events_skipped(ctx->mysql, &rd->owner,
+                                                     evs, n);
+            break;
+
+        case NGX_HTTP_PAYGW_EV_DEFERRED:
+            rc = ngx_http_paygw_store_events_released(ctx->mysql,
+                                                      &rd->owner, evs, n);
+            break;
+
+        default: /* NGX_HTTP_PAYGW_EV_DELIVERED */
+            rc = ngx_http_paygw_store_events_delivered(ctx->mysql,
+                                                       &rd->owner, evs, n);
+        }
+
+        if (rc != NGX_OK) {
             return NGX_ERROR;
         }
     }
 
     return NGX_OK;
+}
+
+
+/* how an event's outcome is written: with others like it, or alone */
+
+static ngx_uint_t
+ngx_http_paygw_deliver_kind(ngx_http_paygw_wh_event_t *ev)
+{
+    if (ngx_http_paygw_deliver_skipped(ev)) {
+        return NGX_HTTP_PAYGW_EV_SKIPPED;
+    }
+
+    if (ev->deferred && !ev->send) {
+        return NGX_HTTP_PAYGW_EV_DEFERRED;
+    }
+
+    if (ngx_http_paygw_deliver_ok(ev)) {
+        return NGX_HTTP_PAYGW_EV_DELIVERED;
+    }
+
+    return NGX_HTTP_PAYGW_EV_ONE;
 }
 
 
@@ -1001,11 +1059,6 @@ ngx_http_paygw_deliver_outcome(ngx_http_paygw_webhook_conf_t *wc,
         return "skipped";
     }
 
-    /* not started in time: due again at once, no attempt counted */
-
-    if (ev->deferred) {
-        return "pending";
-    }
 
     if (!ev->send) {
         return ev->disabled ? "disabled" : "failed";

@@ -447,6 +447,7 @@ ngx_http_paygw_parse_options(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
 
     if (pay->notify_url.data
         && (pay->notify_url.len > 1024
+            || ngx_http_paygw_url_unsafe(&pay->notify_url)
             || !((pay->notify_url.len > 8
                   && ngx_strncmp(pay->notify_url.data, "https://", 8) == 0)
                  || (plcf->notify_http && pay->notify_url.len > 7
@@ -456,8 +457,9 @@ ngx_http_paygw_parse_options(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx,
         return ngx_http_paygw_fail(r, ctx, NGX_HTTP_BAD_REQUEST,
                    "invalid_request", plcf->notify_http
                    ? "notify_url must be an http(s) URL of at most 1024 "
-                     "bytes"
-                   : "notify_url must be an https URL of at most 1024 bytes");
+                     "bytes, without spaces or control characters"
+                   : "notify_url must be an https URL of at most 1024 bytes, "
+                     "without spaces or control characters");
     }
 
     v = json_object_get(doc, "expire_seconds");

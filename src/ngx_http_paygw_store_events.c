@@ -210,6 +210,25 @@ ngx_http_paygw_store_events_skipped(ngx_http_paygw_mysql_op_t *op,
 }
 
 
+/*
+ * Not started before half the lease: due again at once, with no
+ * attempt counted and the last attempt's answer and error kept.
+ */
+
+ngx_int_t
+ngx_http_paygw_store_events_released(ngx_http_paygw_mysql_op_t *op,
+    ngx_str_t *owner, ngx_http_paygw_wh_event_t **evs, ngx_uint_t n)
+{
+    static const char  head[] =
+        "UPDATE outbox_events FORCE INDEX (PRIMARY) "
+        "SET next_attempt_at = NOW(3), "
+        NGX_HTTP_PAYGW_EV_RELEASE;
+
+    return ngx_http_paygw_store_events_in(op, head, sizeof(head) - 1, -1,
+                                          owner, evs, n);
+}
+
+
 /* head ends in "id IN (?": one more ", ?" per event after the first */
 
 static ngx_int_t

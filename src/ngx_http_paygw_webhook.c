@@ -545,6 +545,29 @@ ngx_http_paygw_webhook_delay(ngx_http_paygw_webhook_conf_t *wc,
 
 
 /*
+ * A space or control character would end up in the request line that
+ * nginx writes (the URI goes as it is): a CR LF there is a second
+ * request, and on a kept connection its answer could be read as another
+ * delivery's.  Refused when the payment is created, and again here for
+ * rows written before.
+ */
+
+ngx_uint_t
+ngx_http_paygw_url_unsafe(ngx_str_t *url)
+{
+    u_char  *p;
+
+    for (p = url->data; p < url->data + url->len; p++) {
+        if (*p <= ' ' || *p == 0x7f) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
  * The port after the host (the scheme's by default), and the path and
  * query the request goes to ($paygw_webhook_uri): "/" when the URL has
  * none, the fragment left out.  colon: the host's ':' or NULL.
@@ -618,6 +641,11 @@ ngx_http_paygw_webhook_destination(ngx_http_paygw_webhook_conf_t *wc,
 
     p = ev->url.data;
     last = p + ev->url.len;
+
+    if (ngx_http_paygw_url_unsafe(&ev->url)) {
+        ev->error = "spaces and control characters are not allowed";
+        return NGX_DECLINED;
+    }
 
     if (ev->url.len > 8
         && ngx_strncasecmp(p, (u_char *) "https://", 8) == 0)

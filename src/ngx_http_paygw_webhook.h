@@ -118,6 +118,7 @@ ngx_int_t ngx_http_paygw_webhook_destination(
     ngx_pool_t *pool);
 const char *ngx_http_paygw_webhook_address(
     ngx_http_paygw_webhook_conf_t *wc, struct sockaddr *sa);
+ngx_uint_t ngx_http_paygw_url_unsafe(ngx_str_t *url);
 ngx_int_t ngx_http_paygw_webhook_pin(ngx_pool_t *pool,
     ngx_http_paygw_wh_event_t *ev, struct sockaddr *sa, socklen_t len);
 ngx_msec_t ngx_http_paygw_webhook_delay(ngx_http_paygw_webhook_conf_t *wc,
@@ -126,6 +127,7 @@ ngx_msec_t ngx_http_paygw_webhook_delay(ngx_http_paygw_webhook_conf_t *wc,
 /* ngx_http_paygw_webhook_peer.c: the balancer, kept connections */
 char *ngx_http_paygw_webhook_peer(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+ngx_int_t ngx_http_paygw_webhook_peer_postconf(ngx_conf_t *cf);
 
 /* ngx_http_paygw_events.c: the endpoints */
 ngx_int_t ngx_http_paygw_deliver(ngx_http_request_t *r,
@@ -145,6 +147,9 @@ ngx_int_t ngx_http_paygw_store_events_delivered(
     ngx_http_paygw_mysql_op_t *op, ngx_str_t *owner,
     ngx_http_paygw_wh_event_t **evs, ngx_uint_t n);
 ngx_int_t ngx_http_paygw_store_events_skipped(
+    ngx_http_paygw_mysql_op_t *op, ngx_str_t *owner,
+    ngx_http_paygw_wh_event_t **evs, ngx_uint_t n);
+ngx_int_t ngx_http_paygw_store_events_released(
     ngx_http_paygw_mysql_op_t *op, ngx_str_t *owner,
     ngx_http_paygw_wh_event_t **evs, ngx_uint_t n);
 ngx_int_t ngx_http_paygw_store_housekeeping(ngx_http_paygw_mysql_op_t *op,

@@ -193,6 +193,41 @@ invalid:
 }
 
 
+/*
+ * From nginx 1.31 on, the keepalive module keeps connections for every
+ * upstream{} without "keepalive 0" and wraps its peer.init after ours:
+ * its cache is keyed by the address only, so a TLS connection verified
+ * for one name could carry another name's webhook.  This balancer keeps
+ * its own connections: the keepalive module's wrapper is taken off
+ * (postconfiguration runs after every module's init_main_conf).
+ */
+
+ngx_int_t
+ngx_http_paygw_webhook_peer_postconf(ngx_conf_t *cf)
+{
+    ngx_uint_t                       i;
+    ngx_http_upstream_srv_conf_t   **uscfp;
+    ngx_http_upstream_main_conf_t   *umcf;
+
+    umcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_upstream_module);
+    if (umcf == NULL) {
+        return NGX_OK;
+    }
+
+    uscfp = umcf->upstreams.elts;
+
+    for (i = 0; i < umcf->upstreams.nelts; i++) {
+        if (uscfp[i]->peer.init_upstream
+            == ngx_http_paygw_wh_peer_init_upstream)
+        {
+            uscfp[i]->peer.init = ngx_http_paygw_wh_peer_init;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_paygw_wh_peer_init_upstream(ngx_conf_t *cf,
     ngx_http_upstream_srv_conf_t *us)
@@ -401,10 +436,11 @@ ngx_http_paygw_wh_peer_free(ngx_peer_connection_t *pc, void *data,
 
 
 /*
- * A connection is kept when the answer was read whole: nginx read a
- * body to its end (u->keepalive), or, since a delivery reads only the
- * header (header_only), a small body (Content-Length or chunked) that
- * came in whole with it.
+ * A connection is kept when the answer was read whole and nothing
+ * more: a delivery reads only the header (header_only, u->header_sent
+ * once it is all there), so the answer had no body (u->keepalive), or a
+ * small one (Content-Length or chunked) that came in whole with it, and
+ * no byte is left after it.
  */
 
 static ngx_uint_t
@@ -425,14 +461,28 @@ ngx_http_paygw_wh_peer_reusable(ngx_peer_connection_t *pc,
         || c->write->error || c->write->timedout
         || c->requests >= pd->conf->requests
         || !u->request_body_sent
-        || u->headers_in.status_n == 0
+        || !u->header_sent
         || ngx_terminate || ngx_exiting)
     {
         return 0;
     }
 
+    /* nothing more than the answer may wait on the connection */
+
+    if (u->buffer.last == u->buffer.end) {
+        return 0;
+    }
+
+#if (NGX_HTTP_SSL)
+
+    if (c->ssl && SSL_pending(c->ssl->connection) > 0) {
+        return 0;
+    }
+
+#endif
+
     if (u->keepalive) {
-        return 1;
+        return u->buffer.pos == u->buffer.last;
     }
 
     if (u->headers_in.connection_close) {

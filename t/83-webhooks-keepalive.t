@@ -85,6 +85,30 @@ is($gw->sql1("SELECT GROUP_CONCAT(CONCAT(status, ' ', attempts, ' ', last_status
    '... every event still delivered at its first attempt (sent again on a new connection)');
 is(scalar(grep { $_->{status} == 200 } @hooks), 3, '... 3 answered 200');
 
+# ---- a notify_url cannot smuggle a request onto a kept connection ---------
+
+my $r = $gw->create(notify_url => $rx->url("/hook/ok HTTP/1.1\r\nHost: x\r\n\r\nPOST /hook/ok"));
+is($r->{status}, 400, 'a notify_url with CR LF: 400 at create');
+like($r->{body}, qr/without spaces or control characters/, '... saying why');
+$r = $gw->create(notify_url => $rx->url('/hook/ok?a=1 2'));
+is($r->{status}, 400, 'a notify_url with a space: 400');
+
+# a row written before the check: refused at delivery, nothing sent
+$gw->reload(webhook_http(retry => '1s'));
+$rx->clear;
+my $no = $gw->create(notify_url => $rx->url('/hook/status/500'))->{json}{payment_no} // 'none';
+$gw->db->sql("UPDATE outbox_events SET notify_url = CONCAT(notify_url, "
+             . "'\r\nX: y'), status = 'pending', next_attempt_at = NOW(3) "
+             . "WHERE object_no = " . sql_quote($no));
+my $st;
+wait_until(sub {
+    $st = $gw->sql1("SELECT CONCAT(status, ': ', COALESCE(last_error, '')) FROM "
+                    . "outbox_events WHERE object_no = " . sql_quote($no));
+    $st =~ /^failed: spaces/;
+}, timeout => 15);
+like($st, qr/^failed: spaces and control characters are not allowed/,
+     '... a stored notify_url with CR LF is refused at delivery');
+
 # ---- TLS: a kept connection serves only the name it was verified for -------
 
 my $pki = PayGW::Test::_mkdir('pki');

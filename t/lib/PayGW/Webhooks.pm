@@ -43,6 +43,8 @@ our $LOCATION = <<'CONF';
             internal;
             proxy_pass %%PROXY_PASS%%;
             proxy_next_upstream error non_idempotent;
+            proxy_next_upstream_tries 2;
+            proxy_next_upstream_timeout 2s;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $paygw_webhook_authority;
