@@ -181,13 +181,7 @@ def seed_payments(port, n, nonces, bnos, workers=8):
 def nginx_requests(port):
     """stub_status' request counter (client requests, not subrequests);
     reading it counts one more."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/nginx_status")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    return int(text.splitlines()[2].split()[2])
+    return nginx_accepts_requests(port)[1]
 
 
 def nginx_accepts_requests(port):
