@@ -120,6 +120,14 @@ void *ngx_http_paygw_call_ctx(ngx_http_request_t *r, ngx_uint_t kind);
 void ngx_http_paygw_call_fail(ngx_http_paygw_call_t *call,
     ngx_pool_t *pool, ngx_uint_t status, const char *fmt, ...);
 
+/* ngx_http_paygw_keep.c: upstream connections the balancers keep idle */
+void ngx_http_paygw_keep_reuse(ngx_peer_connection_t *pc,
+    ngx_connection_t *c);
+void ngx_http_paygw_keep_park(ngx_peer_connection_t *pc, void *item,
+    ngx_msec_t timeout, ngx_event_handler_pt idle);
+ngx_uint_t ngx_http_paygw_keep_ended(ngx_event_t *ev);
+void ngx_http_paygw_keep_close(ngx_connection_t *c);
+
 char *ngx_http_paygw_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_paygw_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_paygw_settler(ngx_conf_t *cf, ngx_command_t *cmd,

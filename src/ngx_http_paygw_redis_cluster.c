@@ -135,7 +135,6 @@ static ngx_int_t ngx_http_paygw_rc_get_peer(ngx_peer_connection_t *pc,
 static void ngx_http_paygw_rc_free_peer(ngx_peer_connection_t *pc,
     void *data, ngx_uint_t state);
 static void ngx_http_paygw_rc_idle_close(ngx_event_t *ev);
-static void ngx_http_paygw_rc_dummy(ngx_event_t *ev);
 
 
 static u_char  ngx_http_paygw_rc_slots_cmd[] =
@@ -1234,7 +1233,6 @@ ngx_http_paygw_rc_get_peer(ngx_peer_connection_t *pc, void *data)
     ngx_http_paygw_rc_op_t *rop = data;
 
     ngx_queue_t               *q;
-    ngx_connection_t          *c;
     ngx_http_paygw_rc_conn_t  *item;
     ngx_http_paygw_rc_node_t  *node;
 
@@ -1255,22 +1253,7 @@ ngx_http_paygw_rc_get_peer(ngx_peer_connection_t *pc, void *data)
     item = ngx_queue_data(q, ngx_http_paygw_rc_conn_t, queue);
     ngx_queue_insert_head(&rop->rc->free, q);
 
-    c = item->connection;
-
-    c->idle = 0;
-    c->sent = 0;
-    c->data = NULL;
-    c->log = pc->log;
-    c->read->log = pc->log;
-    c->write->log = pc->log;
-    c->pool->log = pc->log;
-
-    if (c->read->timer_set) {
-        ngx_del_timer(c->read);
-    }
-
-    pc->connection = c;
-    pc->cached = 1;
+    ngx_http_paygw_keep_reuse(pc, item->connection);
 
     return NGX_DONE;
 }
@@ -1329,33 +1312,7 @@ ngx_http_paygw_rc_free_peer(ngx_peer_connection_t *pc, void *data,
     ngx_queue_insert_head(&node->idle, &item->queue);
     node->nidle++;
 
-    pc->connection = NULL;
-
-    c->read->delayed = 0;
-    ngx_add_timer(c->read, 60000);
-
-    if (c->write->timer_set) {
-        ngx_del_timer(c->write);
-    }
-
-    c->write->handler = ngx_http_paygw_rc_dummy;
-    c->read->handler = ngx_http_paygw_rc_idle_close;
-    c->data = item;
-    c->idle = 1;
-    c->log = ngx_cycle->log;
-    c->read->log = ngx_cycle->log;
-    c->write->log = ngx_cycle->log;
-    c->pool->log = ngx_cycle->log;
-
-    if (c->read->ready) {
-        ngx_http_paygw_rc_idle_close(c->read);
-    }
-}
-
-
-static void
-ngx_http_paygw_rc_dummy(ngx_event_t *ev)
-{
+    ngx_http_paygw_keep_park(pc, item, 60000, ngx_http_paygw_rc_idle_close);
 }
 
 
@@ -1364,31 +1321,19 @@ ngx_http_paygw_rc_dummy(ngx_event_t *ev)
 static void
 ngx_http_paygw_rc_idle_close(ngx_event_t *ev)
 {
-    int                        n;
-    char                       buf[1];
     ngx_connection_t          *c;
     ngx_http_paygw_rc_conn_t  *item;
 
-    c = ev->data;
-
-    if (!c->close && !c->read->timedout) {
-        n = recv(c->fd, buf, 1, MSG_PEEK);
-
-        if (n == -1 && ngx_socket_errno == NGX_EAGAIN) {
-            ev->ready = 0;
-
-            if (ngx_handle_read_event(c->read, 0) == NGX_OK) {
-                return;
-            }
-        }
+    if (!ngx_http_paygw_keep_ended(ev)) {
+        return;
     }
 
+    c = ev->data;
     item = c->data;
 
     ngx_queue_remove(&item->queue);
     item->node->nidle--;
     ngx_queue_insert_head(&item->rc->free, &item->queue);
 
-    ngx_destroy_pool(c->pool);
-    ngx_close_connection(c);
+    ngx_http_paygw_keep_close(c);
 }

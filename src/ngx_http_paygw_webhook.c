@@ -47,12 +47,22 @@ static ngx_msec_t  ngx_http_paygw_webhook_default_retry[] = {
 };
 
 
-static ngx_str_t  ngx_http_paygw_webhook_vars[] = {
-    ngx_string("paygw_webhook_url"),
-    ngx_string("paygw_webhook_host"),
-    ngx_string("paygw_webhook_authority"),
-    ngx_string("paygw_webhook_scheme"),
-    ngx_string("paygw_webhook_uri")
+/* the variables' values: fields of the delivery's event */
+
+static struct {
+    ngx_str_t   name;
+    uintptr_t   offset;
+} ngx_http_paygw_webhook_vars[] = {
+    { ngx_string("paygw_webhook_url"),
+      offsetof(ngx_http_paygw_wh_event_t, url) },
+    { ngx_string("paygw_webhook_host"),
+      offsetof(ngx_http_paygw_wh_event_t, host) },
+    { ngx_string("paygw_webhook_authority"),
+      offsetof(ngx_http_paygw_wh_event_t, authority) },
+    { ngx_string("paygw_webhook_scheme"),
+      offsetof(ngx_http_paygw_wh_event_t, scheme) },
+    { ngx_string("paygw_webhook_uri"),
+      offsetof(ngx_http_paygw_wh_event_t, uri) }
 };
 
 
@@ -885,17 +895,17 @@ ngx_http_paygw_webhook_add_variables(ngx_conf_t *cf)
     ngx_uint_t            i;
     ngx_http_variable_t  *var;
 
-    for (i = 0; i < sizeof(ngx_http_paygw_webhook_vars) / sizeof(ngx_str_t);
-         i++)
+    for (i = 0; i < sizeof(ngx_http_paygw_webhook_vars)
+                    / sizeof(ngx_http_paygw_webhook_vars[0]); i++)
     {
-        var = ngx_http_add_variable(cf, &ngx_http_paygw_webhook_vars[i],
+        var = ngx_http_add_variable(cf, &ngx_http_paygw_webhook_vars[i].name,
                                     NGX_HTTP_VAR_NOCACHEABLE);
         if (var == NULL) {
             return NGX_ERROR;
         }
 
         var->get_handler = ngx_http_paygw_webhook_variable;
-        var->data = i;
+        var->data = ngx_http_paygw_webhook_vars[i].offset;
     }
 
     return NGX_OK;
@@ -924,22 +934,7 @@ ngx_http_paygw_webhook_variable(ngx_http_request_t *r,
         return NGX_OK;
     }
 
-    switch (data) {
-    case 0:
-        s = &ev->url;
-        break;
-    case 1:
-        s = &ev->host;
-        break;
-    case 2:
-        s = &ev->authority;
-        break;
-    case 3:
-        s = &ev->scheme;
-        break;
-    default:
-        s = &ev->uri;
-    }
+    s = (ngx_str_t *) ((u_char *) ev + data);
 
     v->data = s->data;
     v->len = s->len;

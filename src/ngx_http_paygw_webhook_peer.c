@@ -88,8 +88,6 @@ static void ngx_http_paygw_wh_peer_keep(ngx_peer_connection_t *pc,
 static ngx_int_t ngx_http_paygw_wh_peer_match(ngx_http_paygw_wh_idle_t *item,
     ngx_peer_connection_t *pc, ngx_http_paygw_wh_peer_data_t *pd);
 static void ngx_http_paygw_wh_peer_idle_handler(ngx_event_t *ev);
-static void ngx_http_paygw_wh_peer_dummy_handler(ngx_event_t *ev);
-static void ngx_http_paygw_wh_peer_close(ngx_connection_t *c);
 #if (NGX_HTTP_SSL)
 static ngx_int_t ngx_http_paygw_wh_peer_set_session(
     ngx_peer_connection_t *pc, void *data);
@@ -324,7 +322,6 @@ ngx_http_paygw_wh_peer_get(ngx_peer_connection_t *pc, void *data)
     ngx_http_paygw_wh_peer_data_t *pd = data;
 
     ngx_queue_t                    *q;
-    ngx_connection_t               *c;
     ngx_http_paygw_wh_idle_t       *item;
     ngx_http_paygw_wh_peer_conf_t  *conf;
 
@@ -358,26 +355,12 @@ ngx_http_paygw_wh_peer_get(ngx_peer_connection_t *pc, void *data)
         ngx_queue_remove(q);
         ngx_queue_insert_head(&conf->free, q);
 
-        c = item->connection;
+        ngx_http_paygw_keep_reuse(pc, item->connection);
         item->connection = NULL;
 
-        c->idle = 0;
-        c->sent = 0;
-        c->data = NULL;
-        c->log = pc->log;
-        c->read->log = pc->log;
-        c->write->log = pc->log;
-        c->pool->log = pc->log;
-
-        if (c->read->timer_set) {
-            ngx_del_timer(c->read);
-        }
-
-        pc->connection = c;
-        pc->cached = 1;
-
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pc->log, 0,
-                       "paygw webhook peer: kept connection %p reused", c);
+                       "paygw webhook peer: kept connection %p reused",
+                       pc->connection);
 
         return NGX_DONE;
     }
@@ -557,7 +540,7 @@ ngx_http_paygw_wh_peer_keep(ngx_peer_connection_t *pc,
         item = ngx_queue_data(q, ngx_http_paygw_wh_idle_t, queue);
 
         ngx_queue_remove(q);
-        ngx_http_paygw_wh_peer_close(item->connection);
+        ngx_http_paygw_keep_close(item->connection);
         item->connection = NULL;
 
     } else {
@@ -579,31 +562,11 @@ ngx_http_paygw_wh_peer_keep(ngx_peer_connection_t *pc,
     item->ssl = 0;
 #endif
 
-    pc->connection = NULL;
-
-    c->read->delayed = 0;
-    ngx_add_timer(c->read, conf->timeout);
-
-    if (c->write->timer_set) {
-        ngx_del_timer(c->write);
-    }
-
-    c->write->handler = ngx_http_paygw_wh_peer_dummy_handler;
-    c->read->handler = ngx_http_paygw_wh_peer_idle_handler;
-
-    c->data = item;
-    c->idle = 1;
-    c->log = ngx_cycle->log;
-    c->read->log = ngx_cycle->log;
-    c->write->log = ngx_cycle->log;
-    c->pool->log = ngx_cycle->log;
-
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pc->log, 0,
                    "paygw webhook peer: connection %p kept", c);
 
-    if (c->read->ready) {
-        ngx_http_paygw_wh_peer_idle_handler(c->read);
-    }
+    ngx_http_paygw_keep_park(pc, item, conf->timeout,
+                             ngx_http_paygw_wh_peer_idle_handler);
 }
 
 
@@ -613,74 +576,24 @@ ngx_http_paygw_wh_peer_keep(ngx_peer_connection_t *pc,
 static void
 ngx_http_paygw_wh_peer_idle_handler(ngx_event_t *ev)
 {
-    int                        n;
-    char                       buf[1];
     ngx_connection_t          *c;
     ngx_http_paygw_wh_idle_t  *item;
 
-    c = ev->data;
-
-    if (c->close || c->read->timedout) {
-        goto close;
-    }
-
-    n = recv(c->fd, buf, 1, MSG_PEEK);
-
-    if (n == -1 && ngx_socket_errno == NGX_EAGAIN) {
-        ev->ready = 0;
-
-        if (ngx_handle_read_event(c->read, 0) != NGX_OK) {
-            goto close;
-        }
-
+    if (!ngx_http_paygw_keep_ended(ev)) {
         return;
     }
 
-close:
-
+    c = ev->data;
     item = c->data;
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, 0,
                    "paygw webhook peer: kept connection %p closed", c);
 
-    ngx_http_paygw_wh_peer_close(c);
+    ngx_http_paygw_keep_close(c);
 
     item->connection = NULL;
     ngx_queue_remove(&item->queue);
     ngx_queue_insert_head(&item->conf->free, &item->queue);
-}
-
-
-static void
-ngx_http_paygw_wh_peer_dummy_handler(ngx_event_t *ev)
-{
-    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, ev->log, 0,
-                   "paygw webhook peer: idle write event");
-}
-
-
-static void
-ngx_http_paygw_wh_peer_close(ngx_connection_t *c)
-{
-#if (NGX_HTTP_SSL)
-
-    if (c->ssl) {
-        c->ssl->no_wait_shutdown = 1;
-        c->ssl->no_send_shutdown = 1;
-
-        if (ngx_ssl_shutdown(c) == NGX_AGAIN) {
-            c->ssl->handler = ngx_http_paygw_wh_peer_close;
-            return;
-        }
-    }
-
-#endif
-
-    if (c->pool) {
-        ngx_destroy_pool(c->pool);
-    }
-
-    ngx_close_connection(c);
 }
 
 
