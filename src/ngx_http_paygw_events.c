@@ -49,12 +49,19 @@ typedef struct {
     ngx_str_t                     after;
     unsigned                      sending:1;
     unsigned                      cleanup:1;
+    unsigned                      handed:1;  /* handed off, not claimed */
 } ngx_http_paygw_wh_round_t;
 
 
 static ngx_int_t ngx_http_paygw_deliver_start(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_deliver_claimed(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_deliver_take(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_deliver_taken(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_deliver_ready(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_deliver_streamed(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
@@ -111,6 +118,7 @@ static ngx_int_t ngx_http_paygw_redeliver_start(ngx_http_request_t *r,
 static ngx_int_t ngx_http_paygw_redeliver_done(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_uint_t ngx_http_paygw_ev_uint(ngx_str_t *v);
+static ngx_uint_t ngx_http_paygw_ev_eq(ngx_str_t *a, ngx_str_t *b);
 static json_t *ngx_http_paygw_ev_str(ngx_str_t *v);
 
 
@@ -137,15 +145,24 @@ ngx_http_paygw_deliver_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     }
 
     rd = ngx_pcalloc(r->pool, sizeof(ngx_http_paygw_wh_round_t));
+    if (rd == NULL) {
+        return NGX_ERROR;
+    }
+
+    rd->start = ngx_current_msec;
+    ctx->events = rd;
+
+    if (!ngx_http_paygw_handoff_claim_turn(r, wc)) {
+        return ngx_http_paygw_deliver_take(r, ctx);
+    }
+
     p = ngx_pnalloc(r->pool, 2 * sizeof(rnd));
-    if (rd == NULL || p == NULL || RAND_bytes(rnd, sizeof(rnd)) != 1) {
+    if (p == NULL || RAND_bytes(rnd, sizeof(rnd)) != 1) {
         return NGX_ERROR;
     }
 
     rd->owner.data = p;
     rd->owner.len = ngx_hex_dump(p, rnd, sizeof(rnd)) - p;
-    rd->start = ngx_current_msec;
-    ctx->events = rd;
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "paygw deliver: step \"start\" lease %V", &rd->owner);
@@ -166,7 +183,6 @@ static ngx_int_t
 ngx_http_paygw_deliver_claimed(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_int_t                   rc;
     ngx_uint_t                  i;
     ngx_str_t                  *v;
     ngx_http_paygw_sql_stmt_t  *s;
@@ -212,6 +228,105 @@ ngx_http_paygw_deliver_claimed(ngx_http_request_t *r,
         ev->streamed = ngx_http_paygw_ev_uint(&v[7]);
         ev->disabled = ngx_http_paygw_ev_uint(&v[8]);
     }
+
+    return ngx_http_paygw_deliver_ready(r, ctx);
+}
+
+
+/*
+ * Events handed off by the requests that wrote them (handoff.c): already
+ * leased, in memory; only whether their endpoints are disabled is read.
+ */
+
+static ngx_int_t
+ngx_http_paygw_deliver_take(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_uint_t                      i;
+    ngx_http_paygw_wh_round_t      *rd;
+    ngx_http_paygw_webhook_conf_t  *wc;
+
+    rd = ctx->events;
+    wc = ngx_http_paygw_webhook_conf(r);
+
+    rd->nevents = ngx_http_paygw_handoff_take(r, wc, &rd->events,
+                                              &rd->start, &rd->owner);
+    rd->handed = 1;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw deliver: step \"take\" %ui events handed off",
+                   rd->nevents);
+
+    if (rd->nevents == 0) {
+        /* another worker's round took them */
+        return ngx_http_paygw_deliver_answer(r, ctx);
+    }
+
+    for (i = 0; i < rd->nevents; i++) {
+        rd->events[i].round = rd;
+    }
+
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_disabled(ctx->mysql, rd->events, rd->nevents)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_deliver_taken);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_deliver_taken(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_str_t                  *v;
+    ngx_uint_t                  i, row;
+    ngx_http_paygw_sql_stmt_t  *s;
+    ngx_http_paygw_wh_round_t  *rd;
+    ngx_http_paygw_wh_event_t  *ev;
+
+    rd = ctx->events;
+
+    if (!ctx->mysql->call.ok || ctx->mysql->err_no) {
+        /* sent after their lease, by a claim round */
+        return ngx_http_paygw_mysql_down(r, ctx);
+    }
+
+    s = ctx->mysql->stmts.elts;
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw deliver: step \"taken\" %ui endpoints disabled",
+                   s->nrows);
+
+    for (row = 0; row < s->nrows; row++) {
+        v = ngx_http_paygw_sql_value(s, row, 0);
+
+        for (i = 0; i < rd->nevents; i++) {
+            ev = &rd->events[i];
+
+            if (ev->url.data && ngx_http_paygw_ev_eq(&ev->merchant_id, &v[0])
+                && ngx_http_paygw_ev_eq(&ev->url, &v[1]))
+            {
+                ev->disabled = 1;
+            }
+        }
+    }
+
+    return ngx_http_paygw_deliver_ready(r, ctx);
+}
+
+
+/* the events of a round known: to the stream, then to the merchants */
+
+static ngx_int_t
+ngx_http_paygw_deliver_ready(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t                   rc;
+    ngx_http_paygw_wh_round_t  *rd;
+
+    rd = ctx->events;
 
     rc = ngx_http_paygw_deliver_stream(r, rd);
 
@@ -1106,6 +1221,12 @@ ngx_http_paygw_deliver_recorded(ngx_http_request_t *r,
         return ngx_http_paygw_mysql_down(r, ctx);
     }
 
+    if (rd->handed) {
+        return ngx_http_paygw_deliver_answer(r, ctx);
+    }
+
+    ngx_http_paygw_handoff_claimed(r, rd->nevents >= wc->batch);
+
     if (rd->nevents >= wc->batch) {
         return ngx_http_paygw_deliver_answer(r, ctx);
     }
@@ -1159,9 +1280,10 @@ ngx_http_paygw_deliver_answer(ngx_http_request_t *r,
     rd = ctx->events;
 
     return ngx_http_paygw_respond(r, ctx, NGX_HTTP_OK,
-                                  json_pack("{s:I, s:I, s:I}",
+                                  json_pack("{s:I, s:b, s:I, s:I}",
                                             "claimed",
                                             (json_int_t) rd->nevents,
+                                            "handed_off", rd->handed,
                                             "delivered",
                                             (json_int_t) rd->delivered,
                                             "failed",
@@ -1396,6 +1518,14 @@ ngx_http_paygw_ev_uint(ngx_str_t *v)
     n = ngx_atoi(v->data, v->len);
 
     return n == NGX_ERROR ? 0 : (ngx_uint_t) n;
+}
+
+
+static ngx_uint_t
+ngx_http_paygw_ev_eq(ngx_str_t *a, ngx_str_t *b)
+{
+    return a->data && b->data && a->len == b->len
+           && ngx_strncmp(a->data, b->data, a->len) == 0;
 }
 
 

@@ -589,6 +589,11 @@ ngx_http_paygw_mysql_start_step(ngx_http_paygw_mysql_conn_t *mc)
 
     if (op->step == n + 2 * tx) {
         op->call.ok = 1;
+
+        if (op->committed && !op->conflict && op->err_no == 0) {
+            op->committed(op);
+        }
+
         ngx_http_paygw_mysql_release(mc);
         ngx_http_paygw_mysql_finish(op);
         return NGX_HTTP_PAYGW_MYSQL_STOP;

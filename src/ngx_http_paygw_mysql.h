@@ -69,11 +69,20 @@ typedef struct ngx_http_paygw_mysql_conn_s  ngx_http_paygw_mysql_conn_t;
  * twice changes nothing.
  */
 
-typedef struct {
+typedef struct ngx_http_paygw_mysql_op_s  ngx_http_paygw_mysql_op_t;
+
+/* all statements ran, the COMMIT too: what was written is there */
+typedef void (*ngx_http_paygw_mysql_committed_pt)(
+    ngx_http_paygw_mysql_op_t *op);
+
+
+struct ngx_http_paygw_mysql_op_s {
     ngx_http_paygw_call_t         call;
 
     ngx_pool_t                   *pool;
     ngx_array_t                   stmts;     /* ngx_http_paygw_sql_stmt_t */
+    ngx_http_paygw_mysql_committed_pt  committed;
+    void                         *data;      /* committed's */
     unsigned                      transaction:1;
     unsigned                      read_only:1;
     unsigned                      conflict:1;
@@ -98,7 +107,7 @@ typedef struct {
     unsigned                      batch:1;   /* one multi-statement text */
     unsigned                      guard:1;   /* next result: a guard's */
     ngx_uint_t                    deadlocks;
-} ngx_http_paygw_mysql_op_t;
+};
 
 
 typedef struct {

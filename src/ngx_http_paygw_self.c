@@ -77,6 +77,29 @@ ngx_http_paygw_self_start(ngx_http_paygw_self_t *self, ngx_cycle_t *cycle,
 }
 
 
+/*
+ * Work is waiting: the next round in "delay" at the latest.  A round
+ * that runs now decides its successor when it ends (self->next).
+ */
+
+void
+ngx_http_paygw_self_soon(ngx_http_paygw_self_t *self, ngx_msec_t delay)
+{
+    if (!self->timer.timer_set || self->peer.connection
+        || (ngx_msec_int_t) (self->timer.timer.key - ngx_current_msec)
+           <= (ngx_msec_int_t) delay)
+    {
+        return;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, self->log, 0,
+                   "%s: the next round in %M ms", self->name, delay);
+
+    ngx_del_timer(&self->timer);
+    ngx_add_timer(&self->timer, delay);
+}
+
+
 static void
 ngx_http_paygw_self_tick(ngx_event_t *ev)
 {

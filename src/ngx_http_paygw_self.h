@@ -58,6 +58,7 @@ char *ngx_http_paygw_self_addr(ngx_conf_t *cf, ngx_http_paygw_self_t *self,
     ngx_str_t *value, const char *directive);
 ngx_int_t ngx_http_paygw_self_start(ngx_http_paygw_self_t *self,
     ngx_cycle_t *cycle, ngx_msec_t first);
+void ngx_http_paygw_self_soon(ngx_http_paygw_self_t *self, ngx_msec_t delay);
 
 
 #endif /* _NGX_HTTP_PAYGW_SELF_H_INCLUDED_ */

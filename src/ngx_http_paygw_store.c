@@ -13,6 +13,7 @@
 #include "ngx_http_paygw_render.h"
 #include "ngx_http_paygw_fees.h"
 #include "ngx_http_paygw_mysql.h"
+#include "ngx_http_paygw_webhook.h"
 
 
 #define NGX_HTTP_PAYGW_ISO(col)                                              \
@@ -713,14 +714,21 @@ ngx_http_paygw_store_select_stale(ngx_http_paygw_mysql_op_t *op,
 }
 
 
+#define NGX_HTTP_PAYGW_OUTBOX_INSERT                                         \
+    "INSERT INTO outbox_events (event_id, merchant_id, type, object_no, "   \
+    "notify_url, payload"
+
+
 static ngx_int_t
 ngx_http_paygw_store_event(ngx_http_request_t *r,
     ngx_http_paygw_mysql_op_t *op, ngx_str_t *merchant_id, const char *type,
     ngx_str_t *object_no, ngx_str_t *notify_url, json_t *data)
 {
     json_t                     *doc;
+    int64_t                     lease;
     ngx_int_t                   rc;
-    ngx_str_t                   event_id, now, payload, t;
+    ngx_str_t                   event_id, now, payload, t, *owner;
+    ngx_str_t                   fields[NGX_HTTP_PAYGW_HO_FIELDS];
     ngx_http_paygw_sql_stmt_t  *s;
 
     if (data == NULL
@@ -750,12 +758,23 @@ ngx_http_paygw_store_event(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    s = ngx_http_paygw_mysql_add(op,
-            "INSERT INTO outbox_events (event_id, merchant_id, type, "
-            "object_no, notify_url, payload) VALUES (?, ?, ?, ?, "
-            "COALESCE(?, (SELECT notify_url FROM payments "
-            "WHERE payment_no = (SELECT payment_no FROM refunds "
-            "WHERE refund_no = ? AND merchant_id = ? LIMIT 1))), ?)");
+    /*
+     * A payment's event knows its destination (or that it has none):
+     * it may be handed off to delivery, leased to this instance from its
+     * INSERT.  A refund's takes its payment's notify_url inside MySQL.
+     */
+
+    owner = notify_url ? ngx_http_paygw_handoff_lease(r) : NULL;
+
+    s = ngx_http_paygw_mysql_add(op, owner
+            ? NGX_HTTP_PAYGW_OUTBOX_INSERT ", lease_owner, lease_until, "
+              "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, "
+              "NOW(3) + INTERVAL ? MICROSECOND, "
+              "NOW(3) + INTERVAL ? MICROSECOND)"
+            : NGX_HTTP_PAYGW_OUTBOX_INSERT ") VALUES (?, ?, ?, ?, "
+              "COALESCE(?, (SELECT notify_url FROM payments "
+              "WHERE payment_no = (SELECT payment_no FROM refunds "
+              "WHERE refund_no = ? AND merchant_id = ? LIMIT 1))), ?)");
     if (s == NULL) {
         return NGX_ERROR;
     }
@@ -767,15 +786,44 @@ ngx_http_paygw_store_event(ngx_http_request_t *r,
         || ngx_http_paygw_store_str(op, s, merchant_id) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &t) != NGX_OK
         || ngx_http_paygw_store_str(op, s, object_no) != NGX_OK
-        || ngx_http_paygw_store_str(op, s, notify_url) != NGX_OK
-        || ngx_http_paygw_store_str(op, s, object_no) != NGX_OK
-        || ngx_http_paygw_store_str(op, s, merchant_id) != NGX_OK
-        || ngx_http_paygw_store_str(op, s, &payload) != NGX_OK)
+        || ngx_http_paygw_store_str(op, s, notify_url) != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    return NGX_OK;
+    if (owner == NULL) {
+        if (ngx_http_paygw_store_str(op, s, object_no) != NGX_OK
+            || ngx_http_paygw_store_str(op, s, merchant_id) != NGX_OK
+            || ngx_http_paygw_store_str(op, s, &payload) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        return NGX_OK;
+    }
+
+    lease = (int64_t) ngx_http_paygw_webhook_conf(r)->lease * 1000;
+
+    if (ngx_http_paygw_store_str(op, s, &payload) != NGX_OK
+        || ngx_http_paygw_store_str(op, s, owner) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, lease) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, lease) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    fields[NGX_HTTP_PAYGW_HO_EVENT_ID] = event_id;
+    fields[NGX_HTTP_PAYGW_HO_MERCHANT] = *merchant_id;
+    fields[NGX_HTTP_PAYGW_HO_TYPE] = t;
+    fields[NGX_HTTP_PAYGW_HO_PAYLOAD] = payload;
+
+    if (notify_url->data) {
+        fields[NGX_HTTP_PAYGW_HO_URL] = *notify_url;
+    } else {
+        ngx_str_null(&fields[NGX_HTTP_PAYGW_HO_URL]);
+    }
+
+    return ngx_http_paygw_handoff_add(r, op, fields);
 }
 
 

@@ -91,6 +91,75 @@ ngx_http_paygw_store_claim_events(ngx_http_paygw_mysql_op_t *op,
 
 
 /*
+ * The endpoints disabled (410) of the merchants of handed-off events,
+ * which no claim read: one short read by primary key.
+ */
+
+ngx_int_t
+ngx_http_paygw_store_disabled(ngx_http_paygw_mysql_op_t *op,
+    ngx_http_paygw_wh_event_t *evs, ngx_uint_t n)
+{
+    u_char                     *sql, *p;
+    ngx_str_t                 **m;
+    ngx_uint_t                  i, j, k;
+    ngx_http_paygw_sql_stmt_t  *s;
+
+    static const char  head[] =
+        "SELECT merchant_id, notify_url FROM webhook_disabled "
+        "WHERE merchant_id IN (?";
+
+    /* each merchant once */
+
+    m = ngx_palloc(op->pool, n * sizeof(ngx_str_t *));
+    if (m == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0, k = 0; i < n; i++) {
+        for (j = 0; j < k; j++) {
+            if (m[j]->len == evs[i].merchant_id.len
+                && ngx_strncmp(m[j]->data, evs[i].merchant_id.data,
+                               m[j]->len) == 0)
+            {
+                break;
+            }
+        }
+
+        if (j == k) {
+            m[k++] = &evs[i].merchant_id;
+        }
+    }
+
+    sql = ngx_pnalloc(op->pool, sizeof(head) + 3 * k + 1);
+    if (sql == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(sql, head, sizeof(head) - 1);
+
+    for (i = 1; i < k; i++) {
+        p = ngx_cpymem(p, ", ?", 3);
+    }
+
+    *p++ = ')';
+    *p = '\0';
+
+    s = ngx_http_paygw_mysql_add(op, (const char *) sql);
+    if (s == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < k; i++) {
+        if (ngx_http_paygw_sql_str(op, s, m[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+/*
  * status: "delivered", "pending" (retry after delay), "failed" (no
  * more retries), "disabled" (410, or its endpoint was), "skipped" (no
  * destination: the stream only).

@@ -93,6 +93,7 @@ ngx_http_paygw_webhook_get(ngx_conf_t *cf, ngx_http_paygw_main_conf_t *pmcf)
     wc->lease = 60000;
     wc->retention = 7 * 86400;
     wc->stream_maxlen = 100000;
+    wc->handoff = 1000;
     wc->allow_loopback = NGX_CONF_UNSET;
     ngx_str_set(&wc->location, "/_paygw/webhook");
 
@@ -192,6 +193,17 @@ ngx_http_paygw_webhook_param(ngx_conf_t *cf,
         }
 
         wc->retention = n;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_paygw_param("handoff=")) {
+        n = ngx_atoi(s.data, s.len);
+        if (n == NGX_ERROR || n > 100000) {
+            goto invalid;
+        }
+
+        /* 0: every event waits for a claim round */
+        wc->handoff = n;
         return NGX_CONF_OK;
     }
 
@@ -977,9 +989,14 @@ ngx_http_paygw_webhook_init_process(ngx_cycle_t *cycle)
     wc->self.next = ngx_http_paygw_webhook_next;
     wc->self.data = wc;
 
-    /* spread the workers' first rounds */
+    /*
+     * Spread the workers' first rounds, unless a reload kept events
+     * handed off to the previous workers: they go out now.
+     */
 
-    first = wc->self.interval / 2 + ngx_random() % wc->self.interval;
+    first = ngx_http_paygw_handoff_waiting(cycle)
+            ? ngx_min(wc->self.interval, NGX_HTTP_PAYGW_HO_DELAY)
+            : wc->self.interval / 2 + ngx_random() % wc->self.interval;
 
     return ngx_http_paygw_self_start(&wc->self, cycle, first);
 }
@@ -1025,5 +1042,15 @@ ngx_http_paygw_webhook_next(ngx_http_paygw_self_t *self, ngx_uint_t failed)
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, self->log, 0,
                    "paygw webhook: the round claimed %ui", claimed);
 
-    return (!failed && claimed >= wc->batch) ? 1 : self->interval;
+    if (!failed && claimed >= wc->batch) {
+        return 1;
+    }
+
+    /* events handed off since the round started */
+
+    if (ngx_http_paygw_handoff_waiting((ngx_cycle_t *) ngx_cycle)) {
+        return ngx_min(self->interval, NGX_HTTP_PAYGW_HO_DELAY);
+    }
+
+    return self->interval;
 }

@@ -12,6 +12,7 @@
 
 #include "ngx_http_paygw_types.h"
 #include "ngx_http_paygw_self.h"
+#include "ngx_http_paygw_handoff.h"
 #include <openssl/evp.h>
 
 
@@ -49,6 +50,7 @@ typedef struct {
     ngx_msec_t                    lease;
     time_t                        retention;
     ngx_uint_t                    stream_maxlen;
+    ngx_uint_t                    handoff;       /* events queued at most */
 
     ngx_str_t                     location;      /* the proxy_pass one */
     ngx_array_t                   secrets;       /* wh_secret_t */
@@ -58,6 +60,7 @@ typedef struct {
 
     /* per worker */
     ngx_uint_t                    claimed;       /* by the last round */
+    ngx_uint_t                    handed;        /* of those, handed off */
 } ngx_http_paygw_webhook_conf_t;
 
 
@@ -137,12 +140,27 @@ ngx_int_t ngx_http_paygw_events(ngx_http_request_t *r,
 ngx_int_t ngx_http_paygw_redeliver(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 
+/* ngx_http_paygw_handoff.c: events of a request, queued after COMMIT */
+ngx_str_t *ngx_http_paygw_handoff_lease(ngx_http_request_t *r);
+ngx_int_t ngx_http_paygw_handoff_add(ngx_http_request_t *r,
+    ngx_http_paygw_mysql_op_t *op, ngx_str_t *fields);
+ngx_uint_t ngx_http_paygw_handoff_claim_turn(ngx_http_request_t *r,
+    ngx_http_paygw_webhook_conf_t *wc);
+void ngx_http_paygw_handoff_claimed(ngx_http_request_t *r,
+    ngx_uint_t full);
+ngx_uint_t ngx_http_paygw_handoff_take(ngx_http_request_t *r,
+    ngx_http_paygw_webhook_conf_t *wc, ngx_http_paygw_wh_event_t **events,
+    ngx_msec_t *oldest, ngx_str_t *owner);
+ngx_uint_t ngx_http_paygw_handoff_waiting(ngx_cycle_t *cycle);
+
 /* ngx_http_paygw_store_events.c: their SQL */
 ngx_int_t ngx_http_paygw_store_claim_events(ngx_http_paygw_mysql_op_t *op,
     ngx_str_t *owner, ngx_msec_t lease, ngx_uint_t batch);
 ngx_int_t ngx_http_paygw_store_event_result(ngx_http_paygw_mysql_op_t *op,
     ngx_str_t *owner, ngx_http_paygw_wh_event_t *ev, const char *status,
     ngx_msec_t delay);
+ngx_int_t ngx_http_paygw_store_disabled(ngx_http_paygw_mysql_op_t *op,
+    ngx_http_paygw_wh_event_t *evs, ngx_uint_t n);
 ngx_int_t ngx_http_paygw_store_events_delivered(
     ngx_http_paygw_mysql_op_t *op, ngx_str_t *owner,
     ngx_http_paygw_wh_event_t **evs, ngx_uint_t n);

@@ -173,6 +173,12 @@ ngx_http_paygw_zone_create(ngx_http_paygw_zone_ctx_t *ctx)
     ctx->sh->layout = NGX_HTTP_PAYGW_M_LAYOUT;
     ctx->sh->created = ngx_time();
 
+    if (ngx_http_paygw_handoff_init(&ctx->sh->handoff, ctx->shpool)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     ngx_http_paygw_zone_slots(ctx);
     ngx_http_paygw_mysql_ha_adopt(ctx->mysql_servers, ctx->sh->mysql_ha,
                                   NGX_HTTP_PAYGW_MYSQL_HA_SHARED);

@@ -14,6 +14,7 @@
 
 #include "ngx_http_paygw.h"
 #include "ngx_http_paygw_mysql_ha.h"
+#include "ngx_http_paygw_handoff.h"
 
 
 #define NGX_HTTP_PAYGW_M_APIS          12   /* see ngx_http_paygw_m_api */
@@ -23,7 +24,7 @@
 #define NGX_HTTP_PAYGW_M_RESULTS       5
 #define NGX_HTTP_PAYGW_M_BUCKETS       14
 
-#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670007
+#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670008
 
 
 typedef struct {
@@ -80,6 +81,9 @@ struct ngx_http_paygw_shctx_s {
     /* the channel each slot counts for, as the metrics label it */
     u_char                        slot_name[NGX_HTTP_PAYGW_M_CHANNELS]
                                       [NGX_HTTP_PAYGW_CHANNEL_NAME_LEN + 1];
+
+    /* webhook events handed off to delivery (ngx_http_paygw_handoff.c) */
+    ngx_http_paygw_handoff_sh_t   handoff;
 };
 
 

@@ -24,8 +24,8 @@ our @EXPORT_OK = qw(webhook_http $WHSEC);
 our $WHSEC = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
 
 our $HTTP_ADD = <<'CONF';
-    paygw_webhook 127.0.0.1:%%PORT%% key=ops interval=200ms lease=%%LEASE%%
-                  batch=%%BATCH%% parallel=%%PARALLEL%%;
+    paygw_webhook 127.0.0.1:%%PORT%% key=ops interval=%%INTERVAL%% lease=%%LEASE%%
+                  batch=%%BATCH%% parallel=%%PARALLEL%%%%HANDOFF%%;
     paygw_webhook_secrets %%REPO%%/conf/demo/webhook_secrets.conf;
     paygw_webhook_retry %%RETRY%%;
     paygw_webhook_allow_loopback %%LOOPBACK%%;
@@ -62,6 +62,7 @@ CONF
 
 # webhook_http(retry => '1s 1s 1s', lease => '10s', loopback => 'on',
 #              batch => 100, parallel => 100, resolver => '127.0.0.1:PORT',
+#              interval => '200ms', handoff => N (the default: none given),
 #              peer => 1): the
 #              http{} text (peer => 0: proxy_pass $paygw_webhook_url).
 sub webhook_http {
@@ -70,6 +71,8 @@ sub webhook_http {
     my $add = $HTTP_ADD;
     $add =~ s/%%RETRY%%/$o{retry} \/\/ '1s 1s 1s'/e;
     $add =~ s/%%LEASE%%/$o{lease} \/\/ '10s'/e;
+    $add =~ s/%%INTERVAL%%/$o{interval} \/\/ '200ms'/e;
+    $add =~ s/%%HANDOFF%%/defined $o{handoff} ? " handoff=$o{handoff}" : ''/e;
     $add =~ s/%%LOOPBACK%%/$o{loopback} \/\/ 'on'/e;
     $add =~ s/%%BATCH%%/$o{batch} \/\/ 100/e;
     $add =~ s/%%PARALLEL%%/$o{parallel} \/\/ 100/e;
