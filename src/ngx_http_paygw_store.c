@@ -759,9 +759,10 @@ ngx_http_paygw_store_event(ngx_http_request_t *r,
     }
 
     /*
-     * A payment's event knows its destination (or that it has none):
-     * it may be handed off to delivery, leased to this instance from its
-     * INSERT.  A refund's takes its payment's notify_url inside MySQL.
+     * A payment's event knows its destination (or that it has none): a
+     * plain INSERT, possibly leased to this instance already (handed
+     * off to delivery).  A refund's takes its payment's notify_url
+     * inside MySQL.
      */
 
     owner = notify_url ? ngx_http_paygw_handoff_lease(r) : NULL;
@@ -771,6 +772,8 @@ ngx_http_paygw_store_event(ngx_http_request_t *r,
               "next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, "
               "NOW(3) + INTERVAL ? MICROSECOND, "
               "NOW(3) + INTERVAL ? MICROSECOND)"
+            : notify_url
+            ? NGX_HTTP_PAYGW_OUTBOX_INSERT ") VALUES (?, ?, ?, ?, ?, ?)"
             : NGX_HTTP_PAYGW_OUTBOX_INSERT ") VALUES (?, ?, ?, ?, "
               "COALESCE(?, (SELECT notify_url FROM payments "
               "WHERE payment_no = (SELECT payment_no FROM refunds "
@@ -791,21 +794,24 @@ ngx_http_paygw_store_event(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    if (owner == NULL) {
-        if (ngx_http_paygw_store_str(op, s, object_no) != NGX_OK
-            || ngx_http_paygw_store_str(op, s, merchant_id) != NGX_OK
-            || ngx_http_paygw_store_str(op, s, &payload) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
+    if (notify_url == NULL
+        && (ngx_http_paygw_store_str(op, s, object_no) != NGX_OK
+            || ngx_http_paygw_store_str(op, s, merchant_id) != NGX_OK))
+    {
+        return NGX_ERROR;
+    }
 
+    if (ngx_http_paygw_store_str(op, s, &payload) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (owner == NULL) {
         return NGX_OK;
     }
 
     lease = (int64_t) ngx_http_paygw_webhook_conf(r)->lease * 1000;
 
-    if (ngx_http_paygw_store_str(op, s, &payload) != NGX_OK
-        || ngx_http_paygw_store_str(op, s, owner) != NGX_OK
+    if (ngx_http_paygw_store_str(op, s, owner) != NGX_OK
         || ngx_http_paygw_sql_int(op, s, lease) != NGX_OK
         || ngx_http_paygw_sql_int(op, s, lease) != NGX_OK)
     {
