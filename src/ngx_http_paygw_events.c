@@ -41,7 +41,8 @@ typedef struct {
     ngx_uint_t                    nevents;
     ngx_uint_t                    next;      /* the next to start */
     ngx_uint_t                    running;
-    ngx_msec_t                    start;     /* when it claimed */
+    ngx_msec_t                    half;      /* half its events' lease
+                                                gone: start no POST */
     ngx_uint_t                    delivered;
     ngx_uint_t                    failed;
     ngx_http_paygw_redis_op_t    *redis;
@@ -68,7 +69,7 @@ static ngx_int_t ngx_http_paygw_deliver_streamed(ngx_http_request_t *r,
 static ngx_int_t ngx_http_paygw_deliver_send(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_uint_t ngx_http_paygw_deliver_late(
-    ngx_http_paygw_webhook_conf_t *wc, ngx_http_paygw_wh_round_t *rd);
+    ngx_http_paygw_wh_round_t *rd);
 static ngx_uint_t ngx_http_paygw_deliver_merchants(
     ngx_http_paygw_wh_event_t *ev);
 static ngx_int_t ngx_http_paygw_deliver_one(ngx_http_request_t *r,
@@ -149,7 +150,7 @@ ngx_http_paygw_deliver_start(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NGX_ERROR;
     }
 
-    rd->start = ngx_current_msec;
+    rd->half = ngx_current_msec + wc->lease / 2;
     ctx->events = rd;
 
     if (!ngx_http_paygw_handoff_claim_turn(r, wc)) {
@@ -249,7 +250,7 @@ ngx_http_paygw_deliver_take(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     wc = ngx_http_paygw_webhook_conf(r);
 
     rd->nevents = ngx_http_paygw_handoff_take(r, wc, &rd->events,
-                                              &rd->start, &rd->owner);
+                                              &rd->half, &rd->owner);
     rd->handed = 1;
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
@@ -271,6 +272,10 @@ ngx_http_paygw_deliver_take(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     {
         return NGX_ERROR;
     }
+
+    /* a read: run again on another connection if a pooled one was lost */
+
+    ctx->mysql->read_only = 1;
 
     return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_deliver_taken);
 }
@@ -474,7 +479,7 @@ ngx_http_paygw_deliver_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
     wc = ngx_http_paygw_webhook_conf(r);
 
     rd->group.done = 0;
-    late = ngx_http_paygw_deliver_late(wc, rd);
+    late = ngx_http_paygw_deliver_late(rd);
 
     for ( /* void */ ; rd->next < rd->nevents; rd->next++) {
         ev = &rd->events[rd->next];
@@ -519,10 +524,9 @@ ngx_http_paygw_deliver_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
  */
 
 static ngx_uint_t
-ngx_http_paygw_deliver_late(ngx_http_paygw_webhook_conf_t *wc,
-    ngx_http_paygw_wh_round_t *rd)
+ngx_http_paygw_deliver_late(ngx_http_paygw_wh_round_t *rd)
 {
-    return ngx_current_msec - rd->start >= wc->lease / 2;
+    return (ngx_msec_int_t) (ngx_current_msec - rd->half) >= 0;
 }
 
 
@@ -673,7 +677,7 @@ ngx_http_paygw_deliver_resolved(ngx_resolver_ctx_t *rctx)
         ev->refused = 1;
         ngx_http_paygw_m_webhook(r, NGX_HTTP_PAYGW_M_WH_REFUSED, 0);
 
-    } else if (ngx_http_paygw_deliver_late(wc, rd)) {
+    } else if (ngx_http_paygw_deliver_late(rd)) {
         ev->deferred = 1;
 
     } else if (ngx_http_paygw_deliver_post(r, wc, rd, ev) != NGX_OK) {

@@ -34,6 +34,7 @@ typedef struct {
     ngx_queue_t                   queue;
     size_t                        size;          /* allocated */
     ngx_msec_t                    leased_at;     /* before its INSERT */
+    ngx_msec_t                    lease;         /* as it was inserted */
     uint64_t                      id;            /* outbox_events.id */
     uint32_t                      len[NGX_HTTP_PAYGW_HO_FIELDS];
     u_char                        data[1];
@@ -45,6 +46,7 @@ typedef struct {
 typedef struct {
     ngx_uint_t                    stmt;          /* its INSERT */
     ngx_msec_t                    leased_at;
+    ngx_msec_t                    lease;
     ngx_str_t                     field[NGX_HTTP_PAYGW_HO_FIELDS];
 } ngx_http_paygw_handoff_ev_t;
 
@@ -97,8 +99,8 @@ ngx_http_paygw_handoff_lease(ngx_http_request_t *r)
     wc = ngx_http_paygw_webhook_conf(r);
     ho = ngx_http_paygw_handoff_sh(r, &shpool);
 
-    if (ho == NULL
-        || ho->count >= wc->handoff / 2 || ho->bytes >= ho->cap / 2)
+    if (ho == NULL || wc->handoff == 0
+        || ho->count >= (wc->handoff + 1) / 2 || ho->bytes >= ho->cap / 2)
     {
         return NULL;
     }
@@ -124,9 +126,12 @@ ngx_http_paygw_handoff_sh(ngx_http_request_t *r, ngx_slab_pool_t **shpool)
     wc = ngx_http_paygw_webhook_conf(r);
     sh = ngx_http_paygw_shctx(r);
 
-    if (wc == NULL || wc->self.addr == NULL || wc->handoff == 0
-        || sh == NULL)
-    {
+    /*
+     * Not "handoff": a reload that turned it off still sends what the
+     * queue holds.
+     */
+
+    if (wc == NULL || wc->self.addr == NULL || sh == NULL) {
         return NULL;
     }
 
@@ -166,6 +171,7 @@ ngx_http_paygw_handoff_add(ngx_http_request_t *r,
 
     he->stmt = op->stmts.nelts - 1;
     he->leased_at = ngx_current_msec;
+    he->lease = ngx_http_paygw_webhook_conf(r)->lease;
 
     for (i = 0; i < NGX_HTTP_PAYGW_HO_FIELDS; i++) {
         he->field[i] = fields[i];
@@ -179,13 +185,13 @@ static void
 ngx_http_paygw_handoff_committed(ngx_http_paygw_mysql_op_t *op)
 {
     ngx_uint_t                      i, n;
+    ngx_array_t                    *evs;
     ngx_slab_pool_t                *shpool;
     ngx_http_request_t             *r;
     ngx_http_paygw_sql_stmt_t      *s;
     ngx_http_paygw_handoff_sh_t    *ho;
     ngx_http_paygw_handoff_ev_t    *he;
     ngx_http_paygw_webhook_conf_t  *wc;
-    ngx_array_t                    *evs;
 
     r = op->request;
     evs = op->data;
@@ -261,6 +267,7 @@ ngx_http_paygw_handoff_push(ngx_slab_pool_t *shpool,
 
     it->size = size;
     it->leased_at = he->leased_at;
+    it->lease = he->lease;
     it->id = id;
     p = it->data;
 
@@ -327,16 +334,19 @@ ngx_http_paygw_handoff_claimed(ngx_http_request_t *r, ngx_uint_t full)
 
 /*
  * Up to "batch" events from the queue, oldest first, into the round's
- * pool.  *oldest: when the first of them was leased.
+ * pool: unlinked under the zone's lock, copied without it.  *half: when
+ * half the lease of the first of them to have been leased has gone.
  */
 
 ngx_uint_t
 ngx_http_paygw_handoff_take(ngx_http_request_t *r,
     ngx_http_paygw_webhook_conf_t *wc, ngx_http_paygw_wh_event_t **events,
-    ngx_msec_t *oldest, ngx_str_t *owner)
+    ngx_msec_t *half, ngx_str_t *owner)
 {
-    ngx_uint_t                      n;
-    ngx_queue_t                    *q;
+    ngx_int_t                       rc;
+    ngx_msec_t                      h;
+    ngx_uint_t                      n, i;
+    ngx_queue_t                    *q, taken;
     ngx_slab_pool_t                *shpool;
     ngx_http_paygw_wh_event_t      *evs;
     ngx_http_paygw_handoff_sh_t    *ho;
@@ -348,27 +358,54 @@ ngx_http_paygw_handoff_take(ngx_http_request_t *r,
         return 0;
     }
 
+    ngx_queue_init(&taken);
     n = 0;
 
     ngx_shmtx_lock(&shpool->mutex);
 
-    evs = ngx_pcalloc(r->pool, ngx_min(ho->count, wc->batch)
-                               * sizeof(ngx_http_paygw_wh_event_t));
-
-    while (evs && n < wc->batch && !ngx_queue_empty(&ho->queue)) {
+    while (n < wc->batch && !ngx_queue_empty(&ho->queue)) {
         q = ngx_queue_head(&ho->queue);
+        ngx_queue_remove(q);
+        ngx_queue_insert_tail(&taken, q);
+        n++;
+    }
+
+    ngx_shmtx_unlock(&shpool->mutex);
+
+    if (n == 0) {
+        return 0;
+    }
+
+    evs = ngx_pcalloc(r->pool, n * sizeof(ngx_http_paygw_wh_event_t));
+    rc = (evs == NULL) ? NGX_ERROR : NGX_OK;
+    i = 0;
+
+    for (q = ngx_queue_head(&taken);
+         q != ngx_queue_sentinel(&taken);
+         q = ngx_queue_next(q))
+    {
         it = ngx_queue_data(q, ngx_http_paygw_handoff_item_t, queue);
 
-        if (ngx_http_paygw_handoff_event(r->pool, it, &evs[n]) != NGX_OK) {
-            break;
+        /* COMMIT order is not lease order: the earliest lease counts */
+
+        h = it->leased_at + it->lease / 2;
+
+        if (i == 0 || (ngx_msec_int_t) (h - *half) < 0) {
+            *half = h;
         }
 
-        if (n == 0) {
-            *oldest = it->leased_at;
+        if (rc == NGX_OK) {
+            rc = ngx_http_paygw_handoff_event(r->pool, it, &evs[i++]);
         }
+    }
 
-        n++;
+    /* not copied (out of memory): back to the claim rounds, by lease */
 
+    ngx_shmtx_lock(&shpool->mutex);
+
+    while (!ngx_queue_empty(&taken)) {
+        q = ngx_queue_head(&taken);
+        it = ngx_queue_data(q, ngx_http_paygw_handoff_item_t, queue);
         ngx_queue_remove(q);
         ho->count--;
         ho->bytes -= it->size;
@@ -377,11 +414,13 @@ ngx_http_paygw_handoff_take(ngx_http_request_t *r,
 
     ngx_shmtx_unlock(&shpool->mutex);
 
-    if (n) {
-        *events = evs;
-        owner->data = ho->owner;
-        owner->len = NGX_HTTP_PAYGW_HANDOFF_OWNER_LEN;
+    if (rc != NGX_OK) {
+        return 0;
     }
+
+    *events = evs;
+    owner->data = ho->owner;
+    owner->len = NGX_HTTP_PAYGW_HANDOFF_OWNER_LEN;
 
     return n;
 }
@@ -393,8 +432,8 @@ ngx_http_paygw_handoff_event(ngx_pool_t *pool,
 {
     u_char      *p, *q;
     size_t       len;
-    ngx_uint_t   i;
     ngx_str_t   *f[NGX_HTTP_PAYGW_HO_FIELDS];
+    ngx_uint_t   i;
 
     len = it->size - offsetof(ngx_http_paygw_handoff_item_t, data);
 

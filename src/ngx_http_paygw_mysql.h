@@ -81,7 +81,8 @@ struct ngx_http_paygw_mysql_op_s {
 
     ngx_pool_t                   *pool;
     ngx_array_t                   stmts;     /* ngx_http_paygw_sql_stmt_t */
-    ngx_http_paygw_mysql_committed_pt  committed;
+    ngx_http_paygw_mysql_committed_pt
+                                  committed;
     void                         *data;      /* committed's */
     unsigned                      transaction:1;
     unsigned                      read_only:1;

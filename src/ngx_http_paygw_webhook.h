@@ -60,7 +60,6 @@ typedef struct {
 
     /* per worker */
     ngx_uint_t                    claimed;       /* by the last round */
-    ngx_uint_t                    handed;        /* of those, handed off */
 } ngx_http_paygw_webhook_conf_t;
 
 
@@ -150,7 +149,7 @@ void ngx_http_paygw_handoff_claimed(ngx_http_request_t *r,
     ngx_uint_t full);
 ngx_uint_t ngx_http_paygw_handoff_take(ngx_http_request_t *r,
     ngx_http_paygw_webhook_conf_t *wc, ngx_http_paygw_wh_event_t **events,
-    ngx_msec_t *oldest, ngx_str_t *owner);
+    ngx_msec_t *half, ngx_str_t *owner);
 ngx_uint_t ngx_http_paygw_handoff_waiting(ngx_cycle_t *cycle);
 
 /* ngx_http_paygw_store_events.c: their SQL */
