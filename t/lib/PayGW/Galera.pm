@@ -157,10 +157,19 @@ sub user          { 'paygw' }
 sub database      { 'paygw' }
 sub dir           { $_[0]{nodes}[0]->dir }
 # (after the writes the gateway made on any node: wsrep_sync_wait)
+# A survivor answers 1047 "WSREP has not yet prepared node for application
+# use" while the cluster forms its primary component again after a node
+# died: the test's own read waits for that (up to 20 s), as a client would.
 sub sql {
     my ($self, $sql, @args) = @_;
-    my ($n) = $self->live or die "no Galera node is running\n";
-    return $n->sql("SET SESSION wsrep_sync_wait = 15; $sql", @args);
+    my $until = time + 20;
+    for (;;) {
+        my ($n) = $self->live or die "no Galera node is running\n";
+        my $out = eval { $n->sql("SET SESSION wsrep_sync_wait = 15; $sql", @args) };
+        return $out if defined $out;
+        die $@ unless $@ =~ /ERROR 1047 / && time < $until;
+        select(undef, undef, undef, 0.2);
+    }
 }
 sub failover_params {
     my ($self) = @_;
