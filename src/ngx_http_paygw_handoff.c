@@ -273,7 +273,12 @@ ngx_http_paygw_handoff_push(ngx_slab_pool_t *shpool,
 
     for (i = 0; i < NGX_HTTP_PAYGW_HO_FIELDS; i++) {
         it->len[i] = (uint32_t) he->field[i].len;
-        p = ngx_cpymem(p, he->field[i].data, he->field[i].len);
+
+        /* no destination: no data to copy */
+
+        if (he->field[i].len) {
+            p = ngx_cpymem(p, he->field[i].data, he->field[i].len);
+        }
     }
 
     ngx_queue_insert_tail(&ho->queue, &it->queue);
