@@ -34,9 +34,10 @@
 #   BENCH_WEBHOOKS (1)   also measure creates with a notify_url to a local
 #                        webhook receiver, delivery off (then the backlog's
 #                        drain rate) and on (nginx reloaded in between)
-#   BENCH_HOOK_PAIRS (3) how many (delivery off, delivery on) pairs of
-#                        create runs measure the cost of delivering: one
-#                        pair moves by 5-10 % with the box's drift
+#   BENCH_HOOK_PAIRS (4) how many (delivery off, delivery on) pairs of
+#                        create runs measure the cost of delivering, in the
+#                        order off, on, on, off, ...: one pair moves by
+#                        5-10 % with the box's drift and the tables' growth
 #   BENCH_RECEIVER (nginx) the webhook receiver: "nginx" = a plain nginx
 #                        answering 204 (costs next to nothing, like a remote
 #                        merchant), "node" = t/sim/webhook_receiver.js (also
@@ -93,7 +94,7 @@ PERF=${BENCH_PERF:-0}
 QUIET_WAIT=${BENCH_QUIET_WAIT:-60}
 QUIET_MAX=${BENCH_QUIET_MAX:-25}
 WEBHOOKS=${BENCH_WEBHOOKS:-1}
-HOOK_PAIRS=${BENCH_HOOK_PAIRS:-3}
+HOOK_PAIRS=${BENCH_HOOK_PAIRS:-4}
 ACQUIRER=${BENCH_ACQUIRER:-standin}
 HA=${BENCH_HA:-0}
 [ "$HA" = 1 ] || HA=0
