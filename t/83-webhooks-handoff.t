@@ -15,7 +15,7 @@ use Time::HiRes qw(time sleep);
 use PayGW::Gateway qw(sql_quote);
 use PayGW::Receiver;
 use PayGW::Test qw(wait_until);
-use PayGW::Webhooks qw(webhook_http $WHSEC);
+use PayGW::Webhooks qw(webhook_http $WHSEC create_hooked event_rows);
 
 my $rx = PayGW::Receiver->start(secrets => [$WHSEC]);
 
@@ -24,23 +24,9 @@ my $rx = PayGW::Receiver->start(secrets => [$WHSEC]);
 my $gw = PayGW::Gateway->start(workers => 2,
     http => webhook_http(interval => '60s', lease => '60s'));
 
-sub create {
-    my ($n, $path) = @_;
-    my @nos;
-    for (1 .. $n) {
-        my $r = $gw->create(notify_url => $rx->url($path));
-        push @nos, $r->{json}{payment_no} // 'none';
-    }
-    return @nos;
-}
+sub create { create_hooked($gw, $rx, @_) }
 
-# "status attempts" of each payment's payment.succeeded event, in order
-sub rows {
-    my $in = join(', ', map { sql_quote($_) } @_);
-    return $gw->sql1("SELECT GROUP_CONCAT(CONCAT(status, ' ', attempts) ORDER BY id) "
-                     . "FROM outbox_events WHERE object_no IN ($in) "
-                     . "AND type = 'payment.succeeded'");
-}
+sub rows { event_rows($gw, @_) }
 
 sub delivered { rows(@_) eq join(',', ('delivered 1') x scalar @_) }
 

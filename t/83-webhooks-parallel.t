@@ -13,7 +13,7 @@ use Test::More;
 use PayGW::Gateway qw(sql_quote);
 use PayGW::Receiver;
 use PayGW::Test qw(wait_until);
-use PayGW::Webhooks qw(webhook_http $WHSEC);
+use PayGW::Webhooks qw(webhook_http $WHSEC create_hooked event_rows);
 
 my $rx = PayGW::Receiver->start(secrets => [$WHSEC]);
 
@@ -25,22 +25,9 @@ my $gw = PayGW::Gateway->start(workers => 1,
 # created while delivery waits for the backlog (a reload with a long
 # interval would change the config under test: the receiver is simply
 # slow instead); their payment_nos
-sub create {
-    my ($n, $path) = @_;
-    my @nos;
-    for (1 .. $n) {
-        my $r = $gw->create(notify_url => $rx->url($path));
-        push @nos, $r->{json}{payment_no} // 'none';
-    }
-    return @nos;
-}
+sub create { create_hooked($gw, $rx, @_) }
 
-sub rows {
-    my $in = join(', ', map { sql_quote($_) } @_);
-    return $gw->sql1("SELECT GROUP_CONCAT(CONCAT(status, ' ', attempts) ORDER BY id) "
-                     . "FROM outbox_events WHERE object_no IN ($in) "
-                     . "AND type = 'payment.succeeded'");
-}
+sub rows { event_rows($gw, @_) }
 
 # ---- parallel=2: never more than 2 at once ---------------------------------
 

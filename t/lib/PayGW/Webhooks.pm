@@ -19,7 +19,7 @@ use warnings;
 use Exporter qw(import);
 use PayGW::Gateway ();
 
-our @EXPORT_OK = qw(webhook_http $WHSEC);
+our @EXPORT_OK = qw(webhook_http $WHSEC create_hooked event_rows);
 
 our $WHSEC = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
 
@@ -86,6 +86,28 @@ sub webhook_http {
     $location =~ s/%%PROXY_PASS%%/$pass/;
     $http =~ s/(        location \/v1\/ )/$location$1/ or die 'no /v1/';
     return $http;
+}
+
+# create_hooked($gw, $rx, N, PATH): N payments whose notify_url is the
+# receiver's PATH; their payment_nos ('none' for a create that failed)
+sub create_hooked {
+    my ($gw, $rx, $n, $path) = @_;
+    my @nos;
+    for (1 .. $n) {
+        my $r = $gw->create(notify_url => $rx->url($path));
+        push @nos, $r->{json}{payment_no} // 'none';
+    }
+    return @nos;
+}
+
+# event_rows($gw, PAYMENT_NO...): "status attempts" of each payment's
+# payment.succeeded event, comma separated, oldest first
+sub event_rows {
+    my ($gw, @nos) = @_;
+    my $in = join(', ', map { PayGW::Gateway::sql_quote($_) } @nos);
+    return $gw->sql1("SELECT GROUP_CONCAT(CONCAT(status, ' ', attempts) ORDER BY id) "
+                     . "FROM outbox_events WHERE object_no IN ($in) "
+                     . "AND type = 'payment.succeeded'");
 }
 
 1;
