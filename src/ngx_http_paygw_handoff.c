@@ -33,8 +33,7 @@
 typedef struct {
     ngx_queue_t                   queue;
     size_t                        size;          /* allocated */
-    ngx_msec_t                    leased_at;     /* before its INSERT */
-    ngx_msec_t                    lease;         /* as it was inserted */
+    ngx_msec_t                    half;          /* half its lease gone */
     uint64_t                      id;            /* outbox_events.id */
     uint32_t                      len[NGX_HTTP_PAYGW_HO_FIELDS];
     u_char                        data[1];
@@ -45,8 +44,8 @@ typedef struct {
 
 typedef struct {
     ngx_uint_t                    stmt;          /* its INSERT */
-    ngx_msec_t                    leased_at;
-    ngx_msec_t                    lease;
+    ngx_msec_t                    half;          /* counted from before
+                                                    the INSERT ran */
     ngx_str_t                     field[NGX_HTTP_PAYGW_HO_FIELDS];
 } ngx_http_paygw_handoff_ev_t;
 
@@ -170,8 +169,7 @@ ngx_http_paygw_handoff_add(ngx_http_request_t *r,
     }
 
     he->stmt = op->stmts.nelts - 1;
-    he->leased_at = ngx_current_msec;
-    he->lease = ngx_http_paygw_webhook_conf(r)->lease;
+    he->half = ngx_current_msec + ngx_http_paygw_webhook_conf(r)->lease / 2;
 
     for (i = 0; i < NGX_HTTP_PAYGW_HO_FIELDS; i++) {
         he->field[i] = fields[i];
@@ -266,8 +264,7 @@ ngx_http_paygw_handoff_push(ngx_slab_pool_t *shpool,
     }
 
     it->size = size;
-    it->leased_at = he->leased_at;
-    it->lease = he->lease;
+    it->half = he->half;
     it->id = id;
     p = it->data;
 
@@ -340,7 +337,7 @@ ngx_http_paygw_handoff_claimed(ngx_http_request_t *r, ngx_uint_t full)
 /*
  * Up to "batch" events from the queue, oldest first, into the round's
  * pool: unlinked under the zone's lock, copied without it.  *half: when
- * half the lease of the first of them to have been leased has gone.
+ * half the lease of the earliest leased of them has gone.
  */
 
 ngx_uint_t
@@ -349,7 +346,6 @@ ngx_http_paygw_handoff_take(ngx_http_request_t *r,
     ngx_msec_t *half, ngx_str_t *owner)
 {
     ngx_int_t                       rc;
-    ngx_msec_t                      h;
     ngx_uint_t                      n, i;
     ngx_queue_t                    *q, taken;
     ngx_slab_pool_t                *shpool;
@@ -385,23 +381,24 @@ ngx_http_paygw_handoff_take(ngx_http_request_t *r,
     rc = (evs == NULL) ? NGX_ERROR : NGX_OK;
     i = 0;
 
-    for (q = ngx_queue_head(&taken);
-         q != ngx_queue_sentinel(&taken);
-         q = ngx_queue_next(q))
-    {
+    q = ngx_queue_head(&taken);
+    it = ngx_queue_data(q, ngx_http_paygw_handoff_item_t, queue);
+    *half = it->half;
+
+    while (q != ngx_queue_sentinel(&taken)) {
         it = ngx_queue_data(q, ngx_http_paygw_handoff_item_t, queue);
 
         /* COMMIT order is not lease order: the earliest lease counts */
 
-        h = it->leased_at + it->lease / 2;
-
-        if (i == 0 || (ngx_msec_int_t) (h - *half) < 0) {
-            *half = h;
+        if ((ngx_msec_int_t) (it->half - *half) < 0) {
+            *half = it->half;
         }
 
         if (rc == NGX_OK) {
             rc = ngx_http_paygw_handoff_event(r->pool, it, &evs[i++]);
         }
+
+        q = ngx_queue_next(q);
     }
 
     /* not copied (out of memory): back to the claim rounds, by lease */

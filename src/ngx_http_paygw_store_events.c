@@ -32,6 +32,9 @@ static ngx_int_t ngx_http_paygw_store_events_in(
     ngx_http_paygw_mysql_op_t *op, const char *head, size_t len,
     int64_t status, ngx_str_t *owner, ngx_http_paygw_wh_event_t **evs,
     ngx_uint_t n);
+static ngx_http_paygw_sql_stmt_t *ngx_http_paygw_store_in_list(
+    ngx_http_paygw_mysql_op_t *op, const char *head, size_t len,
+    ngx_uint_t n);
 
 
 #define ngx_paygw_iso(col)                                                   \
@@ -99,7 +102,6 @@ ngx_int_t
 ngx_http_paygw_store_disabled(ngx_http_paygw_mysql_op_t *op,
     ngx_http_paygw_wh_event_t *evs, ngx_uint_t n)
 {
-    u_char                     *sql, *p;
     ngx_str_t                 **m;
     ngx_uint_t                  i, j, k;
     ngx_http_paygw_sql_stmt_t  *s;
@@ -130,21 +132,7 @@ ngx_http_paygw_store_disabled(ngx_http_paygw_mysql_op_t *op,
         }
     }
 
-    sql = ngx_pnalloc(op->pool, sizeof(head) + 3 * k + 1);
-    if (sql == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_cpymem(sql, head, sizeof(head) - 1);
-
-    for (i = 1; i < k; i++) {
-        p = ngx_cpymem(p, ", ?", 3);
-    }
-
-    *p++ = ')';
-    *p = '\0';
-
-    s = ngx_http_paygw_mysql_add(op, (const char *) sql);
+    s = ngx_http_paygw_store_in_list(op, head, sizeof(head) - 1, k);
     if (s == NULL) {
         return NGX_ERROR;
     }
@@ -298,32 +286,17 @@ ngx_http_paygw_store_events_released(ngx_http_paygw_mysql_op_t *op,
 }
 
 
-/* head ends in "id IN (?": one more ", ?" per event after the first */
+/* head ends in "id IN (?": the events' ids */
 
 static ngx_int_t
 ngx_http_paygw_store_events_in(ngx_http_paygw_mysql_op_t *op,
     const char *head, size_t len, int64_t status, ngx_str_t *owner,
     ngx_http_paygw_wh_event_t **evs, ngx_uint_t n)
 {
-    u_char                     *sql, *p;
     ngx_uint_t                  i;
     ngx_http_paygw_sql_stmt_t  *s;
 
-    sql = ngx_pnalloc(op->pool, len + 3 * n + 2);
-    if (sql == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_cpymem(sql, head, len);
-
-    for (i = 1; i < n; i++) {
-        p = ngx_cpymem(p, ", ?", 3);
-    }
-
-    *p++ = ')';
-    *p = '\0';
-
-    s = ngx_http_paygw_mysql_add(op, (const char *) sql);
+    s = ngx_http_paygw_store_in_list(op, head, len, n);
     if (s == NULL
         || (status >= 0
             && ngx_http_paygw_sql_int(op, s, status) != NGX_OK)
@@ -340,6 +313,36 @@ ngx_http_paygw_store_events_in(ngx_http_paygw_mysql_op_t *op,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * A statement whose text ends in "IN (?": one more ", ?" per item after
+ * the first.
+ */
+
+static ngx_http_paygw_sql_stmt_t *
+ngx_http_paygw_store_in_list(ngx_http_paygw_mysql_op_t *op,
+    const char *head, size_t len, ngx_uint_t n)
+{
+    u_char      *sql, *p;
+    ngx_uint_t   i;
+
+    sql = ngx_pnalloc(op->pool, len + 3 * n + 2);
+    if (sql == NULL) {
+        return NULL;
+    }
+
+    p = ngx_cpymem(sql, head, len);
+
+    for (i = 1; i < n; i++) {
+        p = ngx_cpymem(p, ", ?", 3);
+    }
+
+    *p++ = ')';
+    *p = '\0';
+
+    return ngx_http_paygw_mysql_add(op, (const char *) sql);
 }
 
 
