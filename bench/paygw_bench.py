@@ -534,6 +534,12 @@ class Bench:
             f"{time.monotonic() - t0:.1f}s")
         return prefix, n
 
+    def wanted(self, name):
+        """BENCH_ONLY (--only): the scenarios to run, for experiments."""
+        only = [o for o in self.a.only.split(",") if o]
+        return not only or name in only or (
+            name.startswith("create_hook_") and "webhooks" in only)
+
     def size_for(self, rate, duration, conns):
         return int(rate * duration * self.a.headroom) + conns * 8 + 1000
 
@@ -541,6 +547,8 @@ class Bench:
                  warm_rate=20000, target=None):
         """warm-up at the throughput concurrency, then the measured runs."""
         a = self.a
+        if not self.wanted(name):
+            return
         rate = warm_rate
         if make:
             prefix, n = self.gen(f"{name}-warm", self.size_for(
@@ -625,7 +633,7 @@ class Bench:
                       make=make_create, warm_rate=12000,
                       target=TARGET_CREATE_RPS)
 
-        if a.webhook_port:
+        if a.webhook_port and self.wanted("webhooks"):
             self.webhooks()
 
         # a QR create: precreate signed with RSA2 (2048-bit private key
@@ -636,6 +644,14 @@ class Bench:
         self.scenario("create_alipay", "create  POST /v1/payments (alipay)",
                       a.port, 201, make=make_alipay, warm_rate=12000)
 
+        if self.wanted("get"):
+            self.gets()
+        self.baselines()
+        self.rss["end"] = {w: vm_rss_kb(w) for w in self.procs.workers()}
+
+    def gets(self):
+        a = self.a
+        host = self.host
         t0 = time.monotonic()
         nos, fails = seed_payments(a.port, a.seed, self.nonces, self.bnos)
         log(f"seeded {len(nos)} payments for GETs in "
@@ -654,6 +670,8 @@ class Bench:
         self.scenario("get", "get     GET /v1/payments/{no}", a.port, 200,
                       make=make_get, warm_rate=50000, target=TARGET_GET_RPS)
 
+    def baselines(self):
+        a = self.a
         bhost = f"127.0.0.1:{a.baseline_port}"
         self.scenario("baseline", "proxy   proxy_pass -> sim GET /health",
                       a.baseline_port, 200,
@@ -662,7 +680,6 @@ class Bench:
             self.scenario("static", "static  nginx return 200 (ceiling)",
                           a.baseline_port, 200,
                           repeat=raw_request(bhost, "GET", "/static", []))
-        self.rss["end"] = {w: vm_rss_kb(w) for w in self.procs.workers()}
 
     # ---- webhooks: create with delivery off vs on, and the drain rate -----
 
@@ -943,6 +960,7 @@ def parser():
     p.add_argument("--headroom", type=float, default=1.5)
     p.add_argument("--seed", type=int, default=1000)
     p.add_argument("--static", type=int, default=1)
+    p.add_argument("--only", default="")
     p.add_argument("--perf", type=int, default=0)
     p.add_argument("--quiet-wait", type=float, default=60)
     p.add_argument("--quiet-max", type=float, default=25)

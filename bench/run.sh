@@ -25,6 +25,12 @@
 #   BENCH_WORKERS  (2)   nginx worker_processes
 #   BENCH_SEED     (1000) payments created for the GET scenario
 #   BENCH_STATIC   (1)   also measure nginx `return 200` (a ceiling)
+#   BENCH_ONLY           comma-separated scenarios to run (create, webhooks,
+#                        create_alipay, get, baseline, static), for
+#                        experiments; default: all
+#   BENCH_MYCNF          lines appended to MariaDB's my.cnf ([mysqld]), and
+#   BENCH_SQL            SQL run after sql/*.sql, for experiments (both
+#                        named in the report, like BENCH_CONF_SED)
 #   BENCH_PERF     (0)   1: system-wide `perf record` during each throughput
 #                        run; summaries in bench/run/logs/perf-*.txt
 #   BENCH_QUIET_WAIT (60) before each measured run, wait up to this many
@@ -243,6 +249,10 @@ sed -e "s|@DATADIR@|$run/mysql/data|" \
     -e "s|@TMPDIR@|$run/mysql/tmp|" \
     "$repo/scripts/mysql.cnf.in" > "$mycnf"
 cat "$repo/scripts/mysql-sized.cnf" >> "$mycnf"
+if [ -n "${BENCH_MYCNF:-}" ]; then
+    printf '%s\n' "$BENCH_MYCNF" >> "$mycnf"
+    say "my.cnf [mysqld] extended by BENCH_MYCNF='$BENCH_MYCNF'"
+fi
 mariadb-install-db --defaults-file="$mycnf" \
     --auth-root-authentication-method=normal --skip-test-db \
     > "$logs/mysql-install.log" 2>&1 || {
@@ -270,6 +280,11 @@ SQL
 for f in "$repo"/sql/*.sql; do
     mariadb --defaults-file="$mycnf" paygw < "$f" || die "applying $f failed"
 done
+if [ -n "${BENCH_SQL:-}" ]; then
+    mariadb --defaults-file="$mycnf" paygw -e "$BENCH_SQL" \
+        || die "BENCH_SQL failed"
+    say "schema changed by BENCH_SQL='$BENCH_SQL'"
+fi
 say "mariadb up on 127.0.0.1:$MYSQL_PORT (schema: $(cd "$repo" && ls sql/*.sql | tr '\n' ' '))"
 
 # ---- provider simulator -------------------------------------------------------
@@ -506,7 +521,9 @@ header="paygw $([ "$MODE" = bench ] && echo bench || echo "bench --$MODE") $stam
 bank_card acquirer: $([ "$ACQUIRER" = standin ] && echo "C stand-in (bench/acquirer_standin.c)" || echo "Node simulator")
 $wrkline; error_log warn, access_log off
 load average at start: $(cut -d' ' -f1-3 /proc/loadavg)${BENCH_CONF_SED:+
-nginx.conf changed by BENCH_CONF_SED='$BENCH_CONF_SED'}"
+nginx.conf changed by BENCH_CONF_SED='$BENCH_CONF_SED'}${BENCH_MYCNF:+
+my.cnf extended by BENCH_MYCNF='$BENCH_MYCNF'}${BENCH_SQL:+
+schema changed by BENCH_SQL='$BENCH_SQL'}"
 
 if [ "$HA" = 1 ]; then
     python3 - "$run/ha.json" > "$run/stacks.json" <<PY
@@ -552,7 +569,7 @@ python3 "${driver[@]}" \
     --acquirer-pid "$(cat "$run/acquirer.pid" 2> /dev/null || echo 0)" \
     --req-dir "$run/req" --log-dir "$logs" --threads "$THREADS" \
     --conns "$CONNS" --lat-conns "$LAT_CONNS" --duration "$DURATION" \
-    --warmup "$WARMUP" --seed "$SEED" --static "$STATIC" --perf "$PERF" \
+    --warmup "$WARMUP" --seed "$SEED" --static "$STATIC" --only "${BENCH_ONLY:-}" --perf "$PERF" \
     --quiet-wait "$QUIET_WAIT" --quiet-max "$QUIET_MAX" \
     --webhook-port "$HOOK_PORT" --hook-pairs "$HOOK_PAIRS" \
     --nginx-conf "$run/nginx.conf" \

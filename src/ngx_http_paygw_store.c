@@ -579,11 +579,22 @@ ngx_http_paygw_store_claim_stale(ngx_http_paygw_mysql_op_t *op,
         return NGX_ERROR;
     }
 
+    /*
+     * The claimed payments are read back under the claim's own status
+     * condition: a range of idx_status_expire over the open rows, as the
+     * claim itself (the create path keeps no index on settle_claim,
+     * sql/007_hot_path_indexes.sql).  Time only moves on, so an expired
+     * QR code the claim took is still expired here; a row settled
+     * meanwhile is not open any more and needs no settler.
+     */
+
     s = ngx_http_paygw_mysql_add(op, refunds
         ? "SELECT out_refund_no FROM refunds WHERE settle_claim = ? "
           "ORDER BY updated_at"
         : "SELECT payment_no, merchant_id FROM payments "
-          "WHERE settle_claim = ? ORDER BY updated_at");
+          "WHERE settle_claim = ? AND (status IN ('unknown', 'processing') "
+          "OR (status = 'pending' AND expire_at < UTC_TIMESTAMP(3))) "
+          "ORDER BY updated_at");
 
     if (s == NULL || ngx_http_paygw_store_str(op, s, claim) != NGX_OK) {
         return NGX_ERROR;

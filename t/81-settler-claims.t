@@ -140,4 +140,43 @@ is($gw->sql1("SELECT COUNT(*) FROM payments WHERE status = 'unknown' AND payment
              . join(', ', map { sql_quote($_) } @down) . ")"), 2,
    '... the payments wait, unknown, for their next try');
 
+
+# The create path keeps no index on settle_claim or (status, updated_at)
+# (sql/007_hot_path_indexes.sql): the settler's claim and its read-back,
+# as the module sends them (MariaDB's general log), must still be ranges
+# of idx_status_expire over the open rows, never a scan of every payment.
+$gw->sql1("INSERT INTO payments (payment_no, merchant_id, business_no, amount, "
+          . "currency, channel, status) SELECT CONCAT('PDONE', seq), 'M100', "
+          . "CONCAT('BDONE', seq), 100, 'CNY', 'bank_card', 'succeeded' "
+          . "FROM seq_1_to_2000");
+$gw->sql1("ANALYZE TABLE payments");
+$gw->sql1("SET GLOBAL log_output = 'TABLE'; TRUNCATE mysql.general_log; "
+          . "SET GLOBAL general_log = 1");
+$gw->api(POST => '/v1/admin/resolve', json => {}, key => 'ops',
+         idempotency_key => $gw->fresh_key('k81'),
+         headers => {'X-Paygw-Settle' => 'due'});
+$gw->sql1("SET GLOBAL general_log = 0");
+my $sent = $gw->sql1("SELECT argument FROM mysql.general_log "
+                     . "WHERE command_type = 'Query' "
+                     . "AND argument LIKE 'UPDATE payments SET settle_next_at%' "
+                     . "LIMIT 1") // '';
+my %claim_sql;
+for my $st (split /;/, $sent) {
+    $claim_sql{'the claim'} = $st if $st =~ /^UPDATE payments /;
+    $claim_sql{'its read-back'} = $st if $st =~ /^SELECT payment_no, merchant_id FROM payments /;
+}
+is(scalar keys %claim_sql, 2, 'the settler sent its claim and read-back')
+    or diag($sent);
+for my $name (sort keys %claim_sql) {
+    my $plan = $gw->sql1("EXPLAIN FORMAT=JSON $claim_sql{$name}") // '';
+    like($plan, qr/"key":\s*"idx_status_expire"/,
+         "$name: through idx_status_expire");
+    like($plan, qr/"access_type":\s*"range"/, "... a range, not a scan");
+}
+is($gw->sql1("SELECT COUNT(*) FROM information_schema.STATISTICS "
+             . "WHERE TABLE_SCHEMA = DATABASE() "
+             . "AND TABLE_NAME IN ('payments', 'outbox_events') AND INDEX_NAME IN "
+             . "('idx_status_updated', 'idx_settle_claim', 'idx_object')"), 0,
+   'the create path writes none of the three dropped indexes');
+
 done_testing;
