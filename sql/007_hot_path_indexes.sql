@@ -15,7 +15,12 @@
 --    idx_status_expire over the open rows; the index only held one NULL
 --    per payment.
 --  - outbox_events.idx_object: read by no statement.
+--  - outbox_events.idx_created: the retention purge deletes settled
+--    events by when they were settled, a range of idx_due (status,
+--    next_attempt_at) (src/ngx_http_paygw_store_events.c).
 ALTER TABLE payments
     DROP INDEX IF EXISTS idx_status_updated,
     DROP INDEX IF EXISTS idx_settle_claim;
-ALTER TABLE outbox_events DROP INDEX IF EXISTS idx_object;
+ALTER TABLE outbox_events
+    DROP INDEX IF EXISTS idx_object,
+    DROP INDEX IF EXISTS idx_created;

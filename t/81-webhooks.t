@@ -231,16 +231,43 @@ ok(($gw->metric('paygw_webhook_duration_seconds_count{endpoint="merchant"}') // 
 
 # ---- housekeeping: delivered events past the retention (7d) are purged -----------
 
-for my $st (qw(delivered failed)) {
+# (settled: next_attempt_at is when; the retention counts from there)
+for my $ev (['delivered', 8], ['failed', 8], ['late', 0]) {
+    my ($name, $days) = @$ev;
+    my $st = $name eq 'late' ? 'delivered' : $name;
     $gw->db->sql("INSERT INTO outbox_events (event_id, merchant_id, type, object_no, "
-                 . "payload, status, created_at) VALUES ('Eold$st$$', 'M100', "
-                 . "'payment.succeeded', 'Pold', '{}', '$st', NOW(3) - INTERVAL 8 DAY)");
+                 . "payload, status, created_at, next_attempt_at) VALUES "
+                 . "('Eold$name$$', 'M100', 'payment.succeeded', 'Pold', '{}', "
+                 . "'$st', NOW(3) - INTERVAL 8 DAY, "
+                 . "NOW(3) - INTERVAL $days DAY - INTERVAL 1 HOUR)");
 }
 ok(wait_until(sub { $gw->sql1("SELECT COUNT(*) FROM outbox_events "
                               . "WHERE event_id = 'Eolddelivered$$'") == 0 }),
-   'a delivered event 8 days old is purged');
+   'an event delivered 8 days ago is purged');
 is($gw->sql1("SELECT COUNT(*) FROM outbox_events WHERE event_id = 'Eoldfailed$$'"), 1,
    '... a failed one is kept');
+is($gw->sql1("SELECT COUNT(*) FROM outbox_events WHERE event_id = 'Eoldlate$$'"), 1,
+   '... and one created 8 days ago but delivered an hour ago: the retention '
+   . 'counts from its delivery');
+# the purge as the module sends it (MariaDB's general log): a range of
+# idx_due, no index on created_at for every event to write
+$gw->sql1("SET GLOBAL log_output = 'TABLE'; TRUNCATE mysql.general_log; "
+          . "SET GLOBAL general_log = 1");
+my $purge = '';
+wait_until(sub {
+    my $all = $gw->sql1("SELECT argument FROM mysql.general_log "
+                        . "WHERE command_type = 'Query' "
+                        . "AND thread_id <> CONNECTION_ID() "
+                        . "AND argument LIKE '%DELETE FROM outbox_events%' LIMIT 1");
+    ($purge) = grep { /^DELETE FROM outbox_events/ } split /;/, $all // '';
+    defined $purge;
+}, timeout => 30);
+$gw->sql1("SET GLOBAL general_log = 0");
+my $purge_plan = $purge ? $gw->sql1("EXPLAIN FORMAT=JSON $purge") : '';
+like($purge_plan, qr/"key":\s*"idx_due"/, 'the purge: through idx_due')
+    or diag($purge // 'no purge seen');
+like($purge_plan, qr/"access_type":\s*"range"/, '... a range, not a scan');
+
 ok(wait_until(sub { ($gw->metric('paygw_webhook_backlog') // -1) == 0 }, timeout => 30),
    'paygw_webhook_backlog: 0 once everything is settled')
     or diag $gw->db->sql("SELECT event_id, status, attempts, next_attempt_at, "
