@@ -12,8 +12,8 @@
 --    status ranges, and is the one the expiry of QR codes needs.
 --  - payments.idx_settle_claim: a claim is read back with the claim's own
 --    status condition (src/ngx_http_paygw_store.c), a range of
---    idx_status_expire over the open rows; the index only held one NULL
---    per payment.
+--    idx_status_expire over the open rows; the index held an entry for
+--    every payment (NULL but while a settler run holds it).
 --  - outbox_events.idx_object: read by no statement.
 --  - outbox_events.idx_created: the retention purge deletes settled
 --    events by when they were settled, a range of idx_due (status,

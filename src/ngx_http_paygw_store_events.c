@@ -245,6 +245,7 @@ ngx_http_paygw_store_events_delivered(ngx_http_paygw_mysql_op_t *op,
         "SET status = 'delivered', attempts = attempts + 1, "
         "last_status = ?, last_error = NULL, "
         "last_attempt_at = NOW(3), delivered_at = NOW(3), "
+        "next_attempt_at = NOW(3), "
         NGX_HTTP_PAYGW_EV_RELEASE;
 
     return ngx_http_paygw_store_events_in(op, head, sizeof(head) - 1,
@@ -349,7 +350,9 @@ ngx_http_paygw_store_in_list(ngx_http_paygw_mysql_op_t *op,
 /*
  * Purge a small batch of settled events past the retention, counted from
  * when they were settled: a delivered or skipped event's next_attempt_at
- * is that moment (and never before its created_at), so the DELETE is a
+ * is that moment, written with its status (and never before its
+ * created_at; the status change rewrites the idx_due entry anyway, so
+ * this costs nothing more), so the DELETE is a
  * short range of idx_due (status, next_attempt_at) away from the pending
  * rows claims walk: no long lock, no scan of the recent rows, and no
  * index on created_at for every event to write

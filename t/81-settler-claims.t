@@ -156,7 +156,7 @@ $gw->api(POST => '/v1/admin/resolve', json => {}, key => 'ops',
          idempotency_key => $gw->fresh_key('k81'),
          headers => {'X-Paygw-Settle' => 'due'});
 $gw->sql1("SET GLOBAL general_log = 0");
-my $sent = $gw->sql1("SELECT argument FROM mysql.general_log "
+my $sent = $gw->sql1("SELECT REPLACE(argument, CHAR(10), ' ') FROM mysql.general_log "
                      . "WHERE command_type = 'Query' "
                      . "AND argument LIKE 'UPDATE payments SET settle_next_at%' "
                      . "LIMIT 1") // '';

@@ -231,6 +231,14 @@ ok(($gw->metric('paygw_webhook_duration_seconds_count{endpoint="merchant"}') // 
 
 # ---- housekeeping: delivered events past the retention (7d) are purged -----------
 
+# the retention counts from when an event was settled: a delivered
+# event's next_attempt_at is its delivery (not its lease's end)
+my ($delivered, $off) = split /\t/, $gw->sql1(
+    "SELECT COUNT(*), SUM(ABS(TIMESTAMPDIFF(MICROSECOND, next_attempt_at, "
+    . "delivered_at)) > 1000000) FROM outbox_events WHERE status = 'delivered'");
+ok($delivered > 0, "events were delivered ($delivered)");
+is($off, 0, '... each with next_attempt_at = its delivery');
+
 # (settled: next_attempt_at is when; the retention counts from there)
 for my $ev (['delivered', 8], ['failed', 8], ['late', 0]) {
     my ($name, $days) = @$ev;
@@ -255,7 +263,7 @@ $gw->sql1("SET GLOBAL log_output = 'TABLE'; TRUNCATE mysql.general_log; "
           . "SET GLOBAL general_log = 1");
 my $purge = '';
 wait_until(sub {
-    my $all = $gw->sql1("SELECT argument FROM mysql.general_log "
+    my $all = $gw->sql1("SELECT REPLACE(argument, CHAR(10), ' ') FROM mysql.general_log "
                         . "WHERE command_type = 'Query' "
                         . "AND thread_id <> CONNECTION_ID() "
                         . "AND argument LIKE '%DELETE FROM outbox_events%' LIMIT 1");

@@ -128,11 +128,12 @@ sub check {
                       . "settler ran" if $open;
 
     my $missing = _sql1($gw,
-        "SELECT COUNT(*) FROM payments p WHERE p.status IN ('succeeded', "
-        . "'partially_refunded', 'refunded', 'failed', 'closed') AND "
-        . "(SELECT COUNT(*) FROM outbox_events e WHERE e.object_no = "
-        . "p.payment_no AND e.type IN ('payment.succeeded', "
-        . "'payment.failed', 'payment.closed')) <> 1", %o);
+        "SELECT COUNT(*) FROM payments p LEFT JOIN (SELECT object_no, "
+        . "COUNT(*) AS n FROM outbox_events WHERE type IN "
+        . "('payment.succeeded', 'payment.failed', 'payment.closed') "
+        . "GROUP BY object_no) e ON e.object_no = p.payment_no "
+        . "WHERE p.status IN ('succeeded', 'partially_refunded', "
+        . "'refunded', 'failed', 'closed') AND COALESCE(e.n, 0) <> 1", %o);
     push @violations, "$missing final payments without exactly one payment "
                       . "event" if $missing;
 
