@@ -554,6 +554,16 @@ ngx_http_paygw_store_claim_stale(ngx_http_paygw_mysql_op_t *op,
     "settle_attempts = settle_attempts + 1, settle_claim = ?, "              \
     "updated_at = updated_at "
 
+/*
+ * The open payments, as a range of idx_status (status, succeeded_at,
+ * expire_at): a pending one has no succeeded_at, so its entries are in
+ * expire_at order (sql/007_hot_path_indexes.sql).
+ */
+
+#define NGX_HTTP_PAYGW_CLAIM_OPEN                                             \
+    "(status IN ('unknown', 'processing') OR (status = 'pending' "           \
+    "AND succeeded_at IS NULL AND expire_at < UTC_TIMESTAMP(3))) "
+
 #define NGX_HTTP_PAYGW_CLAIM_DUE                                              \
     "AND (? = 0 OR settle_next_at IS NULL "                                  \
     "OR settle_next_at <= UTC_TIMESTAMP(3)) "                                \
@@ -564,12 +574,8 @@ ngx_http_paygw_store_claim_stale(ngx_http_paygw_mysql_op_t *op,
           "WHERE status IN ('pending', 'unknown') "
           NGX_HTTP_PAYGW_CLAIM_DUE
         : "UPDATE payments " NGX_HTTP_PAYGW_CLAIM_SET
-          "WHERE (status IN ('unknown', 'processing') "
-          "OR (status = 'pending' AND expire_at < UTC_TIMESTAMP(3))) "
+          "WHERE " NGX_HTTP_PAYGW_CLAIM_OPEN
           NGX_HTTP_PAYGW_CLAIM_DUE);
-
-#undef NGX_HTTP_PAYGW_CLAIM_SET
-#undef NGX_HTTP_PAYGW_CLAIM_DUE
 
     if (s == NULL
         || ngx_http_paygw_store_str(op, s, claim) != NGX_OK
@@ -581,8 +587,8 @@ ngx_http_paygw_store_claim_stale(ngx_http_paygw_mysql_op_t *op,
 
     /*
      * The claimed payments are read back under the claim's own status
-     * condition: a range of idx_status_expire over the open rows, as the
-     * claim itself (the create path keeps no index on settle_claim,
+     * condition: a range of idx_status over the open rows, as the claim
+     * itself (the create path keeps no index on settle_claim,
      * sql/007_hot_path_indexes.sql).  Time only moves on, so an expired
      * QR code the claim took is still expired here; a row settled
      * meanwhile is not open any more and needs no settler.
@@ -592,9 +598,12 @@ ngx_http_paygw_store_claim_stale(ngx_http_paygw_mysql_op_t *op,
         ? "SELECT out_refund_no FROM refunds WHERE settle_claim = ? "
           "ORDER BY updated_at"
         : "SELECT payment_no, merchant_id FROM payments "
-          "WHERE settle_claim = ? AND (status IN ('unknown', 'processing') "
-          "OR (status = 'pending' AND expire_at < UTC_TIMESTAMP(3))) "
+          "WHERE settle_claim = ? AND " NGX_HTTP_PAYGW_CLAIM_OPEN
           "ORDER BY updated_at");
+
+#undef NGX_HTTP_PAYGW_CLAIM_SET
+#undef NGX_HTTP_PAYGW_CLAIM_DUE
+#undef NGX_HTTP_PAYGW_CLAIM_OPEN
 
     if (s == NULL || ngx_http_paygw_store_str(op, s, claim) != NGX_OK) {
         return NGX_ERROR;
@@ -712,7 +721,8 @@ ngx_http_paygw_store_select_stale(ngx_http_paygw_mysql_op_t *op,
             "SELECT payment_no, merchant_id FROM payments "
             "WHERE (status IN ('unknown', 'processing') "
             "AND updated_at < UTC_TIMESTAMP(3) - INTERVAL ? SECOND) "
-            "OR (status = 'pending' AND expire_at < UTC_TIMESTAMP(3)) "
+            "OR (status = 'pending' AND succeeded_at IS NULL "
+            "AND expire_at < UTC_TIMESTAMP(3)) "
             "ORDER BY updated_at LIMIT ?");
     if (s == NULL
         || ngx_http_paygw_sql_int(op, s, (int64_t) older_than) != NGX_OK
@@ -932,8 +942,13 @@ ngx_http_paygw_store_refund_fee(ngx_http_paygw_mysql_op_t *op,
  * Settlements (SPEC §7): the payments and the refunds that succeeded on
  * a day of Asia/Shanghai (UTC+8, no daylight saving time), per merchant,
  * channel and currency.  Two result sets: payments (count, gross, fees)
- * and refunds (count, refunded, returned fees).
+ * and refunds (count, refunded, returned fees).  A payment that
+ * succeeded is "succeeded" or, refunded since, one of the two refunded
+ * states: three ranges of idx_status (status, succeeded_at, expire_at).
  */
+
+#define NGX_HTTP_PAYGW_SUCCEEDED                                             \
+    "status IN ('succeeded', 'partially_refunded', 'refunded') AND "
 
 #define NGX_HTTP_PAYGW_DAY(col)                                              \
     col " >= STR_TO_DATE(?, '%Y-%m-%d') - INTERVAL 8 HOUR AND "              \
@@ -948,11 +963,13 @@ ngx_http_paygw_store_select_settlements(ngx_http_paygw_mysql_op_t *op,
     s = ngx_http_paygw_mysql_add(op, merchant_id
             ? "SELECT merchant_id, channel, currency, COUNT(*), SUM(amount), "
               "SUM(COALESCE(fee, 0)) FROM payments WHERE "
+              NGX_HTTP_PAYGW_SUCCEEDED
               NGX_HTTP_PAYGW_DAY("succeeded_at") " AND merchant_id = ? "
               "GROUP BY merchant_id, channel, currency "
               "ORDER BY merchant_id, channel, currency"
             : "SELECT merchant_id, channel, currency, COUNT(*), SUM(amount), "
               "SUM(COALESCE(fee, 0)) FROM payments WHERE "
+              NGX_HTTP_PAYGW_SUCCEEDED
               NGX_HTTP_PAYGW_DAY("succeeded_at") " "
               "GROUP BY merchant_id, channel, currency "
               "ORDER BY merchant_id, channel, currency");

@@ -175,4 +175,27 @@ is($gw->api(GET => '/v1/settlements?date=2024-02-29')->{status}, 200,
 is($gw->api(POST => '/v1/settlements?date=2024-02-29', json => {},
             idempotency_key => 'k')->{status}, 405, 'POST: 405');
 
+
+# The day's payments as the module asks for them (MariaDB's general log):
+# ranges of idx_status (status, succeeded_at, expire_at), the index the
+# settle changes anyway, not an index of their own every create writes
+# (sql/007_hot_path_indexes.sql).
+$gw->db->sql("INSERT INTO payments (payment_no, merchant_id, business_no, "
+             . "amount, currency, channel, status) SELECT CONCAT('PX82', seq), "
+             . "'M100', CONCAT('BX82', seq), 100, 'CNY', 'bank_card', 'failed' "
+             . "FROM seq_1_to_3000; ANALYZE TABLE payments");
+$gw->db->sql("SET GLOBAL log_output = 'TABLE'; TRUNCATE mysql.general_log; "
+             . "SET GLOBAL general_log = 1");
+$gw->api(GET => "/v1/settlements?date=$day");
+$gw->db->sql("SET GLOBAL general_log = 0");
+my $asked = $gw->sql1("SELECT REPLACE(argument, CHAR(10), ' ') FROM "
+                      . "mysql.general_log WHERE command_type = 'Query' "
+                      . "AND thread_id <> CONNECTION_ID() "
+                      . "AND argument LIKE 'SELECT merchant_id, channel%' LIMIT 1");
+my ($day_sql) = grep { /^SELECT merchant_id, channel/ } split /;/, $asked // '';
+my $day_plan = $day_sql ? $gw->sql1("EXPLAIN FORMAT=JSON $day_sql") : '';
+like($day_plan, qr/"key":\s*"idx_status"/, 'the settlement read: through idx_status')
+    or diag($asked);
+like($day_plan, qr/"access_type":\s*"range"/, '... a range, not a scan');
+
 done_testing;
