@@ -172,6 +172,9 @@ for my $name (sort keys %claim_sql) {
     like($plan, qr/"key":\s*"idx_status"/,
          "$name: through idx_status");
     like($plan, qr/"access_type":\s*"range"/, "... a range, not a scan");
+    like($plan, qr/"used_key_parts":\s*\[\s*"status",\s*"succeeded_at",\s*"expire_at"/,
+         "... the pending ones by expire_at, not every pending one")
+        or diag($plan);
 }
 is($gw->sql1("SELECT COUNT(*) FROM information_schema.STATISTICS "
              . "WHERE TABLE_SCHEMA = DATABASE() "
