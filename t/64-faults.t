@@ -73,7 +73,9 @@ sub unknown_ok {
     my $j = $r->{json} // {};
     is($j->{status}, 'unknown', "$name: status unknown");
     ok(!defined $j->{failure_code}, "$name: no failure_code");
-    unlike($r->{body}, qr/fail|declin/i, "$name: the answer never says failed");
+    # (our random identifiers may spell "fail": they are not the answer's words)
+    (my $words = $r->{body} // '') =~ s/"(?:payment_no|business_no|channel_trade_no)":"[^"]*"//g;
+    unlike($words, qr/fail|declin/i, "$name: the answer never says failed");
     like($j->{payment_no} // '', qr/\S/, "$name: payment_no given for a later GET");
 }
 
