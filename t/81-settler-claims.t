@@ -150,25 +150,22 @@ $gw->sql1("INSERT INTO payments (payment_no, merchant_id, business_no, amount, "
           . "CONCAT('BDONE', seq), 100, 'CNY', 'bank_card', 'succeeded' "
           . "FROM seq_1_to_2000");
 $gw->sql1("ANALYZE TABLE payments");
-$gw->sql1("SET GLOBAL log_output = 'TABLE'; TRUNCATE mysql.general_log; "
-          . "SET GLOBAL general_log = 1");
-$gw->api(POST => '/v1/admin/resolve', json => {}, key => 'ops',
-         idempotency_key => $gw->fresh_key('k81'),
-         headers => {'X-Paygw-Settle' => 'due'});
-$gw->sql1("SET GLOBAL general_log = 0");
-my $sent = $gw->sql1("SELECT REPLACE(argument, CHAR(10), ' ') FROM mysql.general_log "
-                     . "WHERE command_type = 'Query' "
-                     . "AND argument LIKE 'UPDATE payments SET settle_next_at%' "
-                     . "LIMIT 1") // '';
+my @sent = $gw->sent_statements(
+    qr/^(?:UPDATE payments SET settle_next_at|SELECT payment_no, merchant_id FROM payments )/,
+    sub {
+        $gw->api(POST => '/v1/admin/resolve', json => {}, key => 'ops',
+                 idempotency_key => $gw->fresh_key('k81'),
+                 headers => {'X-Paygw-Settle' => 'due'});
+    });
 my %claim_sql;
-for my $st (split /;/, $sent) {
+for my $st (reverse @sent) {
     $claim_sql{'the claim'} = $st if $st =~ /^UPDATE payments /;
     $claim_sql{'its read-back'} = $st if $st =~ /^SELECT payment_no, merchant_id FROM payments /;
 }
 is(scalar keys %claim_sql, 2, 'the settler sent its claim and read-back')
-    or diag($sent);
+    or diag(join "\n", @sent);
 for my $name (sort keys %claim_sql) {
-    my $plan = $gw->sql1("EXPLAIN FORMAT=JSON $claim_sql{$name}") // '';
+    my $plan = $gw->plan($claim_sql{$name});
     like($plan, qr/"key":\s*"idx_status"/,
          "$name: through idx_status");
     like($plan, qr/"access_type":\s*"range"/, "... a range, not a scan");

@@ -452,6 +452,32 @@ sub sql_quote { my $s = $_[0] // ''; $s =~ s/'/''/g; "'$s'" }
 # sql1(SQL): the result of one query (database paygw), chomped.
 sub sql1 { my $v = $_[0]->db->sql($_[1]); chomp $v; $v }
 
+# sent_statements(QR, ACTION, timeout => S): the statements the module
+# sent to MariaDB while ACTION ran (its general log; each statement of a
+# batch apart, newlines as spaces) that match QR, in order; with a
+# timeout, waits up to S seconds after ACTION for the first of them (a
+# timer's statement).  For EXPLAIN: what runs is the module's own text.
+sub sent_statements {
+    my ($self, $re, $action, %o) = @_;
+    my @found;
+    my $look = sub {
+        my $all = $self->db->sql(
+            "SELECT REPLACE(argument, CHAR(10), ' ') FROM mysql.general_log "
+            . "WHERE command_type = 'Query' AND thread_id <> CONNECTION_ID()");
+        @found = grep { /$re/ } map { split /;/ } split /\n/, $all;
+        return scalar @found;
+    };
+    $self->sql1("SET GLOBAL log_output = 'TABLE'; TRUNCATE mysql.general_log; "
+                . "SET GLOBAL general_log = 1");
+    $action->();
+    $o{timeout} ? wait_until($look, timeout => $o{timeout}) : $look->();
+    $self->sql1("SET GLOBAL general_log = 0");
+    return @found;
+}
+
+# plan(SQL): MariaDB's EXPLAIN FORMAT=JSON of SQL ('' for none).
+sub plan { defined $_[1] ? $_[0]->sql1("EXPLAIN FORMAT=JSON $_[1]") : '' }
+
 # metric('paygw_circuit_state{channel="alipay"}'): the value of that one
 # series in /metrics now; undef when it is not there.
 sub metric {
