@@ -350,13 +350,12 @@ ngx_http_paygw_store_in_list(ngx_http_paygw_mysql_op_t *op,
 /*
  * Purge a small batch of settled events past the retention, counted from
  * when they were settled: a delivered or skipped event's next_attempt_at
- * is that moment, written with its status (and never before its
- * created_at; the status change rewrites the idx_due entry anyway, so
- * this costs nothing more), so the DELETE is a
- * short range of idx_due (status, next_attempt_at) away from the pending
- * rows claims walk: no long lock, no scan of the recent rows, and no
- * index on created_at for every event to write
- * (sql/007_hot_path_indexes.sql).  Then measure the backlog.
+ * is that moment, written with its status (never before its created_at;
+ * the status change rewrites the idx_due entry anyway, so this costs
+ * nothing more).  So the DELETE is a short range of idx_due (status,
+ * next_attempt_at) away from the pending rows claims walk: no long lock,
+ * no scan of the recent rows, and no index on created_at for every event
+ * to write (sql/007_hot_path_indexes.sql).  Then measure the backlog.
  */
 
 ngx_int_t
