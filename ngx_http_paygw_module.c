@@ -71,6 +71,13 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
       0,
       NULL },
 
+    { ngx_string("paygw_redis_multiplex"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_paygw_loc_conf_t, redis_multiplex),
+      NULL },
+
     { ngx_string("paygw_redis_max_reply_size"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_size_slot,
@@ -317,6 +324,12 @@ ngx_http_paygw_create_main_conf(ngx_conf_t *cf)
                        sizeof(ngx_http_paygw_mysql_srv_t *))
         != NGX_OK
         || ngx_array_init(&pmcf->logs, cf->pool, 4, sizeof(ngx_log_t *))
+           != NGX_OK
+        || ngx_array_init(&pmcf->redis_locations, cf->pool, 1,
+                          2 * sizeof(void *))
+           != NGX_OK
+        || ngx_array_init(&pmcf->redis_users, cf->pool, 16,
+                          sizeof(ngx_http_paygw_loc_conf_t *))
            != NGX_OK)
     {
         return NULL;
@@ -333,7 +346,8 @@ ngx_http_paygw_postconfiguration(ngx_conf_t *cf)
         || ngx_http_paygw_metrics_init(cf) != NGX_OK
         || ngx_http_paygw_recon_init(cf) != NGX_OK
         || ngx_http_paygw_channels_budget(cf) != NGX_OK
-        || ngx_http_paygw_webhook_peer_postconf(cf) != NGX_OK)
+        || ngx_http_paygw_webhook_peer_postconf(cf) != NGX_OK
+        || ngx_http_paygw_redis_mux_postconf(cf) != NGX_OK)
     {
         return NGX_ERROR;
     }

@@ -80,7 +80,12 @@ typedef struct {
     ngx_int_t                     trace_id_index;
     ngx_array_t                   logs;          /* ngx_log_t *, to redact */
     ngx_msec_t                    create_budget; /* longest create, ms */
+    ngx_array_t                   redis_locations;   /* redis_mux.c's */
+    ngx_array_t                   redis_users;   /* loc_conf_t * */
 } ngx_http_paygw_main_conf_t;
+
+
+typedef struct ngx_http_paygw_redis_mux_s  ngx_http_paygw_redis_mux_t;
 
 
 typedef struct {
@@ -88,6 +93,9 @@ typedef struct {
     size_t                        redis_max_reply;
     ngx_flag_t                    redis_cluster;
     void                         *redis_rc;  /* redis_cluster.c's */
+    ngx_flag_t                    redis_multiplex;
+    /* its paygw_redis_location's, when that location can multiplex */
+    ngx_http_paygw_redis_mux_t   *redis_mux;
 
     ngx_http_paygw_mysql_srv_t   *mysql;
     ngx_str_t                     mysql_name;

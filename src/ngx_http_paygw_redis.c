@@ -52,6 +52,7 @@ ngx_http_paygw_redis_create(ngx_http_request_t *r)
     cln->data = op;
 
     op->call.kind = NGX_HTTP_PAYGW_CALL_REDIS;
+    op->request = r;
 
     return op;
 }
@@ -161,6 +162,10 @@ ngx_http_paygw_redis_send(ngx_http_request_t *r, ngx_http_paygw_redis_op_t *op)
     op->in = op->replies;
     op->cluster = NULL;
 
+    if (plcf->redis_mux) {
+        return ngx_http_paygw_redis_mux_send(r, plcf->redis_mux, op);
+    }
+
     return ngx_http_paygw_call_start(r, &plcf->redis_uri, &op->call);
 }
 
@@ -170,6 +175,7 @@ ngx_http_paygw_redis_cleanup(void *data)
 {
     ngx_http_paygw_redis_op_t *op = data;
 
+    ngx_http_paygw_redis_mux_forget(op);
     ngx_http_paygw_rc_cleanup(op);
     ngx_http_paygw_redis_free_wire(op);
     ngx_http_paygw_redis_free_replies(op);
@@ -262,7 +268,7 @@ ngx_http_paygw_redis_pass(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     clcf->handler = ngx_http_paygw_redis_handler;
 
-    return NGX_CONF_OK;
+    return ngx_http_paygw_redis_mux_location(cf, plcf);
 }
 
 
@@ -278,6 +284,7 @@ ngx_http_paygw_redis_init_conf(ngx_http_paygw_loc_conf_t *conf)
      */
 
     conf->redis.local = NGX_CONF_UNSET_PTR;
+    conf->redis_multiplex = NGX_CONF_UNSET;
     conf->redis.socket_keepalive = NGX_CONF_UNSET;
     conf->redis.next_upstream_tries = NGX_CONF_UNSET_UINT;
     conf->redis.connect_timeout = NGX_CONF_UNSET_MSEC;
@@ -342,7 +349,11 @@ ngx_http_paygw_redis_merge_conf(ngx_conf_t *cf,
         conf->redis.upstream = prev->redis.upstream;
     }
 
-    return NGX_CONF_OK;
+    ngx_conf_merge_value(conf->redis_multiplex, prev->redis_multiplex, 1);
+
+    /* which location it asks is known once all are read: postconf */
+
+    return ngx_http_paygw_redis_mux_user(cf, conf);
 }
 
 

@@ -34,6 +34,10 @@ typedef struct {
     ngx_array_t                   evals;     /* ngx_str_t, EVAL form */
     unsigned                      eval_sent:1;
 
+    /* paygw_redis_multiplex: the request waiting, its place in line */
+    ngx_http_request_t           *request;
+    void                         *mux_slot;
+
     /* upstream side */
     redisReader                  *reader;
     size_t                        received;
@@ -61,6 +65,16 @@ ngx_int_t ngx_http_paygw_redis_evalsha(ngx_http_request_t *r,
     ngx_http_paygw_redis_op_t *op, ngx_uint_t argc, ngx_str_t *argv);
 ngx_int_t ngx_http_paygw_redis_noscript(ngx_http_request_t *r,
     ngx_http_paygw_redis_op_t *op);
+
+/* ngx_http_paygw_redis_mux.c: round trips on the worker's connection */
+char *ngx_http_paygw_redis_mux_location(ngx_conf_t *cf,
+    ngx_http_paygw_loc_conf_t *plcf);
+char *ngx_http_paygw_redis_mux_user(ngx_conf_t *cf,
+    ngx_http_paygw_loc_conf_t *plcf);
+ngx_int_t ngx_http_paygw_redis_mux_postconf(ngx_conf_t *cf);
+ngx_int_t ngx_http_paygw_redis_mux_send(ngx_http_request_t *r,
+    ngx_http_paygw_redis_mux_t *mux, ngx_http_paygw_redis_op_t *op);
+void ngx_http_paygw_redis_mux_forget(ngx_http_paygw_redis_op_t *op);
 
 char *ngx_http_paygw_redis_pass(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);

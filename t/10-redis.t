@@ -1,8 +1,10 @@
 #!/usr/bin/perl
 # Redis through the module's backend API (POST /_test/backend): commands,
-# pipelines, every RESP reply type, large values, connection reuse through
-# the upstream keepalive pool, and what a user sees when Redis dies or
-# hangs and comes back.
+# pipelines, every RESP reply type, large values, connection reuse, and
+# what a user sees when Redis dies or hangs and comes back.  It runs with
+# paygw_redis_multiplex on (the default: every request's round trips on
+# one connection per worker) and, from t/10-redis-upstream.t, with it
+# off (a subrequest and a pooled upstream connection per round trip).
 use strict;
 use warnings;
 
@@ -11,6 +13,7 @@ use Time::HiRes qw(time sleep);
 
 use PayGW::Test qw(backend_vars http http_parallel wait_until);
 
+my $multiplex = $ENV{PAYGW_TEST_MULTIPLEX} // 'on';
 my $redis = PayGW::Test::Redis->start;
 # Generous timeouts while the machine may be busy; the hang test below
 # reloads with paygw_redis_timeout 1s.
@@ -24,6 +27,7 @@ sub conf {
         client_body_buffer_size 4m;
         client_max_body_size 8m;
         paygw_redis_timeout $timeout;
+        paygw_redis_multiplex $multiplex;
         location = /_paygw/redis { internal; paygw_redis_pass redis; }
         location = /_test/backend { paygw_test_backend; }
     }
@@ -31,7 +35,8 @@ EOF
 }
 
 my $ngx = PayGW::Test::Nginx->new(test_module => 1, vars => backend_vars(redis => $redis),
-                                  http => conf('10s'))->start;
+                                  workers => 2, http => conf('10s'))->start;
+note("paygw_redis_multiplex $multiplex");
 
 # One pipeline through the module: the whole HTTP response.
 sub redis_req {
@@ -219,6 +224,42 @@ is_deeply(replies(['PING'], ['GET', 'greeting'], ['GET', 'no-such-key'],
         or diag(join "\n", map { "$_->{status} " . substr($_->{body}, 0, 200) }
                             grep { $_->{status} != 200 } @res);
     is($redis->cli(qw(GET par-count)), 30, '... and each ran exactly once');
+}
+
+# ---- multiplexed: all requests on one connection per worker ----------------------
+
+if ($multiplex eq 'on') {
+    my $total = sub {
+        ($redis->cli(qw(INFO stats)) =~ /^total_connections_received:(\d+)/m)[0];
+    };
+    # both workers have their connection open, then the count starts
+    ok(replies(['PING']), 'warm') for 1 .. 4;
+    my $before = $total->();
+    my @res = http_parallel([map {
+        [POST => $ngx->url('/_test/backend'),
+         json => {redis => [['INCR', "mux$_"], ['GET', "mux$_"]]}]
+    } 1 .. 60]);
+    my $good = grep {
+        my $rep = $res[$_ - 1]{json} && $res[$_ - 1]{json}{replies};
+        $rep && ($rep->[1]{value} // '') eq '1'
+    } 1 .. 60;
+    is($good, 60, '60 parallel requests, multiplexed: each read its own '
+                  . 'replies, and each ran once');
+    # redis-cli connects once per call: $before and this one
+    cmp_ok($total->() - $before, '<=', 2 + 2,
+           'Redis accepted no new connection for them (one per worker, '
+           . 'already open)');
+    my ($clients) = $redis->cli(qw(INFO clients)) =~ /^connected_clients:(\d+)/m;
+    cmp_ok($clients, '<=', 2 + 1, 'connected_clients: one per worker '
+                                  . '(+ redis-cli)');
+
+    # Redis closes the idle connections (a restart, CLIENT KILL, timeout):
+    # the next request opens a new one instead of failing on the old one
+    $redis->cli(qw(CLIENT KILL TYPE normal));
+    my $ok = grep { my $rep = replies(['GET', 'mux1']);
+                    $rep && ($rep->[0]{value} // '') eq '1' } 1 .. 6;
+    is($ok, 6, 'connections killed by Redis while idle: the next requests '
+               . 'succeed on new ones');
 }
 
 # ---- a pipeline is never replayed -----------------------------------------------
