@@ -79,6 +79,9 @@ endif
 #   the shared zone, provider TLS and the crypto vectors:
 #   00-harness 05-sim-acquirer 06-sim-alipay-wechat 10-redis 20-mysql
 #   21-mysql-wake 30-health 40-config 50-zone 79-provider-tls 80-vectors
+#   (and 10-redis-upstream, 10-redis in the other mode)
+# - about one Redis server: 88-redis-multiplex (a cluster is never
+#   multiplexed)
 # - already on clusters in every `make test`, killing their nodes:
 #   88-redis-cluster 89-galera 89-galera-health
 # - fault injection on "the" MySQL server: 64-faults stops the database
@@ -87,7 +90,7 @@ endif
 #   cluster and moves the writer, and a read may go to another node
 #   (89-galera and `make drill` test node failures on the clusters)
 HA_SKIP  := 00-harness 05-sim-acquirer 06-sim-alipay-wechat 10-redis \
-            20-mysql 21-mysql-wake 30-health 40-config 50-zone \
+            10-redis-upstream 88-redis-multiplex 20-mysql 21-mysql-wake 30-health 40-config 50-zone \
             64-faults 79-provider-tls 80-vectors 88-redis-cluster 89-galera \
             89-galera-health
 HA_TESTS  = $(filter-out $(HA_SKIP:%=t/%.t),$(sort $(wildcard t/*.t)))
