@@ -4,6 +4,7 @@
  *
  *     read the body -> authenticate (HMAC) -> role -> validate
  *       -> one Redis round trip: nonce replay window + idempotency key
+ *       [-> the key given back, if that round trip was cut short]
  *
  * Nothing here writes anything durable: a request rejected in this
  * phase changes nothing.  Whatever the outcome, the response is made by
@@ -26,7 +27,8 @@
 #define NGX_HTTP_PAYGW_ACCESS_READING  2
 #define NGX_HTTP_PAYGW_ACCESS_CHECK    3
 #define NGX_HTTP_PAYGW_ACCESS_REDIS    4
-#define NGX_HTTP_PAYGW_ACCESS_DONE     5
+#define NGX_HTTP_PAYGW_ACCESS_RELEASE  5
+#define NGX_HTTP_PAYGW_ACCESS_DONE     6
 
 
 static ngx_int_t ngx_http_paygw_access_handler(ngx_http_request_t *r);
@@ -46,6 +48,8 @@ static ngx_int_t ngx_http_paygw_access_role(ngx_http_request_t *r,
 static ngx_int_t ngx_http_paygw_access_validate(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static void ngx_http_paygw_access_redis(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_access_release(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 
 
@@ -165,6 +169,24 @@ ngx_http_paygw_access_handler(ngx_http_request_t *r)
         }
 
         ngx_http_paygw_access_redis(r, ctx);
+
+        if (ngx_http_paygw_access_release(r, ctx) == NGX_AGAIN) {
+            ctx->access = NGX_HTTP_PAYGW_ACCESS_RELEASE;
+            return NGX_AGAIN;
+        }
+
+        ctx->access = NGX_HTTP_PAYGW_ACCESS_DONE;
+        return NGX_OK;
+
+    case NGX_HTTP_PAYGW_ACCESS_RELEASE:
+
+        if (!ctx->redis->call.done) {
+            return NGX_AGAIN;
+        }
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "paygw access: idempotency key given back: %s",
+                       ctx->redis->call.ok ? "done" : "failed, it expires");
 
         ctx->access = NGX_HTTP_PAYGW_ACCESS_DONE;
         return NGX_OK;
@@ -360,6 +382,53 @@ ngx_http_paygw_access_send(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
                    "paygw access: nonce%s sent to Redis%s",
                    ctx->idem.key.len ? " and idempotency key" : "",
                    ctx->status ? " (request refused)" : "");
+
+    return NGX_AGAIN;
+}
+
+
+/*
+ * The idempotency round trip was cut off (Redis dropped the connection)
+ * after its script may have run: the key may be locked by nobody.  One
+ * more round trip deletes the lock if it is the one this request wrote,
+ * so that the client's retry runs instead of answering 409 until the
+ * lock expires.  Not after a timeout: a Redis that hangs would only hang
+ * again, and the client would wait twice.  The answer stays the 503.
+ */
+
+static ngx_int_t
+ngx_http_paygw_access_release(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_int_t                   rc;
+    ngx_http_paygw_redis_op_t  *op;
+
+    if (ctx->redis->call.ok
+        || ctx->redis->call.status != NGX_HTTP_SERVICE_UNAVAILABLE
+        || ctx->idem.record.len == 0
+        || ctx->status != NGX_HTTP_SERVICE_UNAVAILABLE)
+    {
+        return NGX_DECLINED;
+    }
+
+    op = ngx_http_paygw_redis_create(r);
+    if (op == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = ngx_http_paygw_idem_release(r, &ctx->idem, op);
+
+    if (rc != NGX_OK || ngx_http_paygw_redis_send(r, op) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw access: idempotency round trip cut short, "
+                   "giving the key back");
+
+    /* the failed op has nothing more to read (a POST reads no cache) */
+
+    ctx->redis = op;
 
     return NGX_AGAIN;
 }

@@ -17,10 +17,12 @@
 #include "ngx_http_paygw_webhook.h"
 
 
-#define NGX_HTTP_PAYGW_PHASE_WORK   0
-#define NGX_HTTP_PAYGW_PHASE_STORE  1
-#define NGX_HTTP_PAYGW_PHASE_SEND   2
-#define NGX_HTTP_PAYGW_PHASE_KEPT   3
+#define NGX_HTTP_PAYGW_PHASE_WORK    0
+#define NGX_HTTP_PAYGW_PHASE_STORE   1
+#define NGX_HTTP_PAYGW_PHASE_STORED  2
+#define NGX_HTTP_PAYGW_PHASE_SEND    3
+#define NGX_HTTP_PAYGW_PHASE_KEPT    4
+#define NGX_HTTP_PAYGW_PHASE_DONE    5
 
 
 static ngx_int_t ngx_http_paygw_api_handler(ngx_http_request_t *r);
@@ -30,6 +32,10 @@ static void ngx_http_paygw_api_resume(ngx_http_request_t *r);
 static void ngx_http_paygw_api_run(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_api_store(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_api_stored(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_api_keep(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_api_send(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
@@ -266,13 +272,22 @@ ngx_http_paygw_api_run(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
             break;
 
         case NGX_HTTP_PAYGW_PHASE_STORE:
-            ctx->phase = NGX_HTTP_PAYGW_PHASE_SEND;
+            ctx->phase = NGX_HTTP_PAYGW_PHASE_STORED;
 
             /* an answer to keep is kept once it is on its way: below */
 
             if (!ctx->side_effect
                 && ngx_http_paygw_api_store(r, ctx) == NGX_AGAIN)
             {
+                return;
+            }
+
+            break;
+
+        case NGX_HTTP_PAYGW_PHASE_STORED:
+            ctx->phase = NGX_HTTP_PAYGW_PHASE_SEND;
+
+            if (ngx_http_paygw_api_stored(r, ctx) == NGX_AGAIN) {
                 return;
             }
 
@@ -298,7 +313,16 @@ ngx_http_paygw_api_run(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 
             break;
 
-        default: /* NGX_HTTP_PAYGW_PHASE_KEPT */
+        case NGX_HTTP_PAYGW_PHASE_KEPT:
+            ctx->phase = NGX_HTTP_PAYGW_PHASE_DONE;
+
+            if (ngx_http_paygw_api_stored(r, ctx) == NGX_AGAIN) {
+                return;
+            }
+
+            break;
+
+        default: /* NGX_HTTP_PAYGW_PHASE_DONE */
             ngx_http_finalize_request(r, ctx->sent);
             return;
         }
@@ -309,14 +333,52 @@ ngx_http_paygw_api_run(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 static ngx_int_t
 ngx_http_paygw_api_store(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_http_paygw_redis_op_t  *op;
-    ngx_http_paygw_loc_conf_t  *plcf;
-
     if (!ctx->idem.held) {
         return NGX_OK;
     }
 
     ctx->idem.held = 0;
+
+    return ngx_http_paygw_api_keep(r, ctx);
+}
+
+
+/*
+ * The record's round trip was cut short (Redis dropped the connection):
+ * sent once more, on a new one.  Both writes may run twice: the record
+ * is a SET of the same bytes, the freeing deletes only our own lock.
+ * Left as it is, the key would answer 409 to every retry until the
+ * lock expires.  Not after a timeout: a Redis that hangs hangs again.
+ */
+
+static ngx_int_t
+ngx_http_paygw_api_stored(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_redis_op_t  *op;
+
+    op = ctx->keep;
+
+    if (op == NULL || op->call.ok || ctx->kept_again
+        || op->call.status != NGX_HTTP_SERVICE_UNAVAILABLE)
+    {
+        return NGX_OK;
+    }
+
+    ctx->kept_again = 1;
+
+    ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                  "paygw: the idempotent result's round trip was cut "
+                  "short, sending it again");
+
+    return ngx_http_paygw_api_keep(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_api_keep(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_http_paygw_redis_op_t  *op;
+    ngx_http_paygw_loc_conf_t  *plcf;
 
     plcf = ngx_http_get_module_loc_conf(r, ngx_http_paygw_module);
 
@@ -340,6 +402,7 @@ ngx_http_paygw_api_store(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
         return NGX_OK;
     }
 
+    ctx->keep = op;
     ctx->waiting = &op->call;
 
     return NGX_AGAIN;

@@ -8,7 +8,12 @@
  * returns the record found.  Keys carry the merchant as a hash tag, so
  * both live in one Redis Cluster slot.  Records are msgpack:
  *
- *     {"s": "r"|"d", "f": <32-byte fingerprint>, "c": status, "b": body}
+ *     {"s": "r", "f": <32-byte fingerprint>, "t": <16 random bytes>}
+ *     {"s": "d", "f": <32-byte fingerprint>, "c": status, "b": body}
+ *
+ * The running record's "t" makes it this request's own: a request that
+ * cannot tell whether its script ran (Redis dropped the connection before
+ * answering) deletes the record only if it is still the one it wrote.
  *
  * The durable guard against double charges is MySQL's unique
  * (merchant_id, business_no); Redis only makes retries cheap and exact.
@@ -20,6 +25,7 @@
 #include <msgpack.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
+#include <openssl/rand.h>
 
 
 static ngx_int_t ngx_http_paygw_idem_token(ngx_str_t *v, ngx_str_t *key);
@@ -41,6 +47,13 @@ static const char  ngx_http_paygw_idem_script[] =
     "if cur then return cur end "
     "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3]) "
     "return 1";
+
+
+/* the running record, if it is still this request's */
+static const char  ngx_http_paygw_idem_release_script[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] "
+    "then return redis.call('DEL', KEYS[1]) end "
+    "return 0";
 
 
 ngx_int_t
@@ -212,6 +225,8 @@ ngx_http_paygw_idem_begin(ngx_http_request_t *r, ngx_http_paygw_idem_t *idem,
         return NGX_ERROR;
     }
 
+    idem->record = record;
+
     ngx_str_set(&argv[2], "2");
     argv[4] = idem->redis_key;
     argv[6] = record;
@@ -261,6 +276,32 @@ ngx_http_paygw_idem_result(ngx_http_request_t *r, ngx_http_paygw_idem_t *idem,
 }
 
 
+/*
+ * The lock round trip failed after it may have reached Redis: the key
+ * would otherwise answer 409 to every retry until the lock expires.
+ */
+
+ngx_int_t
+ngx_http_paygw_idem_release(ngx_http_request_t *r,
+    ngx_http_paygw_idem_t *idem, ngx_http_paygw_redis_op_t *op)
+{
+    ngx_str_t  argv[5];
+
+    if (idem->record.len == 0) {
+        return NGX_DECLINED;
+    }
+
+    ngx_str_set(&argv[0], "EVAL");
+    argv[1].data = (u_char *) ngx_http_paygw_idem_release_script;
+    argv[1].len = sizeof(ngx_http_paygw_idem_release_script) - 1;
+    ngx_str_set(&argv[2], "1");
+    argv[3] = idem->redis_key;
+    argv[4] = idem->record;
+
+    return ngx_http_paygw_redis_command_argv(r, op, 5, argv);
+}
+
+
 ngx_int_t
 ngx_http_paygw_idem_finish(ngx_http_request_t *r, ngx_http_paygw_idem_t *idem,
     ngx_http_paygw_redis_op_t *op, ngx_uint_t store, ngx_uint_t status,
@@ -269,12 +310,13 @@ ngx_http_paygw_idem_finish(ngx_http_request_t *r, ngx_http_paygw_idem_t *idem,
     ngx_str_t  argv[5], record;
     u_char     ttl[NGX_INT_T_LEN];
 
-    /* nothing happened: free the key so that a retry runs afresh */
+    /*
+     * Nothing happened: free the key so that a retry runs afresh.  Only
+     * our own lock: one that expired meanwhile may be another request's.
+     */
 
     if (!store) {
-        ngx_str_set(&argv[0], "DEL");
-        argv[1] = idem->redis_key;
-        return ngx_http_paygw_redis_command_argv(r, op, 2, argv);
+        return ngx_http_paygw_idem_release(r, idem, op);
     }
 
     if (ngx_http_paygw_idem_pack(r, idem, 1, status, body, &record)
@@ -298,13 +340,20 @@ static ngx_int_t
 ngx_http_paygw_idem_pack(ngx_http_request_t *r, ngx_http_paygw_idem_t *idem,
     ngx_uint_t done, ngx_uint_t status, ngx_str_t *body, ngx_str_t *out)
 {
+    u_char           token[16];
     msgpack_sbuffer  sbuf;
     msgpack_packer   pk;
+
+    if (!done && RAND_bytes(token, sizeof(token)) != 1) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "paygw idempotency: RAND_bytes() failed");
+        return NGX_ERROR;
+    }
 
     msgpack_sbuffer_init(&sbuf);
     msgpack_packer_init(&pk, &sbuf, msgpack_sbuffer_write);
 
-    msgpack_pack_map(&pk, done ? 4 : 2);
+    msgpack_pack_map(&pk, done ? 4 : 3);
 
     msgpack_pack_str(&pk, 1);
     msgpack_pack_str_body(&pk, "s", 1);
@@ -316,7 +365,13 @@ ngx_http_paygw_idem_pack(ngx_http_request_t *r, ngx_http_paygw_idem_t *idem,
     msgpack_pack_bin(&pk, sizeof(idem->fingerprint));
     msgpack_pack_bin_body(&pk, idem->fingerprint, sizeof(idem->fingerprint));
 
-    if (done) {
+    if (!done) {
+        msgpack_pack_str(&pk, 1);
+        msgpack_pack_str_body(&pk, "t", 1);
+        msgpack_pack_bin(&pk, sizeof(token));
+        msgpack_pack_bin_body(&pk, token, sizeof(token));
+
+    } else {
         msgpack_pack_str(&pk, 1);
         msgpack_pack_str_body(&pk, "c", 1);
         msgpack_pack_unsigned_int(&pk, (unsigned int) status);

@@ -30,6 +30,7 @@ typedef struct {
     ngx_uint_t                    state;
     ngx_uint_t                    status;       /* a replayed response */
     ngx_str_t                     body;
+    ngx_str_t                     record;       /* our running record */
     unsigned                      held:1;       /* we hold the lock */
 } ngx_http_paygw_idem_t;
 
@@ -43,6 +44,8 @@ ngx_int_t ngx_http_paygw_idem_begin(ngx_http_request_t *r,
     ngx_http_paygw_idem_t *idem, ngx_http_paygw_redis_op_t *op,
     ngx_msec_t lock_ttl);
 ngx_int_t ngx_http_paygw_idem_result(ngx_http_request_t *r,
+    ngx_http_paygw_idem_t *idem, ngx_http_paygw_redis_op_t *op);
+ngx_int_t ngx_http_paygw_idem_release(ngx_http_request_t *r,
     ngx_http_paygw_idem_t *idem, ngx_http_paygw_redis_op_t *op);
 ngx_int_t ngx_http_paygw_idem_finish(ngx_http_request_t *r,
     ngx_http_paygw_idem_t *idem, ngx_http_paygw_redis_op_t *op,

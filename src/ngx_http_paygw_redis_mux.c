@@ -28,7 +28,14 @@
 #include "ngx_http_paygw_metrics.h"
 
 
-#define NGX_HTTP_PAYGW_MUX_READ  16384
+#define NGX_HTTP_PAYGW_MUX_READ         16384
+
+/*
+ * Commands not yet written past this fail at once (503): a Redis that
+ * takes no more bytes times out in paygw_redis_timeout, and this bounds
+ * what a busy worker piles up meanwhile.
+ */
+#define NGX_HTTP_PAYGW_MUX_MAX_PENDING  (32 * 1024 * 1024)
 
 
 typedef enum {
@@ -372,6 +379,14 @@ ngx_http_paygw_mux_reserve(ngx_http_paygw_redis_mux_t *mux, size_t size)
     }
 
     pending = mux->last - mux->pos;
+
+    if (pending + size > NGX_HTTP_PAYGW_MUX_MAX_PENDING) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "paygw redis: %uz bytes of commands wait to be sent "
+                      "to %V, no more are queued", pending, &mux->addr.name);
+        return NGX_ERROR;
+    }
+
     total = ngx_max(2 * (pending + size), (size_t) 16384);
 
     p = ngx_alloc(total, ngx_cycle->log);
@@ -515,9 +530,11 @@ static void
 ngx_http_paygw_mux_write(ngx_http_paygw_redis_mux_t *mux)
 {
     ssize_t            n;
+    ngx_uint_t         progress;
     ngx_connection_t  *c;
 
     c = mux->peer.connection;
+    progress = 0;
 
     while (mux->pos < mux->last) {
 
@@ -527,7 +544,9 @@ ngx_http_paygw_mux_write(ngx_http_paygw_redis_mux_t *mux)
             break;
         }
 
-        if (n == NGX_ERROR) {
+        /* nothing taken of a non-empty write: a socket that is not usable */
+
+        if (n == NGX_ERROR || n == 0) {
             ngx_http_paygw_mux_fail(mux, NGX_HTTP_SERVICE_UNAVAILABLE,
                                     "unavailable", 0);
             return;
@@ -535,6 +554,7 @@ ngx_http_paygw_mux_write(ngx_http_paygw_redis_mux_t *mux)
 
         mux->pos += n;
         mux->sent += n;
+        progress = 1;
     }
 
     ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
@@ -549,7 +569,11 @@ ngx_http_paygw_mux_write(ngx_http_paygw_redis_mux_t *mux)
             ngx_del_timer(c->write);
         }
 
-    } else {
+    } else if (progress || !c->write->timer_set) {
+
+        /* paygw_redis_timeout from the last bytes Redis took, not the last
+         * command queued: steady traffic must not keep a stuck Redis alive */
+
         ngx_add_timer(c->write, mux->timeout);
     }
 
@@ -589,6 +613,7 @@ static void
 ngx_http_paygw_mux_read_handler(ngx_event_t *rev)
 {
     ssize_t                      n;
+    ngx_uint_t                   progress;
     ngx_connection_t            *c;
     ngx_http_paygw_redis_mux_t  *mux;
     u_char                       buf[NGX_HTTP_PAYGW_MUX_READ];
@@ -612,6 +637,8 @@ ngx_http_paygw_mux_read_handler(ngx_event_t *rev)
         return;
     }
 
+    progress = 0;
+
     for ( ;; ) {
 
         n = c->recv(c, buf, sizeof(buf));
@@ -632,6 +659,8 @@ ngx_http_paygw_mux_read_handler(ngx_event_t *rev)
             return;
         }
 
+        progress = 1;
+
         if (redisReaderFeed(mux->reader, (char *) buf, n) != REDIS_OK
             || ngx_http_paygw_mux_dispatch(mux) != NGX_OK)
         {
@@ -649,6 +678,12 @@ ngx_http_paygw_mux_read_handler(ngx_event_t *rev)
         ngx_http_paygw_mux_fail(mux, NGX_HTTP_SERVICE_UNAVAILABLE,
                                 "unavailable", 0);
         return;
+    }
+
+    /* Redis answered: paygw_redis_timeout starts again from here */
+
+    if (progress && rev->timer_set) {
+        ngx_del_timer(rev);
     }
 
     ngx_http_paygw_mux_arm(mux);
@@ -679,6 +714,15 @@ ngx_http_paygw_mux_dispatch(ngx_http_paygw_redis_mux_t *mux)
         slot = ngx_queue_data(q, ngx_http_paygw_mux_slot_t, queue);
 
         before = reader->len - reader->pos;
+
+        /* a reply before its command was written (an error on accept, or
+         * bytes nobody asked for) would shift every reply after it */
+
+        if (before && slot->start >= mux->sent) {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "redis sent a reply to a command not yet sent");
+            return NGX_ERROR;
+        }
 
         if (redisReaderGetReply(reader, &reply) != REDIS_OK) {
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
@@ -772,7 +816,12 @@ ngx_http_paygw_mux_arm(ngx_http_paygw_redis_mux_t *mux)
 
     c->idle = 0;
 
-    ngx_add_timer(c->read, mux->timeout);
+    /* pushed back only when Redis answers (the read handler), never by
+     * more commands queued behind a silent Redis */
+
+    if (!c->read->timer_set) {
+        ngx_add_timer(c->read, mux->timeout);
+    }
 }
 
 
@@ -854,6 +903,21 @@ ngx_http_paygw_mux_fail(ngx_http_paygw_redis_mux_t *mux, ngx_uint_t status,
 
         ngx_queue_remove(q);
         ngx_queue_insert_tail(&failed, q);
+    }
+
+    /* the rest of a command cut short in the middle is never sent */
+
+    if (ngx_queue_empty(&mux->waiting)) {
+        mux->pos = mux->start;
+        mux->last = mux->start;
+        mux->sent = mux->queued;
+
+    } else {
+        q = ngx_queue_head(&mux->waiting);
+        slot = ngx_queue_data(q, ngx_http_paygw_mux_slot_t, queue);
+
+        mux->pos += slot->start - mux->sent;
+        mux->sent = slot->start;
     }
 
     if (!ngx_queue_empty(&mux->waiting)) {

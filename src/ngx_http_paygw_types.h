@@ -166,6 +166,7 @@ struct ngx_http_paygw_ctx_s {
     ngx_http_paygw_step_pt        step;          /* the API handler */
     ngx_http_paygw_call_t        *waiting;
     ngx_http_paygw_redis_op_t    *redis;
+    ngx_http_paygw_redis_op_t    *keep;          /* the idempotent record */
     ngx_http_paygw_mysql_op_t    *mysql;
     void                         *provider;      /* channel call */
 
@@ -208,6 +209,7 @@ struct ngx_http_paygw_ctx_s {
     ngx_str_t                     response;
     ngx_str_t                    *content_type;  /* NULL: JSON */
     unsigned                      replayed:1;
+    unsigned                      kept_again:1;  /* its write was resent */
 };
 
 

@@ -15,6 +15,7 @@ use POSIX ();
 use Storable ();
 use File::Temp ();
 use Time::HiRes qw(sleep);
+use IO::Socket::INET ();
 
 use PayGW::Gateway;
 
@@ -77,10 +78,14 @@ sub burst {
     my $killer;
     if ($during) {
         $killer = fork // die "fork: $!\n";
-        if (!$killer) { sleep 0.05; $during->(); POSIX::_exit(0) }
+        if (!$killer) {
+            $SIG{TERM} = 'DEFAULT';   # not the harness's: it owns nothing
+            $during->();
+            POSIX::_exit(0);
+        }
     }
     my @res = at_once(@jobs);
-    waitpid $killer, 0 if $killer;
+    if ($killer) { kill 'TERM', $killer; waitpid $killer, 0 }
     my %seen;
     for my $r (@res) {
         my $verdict =
@@ -113,31 +118,161 @@ cmp_ok $clients, '<=', 2 + 1,
 
 # ---- the shared connections killed in the middle of a burst ------------------
 
-my @creates2 = map { {business_no => 'MUXK-' . PayGW::Test::random_token(10),
-                      key => $gw->fresh_key('muxk')} } 1 .. 20;
-$seen = burst(\@pnos, \@creates2,
-              sub { $gw->redis->cli(qw(CLIENT KILL TYPE normal)) for 1 .. 3 });
-my @wrong = grep { $_ ne 'ok' && $_ ne 'failed' } keys %$seen;
-is_deeply \@wrong, [],
-    'connections killed by Redis mid-burst: no request got another\'s answer'
-    or diag explain $seen;
-note explain $seen;
-
-# every create retried under its key: one payment, one charge each
-my $again = 0;
-for my $c (@creates2) {
-    my $r = $gw->create({business_no => $c->{business_no}},
-                        idempotency_key => $c->{key});
-    $again++ if $r->{status} == 201 && $r->{json}{business_no} eq $c->{business_no};
+# each create of @$creates retried under its key: 201 and its own payment
+# (never 409: a lock its first try may have taken is given back), one
+# payment row and one charge each
+sub retried_once_each {
+    my ($creates, $what) = @_;
+    my %got;
+    for my $c (@$creates) {
+        my $r = $gw->create({business_no => $c->{business_no}},
+                            idempotency_key => $c->{key});
+        my $own = $r->{status} == 201
+                  && $r->{json}{business_no} eq $c->{business_no};
+        $got{$own ? 'own 201' : "$r->{status} "
+                                . ($r->{json}{error}{code} // $r->{body})}++;
+    }
+    is_deeply \%got, {'own 201' => scalar @$creates},
+        "$what: each create retried under its Idempotency-Key at once: 201, "
+        . 'its own';
+    my $in = join ',', map { "'$_->{business_no}'" } @$creates;
+    is $gw->sql1("SELECT COUNT(*) FROM paygw.payments "
+                 . "WHERE business_no IN ($in)"),
+       scalar @$creates, '... one payment row per business_no';
+    my @nos = split /\n/, $gw->db->sql("SELECT payment_no FROM paygw.payments "
+                                       . "WHERE business_no IN ($in)");
+    is scalar(grep { scalar($gw->charges_for($_)) == 1 } @nos),
+       scalar @$creates, '... and one charge at the acquirer each';
 }
-is $again, 20, 'each create retried under its Idempotency-Key: 201, its own';
-my $in = join ',', map { "'$_->{business_no}'" } @creates2;
-is $gw->sql1("SELECT COUNT(*) FROM paygw.payments WHERE business_no IN ($in)"),
-   20, '... one payment row per business_no';
-my @nos = split /\n/,
-    $gw->db->sql("SELECT payment_no FROM paygw.payments WHERE business_no IN ($in)");
-is scalar(grep { scalar($gw->charges_for($_)) == 1 } @nos), 20,
-    '... and one charge at the acquirer each';
+
+sub some_creates {
+    my ($tag, $n) = @_;
+    return [map { {business_no => "$tag-" . PayGW::Test::random_token(10),
+                   key => $gw->fresh_key(lc $tag)} } 1 .. $n];
+}
+
+# killed again and again while the burst runs: wherever the kills land
+my $creates = some_creates('MUXK', 20);
+$seen = burst(\@pnos, $creates, sub {
+    for (1 .. 200) {
+        $gw->redis->cli(qw(CLIENT KILL TYPE normal));
+        sleep 0.01;
+    }
+});
+note explain $seen;
+is_deeply [grep { $_ ne 'ok' && $_ ne 'failed' } keys %$seen], [],
+    'connections killed by Redis again and again during a burst: no '
+    . 'request got another\'s answer'
+    or diag explain $seen;
+retried_once_each($creates, 'killed during a burst');
+
+# killed with every request of the burst waiting for its replies: a Lua
+# script holds Redis for a second (it serves nobody meanwhile), and the
+# kill comes while it runs, so it lands before any of those replies
+sub redis_socket {
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+                                  PeerPort => $gw->redis->{port})
+        or die "redis: $!\n";
+    return $s;
+}
+sub resp { join '', '*' . @_ . "\r\n", map { '$' . length($_) . "\r\n$_\r\n" } @_ }
+
+my ($busy, $killer) = (redis_socket(), redis_socket());
+$creates = some_creates('MUXW', 20);
+print $busy resp('EVAL', <<'LUA', 0, '1.0');
+local function now() local t = redis.call('TIME') return t[1] + t[2] / 1e6 end
+local start = now()
+while now() - start < tonumber(ARGV[1]) do end
+return 1
+LUA
+$seen = burst(\@pnos, $creates, sub {
+    sleep 0.5;
+    print $killer resp(qw(CLIENT KILL TYPE normal SKIPME yes));
+    sleep 5;
+});
+is_deeply $seen, {failed => 80},
+    'connections killed while every request waits on them: all 80 fail '
+    . '(503), none is answered with another\'s reply'
+    or diag explain $seen;
+retried_once_each($creates, 'killed with all replies due');
+
+# the answer goes out first, then its record to Redis: that round trip
+# cut short the same way is sent once more, or a retry would find the
+# key locked (409) until the lock expired
+close $busy;
+close $killer;                  # killed too
+($busy, $killer) = (redis_socket(), redis_socket());
+$gw->sim->mode('slow', delay_ms => 1000);
+my $late = some_creates('MUXR', 1)->[0];
+my ($first, $orch) = at_once(
+    sub {
+        my $r = $gw->create({business_no => $late->{business_no}},
+                            idempotency_key => $late->{key});
+        return {status => $r->{status}, body => $r->{body}, t => Time::HiRes::time()};
+    },
+    sub {
+        # its payment row is written: it waits a second for the acquirer
+        PayGW::Test::wait_until(sub {
+            $gw->sql1("SELECT COUNT(*) FROM paygw.payments WHERE business_no = "
+                      . "'$late->{business_no}'") == 1 }, timeout => 5)
+            or die "no payment row\n";
+        my $t_row = Time::HiRes::time();
+        print $busy resp('EVAL', <<'LUA', 0, '1.5');
+local function now() local t = redis.call('TIME') return t[1] + t[2] / 1e6 end
+local start = now()
+while now() - start < tonumber(ARGV[1]) do end
+return 1
+LUA
+        # queued before the record's SET: Redis, free again, runs the kill
+        # first and never reads the SET
+        sleep 0.5;
+        print $killer resp(qw(CLIENT KILL TYPE normal SKIPME yes));
+        my $killed = <$killer>;    # once the script is over and all killed
+        return {t => $t_row};
+    });
+$gw->sim->mode('normal');
+note "create answered " . ($first->{t} - $orch->{t}) . " s after its row";
+is $first->{status}, 201, 'a create answered while its record waits on Redis'
+    or diag $first->{body};
+# (409 only while the record is on its way again, not until the lock expires)
+my $replay;
+PayGW::Test::wait_until(sub {
+    $replay = $gw->create({business_no => $late->{business_no}},
+                          idempotency_key => $late->{key});
+    $replay->{status} != 409 }, timeout => 3);
+is $replay->{status}, 201, '... the record\'s round trip cut short: a retry '
+                           . 'is answered from the record'
+    or diag $replay->{body};
+is $replay->{headers}{'idempotent-replayed'}, 'true', '... as a replay';
+is $replay->{body}, $first->{body}, '... byte for byte';
+ok $gw->ngx->error_log =~ /idempotent result's round trip was cut short/,
+    '... which was sent again';
+close $busy;
+close $killer;
+
+# ---- a Redis that hangs, under steady traffic ----------------------------------
+
+# paygw_redis_timeout (5 s here) runs from the last bytes Redis sent, not
+# from the last command queued: a GET every 0.4 s for 9 s must not keep
+# any waiting for as long as the traffic lasts
+$gw->redis->freeze;
+my @hung = at_once(map {
+    my $i = $_;
+    sub {
+        sleep 0.4 * $i;
+        my $t0 = Time::HiRes::time();
+        my $r = $gw->get_payment($pnos[$i % @pnos]);
+        return {status => $r->{status}, took => Time::HiRes::time() - $t0};
+    }
+} 0 .. 22);
+$gw->redis->thaw;
+note join ' ', map { sprintf '%d/%.1fs', $_->{status}, $_->{took} } @hung;
+is_deeply [grep { $_->{status} != 503 } @hung], [],
+    'Redis hung: every GET sent meanwhile is answered 503 (retry)';
+my ($longest) = sort { $b <=> $a } map { $_->{took} } @hung;
+cmp_ok $longest, '<', 8,
+    '... each after at most about paygw_redis_timeout, however many came '
+    . 'after it';
 
 # ---- and afterwards, all is well -------------------------------------------------
 
