@@ -680,10 +680,14 @@ ngx_http_paygw_mux_read_handler(ngx_event_t *rev)
         return;
     }
 
-    /* Redis answered: paygw_redis_timeout starts again from here */
+    /*
+     * Redis answered: paygw_redis_timeout starts again from here (within
+     * NGX_TIMER_LAZY_DELAY, as for nginx's own upstreams: no tree update
+     * on every read)
+     */
 
-    if (progress && rev->timer_set) {
-        ngx_del_timer(rev);
+    if (progress && !ngx_queue_empty(&mux->waiting)) {
+        ngx_add_timer(rev, mux->timeout);
     }
 
     ngx_http_paygw_mux_arm(mux);
