@@ -105,6 +105,8 @@ static ngx_int_t ngx_http_paygw_mux_dispatch(ngx_http_paygw_redis_mux_t *mux);
 static void ngx_http_paygw_mux_arm(ngx_http_paygw_redis_mux_t *mux);
 static void ngx_http_paygw_mux_fail(ngx_http_paygw_redis_mux_t *mux,
     ngx_uint_t status, const char *why, ngx_uint_t unsent_too);
+static void ngx_http_paygw_mux_timed_out(ngx_http_paygw_redis_mux_t *mux,
+    const char *doing);
 static void ngx_http_paygw_mux_complete(ngx_http_paygw_redis_op_t *op);
 static void ngx_http_paygw_mux_cleanup(void *data);
 
@@ -489,11 +491,7 @@ ngx_http_paygw_mux_connected(ngx_event_t *wev)
     mux = c->data;
 
     if (wev->timedout) {
-        ngx_log_error(NGX_LOG_ERR, c->log, NGX_ETIMEDOUT,
-                      "paygw redis: connect to %V timed out",
-                      &mux->addr.name);
-        ngx_http_paygw_mux_fail(mux, NGX_HTTP_GATEWAY_TIME_OUT, "timed out",
-                                1);
+        ngx_http_paygw_mux_timed_out(mux, "connect to");
         return;
     }
 
@@ -597,11 +595,7 @@ ngx_http_paygw_mux_write_handler(ngx_event_t *wev)
     mux = c->data;
 
     if (wev->timedout) {
-        ngx_log_error(NGX_LOG_ERR, c->log, NGX_ETIMEDOUT,
-                      "paygw redis: sending to %V timed out",
-                      &mux->addr.name);
-        ngx_http_paygw_mux_fail(mux, NGX_HTTP_GATEWAY_TIME_OUT, "timed out",
-                                1);
+        ngx_http_paygw_mux_timed_out(mux, "sending to");
         return;
     }
 
@@ -622,10 +616,7 @@ ngx_http_paygw_mux_read_handler(ngx_event_t *rev)
     mux = c->data;
 
     if (rev->timedout) {
-        ngx_log_error(NGX_LOG_ERR, c->log, NGX_ETIMEDOUT,
-                      "paygw redis: %V timed out", &mux->addr.name);
-        ngx_http_paygw_mux_fail(mux, NGX_HTTP_GATEWAY_TIME_OUT, "timed out",
-                                1);
+        ngx_http_paygw_mux_timed_out(mux, "waiting for");
         return;
     }
 
@@ -953,6 +944,19 @@ ngx_http_paygw_mux_fail(ngx_http_paygw_redis_mux_t *mux, ngx_uint_t status,
                                  "%s", why);
         ngx_http_paygw_mux_complete(op);
     }
+}
+
+
+/* nothing else is tried on a Redis that hangs: it would hang again */
+
+static void
+ngx_http_paygw_mux_timed_out(ngx_http_paygw_redis_mux_t *mux,
+    const char *doing)
+{
+    ngx_log_error(NGX_LOG_ERR, mux->peer.connection->log, NGX_ETIMEDOUT,
+                  "paygw redis: %s %V timed out", doing, &mux->addr.name);
+
+    ngx_http_paygw_mux_fail(mux, NGX_HTTP_GATEWAY_TIME_OUT, "timed out", 1);
 }
 
 

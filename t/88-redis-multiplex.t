@@ -177,14 +177,21 @@ sub redis_socket {
 }
 sub resp { join '', '*' . @_ . "\r\n", map { '$' . length($_) . "\r\n$_\r\n" } @_ }
 
-my ($busy, $killer) = (redis_socket(), redis_socket());
-$creates = some_creates('MUXW', 20);
-print $busy resp('EVAL', <<'LUA', 0, '1.0');
+# Redis serves nobody for $seconds: a Lua script runs that long (what the
+# others send meanwhile waits in its sockets)
+sub hold_redis {
+    my ($sock, $seconds) = @_;
+    print $sock resp('EVAL', <<'LUA', 0, $seconds);
 local function now() local t = redis.call('TIME') return t[1] + t[2] / 1e6 end
 local start = now()
 while now() - start < tonumber(ARGV[1]) do end
 return 1
 LUA
+}
+
+my ($busy, $killer) = (redis_socket(), redis_socket());
+$creates = some_creates('MUXW', 20);
+hold_redis($busy, 1.0);
 $seen = burst(\@pnos, $creates, sub {
     sleep 0.5;
     print $killer resp(qw(CLIENT KILL TYPE normal SKIPME yes));
@@ -217,12 +224,7 @@ my ($first, $orch) = at_once(
                       . "'$late->{business_no}'") == 1 }, timeout => 5)
             or die "no payment row\n";
         my $t_row = Time::HiRes::time();
-        print $busy resp('EVAL', <<'LUA', 0, '1.5');
-local function now() local t = redis.call('TIME') return t[1] + t[2] / 1e6 end
-local start = now()
-while now() - start < tonumber(ARGV[1]) do end
-return 1
-LUA
+        hold_redis($busy, 1.5);
         # queued before the record's SET: Redis, free again, runs the kill
         # first and never reads the SET
         sleep 0.5;
