@@ -400,7 +400,6 @@ static ngx_int_t
 ngx_http_paygw_access_release(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx)
 {
-    ngx_int_t                   rc;
     ngx_http_paygw_redis_op_t  *op;
 
     if (ctx->redis->call.ok
@@ -416,9 +415,9 @@ ngx_http_paygw_access_release(ngx_http_request_t *r,
         return NGX_ERROR;
     }
 
-    rc = ngx_http_paygw_idem_release(r, &ctx->idem, op);
-
-    if (rc != NGX_OK || ngx_http_paygw_redis_send(r, op) != NGX_OK) {
+    if (ngx_http_paygw_idem_release(r, &ctx->idem, op) != NGX_OK
+        || ngx_http_paygw_redis_send(r, op) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 

@@ -880,9 +880,9 @@ ngx_http_paygw_mux_fail(ngx_http_paygw_redis_mux_t *mux, ngx_uint_t status,
         mux->reader = NULL;
     }
 
+    /* every slot then fails as written; the buffer is dropped below */
+
     if (unsent_too) {
-        mux->pos = mux->start;
-        mux->last = mux->start;
         mux->sent = mux->queued;
     }
 
@@ -913,9 +913,7 @@ ngx_http_paygw_mux_fail(ngx_http_paygw_redis_mux_t *mux, ngx_uint_t status,
 
         mux->pos += slot->start - mux->sent;
         mux->sent = slot->start;
-    }
 
-    if (!ngx_queue_empty(&mux->waiting)) {
         mux->reader = redisReaderCreate();
 
         if (mux->reader == NULL) {
