@@ -43,6 +43,13 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
       0,
       NULL },
 
+    { ngx_string("paygw_memory_trim"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_paygw_memory_trim,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("paygw_redis_pass"),
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_paygw_redis_pass,
@@ -335,6 +342,8 @@ ngx_http_paygw_create_main_conf(ngx_conf_t *cf)
         return NULL;
     }
 
+    pmcf->memory_trim = NGX_CONF_UNSET_MSEC;
+
     return pmcf;
 }
 
@@ -366,6 +375,8 @@ ngx_http_paygw_init_main_conf(ngx_conf_t *cf, void *conf)
     {
         return NGX_CONF_ERROR;
     }
+
+    ngx_http_paygw_memory_init_conf(pmcf);
 
     return ngx_http_paygw_channels_init(cf, pmcf);
 }
@@ -520,7 +531,8 @@ ngx_http_paygw_init_process(ngx_cycle_t *cycle)
 
     if (ngx_http_paygw_mysql_init_process(cycle) != NGX_OK
         || ngx_http_paygw_reconciler_init_process(cycle) != NGX_OK
-        || ngx_http_paygw_webhook_init_process(cycle) != NGX_OK)
+        || ngx_http_paygw_webhook_init_process(cycle) != NGX_OK
+        || ngx_http_paygw_memory_init_process(cycle) != NGX_OK)
     {
         return NGX_ERROR;
     }

@@ -82,6 +82,7 @@ typedef struct {
     ngx_msec_t                    create_budget; /* longest create, ms */
     ngx_array_t                   redis_locations;   /* redis_mux.c's */
     ngx_array_t                   redis_users;   /* loc_conf_t * */
+    ngx_msec_t                    memory_trim;   /* 0: off (memory.c) */
 } ngx_http_paygw_main_conf_t;
 
 
@@ -149,6 +150,10 @@ ngx_int_t ngx_http_paygw_redact_collect(ngx_conf_t *cf,
     ngx_http_paygw_main_conf_t *pmcf);
 void ngx_http_paygw_redact_init_process(ngx_cycle_t *cycle);
 void ngx_http_paygw_redact_exit_process(ngx_cycle_t *cycle);
+char *ngx_http_paygw_memory_trim(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+void ngx_http_paygw_memory_init_conf(ngx_http_paygw_main_conf_t *pmcf);
+ngx_int_t ngx_http_paygw_memory_init_process(ngx_cycle_t *cycle);
 
 char *ngx_http_paygw_health(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *ngx_http_paygw_metrics(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);

@@ -18,7 +18,9 @@
  * statements through the pool; POST {"crypto": {"op": ..., ...}} runs the
  * module's cryptography ("rsa_sign", "rsa_verify", "aes_gcm_decrypt",
  * "hmac_sha256", "webhook_sign", "alipay_canonical", "alipay_notify_verify",
- * "wechat_notify_verify"; t/80-vectors.t checks them against t/vectors/).
+ * "wechat_notify_verify"; t/80-vectors.t checks them against t/vectors/);
+ * POST {"fragment_mb": N} leaves N MB of the worker's heap free but
+ * resident, as mixed lifetimes do (t/89-memory-trim.t).
  * It lets tests drive the very code paths payments use.  `nginx -t` warns
  * when it is configured.
  *
@@ -79,6 +81,8 @@ static json_t *ngx_http_paygw_test_rsa(ngx_http_request_t *r, json_t *spec,
 static json_t *ngx_http_paygw_test_hmac(ngx_http_request_t *r, json_t *spec);
 static json_t *ngx_http_paygw_test_canonical(ngx_http_request_t *r,
     json_t *spec);
+static ngx_int_t ngx_http_paygw_test_fragment(ngx_http_request_t *r,
+    json_int_t mb);
 
 
 static ngx_command_t  ngx_http_paygw_test_commands[] = {
@@ -214,6 +218,14 @@ ngx_http_paygw_test_body(ngx_http_request_t *r)
 
     if (json_is_object(json_object_get(doc, "crypto"))) {
         rc = ngx_http_paygw_test_crypto(r, json_object_get(doc, "crypto"));
+        json_decref(doc);
+        ngx_http_finalize_request(r, rc);
+        return;
+    }
+
+    if (json_is_integer(json_object_get(doc, "fragment_mb"))) {
+        rc = ngx_http_paygw_test_fragment(r,
+                 json_integer_value(json_object_get(doc, "fragment_mb")));
         json_decref(doc);
         ngx_http_finalize_request(r, rc);
         return;
@@ -955,4 +967,77 @@ ngx_http_paygw_test_wechat_notify(ngx_http_request_t *r, json_t *spec)
                     "plaintext", plain.data, plain.len);
 
     return res;
+}
+
+
+/*
+ * N MB in 16 kB blocks, all touched; every 32nd is kept (until the next
+ * call) and the others freed: free memory below blocks still in use,
+ * which glibc keeps resident until malloc_trim().
+ */
+
+#define NGX_HTTP_PAYGW_TEST_BLOCK  16384
+#define NGX_HTTP_PAYGW_TEST_KEEP   32
+
+static ngx_int_t
+ngx_http_paygw_test_fragment(ngx_http_request_t *r, json_int_t mb)
+{
+    u_char            **blocks;
+    json_t             *res;
+    ngx_int_t           rc;
+    ngx_uint_t          i, n;
+    static void       **kept;
+    static ngx_uint_t   nkept;
+
+    for (i = 0; i < nkept; i++) {
+        ngx_free(kept[i]);
+    }
+
+    ngx_free(kept);
+    kept = NULL;
+    nkept = 0;
+
+    if (mb < 1 || mb > 1024) {
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    n = (ngx_uint_t) mb * (1024 * 1024 / NGX_HTTP_PAYGW_TEST_BLOCK);
+
+    blocks = ngx_alloc(n * sizeof(u_char *), r->connection->log);
+    kept = ngx_alloc(n / NGX_HTTP_PAYGW_TEST_KEEP * sizeof(void *),
+                     r->connection->log);
+    if (blocks == NULL || kept == NULL) {
+        ngx_free(blocks);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        blocks[i] = ngx_alloc(NGX_HTTP_PAYGW_TEST_BLOCK, r->connection->log);
+        if (blocks[i] != NULL) {
+            ngx_memset(blocks[i], 0x5a, NGX_HTTP_PAYGW_TEST_BLOCK);
+        }
+    }
+
+    /* the last one kept too: the heap's top cannot shrink below it */
+
+    for (i = 0; i < n; i++) {
+        if (i % NGX_HTTP_PAYGW_TEST_KEEP == NGX_HTTP_PAYGW_TEST_KEEP - 1) {
+            kept[nkept++] = blocks[i];
+
+        } else {
+            ngx_free(blocks[i]);
+        }
+    }
+
+    ngx_free(blocks);
+
+    res = json_pack("{s:i}", "kept", (json_int_t) nkept);
+    if (res == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_paygw_send_json(r, NGX_HTTP_OK, res);
+    json_decref(res);
+
+    return rc;
 }

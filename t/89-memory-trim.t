@@ -1,0 +1,120 @@
+#!/usr/bin/perl
+# paygw_memory_trim: each worker hands the free pages of its heap back to
+# the kernel on a timer (malloc_trim), so that memory freed below blocks
+# still in use does not stay resident: what a container's memory limit
+# and an operator's RSS graph see.  The test module leaves N MB of the
+# worker's heap free but resident ({"fragment_mb": N}); with the trim the
+# worker's RSS falls back, without it it stays.  The timer must not keep
+# an old worker alive after a reload, and bad values are refused.
+use strict;
+use warnings;
+
+use Test::More;
+use Time::HiRes qw(sleep time);
+
+use PayGW::Test qw(http wait_until);
+
+sub conf {
+    my ($trim) = @_;
+    my $directive = defined $trim ? "paygw_memory_trim $trim;" : '';
+    return <<"EOF";
+    paygw_zone paygw:1m;
+    $directive
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        location = /_test/backend { paygw_test_backend; }
+    }
+EOF
+}
+
+# the worker's anonymous resident memory, kB
+sub rss_anon {
+    my ($pid) = @_;
+    open my $fh, '<', "/proc/$pid/status" or return undef;
+    while (<$fh>) {
+        return $1 if /^RssAnon:\s+(\d+)\s+kB/;
+    }
+    return undef;
+}
+
+my $ngx = PayGW::Test::Nginx->new(workers => 1, test_module => 1,
+                                  error_log_level => 'debug',
+                                  http => conf('300ms'))->start;
+
+sub fragment {
+    my ($mb) = @_;
+    my $r = http(POST => $ngx->url('/_test/backend'),
+                 json => {fragment_mb => $mb}, timeout => 20);
+    is $r->{status}, 200, "$mb MB left free in the worker's heap"
+        or diag $r->{body};
+}
+
+# ---- bad values are refused, with the reason -----------------------------
+for my $bad ('0', 'soon', '-5s') {
+    my ($rc, $out) = $ngx->test_config(http => conf($bad));
+    isnt $rc, 0, "paygw_memory_trim $bad is refused";
+    like $out, qr/invalid value "\Q$bad\E": expected an interval/,
+        '... saying what is expected';
+}
+{
+    my ($rc, $out) = $ngx->test_config(
+        http => conf('5s') =~ s/(paygw_memory_trim 5s;)/$1 $1/r);
+    isnt $rc, 0, 'paygw_memory_trim twice is refused';
+    like $out, qr/"paygw_memory_trim" directive is duplicate/, '... as a duplicate';
+}
+for my $good ('off', '250ms', '1m') {
+    my ($rc, $out) = $ngx->test_config(http => conf($good));
+    is $rc, 0, "paygw_memory_trim $good is accepted" or diag $out;
+}
+$ngx->test_config(http => conf('300ms'));   # back to what runs
+
+SKIP: {
+    skip 'ASan has its own allocator: malloc_trim does not see its heap', 6
+        if $ENV{PAYGW_ASAN};
+
+    # ---- with the trim: the freed memory leaves the worker ---------------
+    my ($w) = $ngx->worker_pids;
+    my $base = rss_anon($w);
+    fragment(64);
+    my $peak = rss_anon($w);
+    my $low;
+    ok wait_until(sub { $low = rss_anon($w); $low < $base + 16 * 1024 },
+                  timeout => 5),
+        'with paygw_memory_trim 300ms the worker gives the free 62 MB back'
+        or diag "RssAnon kB: before $base, after $peak, now $low";
+    like $ngx->error_log, qr/paygw memory: trimmed in \d+ us, pages released: yes/,
+        'the trim is in the debug log';
+
+    # ---- without it: it stays (so the test above can fail) ---------------
+    $ngx->reload(http => conf('off'));
+    ($w) = $ngx->worker_pids;
+    $base = rss_anon($w);
+    fragment(64);
+    sleep 1.5;
+    my $kept = rss_anon($w);
+    cmp_ok $kept, '>', $base + 48 * 1024,
+        'with paygw_memory_trim off the free memory stays resident'
+        or diag "RssAnon kB: before $base, 1.5 s later $kept";
+
+    # the default where paygw runs (paygw_zone): on, every 10 s
+    $ngx->reload(http => conf(undef));
+    ($w) = $ngx->worker_pids;
+    $base = rss_anon($w);
+    fragment(64);
+    ok wait_until(sub { rss_anon($w) < $base + 16 * 1024 }, timeout => 15),
+        'by default the worker trims every 10 s';
+}
+
+# ---- a long interval does not hold an old worker after a reload ----------
+{
+    $ngx->reload(http => conf('1h'));
+    my @old = $ngx->worker_pids;
+    my $t0 = time;
+    $ngx->reload(http => conf('1h'));
+    ok wait_until(sub { !grep { kill 0, $_ } @old }, timeout => 10),
+        'the old worker exits after a reload though its trim timer is 1h away';
+    cmp_ok time - $t0, '<', 10, '... promptly';
+}
+
+$ngx->stop;
+done_testing;
