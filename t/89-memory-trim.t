@@ -69,7 +69,7 @@ for my $good ('off', '250ms', '1m') {
 $ngx->test_config(http => conf('300ms'));   # back to what runs
 
 SKIP: {
-    skip 'ASan has its own allocator: malloc_trim does not see its heap', 6
+    skip 'ASan has its own allocator: malloc_trim does not see its heap', 7
         if $ENV{PAYGW_ASAN};
 
     # ---- with the trim: the freed memory leaves the worker ---------------
