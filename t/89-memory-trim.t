@@ -99,13 +99,13 @@ SKIP: {
         'with paygw_memory_trim off the free memory stays resident'
         or diag "RssAnon kB: before $base, 1.5 s later $kept";
 
-    # the default where paygw runs (paygw_zone): on, every 10 s
+    # the default where paygw runs (paygw_zone): on, every second
     $ngx->reload(http => conf(undef));
     ($w) = $ngx->worker_pids;
     $base = rss_anon($w);
     fragment(64);
-    ok wait_until(sub { rss_anon($w) < $base + 16 * 1024 }, timeout => 15),
-        'by default the worker trims every 10 s';
+    ok wait_until(sub { rss_anon($w) < $base + 16 * 1024 }, timeout => 5),
+        'by default the worker trims every second';
 }
 
 # ---- a long interval does not hold an old worker after a reload ----------
