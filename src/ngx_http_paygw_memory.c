@@ -19,7 +19,7 @@
  * it lies in the heap.  Each worker calls it on a timer: every second,
  * because what a worker touches between two trims is what RSS shows
  * (every 10 s, the bench's soak still saw the floors rise 100 kB/min;
- * every second, flat).  It takes about 0.3 ms on a heap of this size,
+ * every second, much less: README, issue 15).  It takes about 0.3 ms on a heap of this size,
  * and what it releases is faulted in again only when it is used.
  * Without glibc (musl has no malloc_trim) the directive is accepted and
  * does nothing.
