@@ -19,8 +19,9 @@
  * it lies in the heap.  Each worker calls it on a timer: every second,
  * because what a worker touches between two trims is what RSS shows
  * (every 10 s, the bench's soak still saw the floors rise 100 kB/min;
- * every second, much less: README, issue 15).  It takes about 0.3 ms on a heap of this size,
- * and what it releases is faulted in again only when it is used.
+ * every second, flat in one soak of two: README, issue 15).  It takes
+ * about 0.3 ms on a heap of this size, and what it releases is faulted
+ * in again only when it is used.
  * Without glibc (musl has no malloc_trim) the directive is accepted and
  * does nothing.
  */
@@ -68,7 +69,7 @@ ngx_http_paygw_memory_trim(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (interval == (ngx_msec_t) NGX_ERROR || interval == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid value \"%V\": expected an interval "
-                           "such as \"10s\", or \"off\"", &value[1]);
+                           "such as \"1s\", or \"off\"", &value[1]);
         return NGX_CONF_ERROR;
     }
 
