@@ -472,7 +472,7 @@ ngx_http_paygw_store_refund_payment(ngx_http_paygw_mysql_op_t *op,
                 "status = IF(refunded_amount >= amount, 'refunded', "
                 "'partially_refunded'), version = version + 1, "
                 "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
-                "WHERE payment_no = ?");
+                "WHERE payment_no = ? AND refund_reserved >= ?");
 
         if (s == NULL
             || ngx_http_paygw_sql_int(op, s, rf->amount) != NGX_OK)
@@ -485,17 +485,25 @@ ngx_http_paygw_store_refund_payment(ngx_http_paygw_mysql_op_t *op,
                 "UPDATE payments SET refund_reserved = refund_reserved - ?, "
                 "version = version + 1, "
                 "updated_at = STR_TO_DATE(?, '%Y-%m-%dT%H:%i:%sZ') "
-                "WHERE payment_no = ?");
+                "WHERE payment_no = ? AND refund_reserved >= ?");
         if (s == NULL) {
             return NGX_ERROR;
         }
     }
 
+    /*
+     * The reservation still held: a settlement that lost the race for
+     * this refund (the settler against the refund's own request) matches
+     * no row and rolls back as a conflict, as the refund update after it
+     * would, rather than failing the table's CHECK with an error.
+     */
+
     s->expect_affected = 1;
 
     if (ngx_http_paygw_sql_int(op, s, rf->amount) != NGX_OK
         || ngx_http_paygw_store_str(op, s, &rf->updated_at) != NGX_OK
-        || ngx_http_paygw_store_str(op, s, &rf->payment_no) != NGX_OK)
+        || ngx_http_paygw_store_str(op, s, &rf->payment_no) != NGX_OK
+        || ngx_http_paygw_sql_int(op, s, rf->amount) != NGX_OK)
     {
         return NGX_ERROR;
     }

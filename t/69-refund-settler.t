@@ -12,6 +12,7 @@ use warnings;
 use Test::More;
 
 use PayGW::Gateway qw(err_code sql_quote);
+use PayGW::Test qw(http_parallel sign_request);
 
 # the default template: bank_card, alipay, wechat; unknown_grace=60s
 my $gw = PayGW::Gateway->start();
@@ -113,6 +114,42 @@ is($gw->event_count("R69c-$$", 'refund.succeeded'), 1, '... one refund.succeeded
 is($sim->wechat_refund_notify(out_refund_no => $out)->{status}, 204,
    'the same callback again: 204');
 is($gw->event_count("R69c-$$", 'refund.succeeded'), 1, '... still one event');
+
+# ---- two settlers at once: one settles, the other steps aside quietly ----
+# Both ask the acquirer, which answers both 500 ms later; both then settle
+# the same refund.  The loser's payment update must match nothing (its
+# reservation is gone), not break the table's CHECK: an [error] line per
+# lost race is what operators saw under load.
+
+my $p2 = $gw->create(amount => 1000)->{json} // {};
+my $pno2 = $p2->{payment_no} // '';
+$sim->mode('error500_after', path_prefix => '/acquirer/v1/refunds');
+$r = refund($pno2, "R69d-$$", 1000);
+$sim->mode('normal');
+is($r->{status}, 202, 'another refund answer lost: 202') or diag($r->{body});
+is(reserved($pno2), '0/1000', '... 1000 reserved');
+$sim->mode('slow', delay_ms => 500, times => 2,
+           path_prefix => '/acquirer/v1/refunds');
+my @both = http_parallel([map {
+    my $nonce = PayGW::Test::random_token(24);
+    [POST => $gw->url('/v1/admin/resolve'), body => '{}', timeout => 30,
+     headers => {'Content-Type' => 'application/json',
+                 'Idempotency-Key' => $gw->fresh_key('k69'),
+                 Authorization => sign_request('ops', 'ops-secret', 'POST',
+                                               '/v1/admin/resolve', '{}',
+                                               nonce => $nonce)}]
+} 1 .. 2]);
+$sim->mode('normal');
+is_deeply([map { $_->{status} } @both], [200, 200], 'two resolves at once: 200 each')
+    or diag(explain(\@both));
+my $settled = 0;
+$settled += ($_->{json} // {})->{settled} // 0 for @both;
+cmp_ok($settled, '>=', 1, '... the refund was settled');
+is(rstatus("R69d-$$"), 'succeeded', '... succeeded');
+is(reserved($pno2), '1000/0', '... refunded 1000 once, nothing reserved');
+is($gw->event_count("R69d-$$", 'refund.succeeded'), 1, '... one refund.succeeded event');
+unlike($gw->ngx->error_log, qr/chk_refunds|query failed/,
+       '... and the lost race is no error in the log');
 
 is_deeply(resolve(), {examined => 0, settled => 0}, 'nothing left open');
 is($gw->sql1("SELECT COUNT(*) FROM refunds WHERE status IN ('pending', 'unknown')"), 0,
