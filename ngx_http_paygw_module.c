@@ -44,7 +44,7 @@ static ngx_command_t  ngx_http_paygw_commands[] = {
       NULL },
 
     { ngx_string("paygw_memory_trim"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
       ngx_http_paygw_memory_trim,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
@@ -343,6 +343,7 @@ ngx_http_paygw_create_main_conf(ngx_conf_t *cf)
     }
 
     pmcf->memory_trim = NGX_CONF_UNSET_MSEC;
+    pmcf->memory_mmap = NGX_CONF_UNSET_SIZE;
 
     return pmcf;
 }

@@ -13,7 +13,10 @@ a pool of payments created (with the notify_url) before the load starts,
 so refunds deliver webhooks too and change cached payments under the GETs.
 
 Every --soak-interval seconds VmRSS, RssAnon and RssShmem of the nginx
-master and of every worker are read from /proc/<pid>/status.  The report
+master and of every worker are read from /proc/<pid>/status, and the size
+and resident part of the [heap] mapping (malloc's brk heap) from
+/proc/<pid>/smaps: a heap whose extent keeps growing while its resident
+part does not is fragmentation spreading the churn, not a leak.  The report
 gives start, after the warm-up, end and max per process, the least-squares
 slope over the last minutes of every sample and of each minute's lowest
 sample (the floor: requests in flight lift single samples, a leak lifts
@@ -37,7 +40,8 @@ RSS_FIELDS = ("VmRSS", "RssAnon", "RssShmem")
 
 
 def mem_kb(pid):
-    """{VmRSS, RssAnon, RssShmem} in kB, or None (the process is gone)."""
+    """{VmRSS, RssAnon, RssShmem, HeapSize, HeapRss} in kB, or None (the
+    process is gone)."""
     got = {}
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -45,9 +49,26 @@ def mem_kb(pid):
                 k, _, v = line.partition(":")
                 if k in RSS_FIELDS:
                     got[k] = int(v.split()[0])
+        got.update(heap_kb(pid))
     except OSError:
         return None
     return got
+
+
+def heap_kb(pid):
+    """the [heap] mapping's Size and Rss in kB (0 when it has none)."""
+    size = rss = 0
+    in_heap = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            first = line.split(None, 6)
+            if first and "-" in first[0] and len(first) >= 5:
+                in_heap = len(first) >= 6 and first[5].strip() == "[heap]"
+            elif in_heap and first[0] == "Size:":
+                size += int(first[1])
+            elif in_heap and first[0] == "Rss:":
+                rss += int(first[1])
+    return {"HeapSize": size, "HeapRss": rss}
 
 
 def signed_refund(host, nonces, payment_no, refund_no):
@@ -374,6 +395,7 @@ class Soak:
                            f"{fl:>+9.1f} {idle if idle else '-':>6} "
                            f"{trim if trim else '-':>6}  {verdict}")
         out.append("")
+        out.append(heap_lines(self.samples, names, warm_t))
         workers = [p for p in pids if p != self.procs.master]
         if flagged:
             out.append("RESULT: memory GROWS: " + ", ".join(flagged))
@@ -392,6 +414,33 @@ class Soak:
         for n in self.notes:
             out.append("note: " + n)
         return "\n".join(out) + "\n"
+
+
+def heap_lines(samples, names, warm_t):
+    """the workers' [heap]: its extent and resident part over the run."""
+    out = [f"malloc's [heap] per worker, kB (extent = the mapping's Size, "
+           f"resident = its Rss; an extent that keeps growing while the "
+           f"resident part does not is fragmentation, not a leak):",
+           f"{'':<14} {'extent: start':>13} {'warm':>6} {'end':>6} "
+           f"{'max':>6} {'end-warm':>8}   {'resident: warm':>14} "
+           f"{'end':>6} {'max':>6}"]
+    for p, who in names.items():
+        if who == "master":
+            continue
+        ser = [(t, mem[p]) for t, _, mem in samples
+               if mem.get(p) and "HeapSize" in mem[p]]
+        if not ser:
+            continue
+        ext = [(t, m["HeapSize"]) for t, m in ser]
+        res = [(t, m["HeapRss"]) for t, m in ser]
+        warm = next((v for t, v in ext if t >= warm_t), ext[-1][1])
+        rwarm = next((v for t, v in res if t >= warm_t), res[-1][1])
+        out.append(f"{who + ' ' + str(p):<14} {ext[0][1]:>13} {warm:>6} "
+                   f"{ext[-1][1]:>6} {max(v for _, v in ext):>6} "
+                   f"{ext[-1][1] - warm:>+8}   {rwarm:>14} "
+                   f"{res[-1][1]:>6} {max(v for _, v in res):>6}")
+    out.append("")
+    return "\n".join(out)
 
 
 def main():

@@ -83,6 +83,7 @@ typedef struct {
     ngx_array_t                   redis_locations;   /* redis_mux.c's */
     ngx_array_t                   redis_users;   /* loc_conf_t * */
     ngx_msec_t                    memory_trim;   /* 0: off (memory.c) */
+    size_t                        memory_mmap;   /* 0: glibc's own */
 } ngx_http_paygw_main_conf_t;
 
 

@@ -2,7 +2,9 @@
 /*
  * paygw: give the worker's free heap pages back to the kernel.
  *
- *     paygw_memory_trim 1s | off;   (http{}; default 1s with paygw_zone)
+ *     paygw_memory_trim 1s | off [mmap_threshold=32k | off];
+ *                                   (http{}; default 1s and 32k with
+ *                                   paygw_zone)
  *
  * A worker's requests allocate from nginx pools, whose blocks come from
  * malloc().  Blocks of different lifetimes end up side by side: a
@@ -22,8 +24,23 @@
  * every second, flat in one soak of two: README, issue 15).  It takes
  * about 0.3 ms on a heap of this size, and what it releases is faulted
  * in again only when it is used.
- * Without glibc (musl has no malloc_trim) the directive is accepted and
- * does nothing.
+ *
+ * The trim cannot help a large block that must be contiguous: a
+ * round's array of events (440 bytes each, so 33-132 kB for the rounds
+ * of 75-300 events that a burst brings) needs a hole of its size, which
+ * the small blocks around it keep splitting, so the heap's top moves up
+ * and the churn spreads over more pages.  glibc maps a block of at
+ * least M_MMAP_THRESHOLD on its own and unmaps it when freed, but
+ * raises that threshold to the size of every mapped block freed (up to
+ * 32 MB), so that after the first big round such blocks all come from
+ * the heap.  A fixed threshold (mallopt, which also ends the raising)
+ * keeps them out of it.  Its price, a mapping and its page faults per
+ * such block, is paid by a few blocks a second: on the bench's soak the
+ * only blocks of 32 kB or more were these arrays, about one a second
+ * per worker; no request on the hot path makes one.
+ *
+ * Without glibc (musl has no malloc_trim or M_MMAP_THRESHOLD) the
+ * directive is accepted and does nothing.
  */
 
 
@@ -36,6 +53,11 @@
 
 
 #define NGX_HTTP_PAYGW_MEMORY_TRIM_DEFAULT  1000
+#define NGX_HTTP_PAYGW_MEMORY_MMAP_DEFAULT  (32 * 1024)
+
+/* glibc's bounds for M_MMAP_THRESHOLD on 64-bit systems */
+#define NGX_HTTP_PAYGW_MEMORY_MMAP_MIN      4096
+#define NGX_HTTP_PAYGW_MEMORY_MMAP_MAX      (32 * 1024 * 1024)
 
 
 #if (NGX_HTTP_PAYGW_HAVE_MALLOC_TRIM)
@@ -43,6 +65,9 @@ static void ngx_http_paygw_memory_trim_handler(ngx_event_t *ev);
 
 static ngx_event_t  ngx_http_paygw_memory_trim_event;
 #endif
+
+static char *ngx_http_paygw_memory_mmap(ngx_conf_t *cf,
+    ngx_http_paygw_main_conf_t *pmcf, ngx_str_t *value);
 
 
 char *
@@ -60,26 +85,85 @@ ngx_http_paygw_memory_trim(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     value = cf->args->elts;
 
     if (ngx_strcmp(value[1].data, "off") == 0) {
-        pmcf->memory_trim = 0;
-        return NGX_CONF_OK;
+        interval = 0;
+
+    } else {
+        interval = ngx_parse_time(&value[1], 0);
+
+        if (interval == (ngx_msec_t) NGX_ERROR || interval == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid value \"%V\": expected an interval "
+                               "such as \"1s\", or \"off\"", &value[1]);
+            return NGX_CONF_ERROR;
+        }
     }
 
-    interval = ngx_parse_time(&value[1], 0);
+    pmcf->memory_trim = interval;
 
-    if (interval == (ngx_msec_t) NGX_ERROR || interval == 0) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid value \"%V\": expected an interval "
-                           "such as \"1s\", or \"off\"", &value[1]);
-        return NGX_CONF_ERROR;
+    if (cf->args->nelts == 3) {
+        if (ngx_http_paygw_memory_mmap(cf, pmcf, &value[2]) != NGX_CONF_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+    } else if (interval == 0) {
+        /* a bare "off": the module leaves malloc as it is */
+        pmcf->memory_mmap = 0;
     }
 
 #if !(NGX_HTTP_PAYGW_HAVE_MALLOC_TRIM)
-    ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
-                       "paygw_memory_trim has no effect: this C library "
-                       "has no malloc_trim()");
+    if (interval || pmcf->memory_mmap) {
+        ngx_conf_log_error(NGX_LOG_WARN, cf, 0,
+                           "paygw_memory_trim has no effect: this C "
+                           "library has no malloc_trim() or "
+                           "M_MMAP_THRESHOLD");
+    }
 #endif
 
-    pmcf->memory_trim = interval;
+    return NGX_CONF_OK;
+}
+
+
+/* mmap_threshold=SIZE | off: off leaves glibc's own (moving) threshold */
+
+static char *
+ngx_http_paygw_memory_mmap(ngx_conf_t *cf, ngx_http_paygw_main_conf_t *pmcf,
+    ngx_str_t *value)
+{
+    ssize_t    size;
+    ngx_str_t  v;
+
+    if (value->len <= sizeof("mmap_threshold=") - 1
+        || ngx_strncmp(value->data, "mmap_threshold=",
+                       sizeof("mmap_threshold=") - 1)
+           != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\": expected "
+                           "\"mmap_threshold=32k\" or "
+                           "\"mmap_threshold=off\"", value);
+        return NGX_CONF_ERROR;
+    }
+
+    v.data = value->data + sizeof("mmap_threshold=") - 1;
+    v.len = value->len - (sizeof("mmap_threshold=") - 1);
+
+    if (v.len == 3 && ngx_strncmp(v.data, "off", 3) == 0) {
+        pmcf->memory_mmap = 0;
+        return NGX_CONF_OK;
+    }
+
+    size = ngx_parse_size(&v);
+
+    if (size < NGX_HTTP_PAYGW_MEMORY_MMAP_MIN
+        || size > NGX_HTTP_PAYGW_MEMORY_MMAP_MAX)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\": mmap_threshold= takes "
+                           "a size from 4k to 32m, or \"off\"", &v);
+        return NGX_CONF_ERROR;
+    }
+
+    pmcf->memory_mmap = size;
 
     return NGX_CONF_OK;
 }
@@ -93,6 +177,9 @@ ngx_http_paygw_memory_init_conf(ngx_http_paygw_main_conf_t *pmcf)
     ngx_conf_init_msec_value(pmcf->memory_trim,
                              pmcf->shm_zone
                              ? NGX_HTTP_PAYGW_MEMORY_TRIM_DEFAULT : 0);
+    ngx_conf_init_size_value(pmcf->memory_mmap,
+                             pmcf->shm_zone
+                             ? NGX_HTTP_PAYGW_MEMORY_MMAP_DEFAULT : 0);
 }
 
 
@@ -106,10 +193,27 @@ ngx_http_paygw_memory_init_process(ngx_cycle_t *cycle)
 
     pmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_paygw_module);
 
-    if (pmcf == NULL || pmcf->memory_trim == 0
+    if (pmcf == NULL
         || (ngx_process != NGX_PROCESS_WORKER
             && ngx_process != NGX_PROCESS_SINGLE))
     {
+        return NGX_OK;
+    }
+
+    if (pmcf->memory_mmap) {
+        if (mallopt(M_MMAP_THRESHOLD, (int) pmcf->memory_mmap) != 1) {
+            ngx_log_error(NGX_LOG_WARN, cycle->log, 0,
+                          "paygw memory: mallopt(M_MMAP_THRESHOLD, %uz) "
+                          "failed", pmcf->memory_mmap);
+
+        } else {
+            ngx_log_debug1(NGX_LOG_DEBUG_HTTP, cycle->log, 0,
+                           "paygw memory: blocks of %uz bytes or more are "
+                           "mapped on their own", pmcf->memory_mmap);
+        }
+    }
+
+    if (pmcf->memory_trim == 0) {
         return NGX_OK;
     }
 

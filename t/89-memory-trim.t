@@ -6,6 +6,9 @@
 # worker's heap free but resident ({"fragment_mb": N}); with the trim the
 # worker's RSS falls back, without it it stays.  The timer must not keep
 # an old worker alive after a reload, and bad values are refused.
+# mmap_threshold= fixes glibc's mmap threshold, so that a large block is
+# mapped on its own and unmapped when freed, even after glibc saw a larger
+# one ({"large_kb": N} frees two blocks of N kB one after the other).
 use strict;
 use warnings;
 
@@ -49,6 +52,14 @@ sub fragment {
         or diag $r->{body};
 }
 
+sub large {
+    my ($kb) = @_;
+    my $r = http(POST => $ngx->url('/_test/backend'),
+                 json => {large_kb => $kb}, timeout => 20);
+    is $r->{status}, 200, "two blocks of $kb kB allocated, filled and freed"
+        or diag $r->{body};
+}
+
 # ---- bad values are refused, with the reason -----------------------------
 for my $bad ('0', 'soon', '-5s') {
     my ($rc, $out) = $ngx->test_config(http => conf($bad));
@@ -62,14 +73,27 @@ for my $bad ('0', 'soon', '-5s') {
     isnt $rc, 0, 'paygw_memory_trim twice is refused';
     like $out, qr/"paygw_memory_trim" directive is duplicate/, '... as a duplicate';
 }
-for my $good ('off', '250ms', '1m') {
+for my $bad ('1s mmap_threshold=1k', '1s mmap_threshold=64m',
+             '1s mmap_threshold=lots') {
+    my ($rc, $out) = $ngx->test_config(http => conf($bad));
+    isnt $rc, 0, "paygw_memory_trim $bad is refused";
+    like $out, qr/mmap_threshold= takes a size from 4k to 32m/,
+        '... saying what is expected';
+}
+{
+    my ($rc, $out) = $ngx->test_config(http => conf('1s mmap=64k'));
+    isnt $rc, 0, 'an unknown parameter is refused';
+    like $out, qr/invalid parameter "mmap=64k"/, '... naming it';
+}
+for my $good ('off', '250ms', '1m', '1s mmap_threshold=off',
+              'off mmap_threshold=128k') {
     my ($rc, $out) = $ngx->test_config(http => conf($good));
     is $rc, 0, "paygw_memory_trim $good is accepted" or diag $out;
 }
 $ngx->test_config(http => conf('300ms'));   # back to what runs
 
 SKIP: {
-    skip 'ASan has its own allocator: malloc_trim does not see its heap', 7
+    skip 'ASan has its own allocator: malloc_trim does not see its heap', 11
         if $ENV{PAYGW_ASAN};
 
     # ---- with the trim: the freed memory leaves the worker ---------------
@@ -106,6 +130,29 @@ SKIP: {
     fragment(64);
     ok wait_until(sub { rss_anon($w) < $base + 16 * 1024 }, timeout => 5),
         'by default the worker trims every second';
+    like $ngx->error_log,
+        qr/paygw memory: blocks of 32768 bytes or more are mapped on their own/,
+        'by default blocks of 32k and more are mapped on their own';
+
+    # ---- mmap_threshold=: a large block freed leaves at once -------------
+    # (the trim is off in both, so only the threshold can give it back)
+    $ngx->reload(http => conf('off mmap_threshold=off'));
+    ($w) = $ngx->worker_pids;
+    $base = rss_anon($w);
+    large(4096);
+    my $moved = rss_anon($w);
+    cmp_ok $moved, '>', $base + 3 * 1024,
+        "with glibc's own threshold the second 4 MB block stays resident"
+        or diag "RssAnon kB: before $base, after $moved";
+
+    $ngx->reload(http => conf('off mmap_threshold=64k'));
+    ($w) = $ngx->worker_pids;
+    $base = rss_anon($w);
+    large(4096);
+    my $fixed = rss_anon($w);
+    cmp_ok $fixed, '<', $base + 1024,
+        'with mmap_threshold=64k both blocks leave when freed'
+        or diag "RssAnon kB: before $base, after $fixed";
 }
 
 # ---- a long interval does not hold an old worker after a reload ----------

@@ -20,7 +20,9 @@
  * "hmac_sha256", "webhook_sign", "alipay_canonical", "alipay_notify_verify",
  * "wechat_notify_verify"; t/80-vectors.t checks them against t/vectors/);
  * POST {"fragment_mb": N} leaves N MB of the worker's heap free but
- * resident, as mixed lifetimes do (t/89-memory-trim.t).
+ * resident, as mixed lifetimes do; POST {"large_kb": N} allocates,
+ * fills and frees a block of N kB twice, as a pipeline's growing buffer
+ * does (t/89-memory-trim.t).
  * It lets tests drive the very code paths payments use.  `nginx -t` warns
  * when it is configured.
  *
@@ -83,6 +85,8 @@ static json_t *ngx_http_paygw_test_canonical(ngx_http_request_t *r,
     json_t *spec);
 static ngx_int_t ngx_http_paygw_test_fragment(ngx_http_request_t *r,
     json_int_t mb);
+static ngx_int_t ngx_http_paygw_test_large(ngx_http_request_t *r,
+    json_int_t kb);
 
 
 static ngx_command_t  ngx_http_paygw_test_commands[] = {
@@ -226,6 +230,14 @@ ngx_http_paygw_test_body(ngx_http_request_t *r)
     if (json_is_integer(json_object_get(doc, "fragment_mb"))) {
         rc = ngx_http_paygw_test_fragment(r,
                  json_integer_value(json_object_get(doc, "fragment_mb")));
+        json_decref(doc);
+        ngx_http_finalize_request(r, rc);
+        return;
+    }
+
+    if (json_is_integer(json_object_get(doc, "large_kb"))) {
+        rc = ngx_http_paygw_test_large(r,
+                 json_integer_value(json_object_get(doc, "large_kb")));
         json_decref(doc);
         ngx_http_finalize_request(r, rc);
         return;
@@ -1032,6 +1044,55 @@ ngx_http_paygw_test_fragment(ngx_http_request_t *r, json_int_t mb)
     ngx_free(blocks);
 
     res = json_pack("{s:i}", "kept", (json_int_t) nkept);
+    if (res == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc = ngx_http_paygw_send_json(r, NGX_HTTP_OK, res);
+    json_decref(res);
+
+    return rc;
+}
+
+
+/*
+ * glibc maps the first block on its own, and after freeing it serves
+ * the second from the heap unless its threshold was fixed: what is left
+ * resident then shows in the worker's RSS.
+ */
+
+static ngx_int_t
+ngx_http_paygw_test_large(ngx_http_request_t *r, json_int_t kb)
+{
+    u_char           *p;
+    json_t           *res;
+    size_t            off;
+    ngx_int_t         rc;
+    ngx_uint_t        i;
+    volatile u_char  *page;
+
+    if (kb < 1 || kb > 65536) {
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    for (i = 0; i < 2; i++) {
+        p = ngx_alloc((size_t) kb * 1024, r->connection->log);
+        if (p == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        /* volatile: a store to memory freed next is otherwise dropped */
+
+        page = p;
+
+        for (off = 0; off < (size_t) kb * 1024; off += ngx_pagesize) {
+            page[off] = 0x5a;
+        }
+
+        ngx_free(p);
+    }
+
+    res = json_pack("{s:i}", "freed_kb", kb * 2);
     if (res == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
