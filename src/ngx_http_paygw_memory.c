@@ -134,11 +134,7 @@ ngx_http_paygw_memory_mmap(ngx_conf_t *cf, ngx_http_paygw_main_conf_t *pmcf,
     ssize_t    size;
     ngx_str_t  v;
 
-    if (value->len <= sizeof("mmap_threshold=") - 1
-        || ngx_strncmp(value->data, "mmap_threshold=",
-                       sizeof("mmap_threshold=") - 1)
-           != 0)
-    {
+    if (ngx_strncmp(value->data, "mmap_threshold=", 15) != 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid parameter \"%V\": expected "
                            "\"mmap_threshold=32k\" or "
@@ -146,8 +142,10 @@ ngx_http_paygw_memory_mmap(ngx_conf_t *cf, ngx_http_paygw_main_conf_t *pmcf,
         return NGX_CONF_ERROR;
     }
 
-    v.data = value->data + sizeof("mmap_threshold=") - 1;
-    v.len = value->len - (sizeof("mmap_threshold=") - 1);
+    /* an empty size fails ngx_parse_size() below */
+
+    v.data = value->data + 15;
+    v.len = value->len - 15;
 
     if (v.len == 3 && ngx_strncmp(v.data, "off", 3) == 0) {
         pmcf->memory_mmap = 0;
