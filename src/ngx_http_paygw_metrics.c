@@ -29,6 +29,8 @@ static u_char *ngx_http_paygw_m_render_counts(u_char *p, u_char *last,
     ngx_http_paygw_shctx_t *sh);
 static u_char *ngx_http_paygw_m_render_gateway(u_char *p, u_char *last,
     ngx_http_paygw_shctx_t *sh);
+static u_char *ngx_http_paygw_m_render_heap(u_char *p, u_char *last,
+    ngx_http_paygw_shctx_t *sh);
 static ngx_int_t ngx_http_paygw_log_handler(ngx_http_request_t *r);
 static ngx_uint_t ngx_http_paygw_m_code(ngx_uint_t status);
 static ngx_uint_t ngx_http_paygw_m_channel_index(ngx_http_request_t *r,
@@ -708,6 +710,65 @@ ngx_http_paygw_m_render_gateway(u_char *p, u_char *last,
     ngx_paygw_head("paygw_zone_created_seconds", "gauge",
                    "When paygw_zone was created.");
     p = ngx_slprintf(p, last, "paygw_zone_created_seconds %T\n", sh->created);
+
+    return ngx_http_paygw_m_render_heap(p, last, sh);
+}
+
+
+/*
+ * Each worker's malloc heap as of its last trim (memory.c): blocks in
+ * use, free blocks the arena keeps, blocks mapped on their own.  Only
+ * this configuration's workers: a slot of a worker_processes since
+ * lowered by a reload would show an exited worker's last figures.
+ */
+
+static u_char *
+ngx_http_paygw_m_render_heap(u_char *p, u_char *last,
+    ngx_http_paygw_shctx_t *sh)
+{
+    ngx_uint_t              i, n;
+    ngx_core_conf_t        *ccf;
+    ngx_http_paygw_heap_t  *heap;
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(ngx_cycle->conf_ctx,
+                                           ngx_core_module);
+
+    n = ngx_min((ngx_uint_t) ccf->worker_processes, NGX_HTTP_PAYGW_M_WORKERS);
+
+    ngx_paygw_head("paygw_worker_heap_bytes", "gauge",
+                   "A worker's malloc heap after its last trim, by state: "
+                   "in use, free but kept, mapped on their own.");
+
+    for (i = 0; i < n; i++) {
+        heap = &sh->heap[i];
+
+        if (heap->pid == 0) {
+            continue;
+        }
+
+        p = ngx_slprintf(p, last,
+                         "paygw_worker_heap_bytes{worker=\"%ui\","
+                         "state=\"in_use\"} %uA\n"
+                         "paygw_worker_heap_bytes{worker=\"%ui\","
+                         "state=\"free\"} %uA\n"
+                         "paygw_worker_heap_bytes{worker=\"%ui\","
+                         "state=\"mapped\"} %uA\n",
+                         i, heap->in_use, i, heap->free, i, heap->mapped);
+    }
+
+    ngx_paygw_head("paygw_worker_heap_trim_seconds", "gauge",
+                   "How long a worker's last malloc_trim took.");
+
+    for (i = 0; i < n; i++) {
+        heap = &sh->heap[i];
+
+        if (heap->pid) {
+            p = ngx_slprintf(p, last,
+                             "paygw_worker_heap_trim_seconds{worker=\"%ui\"} "
+                             "%uA.%06uA\n", i, heap->trim_us / 1000000,
+                             heap->trim_us % 1000000);
+        }
+    }
 
     return p;
 }

@@ -24,7 +24,10 @@
 #define NGX_HTTP_PAYGW_M_RESULTS       5
 #define NGX_HTTP_PAYGW_M_BUCKETS       14
 
-#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670008
+#define NGX_HTTP_PAYGW_M_LAYOUT         0x70670009
+
+/* workers whose malloc figures the zone keeps (memory.c) */
+#define NGX_HTTP_PAYGW_M_WORKERS       64
 
 
 typedef struct {
@@ -57,6 +60,21 @@ typedef struct {
 } ngx_http_paygw_metrics_t;
 
 
+/*
+ * One worker's malloc arena as glibc counts it (mallinfo2), written by
+ * the worker after each trim: what is in use against what is free but
+ * kept tells fragmentation from a leak when RSS rises.
+ */
+
+typedef struct {
+    ngx_atomic_t                  pid;           /* 0: never written */
+    ngx_atomic_t                  in_use;        /* uordblks: the arena's */
+    ngx_atomic_t                  free;          /* fordblks: kept */
+    ngx_atomic_t                  mapped;        /* hblkhd: on their own */
+    ngx_atomic_t                  trim_us;       /* the last trim took */
+} ngx_http_paygw_heap_t;
+
+
 typedef struct {
     ngx_uint_t                    state;
     ngx_uint_t                    failures;
@@ -84,6 +102,9 @@ struct ngx_http_paygw_shctx_s {
 
     /* webhook events handed off to delivery (ngx_http_paygw_handoff.c) */
     ngx_http_paygw_handoff_sh_t   handoff;
+
+    /* by ngx_worker; a worker stops writing when it begins to exit */
+    ngx_http_paygw_heap_t         heap[NGX_HTTP_PAYGW_M_WORKERS];
 };
 
 

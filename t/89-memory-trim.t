@@ -9,6 +9,8 @@
 # mmap_threshold= fixes glibc's mmap threshold, so that a large block is
 # mapped on its own and unmapped when freed, even after glibc saw a larger
 # one ({"large_kb": N} frees two blocks of N kB one after the other).
+# After each trim the worker publishes its heap as malloc counts it
+# (paygw_worker_heap_bytes): the fragment shows as free, not in use.
 use strict;
 use warnings;
 
@@ -26,6 +28,7 @@ sub conf {
     server {
         listen 127.0.0.1:%%PORT%%;
         location = /_test/backend { paygw_test_backend; }
+        location = /metrics { paygw_metrics; }
     }
 EOF
 }
@@ -50,6 +53,14 @@ sub fragment {
                  json => {fragment_mb => $mb}, timeout => 20);
     is $r->{status}, 200, "$mb MB left free in the worker's heap"
         or diag $r->{body};
+}
+
+# paygw_worker_heap_bytes{worker="0",state=...} as /metrics shows it
+sub heap {
+    my ($state) = @_;
+    my $r = http(GET => $ngx->url('/metrics'));
+    return $r->{body} =~ /^paygw_worker_heap_bytes\{worker="0",state="$state"\} (\d+)$/m
+        ? $1 : undef;
 }
 
 sub large {
@@ -93,7 +104,7 @@ for my $good ('off', '250ms', '1m', '1s mmap_threshold=off',
 $ngx->test_config(http => conf('300ms'));   # back to what runs
 
 SKIP: {
-    skip 'ASan has its own allocator: malloc_trim does not see its heap', 11
+    skip 'ASan has its own allocator: malloc_trim does not see its heap', 16
         if $ENV{PAYGW_ASAN};
 
     # ---- with the trim: the freed memory leaves the worker ---------------
@@ -111,6 +122,26 @@ SKIP: {
                         =~ /paygw memory: trimmed in \d+ us, pages released: yes/ },
                   timeout => 5),
         'the trim is in the debug log';
+
+    # ---- the gauge: the fragment is free in the arena, not in use --------
+    my ($free, $in_use);
+    ok wait_until(sub { $free = heap('free'); ($free // 0) > 48 << 20 },
+                  timeout => 5),
+        'paygw_worker_heap_bytes shows the 62 MB as free in the arena'
+        or diag "free: " . ($free // 'none');
+    $in_use = heap('in_use');
+    ok defined $in_use && $in_use > 0 && $in_use < 16 << 20,
+        '... and not as in use: RSS fell while the arena kept them'
+        or diag "in_use: " . ($in_use // 'none');
+    like http(GET => $ngx->url('/metrics'))->{body},
+        qr/^paygw_worker_heap_bytes\{worker="0",state="mapped"\} \d+$/m,
+        '... and the blocks mapped on their own';
+    like http(GET => $ngx->url('/metrics'))->{body},
+        qr/^paygw_worker_heap_trim_seconds\{worker="0"\} 0\.\d{6}$/m,
+        'the last trim\'s duration is published';
+    unlike http(GET => $ngx->url('/metrics'))->{body},
+        qr/paygw_worker_heap_bytes\{worker="1"/,
+        'only the configured workers are shown';
 
     # ---- without it: it stays (so the test above can fail) ---------------
     $ngx->reload(http => conf('off'));
