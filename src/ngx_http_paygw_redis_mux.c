@@ -37,6 +37,15 @@
  */
 #define NGX_HTTP_PAYGW_MUX_MAX_PENDING  (32 * 1024 * 1024)
 
+/*
+ * The send buffer: at least this, and kept at this size once drained.
+ * A burst (a delivery round's XADDs: its events' payloads, 100 kB and
+ * more) grows it; kept, it would hold each worker at the largest burst
+ * it ever saw, one more step up with every larger one (t/10-redis.t,
+ * bench soak 2026-12-03T1330Z under heaptrack: +344 kB in one worker).
+ */
+#define NGX_HTTP_PAYGW_MUX_BUFFER       16384
+
 
 typedef enum {
     NGX_HTTP_PAYGW_MUX_CLOSED = 0,
@@ -99,6 +108,7 @@ static void ngx_http_paygw_mux_flush_handler(ngx_event_t *ev);
 static void ngx_http_paygw_mux_connect(ngx_http_paygw_redis_mux_t *mux);
 static void ngx_http_paygw_mux_connected(ngx_event_t *wev);
 static void ngx_http_paygw_mux_write(ngx_http_paygw_redis_mux_t *mux);
+static void ngx_http_paygw_mux_drained(ngx_http_paygw_redis_mux_t *mux);
 static void ngx_http_paygw_mux_write_handler(ngx_event_t *wev);
 static void ngx_http_paygw_mux_read_handler(ngx_event_t *rev);
 static ngx_int_t ngx_http_paygw_mux_dispatch(ngx_http_paygw_redis_mux_t *mux);
@@ -389,7 +399,8 @@ ngx_http_paygw_mux_reserve(ngx_http_paygw_redis_mux_t *mux, size_t size)
         return NGX_ERROR;
     }
 
-    total = ngx_max(2 * (pending + size), (size_t) 16384);
+    total = ngx_max(2 * (pending + size),
+                    (size_t) NGX_HTTP_PAYGW_MUX_BUFFER);
 
     p = ngx_alloc(total, ngx_cycle->log);
     if (p == NULL) {
@@ -560,8 +571,7 @@ ngx_http_paygw_mux_write(ngx_http_paygw_redis_mux_t *mux)
                    (size_t) (mux->last - mux->pos));
 
     if (mux->pos == mux->last) {
-        mux->pos = mux->start;
-        mux->last = mux->start;
+        ngx_http_paygw_mux_drained(mux);
 
         if (c->write->timer_set) {
             ngx_del_timer(c->write);
@@ -582,6 +592,28 @@ ngx_http_paygw_mux_write(ngx_http_paygw_redis_mux_t *mux)
     }
 
     ngx_http_paygw_mux_arm(mux);
+}
+
+
+/* all written: the buffer starts over, at its usual size */
+
+static void
+ngx_http_paygw_mux_drained(ngx_http_paygw_redis_mux_t *mux)
+{
+    if (mux->start
+        && (size_t) (mux->end - mux->start) > NGX_HTTP_PAYGW_MUX_BUFFER)
+    {
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                       "paygw redis mux: send buffer of %uz bytes freed",
+                       (size_t) (mux->end - mux->start));
+
+        ngx_free(mux->start);
+        mux->start = NULL;
+        mux->end = NULL;
+    }
+
+    mux->pos = mux->start;
+    mux->last = mux->start;
 }
 
 
@@ -903,8 +935,7 @@ ngx_http_paygw_mux_fail(ngx_http_paygw_redis_mux_t *mux, ngx_uint_t status,
     /* the rest of a command cut short in the middle is never sent */
 
     if (ngx_queue_empty(&mux->waiting)) {
-        mux->pos = mux->start;
-        mux->last = mux->start;
+        ngx_http_paygw_mux_drained(mux);
         mux->sent = mux->queued;
 
     } else {
