@@ -4,7 +4,8 @@
 #   paygw-entrypoint nginx [nginx options]   start nginx in the foreground
 #   paygw-entrypoint healthcheck             GET /healthz on $PAYGW_LISTEN
 #   paygw-entrypoint render                  print the configuration it would use
-#   paygw-entrypoint render-file TEMPLATE    render TEMPLATE from the environment
+#   paygw-entrypoint render-file TEMPLATE    render TEMPLATE from the environment,
+#                                            PAYGW_RESOLVER defaulted as above
 #                                            (make k8s-check uses it)
 #   paygw-entrypoint <anything else>         exec it (a shell, nginx -V, ...)
 #
@@ -15,6 +16,9 @@
 # reference to one that is not set is an error. PAYGW_MYSQL_HOST may be a
 # name: the module connects to IP addresses only (a name would be resolved
 # with a blocking call), so it is resolved here, once, at start.
+# PAYGW_RESOLVER (nginx's resolver, for merchants' notify_url hosts), if
+# not set, is the first nameserver of /etc/resolv.conf: in a pod, the
+# cluster DNS; in a container, the engine's.
 #
 # Nothing is written outside /tmp: the image runs with a read-only root.
 set -euo pipefail
@@ -34,6 +38,19 @@ resolve_mysql_host() {
     [ -n "$ip" ] || die "PAYGW_MYSQL_HOST=$h does not resolve to an IPv4 address"
     echo "paygw-entrypoint: PAYGW_MYSQL_HOST $h is $ip" >&2
     export PAYGW_MYSQL_HOST=$ip
+}
+
+# PAYGW_RESOLVER: as set, else /etc/resolv.conf's first nameserver (an
+# IPv6 address in brackets, its zone dropped: nginx's resolver syntax).
+default_resolver() {
+    local ns
+    [ -n "${PAYGW_RESOLVER:-}" ] && return 0
+    ns=$(awk '$1 == "nameserver" { print $2; exit }' /etc/resolv.conf 2>/dev/null) || true
+    [ -n "$ns" ] || die "no nameserver in /etc/resolv.conf: set PAYGW_RESOLVER"
+    ns=${ns%%%*}
+    [[ "$ns" == *:* ]] && ns="[$ns]"
+    echo "paygw-entrypoint: PAYGW_RESOLVER is $ns (/etc/resolv.conf)" >&2
+    export PAYGW_RESOLVER=$ns
 }
 
 # render TEMPLATE: ${PAYGW_*} replaced from the environment, on stdout.
@@ -60,6 +77,7 @@ config() {
     [ -f "$tpl" ] || tpl=/usr/share/paygw/nginx.conf.template
     mkdir -p "$out_dir"
     resolve_mysql_host
+    default_resolver
     render "$tpl" > "$out_dir/nginx.conf.tmp"
     mv -f "$out_dir/nginx.conf.tmp" "$out_dir/nginx.conf"
     echo "$out_dir/nginx.conf"
@@ -90,6 +108,7 @@ case "${1:-nginx}" in
         ;;
     render-file)
         [ $# -eq 2 ] || die "usage: $0 render-file TEMPLATE"
+        default_resolver
         render "$2"
         ;;
     *)

@@ -187,7 +187,8 @@ rm -rf "$etc"
 mkdir -p "$etc/secrets"
 cp docker/nginx.conf.template "$etc/nginx.conf.template"
 cp conf/demo/policy.conf "$etc/policy.conf"
-cp conf/demo/keys.conf conf/demo/acquirer.secret run/mysql.pass "$etc/secrets/"
+cp conf/demo/keys.conf conf/demo/acquirer.secret conf/demo/webhook_secrets.conf \
+    run/mysql.pass "$etc/secrets/"
 for f in alipay_app_private.pem alipay_public.pem wechat_merchant_private.pem \
          wechat_apiv3.key; do
     cp "run/keys/$f" "$etc/secrets/$f"
@@ -262,7 +263,8 @@ say "GET /v1/payments/$pno: $got"
 # the audit line is written in the LOG phase, after the answer: wait for it
 audit=no
 for _ in $(seq 1 20); do
-    if $engine logs "$container" 2>/dev/null | grep -q "\"payment\":\"$pno\""; then
+    $engine logs "$container" > "$work/audit.log" 2>/dev/null || true
+    if grep -q "\"payment\":\"$pno\"" "$work/audit.log"; then
         audit=yes; break
     fi
     sleep 0.1
@@ -272,7 +274,10 @@ say "audit line for $pno on the container's stdout"
 # stop: the image's STOPSIGNAL (SIGQUIT) makes nginx drain, exit 0
 $engine stop -t 30 "$container" > /dev/null 2>&1 || true
 rc=$($engine inspect --format '{{.State.ExitCode}}' "$container" 2>/dev/null || echo "?")
-if [ "$rc" = 0 ] && $engine logs "$container" 2>&1 | grep -q "gracefully shutting down"; then
+# (to a file first: grep -q would close the pipe early, and with pipefail
+# the logs command's SIGPIPE would fail the test)
+$engine logs "$container" > "$work/stop.log" 2>&1 || true
+if [ "$rc" = 0 ] && grep -q "gracefully shutting down" "$work/stop.log"; then
     say "$engine stop: SIGQUIT, workers shut down gracefully, exit code 0"
 else
     die "$engine stop: exit code $rc, no graceful shutdown in the log"

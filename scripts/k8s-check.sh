@@ -22,8 +22,12 @@
 #  5. a real run, where podman and the image paygw:dev exist (make image):
 #     `podman kube play` of the podman-local overlay (the plain Deployment,
 #     its ConfigMaps, the secrets as test keys, host network) against the
-#     `make run` backends; /readyz, one payment, /metrics names; then
-#     `podman kube down`. PAYGW_K8S_REAL_RUN=0 skips it.
+#     `make run` backends; /readyz, one payment with a notify_url whose
+#     payment.succeeded webhook a receiver on loopback (port
+#     PAYGW_K8S_HOOK_PORT, 8096) gets and verifies, reconcile.py (the
+#     CronJob's script) against the pod, /metrics names, no error in the
+#     pod's error log; then `podman kube down`. PAYGW_K8S_REAL_RUN=0
+#     skips it.
 set -euo pipefail
 export PATH="$PATH:/usr/sbin:/sbin"
 
@@ -130,7 +134,7 @@ tmp=$out/nginx-t
 mkdir -p "$tmp/etc/paygw/secrets" "$tmp/tmp" "$tmp/keys"
 bash scripts/provider-keys.sh "$tmp/keys" > /dev/null
 sec=$tmp/etc/paygw/secrets
-cp conf/demo/keys.conf conf/demo/acquirer.secret "$sec/"
+cp conf/demo/keys.conf conf/demo/acquirer.secret conf/demo/webhook_secrets.conf "$sec/"
 head -c 24 /dev/urandom | base64 > "$sec/mysql.pass"
 for f in alipay_app_private.pem alipay_public.pem wechat_merchant_private.pem \
          wechat_apiv3.key; do
@@ -166,9 +170,13 @@ for tpl in "$out"/nginx/*.template; do
     env=${tpl%.template}.env
     # the entrypoint's rendering, with the pod's environment; hosts local
     (
+        # a kustomize env file, not shell: KEY=everything after the first =
+        # (PAYGW_WEBHOOK_RETRY has spaces)
+        while IFS= read -r kv || [ -n "$kv" ]; do
+            [ -n "$kv" ] && [ "${kv#\#}" = "$kv" ] && export "${kv%%=*}=${kv#*=}"
+        done < "$env"
         set -a
-        # shellcheck disable=SC1090
-        . "$env"
+        PAYGW_RESOLVER=127.0.0.1
         PAYGW_REDIS=127.0.0.1:${PAYGW_REDIS##*:}
         PAYGW_MYSQL_HOST=127.0.0.1
         PAYGW_BANK_SERVER=127.0.0.1:${PAYGW_BANK_SERVER##*:}
@@ -195,7 +203,8 @@ nginx_t "docs/deploy.md's minimal nginx.conf" "$out/nginx/docs-deploy-minimal.co
 
 # ---- 5. a real run: podman kube play -------------------------------------
 real_run() {
-    local yaml=$out/podman-local.play.yaml pod started=0 code i mport=8089
+    local yaml=$out/podman-local.play.yaml pod started=0 code i mport=8089 \
+          hport=${PAYGW_K8S_HOOK_PORT:-8096} rpid
     if ! command -v podman >/dev/null 2>&1 \
        || ! podman image exists localhost/paygw:dev 2>/dev/null; then
         say "real run skipped: no podman or no image paygw:dev (make image)"
@@ -256,11 +265,11 @@ real_run() {
                 v.hostPath = { path: dir, type: "Directory" };
             }
         }
-        process.stdout.write(keep.map((o) => YAML.stringify(o)).join("---\n"));
+        process.stdout.write(keep.map((o) => YAML.stringify(o, { version: "1.1" })).join("---\n"));
     ' "$tools" "$out/podman-local.yaml" \
         "$(head -n1 run/keys/wechat_merchant_serial)" \
         "$(head -n1 run/keys/wechat_platform1_serial)" \
-        "$(printf '[["keys.conf","conf/demo/keys.conf"],["acquirer.secret","conf/demo/acquirer.secret"],["mysql.pass","run/mysql.pass"],["alipay_app_private.pem","run/keys/alipay_app_private.pem"],["alipay_public.pem","run/keys/alipay_public.pem"],["wechat_merchant_private.pem","run/keys/wechat_merchant_private.pem"],["wechat_apiv3.key","run/keys/wechat_apiv3.key"],["wechat_platform_public.pem","run/keys/wechat_platform1_public.pem"]]')" \
+        "$(printf '[["keys.conf","conf/demo/keys.conf"],["acquirer.secret","conf/demo/acquirer.secret"],["mysql.pass","run/mysql.pass"],["alipay_app_private.pem","run/keys/alipay_app_private.pem"],["alipay_public.pem","run/keys/alipay_public.pem"],["wechat_merchant_private.pem","run/keys/wechat_merchant_private.pem"],["wechat_apiv3.key","run/keys/wechat_apiv3.key"],["wechat_platform_public.pem","run/keys/wechat_platform1_public.pem"],["webhook_secrets.conf","conf/demo/webhook_secrets.conf"]]')" \
         "$out/podman-local.etc" > "$yaml"
     # owned by the pod's user, as fsGroup would make them
     chown -R 10001:10001 "$out/podman-local.etc"
@@ -282,14 +291,71 @@ real_run() {
     done
     if [ "$code" = 200 ]; then
         say "real run: GET /readyz on the pod: 200"
-        local body cmd reply
-        body="{\"business_no\":\"K8S-$(date +%s)-$$\",\"amount\":1999,\"currency\":\"CNY\",\"channel\":\"bank_card\",\"subject\":\"kube play\",\"card\":{\"number\":\"4242424242424242\",\"exp_month\":12,\"exp_year\":2030,\"cvc\":\"123\"}}"
+        local body cmd reply pno hook
+        # a merchant's webhook receiver on loopback: records each POST and
+        # whether its webhook-signature verifies with M100's secret
+        node -e '
+            const http = require("http"), crypto = require("crypto"), fs = require("fs");
+            const [port, secret, out] = process.argv.slice(1);
+            const key = Buffer.from(secret.replace(/^whsec_/, ""), "base64");
+            http.createServer((req, res) => {
+                const parts = [];
+                req.on("data", (c) => parts.push(c));
+                req.on("end", () => {
+                    const body = Buffer.concat(parts).toString();
+                    const id = req.headers["webhook-id"], ts = req.headers["webhook-timestamp"];
+                    const want = "v1," + crypto.createHmac("sha256", key)
+                        .update(`${id}.${ts}.${body}`).digest("base64");
+                    const sigs = (req.headers["webhook-signature"] || "").split(" ");
+                    let type = null;
+                    try { type = JSON.parse(body).type; } catch (e) { /* recorded as null */ }
+                    fs.appendFileSync(out, JSON.stringify({ id, type, valid: sigs.includes(want), body }) + "\n");
+                    res.writeHead(204);
+                    res.end();
+                });
+            }).listen(+port, "127.0.0.1");
+        ' "$hport" "$(awk '$1 == "M100" { print $2 }' conf/demo/webhook_secrets.conf)" \
+            "$out/webhooks.jsonl" > "$out/receiver.log" 2>&1 &
+        rpid=$!
+        for ((i = 0; i < 50; i++)); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$hport") 2>/dev/null && break
+            sleep 0.1
+        done
+        body="{\"business_no\":\"K8S-$(date +%s)-$$\",\"amount\":1999,\"currency\":\"CNY\",\"channel\":\"bank_card\",\"subject\":\"kube play\",\"notify_url\":\"http://127.0.0.1:$hport/paygw-hook\",\"card\":{\"number\":\"4242424242424242\",\"exp_month\":12,\"exp_year\":2030,\"cvc\":\"123\"}}"
         cmd=$(PAYGW_PORT=$mport scripts/paygw-curl --print POST /v1/payments "$body")
         reply=$(eval "$cmd -w '\n%{http_code}'" 2>&1) || true
+        pno=$(grep -o '"payment_no":"[^"]*"' <<<"$reply" | head -n1 | cut -d'"' -f4 || true)
         if [ "$(tail -n1 <<<"$reply")" = 201 ] && grep -q '"status":"succeeded"' <<<"$reply"; then
-            say "real run: POST /v1/payments through the pod: 201 $(grep -o '"payment_no":"[^"]*"' <<<"$reply")"
+            say "real run: POST /v1/payments through the pod: 201 $pno"
         else
             bad "real run: payment: $reply"
+        fi
+        # its payment.succeeded webhook, signed with the Secret's whsec_
+        hook=""
+        for ((i = 0; i < 100 && ${#pno} > 0; i++)); do
+            hook=$(grep -F "$pno" "$out/webhooks.jsonl" 2>/dev/null | head -n1 || true)
+            [ -n "$hook" ] && break
+            sleep 0.1
+        done
+        if [ -n "$hook" ] && grep -q '"type":"payment.succeeded"' <<<"$hook" \
+           && grep -q '"valid":true' <<<"$hook"; then
+            say "real run: webhook payment.succeeded for $pno delivered to the receiver, signature valid ($(grep -o '"id":"[^"]*"' <<<"$hook"))"
+        else
+            bad "real run: no valid payment.succeeded webhook for $pno: ${hook:-nothing received} $(tail -c 300 "$out/receiver.log" 2>/dev/null)"
+        fi
+        kill "$rpid" 2>/dev/null || true
+        wait "$rpid" 2>/dev/null || true
+        # the CronJob's script, the alternative to the in-nginx schedule,
+        # against the pod: a completed report per channel (yesterday)
+        if command -v python3 >/dev/null 2>&1; then
+            if PAYGW_URL=http://127.0.0.1:$mport PAYGW_KEY_ID=ops PAYGW_SECRET=ops-secret \
+                    python3 k8s-ingress/plain-nginx/reconcile.py > "$out/reconcile.log" 2>&1; then
+                say "real run: reconcile.py: POST /v1/reconciliations completed for $(grep -c '"status":"completed"' "$out/reconcile.log") channels"
+            else
+                bad "real run: reconcile.py: $(cut -c1-200 "$out/reconcile.log")"
+            fi
+        else
+            say "real run: no python3: reconcile.py not run"
         fi
         curl -s "http://127.0.0.1:$mport/metrics" > "$out/metrics.pod.txt"
         if node "$tools/check.mjs" "$out/recheck" "$out/metrics.pod.txt" \
@@ -300,6 +366,14 @@ real_run() {
         fi
     else
         bad "real run: /readyz answered $code; $(podman pod logs "$pod" 2>&1 | tail -n5)"
+    fi
+    # nginx's error log (the container's stderr): nothing at error or
+    # worse, with the webhook ticker and the reconciliation schedule on
+    podman pod logs "$pod" > "$out/pod.log" 2>&1 || true
+    if grep -E '\[(emerg|alert|crit|error)\]' "$out/pod.log" > "$out/pod-errors.log"; then
+        bad "real run: the pod's error log: $(head -n3 "$out/pod-errors.log")"
+    else
+        say "real run: the pod's error log has no error, crit, alert or emerg line"
     fi
     podman kube down "$yaml" > /dev/null 2>&1 || true
     say "real run: podman kube down"

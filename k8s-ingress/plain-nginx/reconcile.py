@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Ask paygw to reconcile yesterday's statement of each channel.
 
-NOT BUILT YET: POST /v1/reconciliations (SPEC section 7) is designed but not
-implemented in the gateway; until it is, every call answers 404 and this job
-is suspended (reconcile-cronjob.yaml). It is the alternative to the in-nginx
-schedule the SPEC plans, for operators who prefer a CronJob.
+POST /v1/reconciliations (SPEC section 7, docs/api.md) once per channel, for
+the previous day of the providers (Asia/Shanghai). This is the CronJob
+alternative (reconcile-cronjob.yaml, suspended) to the in-nginx schedule,
+paygw_reconcile_schedule, which the shipped nginx.conf.template runs: use one
+of the two. Exits 1 if any report did not complete (HTTP error, or a report
+whose status is not "completed").
 
 The request is signed like scripts/paygw-curl does (PAYGW-HMAC-SHA256 over
 METHOD, PATH, timestamp, nonce and the body's SHA-256) with an admin key
@@ -56,6 +58,13 @@ def main():
         status, text = signed_post(url, "/v1/reconciliations", body, key_id, secret)
         print(f"reconcile {channel} {day}: HTTP {status} {text[:500]}")
         if status >= 300:
+            failed += 1
+            continue
+        try:
+            report = json.loads(text)
+        except ValueError:
+            report = {}
+        if report.get("status") != "completed":
             failed += 1
     return 1 if failed else 0
 

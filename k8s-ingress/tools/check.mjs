@@ -433,7 +433,7 @@ for (const ov of overlays) {
   rendered[name] = objs;
   objs.sort((a, b) => idOf(a).localeCompare(idOf(b)));
   fs.writeFileSync(path.join(outDir, `${name}.yaml`),
-    objs.map((o) => YAML.stringify(o, { lineWidth: 0 })).join("---\n"));
+    objs.map((o) => YAML.stringify(o, { lineWidth: 0, version: "1.1" })).join("---\n"));
   ok(`rendered ${objs.length} objects: ${[...new Set(objs.map((o) => o.kind))].sort().join(", ")}`);
   let valid = 0;
   for (const o of objs) if (await validate(o, name)) valid++;
