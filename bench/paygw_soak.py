@@ -27,8 +27,10 @@ each worker (through gdb, when installed).  A floor rising faster than
 Measurement only: the exit status does not depend on the verdict.
 """
 
+import http.client
 import json
 import os
+import re
 import secrets
 import signal
 import threading
@@ -71,6 +73,87 @@ def heap_kb(pid):
     return {"HeapSize": size, "HeapRss": rss}
 
 
+HEAP_RE = re.compile(r'^paygw_worker_heap_bytes\{worker="(\d+)",'
+                     r'state="(\w+)"\} (\d+)$', re.M)
+
+
+def malloc_heap(port):
+    """{worker label: {state: kB}} from paygw_worker_heap_bytes (each
+    worker's mallinfo2 after its last trim), or {} (no paygw_zone, trim
+    off, not glibc)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    except OSError:
+        return {}
+    finally:
+        conn.close()
+    got = {}
+    for w, state, v in HEAP_RE.findall(text):
+        got.setdefault(f"worker {w}", {})[state] = int(v) // 1024
+    return got
+
+
+def mysql_port(defaults):
+    """the port in the bench's MariaDB defaults file, or None."""
+    try:
+        with open(defaults) as f:
+            for line in f:
+                k, _, v = line.partition("=")
+                if k.strip() == "port":
+                    return int(v)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def connections_to(pids, port):
+    """{pid: TCP connections open to 127.0.0.1:port} (a worker's MySQL
+    pool: each connection holds its buffers and the connector's stack)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    cols = line.split()
+                    if int(cols[2].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(cols[9])
+        except OSError:
+            pass
+    got = {}
+    for pid in pids:
+        n = 0
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                try:
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                except OSError:
+                    continue
+                if link.startswith("socket:[") and link[8:-1] in inodes:
+                    n += 1
+        except OSError:
+            continue
+        got[pid] = n
+    return got
+
+
+def writing(port):
+    """stub_status' Writing: client requests being processed (wrk's and
+    the tickers' rounds), or None."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/nginx_status")
+        text = conn.getresponse().read().decode()
+    except OSError:
+        return None
+    finally:
+        conn.close()
+    m = re.search(r"Writing: (\d+)", text)
+    return int(m.group(1)) if m else None
+
+
 def signed_refund(host, nonces, payment_no, refund_no):
     path = f"/v1/payments/{payment_no}/refunds"
     body = json.dumps({"refund_no": refund_no, "amount": 1,
@@ -107,6 +190,10 @@ class Soak:
         self.refund_prefix = "R-" + secrets.token_hex(4) + "-"
         self.nrefunds = 0
         self.samples = []       # (t, requests, {pid: mem_kb})
+        self.malloc = []        # (t, malloc_heap(), writing())
+        self.malloc_idle = {}
+        self.mysql_port = mysql_port(a.mysql_defaults)
+        self.mysql_conns = []   # {pid: connections to MariaDB}, per sample
         self.idle, self.trimmed = {}, {}
         self.segments = []      # wrk results
         self.notes = []
@@ -151,6 +238,10 @@ class Soak:
             reqs = None
         self.samples.append((time.monotonic() - t0, reqs,
                              {p: mem_kb(p) for p in pids}))
+        self.malloc.append((time.monotonic() - t0, malloc_heap(self.a.port),
+                            writing(self.a.baseline_port)))
+        if self.mysql_port:
+            self.mysql_conns.append(connections_to(pids[1:], self.mysql_port))
 
     def sampler(self, t0):
         k = 0
@@ -225,6 +316,7 @@ class Soak:
         a = self.a
         time.sleep(a.soak_idle)
         self.idle = {p: mem_kb(p) for p in self.procs.workers()}
+        self.malloc_idle = malloc_heap(a.port)
         self.trimmed = {}
         if not a.soak_trim or not pb.shutil.which("gdb"):
             return
@@ -317,18 +409,41 @@ class Soak:
                     names[p] = f"w{len(names)}"
         pids = list(names)
 
-        out.append(f"memory samples every {a.soak_interval:g}s, kB "
-                   f"(VmRSS / RssAnon; VmRSS includes the shared zones a "
-                   f"process touched, RssShmem):")
+        # a row per ~10 s; the verdicts below use every sample
+        step = max(1, round(10 / a.soak_interval))
+        labels = sorted({w for _, got, _ in self.malloc for w in got})
+        out.append(f"memory samples every {a.soak_interval:g}s (a row per "
+                   f"{step * a.soak_interval:g}s shown), kB (VmRSS / "
+                   f"RssAnon; VmRSS includes the shared zones a process "
+                   f"touched, RssShmem); malloc in use per worker label "
+                   f"(paygw_worker_heap_bytes); Writing = requests in "
+                   f"progress (stub_status); my = the worker's MySQL "
+                   f"connections:")
         out.append(f"{'t s':>6} {'requests':>9}" + "".join(
-            f" {names[p] + ' ' + str(p):>18}" for p in pids))
+            f" {names[p] + ' ' + str(p):>18}" for p in pids)
+            + "".join(f" {'use ' + w.split()[-1]:>7}" for w in labels)
+            + f" {'Writing':>7}"
+            + "".join(f" {'my ' + names[p]:>6}" for p in pids[1:]))
         base = self.samples[0][1] if self.samples else 0
-        for t, n, mem in self.samples:
+        for i, (t, n, mem) in enumerate(self.samples):
+            if i % step and i != len(self.samples) - 1:
+                continue
             cells = []
             for p in pids:
                 m = mem.get(p)
                 cells.append(f" {m['VmRSS']:>9}/{m['RssAnon']:<8}" if m
                              else f" {'-':>18}")
+            got, busy = ({}, None)
+            if i < len(self.malloc):
+                _, got, busy = self.malloc[i]
+            for w in labels:
+                v = (got.get(w) or {}).get("in_use")
+                cells.append(f" {v if v is not None else '-':>7}")
+            cells.append(f" {busy if busy is not None else '-':>7}")
+            conns = (self.mysql_conns[i] if i < len(self.mysql_conns)
+                     else {})
+            for p in pids[1:]:
+                cells.append(f" {conns.get(p, '-'):>6}")
             done = (n - base) if n is not None and base is not None else 0
             out.append(f"{t:>6.0f} {done:>9}" + "".join(cells))
         out.append("")
@@ -396,6 +511,8 @@ class Soak:
                            f"{trim if trim else '-':>6}  {verdict}")
         out.append("")
         out.append(heap_lines(self.samples, names, warm_t))
+        out.append(malloc_lines(self.malloc, warm_t, tail_s,
+                                self.malloc_idle))
         workers = [p for p in pids if p != self.procs.master]
         if flagged:
             out.append("RESULT: memory GROWS: " + ", ".join(flagged))
@@ -443,12 +560,59 @@ def heap_lines(samples, names, warm_t):
     return "\n".join(out)
 
 
+def malloc_lines(samples, warm_t, tail_s, idle):
+    """each worker's malloc figures over the run (paygw_worker_heap_bytes):
+    in use rising is a leak; free rising while in use stays is
+    fragmentation; neither, with RSS rising, is pages touched between
+    trims."""
+    labels = sorted({w for _, got, _ in samples for w in got})
+    if not labels:
+        return ("malloc in use per worker: not published "
+                "(paygw_worker_heap_bytes absent)\n")
+    end_t = samples[-1][0]
+    out = [f"malloc per worker, kB (paygw_worker_heap_bytes, after each "
+           f"trim): in use = the arena's blocks in use, free = free in the "
+           f"arena, mapped = blocks mapped on their own; floor/min = least "
+           f"squares of each minute's lowest in-use value over the last "
+           f"{tail_s:.0f}s; idle = after the load, as the RSS idle (in use "
+           f"back at its start is nothing kept)",
+           f"{'':<10} {'in use: start':>13} {'warm':>6} {'end':>6} "
+           f"{'max':>6} {'end-warm':>8} {'floor/min':>9} {'idle':>6}   "
+           f"{'free: warm':>10} {'end':>6} {'max':>6}   {'mapped: max':>11}"]
+    for w in labels:
+        ser = [(t, got[w]) for t, got, _ in samples if w in got]
+        use = [(t, m.get("in_use", 0)) for t, m in ser]
+        free = [(t, m.get("free", 0)) for t, m in ser]
+        mapped = [m.get("mapped", 0) for _, m in ser]
+        warm = next((v for t, v in use if t >= warm_t), use[-1][1])
+        fwarm = next((v for t, v in free if t >= warm_t), free[-1][1])
+        floors = {}
+        for t, v in use:
+            if t >= end_t - tail_s:
+                k = int((end_t - t) // 60)
+                floors[k] = min(floors.get(k, v), v)
+        fl = slope_kb_min([(-60.0 * k, v) for k, v in floors.items()])
+        iu = (idle.get(w) or {}).get("in_use")
+        out.append(f"{w:<10} {use[0][1]:>13} {warm:>6} {use[-1][1]:>6} "
+                   f"{max(v for _, v in use):>6} {use[-1][1] - warm:>+8} "
+                   f"{fl:>+9.1f} {iu if iu is not None else '-':>6}   "
+                   f"{fwarm:>10} {free[-1][1]:>6} "
+                   f"{max(v for _, v in free):>6}   {max(mapped):>11}")
+    busy = [n for t, _, n in samples if n is not None and t >= warm_t]
+    if busy:
+        out.append(f"requests in progress (stub_status Writing, every "
+                   f"sample after the warm-up): min {min(busy)} max "
+                   f"{max(busy)} mean {sum(busy) / len(busy):.1f}")
+    out.append("")
+    return "\n".join(out)
+
+
 def main():
     p = pb.parser()
     p.add_argument("--soak-seconds", type=float, default=600)
     p.add_argument("--soak-conns", type=int, default=16)
     p.add_argument("--soak-segment", type=int, default=30)
-    p.add_argument("--soak-interval", type=float, default=10)
+    p.add_argument("--soak-interval", type=float, default=2)
     p.add_argument("--soak-mix", default="3:6:1")
     p.add_argument("--soak-rate", type=float, default=2500,
                    help="req/s the first segment's requests are sized for")

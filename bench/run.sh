@@ -59,7 +59,7 @@
 #   SOAK_SECONDS   (600) --soak: how long the mixed load runs
 #   SOAK_CONNS     (16)  --soak: wrk connections
 #   SOAK_MIX     (3:6:1) --soak: creates:GETs:refunds, by count
-#   SOAK_INTERVAL  (10)  --soak: seconds between two memory samples
+#   SOAK_INTERVAL  (2)   --soak: seconds between two memory samples
 #   SOAK_MAX_GROWTH (1024) --soak: kB a process may grow after the warm-up
 #   SOAK_MAX_SLOPE (64)  --soak: kB/min the floor may rise over the last 5 min
 #   SOAK_TRIM      (1)   --soak: malloc_trim(0) in each worker after the load (gdb)
@@ -555,7 +555,7 @@ driver=("$bench/paygw_bench.py")
 case "$MODE" in
     soak) driver=("$bench/paygw_soak.py" --soak-seconds "${SOAK_SECONDS:-600}"
                   --soak-conns "${SOAK_CONNS:-16}" --soak-mix "${SOAK_MIX:-3:6:1}"
-                  --soak-interval "${SOAK_INTERVAL:-10}"
+                  --soak-interval "${SOAK_INTERVAL:-2}"
                   --soak-max-growth "${SOAK_MAX_GROWTH:-1024}"
                   --soak-max-slope "${SOAK_MAX_SLOPE:-64}"
                   --soak-trim "${SOAK_TRIM:-1}") ;;
