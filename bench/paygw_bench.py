@@ -254,18 +254,25 @@ def redis_info(port):
     return info
 
 
+def local_get(port, path):
+    """the body of GET http://127.0.0.1:port/path, or None."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
+    except OSError:
+        return None
+    finally:
+        conn.close()
+
+
 def paygw_round_trips(port):
     """paygw_backend_round_trips_total by backend from paygw's /metrics
     (requests the gateway wrote: a Redis pipeline, a MySQL query or
     multi-statement batch); {} when the module does not count them."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    except OSError:
+    text = local_get(port, "/metrics")
+    if text is None:
         return {}
-    finally:
-        conn.close()
     rt = {}
     for m in re.finditer(r'^paygw_backend_round_trips_total'
                          r'\{backend="(\w+)"\} (\d+)$', text, re.M):

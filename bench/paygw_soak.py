@@ -27,7 +27,6 @@ each worker (through gdb, when installed).  A floor rising faster than
 Measurement only: the exit status does not depend on the verdict.
 """
 
-import http.client
 import json
 import os
 import re
@@ -81,14 +80,9 @@ def malloc_heap(port):
     """{worker label: {state: kB}} from paygw_worker_heap_bytes (each
     worker's mallinfo2 after its last trim), or {} (no paygw_zone, trim
     off, not glibc)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    except OSError:
+    text = pb.local_get(port, "/metrics")
+    if text is None:
         return {}
-    finally:
-        conn.close()
     got = {}
     for w, state, v in HEAP_RE.findall(text):
         got.setdefault(f"worker {w}", {})[state] = int(v) // 1024
@@ -142,14 +136,9 @@ def connections_to(pids, port):
 def writing(port):
     """stub_status' Writing: client requests being processed (wrk's and
     the tickers' rounds), or None."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", "/nginx_status")
-        text = conn.getresponse().read().decode()
-    except OSError:
+    text = pb.local_get(port, "/nginx_status")
+    if text is None:
         return None
-    finally:
-        conn.close()
     m = re.search(r"Writing: (\d+)", text)
     return int(m.group(1)) if m else None
 
