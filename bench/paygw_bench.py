@@ -186,14 +186,24 @@ def nginx_requests(port):
 
 def nginx_accepts_requests(port):
     """stub_status' accepted connections and requests."""
+    st = nginx_status(port)
+    return st["accepts"], st["requests"]
+
+
+def nginx_status(port):
+    """stub_status' counters: accepts, requests, and writing (client
+    requests in progress); OSError when nginx does not answer."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     try:
         conn.request("GET", "/nginx_status")
         text = conn.getresponse().read().decode()
     finally:
         conn.close()
-    accepts, _, requests = text.splitlines()[2].split()
-    return int(accepts), int(requests)
+    lines = text.splitlines()
+    accepts, _, requests = lines[2].split()
+    writing = re.search(r"Writing: (\d+)", lines[3])
+    return {"accepts": int(accepts), "requests": int(requests),
+            "writing": int(writing.group(1)) if writing else None}
 
 
 class MysqlStatus:

@@ -133,16 +133,6 @@ def connections_to(pids, port):
     return got
 
 
-def writing(port):
-    """stub_status' Writing: client requests being processed (wrk's and
-    the tickers' rounds), or None."""
-    text = pb.local_get(port, "/nginx_status")
-    if text is None:
-        return None
-    m = re.search(r"Writing: (\d+)", text)
-    return int(m.group(1)) if m else None
-
-
 def signed_refund(host, nonces, payment_no, refund_no):
     path = f"/v1/payments/{payment_no}/refunds"
     body = json.dumps({"refund_no": refund_no, "amount": 1,
@@ -179,7 +169,7 @@ class Soak:
         self.refund_prefix = "R-" + secrets.token_hex(4) + "-"
         self.nrefunds = 0
         self.samples = []       # (t, requests, {pid: mem_kb})
-        self.malloc = []        # (t, malloc_heap(), writing())
+        self.malloc = []        # (t, malloc_heap(), stub_status Writing)
         self.malloc_idle = {}
         self.mysql_port = mysql_port(a.mysql_defaults)
         self.mysql_conns = []   # {pid: connections to MariaDB}, per sample
@@ -222,13 +212,13 @@ class Soak:
     def sample(self, t0):
         pids = [self.procs.master] + self.procs.workers()
         try:
-            reqs = pb.nginx_requests(self.a.baseline_port)
+            st = pb.nginx_status(self.a.baseline_port)
         except OSError:
-            reqs = None
-        self.samples.append((time.monotonic() - t0, reqs,
+            st = {"requests": None, "writing": None}
+        self.samples.append((time.monotonic() - t0, st["requests"],
                              {p: mem_kb(p) for p in pids}))
         self.malloc.append((time.monotonic() - t0, malloc_heap(self.a.port),
-                            writing(self.a.baseline_port)))
+                            st["writing"]))
         if self.mysql_port:
             self.mysql_conns.append(connections_to(pids[1:], self.mysql_port))
 

@@ -11,7 +11,7 @@ use warnings;
 use Test::More;
 use Time::HiRes qw(time sleep);
 
-use PayGW::Test qw(backend_vars http http_parallel wait_until);
+use PayGW::Test qw(backend_vars http http_parallel wait_until proc_kb);
 
 my $multiplex = $ENV{PAYGW_TEST_MULTIPLEX} // 'on';
 my $redis = PayGW::Test::Redis->start;
@@ -260,10 +260,7 @@ if ($multiplex eq 'on') {
         skip 'ASan has its own allocator', 2 if $ENV{PAYGW_ASAN};
         my $anon = sub {
             my $kb = 0;
-            for my $pid ($ngx->worker_pids) {
-                open my $fh, '<', "/proc/$pid/status" or next;
-                /^RssAnon:\s+(\d+)/ and $kb += $1 while <$fh>;
-            }
+            $kb += proc_kb($_, 'RssAnon') // 0 for $ngx->worker_pids;
             return $kb;
         };
         my $before = $anon->();

@@ -16,7 +16,7 @@ use POSIX ();
 use Time::HiRes qw(time sleep);
 use JSON::PP ();
 
-use PayGW::Test qw(http);
+use PayGW::Test qw(http proc_kb);
 use PayGW::Gateway;
 
 my $LINES = 200_000;
@@ -28,11 +28,7 @@ my $p = $gw->create(amount => 1234)->{json};
 is($p->{status}, 'succeeded', 'one real payment today');
 
 my ($worker) = $gw->ngx->worker_pids;
-sub rss_kb {
-    open my $fh, '<', "/proc/$worker/status" or return 0;
-    while (<$fh>) { return $1 if /^VmRSS:\s+(\d+)/ }
-    return 0;
-}
+sub rss_kb { proc_kb($worker, 'VmRSS') // 0 }
 
 # warm up: one small reconciliation, so that what is measured next is
 # the statement's size and nothing else

@@ -17,7 +17,7 @@ use warnings;
 use Test::More;
 use Time::HiRes qw(sleep time);
 
-use PayGW::Test qw(http wait_until);
+use PayGW::Test qw(http wait_until proc_kb);
 
 sub conf {
     my ($trim) = @_;
@@ -34,14 +34,7 @@ EOF
 }
 
 # the worker's anonymous resident memory, kB
-sub rss_anon {
-    my ($pid) = @_;
-    open my $fh, '<', "/proc/$pid/status" or return undef;
-    while (<$fh>) {
-        return $1 if /^RssAnon:\s+(\d+)\s+kB/;
-    }
-    return undef;
-}
+sub rss_anon { proc_kb($_[0], 'RssAnon') }
 
 my $ngx = PayGW::Test::Nginx->new(workers => 1, test_module => 1,
                                   error_log_level => 'debug',
@@ -133,13 +126,14 @@ SKIP: {
     ok defined $in_use && $in_use > 0 && $in_use < 16 << 20,
         '... and not as in use: RSS fell while the arena kept them'
         or diag "in_use: " . ($in_use // 'none');
-    like http(GET => $ngx->url('/metrics'))->{body},
+    my $metrics = http(GET => $ngx->url('/metrics'))->{body};
+    like $metrics,
         qr/^paygw_worker_heap_bytes\{worker="0",state="mapped"\} \d+$/m,
         '... and the blocks mapped on their own';
-    like http(GET => $ngx->url('/metrics'))->{body},
+    like $metrics,
         qr/^paygw_worker_heap_trim_seconds\{worker="0"\} 0\.\d{6}$/m,
         'the last trim\'s duration is published';
-    unlike http(GET => $ngx->url('/metrics'))->{body},
+    unlike $metrics,
         qr/paygw_worker_heap_bytes\{worker="1"/,
         'only the configured workers are shown';
 

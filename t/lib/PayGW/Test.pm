@@ -52,7 +52,7 @@ use Time::HiRes qw(sleep time);
 
 our @EXPORT_OK = qw(free_port http http_parallel http_raw sign_request
                     signed_http wait_until sleep_until repo_root rsa_sign
-                    rsa_verify backend_vars);
+                    rsa_verify backend_vars proc_kb);
 
 our $REPO = abs_path(dirname(__FILE__) . '/../../..');
 our $START_TIMEOUT = 30;
@@ -141,6 +141,17 @@ for my $sig (qw(INT TERM HUP)) {
 }
 
 # ---- small helpers ---------------------------------------------------------
+
+# proc_kb(PID, FIELD): a kB figure of /proc/PID/status (VmRSS, RssAnon,
+# ...), or undef when the process or the field is gone
+sub proc_kb {
+    my ($pid, $field) = @_;
+    open my $fh, '<', "/proc/$pid/status" or return undef;
+    while (<$fh>) {
+        return $1 if /^\Q$field\E:\s+(\d+)\s+kB/;
+    }
+    return undef;
+}
 
 sub wait_until {
     my ($cond, %o) = @_;
