@@ -76,17 +76,22 @@ HEAP_RE = re.compile(r'^paygw_worker_heap_bytes\{worker="(\d+)",'
                      r'state="(\w+)"\} (\d+)$', re.M)
 
 
+BACKLOG_RE = re.compile(r'^paygw_webhook_backlog (\d+)$', re.M)
+
+
 def malloc_heap(port):
-    """{worker label: {state: kB}} from paygw_worker_heap_bytes (each
+    """({worker label: {state: kB}} from paygw_worker_heap_bytes (each
     worker's mallinfo2 after its last trim), or {} (no paygw_zone, trim
-    off, not glibc)."""
+    off, not glibc); the webhook backlog the last delivery round counted,
+    or None), from one /metrics read."""
     text = pb.local_get(port, "/metrics")
     if text is None:
-        return {}
+        return {}, None
     got = {}
     for w, state, v in HEAP_RE.findall(text):
         got.setdefault(f"worker {w}", {})[state] = int(v) // 1024
-    return got
+    backlog = BACKLOG_RE.search(text)
+    return got, int(backlog.group(1)) if backlog else None
 
 
 def mysql_port(defaults):
@@ -170,10 +175,12 @@ class Soak:
         self.nrefunds = 0
         self.samples = []       # (t, requests, {pid: mem_kb})
         self.malloc = []        # (t, malloc_heap(), stub_status Writing)
+        self.backlog = []       # webhook backlog per sample, or None
         self.malloc_idle = {}
         self.mysql_port = mysql_port(a.mysql_defaults)
         self.mysql_conns = []   # {pid: connections to MariaDB}, per sample
         self.idle, self.trimmed = {}, {}
+        self.backlog_idle = None
         self.segments = []      # wrk results
         self.notes = []
         self.stop = threading.Event()
@@ -217,8 +224,9 @@ class Soak:
             st = {"requests": None, "writing": None}
         self.samples.append((time.monotonic() - t0, st["requests"],
                              {p: mem_kb(p) for p in pids}))
-        self.malloc.append((time.monotonic() - t0, malloc_heap(self.a.port),
-                            st["writing"]))
+        heap, backlog = malloc_heap(self.a.port)
+        self.malloc.append((time.monotonic() - t0, heap, st["writing"]))
+        self.backlog.append(backlog)
         if self.mysql_port:
             self.mysql_conns.append(connections_to(pids[1:], self.mysql_port))
 
@@ -295,7 +303,7 @@ class Soak:
         a = self.a
         time.sleep(a.soak_idle)
         self.idle = {p: mem_kb(p) for p in self.procs.workers()}
-        self.malloc_idle = malloc_heap(a.port)
+        self.malloc_idle, self.backlog_idle = malloc_heap(a.port)
         self.trimmed = {}
         if not a.soak_trim or not pb.shutil.which("gdb"):
             return
@@ -396,12 +404,14 @@ class Soak:
                    f"RssAnon; VmRSS includes the shared zones a process "
                    f"touched, RssShmem); malloc in use per worker label "
                    f"(paygw_worker_heap_bytes); Writing = requests in "
-                   f"progress (stub_status); my = the worker's MySQL "
+                   f"progress (stub_status); backlog = webhook events due, as "
+                   f"the last delivery round counted them "
+                   f"(paygw_webhook_backlog); my = the worker's MySQL "
                    f"connections:")
         out.append(f"{'t s':>6} {'requests':>9}" + "".join(
             f" {names[p] + ' ' + str(p):>18}" for p in pids)
             + "".join(f" {'use ' + w.split()[-1]:>7}" for w in labels)
-            + f" {'Writing':>7}"
+            + f" {'Writing':>7} {'backlog':>7}"
             + "".join(f" {'my ' + names[p]:>6}" for p in pids[1:]))
         base = self.samples[0][1] if self.samples else 0
         for i, (t, n, mem) in enumerate(self.samples):
@@ -419,6 +429,8 @@ class Soak:
                 v = (got.get(w) or {}).get("in_use")
                 cells.append(f" {v if v is not None else '-':>7}")
             cells.append(f" {busy if busy is not None else '-':>7}")
+            due = self.backlog[i] if i < len(self.backlog) else None
+            cells.append(f" {due if due is not None else '-':>7}")
             conns = (self.mysql_conns[i] if i < len(self.mysql_conns)
                      else {})
             for p in pids[1:]:
@@ -492,6 +504,8 @@ class Soak:
         out.append(heap_lines(self.samples, names, warm_t))
         out.append(malloc_lines(self.malloc, warm_t, tail_s,
                                 self.malloc_idle))
+        out.append(backlog_line(self.malloc, self.backlog, warm_t,
+                                self.backlog_idle))
         workers = [p for p in pids if p != self.procs.master]
         if flagged:
             out.append("RESULT: memory GROWS: " + ", ".join(flagged))
@@ -584,6 +598,20 @@ def malloc_lines(samples, warm_t, tail_s, idle):
                    f"{max(busy)} mean {sum(busy) / len(busy):.1f}")
     out.append("")
     return "\n".join(out)
+
+
+def backlog_line(samples, backlog, warm_t, idle):
+    """the webhook backlog over the run: a delivery round holds each
+    event's subrequest until the round ends, so a backlog that grows keeps
+    full rounds in flight, and their memory shows as in use."""
+    due = [(t, b) for (t, _, _), b in zip(samples, backlog)
+           if b is not None and t >= warm_t]
+    if not due:
+        return "webhook backlog: not published (paygw_webhook_backlog)\n"
+    return (f"webhook backlog (events due, paygw_webhook_backlog) after the "
+            f"warm-up: first {due[0][1]} last {due[-1][1]} max "
+            f"{max(b for _, b in due)} slope {slope_kb_min(due):+.0f}/min; "
+            f"{'-' if idle is None else idle} after the load\n")
 
 
 def main():
