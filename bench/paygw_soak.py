@@ -181,6 +181,7 @@ class Soak:
         self.mysql_conns = []   # {pid: connections to MariaDB}, per sample
         self.idle, self.trimmed = {}, {}
         self.backlog_idle = None
+        self.late = None        # (RSS, malloc, MySQL connections), later
         self.segments = []      # wrk results
         self.notes = []
         self.stop = threading.Event()
@@ -304,6 +305,13 @@ class Soak:
         time.sleep(a.soak_idle)
         self.idle = {p: mem_kb(p) for p in self.procs.workers()}
         self.malloc_idle, self.backlog_idle = malloc_heap(a.port)
+        if a.soak_idle_long > a.soak_idle:
+            # past idle_timeout, the pool has closed what the load opened
+            time.sleep(a.soak_idle_long - a.soak_idle)
+            self.late = ({p: mem_kb(p) for p in self.idle},
+                         malloc_heap(a.port)[0],
+                         connections_to(list(self.idle), self.mysql_port)
+                         if self.mysql_port else {})
         self.trimmed = {}
         if not a.soak_trim or not pb.shutil.which("gdb"):
             return
@@ -506,6 +514,16 @@ class Soak:
                                 self.malloc_idle))
         out.append(backlog_line(self.malloc, self.backlog, warm_t,
                                 self.backlog_idle))
+        if self.late:
+            rss, heap, conns = self.late
+            out.append(f"{a.soak_idle_long:g}s after the load (RssAnon, "
+                       f"malloc in use, MySQL connections; kB): " + "; ".join(
+                           f"{names[p]} {m['RssAnon']}"
+                           f" {conns.get(p, '-')} conns"
+                           for p, m in rss.items() if m and p in names)
+                       + "; " + "; ".join(
+                           f"{w} in use {v.get('in_use')}"
+                           for w, v in sorted(heap.items())) + "\n")
         workers = [p for p in pids if p != self.procs.master]
         if flagged:
             out.append("RESULT: memory GROWS: " + ", ".join(flagged))
@@ -628,6 +646,9 @@ def main():
     p.add_argument("--soak-max-growth", type=int, default=1024)
     p.add_argument("--soak-max-slope", type=float, default=64)
     p.add_argument("--soak-idle", type=float, default=10)
+    p.add_argument("--soak-idle-long", type=float, default=0,
+                   help="seconds after the load for a second look, past "
+                        "the MySQL pool's idle_timeout (0: none)")
     p.add_argument("--soak-trim", type=int, default=1)
     a = p.parse_args()
     if not a.webhook_port:

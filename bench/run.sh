@@ -62,6 +62,9 @@
 #   SOAK_INTERVAL  (2)   --soak: seconds between two memory samples
 #   SOAK_MAX_GROWTH (1024) --soak: kB a process may grow after the warm-up
 #   SOAK_MAX_SLOPE (64)  --soak: kB/min the floor may rise over the last 5 min
+#   SOAK_IDLE_LONG (0)   --soak: seconds after the load for a second look at
+#                        RSS, malloc in use and MySQL connections (past the
+#                        pool's idle_timeout, e.g. 75); 0: none
 #   SOAK_TRIM      (1)   --soak: malloc_trim(0) in each worker after the load (gdb)
 #   PROFILE_TOP    (30)  --profile: symbols per scenario
 #   BENCH_ACQUIRER (standin) the bank-card acquirer the creates reach:
@@ -558,6 +561,7 @@ case "$MODE" in
                   --soak-interval "${SOAK_INTERVAL:-2}"
                   --soak-max-growth "${SOAK_MAX_GROWTH:-1024}"
                   --soak-max-slope "${SOAK_MAX_SLOPE:-64}"
+                  --soak-idle-long "${SOAK_IDLE_LONG:-0}"
                   --soak-trim "${SOAK_TRIM:-1}") ;;
     profile) driver=("$bench/paygw_profile.py" --top "${PROFILE_TOP:-30}") ;;
 esac
