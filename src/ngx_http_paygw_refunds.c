@@ -15,9 +15,10 @@
  *   get_refund:  start -> selected [-> queried -> settlement]; or
  *                queried -> sent -> settlement (the provider had no
  *                trace of it: sent again, idempotent by out_refund_no)
- *   settlement:  [marked ->] settled [-> answered]: a definitive answer
- *                marks the payment cache before MySQL and unmarks it
- *                after (ngx_http_paygw_cache.c)
+ *   settlement:  [marked ->] settled [-> answered [-> reread]]: a
+ *                definitive answer marks the payment cache before MySQL
+ *                and unmarks it after (ngx_http_paygw_cache.c); one that
+ *                did not commit answers the row as it is (reread)
  *
  * A refund is never settled "failed" on absence alone: its reservation
  * is released only by the provider's own answer.
@@ -60,6 +61,10 @@ static ngx_int_t ngx_http_paygw_refund_unmarked(ngx_http_request_t *r,
 static ngx_int_t ngx_http_paygw_refund_settled(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_refund_answered(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_refund_reread(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx);
+static ngx_int_t ngx_http_paygw_refund_reread_done(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
 static ngx_int_t ngx_http_paygw_refund_answer(ngx_http_request_t *r,
     ngx_http_paygw_ctx_t *ctx);
@@ -545,7 +550,70 @@ ngx_http_paygw_refund_answered(ngx_http_request_t *r,
         rf->status = ctx->outcome.status;
         rf->channel_refund_no = ctx->outcome.provider_no;
         rf->failure_code = ctx->outcome.failure_code;
+
+        return ngx_http_paygw_refund_answer(r, ctx);
     }
+
+    /*
+     * A definitive answer that did not commit most often lost to the
+     * settler, which claims open refunds, this one in flight too, and
+     * settled it first on the provider's same answer: the refund's row
+     * says what became of it, not "pending".
+     */
+
+    if (ctx->outcome.definitive && ctx->mysql->call.ok) {
+        return ngx_http_paygw_refund_reread(r, ctx);
+    }
+
+    return ngx_http_paygw_refund_answer(r, ctx);
+}
+
+
+static ngx_int_t
+ngx_http_paygw_refund_reread(ngx_http_request_t *r, ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw refund: step \"reread\" refund %V, the settlement "
+                   "did not commit (mysql %ud)", &ctx->refund.refund_no,
+                   ctx->mysql->err_no);
+
+    if (ngx_http_paygw_mysql_start(r, ctx) != NGX_OK
+        || ngx_http_paygw_store_select_refund_out(ctx->mysql,
+                                                  &ctx->refund.out_refund_no)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ctx->mysql->read_only = 1;
+
+    return ngx_http_paygw_mysql_wait(r, ctx, ngx_http_paygw_refund_reread_done);
+}
+
+
+/* the row as it is now; still open, or unreadable: "pending" as before */
+
+static ngx_int_t
+ngx_http_paygw_refund_reread_done(ngx_http_request_t *r,
+    ngx_http_paygw_ctx_t *ctx)
+{
+    ngx_str_t                   channel;
+    ngx_http_paygw_refund_t     row;
+    ngx_http_paygw_sql_stmt_t  *stmt;
+
+    stmt = ctx->mysql->stmts.elts;
+    row = ctx->refund;
+
+    if (ctx->mysql->call.ok && !ctx->mysql->err_no
+        && ngx_http_paygw_store_row_refund(stmt, &row, &channel) == NGX_OK)
+    {
+        ctx->refund = row;
+    }
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "paygw refund: step \"reread\" done, refund %V is %V",
+                   &ctx->refund.refund_no,
+                   ngx_http_paygw_status_name(ctx->refund.status));
 
     return ngx_http_paygw_refund_answer(r, ctx);
 }

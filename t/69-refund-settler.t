@@ -10,6 +10,7 @@ use strict;
 use warnings;
 
 use Test::More;
+use POSIX ();
 
 use PayGW::Gateway qw(err_code sql_quote);
 use PayGW::Test qw(http_parallel sign_request);
@@ -150,6 +151,44 @@ is(reserved($pno2), '1000/0', '... refunded 1000 once, nothing reserved');
 is($gw->event_count("R69d-$$", 'refund.succeeded'), 1, '... one refund.succeeded event');
 unlike($gw->ngx->error_log, qr/chk_refunds|query failed/,
        '... and the lost race is no error in the log');
+
+# ---- the settler settles a refund still in flight: its answer is the row -
+#
+# The settler claims every open refund, one whose request still waits for
+# the provider too.  When it settles it first, the request's own
+# settlement matches nothing; the request then answers the refund as
+# settled (201 succeeded), not "pending" as if nothing were known.
+
+my $p3 = $gw->create(amount => 1000)->{json} // {};
+my $pno3 = $p3->{payment_no} // '';
+$sim->mode('slow', delay_ms => 1500, times => 1,
+           path_prefix => '/acquirer/v1/refunds');
+my $kid = fork // die "fork: $!\n";
+if (!$kid) {
+    select(undef, undef, undef, 0.5);           # the refund is in flight
+    my $rr = $gw->api(POST => '/v1/admin/resolve', json => {}, key => 'ops',
+                      idempotency_key => $gw->fresh_key('k69'));
+    POSIX::_exit(($rr->{status} == 200
+                  && ($rr->{json}{settled} // 0) == 1) ? 0 : 1);
+}
+$r = refund($pno3, "R69e-$$", 400);
+waitpid($kid, 0);
+is($? >> 8, 0, 'the settler settled the refund while its request waited');
+$sim->mode('normal');
+is($r->{status}, 201, 'the refund request answers 201, not 202')
+    or diag($r->{body});
+is($r->{json}{status}, 'succeeded', '... succeeded, as its row says');
+ok(defined $r->{json}{channel_refund_no},
+   '... with the acquirer\'s refund number');
+is(rstatus("R69e-$$"), 'succeeded', '... stored succeeded');
+is(reserved($pno3), '400/0', '... refunded 400 once, nothing reserved');
+$sum = 0;
+$sum += $_->{amount} for acq_refunds($pno3);
+is($sum, 400, '... the acquirer refunded exactly 400');
+is($gw->event_count("R69e-$$", 'refund.succeeded'), 1,
+   '... one refund.succeeded event');
+my $again = $gw->api(GET => "/v1/refunds/R69e-$$");
+is($again->{json}{status}, 'succeeded', '... and a GET says the same');
 
 is_deeply(resolve(), {examined => 0, settled => 0}, 'nothing left open');
 is($gw->sql1("SELECT COUNT(*) FROM refunds WHERE status IN ('pending', 'unknown')"), 0,
