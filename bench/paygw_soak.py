@@ -357,6 +357,31 @@ class Soak:
 
     # ---- the report ----------------------------------------------------------
 
+    def raw(self):
+        """the samples behind the report: t s, stub_status requests and
+        Writing, per pid RSS fields, per worker label malloc (kB), the
+        webhook backlog and per pid MySQL connections."""
+        rows = []
+        for i, (t, n, mem) in enumerate(self.samples):
+            _, heap, busy = (self.malloc[i] if i < len(self.malloc)
+                             else (t, {}, None))
+            rows.append({
+                "t": round(t, 2), "requests": n, "writing": busy,
+                "mem": {str(p): m for p, m in mem.items() if m},
+                "malloc": heap,
+                "backlog": self.backlog[i] if i < len(self.backlog) else None,
+                "mysql": {str(p): c for p, c in
+                          (self.mysql_conns[i] if i < len(self.mysql_conns)
+                           else {}).items()}})
+        return {"master": self.procs.master, "samples": rows,
+                "idle": {str(p): m for p, m in self.idle.items()},
+                "malloc_idle": self.malloc_idle,
+                "trimmed": {str(p): m for p, m in self.trimmed.items()},
+                "late": None if not self.late else {
+                    "rss": {str(p): m for p, m in self.late[0].items()},
+                    "malloc": self.late[1],
+                    "mysql": {str(p): c for p, c in self.late[2].items()}}}
+
     def pending(self):
         try:
             return pb.subprocess.run(
@@ -663,6 +688,10 @@ def main():
     text = s.report(a.header)
     with open(a.out, "w") as f:
         f.write(text)
+    # every sample, so that a change of the verdicts can be tried on
+    # earlier runs (the report shows a row per 10 s)
+    with open(os.path.splitext(a.out)[0] + ".json", "w") as f:
+        json.dump(s.raw(), f, separators=(",", ":"))
     print()
     print(text, end="")
 

@@ -11,7 +11,8 @@
 #                        to back (bench/ha_bench.py; bench/README.md)
 #   bash bench/run.sh --soak     (make bench-soak) a long mixed load while
 #                                the nginx processes' RSS is sampled:
-#                                bench/results/<date>-soak.txt
+#                                bench/results/<date>-soak.txt (and .json:
+#                                every sample)
 #   bash bench/run.sh --profile  (make bench-profile) perf record -g on the
 #                                nginx workers during a create and a GET
 #                                run: bench/results/<date>-profile.txt
