@@ -164,6 +164,18 @@ def slope_kb_min(points):
     return 60.0 * sxy / sxx
 
 
+def minute_floors(points, end_t, tail_s):
+    """the lowest of [(seconds, kB)] in each minute of the last tail_s
+    seconds before end_t, as [(seconds before end_t, kB)]: requests in
+    flight lift single samples, memory kept lifts the floors."""
+    floors = {}
+    for t, v in points:
+        if t >= end_t - tail_s:
+            k = int((end_t - t) // 60)
+            floors[k] = min(floors.get(k, v), v)
+    return [(-60.0 * k, v) for k, v in floors.items()]
+
+
 class Soak:
     def __init__(self, a):
         self.a = a
@@ -173,12 +185,12 @@ class Soak:
         self.host = f"127.0.0.1:{a.port}"
         self.refund_prefix = "R-" + secrets.token_hex(4) + "-"
         self.nrefunds = 0
-        self.samples = []       # (t, requests, {pid: mem_kb})
-        self.malloc = []        # (t, malloc_heap(), stub_status Writing)
-        self.backlog = []       # webhook backlog per sample, or None
+        # a dict per sample: t, stub_status requests and writing, mem
+        # {pid: mem_kb()}, malloc {worker label: {state: kB}}, the webhook
+        # backlog, mysql {pid: connections to MariaDB}
+        self.samples = []
         self.malloc_idle = {}
         self.mysql_port = mysql_port(a.mysql_defaults)
-        self.mysql_conns = []   # {pid: connections to MariaDB}, per sample
         self.idle, self.trimmed = {}, {}
         self.backlog_idle = None
         self.late = None        # (RSS, malloc, MySQL connections), later
@@ -223,13 +235,14 @@ class Soak:
             st = pb.nginx_status(self.a.baseline_port)
         except OSError:
             st = {"requests": None, "writing": None}
-        self.samples.append((time.monotonic() - t0, st["requests"],
-                             {p: mem_kb(p) for p in pids}))
+        t = time.monotonic() - t0
+        mem = {p: mem_kb(p) for p in pids}
         heap, backlog = malloc_heap(self.a.port)
-        self.malloc.append((time.monotonic() - t0, heap, st["writing"]))
-        self.backlog.append(backlog)
-        if self.mysql_port:
-            self.mysql_conns.append(connections_to(pids[1:], self.mysql_port))
+        self.samples.append({
+            "t": t, "requests": st["requests"], "writing": st["writing"],
+            "mem": mem, "malloc": heap, "backlog": backlog,
+            "mysql": (connections_to(pids[1:], self.mysql_port)
+                      if self.mysql_port else {})})
 
     def sampler(self, t0):
         k = 0
@@ -351,7 +364,7 @@ class Soak:
     def rss_line(self):
         if not self.samples:
             return ""
-        _, _, mem = self.samples[-1]
+        mem = self.samples[-1]["mem"]
         return "VmRSS kB " + " ".join(
             f"{p}:{m['VmRSS']}" for p, m in mem.items() if m)
 
@@ -361,18 +374,10 @@ class Soak:
         """the samples behind the report: t s, stub_status requests and
         Writing, per pid RSS fields, per worker label malloc (kB), the
         webhook backlog and per pid MySQL connections."""
-        rows = []
-        for i, (t, n, mem) in enumerate(self.samples):
-            _, heap, busy = (self.malloc[i] if i < len(self.malloc)
-                             else (t, {}, None))
-            rows.append({
-                "t": round(t, 2), "requests": n, "writing": busy,
-                "mem": {str(p): m for p, m in mem.items() if m},
-                "malloc": heap,
-                "backlog": self.backlog[i] if i < len(self.backlog) else None,
-                "mysql": {str(p): c for p, c in
-                          (self.mysql_conns[i] if i < len(self.mysql_conns)
-                           else {}).items()}})
+        rows = [dict(x, t=round(x["t"], 2),
+                     mem={str(p): m for p, m in x["mem"].items() if m},
+                     mysql={str(p): c for p, c in x["mysql"].items()})
+                for x in self.samples]
         return {"master": self.procs.master, "samples": rows,
                 "idle": {str(p): m for p, m in self.idle.items()},
                 "malloc_idle": self.malloc_idle,
@@ -423,15 +428,15 @@ class Soak:
 
         # who is who: the master, then the workers by first appearance
         names = {self.procs.master: "master"}
-        for _, _, mem in self.samples:
-            for p in mem:
+        for x in self.samples:
+            for p in x["mem"]:
                 if p not in names:
                     names[p] = f"w{len(names)}"
         pids = list(names)
 
         # a row per ~10 s; the verdicts below use every sample
         step = max(1, round(10 / a.soak_interval))
-        labels = sorted({w for _, got, _ in self.malloc for w in got})
+        labels = sorted({w for x in self.samples for w in x["malloc"]})
         out.append(f"memory samples every {a.soak_interval:g}s (a row per "
                    f"{step * a.soak_interval:g}s shown), kB (VmRSS / "
                    f"RssAnon; VmRSS includes the shared zones a process "
@@ -446,35 +451,30 @@ class Soak:
             + "".join(f" {'use ' + w.split()[-1]:>7}" for w in labels)
             + f" {'Writing':>7} {'backlog':>7}"
             + "".join(f" {'my ' + names[p]:>6}" for p in pids[1:]))
-        base = self.samples[0][1] if self.samples else 0
-        for i, (t, n, mem) in enumerate(self.samples):
+        base = self.samples[0]["requests"] if self.samples else 0
+        for i, x in enumerate(self.samples):
             if i % step and i != len(self.samples) - 1:
                 continue
             cells = []
             for p in pids:
-                m = mem.get(p)
+                m = x["mem"].get(p)
                 cells.append(f" {m['VmRSS']:>9}/{m['RssAnon']:<8}" if m
                              else f" {'-':>18}")
-            got, busy = ({}, None)
-            if i < len(self.malloc):
-                _, got, busy = self.malloc[i]
             for w in labels:
-                v = (got.get(w) or {}).get("in_use")
+                v = (x["malloc"].get(w) or {}).get("in_use")
                 cells.append(f" {v if v is not None else '-':>7}")
-            cells.append(f" {busy if busy is not None else '-':>7}")
-            due = self.backlog[i] if i < len(self.backlog) else None
-            cells.append(f" {due if due is not None else '-':>7}")
-            conns = (self.mysql_conns[i] if i < len(self.mysql_conns)
-                     else {})
+            for v in (x["writing"], x["backlog"]):
+                cells.append(f" {v if v is not None else '-':>7}")
             for p in pids[1:]:
-                cells.append(f" {conns.get(p, '-'):>6}")
+                cells.append(f" {x['mysql'].get(p, '-'):>6}")
+            n = x["requests"]
             done = (n - base) if n is not None and base is not None else 0
-            out.append(f"{t:>6.0f} {done:>9}" + "".join(cells))
+            out.append(f"{x['t']:>6.0f} {done:>9}" + "".join(cells))
         out.append("")
 
         warm_t = a.soak_warmup
         tail_s = min(a.soak_tail, max(60.0, self.total_secs / 2))
-        end_t = self.samples[-1][0] if self.samples else 0
+        end_t = self.samples[-1]["t"] if self.samples else 0
         out.append(f"per process, kB: start; warm = first sample at >= "
                    f"{warm_t:g}s; end; max; slope = least squares over the "
                    f"last {tail_s:.0f}s of every sample, floor = of the "
@@ -489,11 +489,11 @@ class Soak:
         flagged, plateau, short = [], [], []
         reqs_per_min = reqs / busy * 60 if busy else 0
         for p in pids:
-            series = [(t, mem[p]) for t, _, mem in self.samples
-                      if mem.get(p)]
+            series = [(x["t"], x["mem"][p]) for x in self.samples
+                      if x["mem"].get(p)]
             if not series:
                 continue
-            gone = self.samples[-1][2].get(p) is None
+            gone = self.samples[-1]["mem"].get(p) is None
             for field in ("VmRSS", "RssAnon"):
                 vals = [(t, m[field]) for t, m in series]
                 start = vals[0][1]
@@ -502,11 +502,8 @@ class Soak:
                 mx = max(v for _, v in vals)
                 recent = [(t, v) for t, v in vals if t >= end_t - tail_s]
                 sl = slope_kb_min(recent)
-                floors = {}
-                for t, v in recent:
-                    k = int((end_t - t) // 60)
-                    floors[k] = min(floors.get(k, v), v)
-                fl = slope_kb_min([(-60.0 * k, v) for k, v in floors.items()])
+                floors = minute_floors(vals, end_t, tail_s)
+                fl = slope_kb_min(floors)
                 idle = (self.idle.get(p) or {}).get(field)
                 trim = (self.trimmed.get(p) or {}).get(field)
                 who = f"{names[p]} {p}"
@@ -535,10 +532,9 @@ class Soak:
                            f"{trim if trim else '-':>6}  {verdict}")
         out.append("")
         out.append(heap_lines(self.samples, names, warm_t))
-        out.append(malloc_lines(self.malloc, warm_t, tail_s,
+        out.append(malloc_lines(self.samples, warm_t, tail_s,
                                 self.malloc_idle))
-        out.append(backlog_line(self.malloc, self.backlog, warm_t,
-                                self.backlog_idle))
+        out.append(backlog_line(self.samples, warm_t, self.backlog_idle))
         if self.late:
             rss, heap, conns = self.late
             out.append(f"{a.soak_idle_long:g}s after the load (RssAnon, "
@@ -580,8 +576,8 @@ def heap_lines(samples, names, warm_t):
     for p, who in names.items():
         if who == "master":
             continue
-        ser = [(t, mem[p]) for t, _, mem in samples
-               if mem.get(p) and "HeapSize" in mem[p]]
+        ser = [(x["t"], x["mem"][p]) for x in samples
+               if x["mem"].get(p) and "HeapSize" in x["mem"][p]]
         if not ser:
             continue
         ext = [(t, m["HeapSize"]) for t, m in ser]
@@ -601,11 +597,11 @@ def malloc_lines(samples, warm_t, tail_s, idle):
     in use rising is a leak; free rising while in use stays is
     fragmentation; neither, with RSS rising, is pages touched between
     trims."""
-    labels = sorted({w for _, got, _ in samples for w in got})
+    labels = sorted({w for x in samples for w in x["malloc"]})
     if not labels:
         return ("malloc in use per worker: not published "
                 "(paygw_worker_heap_bytes absent)\n")
-    end_t = samples[-1][0]
+    end_t = samples[-1]["t"]
     out = [f"malloc per worker, kB (paygw_worker_heap_bytes, after each "
            f"trim): in use = the arena's blocks in use, free = free in the "
            f"arena, mapped = blocks mapped on their own; floor/min = least "
@@ -616,25 +612,21 @@ def malloc_lines(samples, warm_t, tail_s, idle):
            f"{'max':>6} {'end-warm':>8} {'floor/min':>9} {'idle':>6}   "
            f"{'free: warm':>10} {'end':>6} {'max':>6}   {'mapped: max':>11}"]
     for w in labels:
-        ser = [(t, got[w]) for t, got, _ in samples if w in got]
+        ser = [(x["t"], x["malloc"][w]) for x in samples if w in x["malloc"]]
         use = [(t, m.get("in_use", 0)) for t, m in ser]
         free = [(t, m.get("free", 0)) for t, m in ser]
         mapped = [m.get("mapped", 0) for _, m in ser]
         warm = next((v for t, v in use if t >= warm_t), use[-1][1])
         fwarm = next((v for t, v in free if t >= warm_t), free[-1][1])
-        floors = {}
-        for t, v in use:
-            if t >= end_t - tail_s:
-                k = int((end_t - t) // 60)
-                floors[k] = min(floors.get(k, v), v)
-        fl = slope_kb_min([(-60.0 * k, v) for k, v in floors.items()])
+        fl = slope_kb_min(minute_floors(use, end_t, tail_s))
         iu = (idle.get(w) or {}).get("in_use")
         out.append(f"{w:<10} {use[0][1]:>13} {warm:>6} {use[-1][1]:>6} "
                    f"{max(v for _, v in use):>6} {use[-1][1] - warm:>+8} "
                    f"{fl:>+9.1f} {iu if iu is not None else '-':>6}   "
                    f"{fwarm:>10} {free[-1][1]:>6} "
                    f"{max(v for _, v in free):>6}   {max(mapped):>11}")
-    busy = [n for t, _, n in samples if n is not None and t >= warm_t]
+    busy = [x["writing"] for x in samples
+            if x["writing"] is not None and x["t"] >= warm_t]
     if busy:
         out.append(f"requests in progress (stub_status Writing, every "
                    f"sample after the warm-up): min {min(busy)} max "
@@ -643,12 +635,12 @@ def malloc_lines(samples, warm_t, tail_s, idle):
     return "\n".join(out)
 
 
-def backlog_line(samples, backlog, warm_t, idle):
+def backlog_line(samples, warm_t, idle):
     """the webhook backlog over the run: a delivery round holds each
     event's subrequest until the round ends, so a backlog that grows keeps
     full rounds in flight, and their memory shows as in use."""
-    due = [(t, b) for (t, _, _), b in zip(samples, backlog)
-           if b is not None and t >= warm_t]
+    due = [(x["t"], x["backlog"]) for x in samples
+           if x["backlog"] is not None and x["t"] >= warm_t]
     if not due:
         return "webhook backlog: not published (paygw_webhook_backlog)\n"
     return (f"webhook backlog (events due, paygw_webhook_backlog) after the "
