@@ -24,6 +24,9 @@ the floor), the memory 10 s after the load and after malloc_trim(0) in
 each worker (through gdb, when installed).  A floor rising faster than
 --soak-max-slope kB/min is GROWS; a process that grew more than
 --soak-max-growth kB after the warm-up and then stayed is a plateau.
+After each segment the load pauses --soak-rest seconds for one more
+sample, at rest: no request in flight and a trim since, so what it shows
+is what the worker keeps; its verdict uses the same bounds.
 Measurement only: the exit status does not depend on the verdict.
 """
 
@@ -194,6 +197,7 @@ class Soak:
         self.idle, self.trimmed = {}, {}
         self.backlog_idle = None
         self.late = None        # (RSS, malloc, MySQL connections), later
+        self.connects_before = self.connects_after = None
         self.segments = []      # wrk results
         self.notes = []
         self.stop = threading.Event()
@@ -229,7 +233,7 @@ class Soak:
 
     # ---- memory sampling ---------------------------------------------------
 
-    def sample(self, t0):
+    def sample(self, t0, rest=False):
         pids = [self.procs.master] + self.procs.workers()
         try:
             st = pb.nginx_status(self.a.baseline_port)
@@ -239,7 +243,8 @@ class Soak:
         mem = {p: mem_kb(p) for p in pids}
         heap, backlog = malloc_heap(self.a.port)
         self.samples.append({
-            "t": t, "requests": st["requests"], "writing": st["writing"],
+            "t": t, "rest": rest,
+            "requests": st["requests"], "writing": st["writing"],
             "mem": mem, "malloc": heap, "backlog": backlog,
             "mysql": (connections_to(pids[1:], self.mysql_port)
                       if self.mysql_port else {})})
@@ -269,6 +274,7 @@ class Soak:
         rate = a.soak_rate
         seg = a.soak_segment
         prefix, n, gsecs = self.gen(0, self.size(rate, seg))
+        self.connects_before = self.connects()
         t0 = time.monotonic()
         sam = threading.Thread(target=self.sampler, args=(t0,), daemon=True)
         sam.start()
@@ -290,6 +296,11 @@ class Soak:
                 r = pb.run_wrk(a, a.port, a.soak_conns, dur, prefix,
                                "201,200")
                 th.join()
+                if a.soak_rest > 0:
+                    # no request in flight, a trim since: what stays is
+                    # what the worker keeps (see rest_lines)
+                    time.sleep(a.soak_rest)
+                    self.sample(t0, rest=True)
                 r.update(t=ts, dur=dur, loaded=n, gen_secs=gsecs)
                 self.segments.append(r)
                 pb.log(f"soak t={ts:5.0f}s segment {k}: {r['rps']:.0f} "
@@ -309,6 +320,7 @@ class Soak:
             sam.join()
             self.sample(t0)
         self.total_secs = time.monotonic() - t0
+        self.connects_after = self.connects()
         self.after_load()
 
     def after_load(self):
@@ -387,18 +399,33 @@ class Soak:
                     "malloc": self.late[1],
                     "mysql": {str(p): c for p, c in self.late[2].items()}}}
 
-    def pending(self):
+    def sql(self, query):
         try:
             return pb.subprocess.run(
                 ["mariadb", f"--defaults-file={self.a.mysql_defaults}",
-                 "-N", "-B", "paygw", "-e",
-                 "SELECT status, COUNT(*) FROM outbox_events GROUP BY status"],
+                 "-N", "-B", "paygw", "-e", query],
                 capture_output=True, text=True, check=True).stdout.split("\n")
         except (OSError, pb.subprocess.CalledProcessError):
             return []
 
+    def pending(self):
+        return self.sql("SELECT status, COUNT(*) FROM outbox_events "
+                        "GROUP BY status")
+
+    def connects(self):
+        """MariaDB's count of connection attempts so far, or None: the
+        pool's churn over the load is its difference (a new connection
+        costs a handshake, prepares and fresh buffers)."""
+        for line in self.sql("SHOW GLOBAL STATUS LIKE 'Connections'"):
+            k, _, v = line.partition("\t")
+            if k == "Connections" and v.isdigit():
+                return int(v)
+        return None
+
     def report(self, header):
         a = self.a
+        # the sampler and the rest samples are taken by two threads
+        self.samples.sort(key=lambda x: x["t"])
         out = [header, ""]
         segs = self.segments
         reqs = int(sum(r["requests"] for r in segs))
@@ -421,6 +448,11 @@ class Soak:
         if rates:
             out.append(f"  req/s per segment: min {min(rates):.0f} max "
                        f"{max(rates):.0f}")
+        if None not in (self.connects_before, self.connects_after):
+            out.append(f"MySQL connections opened during the load (MariaDB "
+                       f"Connections, all clients; the bench's own queries "
+                       f"included): "
+                       f"{self.connects_after - self.connects_before}")
         ev = [x for x in self.pending() if x]
         out.append("outbox events by status at the end: "
                    + (", ".join(x.replace("\t", " ") for x in ev) or "?"))
@@ -535,6 +567,9 @@ class Soak:
         out.append(malloc_lines(self.samples, warm_t, tail_s,
                                 self.malloc_idle))
         out.append(backlog_line(self.samples, warm_t, self.backlog_idle))
+        rest, rest_flagged = rest_lines(self.samples, names, warm_t, tail_s,
+                                        a)
+        out.append(rest)
         if self.late:
             rss, heap, conns = self.late
             out.append(f"{a.soak_idle_long:g}s after the load (RssAnon, "
@@ -560,6 +595,12 @@ class Soak:
                        f"master within {a.soak_max_growth} kB after the "
                        f"warm-up and {a.soak_max_slope:g} kB/min over the "
                        f"last {tail_s:.0f}s")
+        if rest_flagged:
+            out.append("RESULT at rest: not flat: " + ", ".join(rest_flagged))
+        elif any(x.get("rest") for x in self.samples):
+            out.append(f"RESULT at rest: flat: every worker within "
+                       f"{a.soak_max_growth} kB of its first rest sample "
+                       f"after the warm-up and {a.soak_max_slope:g} kB/min")
         for n in self.notes:
             out.append("note: " + n)
         return "\n".join(out) + "\n"
@@ -635,6 +676,90 @@ def malloc_lines(samples, warm_t, tail_s, idle):
     return "\n".join(out)
 
 
+def rest_lines(samples, names, warm_t, tail_s, a):
+    """the samples taken at rest: after each segment the load pauses
+    --soak-rest seconds, so no request is in flight and each worker has
+    trimmed since.  In-flight work lifts a busy sample however long the
+    run; what a worker keeps (a leak, a cache, its MySQL connections'
+    buffers) lifts the rest samples.  Returns (text, [who field] whose
+    rest samples rise faster than --soak-max-slope or end more than
+    --soak-max-growth above the first rest sample after the warm-up)."""
+    rest = [x for x in samples if x.get("rest")]
+    if not rest:
+        return "rest samples: none (--soak-rest 0)\n", []
+    labels = sorted({w for x in rest for w in x["malloc"]})
+    workers = [p for p, who in names.items() if who != "master"]
+    out = [f"at rest ({a.soak_rest:g}s after each segment, no request in "
+           f"flight, trimmed since), kB: RssAnon per worker, malloc in use "
+           f"per worker label, the workers' MySQL connections:",
+           f"{'t s':>6}" + "".join(f" {names[p]:>7}" for p in workers)
+           + "".join(f" {'use ' + w.split()[-1]:>7}" for w in labels)
+           + f" {'Writing':>7}" + "".join(f" {'my ' + names[p]:>6}"
+                                          for p in workers)]
+    for x in rest:
+        out.append(f"{x['t']:>6.0f}" + "".join(
+            f" {(x['mem'].get(p) or {}).get('RssAnon', '-'):>7}"
+            for p in workers) + "".join(
+            f" {(x['malloc'].get(w) or {}).get('in_use', '-'):>7}"
+            for w in labels)
+            + f" {x['writing'] if x['writing'] is not None else '-':>7}"
+            + "".join(f" {x['mysql'].get(p, '-'):>6}" for p in workers))
+    end_t = rest[-1]["t"]
+    flagged = []
+    out.append(f"{'':<14} {'field':<8} {'warm':>6} {'end':>6} {'max':>6} "
+               f"{'end-warm':>8} {'slope/min':>9}  verdict (slope over the "
+               f"rest samples of the last {tail_s:.0f}s)")
+    series = [(f"{names[p]} {p}", f, [(x["t"], x["mem"][p][f]) for x in rest
+                                      if x["mem"].get(p)])
+              for p in workers for f in ("VmRSS", "RssAnon")]
+    series += [(w, "in use", [(x["t"], x["malloc"][w]["in_use"]) for x in rest
+                              if "in_use" in x["malloc"].get(w, {})])
+               for w in labels]
+    for who, field, vals in series:
+        after = [(t, v) for t, v in vals if t >= warm_t]
+        if len(after) < 3:
+            out.append(f"{who:<14} {field:<8} too few rest samples")
+            continue
+        warm, end = after[0][1], after[-1][1]
+        sl = slope_kb_min([(t, v) for t, v in after if t >= end_t - tail_s])
+        if sl > a.soak_max_slope:
+            verdict = f"GROWS (bound {a.soak_max_slope:g} kB/min)"
+        elif end - warm > a.soak_max_growth:
+            verdict = f"plateau (bound {a.soak_max_growth} kB)"
+        else:
+            verdict = "flat"
+        if verdict != "flat" and field != "in use":
+            flagged.append(f"{who} {field}")
+        out.append(f"{who:<14} {field:<8} {warm:>6} {end:>6} "
+                   f"{max(v for _, v in after):>6} {end - warm:>+8} "
+                   f"{sl:>+9.1f}  {verdict}")
+    for p in workers:
+        per = per_conn_kb([(x["mysql"].get(p), x["mem"][p]["RssAnon"])
+                           for x in rest if x["t"] >= warm_t
+                           and x["mem"].get(p)
+                           and x["mysql"].get(p) is not None])
+        if per is not None:
+            out.append(f"{names[p]} {p}: RssAnon at rest moves {per:+.0f} kB "
+                       f"per MySQL connection open (least squares over "
+                       f"the rest samples after the warm-up)")
+    out.append("")
+    return "\n".join(out), flagged
+
+
+def per_conn_kb(points):
+    """least-squares kB per connection of [(connections, kB)], or None
+    when the count never changed."""
+    n = len(points)
+    if n < 3:
+        return None
+    mx = sum(c for c, _ in points) / n
+    my = sum(v for _, v in points) / n
+    sxx = sum((c - mx) ** 2 for c, _ in points)
+    if sxx == 0:
+        return None
+    return sum((c - mx) * (v - my) for c, v in points) / sxx
+
+
 def backlog_line(samples, warm_t, idle):
     """the webhook backlog over the run: a delivery round holds each
     event's subrequest until the round ends, so a backlog that grows keeps
@@ -667,6 +792,9 @@ def main():
                    help="seconds after the load for a second look, past "
                         "the MySQL pool's idle_timeout (0: none)")
     p.add_argument("--soak-trim", type=int, default=1)
+    p.add_argument("--soak-rest", type=float, default=2,
+                   help="seconds the load pauses after each segment before "
+                        "a rest sample (0: no pause)")
     a = p.parse_args()
     if not a.webhook_port:
         raise SystemExit("the soak needs the webhook receiver "

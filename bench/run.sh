@@ -67,6 +67,8 @@
 #                        RSS, malloc in use and MySQL connections (past the
 #                        pool's idle_timeout, e.g. 75); 0: none
 #   SOAK_TRIM      (1)   --soak: malloc_trim(0) in each worker after the load (gdb)
+#   SOAK_REST      (2)   --soak: seconds the load pauses after each segment
+#                        for a rest sample (0: no pause)
 #   PROFILE_TOP    (30)  --profile: symbols per scenario
 #   BENCH_ACQUIRER (standin) the bank-card acquirer the creates reach:
 #                        "standin" = bench/acquirer_standin.c (C, epoll,
@@ -563,7 +565,8 @@ case "$MODE" in
                   --soak-max-growth "${SOAK_MAX_GROWTH:-1024}"
                   --soak-max-slope "${SOAK_MAX_SLOPE:-64}"
                   --soak-idle-long "${SOAK_IDLE_LONG:-0}"
-                  --soak-trim "${SOAK_TRIM:-1}") ;;
+                  --soak-trim "${SOAK_TRIM:-1}"
+                  --soak-rest "${SOAK_REST:-2}") ;;
     profile) driver=("$bench/paygw_profile.py" --top "${PROFILE_TOP:-30}") ;;
 esac
 python3 "${driver[@]}" \
