@@ -50,7 +50,7 @@
 #                        merchant), "node" = t/sim/webhook_receiver.js (also
 #                        checks signatures, costs ~130 us of CPU per event)
 #   BENCH_CONF_SED       a sed script applied to the rendered nginx.conf, for
-#                        experiments, e.g. 's/max_conns=16/max_conns=4/'
+#                        experiments, e.g. 's/max_conns=8/max_conns=4/'
 #                        (it is named in the report)
 #   PAYGW_PORT, PAYGW_BASELINE_PORT, PAYGW_REDIS_PORT, PAYGW_MYSQL_PORT,
 #   PAYGW_SIM_PORT, PAYGW_ACQUIRER_PORT
