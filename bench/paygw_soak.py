@@ -153,18 +153,24 @@ def signed_refund(host, nonces, payment_no, refund_no):
     return pb.raw_request(host, "POST", path, hdrs, body)
 
 
-def slope_kb_min(points):
-    """least-squares slope of [(seconds, kB)] in kB per minute."""
+def least_squares(points):
+    """the least-squares slope of [(x, y)] in y per unit of x, or None
+    when x never changes."""
     n = len(points)
     if n < 2:
-        return 0.0
-    mx = sum(t for t, _ in points) / n
-    my = sum(v for _, v in points) / n
-    sxx = sum((t - mx) ** 2 for t, _ in points)
+        return None
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
     if sxx == 0:
-        return 0.0
-    sxy = sum((t - mx) * (v - my) for t, v in points)
-    return 60.0 * sxy / sxx
+        return None
+    return sum((x - mx) * (y - my) for x, y in points) / sxx
+
+
+def slope_kb_min(points):
+    """least-squares slope of [(seconds, kB)] in kB per minute."""
+    per_s = least_squares(points)
+    return 0.0 if per_s is None else 60.0 * per_s
 
 
 def minute_floors(points, end_t, tail_s):
@@ -749,15 +755,7 @@ def rest_lines(samples, names, warm_t, tail_s, a):
 def per_conn_kb(points):
     """least-squares kB per connection of [(connections, kB)], or None
     when the count never changed."""
-    n = len(points)
-    if n < 3:
-        return None
-    mx = sum(c for c, _ in points) / n
-    my = sum(v for _, v in points) / n
-    sxx = sum((c - mx) ** 2 for c, _ in points)
-    if sxx == 0:
-        return None
-    return sum((c - mx) * (v - my) for c, v in points) / sxx
+    return least_squares(points) if len(points) >= 3 else None
 
 
 def backlog_line(samples, warm_t, idle):
